@@ -1,0 +1,146 @@
+"""A pipeline: its runs and the three stage loops that move them.
+
+Per pipeline, a prepare loop (build + prepare, one run at a time), a run loop (one run
+at a time) and an analyze loop (analyze + results) overlap: while run N runs, run N+1
+prepares and run N-1 analyzes. Each loop asks ``precedence`` which run is next and
+otherwise waits for the pool to change. A run that fails, is terminated or deleted leaves
+through ``Scheduler.end_run``; stage loops never die of a run's failure.
+"""
+
+import asyncio
+import logging
+import time
+
+from labpipe.master import precedence
+from labpipe.master.precedence import RunStatus
+from labpipe.master.run import Run, RunEnd
+from labpipe.worker.handle import WorkerClosed, WorkerError, WorkerFailed
+
+__all__ = ["Pipeline", "StateChanged"]
+
+logger = logging.getLogger(__name__)
+
+
+class StateChanged:
+    """A broadcast wake-up: ``notify()`` releases everyone waiting at that moment."""
+
+    def __init__(self):
+        self._event = asyncio.Event()
+
+    def notify(self):
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None = None):
+        """Wait for the next notify(), or at most timeout seconds."""
+        event = self._event
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+
+class Pipeline:
+    """The runs of one pipeline and the stage loops that move them."""
+
+    def __init__(self, name: str, scheduler):
+        self.name = name
+        self.scheduler = scheduler
+        self.runs: dict[int, Run] = {}
+        self.state_changed = StateChanged()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self):
+        for loop in (self._prepare_loop, self._run_loop, self._analyze_loop):
+            self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}:{loop.__name__}"))
+
+    async def stop(self):
+        """Cancel the stage loops (runs are closed by the scheduler)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- the loops ----------------------------------------------------------------
+
+    async def _prepare_loop(self):
+        while True:
+            candidate = precedence.next_to_prepare(self.runs.values(), time.time())
+            if not isinstance(candidate, Run):
+                await self.state_changed.wait(candidate)
+                continue
+            run = candidate
+            if run.flush:
+                run.status = RunStatus.flushing
+                while not run.deleting and not precedence.flush_done(run, self.runs.values()):
+                    await self.state_changed.wait()
+                if run.deleting:
+                    continue
+            run.status = RunStatus.preparing
+            try:
+                await self.scheduler.build_run(run)
+                await run.worker.prepare()
+            except WorkerError as exc:
+                await self._stage_failed(run, "prepare", exc)
+                continue
+            run.status = RunStatus.prepare_done
+
+    async def _run_loop(self):
+        while True:
+            run = precedence.next_to_run(self.runs.values())
+            if run is None or not self.scheduler.may_start_run(run):
+                await self.state_changed.wait()
+                continue
+            resuming = run.status == RunStatus.paused
+            run.status = RunStatus.running
+            try:
+                if resuming:
+                    terminate, run.termination_requested = run.termination_requested, False
+                    outcome = await run.worker.resume(terminate)
+                else:
+                    outcome = await run.worker.run()
+            except WorkerError as exc:
+                await self._stage_failed(run, "run", exc)
+                continue
+            action = outcome["action"]
+            if action == "paused":
+                run.status = RunStatus.paused
+            elif action == "terminated":
+                logger.info("RID %d: terminated on request", run.rid)
+                await self.scheduler.end_run(run, RunEnd("terminated",
+                                                         results=outcome.get("results")))
+            else:
+                run.status = RunStatus.run_done
+
+    async def _analyze_loop(self):
+        while True:
+            run = precedence.next_to_analyze(self.runs.values())
+            if run is None:
+                await self.state_changed.wait()
+                continue
+            run.status = RunStatus.analyzing
+            try:
+                await run.worker.analyze()
+                results = await run.worker.write_results()
+            except WorkerError as exc:
+                await self._stage_failed(run, "analyze", exc)
+                continue
+            await self.scheduler.end_run(run, RunEnd("completed", results=results))
+
+    async def _stage_failed(self, run: Run, stage: str, exc: WorkerError):
+        """Log a stage's failure and take the run out; a deleted run just goes."""
+        if isinstance(exc, WorkerClosed) or run.deleting:
+            return  # deletion ends the run itself
+        if isinstance(exc, WorkerFailed):
+            logger.error("RID %d: %s failed: %s", run.rid, stage, exc,
+                         extra={"source": self.scheduler.source_of(run),
+                                "traceback": exc.traceback})
+            if exc.traceback:
+                logger.error("RID %d: traceback of the experiment:\n%s", run.rid,
+                             exc.traceback.rstrip(),
+                             extra={"source": self.scheduler.source_of(run)})
+            end = RunEnd("failed", error=str(exc), results=exc.results)
+        else:
+            logger.error("RID %d: %s failed: %s", run.rid, stage, exc)
+            end = RunEnd("failed", error=str(exc))
+        await self.scheduler.end_run(run, end, worker_lost=not isinstance(exc, WorkerFailed))

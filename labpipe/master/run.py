@@ -1,0 +1,76 @@
+"""One submitted run, as the master sees it.
+
+A ``Run`` owns its schedule entry: setting ``run.status`` (or the other published fields)
+updates the ``schedule`` notifier and wakes the pipeline's stages. Nothing else writes
+the entry.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from labpipe.master.precedence import RunStatus
+from labpipe.worker.handle import Worker
+
+__all__ = ["Run", "RunEnd"]
+
+
+@dataclass
+class RunEnd:
+    """How a run left the schedule: status is completed, failed, terminated or deleted."""
+    status: str
+    error: str | None = None
+    results: str | None = None
+
+
+@dataclass(eq=False)
+class Run:
+    """A run in a pipeline. ``schedule`` is the scheduler's schedule Notifier."""
+    rid: int
+    pipeline_name: str
+    expid: dict
+    priority: int
+    due_date: float | None
+    flush: bool
+    schedule: object = field(repr=False)
+    state_changed: object = field(repr=False)
+    repo_msg: str | None = None
+    workdir: str | None = None
+    repo_rev: str | None = None
+    submitted: float = field(default_factory=time.time)
+    worker: Worker | None = field(default=None, repr=False)
+    termination_requested: bool = False
+    class_name: str | None = None
+    devices: list = field(default_factory=list)
+    stage_times: dict = field(default_factory=dict)
+    _status: RunStatus = RunStatus.pending
+
+    def publish(self):
+        """Put the run's entry into the schedule (once, at submission)."""
+        self.schedule[self.rid] = {
+            "pipeline": self.pipeline_name, "expid": self.expid,
+            "priority": self.priority, "due_date": self.due_date, "flush": self.flush,
+            "status": self._status.value, "repo_msg": self.repo_msg}
+
+    @property
+    def status(self) -> RunStatus:
+        return self._status
+
+    @status.setter
+    def status(self, value: RunStatus):
+        self._status = value
+        self.stage_times.setdefault(value.value, time.time())
+        if self.rid in self.schedule.raw_view:
+            self.schedule[self.rid]["status"] = value.value
+        self.state_changed.notify()
+
+    def set_field(self, key, value):
+        """Change a published field of the entry (e.g. priority) and wake the stages."""
+        if key in ("priority", "due_date", "flush"):
+            setattr(self, key, value)
+        if self.rid in self.schedule.raw_view:
+            self.schedule[self.rid][key] = value
+        self.state_changed.notify()
+
+    @property
+    def deleting(self) -> bool:
+        return self._status == RunStatus.deleting

@@ -1,0 +1,278 @@
+"""The scheduler: the ``schedule`` RPC target, its notifier, and the pipelines.
+
+``submit`` validates the request, takes a RID (persisted before it is returned), records
+the run in the ``schedule`` notifier and hands it to its pipeline, created on first use
+and removed when it runs empty. Pipelines run in parallel; inside one, ``pipeline.py``
+moves runs through the stages and ``precedence.py`` decides the order.
+
+Runs leave through ``end_run``: the worker is closed (escalating), the repository
+checkout released, the entry removed, and the end reported to ``on_run_end`` listeners
+(history). When a worker died, the master writes the run's results file itself.
+"""
+
+import asyncio
+import logging
+import numbers
+import os
+import time
+from collections.abc import Callable
+
+from labpipe.master import precedence
+from labpipe.master.pipeline import Pipeline
+from labpipe.master.precedence import RunStatus
+from labpipe.master.rid import RIDCounter
+from labpipe.master.run import Run, RunEnd
+from labpipe.protocol.sync import Notifier
+from labpipe.worker.handle import Worker
+from labpipe.worker.results import results_path, write_results
+
+__all__ = ["Scheduler", "SchedulerConfig", "validate_submission"]
+
+logger = logging.getLogger(__name__)
+
+
+class SchedulerConfig:
+    """Where runs write and how long the scheduler waits for a worker."""
+
+    def __init__(self, *, results_dir="results", build_timeout=60.0, term_timeout=2.0,
+                 kill_timeout=2.0):
+        self.results_dir = results_dir
+        self.build_timeout = build_timeout
+        self.term_timeout = term_timeout
+        self.kill_timeout = kill_timeout
+
+
+_EXPID_KEYS = {"file", "class_name", "arguments", "log_level", "repo_rev", "content",
+               "devarg_override"}
+
+
+def validate_submission(pipeline_name, expid, priority, due_date, flush):
+    """Refuse a malformed submission with a clear ValueError/TypeError naming the field."""
+    if not isinstance(pipeline_name, str) or not pipeline_name:
+        raise ValueError("pipeline_name must be a non-empty string")
+    if not isinstance(expid, dict):
+        raise TypeError(f"expid must be a dict, not {type(expid).__name__}")
+    unknown = set(expid) - _EXPID_KEYS
+    if unknown:
+        raise ValueError(f"unknown expid keys {sorted(unknown)}; valid: {sorted(_EXPID_KEYS)}")
+    if expid.get("content") is None and not isinstance(expid.get("file"), str):
+        raise ValueError("expid needs a 'file' (a path) or a 'content' (the source text)")
+    if expid.get("content") is not None and not isinstance(expid["content"], str):
+        raise TypeError("expid 'content' must be a string")
+    if expid.get("class_name") is not None and not isinstance(expid["class_name"], str):
+        raise TypeError("expid 'class_name' must be a string or None")
+    if not isinstance(expid.get("arguments", {}), dict):
+        raise TypeError("expid 'arguments' must be a dict")
+    if not isinstance(expid.get("log_level", logging.WARNING), int):
+        raise TypeError("expid 'log_level' must be an integer")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError("priority must be an integer")
+    if due_date is not None and (isinstance(due_date, bool)
+                                 or not isinstance(due_date, numbers.Real)):
+        raise TypeError("due_date must be a UNIX time (a number) or None")
+    if not isinstance(flush, bool):
+        raise TypeError("flush must be a boolean")
+
+
+class Scheduler:
+    """The ``schedule`` target. ``worker_handlers(run)`` gives the handlers of the
+    master's services (datasets, devices, logs, ccb) for a run's worker; ``repository``
+    gives checkouts (``request_rev(rev) -> (workdir, commit, message)``,
+    ``release_rev(commit)``) or is None for files on the master's filesystem only."""
+
+    def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
+                 worker_handlers: Callable[[Run], dict] | None = None, repository=None):
+        self.rid_counter = rid_counter
+        self.config = config or SchedulerConfig()
+        self.worker_handlers = worker_handlers or (lambda run: {})
+        self.repository = repository
+        self.notifier = Notifier({})
+        self.pipelines: dict[str, Pipeline] = {}
+        self.on_run_end: list[Callable[[Run, RunEnd], None]] = []
+        self._background: set[asyncio.Task] = set()
+        self._stopping = False
+
+    # --- RPC: the ARTIQ schedule target --------------------------------------------
+
+    async def submit(self, pipeline_name, expid, priority=0, due_date=None, flush=False):
+        """Submit a run; returns its RID once the RID is on disk."""
+        if self._stopping:
+            raise RuntimeError("the master is shutting down")
+        validate_submission(pipeline_name, expid, priority, due_date, flush)
+        expid = dict(expid)
+        workdir = repo_rev = repo_msg = None
+        if "repo_rev" in expid:
+            workdir, repo_rev, repo_msg = await self._checkout(expid["repo_rev"])
+            expid["repo_rev"] = repo_rev
+        try:
+            rid = await self.rid_counter.next()
+        except BaseException:
+            self._release(repo_rev)
+            raise
+        self._add_run(Run(rid=rid, pipeline_name=pipeline_name, expid=expid,
+                          priority=priority,
+                          due_date=None if due_date is None else float(due_date),
+                          flush=flush, schedule=self.notifier, state_changed=None,
+                          repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev))
+        return rid
+
+    def delete(self, rid):
+        """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL)."""
+        run = self._find(rid)
+        if run.deleting:
+            return
+        run.status = RunStatus.deleting
+        self._spawn(self.end_run(run, RunEnd("deleted")))
+
+    def request_termination(self, rid):
+        """Ask a running (or paused) run to stop at its next pause()/check_termination();
+        a run in any other stage is deleted."""
+        run = self._find(rid)
+        if run.status in (RunStatus.running, RunStatus.paused):
+            run.termination_requested = True
+            run.state_changed.notify()
+        else:
+            self.delete(rid)
+
+    def get_status(self) -> dict:
+        """The schedule: the ``schedule`` notifier's content."""
+        return self.notifier.raw_view
+
+    def check_pause(self, rid) -> bool:
+        """Whether pause() in run rid would not return at once."""
+        run = self._find(rid)
+        if run.status != RunStatus.running:
+            return False
+        if run.termination_requested:
+            return True
+        return precedence.should_yield(run, self.pipelines[run.pipeline_name].runs.values())
+
+    def check_termination(self, rid) -> bool:
+        """Whether termination of run rid was requested."""
+        return self._find(rid).termination_requested
+
+    # --- internals used by the pipelines -------------------------------------------
+
+    def _find(self, rid) -> Run:
+        for pipeline in self.pipelines.values():
+            if rid in pipeline.runs:
+                return pipeline.runs[rid]
+        raise KeyError(f"RID {rid} is not in the schedule")
+
+    def _add_run(self, run: Run):
+        pipeline = self.pipelines.get(run.pipeline_name)
+        if pipeline is None:
+            pipeline = self.pipelines[run.pipeline_name] = Pipeline(run.pipeline_name, self)
+            pipeline.start()
+        run.state_changed = pipeline.state_changed
+        pipeline.runs[run.rid] = run
+        run.publish()
+        pipeline.state_changed.notify()
+
+    def source_of(self, run: Run) -> str:
+        """The log source name of a run's worker, as ARTIQ spells it."""
+        return f"worker({run.rid},{run.class_name or run.expid.get('class_name') or ''})"
+
+    def _handlers(self, run: Run) -> dict:
+        handlers = dict(self.worker_handlers(run))
+        handlers.update({
+            "check_pause": lambda msg: self.check_pause(msg["rid"]),
+            "check_termination": lambda msg: self.check_termination(msg["rid"]),
+            "submit": lambda msg: self.submit(msg["pipeline_name"], msg["expid"],
+                                              msg["priority"], msg["due_date"],
+                                              msg["flush"]),
+            "delete": lambda msg: self.delete(msg["rid"]),
+            "request_termination": lambda msg: self.request_termination(msg["rid"]),
+            "get_status": lambda msg: self.get_status(),
+        })
+        return handlers
+
+    async def build_run(self, run: Run):
+        """Start the run's worker and build the experiment in it."""
+        run.worker = Worker(run.rid, self._handlers(run),
+                            term_timeout=self.config.term_timeout,
+                            kill_timeout=self.config.kill_timeout)
+        outcome = await run.worker.build(
+            pipeline_name=run.pipeline_name, priority=run.priority, expid=run.expid,
+            workdir=run.workdir, results_dir=self.config.results_dir,
+            repo_rev=run.repo_rev, timeout=self.config.build_timeout)
+        run.class_name = outcome.get("class_name")
+        run.devices = outcome.get("devices", [])
+
+    def may_start_run(self, run: Run) -> bool:
+        """Whether the run stage may start (or resume) run now."""
+        return True
+
+    async def end_run(self, run: Run, end: RunEnd, worker_lost: bool = False):
+        """Take a run out of the schedule: close its worker, release its checkout,
+        remove its entry, tell the listeners."""
+        pipeline = self.pipelines.get(run.pipeline_name)
+        if pipeline is None or pipeline.runs.get(run.rid) is not run:
+            return
+        if run.worker is not None:
+            await run.worker.close()
+        if worker_lost and run.worker is not None and end.results is None:
+            end.results = await self._write_results_for_lost_worker(run, end)
+        del pipeline.runs[run.rid]
+        del self.notifier[run.rid]
+        self._release(run.repo_rev)
+        pipeline.state_changed.notify()
+        for listener in self.on_run_end:
+            try:
+                listener(run, end)
+            except Exception:
+                logger.exception("RID %d: run-end listener failed", run.rid)
+        if not pipeline.runs and self.pipelines.get(run.pipeline_name) is pipeline:
+            del self.pipelines[run.pipeline_name]
+            self._spawn(pipeline.stop())
+
+    async def _write_results_for_lost_worker(self, run: Run, end: RunEnd) -> str | None:
+        """The worker died: write what the master knows about the run."""
+        start = run.stage_times.get("preparing", run.submitted)
+        path = results_path(self.config.results_dir, run.rid,
+                            run.class_name or run.expid.get("class_name") or "Experiment",
+                            start)
+        try:
+            await asyncio.to_thread(
+                write_results, path, rid=run.rid, start_time=start,
+                run_time=run.stage_times.get("running", start), expid=run.expid,
+                repo_rev=run.repo_rev, error=end.error)
+        except Exception:
+            logger.exception("RID %d: could not write the results of the lost worker",
+                             run.rid)
+            return None
+        return path
+
+    # --- repository checkouts --------------------------------------------------------
+
+    async def _checkout(self, rev):
+        if self.repository is None:
+            raise ValueError("this master has no experiment repository")
+        workdir, commit, message = await asyncio.to_thread(self.repository.request_rev, rev)
+        return workdir, commit, message
+
+    def _release(self, commit):
+        if commit is not None and self.repository is not None:
+            try:
+                self.repository.release_rev(commit)
+            except Exception:
+                logger.exception("could not release the checkout of %s", commit)
+
+    # --- lifetime ------------------------------------------------------------------
+
+    def _spawn(self, coro):
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self):
+        """Stop every pipeline and close every worker."""
+        self._stopping = True
+        pipelines = list(self.pipelines.values())
+        for pipeline in pipelines:
+            await pipeline.stop()
+        workers = [run.worker for p in pipelines for run in p.runs.values()
+                   if run.worker is not None]
+        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)

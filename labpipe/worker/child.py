@@ -1,0 +1,248 @@
+"""The worker process: one run's experiment, driven by the master over a pipe.
+
+This module is what runs in the child (its parent-side counterpart is ``handle.py``).
+The master sends one command per stage and waits for the outcome:
+
+=================  ==========================================  ======================
+command            fields                                      outcome
+=================  ==========================================  ======================
+``build``          rid, pipeline_name, priority, expid,        ``completed``
+                   workdir, results_dir, repo_rev
+``prepare``                                                    ``completed``
+``run``                                                        ``completed``,
+                                                               ``paused``,
+                                                               ``terminated``
+``resume``         terminate (bool): answer to ``paused``      as ``run``
+``analyze``                                                    ``completed``
+``write_results``                                              ``completed`` + results
+``terminate``      (any time) exit now                         --
+=================  ==========================================  ======================
+
+Any stage may instead end with ``{"action": "exception", "message": one line,
+"traceback": text}``; when run or analyze fails, or the run is terminated, the results
+file is written first (with the error text), so that what was collected is kept.
+
+While a stage runs the child streams one-way messages (``log``, ``update_dataset``,
+``ccb_issue``, ``set_progress``) and makes requests (``get_device_db``, ``get_dataset``,
+``check_pause``, ``check_termination``, ``submit``, ``delete``, ``request_termination``,
+``get_status``, ``interactive``); see ``ipc.py`` for the framing.
+"""
+
+import logging
+import signal
+import sys
+import traceback
+
+from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
+from labpipe.worker.datasets import DatasetManager
+from labpipe.worker.devices import DeviceManager
+from labpipe.worker.ipc import ChildChannel
+from labpipe.worker.runner import ExperimentRunner
+from labpipe.worker.virtual_devices import CCB, Scheduler
+
+__all__ = ["main"]
+
+
+class _PipeLogHandler(logging.Handler):
+    """Sends log records to the master and keeps their lines for the results file."""
+
+    def __init__(self, channel, log_lines):
+        super().__init__()
+        self._channel = channel
+        self._log_lines = log_lines
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self._channel.send({"action": "log", "levelno": record.levelno,
+                                "name": record.name, "message": message,
+                                "created": record.created})
+            self._log_lines.append(f"{record.levelname}:{record.name}:{message}")
+        except Exception:
+            self.handleError(record)
+
+
+class _LineLogger:
+    """A file-like stand-in for stdout/stderr that logs each complete line."""
+
+    def __init__(self, logger, level):
+        self._logger = logger
+        self._level = level
+        self._buffer = ""
+
+    def write(self, text):
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            self._logger.log(self._level, "%s", line)
+        return len(text)
+
+    def flush(self):
+        if self._buffer:
+            self._logger.log(self._level, "%s", self._buffer)
+            self._buffer = ""
+
+    def isatty(self):
+        return False
+
+
+class _RemoteDeviceDB:
+    """The master's device database, fetched once on first use."""
+
+    def __init__(self, channel):
+        self._channel = channel
+        self._ddb = None
+
+    def _data(self):
+        if self._ddb is None:
+            self._ddb = self._channel.request("get_device_db")
+        return self._ddb
+
+    def get(self, key, resolve_alias=False):
+        data = self._data()
+        seen = set()
+        while True:
+            if key not in data:
+                raise KeyError(f"device '{key}' is not in the device database")
+            desc = data[key]
+            if not (resolve_alias and isinstance(desc, str)):
+                return desc
+            if key in seen:
+                raise LookupError(f"device alias loop at '{key}'")
+            seen.add(key)
+            key = desc
+
+
+class _WorkerArgumentManager(ProcessArgumentManager):
+    """Arguments from the expid; interactive ones asked of the users via the master."""
+
+    def __init__(self, arguments, channel):
+        super().__init__(arguments)
+        self._channel = channel
+
+    def get_interactive(self, arglist, title):
+        desc = [[key, processor.describe(), group, tooltip]
+                for key, processor, group, tooltip in arglist]
+        values = self._channel.request("interactive", arglist_desc=desc, title=title)
+        if values is None:
+            raise CancelledArgsError
+        return {key: processor.process(values[key]) if key in values else processor.default()
+                for key, processor, _, _ in arglist}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _Child:
+    def __init__(self, channel):
+        self.channel = channel
+        self.runner = None
+        self.log_lines = []
+        self.commands = {"build": self.build, "prepare": self.prepare, "run": self.run,
+                         "resume": self.resume, "analyze": self.analyze,
+                         "write_results": self.write_results}
+
+    def setup_logging(self, level):
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(_PipeLogHandler(self.channel, self.log_lines))
+        root.setLevel(level)
+        sys.stdout = _LineLogger(logging.getLogger("print"), logging.INFO)
+        sys.stderr = _LineLogger(logging.getLogger("stderr"), logging.WARNING)
+
+    def serve(self):
+        while True:
+            command = self.channel.recv_command()
+            handler = self.commands.get(command.get("action"))
+            if handler is None:
+                self.channel.send({"action": "exception", "traceback": "",
+                                   "message": f"unknown command {command.get('action')!r}"})
+                continue
+            try:
+                outcome = handler(command)
+            except Exception as exc:
+                self.channel.send({"action": "exception", "message": _one_line(exc),
+                                   "traceback": traceback.format_exc()})
+            else:
+                self.channel.send(outcome)
+
+    def build(self, cmd):
+        expid = cmd["expid"]
+        self.setup_logging(expid.get("log_level", logging.WARNING))
+        channel = self.channel
+        scheduler = Scheduler(channel, cmd["rid"], cmd["pipeline_name"], cmd["priority"],
+                              expid)
+        device_mgr = DeviceManager(_RemoteDeviceDB(channel),
+                                   {"scheduler": scheduler, "ccb": CCB(channel)})
+        dataset_mgr = DatasetManager(
+            lambda mod: channel.send({"action": "update_dataset", "mod": mod}),
+            lambda key: channel.request("get_dataset", key=key))
+        argument_mgr = _WorkerArgumentManager(expid.get("arguments", {}), channel)
+        self.runner = ExperimentRunner(
+            rid=cmd["rid"], expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
+            workdir=cmd.get("workdir"), results_dir=cmd["results_dir"],
+            repo_rev=cmd.get("repo_rev"), log_lines=self.log_lines)
+        self.runner.build()
+        return {"action": "completed", "class_name": self.runner.class_name,
+                "devices": list(getattr(device_mgr, "requested", []))}
+
+    def prepare(self, cmd):
+        self.runner.prepare()
+        return {"action": "completed"}
+
+    def _stage_with_results(self, stage):
+        """Run a stage; if it fails, keep what was collected in the results file."""
+        try:
+            stage()
+        except TerminationRequested:
+            logging.getLogger("labpipe.worker").info("run terminated on request")
+            path = self._write_results_quietly("terminated on request")
+            return {"action": "terminated", "results": path}
+        except Exception as exc:
+            text = traceback.format_exc()
+            path = self._write_results_quietly(f"{_one_line(exc)}\n{text}")
+            return {"action": "exception", "message": _one_line(exc), "traceback": text,
+                    "results": path}
+        return {"action": "completed"}
+
+    def run(self, cmd):
+        return self._stage_with_results(self.runner.run)
+
+    def resume(self, cmd):
+        raise RuntimeError("resume received while not paused")
+
+    def analyze(self, cmd):
+        return self._stage_with_results(self.runner.analyze)
+
+    def write_results(self, cmd):
+        path = self.runner.write_results()
+        self.runner.close()
+        return {"action": "completed", "results": path}
+
+    def _write_results_quietly(self, error):
+        try:
+            return self.runner.write_results(error=error)
+        except Exception:
+            logging.getLogger("labpipe.worker").exception("could not write the results file")
+            return None
+        finally:
+            self.runner.close()
+
+
+def main(conn):
+    """Entry point of the worker process (started by ``launcher.start_worker``)."""
+    # Ctrl-C in the master's terminal reaches the whole process group: the master
+    # stops its workers itself, in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    channel = ChildChannel(conn)
+    try:
+        _Child(channel).serve()
+    finally:
+        channel.close()
