@@ -1,0 +1,106 @@
+"""``labpipe-run``: run one experiment in this process, without a master.
+
+For developing experiments: the experiment is built with the device database of the lab
+(``device_db.py``), reads datasets from ``dataset_db.mdb`` when it exists (read-only:
+nothing is written back), and gets a ``scheduler`` that never pauses. With ``-o`` the
+results file is written like the master writes it.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from labpipe.client.main import UsageError, parse_arguments
+from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.master.devices import DeviceDB
+from labpipe.worker.datasets import DatasetManager
+from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker.runner import ExperimentRunner
+from labpipe.worker.results import write_results
+from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
+
+__all__ = ["get_argparser", "main"]
+
+
+def get_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labpipe-run",
+                                     description="run one experiment without a master")
+    parser.add_argument("--device-db", default="device_db.py",
+                        help="device database file (default: %(default)s)")
+    parser.add_argument("--dataset-db", default="dataset_db.mdb",
+                        help="dataset database to read datasets from (default: %(default)s)")
+    parser.add_argument("-c", "--class-name", default=None, help="experiment class")
+    parser.add_argument("-o", "--hdf5", default=None, help="write the results to this file")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    parser.add_argument("file", help="experiment file")
+    parser.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
+                        help="experiment arguments (PYON values)")
+    return parser
+
+
+def _remote_datasets(path):
+    """A getter of datasets from the lab's database, opened on first use."""
+    cache = {}
+
+    def get(key):
+        if "data" not in cache:
+            if not os.path.exists(path):
+                raise KeyError(f"dataset '{key}' does not exist (no {path})")
+            from labpipe.master.datasets import DatasetDB
+            db = DatasetDB(path)
+            cache["data"] = dict(db.data.raw_view)
+            db.close()
+        try:
+            return cache["data"][key]
+        except KeyError:
+            raise KeyError(f"dataset '{key}' does not exist") from None
+    return get
+
+
+def run(args) -> ExperimentRunner:
+    """Build, prepare, run and analyze the experiment of args; returns the runner."""
+    expid = {"file": args.file, "class_name": args.class_name,
+             "arguments": parse_arguments(args.arguments), "log_level": logging.WARNING}
+    device_db = (DeviceDB(args.device_db) if os.path.exists(args.device_db)
+                 else StaticDeviceDB({}))
+    device_mgr = DeviceManager(device_db, {"scheduler": LocalScheduler(expid=expid),
+                                                 "ccb": LocalCCB()})
+    dataset_mgr = DatasetManager(lambda mod: None, _remote_datasets(args.dataset_db))
+    runner = ExperimentRunner(rid=0, expid=expid, managers=(
+        device_mgr, dataset_mgr, ProcessArgumentManager(expid["arguments"])))
+    try:
+        runner.build()
+        runner.prepare()
+        runner.run()
+        runner.analyze()
+    finally:
+        runner.close()
+    if args.hdf5:
+        write_results(args.hdf5, rid=0, start_time=runner.start_time,
+                      run_time=runner.run_time, expid=expid, datasets=dataset_mgr.local,
+                      archive=dataset_mgr.archive)
+    return runner
+
+
+def main(argv=None):
+    """Run the experiment; one-line error and exit code 1 when it fails."""
+    args = get_argparser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose)
+    try:
+        run(args)
+    except UsageError as exc:
+        print(f"labpipe-run: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()
+        print(f"labpipe-run: {type(exc).__name__}: {message[0] if message else ''}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

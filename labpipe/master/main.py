@@ -1,0 +1,127 @@
+"""``labpipe-master``: the master process, started in a lab directory."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from labpipe import __version__
+from labpipe.master.assembly import Master, MasterOptions
+
+__all__ = ["get_argparser", "main"]
+
+logger = logging.getLogger("labpipe.master")
+
+
+def get_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labpipe-master",
+        description="labpipe master: schedules and runs experiments of this lab directory")
+    parser.add_argument("--version", action="version", version=f"labpipe {__version__}")
+    net = parser.add_argument_group("network")
+    net.add_argument("--bind", action="append", default=None, metavar="ADDR",
+                     help="address to listen on (repeatable; default: 127.0.0.1 and ::1); "
+                          "'*' for all interfaces")
+    net.add_argument("--port-notify", type=int, default=3250, metavar="PORT",
+                     help="sync (notifier) port (default: %(default)s; 0 picks a free port)")
+    net.add_argument("--port-control", type=int, default=3251, metavar="PORT",
+                     help="RPC port (default: %(default)s)")
+    net.add_argument("--port-logging", type=int, default=1066, metavar="PORT",
+                     help="logging port (default: %(default)s)")
+    net.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
+                     help="broadcast port (default: %(default)s)")
+    lab = parser.add_argument_group("lab")
+    lab.add_argument("-r", "--repository", default="repository",
+                     help="experiment repository (default: %(default)s)")
+    lab.add_argument("-g", "--git", action="store_true",
+                     help="the repository is a Git repository (bare or not)")
+    lab.add_argument("--experiment-subdir", default="",
+                     help="only list experiments below this folder of the repository")
+    lab.add_argument("--device-db", default="device_db.py",
+                     help="device database file (default: %(default)s)")
+    lab.add_argument("--dataset-db", default="dataset_db.mdb",
+                     help="dataset database file (default: %(default)s)")
+    lab.add_argument("--name", default=None, help="the master's name, shown to clients")
+    workers = parser.add_argument_group("workers")
+    workers.add_argument("--build-timeout", type=float, default=60.0, metavar="SECONDS",
+                         help="longest import + build of an experiment (default: %(default)s)")
+    workers.add_argument("--term-timeout", type=float, default=2.0, metavar="SECONDS",
+                         help="wait this long for a worker asked to exit before SIGTERM, "
+                              "and as long again before SIGKILL (default: %(default)s)")
+    log = parser.add_argument_group("logging")
+    log.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    log.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    log.add_argument("--log-file", default=None, help="also write the log to this file")
+    return parser
+
+
+def _setup_logging(args):
+    level = max(logging.DEBUG, logging.WARNING - 10 * args.verbose + 10 * args.quiet)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setLevel(level)
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file))
+        handlers[-1].setLevel(min(level, logging.INFO))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.addFilter(_default_source)
+        root.addHandler(handler)
+
+
+def _default_source(record):
+    if not hasattr(record, "source"):
+        record.source = "master"
+    return True
+
+
+def _options(args) -> MasterOptions:
+    bind = args.bind or ["127.0.0.1", "::1"]
+    if "*" in bind:
+        bind = ["0.0.0.0", "::"]
+    return MasterOptions(
+        bind=bind, port_notify=args.port_notify, port_control=args.port_control,
+        port_logging=args.port_logging, port_broadcast=args.port_broadcast,
+        repository=args.repository, git=args.git, experiment_subdir=args.experiment_subdir,
+        device_db=args.device_db, dataset_db=args.dataset_db, name=args.name,
+        build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
+        kill_timeout=args.term_timeout)
+
+
+async def _serve(options: MasterOptions):
+    master = Master(options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.terminate_requested.set)
+    try:
+        await master.start()
+        ports = ", ".join(f"{name} {master.port(name)}"
+                          for name in ("control", "notify", "broadcast", "logging"))
+        print(f"labpipe-master ready on {', '.join(options.bind)}: {ports}", flush=True)
+        await master.terminate_requested.wait()
+        logger.info("shutting down")
+    finally:
+        await master.stop()
+
+
+def main(argv=None):
+    """Run the master until SIGINT, SIGTERM or ``master_management.terminate()``."""
+    args = get_argparser().parse_args(argv)
+    _setup_logging(args)
+    try:
+        asyncio.run(_serve(_options(args)))
+    except OSError as exc:
+        print(f"labpipe-master: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, LookupError, SyntaxError) as exc:
+        print(f"labpipe-master: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
