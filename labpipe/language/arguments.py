@@ -1,0 +1,336 @@
+"""Argument processors: what an experiment's arguments are, and how values are checked.
+
+An experiment declares an argument with a processor, e.g.
+``self.setattr_argument("n", NumberValue(10, min=1, max=100, step=1, precision=0))``.
+Every processor has three methods:
+
+- ``default()``: the default value (already processed), or raises ``DefaultMissing``;
+- ``process(x)``: checks a submitted value and returns it converted (an int for an
+  integer ``NumberValue``, a scan object for a ``Scannable``); a refused value raises
+  ``ArgumentError`` with the reason, which the argument manager re-raises with the
+  argument's name;
+- ``describe()``: the argument's description (procdesc) as wire-compat.md gives it,
+  which dashboards use to draw their widgets.
+
+Values are in SI units: ``NumberValue(5*MHz, unit="MHz")`` has the default 5e6 and the
+dashboard shows 5 MHz. Defaults are processed when the processor is made, so a bad
+default fails at once.
+
+Integer or float, as ARTIQ decides it: a ``NumberValue`` of type ``"auto"`` is an integer
+when its precision is 0, its scale 1 and its step an integer (the default step is
+``scale/10``, so ``NumberValue(5)`` is a float and ``NumberValue(5, step=1,
+precision=0)`` an integer). ``type="int"`` asks for an integer: the step then defaults to
+1 and the precision to 0, and a scale other than 1 or a fractional step is refused.
+"""
+
+import math
+import numbers
+import warnings
+
+import numpy
+
+from labpipe.language.exceptions import ArgumentError, DefaultMissing
+from labpipe.language.scans import ScanObject, scan_from_description
+from labpipe.language.units import unit_scale
+from labpipe.protocol import pyon
+
+__all__ = ["NoDefault", "NumberValue", "StringValue", "BooleanValue",
+           "EnumerationValue", "PYONValue", "Scannable"]
+
+
+class NoDefault:
+    """Marks the absence of a default value (pass it, or leave the default out)."""
+
+
+def _type_name(x) -> str:
+    return type(x).__name__
+
+
+def _check_range(value, low, high, what=""):
+    """Refuse value outside [low, high] (either bound may be None)."""
+    if low is None and high is None:
+        return
+    if value != value:
+        raise ArgumentError(f"nan is not within the {what}range [{low}, {high}]")
+    if low is not None and not value >= low:
+        raise ArgumentError(f"{value!r} is below the {what}minimum {low!r}")
+    if high is not None and not value <= high:
+        raise ArgumentError(f"{value!r} is above the {what}maximum {high!r}")
+
+
+def _deprecated_ndecimals(precision, ndecimals):
+    if ndecimals is None:
+        return precision
+    warnings.warn("'ndecimals' is deprecated, use 'precision'", DeprecationWarning,
+                  stacklevel=3)
+    return ndecimals
+
+
+class _Processor:
+    """Base of the simple processors: a default checked with ``process``."""
+
+    ty = ""
+
+    def __init__(self, default=NoDefault):
+        self._default = NoDefault
+        if default is not NoDefault:
+            try:
+                self._default = self.process(default)
+            except ArgumentError as e:
+                raise ArgumentError(f"invalid default {default!r}: {e.reason}") from None
+
+    def default(self):
+        """The default value; raises ``DefaultMissing`` when there is none."""
+        if self._default is NoDefault:
+            raise DefaultMissing()
+        return self._default
+
+    def process(self, x):
+        """Check a submitted value and return it, converted."""
+        return x
+
+    def describe(self) -> dict:
+        """The procdesc of wire-compat.md."""
+        desc = {"ty": self.ty}
+        if self._default is not NoDefault:
+            desc["default"] = self._default
+        return desc
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.describe()!r})"
+
+
+class NumberValue(_Processor):
+    """A number, integer or float, with an optional range.
+
+    :param default: the default value (SI units).
+    :param unit: the unit shown to users; its scale is looked up when ``scale`` is not
+        given (``"MHz"`` -> 1e6).
+    :param scale: the factor between the shown value and the value in SI units.
+    :param step: the step of up/down buttons (default ``scale/10``, or 1 for integers).
+    :param min, max: the allowed range, both included (``None``: unbounded).
+    :param precision: decimals shown (default 2, or 0 for integers).
+    :param type: ``"auto"``, ``"int"`` or ``"float"`` (see the module docstring).
+    """
+
+    ty = "NumberValue"
+
+    def __init__(self, default=NoDefault, unit="", *, scale=None, step=None, min=None,
+                 max=None, precision=None, type="auto", ndecimals=None):
+        if type not in ("auto", "int", "float"):
+            raise ValueError(f"NumberValue type must be 'auto', 'int' or 'float', "
+                             f"not {type!r}")
+        precision = _deprecated_ndecimals(precision, ndecimals)
+        want_int = type == "int"
+        self.unit = unit
+        self.scale = unit_scale(unit) if scale is None else scale
+        self.step = step if step is not None else (1 if want_int else self.scale / 10)
+        self.precision = precision if precision is not None else (0 if want_int else 2)
+        self.min = min
+        self.max = max
+        self.type = type
+        if min is not None and max is not None and min > max:
+            raise ValueError(f"NumberValue min {min!r} is above max {max!r}")
+        if want_int and not self._int_compatible():
+            raise ValueError(
+                f"NumberValue(type='int') needs scale 1, an integer step and precision 0 "
+                f"(got scale={self.scale!r}, step={self.step!r}, "
+                f"precision={self.precision!r})")
+        super().__init__(default)
+
+    def _int_compatible(self) -> bool:
+        step_is_int = math.isfinite(self.step) and self.step == int(self.step)
+        return self.precision == 0 and self.scale == 1 and step_is_int
+
+    @property
+    def is_int(self) -> bool:
+        """Whether values are integers (``type`` resolved)."""
+        return self.type == "int" or (self.type == "auto" and self._int_compatible())
+
+    def process(self, x):
+        """An int or a float in [min, max]; integral floats are accepted as integers."""
+        if isinstance(x, (bool, numpy.bool_)) or not isinstance(x, numbers.Real):
+            raise ArgumentError(f"expected a number, got {x!r} ({_type_name(x)})")
+        if not self.is_int:
+            value = float(x)
+        elif isinstance(x, numbers.Integral):
+            value = int(x)
+        elif math.isfinite(x) and float(x).is_integer():
+            value = int(x)
+        else:
+            raise ArgumentError(f"expected an integer, got {x!r}")
+        _check_range(value, self.min, self.max)
+        return value
+
+    def describe(self) -> dict:
+        desc = super().describe()
+        desc.update(unit=self.unit, scale=self.scale, step=self.step, min=self.min,
+                    max=self.max, precision=self.precision,
+                    type="int" if self.is_int else "float")
+        return desc
+
+
+class StringValue(_Processor):
+    """A string."""
+
+    ty = "StringValue"
+
+    def process(self, x):
+        """The string itself; anything else is refused."""
+        if not isinstance(x, str):
+            raise ArgumentError(f"expected a string, got {x!r} ({_type_name(x)})")
+        return x
+
+
+class BooleanValue(_Processor):
+    """True or False."""
+
+    ty = "BooleanValue"
+
+    def process(self, x):
+        """A bool (numpy bools too); 0 and 1 are refused."""
+        if not isinstance(x, (bool, numpy.bool_)):
+            raise ArgumentError(f"expected True or False, got {x!r} ({_type_name(x)})")
+        return bool(x)
+
+
+class EnumerationValue(_Processor):
+    """One of a list of choices (usually strings).
+
+    :param choices: the allowed values, in the order a user interface shows them.
+    :param quickstyle: a user interface may show the choices as buttons that submit the
+        experiment at once.
+    """
+
+    ty = "EnumerationValue"
+
+    def __init__(self, choices, default=NoDefault, quickstyle=False):
+        self.choices = list(choices)
+        self.quickstyle = bool(quickstyle)
+        super().__init__(default)
+
+    def process(self, x):
+        """The value, when it is one of the choices."""
+        if x not in self.choices:
+            listed = ", ".join(repr(c) for c in self.choices)
+            raise ArgumentError(f"{x!r} is not one of the choices {listed}")
+        return x
+
+    def describe(self) -> dict:
+        desc = super().describe()
+        desc.update(choices=list(self.choices), quickstyle=self.quickstyle)
+        return desc
+
+
+class PYONValue(_Processor):
+    """Any PYON-encodable value, submitted as PYON text.
+
+    The default is a Python value; its description carries it as PYON text. Submitted
+    text is decoded with ``labpipe.protocol.pyon.decode`` (never evaluated); a value
+    that is not a string is taken as already decoded.
+    """
+
+    ty = "PYONValue"
+
+    def __init__(self, default=NoDefault):
+        self._default = default
+        if default is not NoDefault:
+            try:
+                pyon.encode(default)
+            except TypeError as e:
+                raise ArgumentError(f"invalid default {default!r}: {e}") from None
+
+    def process(self, x):
+        """The decoded value of PYON text."""
+        if not isinstance(x, str):
+            return x
+        try:
+            return pyon.decode(x)
+        except ValueError as e:
+            raise ArgumentError(f"cannot decode PYON text {x!r:.60}: {e}") from None
+
+    def describe(self) -> dict:
+        desc = super().describe()
+        if "default" in desc:
+            desc["default"] = pyon.encode(desc["default"])
+        return desc
+
+
+def _as_scan(x) -> ScanObject:
+    """A scan object from a scan object, a description, or a list whose first entry is
+    the selected one (the shape of a Scannable's default in its description)."""
+    if isinstance(x, list):
+        if not x:
+            raise ArgumentError("an empty list is not a scan")
+        x = x[0]
+    if isinstance(x, ScanObject):
+        return x
+    try:
+        return scan_from_description(x)
+    except (TypeError, ValueError) as e:
+        raise ArgumentError(str(e)) from None
+
+
+class Scannable:
+    """An argument whose value is a scan (``NoScan``, ``RangeScan``, ``CenterScan``,
+    ``ExplicitScan``); the experiment iterates over it.
+
+    :param default: a scan object, or a list of them: the first is the default, the
+        others preset the other scan types in a user interface.
+    :param unit, scale: as for ``NumberValue``.
+    :param global_step: the step of up/down buttons (default ``scale/10``).
+    :param global_min, global_max: the range every point of the scan must lie in.
+    :param precision: decimals shown.
+    """
+
+    ty = "Scannable"
+
+    def __init__(self, default=NoDefault, unit="", scale=None, global_step=None,
+                 global_min=None, global_max=None, precision=2, ndecimals=None):
+        self.unit = unit
+        self.scale = unit_scale(unit) if scale is None else scale
+        self.global_step = self.scale / 10 if global_step is None else global_step
+        self.global_min = global_min
+        self.global_max = global_max
+        self.precision = _deprecated_ndecimals(precision, ndecimals)
+        self.default_values: list[ScanObject] = []
+        if default is not NoDefault:
+            defaults = default if isinstance(default, list) else [default]
+            if not defaults:
+                raise ValueError("Scannable default: give at least one scan")
+            try:
+                self.default_values = [self.process(d) for d in defaults]
+            except ArgumentError as e:
+                raise ArgumentError(f"invalid default: {e.reason}") from None
+
+    def default(self) -> ScanObject:
+        """The default scan; raises ``DefaultMissing`` when there is none."""
+        if not self.default_values:
+            raise DefaultMissing()
+        return self.default_values[0]
+
+    def process(self, x) -> ScanObject:
+        """A scan object from its description (a scan object or a list of
+        descriptions is accepted too, the first entry of a list being the selected
+        scan), with every point within [global_min, global_max]."""
+        scan = _as_scan(x)
+        if self.global_min is not None or self.global_max is not None:
+            for point in scan:
+                try:
+                    _check_range(point, self.global_min, self.global_max, "global ")
+                except TypeError:
+                    raise ArgumentError(f"scan point {point!r} is not a number") from None
+        return scan
+
+    def describe(self) -> dict:
+        """The procdesc of wire-compat.md."""
+        desc = {"ty": self.ty}
+        if self.default_values:
+            desc["default"] = [scan.describe() for scan in self.default_values]
+        desc.update(unit=self.unit, scale=self.scale, global_step=self.global_step,
+                    global_min=self.global_min, global_max=self.global_max,
+                    precision=self.precision)
+        return desc
+
+    def __repr__(self):
+        return f"Scannable({self.describe()!r})"

@@ -1,0 +1,182 @@
+"""Scan objects: one-dimensional sweeps that experiments iterate over.
+
+A scan object is iterable (each iteration yields the same points, and independent
+iterators may run at once), has ``len()`` and ``describe()``, which returns its
+description as it travels on the wire (wire-compat.md):
+
+- ``NoScan(value, repetitions=1)``: ``value``, ``repetitions`` times.
+  ``{"ty": "NoScan", "value": v, "repetitions": n}``
+- ``RangeScan(start, stop, npoints, randomize=False, seed=None)``: ``npoints`` evenly
+  spaced points from ``start`` to ``stop`` (both included).
+  ``{"ty": "RangeScan", "start", "stop", "npoints", "randomize", "seed"}``
+- ``CenterScan(center, span, step, randomize=False, seed=None)``: ``center`` and the
+  points ``center +- k*step`` that lie within ``span/2`` of it, in ascending order.
+  ``{"ty": "CenterScan", "center", "span", "step", "randomize", "seed"}``
+- ``ExplicitScan(sequence)``: the given values in order.
+  ``{"ty": "ExplicitScan", "sequence": [...]}``
+
+With ``randomize=True`` the points are shuffled once, at construction, by
+``random.Random(seed)``: the same seed gives the same order, ``seed=None`` a fresh one.
+
+``scan_from_description(desc)`` builds a scan object back from its description (the
+``Scannable`` argument processor uses it). ``MultiScanManager`` iterates over the
+product of several named scans.
+"""
+
+import inspect
+import math
+import numbers
+import random
+from itertools import product
+from types import SimpleNamespace
+
+__all__ = ["ScanObject", "NoScan", "RangeScan", "CenterScan", "ExplicitScan",
+           "MultiScanManager", "scan_from_description"]
+
+# Tolerance on span/(2*step) in CenterScan, so that rounding (0.6/0.2 == 2.9999...)
+# does not drop the outermost points.
+_CENTER_TOLERANCE = 1e-9
+
+
+class ScanObject:
+    """Base of scan objects: iteration over ``self.sequence``, ``len()``."""
+
+    sequence: list
+
+    def __iter__(self):
+        return iter(self.sequence)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def describe(self) -> dict:
+        """The scan's description, as in wire-compat.md."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "ty")
+        return f"{type(self).__name__}({fields})"
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+    return int(value)
+
+
+def _shuffled(sequence: list, randomize: bool, seed) -> list:
+    if randomize:
+        random.Random(seed).shuffle(sequence)
+    return sequence
+
+
+class NoScan(ScanObject):
+    """A single value, yielded ``repetitions`` times."""
+
+    def __init__(self, value, repetitions=1):
+        self.value = value
+        self.repetitions = _check_count("repetitions", repetitions)
+        self.sequence = [value] * self.repetitions
+
+    def describe(self) -> dict:
+        return {"ty": "NoScan", "value": self.value, "repetitions": self.repetitions}
+
+
+class RangeScan(ScanObject):
+    """``npoints`` evenly spaced values from ``start`` to ``stop``, both included
+    (just ``start`` when ``npoints`` is 1); shuffled when ``randomize``."""
+
+    def __init__(self, start, stop, npoints, randomize=False, seed=None):
+        self.start = start
+        self.stop = stop
+        self.npoints = _check_count("npoints", npoints)
+        self.randomize = bool(randomize)
+        self.seed = seed
+        if self.npoints <= 1:
+            points = [start] * self.npoints
+        else:
+            last = self.npoints - 1
+            points = [start + (stop - start) * i / last for i in range(last)] + [float(stop)]
+        self.sequence = _shuffled(points, self.randomize, seed)
+
+    def describe(self) -> dict:
+        return {"ty": "RangeScan", "start": self.start, "stop": self.stop,
+                "npoints": self.npoints, "randomize": self.randomize, "seed": self.seed}
+
+
+class CenterScan(ScanObject):
+    """``center`` and the points ``center +- k*step`` within ``span/2`` of it, in
+    ascending order (shuffled when ``randomize``); no points when ``step`` is 0."""
+
+    def __init__(self, center, span, step, randomize=False, seed=None):
+        self.center = center
+        self.span = span
+        self.step = step
+        self.randomize = bool(randomize)
+        self.seed = seed
+        if span < 0:
+            raise ValueError(f"span must be >= 0, not {span!r}")
+        if step == 0:
+            points = []
+        else:
+            n = math.floor(span / (2 * abs(step)) + _CENTER_TOLERANCE)
+            points = [center + k * abs(step) for k in range(-n, n + 1)]
+        self.sequence = _shuffled(points, self.randomize, seed)
+
+    def describe(self) -> dict:
+        return {"ty": "CenterScan", "center": self.center, "span": self.span,
+                "step": self.step, "randomize": self.randomize, "seed": self.seed}
+
+
+class ExplicitScan(ScanObject):
+    """The values of ``sequence``, in order."""
+
+    def __init__(self, sequence):
+        self.sequence = list(sequence)
+
+    def describe(self) -> dict:
+        return {"ty": "ExplicitScan", "sequence": list(self.sequence)}
+
+
+_SCAN_TYPES: dict[str, type[ScanObject]] = {
+    cls.__name__: cls for cls in (NoScan, RangeScan, CenterScan, ExplicitScan)}
+
+
+def scan_from_description(desc: dict) -> ScanObject:
+    """Build a scan object from its description (``{"ty": "RangeScan", ...}``).
+
+    Keys the scan type does not take are ignored (as ARTIQ does); an unknown ``ty`` or a
+    missing parameter raises ``ValueError`` saying what is expected.
+    """
+    if not isinstance(desc, dict):
+        raise ValueError(f"a scan description is a dict with a 'ty' key, not {desc!r:.80}")
+    ty = desc.get("ty")
+    cls = _SCAN_TYPES.get(ty) if isinstance(ty, str) else None
+    if cls is None:
+        raise ValueError(f"unknown scan type {ty!r} (expected one of "
+                         f"{', '.join(_SCAN_TYPES)})")
+    params = inspect.signature(cls).parameters
+    missing = [name for name, p in params.items()
+               if p.default is inspect.Parameter.empty and name not in desc]
+    if missing:
+        raise ValueError(f"{ty} needs {', '.join(repr(m) for m in missing)}")
+    return cls(**{name: desc[name] for name in params if name in desc})
+
+
+class MultiScanManager:
+    """Iterate over the product of several named scans.
+
+    ``MultiScanManager(("a", scan_a), ("b", scan_b))`` yields, for every combination
+    (the last scan varying fastest), a point with attributes ``a`` and ``b``.
+    """
+
+    def __init__(self, *named_scans):
+        self.names = [name for name, _ in named_scans]
+        self.scan_objects = [scan for _, scan in named_scans]
+
+    def __iter__(self):
+        for values in product(*self.scan_objects):
+            yield SimpleNamespace(**dict(zip(self.names, values)))
+
+    def __len__(self) -> int:
+        return math.prod(len(scan) for scan in self.scan_objects)

@@ -1,0 +1,53 @@
+"""SI unit constants for experiment code, and the scale of a unit name.
+
+The same names as ARTIQ's units, so that ``100*MHz`` or ``5*us`` read the same. Values
+are plain floats: ``MHz == 1e6``.
+
+``unit_scale(unit)`` gives the scale an argument processor uses when only the unit is
+given (``"MHz"`` -> 1e6); an unknown unit is a ``KeyError`` telling to pass ``scale``.
+"""
+
+__all__ = ["ps", "ns", "us", "ms", "s",
+           "Hz", "kHz", "MHz", "GHz",
+           "dB",
+           "uV", "mV", "V", "kV",
+           "uA", "mA", "A"]
+
+ps = 1e-12
+ns = 1e-9
+us = 1e-6
+ms = 1e-3
+s = 1.0
+
+Hz = 1.0
+kHz = 1e3
+MHz = 1e6
+GHz = 1e9
+
+dB = 1.0
+
+uV = 1e-6
+mV = 1e-3
+V = 1.0
+kV = 1e3
+
+uA = 1e-6
+mA = 1e-3
+A = 1.0
+
+_SCALES: dict[str, float] = {name: globals()[name] for name in __all__}
+
+
+def unit_scale(unit: str) -> float:
+    """The scale of a unit name: 1.0 for ``""``, 1e6 for ``"MHz"``, ...
+
+    Raises ``KeyError`` for a unit this table does not know; give the argument an
+    explicit ``scale`` then.
+    """
+    if unit == "":
+        return 1.0
+    try:
+        return _SCALES[unit]
+    except KeyError:
+        raise KeyError(f"unit {unit!r} is unknown, give the scale explicitly "
+                       f"(e.g. scale=1.0); known units: {', '.join(__all__)}") from None
