@@ -1,0 +1,528 @@
+"""Synchronised structures: the notify port (ARTIQ's ``sync_struct`` protocol).
+
+One process owns a structure (dicts, lists, tuples, numpy arrays, nested) and changes it
+only through a ``Notifier``; every change is described by a *mod*, a plain dict that
+``apply_mod`` replays on a copy. ``Publisher`` serves notifiers on TCP; ``Subscriber``
+keeps a local copy of one of them.
+
+Mods (exactly the wire shapes; ``path`` lists the keys/indices from the root to the
+container that changed)::
+
+    {"action": "init", "struct": FULL_COPY}            # first line to each subscriber
+    {"action": "setitem", "path": [...], "key": k, "value": v}
+    {"action": "delitem", "path": [...], "key": k}
+    {"action": "append", "path": [...], "x": v}
+    {"action": "insert", "path": [...], "i": n, "x": v}
+    {"action": "pop", "path": [...], "i": n}
+
+Notifier contract:
+
+- ``n[k] = v``, ``del n[k]``, ``n.append(x)``, ``n.insert(i, x)``, ``n.pop(i=-1)``
+  mutate the backing structure, then call every listener synchronously with the mod.
+  A mutation that raises publishes nothing. Every listener is called even if an earlier
+  one raised; the first exception is then re-raised to the caller (the mutation itself
+  stays applied).
+- ``n[k]`` returns a Notifier view for the sub-path (it raises KeyError/IndexError if
+  ``k`` is missing). A view stores its path, not the object: it always acts on whatever
+  is at that path now, so mods stay consistent with what subscribers hold.
+- A path may go *through* a tuple (datasets are ``(persist, value, metadata)``):
+  ``n[key][1][i] = v`` changes the array or list inside the tuple and publishes
+  ``setitem`` at path ``[key, 1]``. A tuple itself cannot change: mutating it raises
+  TypeError and publishes nothing; replace the whole tuple instead.
+- ``n.raw_view`` is the object at the view's path (read it, never mutate it directly).
+- ``add_listener(cb)`` / ``remove_listener(cb)``: listeners live on the root notifier,
+  whichever view they are added through.
+- A mod's ``value``/``x`` is the very object stored in the structure, not a copy:
+  listeners must not mutate it, and an in-process mirror must copy it
+  (``copy.deepcopy(mod)``) before ``apply_mod``, or both structures share the object.
+- Not thread-safe: mutate from the thread running the Publisher's event loop.
+
+Publisher contract (a TCP server on the notify port, default 3250):
+
+- The client sends ``ARTIQ sync_struct`` then the notifier name, one line each; the
+  server answers the init mod then one PYON line per mod. A wrong banner or an unknown
+  name closes the connection.
+- The init and all later mods are taken in the same event-loop step, so a subscriber
+  sees each mutation exactly once, in order.
+- Each mod is encoded once per notifier (and not at all while nobody subscribes); the
+  same bytes are queued for every subscriber.
+- Each subscriber has a bounded queue (``queue_limit`` mods and ``queue_bytes`` bytes;
+  the init is not counted, and one mod larger than ``queue_bytes`` passes when nothing
+  else is queued). A subscriber that falls behind either bound is disconnected
+  (it reconnects and gets a fresh init); the master's memory never grows without bound.
+  One writer task per connection writes and drains, so a slow socket never blocks the
+  event loop or the other subscribers.
+
+Subscriber contract: ``Subscriber(name, target_builder, notify_cb=None,
+disconnect_cb=None)``; ``await connect(host, port, before_receive_cb=None)``,
+``await close()``. ``target_builder(struct)`` builds the local copy from the init (its
+return value is ``.target``, also named ``.model``); later mods are applied to it with
+``apply_mod``; ``notify_cb(mod)`` (a callable or a list of them) runs after each mod,
+init included; the mod shares its objects with the copy (copy it to keep it as it
+was). ``disconnect_cb()`` runs when the connection ends other than by ``close()``:
+server gone, a line that does not decode, or an exception from target_builder,
+apply_mod or notify_cb (logged). Reconnect to get a fresh init.
+
+``Outbox`` (bounded queue and writer of one server connection) and ``LineClient``
+(banner, name, then one callback per line) are shared with ``broadcast``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Callable, Literal, TypedDict, Union
+
+from . import pyon
+from .server import AsyncioServer, read_line
+
+__all__ = ["Notifier", "apply_mod", "Publisher", "Subscriber", "Mod",
+           "Outbox", "DEFAULT_QUEUE_LIMIT", "DEFAULT_QUEUE_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+BANNER = "ARTIQ sync_struct"
+
+#: Default bound on the mods waiting for one subscriber.
+DEFAULT_QUEUE_LIMIT = 10_000
+#: Default bound on the bytes waiting for one subscriber (the init not counted).
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
+#: Longest line a client accepts from a server (an init can be large).
+CLIENT_MAX_LINE_LENGTH = 1024 * 1024 * 1024
+
+
+class InitMod(TypedDict):
+    action: Literal["init"]
+    struct: Any
+
+
+class SetItemMod(TypedDict):
+    action: Literal["setitem"]
+    path: list
+    key: Any
+    value: Any
+
+
+class DelItemMod(TypedDict):
+    action: Literal["delitem"]
+    path: list
+    key: Any
+
+
+class AppendMod(TypedDict):
+    action: Literal["append"]
+    path: list
+    x: Any
+
+
+class InsertMod(TypedDict):
+    action: Literal["insert"]
+    path: list
+    i: int
+    x: Any
+
+
+class PopMod(TypedDict):
+    action: Literal["pop"]
+    path: list
+    i: Any
+
+
+Mod = Union[InitMod, SetItemMod, DelItemMod, AppendMod, InsertMod, PopMod]
+Listener = Callable[[Mod], None]
+
+
+def _traverse(obj, path):
+    for key in path:
+        obj = obj[key]
+    return obj
+
+
+def apply_mod(target, mod: Mod) -> None:
+    """Apply one mod (not init) to target, a plain structure or any object with item access.
+
+    The path may go through tuples; the container it ends at must be mutable.
+    Raises ValueError on an unknown action, and whatever the container raises.
+    """
+    action = mod["action"]
+    container = _traverse(target, mod["path"])
+    if action == "setitem":
+        container[mod["key"]] = mod["value"]
+    elif action == "delitem":
+        del container[mod["key"]]
+    elif action == "append":
+        container.append(mod["x"])
+    elif action == "insert":
+        container.insert(mod["i"], mod["x"])
+    elif action == "pop":
+        container.pop(mod["i"])
+    else:
+        raise ValueError(f"cannot apply a mod with action {action!r}")
+
+
+class Notifier:
+    """Wraps a structure; every mutation through it is published to its listeners as a mod.
+
+    ``Notifier(backing)`` makes a root; ``notifier[key]`` makes a view on a sub-path.
+    """
+
+    def __init__(self, backing):
+        self._root = self
+        self._path: tuple = ()
+        self._backing = backing
+        self._listeners: list[Listener] = []
+
+    def _view(self, key) -> Notifier:
+        view = object.__new__(Notifier)
+        view._root = self._root
+        view._path = self._path + (key,)
+        return view
+
+    @property
+    def raw_view(self):
+        """The object at this notifier's path in the backing structure (read only)."""
+        return _traverse(self._root._backing, self._path)
+
+    def add_listener(self, cb: Listener) -> None:
+        """Call cb(mod) after every mutation anywhere in the structure."""
+        self._root._listeners.append(cb)
+
+    def remove_listener(self, cb: Listener) -> None:
+        """Stop calling cb; does nothing if cb is not a listener."""
+        try:
+            self._root._listeners.remove(cb)
+        except ValueError:
+            pass
+
+    def _container(self):
+        container = self.raw_view
+        if isinstance(container, tuple):
+            raise TypeError(
+                f"the object at path {list(self._path)} is a tuple and cannot be modified; "
+                "replace the whole tuple from its parent instead")
+        return container
+
+    def _publish(self, mod: Mod) -> None:
+        first_error = None
+        for cb in tuple(self._root._listeners):
+            try:
+                cb(mod)
+            except Exception as e:
+                if first_error is None:
+                    first_error = e  # re-raised below
+                else:
+                    logger.exception("notifier listener %r failed", cb)
+        if first_error is not None:
+            raise first_error
+
+    def __getitem__(self, key) -> Notifier:
+        view = self._view(key)
+        view.raw_view  # raises KeyError/IndexError now rather than at the first mutation
+        return view
+
+    def __setitem__(self, key, value) -> None:
+        self._container()[key] = value
+        self._publish({"action": "setitem", "path": list(self._path),
+                       "key": key, "value": value})
+
+    def __delitem__(self, key) -> None:
+        del self._container()[key]
+        self._publish({"action": "delitem", "path": list(self._path), "key": key})
+
+    def append(self, x) -> None:
+        """Append x to the list at this path."""
+        self._container().append(x)
+        self._publish({"action": "append", "path": list(self._path), "x": x})
+
+    def insert(self, i: int, x) -> None:
+        """Insert x before index i in the list at this path."""
+        self._container().insert(i, x)
+        self._publish({"action": "insert", "path": list(self._path), "i": i, "x": x})
+
+    def pop(self, i=-1):
+        """Remove and return the item at index i (key i for a dict) at this path."""
+        value = self._container().pop(i)
+        self._publish({"action": "pop", "path": list(self._path), "i": i})
+        return value
+
+    # Without this, Python would iterate by calling __getitem__(0), (1), ...
+    __iter__ = None
+
+    def __repr__(self):
+        return f"<Notifier path={list(self._path)}>"
+
+
+async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+class Outbox:
+    """The bounded queue of encoded lines for one connection, and its writer loop.
+
+    Shared by the Publisher and the Broadcaster. ``put`` never blocks; when a bound
+    would be exceeded the queue is emptied, the connection aborted and every later
+    ``put`` ignored.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, queue_limit: int, queue_bytes: int,
+                 what: str):
+        peer = writer.get_extra_info("peername")
+        self._writer = writer
+        self._queue_limit = queue_limit
+        self._queue_bytes = queue_bytes
+        self._label = f"{what} at {peer[0]}:{peer[1]}" if peer else what
+        self._lines: deque[bytes] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self.dropped = False
+
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """(lines, bytes) queued and not yet handed to the socket."""
+        return len(self._lines), self._bytes
+
+    def put(self, line: bytes) -> bool:
+        """Queue one line; False if the connection is (now) dropped."""
+        if self.dropped:
+            return False
+        # A single line larger than queue_bytes still passes when nothing is queued.
+        if (len(self._lines) >= self._queue_limit
+                or (self._lines and self._bytes + len(line) > self._queue_bytes)):
+            logger.warning("%s cannot keep up (%d lines, %d bytes queued): disconnected",
+                           self._label, len(self._lines), self._bytes)
+            self.abort()
+            return False
+        self._lines.append(line)
+        self._bytes += len(line)
+        self._ready.set()
+        return True
+
+    def abort(self) -> None:
+        """Drop the queue and the connection at once."""
+        self.dropped = True
+        self._lines.clear()
+        self._bytes = 0
+        self._ready.set()
+        self._writer.transport.abort()
+
+    async def _write_loop(self):
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                self._bytes -= len(line)
+                self._writer.write(line)
+                await self._writer.drain()
+            if self.dropped:
+                return
+            self._ready.clear()
+            await self._ready.wait()
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        """Write queued lines until the peer hangs up or the outbox is dropped.
+
+        Anything the peer sends meanwhile is read and discarded.
+        """
+        writing = asyncio.create_task(self._write_loop())
+        watching = asyncio.create_task(_discard_until_eof(reader))
+        try:
+            await asyncio.wait((writing, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writing.cancel()
+            watching.cancel()
+            await asyncio.gather(writing, watching, return_exceptions=True)
+
+
+class Publisher(AsyncioServer):
+    """Serves notifiers on the notify port; see the module docstring.
+
+    queue_limit and queue_bytes bound what may wait for one subscriber.
+    """
+
+    def __init__(self, notifiers: dict[str, Notifier], *,
+                 queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs):
+        super().__init__(**kwargs)
+        self.notifiers = dict(notifiers)
+        self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
+        self._outboxes: dict[str, set[Outbox]] = {name: set() for name in self.notifiers}
+        self._listeners = {name: self._make_listener(name) for name in self.notifiers}
+
+    def _make_listener(self, name: str) -> Listener:
+        def listener(mod):
+            self._publish(name, mod)
+        return listener
+
+    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0):
+        """Start listening and publishing the notifiers' mods."""
+        for name, notifier in self.notifiers.items():
+            notifier.add_listener(self._listeners[name])
+        try:
+            await super().start(host, port)
+        except BaseException:
+            self._remove_listeners()
+            raise
+
+    async def stop(self):
+        """Disconnect every subscriber and stop listening."""
+        self._remove_listeners()
+        await super().stop()
+
+    def _remove_listeners(self):
+        for name, notifier in self.notifiers.items():
+            notifier.remove_listener(self._listeners[name])
+
+    def backlogs(self, name: str) -> list[tuple[int, int]]:
+        """(lines, bytes) waiting for each current subscriber of notifier name."""
+        return [outbox.backlog for outbox in self._outboxes[name]]
+
+    def _publish(self, name: str, mod: Mod) -> None:
+        outboxes = self._outboxes[name]
+        if not outboxes:
+            return
+        try:
+            line = (pyon.encode(mod) + "\n").encode("ascii")
+        except (TypeError, ValueError):
+            logger.exception("notifier %r: cannot encode a mod; disconnecting its %d "
+                             "subscriber(s)", name, len(outboxes))
+            for outbox in list(outboxes):
+                outbox.abort()
+            return
+        for outbox in list(outboxes):
+            outbox.put(line)
+
+    async def _handle_connection_cr(self, reader, writer):
+        if await read_line(reader) != BANNER:
+            return
+        name = await read_line(reader)
+        if name not in self.notifiers:
+            logger.debug("sync: unknown notifier %.100r requested", name)
+            return
+        # From encoding the init to registering the outbox there is no await: every
+        # later mod reaches this subscriber, and no earlier one.
+        try:
+            init = pyon.encode({"action": "init", "struct": self.notifiers[name].raw_view})
+        except (TypeError, ValueError):
+            logger.exception("notifier %r: cannot encode its content", name)
+            return
+        writer.write((init + "\n").encode("ascii"))
+        outbox = Outbox(writer, self.queue_limit, self.queue_bytes,
+                        f"sync subscriber of {name!r}")
+        self._outboxes[name].add(outbox)
+        try:
+            await outbox.serve(reader)
+        finally:
+            self._outboxes[name].discard(outbox)
+
+
+class LineClient:
+    """A client that sends a banner and a name, then handles each received line.
+
+    The base of Subscriber and broadcast.Receiver.
+    """
+
+    _banner = ""
+
+    def __init__(self, name: str, disconnect_cb: Callable[[], None] | None):
+        self._name = name
+        self.disconnect_cb = disconnect_cb
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    async def _connect(self, host, port, before_receive_cb=None):
+        if self._task is not None:
+            raise RuntimeError("already connected; close() first")
+        reader, writer = await asyncio.open_connection(host, port,
+                                                       limit=CLIENT_MAX_LINE_LENGTH)
+        try:
+            if before_receive_cb is not None:
+                before_receive_cb()
+            writer.write(f"{self._banner}\n{self._name}\n".encode("utf-8"))
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
+        self._closing = False
+        self._task = asyncio.create_task(self._receive(reader, writer))
+
+    async def close(self) -> None:
+        """Disconnect (disconnect_cb is not called) and wait for the receiver to end."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, asyncio.CancelledError):
+                pass
+
+    def _handle(self, text: str) -> None:
+        raise NotImplementedError
+
+    async def _receive(self, reader, writer):
+        try:
+            while (line := await read_line(reader)) is not None:
+                self._handle(line)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s %r: receiving failed, disconnecting",
+                             type(self).__name__, self._name)
+        finally:
+            writer.close()
+        if not self._closing and self.disconnect_cb is not None:
+            try:
+                self.disconnect_cb()
+            except Exception:
+                logger.exception("disconnect_cb of %s %r failed",
+                                 type(self).__name__, self._name)
+
+
+class Subscriber(LineClient):
+    """Keeps a local copy of one notifier of a Publisher; see the module docstring."""
+
+    _banner = BANNER
+
+    def __init__(self, notifier_name: str, target_builder: Callable[[Any], Any],
+                 notify_cb: Callable[[Mod], None] | list | None = None,
+                 disconnect_cb: Callable[[], None] | None = None):
+        super().__init__(notifier_name, disconnect_cb)
+        self.notifier_name = notifier_name
+        self.target_builder = target_builder
+        if notify_cb is None:
+            notify_cb = []
+        self.notify_cbs = list(notify_cb) if isinstance(notify_cb, list) else [notify_cb]
+        self.target = None
+        self._got_init = False
+
+    @property
+    def model(self):
+        """The local copy (same as ``target``)."""
+        return self.target
+
+    async def connect(self, host: str, port: int,
+                      before_receive_cb: Callable[[], None] | None = None) -> None:
+        """Connect and subscribe; before_receive_cb() runs once connected, before any mod."""
+        self._got_init = False
+        await self._connect(host, port, before_receive_cb)
+
+    def _handle(self, text):
+        mod = pyon.decode(text)
+        if not isinstance(mod, dict):
+            raise ValueError(f"a mod must be a dict, got {type(mod).__name__}")
+        if mod.get("action") == "init":
+            self.target = self.target_builder(mod["struct"])
+            self._got_init = True
+        elif not self._got_init:
+            raise ValueError("received a mod before the init")
+        else:
+            apply_mod(self.target, mod)
+        for cb in self.notify_cbs:
+            cb(mod)
