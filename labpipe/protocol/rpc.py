@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import inspect
 import logging
 import socket
@@ -241,7 +242,7 @@ def _argspec(function) -> dict:
                             "kwonlyargs": [], "kwonlydefaults": {}, "annotations": {}}
     try:
         signature = inspect.signature(function)
-    except (TypeError, ValueError):  # some builtins have no signature
+    except Exception:  # some builtins and odd callables have no signature
         return spec
     defaults = []
     P = inspect.Parameter
@@ -362,13 +363,15 @@ class Server(AsyncioServer):
         try:
             request = _parse_request(line)
             if request["action"] == "get_rpc_method_list":
-                return _encode_ok(_describe(target), "get_rpc_method_list")
-            method = _get_method(target, request["name"])
+                name, call = "get_rpc_method_list", functools.partial(_describe, target)
+            else:
+                name = request["name"]
+                call = functools.partial(_get_method(target, name),
+                                         *request["args"], **request["kwargs"])
         except (ValueError, AttributeError) as e:
             return self._refuse(e, peer)
-        name = request["name"]
         try:
-            ret = method(*request["args"], **request["kwargs"])
+            ret = call()
             if inspect.isawaitable(ret):
                 ret = await ret
         except asyncio.CancelledError as e:
@@ -512,6 +515,7 @@ class AsyncClient:
 
     async def connect_rpc(self, host: str, port: int, target_name: str | None = None):
         """Connect and select target_name (None: the server's only target)."""
+        self.close_rpc()
         self._reader, self._writer = await asyncio.open_connection(
             host, port, limit=self._max_line_length)
         try:
