@@ -1,0 +1,216 @@
+"""The results file of one run: an HDF5 file written atomically.
+
+Layout (``shared/docs/wire-compat.md``, plus labpipe's additions), readable with plain
+h5py::
+
+    results/YYYY-MM-DD/HH/RRRRRRRRR-ClassName.h5   (local time, RID zero-padded to 9)
+      datasets/KEY       datasets the run set with archive on; metadata as attributes
+      archive/KEY        datasets the run read from the master with archive=True
+      rid                int64
+      start_time         float64, Unix time at which the run was built
+      run_time           float64, Unix time at which its run stage began (ARTIQ's
+                         meaning: a time stamp, not a duration); absent when None
+      expid              the expid as a PYON string
+      repo_rev           str, when the experiment came from the repository
+      labpipe_version    str
+      log                1-D array of variable-length UTF-8 strings (may be empty)
+      error              str, when the run failed
+      GROUP/KEY          for each extra group given (e.g. bluesky documents)
+
+How a value is stored (the same rules for ``datasets/``, ``archive/`` and extra groups):
+
+- bool, int, float, complex, numpy scalars and numpy arrays of bool, integer, float or
+  complex dtype: as native HDF5 data.
+- lists (not tuples) that numpy turns into such an array: as that array (this is how
+  analysis code expects them; the list type itself is not kept).
+- str: a variable-length UTF-8 string.
+- anything else PYON can encode (dict, tuple, set, None, bytes, nested or mixed lists,
+  arrays of other dtypes, ...): its PYON text as a string, with the attribute
+  ``labpipe_encoding = "pyon"``; ``pyon.decode`` gives the value back with its type.
+- a value PYON cannot encode: its ``repr`` with ``labpipe_encoding = "repr"`` and a
+  logged warning, so that a results file is still written on every exit path.
+
+Metadata entries of a dataset become attributes of its HDF5 dataset: str, bool, int,
+float and numpy scalars natively, anything else as PYON text, its name listed in the
+attribute ``labpipe_pyon_attrs``. A key containing ``/`` creates nested HDF5 groups.
+
+The file is written to a temporary file in the destination folder (created as needed),
+flushed and fsynced, then renamed over the destination: a reader sees no file or the
+whole file, and no temporary file is left behind, even when writing fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import h5py
+import numpy
+
+import labpipe
+from labpipe.protocol import pyon
+
+__all__ = ["write_results", "results_path", "ENCODING_ATTR"]
+
+logger = logging.getLogger(__name__)
+
+#: Attribute naming how a non-native value was turned into a string.
+ENCODING_ATTR = "labpipe_encoding"
+#: Attribute listing the metadata attributes stored as PYON text.
+PYON_ATTRS_ATTR = "labpipe_pyon_attrs"
+
+_NATIVE_KINDS = "biufc"
+_STANDARD_NAMES = {"datasets", "archive", "rid", "start_time", "run_time", "expid",
+                   "repo_rev", "labpipe_version", "log", "error"}
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def results_path(results_dir: str | os.PathLike, rid: int, class_name: str,
+                 start_time: float) -> str:
+    """Path of a run's results file: ``results_dir/YYYY-MM-DD/HH/RRRRRRRRR-Class.h5``.
+
+    The date and hour are ``start_time`` (Unix time) in local time. Characters of
+    ``class_name`` that do not belong in a file name are replaced by ``_``.
+    """
+    t = time.localtime(start_time)
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(class_name)) or "_"
+    return os.path.join(os.fspath(results_dir), time.strftime("%Y-%m-%d", t),
+                        time.strftime("%H", t), f"{int(rid):09d}-{safe_name}.h5")
+
+
+def _native(value: Any):
+    """value as something h5py stores natively, or None when it must be encoded."""
+    if isinstance(value, (bool, int, float, complex)):
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+            return None  # too big for HDF5 integers: PYON keeps it exact
+        return value
+    if isinstance(value, numpy.generic):
+        return value if value.dtype.kind in _NATIVE_KINDS else None
+    if isinstance(value, numpy.ndarray):
+        return value if value.dtype.kind in _NATIVE_KINDS else None
+    if isinstance(value, list):
+        try:
+            array = numpy.asarray(value)
+        except (ValueError, TypeError, OverflowError):
+            return None  # ragged or otherwise not an array
+        return array if array.dtype.kind in _NATIVE_KINDS else None
+    return None
+
+
+def _write_value(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
+    native = _native(value)
+    if native is not None:
+        return group.create_dataset(name, data=native)
+    if isinstance(value, str):
+        return group.create_dataset(name, data=value, dtype=_STR)
+    try:
+        text, encoding = pyon.encode(value), "pyon"
+    except (TypeError, ValueError) as e:
+        logger.warning("results: %s/%s cannot be encoded in PYON (%s); storing its repr",
+                       group.name.rstrip("/"), name, e)
+        text, encoding = repr(value), "repr"
+    dataset = group.create_dataset(name, data=text, dtype=_STR)
+    dataset.attrs[ENCODING_ATTR] = encoding
+    return dataset
+
+
+def _write_metadata(dataset: h5py.Dataset, metadata: Mapping[str, Any]):
+    pyon_names = []
+    for name, value in metadata.items():
+        name = str(name)
+        if isinstance(value, (str, bool, int, float)) or (
+                isinstance(value, numpy.generic) and value.dtype.kind in _NATIVE_KINDS):
+            dataset.attrs[name] = value
+        else:
+            dataset.attrs[name] = pyon.encode(value)
+            pyon_names.append(name)
+    if pyon_names:
+        dataset.attrs[PYON_ATTRS_ATTR] = numpy.array(pyon_names, dtype=_STR)
+
+
+def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any], with_metadata: bool):
+    """Write one group; a key that cannot be written is logged and skipped."""
+    group = f.create_group(group_name)
+    for key, item in items.items():
+        value, metadata = item if with_metadata else (item, None)
+        try:
+            dataset = _write_value(group, str(key), value)
+            if metadata:
+                _write_metadata(dataset, metadata)
+        except Exception as e:
+            logger.warning("results: %s/%s not written: %s: %s",
+                           group_name, key, type(e).__name__, e)
+
+
+def _write_file(f: h5py.File, *, rid, start_time, run_time, expid, repo_rev, datasets,
+                archive, log_lines, error, extra_groups):
+    _write_group(f, "datasets", datasets or {}, with_metadata=True)
+    _write_group(f, "archive", archive or {}, with_metadata=False)
+    for group_name, items in (extra_groups or {}).items():
+        _write_group(f, group_name, items, with_metadata=False)
+    f["rid"] = numpy.int64(rid)
+    f["start_time"] = numpy.float64(start_time)
+    if run_time is not None:
+        f["run_time"] = numpy.float64(run_time)
+    f.create_dataset("expid", data=pyon.encode(expid), dtype=_STR)
+    if repo_rev is not None:
+        f.create_dataset("repo_rev", data=str(repo_rev), dtype=_STR)
+    f.create_dataset("labpipe_version", data=labpipe.__version__, dtype=_STR)
+    lines = [str(line) for line in (log_lines or [])]
+    f.create_dataset("log", data=numpy.array(lines, dtype=object), dtype=_STR, shape=(len(lines),))
+    if error is not None:
+        f.create_dataset("error", data=str(error), dtype=_STR)
+
+
+def _fsync_path(path: str, directory: bool = False):
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
+                  run_time: float | None, expid: dict, repo_rev: str | None = None,
+                  datasets: Mapping[str, tuple[Any, dict | None]] | None = None,
+                  archive: Mapping[str, Any] | None = None,
+                  log_lines: Iterable[str] | None = None, error: str | None = None,
+                  extra_groups: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write a run's results file at ``path`` atomically (layout in the module docstring).
+
+    ``datasets`` maps key -> (value, metadata) (the worker's ``DatasetManager.local``),
+    ``archive`` maps key -> value (``DatasetManager.archive``), ``extra_groups`` maps a
+    group name -> {key: value}. A single value that cannot be written is logged and
+    skipped, so that the rest of the results is kept; any other failure raises, and
+    leaves neither the destination nor a temporary file behind.
+    """
+    for group_name in extra_groups or {}:
+        if not isinstance(group_name, str) or not group_name:
+            raise ValueError(f"extra group name {group_name!r} is not a non-empty str")
+        if group_name in _STANDARD_NAMES:
+            raise ValueError(f"extra group name {group_name!r} clashes with a standard field")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".h5.tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_file(f, rid=rid, start_time=start_time, run_time=run_time, expid=expid,
+                        repo_rev=repo_rev, datasets=datasets, archive=archive,
+                        log_lines=log_lines, error=error, extra_groups=extra_groups)
+            f.flush()
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_path(directory, directory=True)
