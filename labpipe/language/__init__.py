@@ -1,0 +1,18 @@
+"""What experiment code uses: environment, arguments, scans, units, exceptions.
+
+``from labpipe.experiment import *`` brings all of it in, as ``from artiq.experiment
+import *`` does for ARTIQ experiments. This package imports nothing from labpipe but
+``labpipe.protocol``. The helpers of ``argument_managers`` beyond the two managers stay
+in that module.
+"""
+
+from labpipe.language import arguments, environment, exceptions, scans, units
+from labpipe.language.argument_managers import ProcessArgumentManager, TraceArgumentManager
+from labpipe.language.arguments import *
+from labpipe.language.environment import *
+from labpipe.language.exceptions import *
+from labpipe.language.scans import *
+from labpipe.language.units import *
+
+__all__ = (exceptions.__all__ + arguments.__all__ + scans.__all__ + environment.__all__
+           + ["ProcessArgumentManager", "TraceArgumentManager"] + units.__all__)

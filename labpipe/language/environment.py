@@ -1,0 +1,302 @@
+"""The experiment's environment: arguments, devices, datasets, scheduling defaults.
+
+``HasEnvironment(managers_or_parent, *args, **kwargs)`` is built either from the tuple
+``(device_mgr, dataset_mgr, argument_mgr, scheduler_defaults)`` (the worker, or
+examine, makes it) or from a parent ``HasEnvironment``, whose managers the child then
+shares (the parent lists it in ``children``). The constructor calls
+``self.build(*args, **kwargs)``, where experiments request their arguments and devices.
+
+The managers follow docs/internals.md (the Protocols below restate it):
+``device_mgr.get(key)``; ``dataset_mgr.set(key, value, metadata, broadcast, persist,
+archive)``, ``.get(key, archive)``, ``.get_metadata(key)``, ``.mutate(key, index,
+value)``, ``.append_to(key, value)``; ``argument_mgr.get(key, processor, group,
+tooltip)`` and ``.get_interactive(arglist, title)``; ``scheduler_defaults`` a dict.
+
+``Experiment`` gives the three stages (``prepare``, ``run``, ``analyze``; only ``run``
+must be written); ``EnvExperiment`` is the usual base of experiments.
+"""
+
+from contextlib import contextmanager
+from inspect import isclass
+from types import SimpleNamespace
+from typing import Any, NamedTuple, Protocol
+
+from labpipe.language.arguments import NoDefault
+
+__all__ = ["HasEnvironment", "Experiment", "EnvExperiment", "is_experiment",
+           "is_public_experiment"]
+
+
+class DeviceManager(Protocol):
+    def get(self, key: str) -> Any: ...
+
+
+class DatasetManager(Protocol):
+    def set(self, key: str, value, metadata: dict, broadcast: bool, persist: bool,
+            archive: bool) -> None: ...
+    def get(self, key: str, archive: bool = False) -> Any: ...
+    def get_metadata(self, key: str) -> dict: ...
+    def mutate(self, key: str, index, value) -> None: ...
+    def append_to(self, key: str, value) -> None: ...
+
+
+class ArgumentManager(Protocol):
+    def get(self, key: str, processor, group: str | None, tooltip: str | None) -> Any: ...
+
+
+class _Managers(NamedTuple):
+    device: DeviceManager
+    dataset: DatasetManager
+    argument: ArgumentManager
+    scheduler_defaults: dict
+
+
+class _VirtualDevice:
+    """``self.<key>`` reads the device ``key``, unless the instance set an attribute of
+    that name (``setattr_device("ccb")`` still works: this is a non-data descriptor)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return obj.get_device(self.key)
+
+
+def _require_processor(key, processor):
+    if processor is None:
+        raise TypeError(f"argument {key!r} needs a processor, "
+                        f"e.g. setattr_argument({key!r}, NumberValue(0))")
+
+
+class HasEnvironment:
+    """Gives access to arguments, devices and datasets (see the module docstring)."""
+
+    ccb = _VirtualDevice("ccb")
+    """The ``ccb`` virtual device: ``self.ccb.issue(service, *args, **kwargs)`` asks
+    clients (applets) to do something, e.g. ``"create_applet"``."""
+
+    def __init__(self, managers_or_parent, *args, **kwargs):
+        self.children: list[HasEnvironment] = []
+        if isinstance(managers_or_parent, HasEnvironment):
+            self.__managers = managers_or_parent.__managers
+            managers_or_parent.register_child(self)
+        elif isinstance(managers_or_parent, (tuple, list)) and len(managers_or_parent) == 4:
+            self.__managers = _Managers(*managers_or_parent)
+        else:
+            raise TypeError(
+                f"{type(self).__name__}() takes a parent HasEnvironment or the tuple "
+                f"(device_mgr, dataset_mgr, argument_mgr, scheduler_defaults), "
+                f"not {type(managers_or_parent).__name__}")
+        self.__in_build = True
+        try:
+            self.build(*args, **kwargs)
+        finally:
+            self.__in_build = False
+
+    def build(self, *args, **kwargs):
+        """Request arguments and devices here (experiments override it).
+
+        When the experiment is examined (to list its arguments), devices are dummies and
+        arguments their defaults (``None`` when there is none): do not rely on them
+        doing anything in ``build``. Extra constructor arguments are passed on here.
+        """
+
+    def register_child(self, child: "HasEnvironment"):
+        """Add a child environment (done by the child's constructor)."""
+        self.children.append(child)
+
+    def call_child_method(self, method: str, *args, **kwargs):
+        """Call ``method`` on every child that has it, in registration order."""
+        for child in self.children:
+            child_method = getattr(child, method, None)
+            if child_method is not None:
+                child_method(*args, **kwargs)
+
+    # Arguments
+
+    def _require_build(self, what: str):
+        if not self.__in_build:
+            raise TypeError(f"{what} can only be called in build() (of "
+                            f"{type(self).__name__})")
+
+    def get_argument(self, key: str, processor=None, group: str | None = None,
+                     tooltip: str | None = None):
+        """The value of argument ``key`` as ``processor`` (``NumberValue(...)``, ...)
+        checks it. Only in ``build()``.
+
+        :param group: a group name, for user interfaces.
+        :param tooltip: a longer description, for user interfaces.
+        """
+        self._require_build(f"get_argument({key!r})")
+        _require_processor(key, processor)
+        return self.__managers.argument.get(key, processor, group, tooltip)
+
+    def setattr_argument(self, key: str, processor=None, group: str | None = None,
+                         tooltip: str | None = None):
+        """``get_argument`` and set the value as the attribute ``key``."""
+        setattr(self, key, self.get_argument(key, processor, group, tooltip))
+        self._add_kernel_invariant(key)
+
+    @contextmanager
+    def interactive(self, title: str = ""):
+        """Ask users for arguments while the experiment runs.
+
+        ``with self.interactive("Calibration") as ia: ia.setattr_argument("v",
+        NumberValue(1.0))`` collects the requests; on leaving the block the experiment
+        waits for users to supply the values, then ``ia.v`` holds them. Raises
+        ``CancelledArgsError`` when users cancel.
+        """
+        argument_mgr = self.__managers.argument
+        get_interactive = getattr(argument_mgr, "get_interactive", None)
+        if get_interactive is None:
+            raise NotImplementedError(
+                f"interactive arguments are not supported by "
+                f"{type(argument_mgr).__name__} (it has no get_interactive)")
+        arglist = []
+        namespace = SimpleNamespace()
+
+        def setattr_argument(key, processor=None, group=None, tooltip=None):
+            _require_processor(key, processor)
+            arglist.append((key, processor, group, tooltip))
+
+        namespace.setattr_argument = setattr_argument
+        yield namespace
+        del namespace.setattr_argument
+        if arglist:
+            for key, value in get_interactive(arglist, title).items():
+                setattr(namespace, key, value)
+
+    # Devices
+
+    def get_device_db(self) -> dict:
+        """The whole device database (when the device manager provides it)."""
+        device_mgr = self.__managers.device
+        if not hasattr(device_mgr, "get_device_db"):
+            raise NotImplementedError(
+                f"{type(device_mgr).__name__} does not provide the device database")
+        return device_mgr.get_device_db()
+
+    def get_device(self, key: str):
+        """The device ``key`` (made on first use by the device manager)."""
+        return self.__managers.device.get(key)
+
+    def setattr_device(self, key: str):
+        """``get_device`` and set the device as the attribute ``key``."""
+        setattr(self, key, self.get_device(key))
+        self._add_kernel_invariant(key)
+
+    def _add_kernel_invariant(self, key: str):
+        # Kept for experiments written for ARTIQ that read kernel_invariants.
+        self.kernel_invariants = getattr(self, "kernel_invariants", set()) | {key}
+
+    # Datasets
+
+    def set_dataset(self, key: str, value, *, unit: str | None = None,
+                    scale: float | None = None, precision: int | None = None,
+                    broadcast: bool = False, persist: bool = False, archive: bool = True):
+        """Set the dataset ``key``.
+
+        :param unit, scale, precision: how to display it (stored as its metadata).
+        :param broadcast: send it to the master, which publishes it to clients.
+        :param persist: the master keeps it across restarts (implies broadcast).
+        :param archive: save it in this run's results file.
+        """
+        metadata = {name: given for name, given in
+                    (("unit", unit), ("scale", scale), ("precision", precision))
+                    if given is not None}
+        self.__managers.dataset.set(key, value, metadata, broadcast, persist, archive)
+
+    def mutate_dataset(self, key: str, index, value):
+        """Set ``dataset[index] = value`` (a tuple index is a slice, as in ARTIQ)."""
+        self.__managers.dataset.mutate(key, index, value)
+
+    def append_to_dataset(self, key: str, value):
+        """Append ``value`` to the list dataset ``key`` set earlier by this run."""
+        self.__managers.dataset.append_to(key, value)
+
+    def get_dataset(self, key: str, default=NoDefault, archive: bool = True):
+        """The value of dataset ``key`` (this run's first, then the master's).
+
+        Returns ``default`` when it does not exist, or raises ``KeyError`` without one.
+        With ``archive`` the value read is saved in the results file.
+        """
+        try:
+            return self.__managers.dataset.get(key, archive)
+        except KeyError:
+            if default is NoDefault:
+                raise
+            return default
+
+    def get_dataset_metadata(self, key: str, default=NoDefault) -> dict:
+        """The metadata (``unit``, ``scale``, ``precision``) of dataset ``key``;
+        ``default`` when it does not exist, else ``KeyError``."""
+        try:
+            return self.__managers.dataset.get_metadata(key)
+        except KeyError:
+            if default is NoDefault:
+                raise
+            return default
+
+    def setattr_dataset(self, key: str, default=NoDefault, archive: bool = True):
+        """``get_dataset`` and set the value as the attribute ``key``."""
+        setattr(self, key, self.get_dataset(key, default, archive))
+
+    # Scheduling
+
+    def set_default_scheduling(self, priority: int | None = None,
+                               pipeline_name: str | None = None,
+                               flush: bool | None = None):
+        """Set the scheduling options user interfaces propose when submitting this
+        experiment. Only in ``build()``."""
+        self._require_build("set_default_scheduling()")
+        defaults = self.__managers.scheduler_defaults
+        if priority is not None:
+            defaults["priority"] = int(priority)
+        if pipeline_name is not None:
+            defaults["pipeline_name"] = str(pipeline_name)
+        if flush is not None:
+            defaults["flush"] = bool(flush)
+
+
+class Experiment:
+    """Base of experiments: the stages ``prepare``, ``run`` and ``analyze``.
+
+    Consecutive runs overlap: one run's ``prepare`` and another's ``analyze`` may happen
+    while a third runs, so only ``run`` may use the hardware.
+    """
+
+    def prepare(self):
+        """Compute what ``run`` needs, before it starts. No hardware access."""
+
+    def run(self):
+        """The experiment itself; the only stage that may use the hardware, and the one
+        every experiment must define."""
+        raise NotImplementedError(f"{type(self).__name__} does not define run()")
+
+    def analyze(self):
+        """Process the results after ``run`` (fits, ...). No hardware access."""
+
+
+class EnvExperiment(Experiment, HasEnvironment):
+    """The usual base of experiments: an ``Experiment`` with an environment.
+
+    Its ``prepare`` calls ``prepare`` of its children, in order.
+    """
+
+    def prepare(self):
+        """Call ``prepare`` of every child that has one."""
+        self.call_child_method("prepare")
+
+
+def is_experiment(obj) -> bool:
+    """Whether ``obj`` is an experiment class (not ``Experiment`` or ``EnvExperiment``
+    themselves)."""
+    return (isclass(obj) and issubclass(obj, Experiment)
+            and obj not in (Experiment, EnvExperiment))
+
+
+def is_public_experiment(obj) -> bool:
+    """``is_experiment`` for classes whose name does not start with ``_``."""
+    return is_experiment(obj) and not obj.__name__.startswith("_")
