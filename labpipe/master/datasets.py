@@ -1,0 +1,371 @@
+"""The master's dataset database: datasets in memory, persistent ones in one LMDB file.
+
+Contract (``docs/internals.md``, RPC target ``dataset_db`` of ``wire-compat.md``):
+
+- ``DatasetDB(path)`` opens (or creates) the LMDB file ``path`` (``dataset_db.mdb``,
+  ``subdir=False``) and loads every persistent dataset. ``data`` is a Notifier over
+  ``{key: (persist, value, metadata)}`` (the ``datasets`` notifier), a tuple per entry,
+  metadata a dict (unit, scale, precision...).
+- Coroutines ``set(key, value, persist=None, metadata=None)``, ``update(mod)`` and
+  ``delete(key)`` change ``data`` (publishing mods), and for persistent datasets the
+  file. ``get(key)`` gives the value, ``get_metadata(key)`` the metadata. ``close()``.
+- Durability: a change to a persistent dataset is committed (LMDB transaction, synced
+  to disk) before the coroutine that made it returns, so a ``kill -9`` right after the
+  reply loses nothing. Turning persist off deletes the dataset from the file;
+  non-persistent datasets live in memory only.
+- The event loop never waits for the disk: one writer thread commits. Changes are queued
+  in the order they were made and committed in that order; changes queued while a commit
+  is running go together into the next transaction (batching), and each caller is woken
+  when the transaction holding its change is committed. The in-memory value (and the
+  mod published) changes at once, when the call is made.
+- The map grows by itself: a transaction that does not fit doubles the map size and is
+  retried. There is no size cap but the disk.
+- File format: LMDB key = the dataset key in UTF-8 (at most 511 bytes for a persistent
+  dataset), LMDB value = the PYON text of ``{"value": value, "metadata": metadata}``.
+  An entry that cannot be decoded at start is logged and ignored (left on disk).
+
+``set``: ``persist=None`` keeps the dataset's flag (False for a new one);
+``metadata=None`` keeps its metadata (``{}`` for a new one).
+
+``update(mod)`` takes a mod in the ``datasets`` notifier's shape (what workers stream)
+and applies it through the Notifier, so subscribers get the same mod:
+
+- at the root (``path == []``): ``setitem`` (value ``(persist, value, metadata)``; a list
+  of three is accepted and made a tuple) or ``delitem``;
+- inside an entry (``path`` starting ``[key, 1]`` for the value, ``[key, 2]`` for the
+  metadata): any action, as ``sync.apply_mod`` would do it. The entry tuple itself cannot
+  be changed in place: replace it with a root ``setitem``.
+- one exception: numpy arrays cannot grow, so an ``append`` to a numpy array appends a
+  row (``labpipe.worker.datasets.append_row``) and publishes a ``setitem`` of the new
+  array in its parent (for a dataset value, of the whole entry at the root), which every
+  subscriber, ARTIQ's included, can apply.
+
+Unknown keys raise ``DatasetNotFoundError`` (a KeyError); malformed mods ValueError. If
+a commit fails (disk full, I/O error) the caller gets the error; the in-memory value has
+already changed and would be lost at restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from typing import Any
+
+import lmdb
+import numpy
+
+from labpipe.protocol import pyon
+from labpipe.protocol.sync import Notifier
+from labpipe.worker.datasets import DatasetNotFoundError, append_row
+
+__all__ = ["DatasetDB", "DatasetNotFoundError", "DEFAULT_MAP_SIZE"]
+
+logger = logging.getLogger(__name__)
+
+#: Initial LMDB map size; it doubles whenever a transaction does not fit.
+DEFAULT_MAP_SIZE = 16 * 1024 * 1024
+#: Most changes committed in one transaction.
+MAX_BATCH = 10_000
+
+_ACTIONS = {"setitem", "delitem", "append", "insert", "pop"}
+
+# One change for the file: (LMDB key, PYON bytes to put, or None to delete).
+_Op = tuple[bytes, bytes | None]
+
+
+class _Writer:
+    """The one thread that writes to the LMDB environment, committing batches in order."""
+
+    def __init__(self, env: lmdb.Environment, label: str):
+        self._env = env
+        self._label = label
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"dataset_db writer {label}",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, op: _Op) -> asyncio.Future:
+        """Queue op; the future is done when a committed transaction holds it."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((op, loop, future))
+        return future
+
+    def stop(self) -> None:
+        """Commit what is queued, then end the thread (blocks until it has ended)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self):
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while batch[-1] is not None and len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is None:
+                stopping = True
+                batch.pop()
+            if batch:
+                self._commit_batch(batch)
+
+    def _commit_batch(self, batch):
+        try:
+            self._commit([op for op, _, _ in batch])
+        except Exception as e:
+            if len(batch) == 1:
+                self._resolve(batch[0], e)
+                return
+            # One bad change must not fail the others: commit them one by one.
+            for request in batch:
+                try:
+                    self._commit([request[0]])
+                except Exception as e:
+                    self._resolve(request, e)
+                else:
+                    self._resolve(request, None)
+        else:
+            for request in batch:
+                self._resolve(request, None)
+
+    def _commit(self, ops: list[_Op]):
+        while True:
+            txn = self._env.begin(write=True)
+            try:
+                for key, data in ops:
+                    if data is None:
+                        txn.delete(key)
+                    else:
+                        txn.put(key, data)
+                txn.commit()
+                return
+            except lmdb.MapFullError:
+                txn.abort()
+                size = self._env.info()["map_size"] * 2
+                logger.info("%s: map full, growing it to %d bytes", self._label, size)
+                self._env.set_mapsize(size)
+            except BaseException:
+                txn.abort()
+                raise
+
+    @staticmethod
+    def _resolve(request, error):
+        _, loop, future = request
+
+        def resolve():
+            if future.done():  # the caller was cancelled; the change is committed anyway
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+        try:
+            loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the caller's event loop is closed
+            pass
+
+
+def _check_entry(entry: Any) -> tuple[bool, Any, dict]:
+    """A valid (persist, value, metadata) tuple from a mod's value, or ValueError."""
+    if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+        raise ValueError("a dataset entry must be (persist, value, metadata)")
+    persist, value, metadata = entry
+    if not isinstance(persist, bool):
+        raise ValueError(f"dataset persist flag must be a bool, not {type(persist).__name__}")
+    if not isinstance(metadata, dict):
+        raise ValueError(f"dataset metadata must be a dict, not {type(metadata).__name__}")
+    return entry if isinstance(entry, tuple) else tuple(entry)
+
+
+class DatasetDB:
+    """Datasets of the master; see the module docstring for the contract."""
+
+    def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE):
+        self.path = os.fspath(path)
+        try:
+            self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=0)
+        except lmdb.Error as e:
+            raise RuntimeError(f"cannot open the dataset database {self.path}: {e}") from e
+        self._max_key_size = self._env.max_key_size()
+        try:
+            backing = self._load()
+        except BaseException:
+            self._env.close()
+            raise
+        self.data = Notifier(backing)
+        self._writer: _Writer | None = _Writer(self._env, self.path)
+
+    def _load(self) -> dict:
+        entries = {}
+        with self._env.begin() as txn:
+            for raw_key, raw_data in txn.cursor():
+                try:
+                    key = raw_key.decode("utf-8")
+                    record = pyon.decode(raw_data.decode("ascii"))
+                    entries[key] = (True, record["value"], dict(record["metadata"]))
+                except Exception as e:
+                    logger.error("%s: entry %r cannot be decoded and is ignored: %s",
+                                 self.path, raw_key, e)
+        return entries
+
+    # -- reading
+
+    def _entry(self, key: str) -> tuple[bool, Any, dict]:
+        try:
+            return self.data.raw_view[key]
+        except (KeyError, TypeError):
+            raise DatasetNotFoundError(f"dataset {key!r} does not exist") from None
+
+    def get(self, key: str) -> Any:
+        """The value of dataset key."""
+        return self._entry(key)[1]
+
+    def get_metadata(self, key: str) -> dict:
+        """The metadata of dataset key."""
+        return self._entry(key)[2]
+
+    # -- writing
+
+    @staticmethod
+    def _check_key(key: Any):
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a dataset key must be a non-empty str, not {key!r:.100}")
+
+    def _lmdb_key(self, key: str) -> bytes:
+        data = key.encode("utf-8")
+        if len(data) > self._max_key_size:
+            raise ValueError(f"dataset key {key[:40]!r}... is too long to persist "
+                             f"({len(data)} bytes in UTF-8, at most {self._max_key_size})")
+        return data
+
+    def _disk_op(self, key: str, entry: tuple | None, was_persistent: bool) -> _Op | None:
+        """The file change that makes the file match entry (None: nothing to do)."""
+        if entry is not None and entry[0]:
+            record = {"value": entry[1], "metadata": entry[2]}
+            try:
+                text = pyon.encode(record)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"dataset {key!r} cannot be persisted: {e}") from None
+            return self._lmdb_key(key), text.encode("ascii")
+        if was_persistent:
+            return self._lmdb_key(key), None
+        return None
+
+    def _submit(self, op: _Op | None) -> asyncio.Future | None:
+        if op is None:
+            return None
+        if self._writer is None:
+            raise RuntimeError(f"the dataset database {self.path} is closed")
+        return self._writer.submit(op)
+
+    async def _replace(self, key: str, entry: tuple | None):
+        """Set (or, with None, delete) the entry of key in memory and on disk."""
+        old = self.data.raw_view.get(key)
+        future = self._submit(self._disk_op(key, entry, old is not None and old[0]))
+        try:
+            if entry is None:
+                del self.data[key]
+            else:
+                self.data[key] = entry
+        finally:
+            if future is not None:
+                await future
+
+    async def set(self, key: str, value: Any, persist: bool | None = None,
+                  metadata: dict | None = None) -> None:
+        """Set a dataset; returns once a persistent one is committed to disk.
+
+        persist None keeps the current flag (False for a new dataset); metadata None keeps
+        the current metadata ({} for a new dataset).
+        """
+        self._check_key(key)
+        old = self.data.raw_view.get(key)
+        if persist is None:
+            persist = old[0] if old is not None else False
+        if metadata is None:
+            metadata = old[2] if old is not None else {}
+        await self._replace(key, _check_entry((persist, value, metadata)))
+
+    async def delete(self, key: str) -> None:
+        """Delete a dataset; returns once it is gone from disk if it was persistent."""
+        self._entry(key)
+        await self._replace(key, None)
+
+    async def update(self, mod: dict) -> None:
+        """Apply one mod of the datasets notifier's shape (rules in the module docstring)."""
+        if not isinstance(mod, dict) or mod.get("action") not in _ACTIONS:
+            raise ValueError(f"not a dataset mod: {mod!r:.200}")
+        path = mod.get("path")
+        if not isinstance(path, list):
+            raise ValueError(f"dataset mod without a path list: {mod!r:.200}")
+        action = mod["action"]
+        if not path:
+            if action == "setitem":
+                self._check_key(mod.get("key"))
+                await self._replace(mod["key"], _check_entry(mod.get("value")))
+            elif action == "delitem":
+                await self.delete(mod.get("key"))
+            else:
+                raise ValueError(f"a {action!r} mod cannot apply to the datasets dict itself")
+            return
+        key = path[0]
+        entry = self._entry(key)
+        if len(path) < 2 or path[1] not in (1, 2):
+            raise ValueError(f"dataset {key!r}: a mod must change the value (path [key, 1, "
+                             f"...]) or the metadata ([key, 2, ...]), not the entry tuple")
+        try:
+            self._apply_inside(path, mod)
+        finally:
+            # Even if the mod failed half-way, make the file match memory (rewriting an
+            # unchanged entry is harmless).
+            if entry[0]:
+                await self._submit(self._disk_op(key, self.data.raw_view[key], True))
+
+    def _apply_inside(self, path: list, mod: dict):
+        view = self._view(path)
+        action = mod["action"]
+        try:
+            if action == "setitem":
+                view[mod["key"]] = mod["value"]
+            elif action == "delitem":
+                del view[mod["key"]]
+            elif action == "append":
+                if isinstance(view.raw_view, numpy.ndarray):
+                    self._append_to_array(path, mod["x"])
+                else:
+                    view.append(mod["x"])
+            elif action == "insert":
+                view.insert(mod["i"], mod["x"])
+            else:
+                view.pop(mod["i"])
+        except KeyError as e:
+            raise ValueError(f"dataset mod lacks the field {e}: {mod!r:.200}") from None
+
+    def _append_to_array(self, path: list, x: Any):
+        array = append_row(self._at(path), x)
+        if len(path) == 2:  # the dataset's value, inside the entry tuple: replace the entry
+            persist, _, metadata = self.data.raw_view[path[0]]
+            self.data[path[0]] = (persist, array, metadata)
+        else:
+            self._view(path[:-1])[path[-1]] = array
+
+    def _view(self, path: list) -> Notifier:
+        view = self.data
+        for k in path:
+            view = view[k]
+        return view
+
+    def _at(self, path: list) -> Any:
+        return self._view(path).raw_view
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer thread and close the file."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.stop()
+            self._env.close()
