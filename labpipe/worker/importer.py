@@ -1,0 +1,157 @@
+"""Import experiment files, and find the experiment classes they define.
+
+``import_file(path, prefix="file_import_")`` imports a Python file as a new module with a
+name of its own (``file_import_<stem>_<n>``), so that importing a file twice, or two files
+of the same name, gives independent modules. During the import the file's folder is first
+on ``sys.path``, so the experiment can import the modules beside it; afterwards
+``sys.path`` is restored and the modules imported from that folder are dropped from
+``sys.modules`` (the experiment keeps its references to them), so that the next import of
+another revision of the file imports its own siblings. The experiment module itself stays
+in ``sys.modules`` (``inspect``, ``pickle`` and ``dataclasses`` look it up there);
+``forget_module`` removes it.
+
+Consequence: a sibling module imported lazily at run time (``import helper`` inside
+``run()``) is not found, as with ARTIQ; import siblings at the top of the file.
+
+``get_experiment(module, class_name=None)`` returns the experiment class to run. Errors
+are ``ExperimentLookupError`` (a ``LookupError``) with one line naming the file and what
+to do.
+"""
+
+import contextlib
+import importlib
+import importlib.machinery
+import importlib.util
+import inspect
+import itertools
+import os
+import sys
+import threading
+from types import ModuleType
+
+from labpipe.language.environment import Experiment, is_experiment
+
+__all__ = ["import_file", "forget_module", "get_experiment", "list_experiments",
+           "ExperimentLookupError", "NoExperimentError", "AmbiguousExperimentError"]
+
+_counter = itertools.count(1)
+_lock = threading.RLock()  # sys.path and sys.modules are process-wide
+
+
+class ExperimentLookupError(LookupError):
+    """The experiment class asked for cannot be found in a file."""
+
+
+class NoExperimentError(ExperimentLookupError):
+    """No experiment class, or none of the name asked for."""
+
+
+class AmbiguousExperimentError(ExperimentLookupError):
+    """Several experiment classes, and no class name to choose one."""
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.realpath(path), folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _module_paths(module: ModuleType) -> list[str]:
+    """Where a module comes from: its file, or its folders (namespace packages)."""
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str):
+        return [file]
+    return [p for p in getattr(module, "__path__", None) or [] if isinstance(p, str)]
+
+
+def _drop_siblings(folder: str, before: set[str], keep: str):
+    """Remove from sys.modules the modules imported from folder since ``before`` was
+    taken, except ``keep`` and submodules of packages that were already imported."""
+    for name in [n for n in sys.modules if n not in before and n != keep]:
+        if name.partition(".")[0] in before:
+            continue
+        module = sys.modules.get(name)
+        if module is not None and any(_inside(p, folder) for p in _module_paths(module)):
+            del sys.modules[name]
+
+
+def import_file(path, prefix: str = "file_import_") -> ModuleType:
+    """Import the Python file ``path`` as a fresh, uniquely named module.
+
+    Errors raised by the file itself (``SyntaxError``, ``ImportError``, ...) propagate
+    unchanged; a missing file is a ``FileNotFoundError``.
+    """
+    path = os.path.realpath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"experiment file {path} does not exist")
+    folder = os.path.dirname(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"{prefix}{stem}_{next(_counter)}"
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    with _lock:
+        before = set(sys.modules)
+        sys.path.insert(0, folder)
+        importlib.invalidate_caches()  # see sibling files written a moment ago
+        sys.modules[name] = module
+        try:
+            loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):  # the file may have removed it
+                sys.path.remove(folder)  # only our entry: the file's own changes stay
+            _drop_siblings(folder, before, keep=name)
+    return module
+
+
+def forget_module(module: ModuleType):
+    """Remove a module made by ``import_file`` from ``sys.modules``."""
+    if sys.modules.get(module.__name__) is module:
+        del sys.modules[module.__name__]
+
+
+def _is_concrete(cls) -> bool:
+    return not inspect.isabstract(cls) and cls.run is not Experiment.run
+
+
+def list_experiments(module: ModuleType) -> dict[str, type]:
+    """``{attribute name: class}`` of the module's public experiment classes, in name
+    order: experiment classes defined or imported there, whose names do not start with
+    ``_``, which are not abstract and define ``run``."""
+    return {name: obj for name, obj in inspect.getmembers(module, is_experiment)
+            if not name.startswith("_") and not obj.__name__.startswith("_")
+            and _is_concrete(obj)}
+
+
+def _file_of(module: ModuleType) -> str:
+    return getattr(module, "__file__", None) or module.__name__
+
+
+def get_experiment(module: ModuleType, class_name: str | None = None) -> type:
+    """The experiment class of ``module``: the one named ``class_name``, or the only
+    public experiment class when ``class_name`` is None."""
+    experiments = list_experiments(module)
+    listed = ", ".join(experiments) or "none"
+    where = _file_of(module)
+    if class_name is None:
+        if len(experiments) == 1:
+            return next(iter(experiments.values()))
+        if not experiments:
+            raise NoExperimentError(
+                f"{where} defines no experiment class (a public subclass of "
+                f"EnvExperiment with a run() method)")
+        raise AmbiguousExperimentError(
+            f"{where} defines several experiments ({listed}); give the class name")
+    cls = getattr(module, class_name, None)
+    if not is_experiment(cls):
+        raise NoExperimentError(
+            f"{where} has no experiment class {class_name!r}; experiments there: {listed}")
+    if not _is_concrete(cls):
+        raise NoExperimentError(
+            f"{class_name!r} in {where} is abstract (it does not define run(), or "
+            f"has abstract methods); experiments there: {listed}")
+    return cls
