@@ -9,7 +9,7 @@ from labpipe.protocol import pyon
 from labpipe.worker.examine import DummyDevice, examine_file, examine_module
 from labpipe.worker.importer import (AmbiguousExperimentError, ExperimentLookupError,
                                      NoExperimentError, forget_module, get_experiment,
-                                     import_file, list_experiments)
+                                     import_file, list_experiments, sibling_files)
 
 
 def write(path, text):
@@ -46,6 +46,9 @@ def test_import_file_sees_siblings_and_restores_sys_path(tmp_path):
         assert module.__name__.startswith("file_import_exp")
         assert sys.modules[module.__name__] is module
         assert "helper" not in sys.modules and "pkg" not in sys.modules
+        folder = (tmp_path / "rev1").resolve()
+        assert sibling_files(module) == tuple(sorted(
+            str(folder / f) for f in ("helper.py", "pkg/__init__.py", "pkg/sub.py")))
     finally:
         forget_module(module)
     assert module.__name__ not in sys.modules

@@ -6,9 +6,9 @@ of the same name, gives independent modules. During the import the file's folder
 on ``sys.path``, so the experiment can import the modules beside it; afterwards
 ``sys.path`` is restored and the modules imported from that folder are dropped from
 ``sys.modules`` (the experiment keeps its references to them), so that the next import of
-another revision of the file imports its own siblings. The experiment module itself stays
-in ``sys.modules`` (``inspect``, ``pickle`` and ``dataclasses`` look it up there);
-``forget_module`` removes it.
+another revision of the file imports its own siblings; ``sibling_files(module)`` lists
+their files. The experiment module itself stays in ``sys.modules`` (``inspect``,
+``pickle`` and ``dataclasses`` look it up there); ``forget_module`` removes it.
 
 Consequence: a sibling module imported lazily at run time (``import helper`` inside
 ``run()``) is not found, as with ARTIQ; import siblings at the top of the file.
@@ -27,15 +27,19 @@ import itertools
 import os
 import sys
 import threading
+import weakref
 from types import ModuleType
 
 from labpipe.language.environment import Experiment, is_experiment
 
-__all__ = ["import_file", "forget_module", "get_experiment", "list_experiments",
-           "ExperimentLookupError", "NoExperimentError", "AmbiguousExperimentError"]
+__all__ = ["import_file", "forget_module", "sibling_files", "get_experiment",
+           "list_experiments", "ExperimentLookupError", "NoExperimentError",
+           "AmbiguousExperimentError"]
 
 _counter = itertools.count(1)
 _lock = threading.RLock()  # sys.path and sys.modules are process-wide
+# Module made by import_file -> files of the siblings its import loaded.
+_siblings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ExperimentLookupError(LookupError):
@@ -65,15 +69,20 @@ def _module_paths(module: ModuleType) -> list[str]:
     return [p for p in getattr(module, "__path__", None) or [] if isinstance(p, str)]
 
 
-def _drop_siblings(folder: str, before: set[str], keep: str):
+def _drop_siblings(folder: str, before: set[str], keep: str) -> tuple[str, ...]:
     """Remove from sys.modules the modules imported from folder since ``before`` was
-    taken, except ``keep`` and submodules of packages that were already imported."""
+    taken, except ``keep`` and submodules of packages that were already imported.
+    Returns the sorted real paths of their files."""
+    files = set()
     for name in [n for n in sys.modules if n not in before and n != keep]:
         if name.partition(".")[0] in before:
             continue
         module = sys.modules.get(name)
-        if module is not None and any(_inside(p, folder) for p in _module_paths(module)):
+        paths = [p for p in _module_paths(module) if _inside(p, folder)] if module else []
+        if paths:
             del sys.modules[name]
+            files.update(os.path.realpath(p) for p in paths if p.endswith(".py"))
+    return tuple(sorted(files))
 
 
 def import_file(path, prefix: str = "file_import_") -> ModuleType:
@@ -104,8 +113,16 @@ def import_file(path, prefix: str = "file_import_") -> ModuleType:
         finally:
             with contextlib.suppress(ValueError):  # the file may have removed it
                 sys.path.remove(folder)  # only our entry: the file's own changes stay
-            _drop_siblings(folder, before, keep=name)
+            _siblings[module] = _drop_siblings(folder, before, keep=name)
     return module
+
+
+def sibling_files(module: ModuleType) -> tuple[str, ...]:
+    """The real paths of the ``.py`` files from the module's folder that its import
+    loaded (the siblings ``import_file`` then dropped from ``sys.modules``), sorted;
+    empty for a module ``import_file`` did not make. A repository scan can use them to
+    know when an examination is out of date."""
+    return _siblings.get(module, ())
 
 
 def forget_module(module: ModuleType):
