@@ -308,6 +308,15 @@ def test_errors_are_clear_and_change_nothing(db_path):
             await db.update({"action": "append", "path": [], "x": 1})
         with pytest.raises(ValueError, match="not a dataset mod"):
             await db.update({"action": "explode", "path": []})
+        with pytest.raises(ValueError, match="append mod without x"):
+            await db.update({"action": "append", "path": ["x", 1]})
+        with pytest.raises(ValueError, match=r"'x': cannot apply the pop mod at path \['x', 1\]: "
+                                             r"IndexError"):
+            await db.update({"action": "pop", "path": ["x", 1], "i": 5})
+        with pytest.raises(ValueError, match=r"cannot apply the append mod at path \['x', 1, 0\]"):
+            await db.update({"action": "append", "path": ["x", 1, 0], "x": 1})
+        with pytest.raises(ValueError, match=r"at path \['x', 2\]: KeyError"):
+            await db.update({"action": "delitem", "path": ["x", 2], "key": "unit"})
         with pytest.raises(ValueError, match="persist, value, metadata"):
             await db.update({"action": "setitem", "path": [], "key": "y", "value": 3})
         with pytest.raises(ValueError, match="metadata must be a dict"):

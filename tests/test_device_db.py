@@ -82,6 +82,8 @@ BROKEN = {
     "syntax": ("device_db = {\n  'a': ,\n}\n", r"^device_db\.py: line 2: syntax error: "),
     "exception": ("x = 1\ndevice_db = {'a': undefined_name}\n",
                   r"^device_db\.py: line 2: NameError: name 'undefined_name' is not defined"),
+    "oserror_in_code": ("open('/nonexistent/file')\ndevice_db = {}\n",
+                        r"^device_db\.py: line 1: FileNotFoundError: .*/nonexistent/file"),
     "exit": ("import sys\nsys.exit(3)\n", r"^device_db\.py: line 2: SystemExit: 3"),
     "missing": ("devices = {}\n", r"^device_db\.py does not define the dict device_db"),
     "not_a_dict": ("device_db = [1]\n", r"device_db must be a dict, not list"),

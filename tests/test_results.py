@@ -133,10 +133,12 @@ def test_a_key_that_cannot_be_written_is_skipped(tmp_path, caplog):
     path = tmp_path / "r.h5"
     # "a" is a dataset, so "a/b" cannot make it a group.
     write_results(path, rid=1, start_time=0.0, run_time=0.0, expid={},
-                  datasets={"a": (1, None), "a/b": (2, None), "c": (3, None)})
+                  datasets={"a": (1, None), "a/b": (2, None), "c": (3, None),
+                            "not_a_pair": 5})
     with h5py.File(path, "r") as f:
         assert f["datasets/a"][()] == 1 and f["datasets/c"][()] == 3
-    assert "a/b" in caplog.text
+        assert sorted(f["datasets"]) == ["a", "c"]
+    assert "a/b" in caplog.text and "not_a_pair" in caplog.text
 
 
 def test_atomic_replace_and_no_temp_file_left(tmp_path):

@@ -70,7 +70,9 @@ DEFAULT_MAP_SIZE = 16 * 1024 * 1024
 #: Most changes committed in one transaction.
 MAX_BATCH = 10_000
 
-_ACTIONS = {"setitem", "delitem", "append", "insert", "pop"}
+#: The fields each mod action needs besides "action" and "path".
+_FIELDS = {"setitem": ("key", "value"), "delitem": ("key",), "append": ("x",),
+           "insert": ("i", "x"), "pop": ("i",)}
 
 # One change for the file: (LMDB key, PYON bytes to put, or None to delete).
 _Op = tuple[bytes, bytes | None]
@@ -298,18 +300,20 @@ class DatasetDB:
 
     async def update(self, mod: dict) -> None:
         """Apply one mod of the datasets notifier's shape (rules in the module docstring)."""
-        if not isinstance(mod, dict) or mod.get("action") not in _ACTIONS:
+        if not isinstance(mod, dict) or mod.get("action") not in _FIELDS:
             raise ValueError(f"not a dataset mod: {mod!r:.200}")
-        path = mod.get("path")
+        action, path = mod["action"], mod.get("path")
         if not isinstance(path, list):
             raise ValueError(f"dataset mod without a path list: {mod!r:.200}")
-        action = mod["action"]
+        missing = [name for name in _FIELDS[action] if name not in mod]
+        if missing:
+            raise ValueError(f"{action} mod without {', '.join(missing)}: {mod!r:.200}")
         if not path:
             if action == "setitem":
-                self._check_key(mod.get("key"))
-                await self._replace(mod["key"], _check_entry(mod.get("value")))
+                self._check_key(mod["key"])
+                await self._replace(mod["key"], _check_entry(mod["value"]))
             elif action == "delitem":
-                await self.delete(mod.get("key"))
+                await self.delete(mod["key"])
             else:
                 raise ValueError(f"a {action!r} mod cannot apply to the datasets dict itself")
             return
@@ -327,9 +331,9 @@ class DatasetDB:
                 await self._submit(self._disk_op(key, self.data.raw_view[key], True))
 
     def _apply_inside(self, path: list, mod: dict):
-        view = self._view(path)
         action = mod["action"]
         try:
+            view = self._view(path)
             if action == "setitem":
                 view[mod["key"]] = mod["value"]
             elif action == "delitem":
@@ -343,8 +347,9 @@ class DatasetDB:
                 view.insert(mod["i"], mod["x"])
             else:
                 view.pop(mod["i"])
-        except KeyError as e:
-            raise ValueError(f"dataset mod lacks the field {e}: {mod!r:.200}") from None
+        except (LookupError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"dataset {path[0]!r}: cannot apply the {action} mod at path "
+                             f"{path}: {type(e).__name__}: {e}") from None
 
     def _append_to_array(self, path: list, x: Any):
         array = append_row(self._at(path), x)

@@ -105,12 +105,12 @@ class DeviceDB:
             raise DeviceDBError(f"{name}: line {e.lineno}: syntax error: "
                                 f"{_one_line(e.msg)}") from None
         except OSError as e:
+            if e.filename is None or os.path.abspath(e.filename) != os.path.abspath(self.path):
+                raise self._code_error(e) from None  # raised by the code in the file
             raise DeviceDBError(f"{name}: cannot read {self.path}: "
                                 f"{e.strerror or e}") from None
         except (Exception, SystemExit) as e:
-            line = _error_line(self.path, e)
-            where = f"{name}: line {line}" if line is not None else name
-            raise DeviceDBError(f"{where}: {type(e).__name__}: {_one_line(e)}") from None
+            raise self._code_error(e) from None
         if "device_db" not in namespace:
             raise DeviceDBError(f"{name} does not define the dict device_db")
         device_db = namespace["device_db"]
@@ -118,6 +118,13 @@ class DeviceDB:
             raise DeviceDBError(f"{name}: device_db must be a dict, "
                                 f"not {type(device_db).__name__}")
         return device_db
+
+    def _code_error(self, error: BaseException) -> DeviceDBError:
+        """The one-line error for an exception raised while running the file."""
+        line = _error_line(self.path, error)
+        name = os.path.basename(self.path)
+        where = f"{name}: line {line}" if line is not None else name
+        return DeviceDBError(f"{where}: {type(error).__name__}: {_one_line(error)}")
 
     def _load(self) -> tuple[dict, dict[str, str]]:
         """Run and check the file: (device_db, PYON text of each entry)."""

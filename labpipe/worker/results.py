@@ -137,8 +137,8 @@ def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any], with_m
     """Write one group; a key that cannot be written is logged and skipped."""
     group = f.create_group(group_name)
     for key, item in items.items():
-        value, metadata = item if with_metadata else (item, None)
         try:
+            value, metadata = item if with_metadata else (item, None)
             dataset = _write_value(group, str(key), value)
             if metadata:
                 _write_metadata(dataset, metadata)
