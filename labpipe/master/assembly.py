@@ -89,7 +89,7 @@ class Master:
         self.interactive_db = InteractiveArgDB()
         self.scheduler = Scheduler(
             RIDCounter(self._path("last_rid.pyon")),
-            SchedulerConfig(results_dir=self._path("results"), build_timeout=o.build_timeout,
+            SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
                             term_timeout=o.term_timeout, kill_timeout=o.kill_timeout),
             worker_handlers=self._worker_handlers, repository=self.repository)
         self.scheduler.on_run_end.append(
@@ -144,6 +144,7 @@ class Master:
                 await server.stop()
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
+        await asyncio.to_thread(launcher.discard_spares)
         if hasattr(self, "dataset_db"):
             self.dataset_db.close()
         if hasattr(self, "repository"):

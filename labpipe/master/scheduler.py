@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 class SchedulerConfig:
     """Where runs write and how long the scheduler waits for a worker."""
 
-    def __init__(self, *, results_dir="results", build_timeout=60.0, term_timeout=2.0,
-                 kill_timeout=2.0):
-        self.results_dir = results_dir
+    def __init__(self, *, lab_dir=".", results_dir="results", build_timeout=60.0,
+                 term_timeout=2.0, kill_timeout=2.0):
+        self.lab_dir = os.path.abspath(lab_dir)
+        self.results_dir = os.path.abspath(results_dir)
         self.build_timeout = build_timeout
         self.term_timeout = term_timeout
         self.kill_timeout = kill_timeout
@@ -100,7 +101,8 @@ class Scheduler:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
         expid = dict(expid)
-        workdir = repo_rev = repo_msg = None
+        # a plain file is relative to the lab directory; a repository file to its checkout
+        workdir, repo_rev, repo_msg = self.config.lab_dir, None, None
         if "repo_rev" in expid:
             workdir, repo_rev, repo_msg = await self._checkout(expid["repo_rev"])
             expid["repo_rev"] = repo_rev
@@ -194,7 +196,8 @@ class Scheduler:
                             kill_timeout=self.config.kill_timeout)
         outcome = await run.worker.build(
             pipeline_name=run.pipeline_name, priority=run.priority, expid=run.expid,
-            workdir=run.workdir, results_dir=self.config.results_dir,
+            workdir=run.workdir, lab_dir=self.config.lab_dir,
+            results_dir=self.config.results_dir,
             repo_rev=run.repo_rev, timeout=self.config.build_timeout)
         run.class_name = outcome.get("class_name")
         run.devices = outcome.get("devices", [])

@@ -7,7 +7,7 @@ The master sends one command per stage and waits for the outcome:
 command            fields                                      outcome
 =================  ==========================================  ======================
 ``build``          rid, pipeline_name, priority, expid,        ``completed``
-                   workdir, results_dir, repo_rev
+                   workdir, lab_dir, results_dir, repo_rev
 ``prepare``                                                    ``completed``
 ``run``                                                        ``completed``,
                                                                ``paused``,
@@ -29,6 +29,7 @@ While a stage runs the child streams one-way messages (``log``, ``update_dataset
 """
 
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -174,6 +175,8 @@ class _Child:
 
     def build(self, cmd):
         expid = cmd["expid"]
+        if cmd.get("lab_dir"):
+            os.chdir(cmd["lab_dir"])  # experiments see the lab directory, as under ARTIQ
         self.setup_logging(expid.get("log_level", logging.WARNING))
         channel = self.channel
         scheduler = Scheduler(channel, cmd["rid"], cmd["pipeline_name"], cmd["priority"],

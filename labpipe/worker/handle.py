@@ -75,7 +75,7 @@ class Worker:
 
     # --- stages -------------------------------------------------------------------
 
-    async def build(self, *, pipeline_name, priority, expid, workdir, results_dir,
+    async def build(self, *, pipeline_name, priority, expid, workdir, lab_dir, results_dir,
                     repo_rev=None, timeout=None) -> dict:
         """Start the process, import and build the experiment. Returns the outcome
         (``class_name``, ``devices`` requested in build)."""
@@ -83,7 +83,7 @@ class Worker:
             self._start()
         return await self._do({"action": "build", "rid": self.rid,
                                "pipeline_name": pipeline_name, "priority": priority,
-                               "expid": expid, "workdir": workdir,
+                               "expid": expid, "workdir": workdir, "lab_dir": lab_dir,
                                "results_dir": results_dir, "repo_rev": repo_rev},
                               timeout, "build")
 
@@ -111,7 +111,7 @@ class Worker:
 
     def _start(self):
         loop = asyncio.get_running_loop()
-        self._process, self._conn = launcher.start_worker()
+        self._process, self._conn = launcher.take_worker()
         self._exited = loop.create_future()
         loop.add_reader(self._process.sentinel, self._on_exit)
         reader = threading.Thread(target=self._read_loop, args=(loop,), daemon=True,

@@ -7,12 +7,21 @@ fork and a few milliseconds instead of hundreds of them.
 
 The forkserver is started by ``warm_up()`` (the master calls it at start so that the
 first run is fast too) or on the first ``start_worker``.
+
+Even a fork from the template costs several milliseconds of handshaking, so
+``take_worker()`` hands out a process that was started ahead of time and starts the
+next one in a background thread. A spare is never reused: every run still gets a
+process no other run has touched. A spare whose master goes away sees the end of its
+pipe and exits.
 """
 
+import collections
 import importlib.util
 import multiprocessing
+import threading
 
-__all__ = ["PRELOAD", "context", "start_worker", "warm_up"]
+__all__ = ["PRELOAD", "context", "start_worker", "take_worker", "discard_spares",
+           "warm_up"]
 
 #: Modules imported once in the template. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "numpy", "h5py", "ophyd", "bluesky", "bluesky.plans",
@@ -26,7 +35,10 @@ def context() -> multiprocessing.context.BaseContext:
     global _context
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([m for m in PRELOAD if _importable(m)])
+        # "__main__" first: the template imports the main module once, so workers do not
+        # each import it again (multiprocessing's rule applies: a program embedding the
+        # master guards its entry point with `if __name__ == "__main__":`).
+        ctx.set_forkserver_preload(["__main__"] + [m for m in PRELOAD if _importable(m)])
         _context = ctx
     return _context
 
@@ -43,10 +55,12 @@ def _noop():
 
 
 def warm_up():
-    """Start the forkserver now (it imports the preload list once) and wait for it."""
+    """Start the forkserver now (it imports the preload list once), wait for it, and
+    start a spare worker."""
     process = context().Process(target=_noop, daemon=True)
     process.start()
     process.join()
+    _spares._refill()
 
 
 def start_worker():
@@ -61,3 +75,62 @@ def start_worker():
     process.start()
     child_end.close()
     return process, parent_end
+
+
+class _Spares:
+    """Worker processes started ahead of time, handed out once each."""
+
+    def __init__(self, count: int = 1):
+        self.count = count
+        self._ready = collections.deque()
+        self._lock = threading.Lock()
+        self._refilling = False
+
+    def take(self):
+        with self._lock:
+            item = self._ready.popleft() if self._ready else None
+        if item is None or not item[0].is_alive():
+            item = start_worker()
+        self._refill()
+        return item
+
+    def _refill(self):
+        with self._lock:
+            if self._refilling or len(self._ready) >= self.count:
+                return
+            self._refilling = True
+        threading.Thread(target=self._refill_loop, name="labpipe-spare-worker",
+                         daemon=True).start()
+
+    def _refill_loop(self):
+        try:
+            while True:
+                with self._lock:
+                    if len(self._ready) >= self.count:
+                        return
+                item = start_worker()
+                with self._lock:
+                    self._ready.append(item)
+        finally:
+            with self._lock:
+                self._refilling = False
+
+    def discard(self):
+        with self._lock:
+            items, self._ready = list(self._ready), collections.deque()
+        for process, conn in items:
+            conn.close()  # the spare sees the end of its pipe and exits
+            process.join(timeout=5)
+
+
+_spares = _Spares()
+
+
+def take_worker():
+    """A worker process ready for its first command: ``(process, connection)``."""
+    return _spares.take()
+
+
+def discard_spares():
+    """Stop the spare workers (at shutdown)."""
+    _spares.discard()

@@ -1,0 +1,377 @@
+"""The scheduler end to end: a real master in the test's event loop, real workers.
+
+Experiments synchronise with the test through gate files (an experiment waits until a
+file exists), never through fixed sleeps.
+"""
+
+import asyncio
+import os
+import time
+
+from conftest import ScheduleRecorder, running_master, run_async, wait_until
+
+GATED = """
+import os, time
+
+class Gated(EnvExperiment):
+    def build(self):
+        self.setattr_argument("gate", StringValue(""))
+        self.setattr_argument("tag", StringValue(""))
+
+    def run(self):
+        while self.gate and not os.path.exists(self.gate):
+            time.sleep(0.005)
+"""
+
+STAGES = """
+import time
+
+class Stages(EnvExperiment):
+    def build(self):
+        self.setattr_argument("prepare_s", NumberValue(0.0))
+        self.setattr_argument("run_s", NumberValue(0.0))
+        self.setattr_argument("analyze_s", NumberValue(0.0))
+
+    def prepare(self):
+        time.sleep(self.prepare_s)
+
+    def run(self):
+        time.sleep(self.run_s)
+
+    def analyze(self):
+        time.sleep(self.analyze_s)
+"""
+
+
+def expid(file, **arguments):
+    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
+
+
+def test_runs_in_precedence_order(lab):
+    gated = lab.experiment("gated", GATED)
+    gate = lab.path("gate")
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            s = m.scheduler
+            blocker = await s.submit("main", expid(gated, gate=gate))
+            await wait_until(lambda: (blocker, "running") in rec.events)
+            low = await s.submit("main", expid(gated), priority=0)
+            high = await s.submit("main", expid(gated), priority=5)
+            high_later = await s.submit("main", expid(gated), priority=5)
+            early_due = await s.submit("main", expid(gated), priority=0,
+                                       due_date=time.time() - 100)
+            future = await s.submit("main", expid(gated), priority=9,
+                                    due_date=time.time() + 0.6)
+            # low was prepared ahead as soon as it came; high outranks it, so it is
+            # prepared ahead too; the others do not outrank high.
+            await wait_until(lambda: (high, "prepare_done") in rec.events)
+            assert (high_later, "preparing") not in rec.events
+            open(gate, "w").close()
+            await wait_until(lambda: not m.scheduler.notifier.raw_view, timeout=20)
+            started = [r for r, st in rec.events if st == "running"]
+            # the future run, although of the highest priority, is not eligible at first;
+            # equal priority and no due date: lower RID first; a due date counts later
+            # than none.
+            assert started[:4] == [blocker, high, high_later, low]
+            assert set(started[4:]) == {early_due, future}
+            assert started.index(future) > started.index(high)
+
+    run_async(main())
+
+
+def test_due_date_holds_a_run_back(lab):
+    gated = lab.experiment("gated", GATED)
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            due = time.time() + 0.5
+            rid = await m.scheduler.submit("main", expid(gated), due_date=due)
+            await wait_until(lambda: (rid, "running") in rec.events)
+            assert time.time() >= due
+
+    run_async(main())
+
+
+def test_flush_waits_for_earlier_runs(lab):
+    gated = lab.experiment("gated", GATED)
+    gate = lab.path("gate")
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            first = await m.scheduler.submit("main", expid(gated, gate=gate))
+            await wait_until(lambda: (first, "running") in rec.events)
+            flushed = await m.scheduler.submit("main", expid(gated), flush=True)
+            await wait_until(lambda: (flushed, "flushing") in rec.events)
+            # while the first run runs, the flushing run may not prepare
+            await asyncio.sleep(0.2)
+            assert (flushed, "preparing") not in rec.events
+            open(gate, "w").close()
+            await wait_until(lambda: (flushed, "removed") in rec.events)
+            assert rec.index(first, "removed") < rec.index(flushed, "preparing")
+
+    run_async(main())
+
+
+def test_stages_overlap(lab):
+    stages = lab.experiment("stages", STAGES)
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            rids = [await m.scheduler.submit("main", expid(stages, prepare_s=0.3,
+                                                           run_s=0.3, analyze_s=0.3))
+                    for _ in range(3)]
+            await wait_until(lambda: all((r, "removed") in rec.events for r in rids),
+                             timeout=20)
+            a, b, c = rids
+            # b prepares while a runs; a analyzes while b runs
+            assert rec.index(a, "running") < rec.index(b, "preparing") < rec.index(a, "run_done")
+            assert rec.index(b, "running") < rec.index(a, "removed")
+            assert rec.index(b, "running") < rec.index(c, "preparing") < rec.index(b, "run_done")
+            for r in rids:
+                assert rec.statuses(r) == ["pending", "preparing", "prepare_done", "running",
+                                           "run_done", "analyzing", "removed"]
+
+    run_async(main())
+
+
+PAUSING = """
+import os, time
+
+class Pausing(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+        self.setattr_argument("gate", StringValue(""))
+
+    def run(self):
+        while not os.path.exists(self.gate):
+            time.sleep(0.005)
+        # the higher run is prepared by now: pause must yield to it
+        while not self.scheduler.check_pause():
+            time.sleep(0.005)
+        self.set_dataset("paused_at", time.time(), broadcast=True)
+        self.scheduler.pause()
+        self.set_dataset("resumed_at", time.time(), broadcast=True)
+"""
+
+STAMP = """
+import time
+
+class Stamp(EnvExperiment):
+    def run(self):
+        self.set_dataset("high_ran_at", time.time(), broadcast=True)
+"""
+
+
+def test_pause_yields_to_higher_priority_and_resumes(lab):
+    pausing = lab.experiment("pausing", PAUSING)
+    stamp = lab.experiment("stamp", STAMP)
+    gate = lab.path("gate")
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            low = await m.scheduler.submit("main", expid(pausing, gate=gate))
+            await wait_until(lambda: (low, "running") in rec.events)
+            high = await m.scheduler.submit("main", expid(stamp), priority=10)
+            await wait_until(lambda: (high, "prepare_done") in rec.events)
+            open(gate, "w").close()
+            await wait_until(lambda: (low, "removed") in rec.events, timeout=20)
+            assert rec.statuses(low) == ["pending", "preparing", "prepare_done", "running",
+                                         "paused", "running", "run_done", "analyzing",
+                                         "removed"]
+            assert rec.index(low, "paused") < rec.index(high, "running") \
+                < rec.index(high, "run_done")
+            d = m.dataset_db
+            assert d.get("paused_at") < d.get("high_ran_at") < d.get("resumed_at")
+
+    run_async(main())
+
+
+TERMINATING = """
+import time
+
+class Terminating(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("started", True, broadcast=True)
+        while True:
+            self.scheduler.pause()
+            time.sleep(0.005)
+"""
+
+
+def test_graceful_termination(lab):
+    terminating = lab.experiment("terminating", TERMINATING)
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            ends = []
+            m.scheduler.on_run_end.append(lambda run, end: ends.append((run.rid, end)))
+            rid = await m.scheduler.submit("main", expid(terminating))
+            await wait_until(lambda: m.dataset_db.data.raw_view.get("started"))
+            assert m.scheduler.check_termination(rid) is False
+            m.scheduler.request_termination(rid)
+            await wait_until(lambda: (rid, "removed") in rec.events)
+            assert "deleting" not in rec.statuses(rid)
+            (end_rid, end), = ends
+            assert end_rid == rid and end.status == "terminated"
+            assert end.results and os.path.exists(end.results)
+
+    run_async(main())
+
+
+HUNG = """
+class Hung(EnvExperiment):
+    def build(self):
+        self.setattr_argument("where", StringValue("run"))
+        if self.where == "build":
+            self.spin()
+
+    def spin(self):
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL will do
+        self.set_dataset("spinning", self.where, broadcast=True)
+        while True:
+            pass
+
+    def run(self):
+        self.spin()
+"""
+
+
+def test_delete_hung_run_in_build_and_run(lab, caplog):
+    hung = lab.experiment("hung", HUNG)
+    lab.experiment("gated", GATED)
+
+    async def main():
+        async with running_master(lab, term_timeout=0.3, kill_timeout=0.3) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            for where in ("run", "build"):
+                rid = await m.scheduler.submit(where, expid(hung, where=where))
+                await wait_until(lambda: m.dataset_db.data.raw_view.get("spinning", (0, 0))[1]
+                                 == where)
+                m.scheduler.delete(rid)
+                await wait_until(lambda: (rid, "removed") in rec.events)
+                assert rec.statuses(rid)[-2:] == ["deleting", "removed"]
+            # the master still runs experiments
+            ok = await m.scheduler.submit("main", expid("repository/gated.py"))
+            await wait_until(lambda: (ok, "removed") in rec.events)
+            assert "analyzing" in rec.statuses(ok)
+
+    run_async(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("SIGTERM" in msg for msg in messages)
+    assert any("SIGKILL" in msg for msg in messages)
+
+
+FAILURES = {
+    "raises": """
+class Raises(EnvExperiment):
+    def run(self):
+        raise ValueError("the magnet quenched")
+""",
+    "exits": """
+import os
+class Exits(EnvExperiment):
+    def run(self):
+        os._exit(3)
+""",
+    "syntax": """
+class Broken(EnvExperiment)
+    def run(self):
+        pass
+""",
+    "nodevice": """
+class NoDevice(EnvExperiment):
+    def build(self):
+        self.setattr_device("no_such_device")
+    def run(self):
+        pass
+""",
+    "badarg": """
+class BadArg(EnvExperiment):
+    def build(self):
+        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, type="int"))
+    def run(self):
+        pass
+""",
+}
+
+
+def test_failures_are_contained(lab):
+    files = {name: lab.experiment(name, body) for name, body in FAILURES.items()}
+    lab.experiment("gated", GATED)
+
+    async def main():
+        async with running_master(lab) as m:
+            ends = {}
+            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            rids = {}
+            for name, file in files.items():
+                arguments = {"n": 99} if name == "badarg" else {}
+                rids[name] = await m.scheduler.submit("main", expid(file, **arguments))
+            ok = await m.scheduler.submit("main", expid("repository/gated.py"))
+            await wait_until(lambda: ok in ends, timeout=30)
+            assert ends[ok].status == "completed"
+            for name, rid in rids.items():
+                assert ends[rid].status == "failed", name
+            assert "the magnet quenched" in ends[rids["raises"]].error
+            assert "died" in ends[rids["exits"]].error
+            assert "SyntaxError" in ends[rids["syntax"]].error
+            assert "no_such_device" in ends[rids["nodevice"]].error
+            assert "'n'" in ends[rids["badarg"]].error
+            assert "\n" not in ends[rids["badarg"]].error
+            # results are kept for a failed run and for a worker that died
+            assert os.path.exists(ends[rids["raises"]].results)
+            assert os.path.exists(ends[rids["exits"]].results)
+
+    run_async(main())
+
+
+def test_two_pipelines_run_in_parallel(lab):
+    gated = lab.experiment("gated", GATED)
+    gate_a, gate_b = lab.path("gate_a"), lab.path("gate_b")
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            a = await m.scheduler.submit("alpha", expid(gated, gate=gate_a))
+            b = await m.scheduler.submit("beta", expid(gated, gate=gate_b))
+            await wait_until(lambda: (a, "running") in rec.events
+                             and (b, "running") in rec.events)
+            assert set(m.scheduler.pipelines) == {"alpha", "beta"}
+            open(gate_b, "w").close()
+            await wait_until(lambda: (b, "removed") in rec.events)
+            assert m.scheduler.get_status()[a]["status"] == "running"
+            await wait_until(lambda: "beta" not in m.scheduler.pipelines)
+            open(gate_a, "w").close()
+            await wait_until(lambda: not m.scheduler.pipelines)
+
+    run_async(main())
+
+
+def test_invalid_submissions_refused(lab):
+    async def main():
+        async with running_master(lab) as m:
+            for args, word in [(("", {"file": "x.py"}), "pipeline_name"),
+                               (("main", "x.py"), "expid"),
+                               (("main", {"class_name": "X"}), "file"),
+                               (("main", {"file": "x.py", "bogus": 1}), "bogus"),
+                               (("main", {"file": "x.py"}, "high"), "priority")]:
+                try:
+                    await m.scheduler.submit(*args)
+                except (TypeError, ValueError) as exc:
+                    assert word in str(exc)
+                else:
+                    raise AssertionError(f"{args} was accepted")
+            assert m.scheduler.get_status() == {}
+
+    run_async(main())
