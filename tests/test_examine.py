@@ -266,8 +266,8 @@ def test_examine_module_with_given_managers(tmp_path):
 def test_dummy_device_accepts_anything():
     device = DummyDevice("core")
     assert isinstance(device.a.b(1, x=2).c, DummyDevice)
-    device.attribute = 3
-    assert device.attribute == 3
+    device.level = 3
+    assert device.level == 3
     assert repr(device.reset()) == "<DummyDevice core.reset()>"
     with pytest.raises(AttributeError):
         device.__array__

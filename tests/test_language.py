@@ -403,10 +403,15 @@ def test_experiment_classes():
 
 
 def test_experiment_module_exports_the_api():
-    namespace = {}
+    namespace: dict = {}
     exec("from labpipe.experiment import *", namespace)
     for name in ("EnvExperiment", "NumberValue", "Scannable", "RangeScan", "CenterScan",
                  "TerminationRequested", "CancelledArgsError", "ArgumentError", "MHz",
                  "us", "NoDefault", "ProcessArgumentManager", "TraceArgumentManager"):
         assert name in namespace, name
     assert set(labpipe.experiment.__all__) <= set(namespace)
+
+
+def test_experiment_module_exports_what_language_exports():
+    import labpipe.language
+    assert labpipe.experiment.__all__ == labpipe.language.__all__

@@ -14,5 +14,11 @@ from labpipe.language.exceptions import *
 from labpipe.language.scans import *
 from labpipe.language.units import *
 
-__all__ = (exceptions.__all__ + arguments.__all__ + scans.__all__ + environment.__all__
-           + ["ProcessArgumentManager", "TraceArgumentManager"] + units.__all__)
+# Built with += so that type checkers follow the star imports of experiment files.
+__all__: list[str] = []
+__all__ += exceptions.__all__
+__all__ += arguments.__all__
+__all__ += scans.__all__
+__all__ += environment.__all__
+__all__ += ["ProcessArgumentManager", "TraceArgumentManager"]
+__all__ += units.__all__

@@ -26,6 +26,7 @@ precision=0)`` an integer). ``type="int"`` asks for an integer: the step then de
 import math
 import numbers
 import warnings
+from typing import Any
 
 import numpy
 
@@ -91,7 +92,7 @@ class _Processor:
 
     def describe(self) -> dict:
         """The procdesc of wire-compat.md."""
-        desc = {"ty": self.ty}
+        desc: dict[str, Any] = {"ty": self.ty}
         if self._default is not NoDefault:
             desc["default"] = self._default
         return desc
@@ -151,12 +152,13 @@ class NumberValue(_Processor):
         """An int or a float in [min, max]; integral floats are accepted as integers."""
         if isinstance(x, (bool, numpy.bool_)) or not isinstance(x, numbers.Real):
             raise ArgumentError(f"expected a number, got {x!r} ({_type_name(x)})")
+        value: int | float
         if not self.is_int:
             value = float(x)
         elif isinstance(x, numbers.Integral):
             value = int(x)
         elif math.isfinite(x) and float(x).is_integer():
-            value = int(x)
+            value = int(float(x))
         else:
             raise ArgumentError(f"expected an integer, got {x!r}")
         _check_range(value, self.min, self.max)
@@ -324,7 +326,7 @@ class Scannable:
 
     def describe(self) -> dict:
         """The procdesc of wire-compat.md."""
-        desc = {"ty": self.ty}
+        desc: dict[str, Any] = {"ty": self.ty}
         if self.default_values:
             desc["default"] = [scan.describe() for scan in self.default_values]
         desc.update(unit=self.unit, scale=self.scale, global_step=self.global_step,

@@ -73,6 +73,9 @@ def _require_processor(key, processor):
 class HasEnvironment:
     """Gives access to arguments, devices and datasets (see the module docstring)."""
 
+    __managers: _Managers
+    __in_build: bool
+
     ccb = _VirtualDevice("ccb")
     """The ``ccb`` virtual device: ``self.ccb.issue(service, *args, **kwargs)`` asks
     clients (applets) to do something, e.g. ``"create_applet"``."""

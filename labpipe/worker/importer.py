@@ -29,6 +29,7 @@ import sys
 import threading
 import weakref
 from types import ModuleType
+from typing import Any
 
 from labpipe.language.environment import Experiment, is_experiment
 
@@ -73,7 +74,7 @@ def _drop_siblings(folder: str, before: set[str], keep: str) -> tuple[str, ...]:
     """Remove from sys.modules the modules imported from folder since ``before`` was
     taken, except ``keep`` and submodules of packages that were already imported.
     Returns the sorted real paths of their files."""
-    files = set()
+    files: set[str] = set()
     for name in [n for n in sys.modules if n not in before and n != keep]:
         if name.partition(".")[0] in before:
             continue
@@ -99,6 +100,8 @@ def import_file(path, prefix: str = "file_import_") -> ModuleType:
     name = f"{prefix}{stem}_{next(_counter)}"
     loader = importlib.machinery.SourceFileLoader(name, path)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:
+        raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     with _lock:
         before = set(sys.modules)
@@ -163,7 +166,7 @@ def get_experiment(module: ModuleType, class_name: str | None = None) -> type:
                 f"EnvExperiment with a run() method)")
         raise AmbiguousExperimentError(
             f"{where} defines several experiments ({listed}); give the class name")
-    cls = getattr(module, class_name, None)
+    cls: Any = getattr(module, class_name, None)
     if not is_experiment(cls):
         raise NoExperimentError(
             f"{where} has no experiment class {class_name!r}; experiments there: {listed}")
