@@ -149,7 +149,8 @@ class HasEnvironment:
         ``with self.interactive("Calibration") as ia: ia.setattr_argument("v",
         NumberValue(1.0))`` collects the requests; on leaving the block the experiment
         waits for users to supply the values, then ``ia.v`` holds them. Raises
-        ``CancelledArgsError`` when users cancel.
+        ``CancelledArgsError`` when users cancel. Nothing is asked when no argument
+        was requested.
         """
         argument_mgr = self.__managers.argument
         get_interactive = getattr(argument_mgr, "get_interactive", None)
