@@ -1,0 +1,272 @@
+"""The Git backend: experiments are the committed files of a Git repository (dulwich).
+
+Only committed content is read: the current revision is the commit HEAD points to
+(in a bare repository, the last commit pushed to the current branch), never the working
+copy of a non-bare repository. Revisions given by users are resolved with dulwich's
+rules: a full commit id, a ref (``HEAD``, a branch, a tag, annotated tags peeled to
+their commit, ``refs/...``, a remote branch), or a unique hex prefix of at least 4
+digits. Anything else is a ``LookupError`` naming the revision.
+
+Checkouts: ``request_rev(rev)`` writes the commit's tree into a temporary folder, one
+per commit id, shared and reference-counted; ``release_rev(commit)`` removes the folder
+when its count drops to zero, and ``close()`` removes all of them. Symbolic links are
+written as links, submodules as empty folders.
+
+Content ids are the blob ids of the commit's tree, so listing a commit reads trees
+only, never file contents; listings are cached per commit (commits never change).
+Every method takes one lock: dulwich's pack readers are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections import OrderedDict
+
+from dulwich.errors import NotGitRepository, NotTreeError
+from dulwich.object_store import iter_tree_contents, tree_lookup_path
+from dulwich.objects import S_ISGITLINK, Commit
+from dulwich.objectspec import AmbiguousShortId, parse_commit
+from dulwich.repo import Repo
+
+from labpipe.master.repository.backend import EmptyRepositoryError, NO_REVISION, Revision
+from labpipe.master.repository.paths import is_hidden, repo_path
+
+__all__ = ["GitBackend"]
+
+logger = logging.getLogger(__name__)
+
+_LISTINGS_KEPT = 8
+
+
+class _Checkout:
+    __slots__ = ("workdir", "message", "holds")
+
+    def __init__(self, workdir: str, message: str):
+        self.workdir = workdir
+        self.message = message
+        self.holds = 1
+
+
+class GitBackend:
+    """Committed experiments of the Git repository at ``path`` (bare or not)."""
+
+    def __init__(self, path: str):
+        self.root = os.path.abspath(path)
+        try:
+            self._repo = Repo(self.root)
+        except NotGitRepository:
+            raise NotGitRepository(
+                f"{self.root} is not a Git repository: create it with "
+                f"`git init --bare {path}`, or start the master without -g") from None
+        self.bare: bool = self._repo.bare
+        self._lock = threading.RLock()
+        self._checkouts: dict[str, _Checkout] = {}
+        self._checkout_base: str | None = None
+        self._listings: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
+
+    # -- revisions ---------------------------------------------------------------------
+
+    def get_cur_rev(self) -> str:
+        """The commit id HEAD points to, or ``"N/A"`` while the repository has no commit."""
+        try:
+            return self.resolve(None)
+        except EmptyRepositoryError:
+            return NO_REVISION
+
+    def resolve(self, rev: str | None) -> str:
+        """The full commit id for ``rev`` (None: HEAD); LookupError naming ``rev`` if unknown."""
+        with self._lock:
+            if rev is None:
+                try:
+                    return self._repo.refs[b"HEAD"].decode("ascii")
+                except KeyError:
+                    raise EmptyRepositoryError(
+                        f"the Git repository {self.root} has no commit yet: "
+                        "commit and push an experiment first") from None
+            if not isinstance(rev, str) or not rev.strip():
+                raise LookupError(f"invalid revision {rev!r}: give a commit id, "
+                                  "a branch or a tag")
+            try:
+                commit = parse_commit(self._repo, rev.strip())
+            except AmbiguousShortId:
+                raise LookupError(f"revision {rev!r} is ambiguous in the Git repository "
+                                  f"{self.root}: give more hex digits") from None
+            except (KeyError, ValueError, AssertionError):
+                raise LookupError(f"unknown revision {rev!r} in the Git repository "
+                                  f"{self.root}: give a commit id, a branch or a tag") from None
+            return commit.id.decode("ascii")
+
+    def get_message(self, rev: str) -> str:
+        """The message of commit ``rev``, stripped."""
+        with self._lock:
+            return self._commit(rev).message.decode("utf-8", "replace").strip()
+
+    def exists(self, path: str, rev: str) -> bool:
+        """Whether ``path`` (relative to the root) is a file in commit ``rev``."""
+        path = repo_path(path)
+        with self._lock:
+            commit = self._commit(rev)
+            try:
+                mode, _ = tree_lookup_path(self._repo.object_store.__getitem__,
+                                           commit.tree, path.encode())
+            except (KeyError, NotTreeError):
+                return False
+            return stat.S_ISREG(mode)
+
+    # -- listings ----------------------------------------------------------------------
+
+    def list_files(self, subdir: str = "", rev: str | None = None) -> dict[str, str]:
+        """``{path: blob id}`` of the ``.py`` files under ``subdir`` in commit ``rev``.
+
+        ``rev`` None means HEAD. Hidden files and folders, symbolic links and
+        submodules are skipped. An empty repository or a missing ``subdir`` lists nothing.
+        """
+        top = "" if subdir in ("", ".") else repo_path(subdir)
+        with self._lock:
+            if rev is None:
+                try:
+                    rev = self.resolve(None)
+                except EmptyRepositoryError:
+                    return {}
+            commit = self._commit(rev)
+            key = (commit.id.decode("ascii"), top)
+            cached = self._listings.get(key)
+            if cached is not None:
+                self._listings.move_to_end(key)
+                return dict(cached)
+            listing = self._list_tree(commit, top)
+            self._listings[key] = listing
+            while len(self._listings) > _LISTINGS_KEPT:
+                self._listings.popitem(last=False)
+            return dict(listing)
+
+    def _list_tree(self, commit: Commit, top: str) -> dict[str, str]:
+        store = self._repo.object_store
+        tree_id = commit.tree
+        if top:
+            try:
+                mode, tree_id = tree_lookup_path(store.__getitem__, commit.tree, top.encode())
+            except (KeyError, NotTreeError):
+                return {}
+            if not stat.S_ISDIR(mode):
+                return {}
+        prefix = top + "/" if top else ""
+        listing = {}
+        for entry in iter_tree_contents(store, tree_id):
+            path = prefix + os.fsdecode(entry.path)
+            if (stat.S_ISREG(entry.mode) and path.endswith(".py")
+                    and not is_hidden(path)):
+                listing[path] = entry.sha.decode("ascii")
+        return listing
+
+    # -- checkouts ---------------------------------------------------------------------
+
+    def request_rev(self, rev: str | None) -> Revision:
+        """Check out ``rev`` (None: HEAD) into its folder, or share the existing one."""
+        with self._lock:
+            commit_id = self.resolve(rev)
+            checkout = self._checkouts.get(commit_id)
+            if checkout is not None:
+                checkout.holds += 1
+            else:
+                checkout = self._check_out(commit_id)
+                self._checkouts[commit_id] = checkout
+            return Revision(checkout.workdir, commit_id, checkout.message)
+
+    def release_rev(self, rev: str) -> None:
+        """Drop one hold on commit ``rev``; the folder goes with the last one.
+
+        Raises LookupError when ``rev`` is not held (released more often than requested).
+        """
+        with self._lock:
+            checkout = self._checkouts.get(rev)
+            if checkout is None:
+                raise LookupError(f"revision {rev!r} is not checked out: "
+                                  "released more often than requested?")
+            checkout.holds -= 1
+            if checkout.holds == 0:
+                del self._checkouts[rev]
+                shutil.rmtree(checkout.workdir, ignore_errors=True)
+                logger.debug("removed the checkout of %s", rev)
+
+    def holds(self) -> dict[str, tuple[str, int]]:
+        """``{commit id: (workdir, number of holds)}`` of the current checkouts."""
+        with self._lock:
+            return {c: (co.workdir, co.holds) for c, co in self._checkouts.items()}
+
+    def _check_out(self, commit_id: str) -> _Checkout:
+        commit = self._commit(commit_id)
+        if self._checkout_base is None:
+            self._checkout_base = tempfile.mkdtemp(prefix="labpipe-checkouts-")
+        workdir = tempfile.mkdtemp(prefix=commit_id[:12] + "-", dir=self._checkout_base)
+        try:
+            self._write_tree(commit.tree, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        logger.debug("checked out %s into %s", commit_id, workdir)
+        return _Checkout(workdir, commit.message.decode("utf-8", "replace").strip())
+
+    def _write_tree(self, tree_id: bytes, workdir: str) -> None:
+        store = self._repo.object_store
+        made = {workdir}
+        for entry in iter_tree_contents(store, tree_id):
+            relative = repo_path(os.fsdecode(entry.path))  # refuses ../ in hostile trees
+            target = os.path.join(workdir, relative)
+            folder = os.path.dirname(target)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            if S_ISGITLINK(entry.mode):
+                os.makedirs(target, exist_ok=True)
+                continue
+            data = store[entry.sha].as_raw_string()
+            if stat.S_ISLNK(entry.mode):
+                os.symlink(os.fsdecode(data), target)
+                continue
+            with open(target, "wb") as f:
+                f.write(data)
+            if entry.mode & 0o111:
+                os.chmod(target, 0o755)
+
+    # -- hooks support and lifetime ----------------------------------------------------
+
+    def hooks_dir(self) -> tuple[str, bool]:
+        """``(folder where Git looks for hooks, whether core.hooksPath chose it)``."""
+        with self._lock:
+            control = self._repo.controldir()
+            try:
+                configured = self._repo.get_config().get((b"core",), b"hooksPath")
+            except KeyError:
+                configured = None
+            if configured:
+                path = os.path.expanduser(os.fsdecode(configured))
+                base = self.root if self.bare else os.path.dirname(control)
+                return os.path.join(base, path), True
+            return os.path.join(control, "hooks"), False
+
+    def close(self) -> None:
+        """Remove every checkout folder and close the repository."""
+        with self._lock:
+            if self._checkouts:
+                logger.debug("closing with %d checkout(s) still held", len(self._checkouts))
+            self._checkouts.clear()
+            if self._checkout_base is not None:
+                shutil.rmtree(self._checkout_base, ignore_errors=True)
+                self._checkout_base = None
+            self._listings.clear()
+            self._repo.close()
+
+    def _commit(self, rev: str) -> Commit:
+        try:
+            obj = self._repo[rev.encode("ascii")]
+        except (KeyError, UnicodeEncodeError, AssertionError, ValueError):
+            raise LookupError(f"unknown commit {rev!r} in the Git repository {self.root}") from None
+        if not isinstance(obj, Commit):
+            raise LookupError(f"{rev!r} is not a commit in the Git repository {self.root}")
+        return obj
