@@ -1,0 +1,136 @@
+"""Child side of the examiner pool: examines experiment files in a worker process.
+
+Runs in a process started from the forkserver (parent side: ``examiner.py``). Protocol
+over a ``multiprocessing`` duplex pipe: the child first sends ``("ready", pid)``, then
+serves one request at a time:
+
+- request: ``(path, root)``: the file to examine and the folder it belongs to (the
+  repository folder or its checkout);
+- reply: ``("ok", description, deps)`` or ``("error", reason, deps)`` where
+  ``description`` is ``labpipe.worker.examine.examine_file(path)`` (``{class_name:
+  {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``, PYON-encodable),
+  ``reason`` one line, and ``deps`` the sorted paths (relative to ``root``,
+  ``/``-separated) of the other Python files under ``root`` that the import read.
+
+``deps`` are recorded with an audit hook on ``open`` (the import system reads every
+source or cached bytecode file through ``io.open_code``), so they are known even when
+the import fails, e.g. on a syntax error in a helper module: fixing the helper then
+re-examines the file.
+
+Between two files the process forgets every module loaded from under ``root`` and
+restores ``sys.path``, so that a changed module is imported afresh and one file cannot
+see another's modules. No bytecode is written: a scan never writes into the
+repository. The loop ends when the parent closes the pipe; SIGINT is ignored (the
+master stops its workers itself).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import traceback
+
+from labpipe.worker.examine import examine_file
+
+__all__ = ["main", "examine_one", "one_line"]
+
+_MAX_REASON = 400
+_opened: list[str] | None = None  # files opened during the current examination
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and args and isinstance(args[0], str):
+        _opened.append(args[0])
+
+
+def main(conn) -> None:
+    """Serve examine requests on ``conn`` until the parent closes it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.dont_write_bytecode = True
+    sys.addaudithook(_audit)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            path, root = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(examine_one(path, root))
+
+
+def examine_one(path: str, root: str) -> tuple:
+    """Examine one file; the reply tuple of the module docstring."""
+    global _opened
+    root = os.path.realpath(root)
+    saved_path = list(sys.path)
+    before = set(sys.modules)
+    _opened = []
+    try:
+        reply: tuple = ("ok", examine_file(path))
+    except BaseException as exc:  # noqa: B902 - an experiment may raise anything at import
+        reply = ("error", one_line(exc, path))
+    finally:
+        opened, _opened = _opened, None
+        _forget_modules(before, root)
+        sys.path[:] = saved_path
+    return reply + (_dependencies(opened, root, os.path.realpath(path)),)
+
+
+def one_line(exc: BaseException, path: str) -> str:
+    """``Type: message (file, line N)``, on one line and bounded in length."""
+    if isinstance(exc, SyntaxError):
+        where = f"{os.path.basename(exc.filename or path)}, line {exc.lineno}"
+        text = f"{type(exc).__name__}: {exc.msg} ({where})"
+    else:
+        message = str(exc).strip().splitlines()
+        text = type(exc).__name__ + (f": {message[0]}" if message else "")
+        frame = _last_frame_in(exc, os.path.dirname(os.path.realpath(path)))
+        if frame is not None:
+            text += f" ({os.path.basename(frame.filename)}, line {frame.lineno})"
+    return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
+
+
+def _last_frame_in(exc: BaseException, folder: str):
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.realpath(frame.filename).startswith(folder + os.sep):
+            found = frame
+    return found
+
+
+def _dependencies(opened: list[str], root: str, examined: str) -> list[str]:
+    prefix = root.rstrip(os.sep) + os.sep
+    deps = set()
+    for name in opened:
+        if name.endswith(".pyc"):
+            try:
+                name = importlib.util.source_from_cache(name)
+            except ValueError:
+                continue
+        if not name.endswith(".py"):
+            continue
+        real = os.path.realpath(name)
+        if real != examined and real.startswith(prefix):
+            deps.add(os.path.relpath(real, root).replace(os.sep, "/"))
+    return sorted(deps)
+
+
+def _module_files(module) -> list[str]:
+    files = []
+    value = getattr(module, "__file__", None)
+    if isinstance(value, str):
+        files.append(value)
+    try:
+        files.extend(p for p in getattr(module, "__path__", ()) or () if isinstance(p, str))
+    except TypeError:
+        pass
+    return files
+
+
+def _forget_modules(before: set[str], root: str) -> None:
+    prefix = root.rstrip(os.sep) + os.sep
+    for name in set(sys.modules) - before:
+        module = sys.modules.get(name)
+        if any(os.path.realpath(f).startswith(prefix) for f in _module_files(module)):
+            del sys.modules[name]

@@ -1,0 +1,219 @@
+"""A pool of worker processes that examine experiment files (parent side).
+
+Each worker runs ``examine_child.main`` in a process started from multiprocessing's
+forkserver, whose template has preloaded ``labpipe.worker.examine`` (and whatever the
+run launcher preloads), so a worker starts in milliseconds.
+
+Contract:
+
+- ``await pool.examine(path, root)`` returns an ``Examined``: the description, or the
+  one-line reason the file was skipped. It never raises for a bad file: a file that
+  raises at import, hangs longer than ``timeout`` seconds (its worker is killed) or
+  kills its worker (``os._exit``, a crash in C code) gives a reason, and the pool
+  replaces the worker, so the next file is examined normally.
+- Up to ``workers`` files are examined in parallel; more callers wait their turn.
+- ``examined`` counts the files examined since the pool was made (tests and benchmarks
+  use it to check that a rescan examined only what changed).
+- Cancelling ``examine`` kills the worker it was using (it is replaced at next use).
+- ``await close()`` stops every worker: the pipe is closed (the worker exits at once),
+  then SIGKILL after a short grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+
+from labpipe.master.repository import examine_child
+
+__all__ = ["Examined", "ExaminerPool", "WorkerStartError", "PRELOAD", "default_workers"]
+
+logger = logging.getLogger(__name__)
+
+#: Modules the forkserver template should import once (on top of the launcher's list).
+PRELOAD = ["labpipe.worker.examine", "labpipe.master.repository.examine_child"]
+
+
+def default_workers() -> int:
+    """Number of parallel examiners: one per CPU, at least two."""
+    return max(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Examined:
+    """What examining one file gave."""
+
+    description: dict | None
+    """``{class_name: {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``, or None."""
+    error: str | None = None
+    """Why the file was skipped (one line), or None."""
+    deps: tuple[str, ...] = ()
+    """Other modules under the root that importing the file loaded (relative paths)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """The run launcher's forkserver context, with PRELOAD added to its preload list."""
+    from labpipe.worker import launcher
+    ctx = launcher.context()
+    try:
+        from multiprocessing import forkserver
+        current = list(forkserver._forkserver._preload_modules)  # no public getter
+    except AttributeError:
+        current = []
+    missing = [m for m in PRELOAD if m not in current]
+    if missing:
+        # No effect once the forkserver runs: workers then import these themselves.
+        ctx.set_forkserver_preload(current + missing)
+    return ctx
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "it stopped answering"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class WorkerStartError(RuntimeError):
+    """An examining process did not start: the pool is broken, not the file."""
+
+
+class _Worker:
+    """One examining process and the parent's end of its pipe (used by one thread).
+
+    Made only once the process said it is ready, so that a process that dies later
+    was killed by the file it was examining.
+    """
+
+    def __init__(self, ctx, start_timeout: float = 60.0):
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=examine_child.main, args=(child_end,),
+                                   name="labpipe-examine", daemon=True)
+        self.process.start()
+        child_end.close()
+        self.conn = parent_end
+        try:
+            if not parent_end.poll(start_timeout):
+                raise EOFError
+            parent_end.recv()
+        except (EOFError, OSError):
+            self.kill()
+            raise WorkerStartError(
+                "an examining process could not start "
+                f"({_death(self.process.exitcode)}); see its error output") from None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.exitcode is None and not self.conn.closed
+
+    def call(self, path: str, root: str, timeout: float) -> Examined:
+        try:
+            self.conn.send((path, root))
+            if not self.conn.poll(timeout):
+                self.kill()
+                return Examined(None, f"examining took longer than {timeout:g} s "
+                                      "(does the file hang at import?)")
+            status, value, deps = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(1.0)
+            self.kill()
+            return Examined(None, "the examining process died while importing the file "
+                                  f"({_death(self.process.exitcode)})")
+        if status == "ok":
+            return Examined(value, None, tuple(deps))
+        return Examined(None, value, tuple(deps))
+
+    def kill(self) -> None:
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+    def stop(self, grace: float = 1.0) -> None:
+        if not self.conn.closed:
+            self.conn.close()
+        self.process.join(grace)
+        self.kill()
+
+
+class ExaminerPool:
+    """Examines files in ``workers`` processes, each file with a ``timeout`` in seconds."""
+
+    def __init__(self, workers: int | None = None, timeout: float = 10.0):
+        self.workers = workers or default_workers()
+        self.timeout = timeout
+        #: Number of files examined so far.
+        self.examined = 0
+        self._ctx = None
+        self._idle: asyncio.Queue[_Worker | None] | None = None
+        self._all: set[_Worker] = set()
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the workers (in parallel); returns when they are all up."""
+        async with self._start_lock:
+            if self._idle is not None:
+                return
+            self._ctx = await asyncio.to_thread(_context)
+            started = await asyncio.gather(
+                *(asyncio.to_thread(self._spawn) for _ in range(self.workers)),
+                return_exceptions=True)
+            self._idle = asyncio.Queue()
+            for worker in started:
+                self._idle.put_nowait(None if isinstance(worker, BaseException) else worker)
+        failures = [w for w in started if isinstance(w, BaseException)]
+        if len(failures) == len(started):
+            raise failures[0]
+        for failure in failures:
+            logger.error("%s", failure)
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self._ctx)
+        self._all.add(worker)
+        return worker
+
+    async def examine(self, path: str, root: str, timeout: float | None = None) -> Examined:
+        """Examine the file ``path`` (in folder ``root``) in a worker; see the module docstring."""
+        if self._closed:
+            raise RuntimeError("the examiner pool is closed")
+        await self.start()
+        assert self._idle is not None
+        worker = await self._idle.get()
+        try:
+            if worker is None or not worker.alive:
+                if worker is not None:
+                    self._all.discard(worker)
+                worker = None
+                worker = await asyncio.to_thread(self._spawn)
+            try:
+                result = await asyncio.to_thread(
+                    worker.call, path, root, self.timeout if timeout is None else timeout)
+            except asyncio.CancelledError:
+                worker.kill()
+                raise
+            self.examined += 1
+            if not result.ok:
+                logger.debug("examining %s: %s", path, result.error)
+            return result
+        finally:
+            self._idle.put_nowait(worker)
+
+    async def close(self) -> None:
+        """Stop every worker process."""
+        self._closed = True
+        workers, self._all = list(self._all), set()
+        if workers:
+            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
