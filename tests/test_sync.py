@@ -271,9 +271,10 @@ async def test_disconnect_cb_and_reconnect():
     await wait_until(lambda: sub.disconnects == 1)
     n["a"] = 2
     await pub.start(HOST, 0)
-    await sub.sub.close()
-    await sub.connect(pub.port)
+    await sub.connect(pub.port)  # no close() needed after a disconnection
     assert sub.sub.model == {"a": 2}
+    with pytest.raises(RuntimeError):
+        await sub.sub.connect(HOST, pub.port)
     await sub.sub.close()
     await pub.stop()
     assert sub.disconnects == 1

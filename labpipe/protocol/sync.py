@@ -61,7 +61,7 @@ return value is ``.target``, also named ``.model``); later mods are applied to i
 init included; the mod shares its objects with the copy (copy it to keep it as it
 was). ``disconnect_cb()`` runs when the connection ends other than by ``close()``:
 server gone, a line that does not decode, or an exception from target_builder,
-apply_mod or notify_cb (logged). Reconnect to get a fresh init.
+apply_mod or notify_cb (logged). Call ``connect`` again to get a fresh init.
 
 ``Outbox`` (bounded queue and writer of one server connection) and ``LineClient``
 (banner, name, then one callback per line) are shared with ``broadcast``.
@@ -434,7 +434,9 @@ class LineClient:
 
     async def _connect(self, host, port, before_receive_cb=None):
         if self._task is not None:
-            raise RuntimeError("already connected; close() first")
+            if not self._task.done():
+                raise RuntimeError("already connected; close() first")
+            await self.close()  # the previous connection ended by itself
         reader, writer = await asyncio.open_connection(host, port,
                                                        limit=CLIENT_MAX_LINE_LENGTH)
         try:
