@@ -49,16 +49,16 @@ def expid(file, **arguments):
 
 def test_runs_in_precedence_order(lab):
     gated = lab.experiment("gated", GATED)
-    gate = lab.path("gate")
+    gate1, gate2 = lab.path("gate1"), lab.path("gate2")
 
     async def main():
         async with running_master(lab) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
             s = m.scheduler
-            blocker = await s.submit("main", expid(gated, gate=gate))
+            blocker = await s.submit("main", expid(gated, gate=gate1))
             await wait_until(lambda: (blocker, "running") in rec.events)
             low = await s.submit("main", expid(gated), priority=0)
-            high = await s.submit("main", expid(gated), priority=5)
+            high = await s.submit("main", expid(gated, gate=gate2), priority=5)
             high_later = await s.submit("main", expid(gated), priority=5)
             early_due = await s.submit("main", expid(gated), priority=0,
                                        due_date=time.time() - 100)
@@ -68,15 +68,16 @@ def test_runs_in_precedence_order(lab):
             # prepared ahead too; the others do not outrank high.
             await wait_until(lambda: (high, "prepare_done") in rec.events)
             assert (high_later, "preparing") not in rec.events
-            open(gate, "w").close()
+            open(gate1, "w").close()
+            # while high runs, high_later (outranking the prepared low) is prepared
+            await wait_until(lambda: (high_later, "prepare_done") in rec.events)
+            open(gate2, "w").close()
             await wait_until(lambda: not m.scheduler.notifier.raw_view, timeout=20)
             started = [r for r, st in rec.events if st == "running"]
-            # the future run, although of the highest priority, is not eligible at first;
-            # equal priority and no due date: lower RID first; a due date counts later
-            # than none.
+            # equal priority: lower RID first; a due date in the past counts after none;
+            # the future run, of the highest priority, was not eligible at first.
             assert started[:4] == [blocker, high, high_later, low]
             assert set(started[4:]) == {early_due, future}
-            assert started.index(future) > started.index(high)
 
     run_async(main())
 
@@ -285,7 +286,11 @@ class Exits(EnvExperiment):
         os._exit(3)
 """,
     "syntax": """
-class Broken(EnvExperiment)
+class Broken(EnvExperiment):
+    def build(self):
+        self.setattr_argument("load", BooleanValue(False))
+        if self.load:
+            import broken_helper  # a sibling module with a syntax error
     def run(self):
         pass
 """,
@@ -308,6 +313,7 @@ class BadArg(EnvExperiment):
 
 def test_failures_are_contained(lab):
     files = {name: lab.experiment(name, body) for name, body in FAILURES.items()}
+    lab.write("repository/broken_helper.py", "def f(:\n    pass\n")
     lab.experiment("gated", GATED)
 
     async def main():
@@ -316,7 +322,7 @@ def test_failures_are_contained(lab):
             m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
             rids = {}
             for name, file in files.items():
-                arguments = {"n": 99} if name == "badarg" else {}
+                arguments = {"badarg": {"n": 99}, "syntax": {"load": True}}.get(name, {})
                 rids[name] = await m.scheduler.submit("main", expid(file, **arguments))
             ok = await m.scheduler.submit("main", expid("repository/gated.py"))
             await wait_until(lambda: ok in ends, timeout=30)
@@ -359,8 +365,20 @@ def test_two_pipelines_run_in_parallel(lab):
 
 
 def test_invalid_submissions_refused(lab):
+    lab.experiment("syntax", "class Broken(EnvExperiment)\n    pass\n")
+    lab.experiment("ok", GATED)
+
     async def main():
         async with running_master(lab) as m:
+            for exp, word in [({"file": "repository/syntax.py"}, "SyntaxError"),
+                              ({"file": "repository/missing.py"}, "missing.py"),
+                              ({"file": "repository/ok.py", "class_name": "Nope"}, "Nope")]:
+                try:
+                    await m.scheduler.submit("main", exp)
+                except ValueError as exc:
+                    assert word in str(exc) and "\n" not in str(exc)
+                else:
+                    raise AssertionError(f"{exp} was accepted")
             for args, word in [(("", {"file": "x.py"}), "pipeline_name"),
                                (("main", "x.py"), "expid"),
                                (("main", {"class_name": "X"}), "file"),

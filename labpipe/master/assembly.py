@@ -91,7 +91,8 @@ class Master:
             RIDCounter(self._path("last_rid.pyon")),
             SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
                             term_timeout=o.term_timeout, kill_timeout=o.kill_timeout),
-            worker_handlers=self._worker_handlers, repository=self.repository)
+            worker_handlers=self._worker_handlers, repository=self.repository,
+            check_submission=self.experiment_db.check_submission)
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
 
@@ -103,19 +104,18 @@ class Master:
             "devices": self.device_db.data,
             "datasets": self.dataset_db.data,
             "explist": self.experiment_db.explist,
-            "explist_status": self.experiment_db.status,
-            "explist_errors": self.experiment_db.errors,
+            "explist_status": self.experiment_db.explist_status,
+            "explist_errors": self.experiment_db.explist_errors,
             "interactive_args": self.interactive_db.notifier,
         }
         self.targets = {
             "schedule": self.scheduler,
-            "experiment_db": self.experiment_db,
+            "experiment_db": self.experiment_db.rpc_target,
             "dataset_db": self.dataset_db,
             "device_db": self.device_db,
             "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
         }
-        await self.experiment_db.start(control_port=None)
         self.servers = {
             "notify": (Publisher(self.notifiers), o.port_notify),
             "control": (Server(self.targets, description="labpipe master"), o.port_control),
@@ -124,7 +124,9 @@ class Master:
         }
         for server, port in self.servers.values():
             await server.start(o.bind, port)
-        self.experiment_db.set_control_port(self.port("control"))
+        # the push hook needs the control port, so the repository comes after the ports
+        await self.experiment_db.start(control_port=self.port("control"),
+                                       control_host=o.bind[0])
 
     def port(self, channel: str) -> int:
         """The port a channel (notify, control, logging, broadcast) listens on."""

@@ -79,14 +79,18 @@ class Scheduler:
     """The ``schedule`` target. ``worker_handlers(run)`` gives the handlers of the
     master's services (datasets, devices, logs, ccb) for a run's worker; ``repository``
     gives checkouts (``request_rev(rev) -> (workdir, commit, message)``,
-    ``release_rev(commit)``) or is None for files on the master's filesystem only."""
+    ``release_rev(commit)``) or is None for files on the master's filesystem only;
+    ``await check_submission(expid) -> (expid, repo_msg)`` refuses an expid whose file
+    or class is missing, and resolves its revision to a commit id."""
 
     def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
-                 worker_handlers: Callable[[Run], dict] | None = None, repository=None):
+                 worker_handlers: Callable[[Run], dict] | None = None, repository=None,
+                 check_submission=None):
         self.rid_counter = rid_counter
         self.config = config or SchedulerConfig()
         self.worker_handlers = worker_handlers or (lambda run: {})
         self.repository = repository
+        self.check_submission = check_submission
         self.notifier = Notifier({})
         self.pipelines: dict[str, Pipeline] = {}
         self.on_run_end: list[Callable[[Run, RunEnd], None]] = []
@@ -101,6 +105,8 @@ class Scheduler:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
         expid = dict(expid)
+        if self.check_submission is not None:
+            expid, _ = await self.check_submission(expid)
         # a plain file is relative to the lab directory; a repository file to its checkout
         workdir, repo_rev, repo_msg = self.config.lab_dir, None, None
         if "repo_rev" in expid:

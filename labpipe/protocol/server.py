@@ -97,12 +97,13 @@ class AsyncioServer:
         except Exception:
             logger.exception("%s: connection handler failed", type(self).__name__)
         finally:
-            self._connections.discard(task)
             writer.close()
             try:
                 await writer.wait_closed()
             except (ConnectionError, asyncio.CancelledError, OSError):
                 pass
+            # only now, so that stop() waits until the connection is really closed
+            self._connections.discard(task)
 
     async def _handle_connection_cr(self, reader: asyncio.StreamReader,
                                     writer: asyncio.StreamWriter):

@@ -6,6 +6,7 @@ results file needs (start and run times, the class name, the datasets).
 """
 
 import os
+import sys
 import tempfile
 import time
 
@@ -54,6 +55,10 @@ class ExperimentRunner:
         finally:
             if temporary:
                 os.unlink(path)
+        if not temporary:
+            # the process is the run's own: keep the experiment's folder importable, so
+            # that build() and later stages can import sibling modules too
+            sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
         cls = get_experiment(module, self.expid.get("class_name"))
         self.class_name = cls.__name__
         self.start_time = time.time()
