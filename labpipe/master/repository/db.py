@@ -1,0 +1,379 @@
+"""The experiment database: the ``experiment_db`` target and the ``explist`` notifiers.
+
+``ExperimentDB`` owns everything clients see of the repository:
+
+- ``explist``: ``{name: {"file", "class_name", "arginfo", "argument_ui",
+  "scheduler_defaults"}}`` (names from ``scan.build_explist``; ``file`` relative to the
+  repository root), published as the fewest mods (``publish.sync_dict``);
+- ``explist_status``: ``{"scanning": bool, "cur_rev": str}``;
+- ``explist_errors`` (a labpipe addition): ``{file: reason}`` for every file under the
+  experiment subdirectory that could not be examined; no file is dropped silently.
+
+Scans: ``scan_repository`` waits for a scan that starts after the request;
+``scan_repository_async`` only requests one. Requests that arrive while a scan runs are
+merged into exactly one more scan after it (never lost, never skipped); when merged
+requests name different revisions, the latest request wins (None: HEAD at scan time).
+A revision given explicitly is resolved at once, so an unknown one raises
+``LookupError`` to its caller. A scan lists the revision, reuses the descriptions of
+files whose content (and whose repository imports) did not change, examines the others
+in parallel worker processes, then publishes ``explist``, ``explist_errors``, and last
+``cur_rev``, so a subscriber that sees the new ``cur_rev`` has the matching list.
+The database holds a checkout of ``cur_rev`` (``request_rev``) for as long as it is
+current.
+
+Clients reach the database through ``rpc_target`` (only the wire methods of
+``wire-compat.md``: ``scan_repository``, ``scan_repository_async``, ``examine``,
+``list_directory``, ``root``), never the lifecycle methods. ``list_directory`` and
+``root`` work in the lab directory and the repository only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from labpipe.master.repository import hooks
+from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
+                                               RepositoryBackend, Revision)
+from labpipe.master.repository.examiner import Examined, ExaminerPool
+from labpipe.master.repository.paths import in_subdir, is_within, repo_path
+from labpipe.master.repository.publish import sync_dict
+from labpipe.master.repository.scan import CacheEntry, build_explist, cache_entry, plan
+from labpipe.master.repository.submission import check_class, resolve_submission
+from labpipe.protocol.sync import Notifier
+
+__all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExamineError(Exception):
+    """A file could not be examined; the message gives the file and the reason."""
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """What one scan did."""
+
+    rev: str
+    files: int
+    examined: tuple[str, ...]
+    errors: int
+    mods: int
+    duration: float
+
+
+class ExperimentDB:
+    """Scans a repository backend and publishes its experiments; see the module docstring.
+
+    ``lab_dir``: the master's lab directory (plain ``file`` submissions and
+    ``list_directory`` are relative to it). ``experiment_subdir``: only files under it
+    (relative to the repository root) are scanned. ``workers`` and ``examine_timeout``
+    (seconds per file) configure the examining processes.
+    """
+
+    def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
+                 *, workers: int | None = None, examine_timeout: float = 10.0):
+        self.lab_dir = os.path.abspath(lab_dir)
+        self.backend = backend
+        subdir = (experiment_subdir or "").strip().strip("/")
+        self.experiment_subdir = repo_path(subdir) if subdir not in ("", ".") else ""
+        self.pool = ExaminerPool(workers, examine_timeout)
+        self.explist = Notifier({})
+        self.explist_status = Notifier({"scanning": False, "cur_rev": NO_REVISION})
+        self.explist_errors = Notifier({})
+        #: The revision of the last completed scan (what ``repo_rev=None`` means).
+        self.cur_rev: str = NO_REVISION
+        #: The last scan's report, None before the first scan.
+        self.last_scan: ScanReport | None = None
+        #: The rescan hook installed by ``start`` (None without Git or control port).
+        self.hook: hooks.HookResult | None = None
+        self.rpc_target = ExperimentDBTarget(self)
+        self._held: Revision | None = None
+        self._cache: dict[tuple[str, str], CacheEntry] = {}
+        self._results: dict[str, Examined] = {}
+        self._waiters: list[asyncio.Future] = []
+        self._next_rev: str | None = None
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._closed = False
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    async def start(self, *, control_port: int | None = None,
+                    control_host: str = "127.0.0.1") -> None:
+        """Start the examining processes, install the rescan hook, run the first scan.
+
+        With a Git backend and ``control_port`` (the master's RPC port, already
+        listening), a hook is installed so that a push (bare repository) or a commit
+        (non-bare) rescans; see ``hooks.py``. It is installed before the first scan so
+        that no push is missed in between.
+        """
+        if self._loop_task is not None:
+            raise RuntimeError("the experiment database is already started")
+        await self.pool.start()
+        self._loop_task = asyncio.create_task(self._scan_loop(), name="labpipe-scans")
+        if control_port is not None:
+            self.install_hook(control_port, control_host)
+        await self.scan_repository()
+
+    def install_hook(self, control_port: int, control_host: str = "127.0.0.1") -> None:
+        """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
+        hooks_dir = getattr(self.backend, "hooks_dir", None)
+        if hooks_dir is None:
+            return
+        folder, configured = hooks_dir()
+        command = hooks.notify_command(control_port, control_host)
+        self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
+                                       configured_dir=configured)
+
+    async def close(self) -> None:
+        """Stop scanning and the examining processes; release the checkout of ``cur_rev``.
+
+        The backend is not closed: checkouts held by runs belong to the scheduler.
+        """
+        self._closed = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+        for waiter in self._waiters:
+            waiter.cancel()
+        self._waiters.clear()
+        await self.pool.close()
+        if self._held is not None:
+            held, self._held = self._held, None
+            await asyncio.to_thread(self.backend.release_rev, held.commit)
+
+    # -- scans -------------------------------------------------------------------------
+
+    async def scan_repository(self, new_cur_rev: str | None = None) -> None:
+        """Scan (``new_cur_rev``: a revision, None for HEAD) and wait until it is published."""
+        waiter = asyncio.get_running_loop().create_future()
+        await self._request_scan(new_cur_rev, waiter)
+        await waiter
+
+    async def scan_repository_async(self, new_cur_rev: str | None = None) -> None:
+        """Request a scan and return at once (the scan runs in the database's scan task)."""
+        await self._request_scan(new_cur_rev, None)
+
+    async def _request_scan(self, rev: str | None, waiter: asyncio.Future | None) -> None:
+        if self._closed:
+            raise RuntimeError("the experiment database is closed")
+        if rev is not None:
+            rev = await asyncio.to_thread(self.backend.resolve, rev)
+        self._next_rev = rev
+        if waiter is not None:
+            self._waiters.append(waiter)
+        self._wake.set()
+
+    async def _scan_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            waiters, self._waiters = self._waiters, []
+            rev, self._next_rev = self._next_rev, None
+            try:
+                report = await self._scan(rev)
+            except asyncio.CancelledError:
+                for waiter in waiters:
+                    waiter.cancel()
+                raise
+            except Exception as exc:
+                logger.error("experiment repository scan failed: %s", exc,
+                             exc_info=not isinstance(exc, (LookupError, OSError)))
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+            else:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(report)
+
+    async def _scan(self, rev: str | None) -> ScanReport:
+        started = time.perf_counter()
+        self.explist_status["scanning"] = True
+        try:
+            try:
+                if rev is None:
+                    rev = await asyncio.to_thread(self.backend.resolve, None)
+            except EmptyRepositoryError:
+                rev = None
+            new_hold = None
+            if rev is not None and (self._held is None or self._held.commit != rev):
+                new_hold = await asyncio.to_thread(self.backend.request_rev, rev)
+            try:
+                report = await self._scan_revision(rev, new_hold or self._held, started)
+            except BaseException:
+                if new_hold is not None:
+                    await asyncio.to_thread(self.backend.release_rev, new_hold.commit)
+                raise
+            if rev is None or new_hold is not None:
+                old, self._held = self._held, new_hold
+                if old is not None:
+                    await asyncio.to_thread(self.backend.release_rev, old.commit)
+            return report
+        finally:
+            self.explist_status["scanning"] = False
+
+    async def _scan_revision(self, rev: str | None, hold: Revision | None,
+                             started: float) -> ScanReport:
+        subdir = self.experiment_subdir
+        if rev is None or hold is None:
+            listing: dict[str, str] = {}
+        else:
+            listing = await asyncio.to_thread(self.backend.list_files, "", rev)
+        candidates = {p: c for p, c in listing.items() if in_subdir(p, subdir)}
+        if subdir and rev is not None and not candidates:
+            logger.warning("no experiment file under the experiment subdirectory %r of "
+                           "revision %s", subdir, rev)
+        reused, todo = plan(candidates, listing, self._cache)
+        if todo:
+            assert hold is not None
+            outcomes = await asyncio.gather(
+                *(self.pool.examine(os.path.join(hold.workdir, p), hold.workdir) for p in todo))
+        else:
+            outcomes = []
+        cache = {(p, candidates[p]): entry for p, entry in reused.items()}
+        for path, examined in zip(todo, outcomes):
+            cache[(path, candidates[path])] = cache_entry(examined, listing)
+        results = {path: entry.examined for (path, _), entry in cache.items()}
+        explist, errors = build_explist(results, subdir)
+        self._cache, self._results = cache, results
+        mods = sync_dict(self.explist, explist)
+        mods += sync_dict(self.explist_errors, errors)
+        self.cur_rev = rev or NO_REVISION
+        if self.explist_status.raw_view["cur_rev"] != self.cur_rev:
+            self.explist_status["cur_rev"] = self.cur_rev
+            mods += 1
+        report = ScanReport(self.cur_rev, len(candidates), tuple(todo), len(errors), mods,
+                            time.perf_counter() - started)
+        self.last_scan = report
+        logger.info("scanned %d experiment file(s) of revision %s in %.0f ms: %d examined, "
+                    "%d skipped with errors (see explist_errors)", report.files, report.rev,
+                    report.duration * 1e3, len(report.examined), report.errors)
+        return report
+
+    # -- examine, list_directory, root ---------------------------------------------------
+
+    async def examine(self, filename: str, use_repository: bool = True,
+                      revision: str | None = None) -> dict:
+        """Examine one file in a worker process: ``{class_name: description}``.
+
+        With ``use_repository``, ``filename`` is relative to the repository root, at
+        ``revision`` (None: ``cur_rev``); otherwise it is a path on the master, relative
+        to the lab directory. ExamineError when the file cannot be imported.
+        """
+        if not use_repository:
+            path = self._lab_path(filename)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no file {filename!r} in the lab directory {self.lab_dir}")
+            return self._described(filename, await self.pool.examine(path, os.path.dirname(path)))
+        relative = repo_path(filename)
+        if revision is None and self.cur_rev != NO_REVISION:
+            revision = self.cur_rev
+        hold = await asyncio.to_thread(self.backend.request_rev, revision)
+        try:
+            path = os.path.join(hold.workdir, relative)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no file {relative!r} in the repository at revision "
+                                        f"{hold.commit[:12]}")
+            examined = await self.pool.examine(path, hold.workdir)
+        finally:
+            await asyncio.to_thread(self.backend.release_rev, hold.commit)
+        return self._described(relative, examined)
+
+    @staticmethod
+    def _described(filename: str, examined: Examined) -> dict:
+        if not examined.ok:
+            raise ExamineError(f"{filename}: {examined.error}")
+        return examined.description or {}
+
+    def _lab_path(self, name: str) -> str:
+        return os.path.normpath(name if os.path.isabs(name) else os.path.join(self.lab_dir, name))
+
+    def list_directory(self, directory: str) -> list[str]:
+        """Entry names of a folder in the lab directory or the repository; folders end in "/".
+
+        A relative ``directory`` is relative to the lab directory ("" is the lab
+        directory itself). Anything else is refused with PermissionError.
+        """
+        path = self._lab_path(directory or ".")
+        allowed = (self.lab_dir, self.backend.root)
+        if not any(is_within(path, folder) for folder in allowed):
+            raise PermissionError(
+                f"list_directory: {directory!r} is outside the lab directory {self.lab_dir} "
+                f"and the repository {self.backend.root}")
+        entries = []
+        with os.scandir(path) as it:
+            for entry in it:
+                entries.append(entry.name + "/" if entry.is_dir() else entry.name)
+        return sorted(entries)
+
+    def root(self) -> str:
+        """The lab directory (absolute): where plain file paths and list_directory start."""
+        return self.lab_dir
+
+    # -- submissions -------------------------------------------------------------------
+
+    async def check_submission(self, expid: dict) -> tuple[dict, str | None]:
+        """Check an expid before it is accepted: ``(resolved expid, repo_msg)``.
+
+        Resolves ``repo_rev`` to a full commit id, checks that the file exists (and, for
+        ``content``, that it compiles), then that the class exists (exactly one
+        experiment when ``class_name`` is None): from the last scan when the file is
+        part of it, otherwise by examining the file in a worker process. Raises
+        ``SubmissionError`` (a ValueError) with a one-line message.
+        """
+        resolved, repo_msg, source = await asyncio.to_thread(
+            resolve_submission, expid, self.backend, self.lab_dir, self.cur_rev)
+        class_name = resolved.get("class_name")
+        if source.kind == "content":
+            return resolved, repo_msg
+        if source.kind == "file":
+            assert source.path is not None
+            examined = await self.pool.examine(source.path, os.path.dirname(source.path))
+        elif source.rev == self.cur_rev and source.path in self._results:
+            examined = self._results[source.path]
+        else:
+            hold = await asyncio.to_thread(self.backend.request_rev, source.rev)
+            try:
+                examined = await self.pool.examine(
+                    os.path.join(hold.workdir, source.path or ""), hold.workdir)
+            finally:
+                await asyncio.to_thread(self.backend.release_rev, hold.commit)
+        check_class(examined, class_name, resolved["file"])
+        return resolved, repo_msg
+
+
+class ExperimentDBTarget:
+    """The ``experiment_db`` RPC target: the wire methods of ``ExperimentDB``, nothing else."""
+
+    def __init__(self, db: ExperimentDB):
+        self._db = db
+
+    async def scan_repository(self, new_cur_rev: str | None = None) -> None:
+        """Scan the repository (at ``new_cur_rev``, None for HEAD) and wait for the result."""
+        await self._db.scan_repository(new_cur_rev)
+
+    async def scan_repository_async(self, new_cur_rev: str | None = None) -> None:
+        """Request a scan of the repository and return at once."""
+        await self._db.scan_repository_async(new_cur_rev)
+
+    async def examine(self, filename: str, use_repository: bool = True,
+                      revision: str | None = None) -> dict:
+        """``{class_name: {"name", "arginfo", "argument_ui", "scheduler_defaults"}}`` of a file."""
+        return await self._db.examine(filename, use_repository, revision)
+
+    def list_directory(self, directory: str) -> list[str]:
+        """Names in a folder of the lab directory or the repository; folders end in "/"."""
+        return self._db.list_directory(directory)
+
+    def root(self) -> str:
+        """The master's lab directory."""
+        return self._db.root()
