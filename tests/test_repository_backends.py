@@ -220,6 +220,13 @@ def test_git_checkouts_of_two_revisions_at_once_are_refcounted(pushed):
             assert f.read() == f"VERSION = {version}\n"
         with open(os.path.join(revision.workdir, "lib", "helper.py")) as f:
             assert f.read() == "H = 1\n"
+    # files are read-only; an unchanged file is the previous checkout's, linked
+    old_helper = os.stat(os.path.join(old.workdir, "lib", "helper.py"))
+    new_helper = os.stat(os.path.join(new.workdir, "lib", "helper.py"))
+    assert old_helper.st_mode & 0o222 == 0 and old_helper.st_mode & 0o444 == 0o444
+    assert new_helper.st_ino == old_helper.st_ino
+    assert os.stat(os.path.join(new.workdir, "exp.py")).st_ino != \
+        os.stat(os.path.join(old.workdir, "exp.py")).st_ino
     again = backend.request_rev(c1[:8])          # same commit: same folder, one more hold
     assert again.workdir == old.workdir
     assert backend.holds()[c1] == (old.workdir, 2)
@@ -231,6 +238,8 @@ def test_git_checkouts_of_two_revisions_at_once_are_refcounted(pushed):
     with pytest.raises(LookupError, match="not checked out"):
         backend.release_rev(c1)
     assert os.path.isdir(new.workdir)            # the other revision is untouched
+    with open(os.path.join(new.workdir, "lib", "helper.py")) as f:
+        assert f.read() == "H = 1\n"
     backend.close()
     assert not os.path.exists(new.workdir)       # close removes every checkout
 
