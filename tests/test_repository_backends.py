@@ -202,6 +202,24 @@ def test_git_empty_repository(tmp_path):
     backend.close()
 
 
+def test_git_head_naming_a_branch_nobody_pushed_is_explained(tmp_path):
+    bare = str(tmp_path / "repo.git")
+    clone = str(tmp_path / "clone")
+    git(tmp_path, "-c", "init.defaultBranch=master", "init", "-q", "--bare", bare)
+    git(tmp_path, "clone", "-q", bare, clone)
+    write(clone, "exp.py", "X = 1\n")
+    commit_all(clone, "first")
+    git(clone, "push", "-q", "origin", "HEAD:refs/heads/main")
+    backend = GitBackend(bare)
+    with pytest.raises(LookupError, match="names refs/heads/master, which has no commit.*"
+                       "git symbolic-ref HEAD refs/heads/main") as info:
+        backend.resolve(None)
+    assert not isinstance(info.value, EmptyRepositoryError)
+    git(bare, "symbolic-ref", "HEAD", "refs/heads/main")
+    assert backend.resolve(None) == git(clone, "rev-parse", "HEAD")
+    backend.close()
+
+
 def test_git_not_a_repository(tmp_path):
     with pytest.raises(Exception, match="not a Git repository.*git init --bare"):
         GitBackend(str(tmp_path))

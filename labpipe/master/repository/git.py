@@ -77,10 +77,10 @@ class GitBackend:
     # -- revisions ---------------------------------------------------------------------
 
     def get_cur_rev(self) -> str:
-        """The commit id HEAD points to, or ``"N/A"`` while the repository has no commit."""
+        """The commit id HEAD points to, or ``"N/A"`` while HEAD has no commit."""
         try:
             return self.resolve(None)
-        except EmptyRepositoryError:
+        except LookupError:
             return NO_REVISION
 
     def resolve(self, rev: str | None) -> str:
@@ -90,9 +90,7 @@ class GitBackend:
                 try:
                     return self._repo.refs[b"HEAD"].decode("ascii")
                 except KeyError:
-                    raise EmptyRepositoryError(
-                        f"the Git repository {self.root} has no commit yet: "
-                        "commit and push an experiment first") from None
+                    self._unborn_head()
             if not isinstance(rev, str) or not rev.strip():
                 raise LookupError(f"invalid revision {rev!r}: give a commit id, "
                                   "a branch or a tag")
@@ -105,6 +103,21 @@ class GitBackend:
                 raise LookupError(f"unknown revision {rev!r} in the Git repository "
                                   f"{self.root}: give a commit id, a branch or a tag") from None
             return commit.id.decode("ascii")
+
+    def _unborn_head(self):
+        """Raise the error for a HEAD without commit: empty repository, or wrong branch."""
+        chain, _ = self._repo.refs.follow(b"HEAD")
+        head = chain[-1].decode("utf-8", "replace") if chain else "HEAD"
+        branches = sorted(b.decode("utf-8", "replace")
+                          for b in self._repo.refs.keys(base=b"refs/heads/"))
+        if not branches:
+            raise EmptyRepositoryError(
+                f"the Git repository {self.root} has no commit yet: "
+                "commit and push an experiment first")
+        raise LookupError(
+            f"HEAD of the Git repository {self.root} names {head}, which has no commit, "
+            f"while branches {', '.join(branches)} have some: run `git symbolic-ref HEAD "
+            f"refs/heads/{branches[0]}` in it, or push to {head.rsplit('/', 1)[-1]}")
 
     def get_message(self, rev: str) -> str:
         """The message of commit ``rev``, stripped."""
