@@ -1,4 +1,9 @@
-"""``labpipe-master``: the master process, started in a lab directory."""
+"""``labpipe-master``: the master process, started in a lab directory.
+
+This module is the main module of the master process, and multiprocessing re-runs the
+main module in every worker it starts: so its top level imports only what the command
+line needs, and the master itself is imported in ``main()``.
+"""
 
 import argparse
 import asyncio
@@ -7,7 +12,6 @@ import signal
 import sys
 
 from labpipe import __version__
-from labpipe.master.assembly import Master, MasterOptions
 
 __all__ = ["get_argparser", "main"]
 
@@ -78,7 +82,8 @@ def _default_source(record):
     return True
 
 
-def _options(args) -> MasterOptions:
+def _options(args):
+    from labpipe.master.assembly import MasterOptions
     bind = args.bind or ["127.0.0.1", "::1"]
     if "*" in bind:
         bind = ["0.0.0.0", "::"]
@@ -91,7 +96,8 @@ def _options(args) -> MasterOptions:
         kill_timeout=args.term_timeout)
 
 
-async def _serve(options: MasterOptions):
+async def _serve(options):
+    from labpipe.master.assembly import Master
     master = Master(options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

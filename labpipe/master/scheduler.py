@@ -219,7 +219,11 @@ class Scheduler:
         if pipeline is None or pipeline.runs.get(run.rid) is not run:
             return
         if run.worker is not None:
-            await run.worker.close()
+            if end.status == "deleted" or worker_lost:
+                await run.worker.close()  # the run shows "deleting" until it is gone
+            else:
+                # the worker is done: let it exit while the pipeline moves on
+                self._spawn(run.worker.close())
         if worker_lost and run.worker is not None and end.results is None:
             end.results = await self._write_results_for_lost_worker(run, end)
         del pipeline.runs[run.rid]

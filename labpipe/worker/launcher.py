@@ -35,10 +35,11 @@ def context() -> multiprocessing.context.BaseContext:
     global _context
     if _context is None:
         ctx = multiprocessing.get_context("forkserver")
-        # "__main__" first: the template imports the main module once, so workers do not
-        # each import it again (multiprocessing's rule applies: a program embedding the
-        # master guards its entry point with `if __name__ == "__main__":`).
-        ctx.set_forkserver_preload(["__main__"] + [m for m in PRELOAD if _importable(m)])
+        # multiprocessing re-runs the main module in every worker (the forkserver's own
+        # "__main__" preload never takes effect in CPython 3.11), so the program that
+        # starts workers keeps its main module light and guards its entry point with
+        # `if __name__ == "__main__":` (see labpipe.master.main).
+        ctx.set_forkserver_preload([m for m in PRELOAD if _importable(m)])
         _context = ctx
     return _context
 
