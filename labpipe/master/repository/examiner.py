@@ -65,8 +65,9 @@ def _context() -> multiprocessing.context.BaseContext:
     ctx = launcher.context()
     try:
         from multiprocessing import forkserver
-        current = list(forkserver._forkserver._preload_modules)  # no public getter
-    except AttributeError:
+        # no public getter: read the list the launcher set, so as to add to it
+        current = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
+    except (AttributeError, TypeError):
         current = []
     missing = [m for m in PRELOAD if m not in current]
     if missing:
@@ -156,7 +157,7 @@ class ExaminerPool:
         self.timeout = timeout
         #: Number of files examined so far.
         self.examined = 0
-        self._ctx = None
+        self._ctx: multiprocessing.context.BaseContext | None = None
         self._idle: asyncio.Queue[_Worker | None] | None = None
         self._all: set[_Worker] = set()
         self._closed = False

@@ -33,7 +33,7 @@ from collections import OrderedDict
 
 from dulwich.errors import NotGitRepository, NotTreeError
 from dulwich.object_store import iter_tree_contents, tree_lookup_path
-from dulwich.objects import S_ISGITLINK, Commit
+from dulwich.objects import S_ISGITLINK, Commit, ObjectID
 from dulwich.objectspec import AmbiguousShortId, parse_commit
 from dulwich.repo import Repo
 
@@ -88,7 +88,7 @@ class GitBackend:
         with self._lock:
             if rev is None:
                 try:
-                    return self._repo.refs[b"HEAD"].decode("ascii")
+                    return self._repo.head().decode("ascii")
                 except KeyError:
                     self._unborn_head()
             if not isinstance(rev, str) or not rev.strip():
@@ -232,7 +232,7 @@ class GitBackend:
         logger.debug("checked out %s into %s", commit_id, workdir)
         return _Checkout(workdir, commit.message.decode("utf-8", "replace").strip(), files)
 
-    def _write_tree(self, tree_id: bytes, workdir: str,
+    def _write_tree(self, tree_id: ObjectID, workdir: str,
                     donor: _Checkout | None) -> dict[bytes, tuple[bytes, int]]:
         store = self._repo.object_store
         made = {workdir}
