@@ -120,8 +120,7 @@ class Pipeline:
                 continue
             run.status = RunStatus.analyzing
             try:
-                await run.worker.analyze()
-                results = await run.worker.write_results()
+                results = await run.worker.analyze(write_results=True)
             except WorkerError as exc:
                 await self._stage_failed(run, "analyze", exc)
                 continue

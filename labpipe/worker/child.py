@@ -13,7 +13,7 @@ command            fields                                      outcome
                                                                ``paused``,
                                                                ``terminated``
 ``resume``         terminate (bool): answer to ``paused``      as ``run``
-``analyze``                                                    ``completed``
+``analyze``        write_results (bool): write them too         ``completed`` (+ results)
 ``write_results``                                              ``completed`` + results
 ``terminate``      (any time) exit now                         --
 =================  ==========================================  ======================
@@ -231,7 +231,10 @@ class _Child:
         raise RuntimeError("resume received while not paused")
 
     def analyze(self, cmd):
-        return self._stage_with_results(self.runner.analyze)
+        outcome = self._stage_with_results(self.runner.analyze)
+        if cmd.get("write_results") and outcome["action"] == "completed":
+            outcome = self.write_results(cmd)
+        return outcome
 
     def write_results(self, cmd):
         path = self.runner.write_results()

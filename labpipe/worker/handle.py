@@ -99,8 +99,12 @@ class Worker:
         terminate). Same outcomes as run()."""
         return await self._do({"action": "resume", "terminate": terminate}, None, "run")
 
-    async def analyze(self, timeout=None):
-        await self._do({"action": "analyze"}, timeout, "analyze")
+    async def analyze(self, timeout=None, write_results=False) -> str | None:
+        """Analyze; with write_results, also write the results file (one round trip)
+        and return its path."""
+        outcome = await self._do({"action": "analyze", "write_results": write_results},
+                                 timeout, "analyze")
+        return outcome.get("results")
 
     async def write_results(self, timeout=None) -> str | None:
         """Have the child write its results file; returns its path."""
