@@ -24,8 +24,9 @@ __all__ = ["PRELOAD", "context", "start_worker", "take_worker", "discard_spares"
            "warm_up"]
 
 #: Modules imported once in the template. Optional ones are skipped when absent.
-PRELOAD = ["labpipe.worker.child", "numpy", "h5py", "ophyd", "bluesky", "bluesky.plans",
-           "ophyd.sim"]
+PRELOAD = ["labpipe.worker.child", "labpipe.experiment",
+           "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
+           "bluesky.plans", "ophyd.sim"]
 
 _context = None
 

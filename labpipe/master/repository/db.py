@@ -95,6 +95,7 @@ class ExperimentDB:
         self._held: Revision | None = None
         self._cache: dict[tuple[str, str], CacheEntry] = {}
         self._results: dict[str, Examined] = {}
+        self._plain_files: dict[str, tuple[tuple, Examined]] = {}
         self._waiters: list[asyncio.Future] = []
         self._next_rev: str | None = None
         self._wake = asyncio.Event()
@@ -337,7 +338,7 @@ class ExperimentDB:
             return resolved, repo_msg
         if source.kind == "file":
             assert source.path is not None
-            examined = await self.pool.examine(source.path, os.path.dirname(source.path))
+            examined = await self._examine_plain_file(source.path)
         elif source.rev == self.cur_rev and source.path in self._results:
             examined = self._results[source.path]
         else:
@@ -349,6 +350,22 @@ class ExperimentDB:
                 await asyncio.to_thread(self.backend.release_rev, hold.commit)
         check_class(examined, class_name, resolved["file"])
         return resolved, repo_msg
+
+
+    async def _examine_plain_file(self, path: str) -> Examined:
+        """Examine a file on the master's filesystem, reusing the last examination
+        while the file is unchanged (same inode, size and modification time), so that
+        submitting the same file again and again costs no worker round trip."""
+        st = await asyncio.to_thread(os.stat, path)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._plain_files.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        examined = await self.pool.examine(path, os.path.dirname(path))
+        if len(self._plain_files) >= 1000:
+            self._plain_files.clear()
+        self._plain_files[path] = (key, examined)
+        return examined
 
 
 class ExperimentDBTarget:
