@@ -53,7 +53,18 @@ class Pipeline:
 
     def start(self):
         for loop in (self._prepare_loop, self._run_loop, self._analyze_loop):
-            self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}:{loop.__name__}"))
+            self._tasks.append(asyncio.create_task(self._guarded(loop),
+                                                   name=f"{self.name}:{loop.__name__}"))
+
+    async def _guarded(self, loop):
+        """Run a stage loop forever: a bug in it is logged, never the pipeline's end."""
+        while True:
+            try:
+                await loop()
+            except Exception:
+                logger.exception("pipeline %s: %s failed; restarting it", self.name,
+                                 loop.__name__)
+                await asyncio.sleep(0.1)  # do not spin if it fails at once again
 
     async def stop(self):
         """Cancel the stage loops (runs are closed by the scheduler)."""
