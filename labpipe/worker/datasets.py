@@ -24,7 +24,9 @@ Mods sent:
 For the results file: ``local`` maps key -> (value, metadata) for the datasets this run
 set with archive on (the value object itself, so later mutations are archived), and
 ``archive`` maps key -> value for the datasets read from the master with
-``get(key, archive=True)``.
+``get(key, archive=True)``. ``result_groups`` maps an extra results-file group name to
+a function returning ``{key: value}`` for it, called when the results file is written
+(``labpipe.bluesky`` registers ``bluesky`` there for the documents of the run's plans).
 
 Mutation rules (ARTIQ's, kept for compatibility):
 
@@ -113,6 +115,8 @@ class DatasetManager:
         self.local: dict[str, tuple[Any, dict]] = {}
         #: key -> value: datasets read from the master with archive=True.
         self.archive: dict[str, Any] = {}
+        #: group name -> function giving {key: value}: extra groups of the results file.
+        self.result_groups: dict[str, Callable[[], dict]] = {}
 
     def set(self, key: str, value: Any, metadata: dict | None = None, broadcast: bool = False,
             persist: bool = False, archive: bool = True) -> None:

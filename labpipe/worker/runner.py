@@ -5,6 +5,7 @@ caller supplies the managers, the runner does the stages in order and keeps what
 results file needs (start and run times, the class name, the datasets).
 """
 
+import logging
 import os
 import sys
 import tempfile
@@ -14,6 +15,8 @@ from labpipe.worker.importer import get_experiment, import_file
 from labpipe.worker.results import results_path, write_results
 
 __all__ = ["ExperimentRunner", "source_file"]
+
+logger = logging.getLogger(__name__)
 
 
 def source_file(expid: dict, workdir: str | None):
@@ -83,8 +86,19 @@ class ExperimentRunner:
             run_time=self.run_time if self.run_time is not None else self.start_time,
             expid=self.expid, repo_rev=self.repo_rev,
             datasets=self.dataset_mgr.local, archive=self.dataset_mgr.archive,
-            log_lines=self.log_lines, error=error)
+            log_lines=self.log_lines, error=error, extra_groups=self.extra_groups())
         return path
+
+    def extra_groups(self) -> dict:
+        """The extra results-file groups the dataset manager's ``result_groups`` give
+        (e.g. ``bluesky/``); a group that fails is logged and left out."""
+        groups = {}
+        for name, provider in getattr(self.dataset_mgr, "result_groups", {}).items():
+            try:
+                groups[name] = provider()
+            except Exception:
+                logger.exception("results group %r not written", name)
+        return groups
 
     def close(self):
         """Close the devices the experiment opened."""
