@@ -1,1 +1,18 @@
+"""Bluesky plans on ophyd devices inside labpipe experiments.
 
+``EnvExperiment.run_plan(plan, **metadata)`` runs a bluesky plan with a RunEngine made
+for the labpipe run (``get_run_engine()`` gives it, e.g. to install suspenders). The
+modules, one idea each:
+
+- ``engine``: the RunEngine of a run (no signal handlers; start documents carry ``rid``,
+  ``pipeline``, ``expid``, ``repo_rev``);
+- ``pausing``: at checkpoints the plan yields to the scheduler (``check_pause``), and
+  termination aborts it cleanly at the next checkpoint;
+- ``live``: every event's data streamed into broadcast datasets
+  ``bluesky.<stream>.<field>``;
+- ``table``: a LiveTable-style log line per event;
+- ``archive``: all documents and event data in the results file under ``bluesky/``;
+- ``session``: the above put together, once per run.
+
+Nothing here is imported by ``labpipe.language`` until a plan is run.
+"""

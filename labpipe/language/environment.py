@@ -247,6 +247,30 @@ class HasEnvironment:
         """``get_dataset`` and set the value as the attribute ``key``."""
         setattr(self, key, self.get_dataset(key, default, archive))
 
+    # Bluesky plans
+
+    def _plan_session(self):
+        from labpipe.bluesky.session import session_for  # bluesky only when used
+        return session_for(self, self.__managers.dataset)
+
+    def get_run_engine(self):
+        """The bluesky RunEngine of this run (made on first use, shared with children):
+        install suspenders or subscribe callbacks on it before ``run_plan``."""
+        return self._plan_session().engine
+
+    def run_plan(self, plan, **metadata) -> tuple:
+        """Run a bluesky plan to its end; returns the uids of the runs it made.
+
+        ``metadata`` goes into the start documents, with ``rid``, ``pipeline``,
+        ``expid`` and ``repo_rev``. Event data is streamed into broadcast datasets
+        ``bluesky.<stream>.<field>``, a line per event is logged (level INFO), and all
+        documents go into the results file under ``bluesky/``. At the plan's checkpoints
+        the run yields to runs of higher precedence and resumes from the checkpoint;
+        termination aborts the plan at the next checkpoint (raising
+        ``TerminationRequested``). Only in ``run()``. See ``labpipe.bluesky``.
+        """
+        return self._plan_session().run(plan, **metadata)
+
     # Scheduling
 
     def set_default_scheduling(self, priority: int | None = None,

@@ -1,0 +1,69 @@
+"""A LiveTable-style line in the run's log for every event.
+
+``LogTable()`` is a RunEngine callback logging, at INFO on the ``labpipe.bluesky.table``
+logger (so a run submitted with log level INFO shows it), a header when a stream's
+descriptor arrives and one line per event::
+
+    primary | seq_num |         time |        det |      motor | motor_setpoint
+    primary |       1 | 10:42:07.512 |      11.11 |         -3 |             -3
+
+and a closing line with the run's exit status when its stop document arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+
+from event_model import DocumentRouter
+
+__all__ = ["LogTable", "format_value"]
+
+logger = logging.getLogger("labpipe.bluesky.table")
+
+
+def format_value(value, width: int = 10) -> str:
+    """A table cell: numbers as ``%.4g``, anything else as a shortened repr."""
+    if isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, numbers.Number):
+        text = f"{value:.4g}"
+    else:
+        text = repr(value)
+        if len(text) > 24:
+            text = text[:21] + "..."
+    return text.rjust(width)
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+class LogTable(DocumentRouter):
+    """Logs a table line per event (module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self._columns: dict[str, tuple[str, list[str], list[int]]] = {}
+
+    def descriptor(self, doc):
+        name = doc.get("name", "primary")
+        fields = sorted(doc["data_keys"])
+        widths = [max(10, len(f)) for f in fields]
+        self._columns[doc["uid"]] = (name, fields, widths)
+        header = " | ".join(f.rjust(w) for f, w in zip(fields, widths))
+        logger.info("%s | seq_num |         time | %s", name, header)
+
+    def event(self, doc):
+        columns = self._columns.get(doc["descriptor"])
+        if columns is None:
+            return
+        name, fields, widths = columns
+        cells = " | ".join(format_value(doc["data"].get(f, ""), w)
+                           for f, w in zip(fields, widths))
+        logger.info("%s | %7d | %s | %s", name, doc["seq_num"], _clock(doc["time"]), cells)
+
+    def stop(self, doc):
+        logger.info("run %s ended: %s%s", doc["run_start"][:8], doc.get("exit_status"),
+                    f" ({doc['reason']})" if doc.get("reason") else "")

@@ -1,0 +1,151 @@
+"""labpipe.bluesky in-process: a real RunEngine on ophyd.sim devices, a stand-in
+scheduler, the worker's DatasetManager and the results file read back with h5py."""
+
+import time
+
+import h5py
+import numpy
+import pytest
+from bluesky import plan_stubs as bps
+from bluesky.plans import count, scan
+from bluesky.suspenders import SuspendBoolHigh
+from ophyd import Signal
+from ophyd.sim import SynAxis, SynGauss
+
+from labpipe.experiment import EnvExperiment, TerminationRequested
+from labpipe.protocol import pyon
+from labpipe.worker.datasets import DatasetManager
+from labpipe.worker.results import write_results
+
+
+class FakeScheduler:
+    """check_pause() is true at the checkpoints listed; pause() records the calls."""
+
+    def __init__(self, pause_at=(), terminate=False):
+        self.rid = 42
+        self.pipeline_name = "main"
+        self.expid = {"file": "repository/x.py", "repo_rev": "abc123"}
+        self.pause_at = set(pause_at)
+        self.terminate = terminate
+        self.checks = 0
+        self.pauses = []
+
+    def check_pause(self, rid=None):
+        self.checks += 1
+        return self.checks in self.pause_at
+
+    def pause(self):
+        self.pauses.append(self.checks)
+        if self.terminate:
+            raise TerminationRequested
+
+
+class Devices:
+    def __init__(self, scheduler):
+        motor = SynAxis(name="motor", delay=0.0)
+        self.devices = {"scheduler": scheduler, "motor": motor,
+                        "det": SynGauss("det", motor, "motor", center=0.0, Imax=1000.0,
+                                        sigma=1.0)}
+
+    def get(self, key):
+        return self.devices[key]
+
+
+class Env(EnvExperiment):
+    def build(self):
+        self.setattr_device("motor")
+        self.setattr_device("det")
+
+
+def make_env(scheduler):
+    mods = []
+    dataset_mgr = DatasetManager(mods.append, lambda key: (_ for _ in ()).throw(KeyError(key)))
+    env = Env((Devices(scheduler), dataset_mgr, None, {}))
+    return env, dataset_mgr, mods
+
+
+def live(mods, key):
+    """The value of a broadcast dataset as the master rebuilds it from the mods."""
+    value = None
+    for mod in mods:
+        if mod["action"] == "setitem" and mod["path"] == [] and mod["key"] == key:
+            value = list(mod["value"][1])
+        elif mod["action"] == "append" and mod["path"] == [key, 1]:
+            value.append(mod["x"])
+    return value
+
+
+def test_scan_streams_datasets_and_archives_documents(tmp_path):
+    scheduler = FakeScheduler()
+    env, dataset_mgr, mods = make_env(scheduler)
+    uids = env.run_plan(scan([env.det], env.motor, -2, 2, 5), purpose="test")
+    assert len(uids) == 1
+    positions = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    expected = [1000.0 * numpy.exp(-x * x / 2) for x in positions]
+    assert live(mods, "bluesky.primary.motor") == positions
+    assert live(mods, "bluesky.primary.det") == pytest.approx(expected)
+    assert "bluesky.primary.det" not in dataset_mgr.local  # broadcast, not archived
+    path = tmp_path / "r.h5"
+    write_results(path, rid=42, start_time=0.0, run_time=0.0, expid=scheduler.expid,
+                  extra_groups={name: provider()
+                                for name, provider in dataset_mgr.result_groups.items()})
+    with h5py.File(path, "r") as f:
+        run = f["bluesky/run_0"]
+        assert run["uid"][()].decode() == uids[0]
+        numpy.testing.assert_allclose(run["primary/data/motor"][()], positions)
+        numpy.testing.assert_allclose(run["primary/data/det"][()], expected)
+        assert list(run["primary/seq_num"][()]) == [1, 2, 3, 4, 5]
+        start = pyon.decode(run["start"][()].decode())
+        stop = pyon.decode(run["stop"][()].decode())
+    assert start["uid"] == uids[0] and start["purpose"] == "test"
+    assert (start["rid"], start["pipeline"], start["repo_rev"]) == (42, "main", "abc123")
+    assert start["expid"]["file"] == "repository/x.py"
+    assert stop["exit_status"] == "success" and stop["num_events"]["primary"] == 5
+
+
+def test_pause_at_checkpoint_resumes_without_losing_points():
+    scheduler = FakeScheduler(pause_at={3})
+    env, dataset_mgr, mods = make_env(scheduler)
+    env.run_plan(count([env.det], num=6))
+    assert scheduler.pauses == [3]
+    assert scheduler.checks >= 6  # at least one checkpoint per point
+    run = dataset_mgr.result_groups["bluesky"]()
+    assert run["run_0/primary/seq_num"] == [1, 2, 3, 4, 5, 6]
+    assert run["run_0/interruptions/data/interruption"] == ["pause", "resume"]
+    assert len(live(mods, "bluesky.primary.det")) == 6
+
+
+def test_termination_aborts_the_plan_at_a_checkpoint():
+    scheduler = FakeScheduler(pause_at={7}, terminate=True)
+    env, dataset_mgr, mods = make_env(scheduler)
+    with pytest.raises(TerminationRequested):
+        env.run_plan(count([env.det], num=None))
+    groups = dataset_mgr.result_groups["bluesky"]()
+    seq_num = groups["run_0/primary/seq_num"]
+    assert len(seq_num) >= 3 and seq_num == list(range(1, len(seq_num) + 1))
+    assert groups["run_0/stop"]["exit_status"] == "abort"
+    # the RunEngine is idle again: the experiment can run another plan
+    env.run_plan(count([env.det], num=2))
+    assert dataset_mgr.result_groups["bluesky"]()["run_1/primary/seq_num"] == [1, 2]
+
+
+def test_suspender_installed_by_the_experiment_works():
+    scheduler = FakeScheduler()
+    env, dataset_mgr, mods = make_env(scheduler)
+    beam_off = Signal(name="beam_off", value=0)
+    env.get_run_engine().install_suspender(SuspendBoolHigh(beam_off, sleep=0))
+
+    def plan():
+        yield from bps.mv(env.motor, 1)
+        # trips the suspender from inside the plan; a timer puts the beam back
+        import threading
+        threading.Timer(0.2, beam_off.put, args=(0,)).start()
+        beam_off.put(1)
+        yield from count([env.det], num=2)
+
+    t0 = time.monotonic()
+    env.run_plan(plan())
+    assert time.monotonic() - t0 >= 0.2  # the plan waited for the beam
+    groups = dataset_mgr.result_groups["bluesky"]()
+    assert groups["run_0/primary/seq_num"] == [1, 2]
+    assert groups["run_0/stop"]["exit_status"] == "success"
