@@ -42,17 +42,7 @@ from labpipe.worker.ipc import ChildChannel
 from labpipe.worker.runner import ExperimentRunner
 from labpipe.worker.virtual_devices import CCB, Scheduler
 
-__all__ = ["main", "warm_up_template"]
-
-
-def warm_up_template():
-    """Initialise HDF5 once in the worker template (this module is preloaded there), so
-    that no run pays for it: the first file a fresh process writes costs milliseconds
-    more than the next."""
-    import h5py
-    with h5py.File("labpipe-warm-up", "w", driver="core", backing_store=False) as f:
-        f["x"] = 0
-        f.create_dataset("s", data="x", dtype=h5py.string_dtype())
+__all__ = ["main"]
 
 
 class _PipeLogHandler(logging.Handler):
@@ -262,6 +252,3 @@ def main(conn):
         _Child(channel).serve()
     finally:
         channel.close()
-
-
-warm_up_template()

@@ -26,7 +26,7 @@ __all__ = ["PRELOAD", "context", "start_worker", "take_worker", "discard_spares"
 #: Modules imported once in the template. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment",
            "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
-           "bluesky.plans", "ophyd.sim"]
+           "bluesky.plans", "ophyd.sim", "labpipe.worker.template"]  # template: last
 
 _context = None
 
