@@ -49,7 +49,7 @@ class Stages(EnvExperiment):
 
 def start_master(lab):
     process = subprocess.Popen(
-        [sys.executable, "-m", "labpipe.master.main", "--port-control", "0",
+        [sys.executable, "-m", "labpipe.master", "--port-control", "0",
          "--port-notify", "0", "--port-logging", "0", "--port-broadcast", "0",
          "--bind", "127.0.0.1", "-q"],
         cwd=lab, stdout=subprocess.PIPE, text=True)

@@ -33,7 +33,7 @@ class MasterProcess:
 
     def __init__(self, lab_dir, *extra):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "labpipe.master.main", "--bind", "127.0.0.1",
+            [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
              "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
              "--port-broadcast", "0", *extra],
             cwd=lab_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -25,6 +25,8 @@ __all__ = ["PRELOAD", "context", "start_worker", "take_worker", "discard_spares"
 
 #: Modules imported once in the template. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment",
+           # the master's main module: multiprocessing re-runs it in every worker
+           "labpipe.master.main",
            "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
            "bluesky.plans", "ophyd.sim", "labpipe.worker.template"]  # template: last
 
