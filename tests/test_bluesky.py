@@ -149,3 +149,83 @@ def test_suspender_installed_by_the_experiment_works():
     groups = dataset_mgr.result_groups["bluesky"]()
     assert groups["run_0/primary/seq_num"] == [1, 2]
     assert groups["run_0/stop"]["exit_status"] == "success"
+
+
+# Plans as experiments
+
+from labpipe.bluesky.plans import (experiments_from_plans, is_plan_experiment,  # noqa: E402
+                                   plan_arguments, plan_experiment, plan_parameters)
+from labpipe.language.argument_managers import ProcessArgumentManager  # noqa: E402
+
+
+def test_plan_parameters_from_signatures():
+    assert plan_parameters(count) == [("detectors", "devices", inspect_empty()),
+                                      ("num", "pyon", 1), ("delay", "pyon", 0.0)]
+    assert [k for k, _, _ in plan_parameters(scan)] == ["detectors", "*args", "num"]
+
+    def mine(det, motors, points: int, width=1.5, label="x", *, per_step=print, md=None,
+             **extra):
+        yield from ()
+
+    assert plan_parameters(mine) == [
+        ("det", "device", inspect_empty()), ("motors", "devices", inspect_empty()),
+        ("points", "int", inspect_empty()), ("width", "float", 1.5), ("label", "str", "x"),
+        ("**kwargs", "varkw", {})]
+
+
+def inspect_empty():
+    import inspect
+    return inspect.Parameter.empty
+
+
+def test_plan_experiment_is_still_the_plan():
+    namespace = {"count": count, "scan": scan, "__plans__": ["count", "scan"]}
+    made = experiments_from_plans(namespace)
+    assert set(made) == {"count", "scan"} and all(map(is_plan_experiment, made.values()))
+    motor = SynAxis(name="motor", delay=0.0)
+    msgs = list(namespace["scan"]([motor], motor, 0, 1, num=2))
+    assert any(m.command == "open_run" for m in msgs)
+    assert namespace["count"].plan is count
+
+
+def test_plan_arguments_map_queueserver_items():
+    keys = ["detectors", "num", "delay"]
+    assert plan_arguments(keys, [["det1"]], {"num": 3}) == {"detectors": ["det1"], "num": 3}
+    assert plan_arguments(["detectors", "*args", "num"], [["d"], "m", -1, 1], {}) == \
+        {"detectors": ["d"], "*args": ["m", -1, 1]}
+    assert plan_arguments(["a", "**kwargs"], [], {"a": 1, "b": 2}) == \
+        {"a": 1, "**kwargs": {"b": 2}}
+    with pytest.raises(TypeError, match="unknown argument 'bogus'"):
+        plan_arguments(keys, [], {"bogus": 1})
+    with pytest.raises(TypeError, match="positional"):
+        plan_arguments(keys, [1, 2, 3, 4])
+    with pytest.raises(TypeError, match="twice"):
+        plan_arguments(keys, [["d"]], {"detectors": ["d"]})
+
+
+class DevicesWithDB(Devices):
+    def get_device_db(self):
+        return {"motor": {}, "det": {}}
+
+
+def test_plan_experiment_runs_with_device_names():
+    @plan_experiment
+    def line(detectors, motor: SynAxis, start: float = 0.0, stop: float = 1.0,
+             num: int = 2, *, md=None):
+        """A line scan"""
+        return (yield from scan(detectors, motor, start, stop, num, md=md))
+
+    scheduler = FakeScheduler()
+    mods = []
+    dataset_mgr = DatasetManager(mods.append, lambda key: (_ for _ in ()).throw(KeyError(key)))
+    argument_mgr = ProcessArgumentManager({"detectors": ["det"], "motor": "motor",
+                                           "stop": 2.0, "num": 3})
+    exp = line((DevicesWithDB(scheduler), dataset_mgr, argument_mgr, {}))
+    argument_mgr.check_unprocessed()
+    # with the device database at hand, a device parameter chooses among its keys
+    with pytest.raises(Exception, match="not one of the choices"):
+        line((DevicesWithDB(scheduler), dataset_mgr,
+              ProcessArgumentManager({"detectors": ["det"], "motor": "nope"}), {}))
+    exp.run()
+    assert len(exp.uids) == 1
+    assert live(mods, "bluesky.primary.motor") == [0.0, 1.0, 2.0]

@@ -178,3 +178,52 @@ def test_termination_mid_plan(lab):
             assert stop["exit_status"] == "abort"
 
     run_async(main())
+
+
+def submit_plan_expid(explist, name, args=(), kwargs=None):
+    """What ``schedule.submit_plan`` would do: find the plan's explist entry and map a
+    queueserver-style item onto its arguments."""
+    from labpipe.bluesky.plans import plan_arguments
+    (entry,) = [e for e in explist.values() if e["class_name"] == name]
+    return {"file": entry["file"], "class_name": name, "repo_rev": None, "log_level": 30,
+            "arguments": plan_arguments(list(entry["arginfo"]), args, kwargs)}
+
+
+def test_plans_submitted_by_name_with_device_names(lab):
+    example_lab(lab)
+    with open(os.path.join(ROOT, "repository/plans.py"), encoding="utf-8") as f:
+        lab.write("repository/plans.py", f.read())
+
+    async def main():
+        async with running_master(lab) as m:
+            explist = m.experiment_db.explist.raw_view
+            await wait_until(lambda: {"count", "scan", "peak_scan"}
+                             <= {e["class_name"] for e in explist.values()}, timeout=20)
+            ends = {}
+            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            items = [("count", [["det"]], {"num": 3}),
+                     ("scan", [["det"], "motor", -1, 1], {"num": 3}),
+                     ("peak_scan", [], {"detectors": ["det"], "motor": "motor",
+                                        "start": 0.0, "stop": 2.0, "num": 3})]
+            rids = {}
+            for name, args, kwargs in items:
+                rids[name] = await m.scheduler.submit(
+                    "main", submit_plan_expid(explist, name, args, kwargs))
+            await wait_until(lambda: all(r in ends for r in rids.values()), timeout=30)
+            data = {}
+            for name, rid in rids.items():
+                assert ends[rid].status == "completed", (name, ends[rid].error)
+                with h5py.File(ends[rid].results, "r") as f:
+                    run = f["bluesky/run_0"]
+                    data[name] = {k: run[f"primary/data/{k}"][()]
+                                  for k in run["primary/data"]}
+                    data[name]["start"] = pyon_text(run["start"])
+            assert data["count"]["start"]["plan_name"] == "count"
+            assert data["count"]["start"]["num_points"] == 3
+            numpy.testing.assert_allclose(data["count"]["det"], [1000.0] * 3)
+            numpy.testing.assert_allclose(data["scan"]["motor"], [-1.0, 0.0, 1.0])
+            numpy.testing.assert_allclose(data["peak_scan"]["motor"], [0.0, 1.0, 2.0])
+            numpy.testing.assert_allclose(
+                data["peak_scan"]["det"], [1000.0 * numpy.exp(-x * x / 2) for x in (0, 1, 2)])
+
+    run_async(main())
