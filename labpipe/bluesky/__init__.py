@@ -12,7 +12,9 @@ modules, one idea each:
   ``bluesky.<stream>.<field>``;
 - ``table``: a LiveTable-style log line per event;
 - ``archive``: all documents and event data in the results file under ``bluesky/``;
-- ``session``: the above put together, once per run.
+- ``session``: the above put together, once per run;
+- ``plans``: plan functions as experiments (``@plan_experiment``, ``__plans__``), and
+  queueserver-style items (``name``, ``args``, ``kwargs``) mapped onto their arguments.
 
 Nothing here is imported by ``labpipe.language`` until a plan is run.
 """

@@ -46,20 +46,23 @@ class LogTable(DocumentRouter):
     def __init__(self):
         super().__init__()
         self._columns: dict[str, tuple[str, list[str], list[int]]] = {}
+        self._headed: set[str] = set()
 
     def descriptor(self, doc):
         name = doc.get("name", "primary")
         fields = sorted(doc["data_keys"])
         widths = [max(10, len(f)) for f in fields]
         self._columns[doc["uid"]] = (name, fields, widths)
-        header = " | ".join(f.rjust(w) for f, w in zip(fields, widths))
-        logger.info("%s | seq_num |         time | %s", name, header)
 
     def event(self, doc):
         columns = self._columns.get(doc["descriptor"])
         if columns is None:
             return
         name, fields, widths = columns
+        if doc["descriptor"] not in self._headed:  # header with the stream's first event
+            self._headed.add(doc["descriptor"])
+            header = " | ".join(f.rjust(w) for f, w in zip(fields, widths))
+            logger.info("%s | seq_num |         time | %s", name, header)
         cells = " | ".join(format_value(doc["data"].get(f, ""), w)
                            for f, w in zip(fields, widths))
         logger.info("%s | %7d | %s | %s", name, doc["seq_num"], _clock(doc["time"]), cells)
