@@ -154,7 +154,8 @@ def test_suspender_installed_by_the_experiment_works():
 # Plans as experiments
 
 from labpipe.bluesky.plans import (experiments_from_plans, is_plan_experiment,  # noqa: E402
-                                   plan_arguments, plan_experiment, plan_parameters)
+                                   plan_arguments, plan_expid, plan_experiment,
+                                   plan_parameters)
 from labpipe.language.argument_managers import ProcessArgumentManager  # noqa: E402
 
 
@@ -229,3 +230,21 @@ def test_plan_experiment_runs_with_device_names():
     exp.run()
     assert len(exp.uids) == 1
     assert live(mods, "bluesky.primary.motor") == [0.0, 1.0, 2.0]
+
+
+def test_plan_expid_finds_the_plan_in_explist():
+    explist = {"Take readings": {"file": "plans.py", "class_name": "count",
+                                 "arginfo": {"detectors": [{}, "plan", None],
+                                             "num": [{}, "plan", None]}},
+               "Other": {"file": "other.py", "class_name": "scan", "arginfo": {}},
+               "Again": {"file": "more.py", "class_name": "scan", "arginfo": {}}}
+    assert plan_expid(explist, "count", [["det1"]], {"num": 3}) == {
+        "file": "plans.py", "class_name": "count", "repo_rev": None, "log_level": 30,
+        "arguments": {"detectors": ["det1"], "num": 3}}
+    with pytest.raises(ValueError, match="no plan 'nope'"):
+        plan_expid(explist, "nope")
+    with pytest.raises(ValueError, match="several files"):
+        plan_expid(explist, "scan")
+    assert plan_expid(explist, "scan", file="more.py")["file"] == "more.py"
+    with pytest.raises(ValueError, match="unknown argument 'x'"):
+        plan_expid(explist, "count", [], {"x": 1})

@@ -2,12 +2,14 @@
 real RunEngine on the ophyd.sim devices of the example lab's device_db.py, the results
 files read back with h5py."""
 
+import asyncio
 import os
 
 import h5py
 import numpy
 
 from conftest import ScheduleRecorder, running_master, run_async, wait_until
+from labpipe.bluesky.plans import plan_expid
 from labpipe.protocol import pyon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +81,7 @@ def test_example_scan_live_datasets_and_results_file(lab):
 
 
 LONG_COUNT = """
+import asyncio
 import os
 from bluesky import plan_stubs as bps
 from bluesky.plans import count
@@ -180,15 +183,6 @@ def test_termination_mid_plan(lab):
     run_async(main())
 
 
-def submit_plan_expid(explist, name, args=(), kwargs=None):
-    """What ``schedule.submit_plan`` would do: find the plan's explist entry and map a
-    queueserver-style item onto its arguments."""
-    from labpipe.bluesky.plans import plan_arguments
-    (entry,) = [e for e in explist.values() if e["class_name"] == name]
-    return {"file": entry["file"], "class_name": name, "repo_rev": None, "log_level": 30,
-            "arguments": plan_arguments(list(entry["arginfo"]), args, kwargs)}
-
-
 def test_plans_submitted_by_name_with_device_names(lab):
     example_lab(lab)
     with open(os.path.join(ROOT, "repository/plans.py"), encoding="utf-8") as f:
@@ -208,7 +202,7 @@ def test_plans_submitted_by_name_with_device_names(lab):
             rids = {}
             for name, args, kwargs in items:
                 rids[name] = await m.scheduler.submit(
-                    "main", submit_plan_expid(explist, name, args, kwargs))
+                    "main", plan_expid(explist, name, args, kwargs))
             await wait_until(lambda: all(r in ends for r in rids.values()), timeout=30)
             data = {}
             for name, rid in rids.items():
@@ -225,5 +219,25 @@ def test_plans_submitted_by_name_with_device_names(lab):
             numpy.testing.assert_allclose(data["peak_scan"]["motor"], [0.0, 1.0, 2.0])
             numpy.testing.assert_allclose(
                 data["peak_scan"]["det"], [1000.0 * numpy.exp(-x * x / 2) for x in (0, 1, 2)])
+
+    run_async(main())
+
+
+def test_delete_kills_a_running_plan(lab):
+    example_lab(lab)
+    long_count = lab.experiment("long_count", LONG_COUNT)
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            rid = await m.scheduler.submit("main", expid(long_count, num=0))  # endless
+            await wait_until(lambda: len(live(m, "bluesky.primary.det")) >= 3, timeout=20)
+            m.scheduler.delete(rid)
+            await wait_until(lambda: (rid, "removed") in rec.events, timeout=20)
+            assert rec.statuses(rid)[-2:] == ["deleting", "removed"]
+            # the plan stopped: no more points arrive
+            n = len(live(m, "bluesky.primary.det"))
+            await asyncio.sleep(0.1)
+            assert len(live(m, "bluesky.primary.det")) == n
 
     run_async(main())

@@ -7,8 +7,9 @@ descriptor, it keeps one broadcast dataset::
     bluesky.<stream>.<field>     a list, one entry per event, appended as events come
 
 e.g. ``bluesky.primary.motor`` and ``bluesky.primary.det`` for ``scan([det], motor,
-...)``. A dataset is set to ``[]`` when its stream's first descriptor of a run arrives
-(a later run of the same experiment starts it afresh) and each event appends its value
+...)``. A stream's first event of a run sets its datasets to ``[value]`` (so a stream
+without events, such as ``interruptions`` in a run never paused, makes none, and a later
+run of the same experiment starts them afresh); each further event appends its value
 (``append_to_dataset``, so only the new point travels to the master and the clients).
 The datasets are broadcast but not archived: the results file has the same data under
 ``bluesky/`` (see ``archive.py``).
@@ -36,26 +37,26 @@ class LiveDatasets(DocumentRouter):
     def __init__(self, environment: Any):
         super().__init__()
         self._env = environment
-        self._streams: dict[str, str] = {}   # descriptor uid -> stream name
-        self._started: set[tuple[str, str]] = set()  # (run uid, stream) set to []
+        self._streams: dict[str, tuple[str, str]] = {}  # descriptor -> (run, stream)
+        self._started: set[tuple[str, str]] = set()  # (run uid, stream) with events
 
     def descriptor(self, doc):
-        name = doc.get("name", "primary")
-        self._streams[doc["uid"]] = name
-        if (doc["run_start"], name) in self._started:
-            return
-        self._started.add((doc["run_start"], name))
-        for field in doc["data_keys"]:
-            self._env.set_dataset(dataset_key(name, field), [], broadcast=True,
-                                  archive=False)
+        self._streams[doc["uid"]] = (doc["run_start"], doc.get("name", "primary"))
 
     def event(self, doc):
-        name = self._streams.get(doc["descriptor"])
-        if name is None:
+        found = self._streams.get(doc["descriptor"])
+        if found is None:
+            return
+        run_uid, name = found
+        if (run_uid, name) not in self._started:  # the stream's first event of the run
+            self._started.add((run_uid, name))
+            for field, value in doc["data"].items():
+                self._env.set_dataset(dataset_key(name, field), [value], broadcast=True,
+                                      archive=False)
             return
         for field, value in doc["data"].items():
             key = dataset_key(name, field)
             try:
                 self._env.append_to_dataset(key, value)
-            except KeyError:  # a field the descriptor did not announce
+            except KeyError:  # a field the first event did not have
                 self._env.set_dataset(key, [value], broadcast=True, archive=False)

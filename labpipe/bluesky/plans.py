@@ -45,7 +45,9 @@ bluesky queueserver does). The plan runs with ``run_plan``; the uids are in
 
 ``plan_arguments(arginfo_keys, args, kwargs)`` turns a queueserver-style item's
 positional and keyword arguments into the ``arguments`` of an expid, given the
-experiment's argument keys in order (what ``explist`` holds).
+experiment's argument keys in order (what ``explist`` holds); ``plan_expid(explist,
+name, args, kwargs)`` finds the plan in ``explist`` and makes the whole expid (what a
+``schedule.submit_plan`` would submit).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from labpipe.language.arguments import (BooleanValue, EnumerationValue, NoDefaul
 from labpipe.language.environment import EnvExperiment, HasEnvironment
 
 __all__ = ["plan_experiment", "experiments_from_plans", "plan_arguments",
-           "is_plan_experiment"]
+           "plan_expid", "is_plan_experiment"]
 
 _DEVICE_WORDS = r"\b(Readable|Movable|Flyable|Triggerable|Locatable|Stageable|" \
                 r"Configurable|Device|Signal|EpicsSignal\w*|EpicsMotor|PseudoPositioner|" \
@@ -312,3 +314,31 @@ def plan_arguments(keys: list[str], args: list | tuple = (),
     if extra:
         arguments[VAR_KEYWORD] = extra
     return arguments
+
+
+def plan_expid(explist: Mapping[str, dict], name: str, args: list | tuple = (),
+               kwargs: Mapping[str, Any] | None = None, *, file: str | None = None,
+               log_level: int = 30) -> dict:
+    """The expid running plan ``name`` with a queueserver-style item's ``args`` and
+    ``kwargs`` (device names as they are: the worker resolves them).
+
+    ``explist`` is the ``explist`` notifier's content (``{display name: {"file",
+    "class_name", "arginfo", ...}}``); the plan is the entry whose ``class_name`` is
+    ``name`` (in ``file`` when given; ``ValueError`` when none or several match). The
+    expid takes the repository's current revision (``repo_rev`` None).
+    """
+    entries = [e for e in explist.values() if e.get("class_name") == name
+               and (file is None or e.get("file") == file)]
+    if not entries:
+        raise ValueError(f"no plan {name!r} in the experiment list"
+                         + (f" (file {file!r})" if file else ""))
+    if len(entries) > 1:
+        files = ", ".join(sorted(e["file"] for e in entries))
+        raise ValueError(f"plan {name!r} is in several files ({files}); give the file")
+    (entry,) = entries
+    try:
+        arguments = plan_arguments(list(entry["arginfo"]), args, kwargs)
+    except TypeError as e:
+        raise ValueError(f"plan {name!r}: {e}") from None
+    return {"file": entry["file"], "class_name": name, "repo_rev": None,
+            "log_level": log_level, "arguments": arguments}
