@@ -152,9 +152,10 @@ def test_scan_lists_experiments_and_publishes_every_skipped_file(lab):
                 pass
         '''))
     lab.write("calib/rabi.py", experiment("Rabi", "Rabi flop."))
-    lab.write("hang.py", "import time\ntime.sleep(300)\n")
+    # (files that use labpipe: a plain script is never imported by a scan, see below)
+    lab.write("hang.py", "import time\nimport labpipe.experiment\ntime.sleep(300)\n")
     lab.write("syntax.py", "from labpipe.experiment import *\nclass X(:\n")
-    lab.write("crash.py", "import os\nos._exit(3)\n")
+    lab.write("crash.py", "import os\nimport labpipe.experiment\nos._exit(3)\n")
     lab.write("raises.py", "from labpipe.experiment import *\n\nraise RuntimeError('no device here')\n")
     lab.write("helper.py", "VALUE = 3\n")
     lab.write(".hidden/secret.py", experiment("Secret", "Secret"))

@@ -15,6 +15,8 @@ command            fields                                      outcome
 ``resume``         terminate (bool): answer to ``paused``      as ``run``
 ``analyze``        write_results (bool): write them too         ``completed`` (+ results)
 ``write_results``                                              ``completed`` + results
+``validate``       expid, workdir, lab_dir (instead of build:  ``completed`` + problems
+                   a dry run, see ``validate.py``)
 ``terminate``      (any time) exit now                         --
 =================  ==========================================  ======================
 
@@ -146,7 +148,7 @@ class _Child:
         self.log_lines = []
         self.commands = {"build": self.build, "prepare": self.prepare, "run": self.run,
                          "resume": self.resume, "analyze": self.analyze,
-                         "write_results": self.write_results}
+                         "write_results": self.write_results, "validate": self.validate}
 
     def setup_logging(self, level):
         root = logging.getLogger()
@@ -194,6 +196,12 @@ class _Child:
         self.runner.build()
         return {"action": "completed", "class_name": self.runner.class_name,
                 "devices": list(getattr(device_mgr, "requested", []))}
+
+    def validate(self, cmd):
+        """A dry run: the problems that would stop ``cmd["expid"]`` (``validate.py``)."""
+        from labpipe.worker.validate import validate_command
+        self.setup_logging(logging.WARNING)  # the master drops them: a dry run is silent
+        return validate_command(self.channel, cmd)
 
     def prepare(self, cmd):
         self.runner.prepare()

@@ -19,11 +19,13 @@ exist (``get_dataset`` returns its default). An exception raised by a class's ``
 propagates, with a note naming the class.
 """
 
+import os
 from types import ModuleType
 
 from labpipe.language.argument_managers import TraceArgumentManager
 from labpipe.protocol import pyon
 from labpipe.worker.importer import forget_module, import_file, list_experiments
+from labpipe.worker.script import is_black_box_file
 
 __all__ = ["examine_file", "examine_module", "examine_class", "DummyDevice",
            "DummyDeviceManager", "DummyDatasetManager"]
@@ -137,7 +139,10 @@ def examine_module(module: ModuleType, *, device_mgr=None, dataset_mgr=None) -> 
 
 def examine_file(path, *, device_mgr=None, dataset_mgr=None) -> dict:
     """Import the file (as ``importer.import_file`` does), examine it, and forget the
-    module again."""
+    module again. A black-box script (``script.py``) is not imported (that would run
+    it): it holds no experiment class, ``{}``."""
+    if is_black_box_file(os.fspath(path)):
+        return {}
     module = import_file(path, prefix="file_examine_")
     try:
         return examine_module(module, device_mgr=device_mgr, dataset_mgr=dataset_mgr)

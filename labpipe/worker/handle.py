@@ -111,6 +111,16 @@ class Worker:
         outcome = await self._do({"action": "write_results"}, timeout, "write_results")
         return outcome.get("results")
 
+    async def validate(self, *, expid, workdir, lab_dir, timeout=None) -> list[str]:
+        """A dry run instead of build (``labpipe.worker.validate``): start the process,
+        import and build the experiment with checking managers; returns the problems.
+        The worker is of no use afterwards: close it."""
+        if self._process is None:
+            self._start()
+        outcome = await self._do({"action": "validate", "expid": expid, "workdir": workdir,
+                                  "lab_dir": lab_dir}, timeout, "validate")
+        return list(outcome.get("problems", []))
+
     # --- process and messages ------------------------------------------------------
 
     def _start(self):

@@ -13,6 +13,7 @@ import time
 
 from labpipe.worker.importer import get_experiment, import_file
 from labpipe.worker.results import results_path, write_results
+from labpipe.worker.script import black_box_class
 
 __all__ = ["ExperimentRunner", "source_file"]
 
@@ -51,10 +52,12 @@ class ExperimentRunner:
         self.experiment = None
 
     def build(self):
-        """Import the experiment and build it with its arguments."""
+        """Import the experiment and build it with its arguments (a black-box script
+        is compiled instead: see ``script.py``)."""
         path, temporary = source_file(self.expid, self.workdir)
         try:
-            module = import_file(path)
+            script_cls = black_box_class(path, self.expid)
+            module = import_file(path) if script_cls is None else None
         finally:
             if temporary:
                 os.unlink(path)
@@ -62,7 +65,7 @@ class ExperimentRunner:
             # the process is the run's own: keep the experiment's folder importable, so
             # that build() and later stages can import sibling modules too
             sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        cls = get_experiment(module, self.expid.get("class_name"))
+        cls = script_cls or get_experiment(module, self.expid.get("class_name"))
         self.class_name = cls.__name__
         self.start_time = time.time()
         self.experiment = cls((self.device_mgr, self.dataset_mgr, self.argument_mgr, {}))

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 from labpipe.master.repository import hooks
+from labpipe.worker.script import is_black_box_file
 from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
                                                RepositoryBackend, Revision)
 from labpipe.master.repository.examiner import Examined, ExaminerPool
@@ -348,8 +349,22 @@ class ExperimentDB:
                     os.path.join(hold.workdir, source.path or ""), hold.workdir)
             finally:
                 await asyncio.to_thread(self.backend.release_rev, hold.commit)
+        if class_name is None and examined.ok and not examined.description \
+                and await self._is_black_box_script(source):
+            return resolved, repo_msg  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         return resolved, repo_msg
+
+    async def _is_black_box_script(self, source) -> bool:
+        """Whether the submitted file is a black-box script (never imported here)."""
+        if source.kind == "file":
+            return await asyncio.to_thread(is_black_box_file, source.path)
+        hold = await asyncio.to_thread(self.backend.request_rev, source.rev)
+        try:
+            return await asyncio.to_thread(
+                is_black_box_file, os.path.join(hold.workdir, source.path or ""))
+        finally:
+            await asyncio.to_thread(self.backend.release_rev, hold.commit)
 
 
     async def _examine_plain_file(self, path: str) -> Examined:

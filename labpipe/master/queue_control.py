@@ -1,0 +1,242 @@
+"""Queue control: editing pending runs, holding pipelines, device conflicts.
+
+What the ``schedule`` target adds to ARTIQ's methods (new methods, new keys; the ARTIQ
+shapes are unchanged):
+
+- ``change(rid, priority=None, due_date=None, pipeline_name=None, arguments=None,
+  flush=None)``: edits a *pending* run; None leaves a field as it is (``due_date=0``
+  removes the due date). ``arguments`` are merged into the expid's arguments. The new
+  order is whatever ``precedence`` decides from the new priority and due date. Every
+  value is checked before anything changes; a run that is not pending (or not in the
+  schedule) is refused with a ``ValueError`` (``KeyError``) saying so.
+- ``hold(pipeline_name)`` / ``release(pipeline_name)``: a held pipeline prepares and
+  starts no new run; a running run finishes, a paused one may resume. Any name can be
+  held, with or without runs.
+- ``set_device_check(pipeline_name, enabled)``: see ``conflicts.py``; on by default.
+
+Pipeline states are published in the ``pipelines`` notifier, ``{name: {"held": bool,
+"device_check": bool}}`` (a name is listed while either differs from the default:
+``held`` False, ``device_check`` True), and kept across restarts in a PYON file
+(written atomically before the RPC returns) when a path is given.
+
+A run the run stage cannot start because of a device conflict shows why in its entry:
+``blocked_by`` = ``[{"rid", "pipeline", "devices"}]`` (None once nothing blocks it).
+Blocked pipelines are woken whenever a run of another pipeline changes status or leaves.
+"""
+
+import asyncio
+import logging
+import numbers
+import os
+
+from labpipe.master import conflicts
+from labpipe.master.precedence import RunStatus
+from labpipe.protocol import pyon
+from labpipe.protocol.sync import Notifier
+
+__all__ = ["PipelineStates", "QueueControl", "check_change"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_STATE = {"held": False, "device_check": True}
+
+
+class PipelineStates:
+    """The ``pipelines`` notifier, and its file."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        backing = {}
+        if path is not None and os.path.exists(path):
+            try:
+                stored = pyon.load_file(path)
+                for name, state in dict(stored).items():
+                    if isinstance(name, str) and isinstance(state, dict):
+                        backing[name] = {key: bool(state.get(key, default))
+                                         for key, default in _DEFAULT_STATE.items()}
+            except Exception as e:
+                logger.error("%s: cannot read the pipeline states (%s); starting with "
+                             "none held", path, e)
+        self.notifier = Notifier(backing)
+
+    def state(self, name: str) -> dict:
+        return self.notifier.raw_view.get(name, _DEFAULT_STATE)
+
+    def is_held(self, name: str) -> bool:
+        return self.state(name)["held"]
+
+    def device_check(self, name: str) -> bool:
+        return self.state(name)["device_check"]
+
+    def exempt(self) -> set[str]:
+        """Pipelines whose device check is off."""
+        return {n for n, s in self.notifier.raw_view.items() if not s["device_check"]}
+
+    async def set(self, name: str, key: str, value: bool):
+        """Change one setting of a pipeline, publish it, then store the states."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("pipeline_name must be a non-empty string")
+        current = dict(self.state(name))
+        if current[key] == value:
+            return
+        current[key] = value
+        if current == _DEFAULT_STATE:
+            del self.notifier[name]
+        else:
+            self.notifier[name] = current
+        if self.path is not None:
+            snapshot = {n: dict(s) for n, s in self.notifier.raw_view.items()}
+            await asyncio.to_thread(pyon.store_file, self.path, snapshot)
+
+
+def check_change(priority=None, due_date=None, pipeline_name=None, arguments=None,
+                 flush=None) -> dict:
+    """The fields a ``change`` sets, checked; TypeError/ValueError naming the field."""
+    changes = {}
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError("priority must be an integer")
+        changes["priority"] = priority
+    if due_date is not None:
+        if isinstance(due_date, bool) or not isinstance(due_date, numbers.Real):
+            raise TypeError("due_date must be a UNIX time (a number); 0 removes it")
+        changes["due_date"] = float(due_date) if due_date > 0 else None
+    if pipeline_name is not None:
+        if not isinstance(pipeline_name, str) or not pipeline_name:
+            raise ValueError("pipeline_name must be a non-empty string")
+        changes["pipeline_name"] = pipeline_name
+    if arguments is not None:
+        if not isinstance(arguments, dict) or not all(isinstance(k, str) for k in arguments):
+            raise TypeError("arguments must be a dict with string keys")
+        changes["arguments"] = arguments
+    if flush is not None:
+        if not isinstance(flush, bool):
+            raise TypeError("flush must be a boolean")
+        changes["flush"] = flush
+    return changes
+
+
+class QueueControl:
+    """The queue-control part of the scheduler (``scheduler`` is a ``Scheduler``).
+
+    ``resolve_device(key) -> key`` (optional) follows device aliases for the conflict
+    check."""
+
+    def __init__(self, scheduler, state_path: str | None = None, resolve_device=None):
+        self.scheduler = scheduler
+        self.states = PipelineStates(state_path)
+        self.resolve_device = resolve_device
+        self._blocked: dict[int, list | None] = {}  # rid -> published blocked_by
+        scheduler.notifier.add_listener(self._on_schedule_mod)
+
+    # --- RPC ------------------------------------------------------------------------
+
+    def change(self, rid, priority=None, due_date=None, pipeline_name=None,
+               arguments=None, flush=None):
+        """Edit a pending run (see the module docstring)."""
+        changes = check_change(priority, due_date, pipeline_name, arguments, flush)
+        run = self.scheduler._find(rid)
+        if run.status != RunStatus.pending:
+            raise ValueError(f"RID {rid} is {run.status.value}: only pending runs can be "
+                             f"changed (delete it and submit it again instead)")
+        if not changes:
+            return
+        # no await from here on: the stages cannot take the run half-changed
+        if "arguments" in changes:
+            expid = dict(run.expid)
+            expid["arguments"] = {**(expid.get("arguments") or {}), **changes["arguments"]}
+            run.expid = expid
+            run.set_field("expid", expid)
+        for key in ("priority", "due_date", "flush"):
+            if key in changes:
+                run.set_field(key, changes[key])
+        new = changes.get("pipeline_name")
+        if new is not None and new != run.pipeline_name:
+            self._move(run, new)
+        logger.info("RID %d changed: %s", rid,
+                    ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+
+    def _move(self, run, new_pipeline: str):
+        s = self.scheduler
+        old = s.pipelines[run.pipeline_name]
+        del old.runs[run.rid]
+        old.state_changed.notify()
+        run.pipeline_name = new_pipeline
+        s._add_run(run)  # publishes the entry afresh, with the new pipeline
+        run.set_field("pipeline", new_pipeline)  # noted by the schedule store
+        if not old.runs and s.pipelines.get(old.name) is old:
+            del s.pipelines[old.name]
+            s._spawn(old.stop())
+
+    async def hold(self, pipeline_name):
+        """Hold a pipeline: it prepares and starts no new run until released."""
+        await self.states.set(pipeline_name, "held", True)
+        logger.info("pipeline %s held", pipeline_name)
+
+    async def release(self, pipeline_name):
+        """Release a held pipeline."""
+        await self.states.set(pipeline_name, "held", False)
+        logger.info("pipeline %s released", pipeline_name)
+        self._wake(pipeline_name)
+
+    async def set_device_check(self, pipeline_name, enabled):
+        """Turn the cross-pipeline device-conflict check of a pipeline on or off."""
+        if not isinstance(enabled, bool):
+            raise TypeError("enabled must be a boolean")
+        await self.states.set(pipeline_name, "device_check", enabled)
+        self._wake_all()
+
+    # --- decisions for the stages ---------------------------------------------------
+
+    def may_prepare(self, run) -> bool:
+        """Whether the prepare stage may take run (not when its pipeline is held)."""
+        return not self.states.is_held(run.pipeline_name)
+
+    def may_start_run(self, run) -> bool:
+        """Whether the run stage may start (or resume) run now: its pipeline is not
+        held (a paused run may resume), and no run of another pipeline uses its
+        devices. Publishes ``blocked_by`` when that changes."""
+        if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
+            return False
+        found = conflicts.conflicts(
+            run, self._all_runs(), resolve=self.resolve_device or (lambda k: k),
+            exempt=self.states.exempt())
+        self._publish_blocked(run, conflicts.blocked_by(found))
+        return not found
+
+    def _all_runs(self):
+        for pipeline in list(self.scheduler.pipelines.values()):
+            yield from pipeline.runs.values()
+
+    def _publish_blocked(self, run, value):
+        previous = self._blocked.get(run.rid)
+        if value == previous:
+            return
+        if value is None:
+            self._blocked.pop(run.rid, None)
+        else:
+            self._blocked[run.rid] = value
+            logger.info("RID %d waits for device(s) in use by RID(s) %s", run.rid,
+                        ", ".join(str(b["rid"]) for b in value))
+        run.set_field("blocked_by", value)
+
+    # --- waking ---------------------------------------------------------------------
+
+    def _on_schedule_mod(self, mod):
+        """A run changed status or left: blocked runs elsewhere may start now."""
+        if not self._blocked:
+            return
+        if mod["action"] == "delitem" and mod["path"] == []:
+            self._blocked.pop(mod["key"], None)
+            self._wake_all()
+        elif mod["action"] == "setitem" and mod.get("key") == "status":
+            self._wake_all()
+
+    def _wake(self, pipeline_name):
+        pipeline = self.scheduler.pipelines.get(pipeline_name)
+        if pipeline is not None:
+            pipeline.state_changed.notify()
+
+    def _wake_all(self):
+        for pipeline in list(self.scheduler.pipelines.values()):
+            pipeline.state_changed.notify()

@@ -1,0 +1,230 @@
+"""Dry runs: would this submission start? Checked in a worker, without running it.
+
+``validate_experiment(expid, workdir=..., device_db=..., get_dataset=None)`` returns the
+list of problems (one line each; empty when the run would start):
+
+- the file is missing, does not import, or has no (or no such) experiment class;
+- an argument is refused by its processor (wrong type, out of range, not a choice...),
+  is required but missing, or was submitted but is not an argument of the experiment;
+- a device requested in build is not in the device database (or its alias dangles or
+  loops, or its entry is not a ``local``/``controller`` entry, or a local entry's
+  module cannot be found);
+- build raised another exception.
+
+All argument and device problems of one build are collected, not just the first: a
+refused argument makes ``get_argument`` return its default (or None) and an unknown
+device a dummy, and build goes on. Devices are never created (no hardware is touched:
+every device is a ``DummyDevice``); datasets are read from the master but nothing is
+written back; the ``scheduler`` device is a stand-in that submits nothing. Nothing of a
+dry run reaches the schedule, the datasets or the results.
+
+A black-box script (``script.py``) is only compiled; it takes no arguments.
+
+The worker command ``validate`` (``child.py``) wraps it: ``{"action": "validate",
+"expid", "workdir", "lab_dir"}`` -> ``{"action": "completed", "problems": [...]}``.
+"""
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from labpipe.language.argument_managers import process_value
+from labpipe.language.exceptions import ArgumentError, DefaultMissing
+from labpipe.worker.devices import DeviceError, follow_aliases
+from labpipe.worker.examine import DummyDevice
+from labpipe.worker.importer import forget_module, get_experiment, import_file
+from labpipe.worker.runner import source_file
+from labpipe.worker.script import is_black_box_script
+from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
+
+__all__ = ["validate_experiment", "validate_command"]
+
+logger = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class _CheckingArguments:
+    """Processes each argument as a run would; records refusals instead of raising."""
+
+    def __init__(self, submitted: dict, problems: list):
+        self.submitted = dict(submitted or {})
+        self.requested: list[str] = []
+        self.problems = problems
+
+    def get(self, key, processor, group=None, tooltip=None):
+        if key not in self.requested:
+            self.requested.append(key)
+        try:
+            return process_value(key, processor, self.submitted)
+        except (ArgumentError, DefaultMissing) as e:
+            self.problems.append(str(e) if isinstance(e, ArgumentError)
+                                 else f"argument {key!r}: no value and no default")
+        try:
+            return processor.default()
+        except Exception:
+            return None
+
+    def get_interactive(self, arglist, title):
+        result = {}
+        for key, processor, _group, _tooltip in arglist:
+            try:
+                result[key] = processor.default()
+            except Exception:
+                result[key] = None
+        return result
+
+    def unknown(self) -> list[str]:
+        return sorted(set(self.submitted) - set(self.requested))
+
+
+class _CheckingDevices:
+    """Checks every requested key against the device database; gives dummies."""
+
+    def __init__(self, device_db: Mapping, problems: list):
+        self.device_db = device_db
+        self.problems = problems
+        self.virtual = {"scheduler": LocalScheduler(rid=None), "ccb": LocalCCB()}
+        self.requested: list[str] = []
+
+    def get_device_db(self):
+        return self.device_db
+
+    def get(self, key):
+        if key in self.virtual:
+            return self.virtual[key]
+        if key not in self.requested:
+            self.requested.append(key)
+            problem = self._check(key)
+            if problem:
+                self.problems.append(problem)
+        return DummyDevice(key)
+
+    def _check(self, key) -> str | None:
+        try:
+            final, entry = follow_aliases(self.device_db.__getitem__, key)
+        except DeviceError as e:
+            return str(e)
+        if not isinstance(entry, dict) or entry.get("type") not in ("local", "controller"):
+            return (f"device {final!r}: unsupported entry (expected a 'local' or "
+                    f"'controller' dict)")
+        if entry["type"] == "local":
+            module = entry.get("module")
+            if not isinstance(module, str) or not isinstance(entry.get("class"), str):
+                return f"device {final!r}: a local entry needs 'module' and 'class' strings"
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return f"device {final!r}: module {module!r} cannot be found"
+        return None
+
+    def close_devices(self):
+        pass
+
+
+class _ReadOnlyDatasets:
+    """Datasets read from the master (a missing one raises KeyError); writes stay local."""
+
+    def __init__(self, get_dataset: Callable | None):
+        self._get = get_dataset
+        self._local: dict = {}
+
+    def set(self, key, value, metadata=None, broadcast=False, persist=False, archive=True):
+        self._local[key] = value
+
+    def get(self, key, archive=False):
+        if key in self._local:
+            return self._local[key]
+        if self._get is None:
+            raise KeyError(f"dataset {key!r} does not exist")
+        return self._get(key)[1]
+
+    def get_metadata(self, key):
+        if self._get is None:
+            raise KeyError(f"dataset {key!r} does not exist")
+        return self._get(key)[2]
+
+    def mutate(self, key, index, value):
+        pass
+
+    def append_to(self, key, value):
+        pass
+
+
+def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
+                        get_dataset: Callable | None = None) -> list[str]:
+    """The problems that would stop expid from starting (see the module docstring)."""
+    problems: list[str] = []
+    try:
+        path, temporary = source_file(expid, workdir)
+    except OSError as e:
+        return [f"cannot read the experiment: {e}"]
+    try:
+        if not os.path.isfile(path):
+            return [f"experiment file {expid.get('file')!r} does not exist"
+                    + (f" (in {workdir})" if workdir else "")]
+        try:
+            with open(path, encoding="utf-8") as f:
+                source = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            return [f"cannot read {expid.get('file') or 'the content'}: {e}"]
+        folder = None if temporary else os.path.dirname(os.path.abspath(path))
+        if expid.get("class_name") is None and is_black_box_script(source, folder):
+            try:
+                compile(source, path, "exec")
+            except SyntaxError as e:
+                return [_one_line(e)]
+            if expid.get("arguments"):
+                return [f"unknown argument(s) {', '.join(map(repr, sorted(expid['arguments'])))}"
+                        f"; a black-box script takes none"]
+            return []
+        try:
+            module = import_file(path, prefix="file_validate_")
+        except BaseException as e:  # noqa: B902 - a file may raise anything at import
+            return [f"cannot import {expid.get('file') or 'the content'}: {_one_line(e)}"]
+    finally:
+        if temporary:
+            os.unlink(path)
+    try:
+        try:
+            cls = get_experiment(module, expid.get("class_name"))
+        except LookupError as e:
+            return [str(e)]
+        arguments = _CheckingArguments(expid.get("arguments") or {}, problems)
+        devices = _CheckingDevices(device_db, problems)
+        try:
+            cls((devices, _ReadOnlyDatasets(get_dataset), arguments, {}))
+        except Exception as e:
+            if not problems:  # a build that trips over a refused value says nothing new
+                problems.append(f"build of {cls.__name__} failed: {_one_line(e)}")
+        unknown = arguments.unknown()
+        if unknown:
+            listed = ", ".join(repr(k) for k in sorted(arguments.requested)) or "none"
+            problems.append(f"unknown argument(s) {', '.join(map(repr, unknown))}; "
+                            f"this experiment takes: {listed}")
+        return problems
+    finally:
+        forget_module(module)
+
+
+def validate_command(channel, cmd: dict) -> dict:
+    """The worker's ``validate`` command (see the module docstring)."""
+    if cmd.get("lab_dir"):
+        os.chdir(cmd["lab_dir"])
+    device_db = channel.request("get_device_db")
+
+    def get_dataset(key):
+        try:
+            return channel.request("get_dataset", key=key)
+        except Exception as e:
+            raise KeyError(str(e)) from None
+
+    problems = validate_experiment(cmd["expid"], workdir=cmd.get("workdir"),
+                                   device_db=device_db, get_dataset=get_dataset)
+    return {"action": "completed", "problems": problems}
