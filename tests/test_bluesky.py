@@ -103,7 +103,13 @@ def test_scan_streams_datasets_and_archives_documents(tmp_path):
     assert stop["exit_status"] == "success" and stop["num_events"]["primary"] == 5
 
 
-def test_pause_at_checkpoint_resumes_without_losing_points():
+@pytest.fixture
+def every_checkpoint(monkeypatch):
+    """Ask the scheduler at every checkpoint (no rate limit)."""
+    monkeypatch.setattr("labpipe.bluesky.pausing.CHECK_INTERVAL", 0.0)
+
+
+def test_pause_at_checkpoint_resumes_without_losing_points(every_checkpoint):
     scheduler = FakeScheduler(pause_at={3})
     env, dataset_mgr, mods = make_env(scheduler)
     env.run_plan(count([env.det], num=6))
@@ -115,7 +121,7 @@ def test_pause_at_checkpoint_resumes_without_losing_points():
     assert len(live(mods, "bluesky.primary.det")) == 6
 
 
-def test_termination_aborts_the_plan_at_a_checkpoint():
+def test_termination_aborts_the_plan_at_a_checkpoint(every_checkpoint):
     scheduler = FakeScheduler(pause_at={7}, terminate=True)
     env, dataset_mgr, mods = make_env(scheduler)
     with pytest.raises(TerminationRequested):
@@ -127,6 +133,14 @@ def test_termination_aborts_the_plan_at_a_checkpoint():
     # the RunEngine is idle again: the experiment can run another plan
     env.run_plan(count([env.det], num=2))
     assert dataset_mgr.result_groups["bluesky"]()["run_1/primary/seq_num"] == [1, 2]
+
+
+def test_checks_are_rate_limited(monkeypatch):
+    monkeypatch.setattr("labpipe.bluesky.pausing.CHECK_INTERVAL", 60.0)
+    scheduler = FakeScheduler()
+    env, dataset_mgr, mods = make_env(scheduler)
+    env.run_plan(count([env.det], num=20))
+    assert scheduler.checks == 1  # the first checkpoint asks, then none for a minute
 
 
 def test_suspender_installed_by_the_experiment_works():
@@ -248,3 +262,33 @@ def test_plan_expid_finds_the_plan_in_explist():
     assert plan_expid(explist, "scan", file="more.py")["file"] == "more.py"
     with pytest.raises(ValueError, match="unknown argument 'x'"):
         plan_expid(explist, "count", [], {"x": 1})
+
+
+def test_plan_sees_its_own_exceptions(every_checkpoint):
+    """The preprocessor passes responses and exceptions through to the plan."""
+    from bluesky.utils import Msg
+
+    scheduler = FakeScheduler(pause_at={2})
+    env, dataset_mgr, mods = make_env(scheduler)
+    caught, returned = [], []
+
+    class Unreadable:
+        name = "unreadable"
+
+        def read(self):
+            raise RuntimeError("detector unplugged")
+
+    def plan():
+        yield from bps.checkpoint()
+        yield from bps.checkpoint()
+        try:
+            yield Msg("read", Unreadable())
+        except Exception as e:  # bluesky refuses it: not Readable
+            caught.append(type(e).__name__)
+        returned.append((yield from count([env.det], num=2)))
+
+    env.run_plan(plan())
+    assert scheduler.pauses == [2]
+    assert caught == ["AssertionError"]
+    assert isinstance(returned[0], str)  # count's return value (its run uid) came back
+    assert len(dataset_mgr.result_groups["bluesky"]()["run_0/primary/seq_num"]) == 2
