@@ -239,3 +239,30 @@ def test_validate_script_and_content(tmp_path):
     assert validate_experiment({"content": EXP, "arguments": {"n": 2}}, workdir=None,
                                device_db=DDB) == []
     assert not any(name.startswith("labpipe_content_") for name in os.listdir(tmp_path))
+
+
+# --- client formatting -------------------------------------------------------------
+
+def test_client_shows_progress_elapsed_eta_and_blocking():
+    from labpipe.client.main import format_duration, format_progress, format_schedule
+    assert [format_duration(s) for s in (4.4, 65, 7380)] == ["4s", "1m05s", "2h03m"]
+    assert format_progress(None) == ""
+    assert format_progress({"done": 4, "total": 10, "message": "scan"}) == \
+        "[####------]  40% 4/10 scan"
+    assert format_progress({"done": 7, "total": None, "message": ""}) == "7 done"
+    now = 10_000.0
+    base = {"expid": {"file": "a.py", "class_name": None}, "priority": 0,
+            "due_date": None, "flush": False, "repo_msg": None}
+    table = format_schedule({
+        1: dict(base, pipeline="a", status="running", started=now - 75, eta=now + 100,
+                progress={"done": 1, "total": 2, "message": "half"}),
+        2: dict(base, pipeline="b", status="prepare_done",
+                blocked_by=[{"rid": 1, "pipeline": "a", "devices": ["dds0"]}]),
+        3: dict(base, pipeline="c", status="pending")}, now=now)
+    lines = table.splitlines()
+    assert lines[0].split()[-3:] == ["Progress", "Elapsed", "ETA"]
+    assert "[#####-----]  50% 1/2 half" in lines[1] and "1m15s" in lines[1]
+    assert "(in 1m40s)" in lines[1]
+    assert lines[2].rstrip().endswith("blocked by RID 1")
+    # an ARTIQ master's entries (no labpipe keys) still show
+    assert lines[3].split()[:3] == ["3", "c", "pending"]

@@ -78,6 +78,10 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("--content", action="store_true",
                    help="send the file's content instead of its path")
     p.add_argument("-c", "--class-name", default=None, help="experiment class")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only check the submission (file, class, arguments, devices) in "
+                        "a worker without running it; prints the problems (exit code 3 "
+                        "when there are any)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="worker log level down")
     p.add_argument("-q", "--quiet", action="count", default=0, help="worker log level up")
     p.add_argument("file", help="experiment file")
@@ -112,6 +116,14 @@ def _submit(args, schedule):
     })
     if args.repository:
         expid["repo_rev"] = args.revision
+    if args.dry_run:
+        problems = schedule.validate(args.pipeline, expid)
+        for problem in problems:
+            print(f"problem: {problem}")
+        if problems:
+            sys.exit(EXIT_REFUSED)
+        print("OK: the run would start")
+        return
     due_date = parse_due_date(args.timed) if args.timed else None
     rid = schedule.submit(args.pipeline, expid, args.priority, due_date, args.flush)
     print(f"RID: {rid}")
@@ -125,11 +137,52 @@ def _delete(args, schedule):
             schedule.delete(rid)
 
 
-def format_schedule(status: dict) -> str:
-    """The schedule as an aligned table, highest precedence first."""
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h03m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_progress(progress: dict | None, width: int = 10) -> str:
+    """``[####------] 40% 4/10 message`` (a count alone without a total)."""
+    if not progress:
+        return ""
+    done, total = progress.get("done"), progress.get("total")
+    message = str(progress.get("message") or "")[:30]
+    if total:
+        fraction = min(max(done / total, 0.0), 1.0)
+        filled = int(fraction * width)
+        text = f"[{'#' * filled}{'-' * (width - filled)}] {fraction:4.0%} {done:g}/{total:g}"
+    else:
+        text = f"{done:g} done"
+    return f"{text} {message}".rstrip()
+
+
+def _timing(run: dict, now: float) -> tuple[str, str]:
+    """(elapsed, eta) cells of a running run (labpipe's ``started``/``eta`` keys)."""
+    started, eta = run.get("started"), run.get("eta")
+    if started is None or run.get("status") not in ("running", "paused"):
+        return "", ""
+    elapsed = format_duration(now - started)
+    if eta is None:
+        return elapsed, "?"
+    clock = time.strftime("%H:%M:%S", time.localtime(eta))
+    return elapsed, f"{clock} (in {format_duration(eta - now)})"
+
+
+def format_schedule(status: dict, now: float | None = None) -> str:
+    """The schedule as an aligned table, highest precedence first; progress, elapsed
+    time and ETA for running runs (runs waiting for another pipeline's devices show
+    ``blocked by RID ...``)."""
     if not status:
         return "Schedule is empty"
-    header = ("RID", "Pipeline", "Status", "Prio", "Due date", "Revision", "File", "Class")
+    now = time.time() if now is None else now
+    header = ("RID", "Pipeline", "Status", "Prio", "Due date", "Revision", "File", "Class",
+              "Progress", "Elapsed", "ETA")
     rows = []
     order = sorted(status.items(), key=lambda kv: (-kv[1]["priority"],
                                                    kv[1]["due_date"] or 0, kv[0]))
@@ -137,9 +190,13 @@ def format_schedule(status: dict) -> str:
         expid = run["expid"]
         due = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["due_date"]))
                if run["due_date"] else "")
+        progress = format_progress(run.get("progress"))
+        if run.get("blocked_by"):
+            progress = "blocked by RID " + ", ".join(str(b["rid"]) for b in run["blocked_by"])
         rows.append((str(rid), run["pipeline"], run["status"], str(run["priority"]), due,
                      str(expid.get("repo_rev") or ""),
-                     expid.get("file") or "<content>", str(expid.get("class_name") or "")))
+                     expid.get("file") or "<content>", str(expid.get("class_name") or ""),
+                     progress) + _timing(run, now))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                      for r in [header] + rows)
