@@ -39,6 +39,11 @@ class FakeScheduler:
         if self.terminate:
             raise TerminationRequested
 
+    def check_termination(self, rid=None):
+        return self.terminate and bool(self.pauses or self.terminate_now)
+
+    terminate_now = False
+
 
 class Devices:
     def __init__(self, scheduler):
@@ -292,3 +297,32 @@ def test_plan_sees_its_own_exceptions(every_checkpoint):
     assert caught == ["AssertionError"]
     assert isinstance(returned[0], str)  # count's return value (its run uid) came back
     assert len(dataset_mgr.result_groups["bluesky"]()["run_0/primary/seq_num"]) == 2
+
+
+def test_termination_of_a_suspended_plan(monkeypatch):
+    """A suspended plan reaches no checkpoint: the watcher pauses it after the grace."""
+    monkeypatch.setattr("labpipe.bluesky.pausing.WATCH_INTERVAL", 0.02)
+    monkeypatch.setattr("labpipe.bluesky.pausing.TERMINATION_GRACE", 0.1)
+    scheduler = FakeScheduler(terminate=True)
+    env, dataset_mgr, mods = make_env(scheduler)
+    beam_off = Signal(name="beam_off", value=0)
+    env.get_run_engine().install_suspender(SuspendBoolHigh(beam_off, sleep=0))
+
+    def plan():
+        yield from count([env.det], num=2)
+        beam_off.put(1)  # the beam goes and never comes back
+        scheduler.terminate_now = True
+        yield from count([env.det], num=2)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TerminationRequested):
+            env.run_plan(plan())
+    finally:
+        beam_off.put(0)
+    assert time.monotonic() - t0 < 5
+    groups = dataset_mgr.result_groups["bluesky"]()
+    assert groups["run_0/stop"]["exit_status"] == "success"
+    if "run_1/uid" in groups:  # the second run may have opened before suspending
+        assert groups["run_1/stop"]["exit_status"] == "abort"
+    assert env.get_run_engine().state == "idle"

@@ -4,10 +4,10 @@ A checkpoint is where a plan may be paused and resumed (bluesky rewinds to the l
 checkpoint on resume). ``scheduler_checkpoints(scheduler)`` is a RunEngine preprocessor:
 after a ``checkpoint`` message it asks ``scheduler.check_pause()`` (at most once per
 ``CHECK_INTERVAL``, so that fast plans do not pay a round trip to the master at every
-checkpoint) and, when the run
-should yield (a run of higher precedence waits, or termination was requested), it
-inserts ``Msg("pause")``. The RunEngine then pauses right at that checkpoint and
-``RE(...)`` raises ``RunEngineInterrupted`` in the experiment's thread.
+checkpoint) and, when the run should yield (a run of higher precedence waits, or
+termination was requested), it inserts ``Msg("pause")``. The RunEngine then pauses
+right at that checkpoint and ``RE(...)`` raises ``RunEngineInterrupted`` in the
+experiment's thread.
 
 ``run_until_done(engine, plan, scheduler, md)`` drives the plan: each time the
 RunEngine is interrupted (by the preprocessor, or by a ``pause`` message of the plan
@@ -15,14 +15,19 @@ itself) it calls ``scheduler.pause()``, which returns once the runs of higher pr
 have run, then resumes the plan from its checkpoint. When ``scheduler.pause()`` raises
 ``TerminationRequested``, the plan is aborted (its cleanup runs and its stop document
 says ``exit_status="abort"``; bluesky 1.x drops the reason given to ``abort()`` on a
-paused RunEngine, so its ``reason`` is empty) and ``TerminationRequested`` propagates, so that the run
-ends as terminated with its results file written. Suspenders installed on the
-RunEngine, or wrapped around the plan, act inside the RunEngine as usual.
+paused RunEngine, so its ``reason`` is empty) and ``TerminationRequested`` propagates,
+so that the run ends as terminated with its results file written.
+
+A plan that reaches no checkpoint (suspended, or in a long step) is paused anyway
+``TERMINATION_GRACE`` seconds after a termination request (a watcher thread polls
+``check_termination`` while the RunEngine runs), then aborted. Suspenders installed on
+the RunEngine, or wrapped around the plan, act inside the RunEngine as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -94,11 +99,63 @@ def scheduler_checkpoints(scheduler: Any, min_interval: float | None = None):
     return preprocessor
 
 
+#: Seconds between the termination watcher's ``check_termination`` requests, and how
+#: long it lets a plan go on after a termination request before pausing it itself
+#: (when no checkpoint came: the plan is suspended, or in a long step).
+WATCH_INTERVAL = 0.25
+TERMINATION_GRACE = 1.0
+
+
+class _TerminationWatch:
+    """While the RunEngine runs, a thread polling ``scheduler.check_termination()``;
+    when termination was requested and the plan has not paused at a checkpoint within
+    ``TERMINATION_GRACE`` seconds, it pauses the RunEngine at once
+    (``request_pause()``), so that ``run_until_done`` aborts it. Stopped (joined)
+    before the experiment's thread talks to the scheduler again."""
+
+    def __init__(self, engine, scheduler):
+        self._engine = engine
+        self._scheduler = scheduler
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        check = getattr(self._scheduler, "check_termination", None)
+        if check is not None:
+            self._thread = threading.Thread(target=self._watch, args=(check,),
+                                            name="labpipe-termination-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self, check_termination):
+        requested_at = None
+        while not self._stop.wait(WATCH_INTERVAL):
+            try:
+                if requested_at is None:
+                    if check_termination():
+                        requested_at = time.monotonic()
+                elif time.monotonic() - requested_at >= TERMINATION_GRACE:
+                    if self._engine.state == "running":
+                        logger.info("termination requested and no checkpoint came: "
+                                    "pausing the plan now")
+                        self._engine.request_pause(defer=False)
+                    return
+            except Exception:  # the RunEngine paused or ended meanwhile: nothing to do
+                logger.debug("termination watch", exc_info=True)
+                return
+
+
 def run_until_done(engine, plan, scheduler: Any = None, md: dict | None = None):
     """Run ``plan`` on ``engine`` to its end, yielding to the scheduler whenever the
     RunEngine pauses; returns what ``engine(...)`` returns (the start uids)."""
     try:
-        return engine(plan, **(md or {}))
+        with _TerminationWatch(engine, scheduler):
+            return engine(plan, **(md or {}))
     except RunEngineInterrupted:
         pass
     while True:
@@ -106,7 +163,7 @@ def run_until_done(engine, plan, scheduler: Any = None, md: dict | None = None):
             engine.abort("the plan paused and there is no scheduler to resume it")
             raise RuntimeError("the plan paused and there is no scheduler to resume it")
         try:
-            logger.info("plan paused at a checkpoint; yielding to the scheduler")
+            logger.info("plan paused; yielding to the scheduler")
             scheduler.pause()
         except TerminationRequested:
             logger.info("termination requested: aborting the plan")
@@ -114,6 +171,7 @@ def run_until_done(engine, plan, scheduler: Any = None, md: dict | None = None):
             raise
         try:
             logger.info("resuming the plan from its last checkpoint")
-            return engine.resume()
+            with _TerminationWatch(engine, scheduler):
+                return engine.resume()
         except RunEngineInterrupted:
             continue
