@@ -349,6 +349,7 @@ async def test_slow_subscriber_is_dropped_and_memory_stays_bounded():
     n = Notifier({"v": None})
     limit = 50
     pub = Publisher({"n": n}, queue_limit=limit, queue_bytes=1 << 20)
+    # mods of 200 different keys in turn: none can replace another still queued
     await pub.start(HOST, 0)
     good = LocalCopy("n")
     await good.connect(pub.port)
@@ -360,7 +361,7 @@ async def test_slow_subscriber_is_dropped_and_memory_stays_bounded():
         await wait_until(lambda: len(pub.backlogs("n")) == 2)
         payload = "x" * 10_000
         for i in range(3000):
-            n["v"] = [i, payload]
+            n[f"k{i % 200}"] = [i, payload]
             assert all(lines <= limit and size <= 1 << 20
                        for lines, size in pub.backlogs("n"))
             if i % 10 == 0:
@@ -500,3 +501,48 @@ async def test_independent_subscriber_follows_nested_mods():
     assert same(state, n.raw_view)
     assert state[9][1][0, 1] == 5.0
     await pub.stop()
+
+
+@async_test
+async def test_lagging_subscriber_gets_latest_value_per_key_not_a_backlog():
+    n = Notifier({"other": 0})
+    limit = 50
+    pub = Publisher({"n": n}, queue_limit=limit, queue_bytes=1 << 20)
+    await pub.start(HOST, 0)
+    lagging = socket.socket()
+    lagging.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lagging.connect((HOST, pub.port))
+    lagging.sendall(b"ARTIQ sync_struct\nn\n")  # reads nothing for now
+    try:
+        await wait_until(lambda: len(pub.backlogs("n")) == 1)
+        payload = "x" * 10_000
+        n["other"] = 1
+        for i in range(3000):
+            n["v"] = [i, payload]  # the same key, over and over
+            (lines, size), = pub.backlogs("n")
+            assert lines <= limit // 2 + 1 and size <= 1 << 20
+        n["other"] = 2
+        assert len(pub.backlogs("n")) == 1  # still connected: nothing was dropped
+        # now it reads: it ends with exactly the master's state, latest values
+        copy, mods = await asyncio.to_thread(read_sync_until, lagging,
+                                             lambda c: c.get("other") == 2)
+        assert copy == n.raw_view
+        assert mods < 3000  # it was spared the backlog
+    finally:
+        lagging.close()
+    await pub.stop()
+
+
+def read_sync_until(sock, done, timeout=10.0):
+    """Read a sync stream from a raw socket, applying mods, until done(copy)."""
+    from labpipe.protocol import pyon
+    from labpipe.protocol.sync import apply_mod
+    sock.settimeout(timeout)
+    f = sock.makefile("rb")
+    copy = pyon.decode(f.readline())["struct"]
+    mods = 0
+    while not done(copy):
+        apply_mod(copy, pyon.decode(f.readline()))
+        mods += 1
+    return copy, mods
+

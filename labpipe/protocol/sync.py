@@ -46,6 +46,12 @@ Publisher contract (a TCP server on the notify port, default 3250):
   sees each mutation exactly once, in order.
 - Each mod is encoded once per notifier (and not at all while nobody subscribes); the
   same bytes are queued for every subscriber.
+- A subscriber that keeps up gets every mod. One that lags (a backlog of half its
+  ``queue_limit``, at most 64 mods, or 1 MiB) gets the latest value instead of a
+  growing backlog: a root-level ``setitem`` or ``delitem`` of key k then replaces every
+  mod under k still queued for it (a dataset set 10,000 times while the subscriber
+  reads one line arrives once, with its last value). Mods of different keys keep their
+  order; the copy ends equal to the master's.
 - Each subscriber has a bounded queue (``queue_limit`` mods and ``queue_bytes`` bytes;
   the init is not counted, and one mod larger than ``queue_bytes`` passes when nothing
   else is queued). A subscriber that falls behind either bound is disconnected
@@ -258,6 +264,23 @@ async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
         pass
 
 
+#: A subscriber with this many bytes queued is lagging: its mods get coalesced.
+LAGGING_BYTES = 1 << 20
+
+
+def _root_key(mod: Mod):
+    """(the root key a mod touches, whether it overwrites everything under it)."""
+    path = mod.get("path")
+    if not isinstance(path, list):
+        return None, False
+    key = path[0] if path else mod.get("key")
+    try:
+        hash(key)
+    except TypeError:
+        return None, False
+    return key, not path and mod["action"] in ("setitem", "delitem")
+
+
 class Outbox:
     """The bounded queue of encoded lines for one connection, and its writer loop.
 
@@ -274,6 +297,9 @@ class Outbox:
         self._queue_bytes = queue_bytes
         self._label = f"{what} at {peer[0]}:{peer[1]}" if peer else what
         self._lines: deque[bytes] = deque()
+        self._keys: deque = deque()  # the root key of each queued line, or None
+        self._queued_per_key: dict = {}
+        self._lagging_lines = min(64, max(1, queue_limit // 2))
         self._bytes = 0
         self._ready = asyncio.Event()
         self.dropped = False
@@ -283,10 +309,18 @@ class Outbox:
         """(lines, bytes) queued and not yet handed to the socket."""
         return len(self._lines), self._bytes
 
-    def put(self, line: bytes) -> bool:
-        """Queue one line; False if the connection is (now) dropped."""
+    def put(self, line: bytes, key=None, supersedes: bool = False) -> bool:
+        """Queue one line; False if the connection is (now) dropped.
+
+        ``key`` is the root key the line's mod touches (None: not keyed); with
+        ``supersedes`` (a root-level setitem/delitem) the queued lines of that key are
+        dropped first, since this one overwrites what they did.
+        """
         if self.dropped:
             return False
+        if (key is not None and supersedes and self._queued_per_key.get(key)
+                and (len(self._lines) >= self._lagging_lines or self._bytes >= LAGGING_BYTES)):
+            self._drop_key(key)
         # A single line larger than queue_bytes still passes when nothing is queued.
         if (len(self._lines) >= self._queue_limit
                 or (self._lines and self._bytes + len(line) > self._queue_bytes)):
@@ -295,14 +329,42 @@ class Outbox:
             self.abort()
             return False
         self._lines.append(line)
+        self._keys.append(key)
+        if key is not None:
+            self._queued_per_key[key] = self._queued_per_key.get(key, 0) + 1
         self._bytes += len(line)
         self._ready.set()
         return True
+
+    def _drop_key(self, key):
+        kept_lines, kept_keys = deque(), deque()
+        for line, k in zip(self._lines, self._keys):
+            if k == key:
+                self._bytes -= len(line)
+            else:
+                kept_lines.append(line)
+                kept_keys.append(k)
+        self._lines, self._keys = kept_lines, kept_keys
+        del self._queued_per_key[key]
+
+    def _pop(self) -> bytes:
+        line = self._lines.popleft()
+        key = self._keys.popleft()
+        if key is not None:
+            left = self._queued_per_key[key] - 1
+            if left:
+                self._queued_per_key[key] = left
+            else:
+                del self._queued_per_key[key]
+        self._bytes -= len(line)
+        return line
 
     def abort(self) -> None:
         """Drop the queue and the connection at once."""
         self.dropped = True
         self._lines.clear()
+        self._keys.clear()
+        self._queued_per_key.clear()
         self._bytes = 0
         self._ready.set()
         self._writer.transport.abort()
@@ -310,8 +372,7 @@ class Outbox:
     async def _write_loop(self):
         while True:
             while self._lines:
-                line = self._lines.popleft()
-                self._bytes -= len(line)
+                line = self._pop()
                 self._writer.write(line)
                 await self._writer.drain()
             if self.dropped:
@@ -390,8 +451,9 @@ class Publisher(AsyncioServer):
             for outbox in list(outboxes):
                 outbox.abort()
             return
+        key, supersedes = _root_key(mod)
         for outbox in list(outboxes):
-            outbox.put(line)
+            outbox.put(line, key, supersedes)
 
     async def _handle_connection_cr(self, reader, writer):
         if await read_line(reader) != BANNER:
