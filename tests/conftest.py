@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import textwrap
@@ -92,6 +93,25 @@ class ScheduleRecorder:
 
     def index(self, rid, status):
         return self.events.index((rid, status))
+
+
+def async_test(fn):
+    """Run an async test with asyncio.run, a time limit, and a check for leaked tasks."""
+    @functools.wraps(fn)
+    def wrapper():
+        async def main():
+            async with asyncio.timeout(20):
+                await fn()
+            # a connection task may still be in its last closing steps: give such
+            # tasks a moment, then fail on any left
+            others = lambda: asyncio.all_tasks() - {asyncio.current_task()}
+            try:
+                await wait_until(lambda: not others(), timeout=2)
+            except AssertionError:
+                pytest.fail(f"leaked tasks: {others()}")
+        asyncio.run(main())
+    del wrapper.__wrapped__  # pytest must see a plain function
+    return wrapper
 
 
 def run_async(coro, timeout=60):

@@ -3,7 +3,6 @@
 import asyncio
 import base64
 import copy
-import functools
 import json
 import random
 import socket
@@ -15,32 +14,9 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber, apply_mod
 
+from conftest import async_test, wait_until
+
 HOST = "127.0.0.1"
-
-
-def async_test(fn):
-    """Run an async test with asyncio.run, a time limit, and a check for leaked tasks."""
-    @functools.wraps(fn)
-    def wrapper():
-        async def main():
-            async with asyncio.timeout(20):
-                await fn()
-            # AsyncioServer.stop() does not await a connection task that is already in
-            # its closing steps: give such tasks a moment, then fail on any left.
-            others = lambda: asyncio.all_tasks() - {asyncio.current_task()}
-            try:
-                await wait_until(lambda: not others(), timeout=2)
-            except TimeoutError:
-                pytest.fail(f"leaked tasks: {others()}")
-        asyncio.run(main())
-    del wrapper.__wrapped__  # pytest must see a plain function
-    return wrapper
-
-
-async def wait_until(cond, timeout=5.0):
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.001)
 
 
 def same(a, b):

@@ -18,12 +18,12 @@ Guarantees:
 
 import base64
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from fractions import Fraction
 
 import numpy
+
+from labpipe.protocol.atomic import atomic_path
 
 __all__ = ["encode", "decode", "store_file", "load_file"]
 
@@ -152,27 +152,10 @@ def decode(text):
 
 def store_file(path, obj):
     """Write obj as pretty PYON to path atomically (temp file, fsync, rename)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="ascii") as f:
             f.write(encode(obj, pretty=True))
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dirfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def load_file(path):

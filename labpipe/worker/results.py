@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -54,6 +53,7 @@ import numpy
 
 import labpipe
 from labpipe.protocol import pyon
+from labpipe.protocol.atomic import atomic_path
 
 __all__ = ["write_results", "results_path", "ENCODING_ATTR"]
 
@@ -167,14 +167,6 @@ def _write_file(f: h5py.File, *, rid, start_time, run_time, expid, repo_rev, dat
         f.create_dataset("error", data=str(error), dtype=_STR)
 
 
-def _fsync_path(path: str, directory: bool = False):
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                   run_time: float | None, expid: dict, repo_rev: str | None = None,
                   datasets: Mapping[str, tuple[Any, dict | None]] | None = None,
@@ -194,23 +186,8 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
             raise ValueError(f"extra group name {group_name!r} is not a non-empty str")
         if group_name in _STANDARD_NAMES:
             raise ValueError(f"extra group name {group_name!r} clashes with a standard field")
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".h5.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:
             _write_file(f, rid=rid, start_time=start_time, run_time=run_time, expid=expid,
                         repo_rev=repo_rev, datasets=datasets, archive=archive,
                         log_lines=log_lines, error=error, extra_groups=extra_groups)
-            f.flush()
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_path(directory, directory=True)

@@ -26,8 +26,9 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
+
+from labpipe.protocol.atomic import atomic_path
 
 __all__ = ["MARKER", "HookStatus", "HookResult", "hook_name", "notify_command",
            "hook_script", "install_hook"]
@@ -110,19 +111,7 @@ def install_hook(hooks_dir: str, bare: bool, command: str, *,
 
 
 def _write_executable(path: str, text: str) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".labpipe-hook-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
