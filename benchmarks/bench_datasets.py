@@ -15,10 +15,10 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 
-from bench_master import ScheduleWatch, start_master
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_master import ScheduleWatch, master_in_temporary_lab  # noqa: E402
 
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.sync import Subscriber
@@ -81,8 +81,9 @@ async def loop_case(schedule, watch, runs, n):
     _, (t0, t1) = await watch.wait_value("bench.loop", lambda v: True)
     await runs.wait((rid, "removed"))
     watch.seen.clear()
-    print(f"{n} broadcast sets: {n / (t1 - t0):,.0f} updates/s in the loop; subscriber "
-          f"held the last value {1e3 * (seen_last - t1):.1f} ms after the loop ended")
+    print(f"{n} broadcast sets: {n / (t1 - t0):,.0f} updates/s in the loop, "
+          f"{n / (seen_last - t0):,.0f} updates/s to the subscriber; it held the last "
+          f"value {1e3 * (seen_last - t1):.1f} ms after the loop ended")
 
 
 async def image_case(schedule, watch, runs):
@@ -116,21 +117,9 @@ async def bench(ports):
 
 
 def main():
-    with tempfile.TemporaryDirectory() as lab:
-        os.makedirs(os.path.join(lab, "repository"))
-        for name, text in (("loop", LOOP), ("image", IMAGE)):
-            with open(os.path.join(lab, "repository", f"{name}.py"), "w") as f:
-                f.write(text)
-        with open(os.path.join(lab, "device_db.py"), "w") as f:
-            f.write("device_db = {}\n")
-        process, ports = start_master(lab)
-        try:
-            asyncio.run(bench(ports))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with master_in_temporary_lab({"loop": LOOP, "image": IMAGE}) as ports:
+        asyncio.run(bench(ports))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -13,6 +13,7 @@ Usage: python benchmarks/bench_master.py
 """
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -45,6 +46,25 @@ class Stages(EnvExperiment):
     def analyze(self):
         time.sleep(0.2)
 """
+
+
+@contextlib.contextmanager
+def master_in_temporary_lab(experiments: dict):
+    """A master serving a temporary lab whose repository holds experiments
+    ({name: source}); yields its ports."""
+    with tempfile.TemporaryDirectory() as lab:
+        os.makedirs(os.path.join(lab, "repository"))
+        for name, text in experiments.items():
+            with open(os.path.join(lab, "repository", f"{name}.py"), "w") as f:
+                f.write(text)
+        with open(os.path.join(lab, "device_db.py"), "w") as f:
+            f.write("device_db = {}\n")
+        process, ports = start_master(lab)
+        try:
+            yield ports
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def start_master(lab):
@@ -128,19 +148,8 @@ async def bench(ports):
 
 
 def main():
-    with tempfile.TemporaryDirectory() as lab:
-        os.makedirs(os.path.join(lab, "repository"))
-        for name, text in (("trivial", TRIVIAL), ("stages", STAGES)):
-            with open(os.path.join(lab, "repository", f"{name}.py"), "w") as f:
-                f.write(text)
-        with open(os.path.join(lab, "device_db.py"), "w") as f:
-            f.write("device_db = {}\n")
-        process, ports = start_master(lab)
-        try:
-            asyncio.run(bench(ports))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    with master_in_temporary_lab({"trivial": TRIVIAL, "stages": STAGES}) as ports:
+        asyncio.run(bench(ports))
 
 
 if __name__ == "__main__":
