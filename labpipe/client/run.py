@@ -18,7 +18,6 @@ from labpipe.master.devices import DeviceDB
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
 from labpipe.worker.runner import ExperimentRunner
-from labpipe.worker.results import write_results
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
 __all__ = ["get_argparser", "main"]
@@ -78,9 +77,7 @@ def run(args) -> ExperimentRunner:
     finally:
         runner.close()
     if args.hdf5:
-        write_results(args.hdf5, rid=0, start_time=runner.start_time,
-                      run_time=runner.run_time, expid=expid, datasets=dataset_mgr.local,
-                      archive=dataset_mgr.archive)
+        runner.write_results(path=args.hdf5)
     return runner
 
 

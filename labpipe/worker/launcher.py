@@ -28,7 +28,8 @@ PRELOAD = ["labpipe.worker.child", "labpipe.experiment",
            # the master's main module: multiprocessing re-runs it in every worker
            "labpipe.master.main",
            "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
-           "bluesky.plans", "ophyd.sim", "labpipe.worker.template"]  # template: last
+           "bluesky.plans", "ophyd.sim", "labpipe.bluesky.session",
+           "labpipe.worker.template"]  # the template module: last
 
 _context = None
 

@@ -81,9 +81,12 @@ class ExperimentRunner:
     def analyze(self):
         self.experiment.analyze()
 
-    def write_results(self, error: str | None = None) -> str:
-        """Write the results file (atomically); returns its path."""
-        path = results_path(self.results_dir, self.rid, self.class_name, self.start_time)
+    def write_results(self, error: str | None = None, path: str | None = None) -> str:
+        """Write the results file (atomically) at path, by default where the master
+        keeps it (results/DATE/HOUR/RID-Class.h5); returns its path."""
+        if path is None:
+            path = results_path(self.results_dir, self.rid, self.class_name,
+                                self.start_time)
         write_results(
             path, rid=self.rid, start_time=self.start_time,
             run_time=self.run_time if self.run_time is not None else self.start_time,
