@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB
+from labpipe.master.history import History, HistoryTarget
 from labpipe.master.interactive import InteractiveArgDB
 from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
 from labpipe.master.rid import RIDCounter
+from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
@@ -43,6 +45,8 @@ class MasterOptions:
     experiment_subdir: str = ""
     device_db: str = "device_db.py"
     dataset_db: str = "dataset_db.mdb"
+    schedule_db: str = "schedule.mdb"
+    history_db: str = "history.mdb"
     name: str | None = None
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
@@ -87,14 +91,20 @@ class Master:
         self.repository = backend_cls(self._path(o.repository))
         self.experiment_db = ExperimentDB(o.lab_dir, self.repository, o.experiment_subdir)
         self.interactive_db = InteractiveArgDB()
+        self.schedule_store = ScheduleStore(self._path(o.schedule_db))
         self.scheduler = Scheduler(
             RIDCounter(self._path("last_rid.pyon")),
             SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
                             term_timeout=o.term_timeout, kill_timeout=o.kill_timeout),
             worker_handlers=self._worker_handlers, repository=self.repository,
-            check_submission=self.experiment_db.check_submission)
+            check_submission=self.experiment_db.check_submission,
+            store=self.schedule_store)
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
+        self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)
+        self.scheduler.on_run_end.append(self.history.on_run_end)
+        # the saved schedule comes back before anyone can submit
+        await self.scheduler.restore()
 
         self.broadcaster = Broadcaster()
         self._log_handler = LogBroadcastHandler(self.broadcaster)
@@ -107,6 +117,7 @@ class Master:
             "explist_status": self.experiment_db.explist_status,
             "explist_errors": self.experiment_db.explist_errors,
             "interactive_args": self.interactive_db.notifier,
+            "history": self.history.notifier,
         }
         self.targets = {
             "schedule": self.scheduler,
@@ -115,6 +126,7 @@ class Master:
             "device_db": self.device_db,
             "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
+            "history": HistoryTarget(self.history),
         }
         self.servers = {
             "notify": (Publisher(self.notifiers), o.port_notify),
@@ -149,6 +161,10 @@ class Master:
         await asyncio.to_thread(launcher.discard_spares)
         if hasattr(self, "dataset_db"):
             self.dataset_db.close()
+        if hasattr(self, "history"):
+            self.history.close()
+        if hasattr(self, "schedule_store"):
+            self.schedule_store.close()
         if hasattr(self, "repository"):
             self.repository.close()
 

@@ -8,9 +8,16 @@ moves runs through the stages and ``precedence.py`` decides the order.
 Runs leave through ``end_run``: the worker is closed (escalating), the repository
 checkout released, the entry removed, and the end reported to ``on_run_end`` listeners
 (history). When a worker died, the master writes the run's results file itself.
+
+With a ``store`` (``schedule_store.ScheduleStore``) the schedule survives restarts: a
+submission is on disk before ``submit`` returns its RID, the stages a run reaches are
+noted, and the record goes when the run ends (after the ``on_run_end`` listeners, which
+may be coroutines: history is written first). ``restore()`` puts the stored pending runs
+back with their RIDs; a run that was past pending ends as ``interrupted``.
 """
 
 import asyncio
+import inspect
 import logging
 import numbers
 import os
@@ -85,17 +92,22 @@ class Scheduler:
 
     def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
                  worker_handlers: Callable[[Run], dict] | None = None, repository=None,
-                 check_submission=None):
+                 check_submission=None, store=None):
         self.rid_counter = rid_counter
         self.config = config or SchedulerConfig()
         self.worker_handlers = worker_handlers or (lambda run: {})
         self.repository = repository
         self.check_submission = check_submission
+        self.store = store
         self.notifier = Notifier({})
         self.pipelines: dict[str, Pipeline] = {}
         self.on_run_end: list[Callable[[Run, RunEnd], None]] = []
+        #: RIDs out of the schedule whose end the listeners are still being told
+        self.ending: set[int] = set()
         self._background: set[asyncio.Task] = set()
         self._stopping = False
+        if store is not None:
+            self.notifier.add_listener(self._note_stage)
 
     # --- RPC: the ARTIQ schedule target --------------------------------------------
 
@@ -114,14 +126,16 @@ class Scheduler:
             expid["repo_rev"] = repo_rev
         try:
             rid = await self.rid_counter.next()
+            run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
+                      due_date=None if due_date is None else float(due_date),
+                      flush=flush, schedule=self.notifier, state_changed=None,
+                      repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev)
+            if self.store is not None:
+                await self.store.record_submission(run)
         except BaseException:
             self._release(repo_rev)
             raise
-        self._add_run(Run(rid=rid, pipeline_name=pipeline_name, expid=expid,
-                          priority=priority,
-                          due_date=None if due_date is None else float(due_date),
-                          flush=flush, schedule=self.notifier, state_changed=None,
-                          repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev))
+        self._add_run(run)
         return rid
 
     def delete(self, rid):
@@ -226,18 +240,107 @@ class Scheduler:
                 self._spawn(run.worker.close())
         if worker_lost and run.worker is not None and end.results is None:
             end.results = await self._write_results_for_lost_worker(run, end)
+        self.ending.add(run.rid)
         del pipeline.runs[run.rid]
         del self.notifier[run.rid]
         self._release(run.repo_rev)
         pipeline.state_changed.notify()
-        for listener in self.on_run_end:
-            try:
-                listener(run, end)
-            except Exception:
-                logger.exception("RID %d: run-end listener failed", run.rid)
+        # what listeners return to await, and the store, must finish even if the stage
+        # loop that ends the run is cancelled meanwhile: they go on in their own task
+        await asyncio.shield(self._tell_run_end(run, end))
         if not pipeline.runs and self.pipelines.get(run.pipeline_name) is pipeline:
             del self.pipelines[run.pipeline_name]
             self._spawn(pipeline.stop())
+
+    def _tell_run_end(self, run: Run, end: RunEnd) -> asyncio.Task:
+        """Call the on_run_end listeners now; in a task, await what they returned (e.g.
+        history on disk), then forget the run's stored record. Returns the task."""
+        self.ending.add(run.rid)
+        awaitables = []
+        for listener in self.on_run_end:
+            try:
+                result = listener(run, end)
+                if inspect.isawaitable(result):
+                    awaitables.append(result)
+            except Exception:
+                logger.exception("RID %d: run-end listener failed", run.rid)
+        task = asyncio.ensure_future(self._finish_run_end(run, awaitables))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _finish_run_end(self, run: Run, awaitables: list):
+        try:
+            for awaitable in awaitables:
+                try:
+                    await awaitable
+                except Exception:
+                    logger.exception("RID %d: run-end listener failed", run.rid)
+            if self.store is not None:
+                try:
+                    await self.store.remove(run.rid)
+                except Exception:
+                    logger.exception("RID %d: could not remove the run from the schedule "
+                                     "store", run.rid)
+        finally:
+            self.ending.discard(run.rid)
+
+    def _note_stage(self, mod):
+        """Schedule listener: a run changed stage (or priority...): note it on disk."""
+        if mod["action"] == "setitem" and len(mod["path"]) == 1:
+            run = self._find_or_none(mod["path"][0])
+            if run is not None:
+                self._spawn(self.store.note_stage(run))
+
+    def _find_or_none(self, rid) -> Run | None:
+        try:
+            return self._find(rid)
+        except KeyError:
+            return None
+
+    async def restore(self) -> list[int]:
+        """Put back the runs of the store (at start, before any submission): pending
+        ones with their RIDs, pipelines, priorities and due dates; the others end as
+        ``interrupted`` (``deleted`` if they were being deleted). Returns the RIDs put
+        back."""
+        if self.store is None:
+            return []
+        restored = []
+        for record in await asyncio.to_thread(self.store.restore):
+            rid = record["rid"]
+            self.rid_counter.reserve_up_to(rid)
+            run = Run(rid=rid, pipeline_name=record["pipeline"], expid=record["expid"],
+                      priority=record["priority"], due_date=record["due_date"],
+                      flush=record["flush"], schedule=self.notifier, state_changed=None,
+                      workdir=self.config.lab_dir, repo_rev=record.get("repo_rev"),
+                      submitted=record["submitted"],
+                      stage_times=dict(record.get("stage_times") or {}))
+            stages = set(run.stage_times) - {"pending"}
+            if "deleting" in stages:
+                await self._tell_run_end(run, RunEnd("deleted"))
+                continue
+            if stages - {"flushing"}:
+                last = max(run.stage_times, key=run.stage_times.get)
+                logger.warning("RID %d was %s when the master stopped: interrupted",
+                               rid, last)
+                await self._tell_run_end(run, RunEnd(
+                    "interrupted", error=f"the master stopped while the run was {last}"))
+                continue
+            if run.repo_rev is not None:
+                try:
+                    run.workdir, _, run.repo_msg = await self._checkout(run.repo_rev)
+                except Exception as e:
+                    logger.error("RID %d: cannot check out %s again: %s", rid,
+                                 run.repo_rev, e)
+                    await self._tell_run_end(run, RunEnd(
+                        "interrupted", error=f"cannot check out {run.repo_rev}: {e}"))
+                    continue
+            self._add_run(run)
+            restored.append(rid)
+        if restored:
+            logger.info("restored %d pending run(s): RIDs %s", len(restored),
+                        ", ".join(map(str, restored)))
+        return restored
 
     async def _write_results_for_lost_worker(self, run: Run, end: RunEnd) -> str | None:
         """The worker died: write what the master knows about the run."""

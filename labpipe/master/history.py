@@ -1,0 +1,241 @@
+"""The run history: every run that left the schedule, kept on disk.
+
+``History(path, lab_dir, scheduler)`` opens (or creates) one LMDB file (``history.mdb``
+in the lab directory, ``subdir=False``, the map growing by itself), keyed by the RID (8
+bytes big-endian), valued by the PYON text of the record:
+
+``{"rid", "expid", "pipeline", "priority", "due_date", "flush", "status", "repo_rev",
+"submitted", "stages": {stage: {"start": t, "end": t}}, "ended", "error", "results"}``
+
+- ``status``: ``completed``, ``failed``, ``terminated``, ``deleted`` or ``interrupted``
+  (the master stopped while the run was past pending);
+- ``stages``: each stage the run reached (``flushing``, ``preparing``, ``prepare_done``,
+  ``running``, ``paused``, ``run_done``, ``analyzing``, ``deleting``), from the time it
+  got there to the time it got to the next one (the last ends at ``ended``);
+- ``error``: the error text of a failed run, else None; ``results``: the results file
+  path relative to the lab directory (absolute when outside it), or None.
+
+It is fed by ``scheduler.on_run_end`` (``on_run_end`` is a coroutine: the record is on
+disk before the scheduler forgets the run's stored submission). The RPC target
+``history`` offers ``get``, ``list``, ``resubmit`` and ``wait``; the ``history``
+notifier ``{rid: record}`` holds the most recent ``NOTIFIER_SIZE`` records.
+"""
+
+import asyncio
+import logging
+import os
+import struct
+import time
+
+from labpipe.master.schedule_store import LMDBFile, rid_key
+from labpipe.protocol import pyon
+from labpipe.protocol.sync import Notifier
+
+__all__ = ["History", "HistoryTarget", "NOTIFIER_SIZE", "STATUSES"]
+
+logger = logging.getLogger(__name__)
+
+NOTIFIER_SIZE = 1000
+STATUSES = ("completed", "failed", "terminated", "deleted", "interrupted")
+#: What resubmit(rid, overrides) may change besides the expid's own keys.
+_SCHEDULING_OVERRIDES = {"pipeline", "priority", "due_date", "flush"}
+_EXPID_OVERRIDES = {"file", "class_name", "arguments", "log_level", "repo_rev", "content",
+                    "devarg_override"}
+
+
+def _stages(stage_times: dict, ended: float) -> dict:
+    ordered = sorted(stage_times.items(), key=lambda kv: kv[1])
+    stages = {}
+    for i, (stage, start) in enumerate(ordered):
+        end = ordered[i + 1][1] if i + 1 < len(ordered) else ended
+        stages[stage] = {"start": start, "end": end}
+    return stages
+
+
+class History:
+    """The ``history`` RPC target, its notifier and its file."""
+
+    def __init__(self, path: str | os.PathLike, lab_dir: str = ".", scheduler=None):
+        self.file = LMDBFile(path, label="history")
+        self.path = self.file.path
+        self.lab_dir = os.path.abspath(lab_dir)
+        self.scheduler = scheduler
+        self._waiters: dict[int, list[asyncio.Future]] = {}
+        backing = {}
+        for key, data in self.file.items_now()[-NOTIFIER_SIZE:]:
+            record = self._decode(key, data)
+            if record is not None:
+                backing[record["rid"]] = record
+        self.notifier = Notifier(backing)
+
+    def _decode(self, key, data):
+        try:
+            record = pyon.decode(bytes(data).decode("utf-8"))
+            if not isinstance(record, dict) or record.get("rid") != struct.unpack(
+                    ">Q", bytes(key))[0]:
+                raise ValueError("not a history record")
+            return record
+        except Exception as e:
+            logger.error("%s: cannot read the record at key %r (%s); ignored",
+                         self.path, bytes(key), e)
+            return None
+
+    def _relative(self, path):
+        if path is None:
+            return None
+        path = os.path.abspath(os.path.join(self.lab_dir, path))
+        relative = os.path.relpath(path, self.lab_dir)
+        return path if relative.startswith("..") else relative
+
+    def record_of(self, run, end) -> dict:
+        ended = time.time()
+        return {"rid": run.rid, "expid": run.expid, "pipeline": run.pipeline_name,
+                "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
+                "status": end.status, "repo_rev": run.repo_rev,
+                "submitted": run.submitted, "stages": _stages(run.stage_times, ended),
+                "ended": ended, "error": end.error,
+                "results": self._relative(end.results)}
+
+    async def on_run_end(self, run, end):
+        """A run left the schedule: its record goes to disk, then to the notifier."""
+        record = self.record_of(run, end)
+        if end.status == "interrupted" and await self._stored(run.rid) is not None:
+            # the run had ended, only its schedule record outlived the master: keep it
+            return
+        await self.file.write([(rid_key(run.rid), pyon.encode(record).encode("utf-8"))])
+        self.notifier[run.rid] = record
+        while len(self.notifier.raw_view) > NOTIFIER_SIZE:
+            del self.notifier[min(self.notifier.raw_view)]
+        for future in self._waiters.pop(run.rid, []):
+            if not future.done():
+                future.set_result(record)
+
+    async def _stored(self, rid):
+        data = await self.file.read(lambda txn: txn.get(rid_key(rid)))
+        return None if data is None else self._decode(rid_key(rid), data)
+
+    # --- RPC -------------------------------------------------------------------------
+
+    async def get(self, rid):
+        """The record of run rid (KeyError when it has no record)."""
+        if rid in self.notifier.raw_view:
+            return self.notifier.raw_view[rid]
+        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
+            raise KeyError(f"RID {rid!r} has no history record")
+        record = await self._stored(rid)
+        if record is None:
+            state = self._scheduled_state(rid)
+            if state is not None:
+                raise KeyError(f"RID {rid} has not ended yet (it is {state})")
+            raise KeyError(f"RID {rid} has no history record")
+        return record
+
+    async def list(self, limit=100, before_rid=None):
+        """The most recent records, newest first: at most limit of them, with RIDs
+        below before_rid when given."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError("limit must be a non-negative integer")
+        if before_rid is not None and (isinstance(before_rid, bool)
+                                       or not isinstance(before_rid, int)):
+            raise TypeError("before_rid must be an integer or None")
+
+        def read(txn):
+            out = []
+            cursor = txn.cursor()
+            if before_rid is None:
+                positioned = cursor.last()
+            elif before_rid <= 0:
+                return out
+            else:
+                positioned = cursor.set_range(rid_key(before_rid))
+                positioned = cursor.prev() if positioned else cursor.last()
+            while positioned and len(out) < limit:
+                out.append((cursor.key(), cursor.value()))
+                positioned = cursor.prev()
+            return out
+        rows = await self.file.read(read)
+        return [r for r in (self._decode(k, v) for k, v in rows) if r is not None]
+
+    async def resubmit(self, rid, overrides=None):
+        """Submit run rid again (same expid, pipeline, priority, flush; same commit when
+        from the repository); returns the new RID. overrides may change ``pipeline``,
+        ``priority``, ``due_date``, ``flush`` and keys of the expid (``arguments`` are
+        merged into the old ones)."""
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - _SCHEDULING_OVERRIDES - _EXPID_OVERRIDES
+        if unknown:
+            raise ValueError(f"cannot override {sorted(unknown)}; valid: "
+                             f"{sorted(_SCHEDULING_OVERRIDES | _EXPID_OVERRIDES)}")
+        record = await self.get(rid)
+        expid = dict(record["expid"])
+        for key in _EXPID_OVERRIDES & set(overrides):
+            if key == "arguments":
+                if not isinstance(overrides[key], dict):
+                    raise TypeError("the 'arguments' override must be a dict")
+                expid["arguments"] = {**expid.get("arguments", {}), **overrides[key]}
+            else:
+                expid[key] = overrides[key]
+        return await self.scheduler.submit(
+            overrides.get("pipeline", record["pipeline"]), expid,
+            overrides.get("priority", record["priority"]),
+            overrides.get("due_date"), overrides.get("flush", record["flush"]))
+
+    async def wait(self, rid, timeout=None):
+        """Wait until run rid has ended and return its record (TimeoutError after timeout
+        seconds; KeyError for a RID that is neither scheduled nor in the history)."""
+        try:
+            return await self.get(rid)
+        except KeyError:
+            if self._scheduled_state(rid) is None:
+                raise
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(rid, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise TimeoutError(f"RID {rid} has not ended within {timeout} s") from None
+        finally:
+            waiters = self._waiters.get(rid, [])
+            if future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[rid]
+
+    def _scheduled_state(self, rid):
+        if self.scheduler is None:
+            return None
+        entry = self.scheduler.notifier.raw_view.get(rid)
+        if entry is None:
+            return "ending" if rid in self.scheduler.ending else None
+        return entry["status"]
+
+    def close(self):
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.cancel()
+        self.file.close()
+
+
+class HistoryTarget:
+    """The ``history`` RPC target: the queries of ``History``, nothing else."""
+
+    def __init__(self, history: History):
+        self._history = history
+
+    async def get(self, rid):
+        """The record of run rid (KeyError when it has none)."""
+        return await self._history.get(rid)
+
+    async def list(self, limit=100, before_rid=None):
+        """The most recent records (at most limit, RIDs below before_rid), newest first."""
+        return await self._history.list(limit, before_rid)
+
+    async def resubmit(self, rid, overrides=None):
+        """Submit run rid again, with overrides; returns the new RID."""
+        return await self._history.resubmit(rid, overrides)
+
+    async def wait(self, rid, timeout=None):
+        """Wait until run rid has ended; returns its record."""
+        return await self._history.wait(rid, timeout)

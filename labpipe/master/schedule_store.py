@@ -1,0 +1,163 @@
+"""The schedule on disk: every accepted submission, until its run ends.
+
+``ScheduleStore(path)`` opens (or creates) one LMDB file (``schedule.mdb`` in the lab
+directory, ``subdir=False``). One entry per run still in the schedule:
+
+- LMDB key: the RID as 8 bytes big-endian (so entries iterate in RID order);
+- LMDB value: the PYON text of the record ``{"rid", "pipeline", "expid", "priority",
+  "due_date", "flush", "submitted", "repo_rev", "stage_times"}``; ``stage_times`` maps
+  each stage the run reached (``preparing``, ``running``...) to the time it got there.
+
+Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it returns,
+and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
+``remove`` are ordered after it: every change goes through one ``asyncio.Lock`` (fair,
+so changes commit in the order they were asked for), and the commit itself runs in a
+thread (``asyncio.to_thread``): the event loop never waits for the disk.
+
+The map grows by itself: a transaction that does not fit doubles the map and is retried.
+
+``restore()`` (at start, before any change) reads every record. The scheduler puts back
+those that never left ``pending``/``flushing``; the others were past pending when the
+master died and go to history as ``interrupted``.
+"""
+
+import asyncio
+import logging
+import os
+import struct
+import threading
+
+import lmdb
+
+from labpipe.protocol import pyon
+
+__all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 4 * 1024 * 1024
+
+#: Stages in which a run has not started doing anything: restored as they were.
+NOT_STARTED_STAGES = frozenset({"pending", "flushing"})
+
+
+def rid_key(rid: int) -> bytes:
+    """The LMDB key of a RID: 8 bytes big-endian, so keys sort like RIDs."""
+    return struct.pack(">Q", rid)
+
+
+class LMDBFile:
+    """One LMDB file (``subdir=False``) with a growing map; every operation in a thread,
+    serialized (writes in the order they were asked for)."""
+
+    def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE,
+                 label: str = "lmdb"):
+        self.path = os.fspath(path)
+        self.label = label
+        try:
+            self.env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=0,
+                                 lock=True)
+        except lmdb.Error as e:
+            raise RuntimeError(f"cannot open the {label} {self.path}: {e}") from e
+        self._thread_lock = threading.Lock()  # no transaction while the map grows
+        self._lock = asyncio.Lock()
+
+    def write_now(self, ops: list[tuple[bytes, bytes | None]]):
+        """Commit ops ((key, value) puts, (key, None) deletes) in one transaction."""
+        with self._thread_lock:
+            while True:
+                txn = self.env.begin(write=True)
+                try:
+                    for key, data in ops:
+                        if data is None:
+                            txn.delete(key)
+                        else:
+                            txn.put(key, data)
+                    txn.commit()
+                    return
+                except lmdb.MapFullError:
+                    txn.abort()
+                    size = self.env.info()["map_size"] * 2
+                    logger.info("%s: map full, growing it to %d bytes", self.label, size)
+                    self.env.set_mapsize(size)
+                except BaseException:
+                    txn.abort()
+                    raise
+
+    def read_now(self, fn):
+        """fn(txn) in a read transaction."""
+        with self._thread_lock:
+            with self.env.begin() as txn:
+                return fn(txn)
+
+    async def write(self, ops):
+        async with self._lock:
+            await asyncio.to_thread(self.write_now, ops)
+
+    async def read(self, fn):
+        return await asyncio.to_thread(self.read_now, fn)
+
+    def items_now(self) -> list[tuple[bytes, bytes]]:
+        return self.read_now(lambda txn: list(txn.cursor().iternext()))
+
+    def close(self):
+        with self._thread_lock:
+            self.env.close()
+
+
+class ScheduleStore:
+    """The pending schedule on disk; see the module docstring."""
+
+    def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE):
+        self.file = LMDBFile(path, map_size, "schedule store")
+        self.path = self.file.path
+        self._records: dict[int, dict] = {}
+
+    @staticmethod
+    def record_of(run) -> dict:
+        return {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
+                "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
+                "submitted": run.submitted, "repo_rev": run.repo_rev,
+                "stage_times": dict(run.stage_times)}
+
+    async def _put(self, record: dict):
+        self._records[record["rid"]] = record
+        await self.file.write([(rid_key(record["rid"]),
+                                pyon.encode(record).encode("utf-8"))])
+
+    async def record_submission(self, run):
+        """Commit the run's submission; returns once it is on disk."""
+        await self._put(self.record_of(run))
+
+    async def note_stage(self, run):
+        """Record the stages the run reached (and its current priority, due date,
+        flush); does nothing for a run no longer stored."""
+        if run.rid not in self._records:
+            return
+        await self._put(self.record_of(run))
+
+    async def remove(self, rid: int):
+        """The run ended: forget it."""
+        self._records.pop(rid, None)
+        await self.file.write([(rid_key(rid), None)])
+
+    def restore(self) -> list[dict]:
+        """Every stored record, in RID order (blocking; call at start)."""
+        records = []
+        for key, data in self.file.items_now():
+            try:
+                record = pyon.decode(bytes(data).decode("utf-8"))
+                if not isinstance(record, dict) or record.get("rid") != struct.unpack(
+                        ">Q", key)[0]:
+                    raise ValueError("not a schedule record")
+            except Exception as e:
+                logger.error("%s: cannot read the record at key %r (%s); ignored",
+                             self.path, bytes(key), e)
+                continue
+            record.setdefault("stage_times", {})
+            records.append(record)
+            self._records[record["rid"]] = record
+        return records
+
+    def close(self):
+        self.file.close()

@@ -1,0 +1,202 @@
+"""The schedule and the history survive the master: real labpipe-master processes killed
+with SIGKILL and restarted in the same lab directory, real LMDB files."""
+
+import os
+import signal
+import time
+
+from labpipe.protocol import pyon
+from test_master_process import MasterProcess, _descendants, wait_for
+
+GATED = """
+import os, time
+from labpipe.experiment import *
+
+class Gated(EnvExperiment):
+    def build(self):
+        self.setattr_argument("gate", StringValue(""))
+        self.setattr_argument("tag", StringValue(""))
+
+    def run(self):
+        self.set_dataset("started." + self.tag, True, broadcast=True, persist=True)
+        while self.gate and not os.path.exists(self.gate):
+            time.sleep(0.005)
+        self.set_dataset("done." + self.tag, True, broadcast=True, persist=True)
+"""
+
+FAILING = """
+from labpipe.experiment import *
+
+class Failing(EnvExperiment):
+    def run(self):
+        raise ValueError("the magnet quenched")
+"""
+
+TERMINATING = """
+import time
+from labpipe.experiment import *
+
+class Terminating(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("terminating.started", True, broadcast=True)
+        while True:
+            self.scheduler.pause()
+            time.sleep(0.005)
+"""
+
+
+def gated(tag, gate=""):
+    return {"file": "repository/gated.py", "class_name": None,
+            "arguments": {"tag": tag, "gate": gate}, "log_level": 30}
+
+
+def _kill(master):
+    """SIGKILL the master, then the processes it left (workers, forkserver)."""
+    orphans = _descendants(master.process.pid)
+    master.process.send_signal(signal.SIGKILL)
+    master.process.wait(timeout=10)
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    master.stop()
+
+
+def _fields(entry):
+    return {k: entry[k] for k in ("pipeline", "expid", "priority", "due_date", "flush")}
+
+
+def test_sigkill_restores_pending_runs_and_interrupts_the_running_one(lab):
+    lab.experiment("gated", GATED)
+    gate = lab.path("gate")
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule:
+            running = schedule.submit("main", gated("running", gate))
+            wait_for(lambda: schedule.get_status()[running]["status"] == "running")
+            prepared = schedule.submit("main", gated("prepared"))
+            wait_for(lambda: schedule.get_status()[prepared]["status"] == "prepare_done")
+            due = time.time() + 8
+            pending = [
+                schedule.submit("main", gated("p1"), 0),
+                schedule.submit("main", gated("p2"), -1, due),
+                schedule.submit("second", gated("s1"), 2, due),
+                schedule.submit("second", gated("s2"), 1, due + 0.5, True),
+                schedule.submit("main", {"file": "gated.py", "class_name": "Gated",
+                                         "arguments": {"tag": "repo"}, "log_level": 30,
+                                         "repo_rev": None}, -2),
+            ]
+            before = schedule.get_status()
+        assert all(before[rid]["status"] == "pending" for rid in pending)
+    finally:
+        _kill(m)
+
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule:
+            after = schedule.get_status()
+            # the pending runs are back with their RIDs and fields, the others are not
+            # (the runs due now may already have run: their records are checked below)
+            assert set(after) >= set(pending[1:4]) and running not in after
+            assert prepared not in after
+            for rid in pending:
+                if rid in after:
+                    assert _fields(after[rid]) == _fields(before[rid]), rid
+            new = schedule.submit("main", gated("new"), -5)
+            assert new > max(pending)
+        with m.client("history") as history:
+            record = history.wait(running, 10)
+            assert record["status"] == "interrupted"
+            assert "running" in record["stages"] and "running" in record["error"]
+            assert record["expid"] == gated("running", gate)
+            assert history.wait(prepared, 10)["status"] == "interrupted"
+            for rid in pending + [new]:
+                record = history.wait(rid, 30)
+                assert record["status"] == "completed", record
+                if rid != new:
+                    assert _fields_of_record(record) == _fields(before[rid])
+                assert "running" in record["stages"]
+            # the due runs ran at their due dates, not before
+            s1 = history.get(pending[2])
+            assert s1["stages"]["running"]["start"] >= due
+            # the interrupted run is resubmittable in one call
+            again = history.resubmit(running, {"arguments": {"gate": ""}})
+            assert history.wait(again, 30)["status"] == "completed"
+        with m.client("dataset_db") as datasets:
+            for tag in ("p1", "p2", "s1", "s2", "repo", "new"):
+                assert datasets.get("done." + tag) is True
+    finally:
+        m.stop()
+
+
+def _fields_of_record(record):
+    return {"pipeline": record["pipeline"], "expid": record["expid"],
+            "priority": record["priority"], "due_date": record["due_date"],
+            "flush": record["flush"]}
+
+
+def test_history_statuses_survive_restarts(lab):
+    lab.experiment("gated", GATED)
+    lab.experiment("failing", FAILING)
+    lab.experiment("terminating", TERMINATING)
+    gate = lab.path("gate")
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule, m.client("history") as history:
+            ok = schedule.submit("main", gated("ok"))
+            failed = schedule.submit("main", {"file": "repository/failing.py",
+                                              "class_name": None, "arguments": {},
+                                              "log_level": 30})
+            assert history.wait(ok, 30)["status"] == "completed"
+            assert history.wait(failed, 30)["status"] == "failed"
+            deleted = schedule.submit("main", gated("deleted", gate))
+            wait_for(lambda: schedule.get_status()[deleted]["status"] == "running")
+            schedule.delete(deleted)
+            assert history.wait(deleted, 30)["status"] == "deleted"
+            terminated = schedule.submit("main", {"file": "repository/terminating.py",
+                                                  "class_name": None, "arguments": {},
+                                                  "log_level": 30})
+            wait_for(lambda: schedule.get_status()[terminated]["status"] == "running")
+            schedule.request_termination(terminated)
+            record = history.wait(terminated, 15)
+            assert record["status"] == "terminated", record["error"]
+            records = {r["rid"]: r for r in history.list()}
+    finally:
+        _kill(m)
+
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("history") as history:
+            now = {r["rid"]: r for r in history.list()}
+            assert set(now) == set(records)
+            for rid, record in records.items():
+                assert {k: (v, now[rid].get(k)) for k, v in record.items()
+                        if now[rid].get(k) != v} == {}
+            assert [r["rid"] for r in history.list()] == [terminated, deleted, failed, ok]
+            assert [r["rid"] for r in history.list(2, before_rid=terminated)] == [deleted,
+                                                                                  failed]
+            ok_record = history.get(ok)
+            assert ok_record["error"] is None and ok_record["pipeline"] == "main"
+            assert ok_record["results"].startswith("results" + os.sep)
+            assert os.path.exists(lab.path(ok_record["results"]))
+            assert set(ok_record["stages"]) >= {"preparing", "running", "analyzing"}
+            for stage in ok_record["stages"].values():
+                assert ok_record["submitted"] <= stage["start"] <= stage["end"]
+            assert "the magnet quenched" in history.get(failed)["error"]
+            assert "deleting" in history.get(deleted)["stages"]
+        with m.client("schedule") as schedule:
+            assert schedule.get_status() == {}
+        with m.client("history") as history:
+            try:
+                history.get(12345)
+            except Exception as e:
+                assert "12345" in str(e)
+            else:
+                raise AssertionError("no error for an unknown RID")
+    finally:
+        m.stop()
+    assert pyon.load_file(lab.path("last_rid.pyon")) == terminated
