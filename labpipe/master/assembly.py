@@ -25,6 +25,7 @@ from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
 from labpipe.protocol.sync import Publisher
 from labpipe.worker import launcher
+from labpipe.worker.devices import follow_aliases
 
 __all__ = ["Master", "MasterOptions"]
 
@@ -103,6 +104,10 @@ class Master:
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
         self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)
         self.scheduler.on_run_end.append(self.history.on_run_end)
+        # queue control: ETAs from history, device conflicts through aliases
+        self.scheduler.progress.history = self.history
+        self.scheduler.queue.resolve_device = lambda key: follow_aliases(
+            self.device_db.data.raw_view.__getitem__, key)[0]
         # the saved schedule comes back before anyone can submit
         await self.scheduler.restore()
 
@@ -117,6 +122,7 @@ class Master:
             "explist_status": self.experiment_db.explist_status,
             "explist_errors": self.experiment_db.explist_errors,
             "interactive_args": self.interactive_db.notifier,
+            "pipelines": self.scheduler.queue.states.notifier,
             "history": self.history.notifier,
         }
         self.targets = {

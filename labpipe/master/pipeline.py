@@ -80,6 +80,9 @@ class Pipeline:
             if not isinstance(candidate, Run):
                 await self.state_changed.wait(candidate)
                 continue
+            if not self.scheduler.may_prepare(candidate):  # held
+                await self.state_changed.wait()
+                continue
             run = candidate
             if run.flush:
                 run.status = RunStatus.flushing
@@ -104,6 +107,8 @@ class Pipeline:
                 continue
             resuming = run.status == RunStatus.paused
             run.status = RunStatus.running
+            if not resuming:
+                self.scheduler.progress.run_started(run)
             try:
                 if resuming:
                     terminate, run.termination_requested = run.termination_requested, False

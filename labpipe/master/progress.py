@@ -96,8 +96,7 @@ def parse_report(msg: dict) -> Progress:
         raise ValueError(f"set_progress: total must not be negative ({total!r})")
     t = msg.get("time")
     t = float(t) if isinstance(t, numbers.Real) and not isinstance(t, bool) else time.time()
-    return Progress(float(done) if isinstance(done, float) else done,
-                    total, str(msg.get("message", ""))[:1000], t)
+    return Progress(done, total, str(msg.get("message", ""))[:1000], t)
 
 
 class ProgressTracker:

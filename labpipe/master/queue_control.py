@@ -34,11 +34,15 @@ from labpipe.master.precedence import RunStatus
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier
 
-__all__ = ["PipelineStates", "QueueControl", "check_change"]
+__all__ = ["PipelineStates", "QueueControl", "check_change", "PUBLISHED_ONLY"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_STATE = {"held": False, "device_check": True}
+
+#: Entry keys that are only published, never stored with the schedule (they change
+#: often and mean nothing after a restart).
+PUBLISHED_ONLY = frozenset({"started", "progress", "eta", "blocked_by"})
 
 
 class PipelineStates:

@@ -25,8 +25,11 @@ import time
 from collections.abc import Callable
 
 from labpipe.master import precedence
+from labpipe.master.dry_run import validate_run
 from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
+from labpipe.master.progress import ProgressTracker
+from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run, RunEnd
 from labpipe.protocol.sync import Notifier
@@ -106,6 +109,11 @@ class Scheduler:
         self.ending: set[int] = set()
         self._background: set[asyncio.Task] = set()
         self._stopping = False
+        # queue control (labpipe's additions): pipeline states kept with the schedule
+        self.queue = QueueControl(self, state_path=os.path.join(
+            self.config.lab_dir, "pipelines.pyon") if store is not None else None)
+        self.progress = ProgressTracker()
+        self.on_run_end.append(self.progress.note_run_end)
         if store is not None:
             self.notifier.add_listener(self._note_stage)
 
@@ -173,6 +181,34 @@ class Scheduler:
         """Whether termination of run rid was requested."""
         return self._find(rid).termination_requested
 
+    # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
+
+    def change(self, rid, priority=None, due_date=None, pipeline_name=None,
+               arguments=None, flush=None):
+        """Edit a pending run: None leaves a field as it is, due_date=0 removes the due
+        date, arguments are merged into the expid's. Refused (ValueError) once the run
+        is no longer pending."""
+        self.queue.change(rid, priority, due_date, pipeline_name, arguments, flush)
+
+    async def hold(self, pipeline_name):
+        """Hold a pipeline (any name): it prepares and starts no new run until
+        released; running runs finish."""
+        await self.queue.hold(pipeline_name)
+
+    async def release(self, pipeline_name):
+        """Release a held pipeline."""
+        await self.queue.release(pipeline_name)
+
+    async def set_device_check(self, pipeline_name, enabled):
+        """Turn the check for devices used by other pipelines' runs on or off for a
+        pipeline (on by default)."""
+        await self.queue.set_device_check(pipeline_name, enabled)
+
+    async def validate(self, pipeline_name, expid) -> list:
+        """A dry run: the problems that would stop this submission (file, class,
+        arguments, devices), empty when it would start. Takes no RID."""
+        return await validate_run(self, pipeline_name, expid)
+
     # --- internals used by the pipelines -------------------------------------------
 
     def _find(self, rid) -> Run:
@@ -206,6 +242,7 @@ class Scheduler:
             "delete": lambda msg: self.delete(msg["rid"]),
             "request_termination": lambda msg: self.request_termination(msg["rid"]),
             "get_status": lambda msg: self.get_status(),
+            "set_progress": lambda msg: self.progress.report(run, msg),
         })
         return handlers
 
@@ -223,8 +260,13 @@ class Scheduler:
         run.devices = outcome.get("devices", [])
 
     def may_start_run(self, run: Run) -> bool:
-        """Whether the run stage may start (or resume) run now."""
-        return True
+        """Whether the run stage may start (or resume) run now: not in a held
+        pipeline, not while another pipeline's run uses its devices."""
+        return self.queue.may_start_run(run)
+
+    def may_prepare(self, run: Run) -> bool:
+        """Whether the prepare stage may take run now (not in a held pipeline)."""
+        return self.queue.may_prepare(run)
 
     async def end_run(self, run: Run, end: RunEnd, worker_lost: bool = False):
         """Take a run out of the schedule: close its worker, release its checkout,
@@ -287,7 +329,8 @@ class Scheduler:
 
     def _note_stage(self, mod):
         """Schedule listener: a run changed stage (or priority...): note it on disk."""
-        if mod["action"] == "setitem" and len(mod["path"]) == 1:
+        if (mod["action"] == "setitem" and len(mod["path"]) == 1
+                and mod["key"] not in PUBLISHED_ONLY):
             run = self._find_or_none(mod["path"][0])
             if run is not None:
                 self._spawn(self.store.note_stage(run))
@@ -384,6 +427,7 @@ class Scheduler:
     async def stop(self):
         """Stop every pipeline and close every worker."""
         self._stopping = True
+        self.progress.close()
         pipelines = list(self.pipelines.values())
         for pipeline in pipelines:
             await pipeline.stop()

@@ -24,9 +24,11 @@ The worker command ``validate`` (``child.py``) wraps it: ``{"action": "validate"
 "expid", "workdir", "lab_dir"}`` -> ``{"action": "completed", "problems": [...]}``.
 """
 
+import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 
 from labpipe.language.argument_managers import process_value
@@ -198,11 +200,17 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
             return [str(e)]
         arguments = _CheckingArguments(expid.get("arguments") or {}, problems)
         devices = _CheckingDevices(device_db, problems)
+        # as in a run, the experiment's folder is importable during build (device
+        # modules beside it are found)
+        sys.path.insert(0, folder or os.getcwd())
         try:
             cls((devices, _ReadOnlyDatasets(get_dataset), arguments, {}))
         except Exception as e:
             if not problems:  # a build that trips over a refused value says nothing new
                 problems.append(f"build of {cls.__name__} failed: {_one_line(e)}")
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder or os.getcwd())
         unknown = arguments.unknown()
         if unknown:
             listed = ", ".join(repr(k) for k in sorted(arguments.requested)) or "none"
