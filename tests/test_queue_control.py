@@ -10,6 +10,8 @@ import os
 import statistics
 import time
 
+import pytest
+
 from conftest import ScheduleRecorder, running_master, run_async, wait_until
 
 GATED = """
@@ -470,5 +472,105 @@ def test_client_dry_run(lab, capsys):
             out = capsys.readouterr().out.splitlines()
             assert code == 3 and len(out) == 2 and all(o.startswith("problem: ") for o in out)
             assert m.scheduler.get_status() == {}
+
+    run_async(main())
+
+
+# --- over the wire ------------------------------------------------------------------------
+
+def test_queue_control_over_rpc_and_notify(lab):
+    from labpipe.protocol.rpc import AsyncClient
+    from labpipe.protocol.sync import Subscriber
+    gated = _lab_with_devices(lab)
+    gate = lab.path("gate")
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            c = AsyncClient()
+            await c.connect_rpc("127.0.0.1", m.port("control"), "schedule")
+            sub = Subscriber("pipelines", lambda struct: struct)
+            await sub.connect("127.0.0.1", m.port("notify"))
+            try:
+                methods = (await c.get_rpc_method_list())["methods"]
+                assert {"change", "hold", "release", "set_device_check",
+                        "validate"} <= set(methods)
+                await c.hold("wire")
+                await wait_until(lambda: sub.model == {"wire": {"held": True,
+                                                                "device_check": True}})
+                assert await c.validate("wire", expid(gated, tag=3)) == [
+                    "argument 'tag': expected a string, got 3 (int)"]
+                blocker = await c.submit("other", expid(gated, gate=gate))
+                rid = await c.submit("wire", expid(gated, tag="x"))
+                await c.change(rid, priority=2, arguments={"tag": "y"})
+                with pytest.raises(KeyError):
+                    await c.change(99999, priority=1)
+                await wait_until(lambda: (blocker, "running") in rec.events)
+                with pytest.raises(ValueError, match="only pending"):
+                    await c.change(blocker, priority=1)
+                status = await c.get_status()
+                assert status[rid]["priority"] == 2 and status[rid]["status"] == "pending"
+                assert status[rid]["expid"]["arguments"] == {"tag": "y"}
+                assert status[blocker]["started"] <= time.time()
+                await c.release("wire")
+                await wait_until(lambda: (rid, "removed") in rec.events)
+                await wait_until(lambda: sub.model == {})
+                assert m.dataset_db.get("ended_y")
+                open(gate, "w").close()
+                await wait_until(lambda: (blocker, "removed") in rec.events)
+            finally:
+                c.close_rpc()
+                await sub.close()
+
+    run_async(main())
+
+
+YIELDING = """
+import os, time
+
+class Yielding(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+        self.setattr_argument("gate", StringValue(""))
+        self.setattr_argument("devices", PYONValue([]))
+        for key in self.devices:
+            self.get_device(key)
+
+    def run(self):
+        while not os.path.exists(self.gate):
+            if self.scheduler.check_pause():
+                self.set_dataset("yielded_at", time.time(), broadcast=True)
+                self.scheduler.pause()
+                self.set_dataset("resumed_at", time.time(), broadcast=True)
+            time.sleep(0.005)
+"""
+
+
+def test_no_yield_to_a_run_that_waits_for_devices(lab):
+    gated = _lab_with_devices(lab)
+    yielding = lab.experiment("yielding", YIELDING)
+    gate_a, gate_low = lab.path("gate_a"), lab.path("gate_low")
+
+    async def main():
+        async with running_master(lab) as m:
+            s = m.scheduler
+            rec = ScheduleRecorder(s.notifier)
+            a = await s.submit("a", expid(gated, gate=gate_a, tag="a", devices=["dds0"]))
+            await wait_until(lambda: (a, "running") in rec.events)
+            low = await s.submit("b", expid(yielding, gate=gate_low, devices=["ttl0"]))
+            await wait_until(lambda: (low, "running") in rec.events)
+            high = await s.submit("b", expid(gated, tag="h", devices=["dds0"]), priority=10)
+            await wait_until(lambda: (high, "prepare_done") in rec.events)
+            # high outranks low but could not start: low need not yield
+            assert s.check_pause(low) is False
+            open(gate_a, "w").close()
+            # dds0 is free: now low yields, high runs, low resumes
+            await wait_until(lambda: (high, "removed") in rec.events)
+            open(gate_low, "w").close()
+            await wait_until(lambda: (low, "removed") in rec.events)
+            d = m.dataset_db
+            assert d.get("ended_a") < d.get("yielded_at") < d.get("started_h") \
+                < d.get("ended_h") < d.get("resumed_at")
+            assert rec.statuses(low).count("paused") == 1
 
     run_async(main())

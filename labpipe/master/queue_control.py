@@ -202,11 +202,21 @@ class QueueControl:
         devices. Publishes ``blocked_by`` when that changes."""
         if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
             return False
-        found = conflicts.conflicts(
-            run, self._all_runs(), resolve=self.resolve_device or (lambda k: k),
-            exempt=self.states.exempt())
+        found = self._conflicts(run)
         self._publish_blocked(run, conflicts.blocked_by(found))
         return not found
+
+    def must_wait(self, run) -> bool:
+        """Whether the run stage could not start run now (``may_start_run`` without
+        publishing anything): a running run need not yield to it."""
+        if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
+            return True
+        return bool(self._conflicts(run))
+
+    def _conflicts(self, run) -> list:
+        return conflicts.conflicts(
+            run, self._all_runs(), resolve=self.resolve_device or (lambda k: k),
+            exempt=self.states.exempt())
 
     def _all_runs(self):
         for pipeline in list(self.scheduler.pipelines.values()):

@@ -175,7 +175,11 @@ class Scheduler:
             return False
         if run.termination_requested:
             return True
-        return precedence.should_yield(run, self.pipelines[run.pipeline_name].runs.values())
+        # a prepared run that could not start (held pipeline, devices in use elsewhere)
+        # is no reason to yield
+        runs = [r for r in self.pipelines[run.pipeline_name].runs.values()
+                if r.status != RunStatus.prepare_done or not self.queue.must_wait(r)]
+        return precedence.should_yield(run, runs)
 
     def check_termination(self, rid) -> bool:
         """Whether termination of run rid was requested."""
