@@ -1,16 +1,27 @@
 """``labpipe-client``: submit, delete and inspect runs of a labpipe (or ARTIQ) master.
 
 Modelled on ``artiq_client``. Every error is one line on stderr and a distinct exit code:
-0 success, 2 usage error, 3 the master refused the request, 4 the master is unreachable.
+0 success, 2 usage error, 3 the master refused the request, 4 the master is unreachable
+(``wait`` exits with 1 when the run ended other than ``completed``). People get aligned
+tables; ``--json`` prints JSON for scripts (dict keys as strings, tuples as lists).
+
+Commands use the control port (``--port``); ``show datasets``, ``show
+interactive-args`` and ``show schedule --watch`` the notify port (``--port-notify``);
+``show log`` and ``show ccb`` follow the broadcast port (``--port-broadcast``) until
+interrupted.
 """
 
 import argparse
+import base64
+import json
 import logging
+import socket
 import sys
 import time
 
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
+from labpipe.protocol.sync import apply_mod
 
 __all__ = ["get_argparser", "main", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_UNREACHABLE"]
 
@@ -62,6 +73,12 @@ def get_argparser() -> argparse.ArgumentParser:
                         help="hostname or IP of the master (default: %(default)s)")
     parser.add_argument("--port", type=int, default=3251,
                         help="control port of the master (default: %(default)s)")
+    parser.add_argument("--port-notify", type=int, default=3250, metavar="PORT",
+                        help="notify port of the master (default: %(default)s)")
+    parser.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
+                        help="broadcast port of the master (default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON (one document, or one line per update) for scripts")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = sub.add_parser("submit", help="submit an experiment")
@@ -93,8 +110,73 @@ def get_argparser() -> argparse.ArgumentParser:
                    help="request termination instead of deleting")
     p.add_argument("rid", type=int, nargs="+", help="run id(s)")
 
-    p = sub.add_parser("show", help="show the schedule")
-    p.add_argument("what", choices=["schedule"], help="what to show")
+    p = sub.add_parser("show", help="show the schedule, history, datasets, devices, "
+                                    "interactive arguments, or follow the log or ccb")
+    p.add_argument("what", choices=sorted(_SHOW), help="what to show")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="schedule: keep showing it as it changes (Ctrl-C ends)")
+    p.add_argument("-n", "--limit", type=int, default=20,
+                   help="history: at most this many runs (default: %(default)s)")
+
+    p = sub.add_parser("history", help="past runs, newest first; or one run in full")
+    p.add_argument("-n", "--limit", type=int, default=20,
+                   help="at most this many runs (default: %(default)s)")
+    p.add_argument("-b", "--before", type=int, default=None, metavar="RID",
+                   help="only runs with a RID below this one")
+    p.add_argument("rid", type=int, nargs="?", help="show this run's record in full")
+
+    p = sub.add_parser("resubmit", help="submit a past run again (same expid, pipeline, "
+                                        "priority, revision) with changes")
+    p.add_argument("-p", "--pipeline", default=None, help="another pipeline")
+    p.add_argument("-P", "--priority", type=int, default=None, help="another priority")
+    p.add_argument("-t", "--timed", default=None, metavar="DUE_DATE",
+                   help="due date: '2026-11-21 14:30', '14:30' or '+SECONDS'")
+    p.add_argument("-f", "--flush", action="store_true",
+                   help="flush (wait for runs of this priority or higher)")
+    p.add_argument("-r", "--revision", default=None, help="another repository revision")
+    p.add_argument("rid", type=int, help="the run to submit again")
+    p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
+                   help="arguments to change (PYON values)")
+
+    p = sub.add_parser("wait", help="wait until a run has ended and print its record "
+                                    "(exit code 1 when it did not complete)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up after this long (exit code 3)")
+    p.add_argument("rid", type=int, help="run id")
+
+    p = sub.add_parser("set-dataset", help="set a dataset")
+    persist = p.add_mutually_exclusive_group()
+    persist.add_argument("-p", "--persist", action="store_true", default=None,
+                         help="make the dataset persistent")
+    persist.add_argument("-n", "--no-persist", dest="persist", action="store_false",
+                         help="make the dataset non-persistent")
+    p.add_argument("key", help="dataset key")
+    p.add_argument("value", help="the value in PYON, e.g. 1.5, [1, 2], '\"text\"'")
+
+    p = sub.add_parser("del-dataset", help="delete a dataset")
+    p.add_argument("key", help="dataset key")
+
+    sub.add_parser("scan-devices", help="reload the device database")
+
+    p = sub.add_parser("scan-repository", help="rescan the experiment repository")
+    p.add_argument("--async", action="store_true", dest="run_async",
+                   help="return at once; the scan goes on in the master")
+    p.add_argument("revision", nargs="?", default=None,
+                   help="make this revision the current one (default: the newest)")
+
+    p = sub.add_parser("ls", help="list a folder of the lab directory or the repository")
+    p.add_argument("directory", nargs="?", default="", help="folder (default: the lab)")
+
+    sub.add_parser("terminate", help="shut the master down")
+
+    p = sub.add_parser("supply-interactive",
+                       help="give a run the interactive arguments it asks for")
+    p.add_argument("rid", type=int, help="run id")
+    p.add_argument("arguments", nargs="+", metavar="NAME=VALUE",
+                   help="argument values (PYON)")
+
+    p = sub.add_parser("cancel-interactive", help="cancel a run's interactive request")
+    p.add_argument("rid", type=int, help="run id")
     return parser
 
 
@@ -202,39 +284,404 @@ def format_schedule(status: dict, now: float | None = None) -> str:
                      for r in [header] + rows)
 
 
-def _show(args, schedule):
-    print(format_schedule(schedule.get_status()))
+class Unreachable(Exception):
+    """The master cannot be reached (exit code 4)."""
 
 
-_ACTIONS = {"submit": (_submit, "schedule"), "delete": (_delete, "schedule"),
-            "show": (_show, "schedule")}
+class RunNotCompleted(Exception):
+    """``wait``: the run ended other than completed (exit code 1)."""
+
+
+# --- output -----------------------------------------------------------------------------
+
+def jsonable(obj):
+    """obj as plain JSON data: dict keys as strings, tuples and sets as lists, bytes as
+    base64, numpy values as lists and numbers."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return jsonable(obj.tolist())
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def print_json(obj):
+    print(json.dumps(jsonable(obj), sort_keys=True), flush=True)
+
+
+def format_table(header, rows) -> str:
+    """Rows of strings as columns aligned on the widest cell."""
+    rows = [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in rows + [tuple(header)]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                     for r in [tuple(header)] + rows)
+
+
+def _clock(t) -> str:
+    return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _short(value, width=50) -> str:
+    text = value if isinstance(value, str) else pyon.encode(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def format_history(records: list) -> str:
+    """History records as a table, in the order given."""
+    if not records:
+        return "History is empty"
+    rows = []
+    for r in records:
+        expid = r["expid"]
+        stages = r.get("stages") or {}
+        start = min((s["start"] for s in stages.values()), default=None)
+        duration = "" if start is None else format_duration(r["ended"] - start)
+        rows.append((r["rid"], r["status"], r["pipeline"], r["priority"],
+                     _clock(r["submitted"]), duration, expid.get("file") or "<content>",
+                     expid.get("class_name") or "", _short(r.get("error") or "", 40)))
+    return format_table(("RID", "Status", "Pipeline", "Prio", "Submitted", "Took", "File",
+                         "Class", "Error"), rows)
+
+
+def format_record(r: dict) -> str:
+    """One history record in full."""
+    expid = r["expid"]
+    lines = [f"RID:        {r['rid']}", f"Status:     {r['status']}",
+             f"Pipeline:   {r['pipeline']}", f"Priority:   {r['priority']}",
+             f"File:       {expid.get('file') or '<content>'}",
+             f"Class:      {expid.get('class_name') or ''}",
+             f"Arguments:  {pyon.encode(expid.get('arguments', {}))}",
+             f"Revision:   {r.get('repo_rev') or ''}",
+             f"Submitted:  {_clock(r['submitted'])}"]
+    if r.get("due_date"):
+        lines.append(f"Due date:   {_clock(r['due_date'])}")
+    for stage, times in sorted((r.get("stages") or {}).items(),
+                               key=lambda kv: kv[1]["start"]):
+        lines.append(f"  {stage + ':':<13} {_clock(times['start'])} "
+                     f"({format_duration(times['end'] - times['start'])})")
+    lines.append(f"Ended:      {_clock(r.get('ended'))}")
+    lines.append(f"Results:    {r.get('results') or ''}")
+    if r.get("error"):
+        lines.append(f"Error:      {r['error']}")
+    return "\n".join(lines)
+
+
+def format_datasets(datasets: dict) -> str:
+    if not datasets:
+        return "No datasets"
+    rows = [(key, "yes" if persist else "no", _short(value, 60),
+             (metadata or {}).get("unit", ""))
+            for key, (persist, value, metadata) in sorted(datasets.items())]
+    return format_table(("Key", "Persist", "Value", "Unit"), rows)
+
+
+def format_devices(ddb: dict) -> str:
+    if not ddb:
+        return "No devices"
+    rows = []
+    for key, desc in sorted(ddb.items()):
+        if isinstance(desc, str):
+            rows.append((key, "alias", "-> " + desc))
+        elif desc.get("type") == "local":
+            rows.append((key, "local", f"{desc.get('module')}.{desc.get('class')}"))
+        elif desc.get("type") == "controller":
+            rows.append((key, "controller", f"{desc.get('host')}:{desc.get('port')}"))
+        else:
+            rows.append((key, str(desc.get("type")), ""))
+    return format_table(("Key", "Type", "Details"), rows)
+
+
+def format_interactive(requests: dict) -> str:
+    if not requests:
+        return "No run waits for interactive arguments"
+    rows = [(rid, req["title"], ", ".join(d[0] for d in req["arglist_desc"]))
+            for rid, req in sorted(requests.items())]
+    return format_table(("RID", "Title", "Arguments"), rows)
+
+
+def format_log(message) -> str:
+    levelno, source, created, text = message
+    return (f"{time.strftime('%H:%M:%S', time.localtime(created))} "
+            f"{logging.getLevelName(levelno)}:{source}:{text}")
+
+
+# --- connections ------------------------------------------------------------------------
+
+class Connection:
+    """The master's channels, opened on first use and closed at the end."""
+
+    def __init__(self, args):
+        self.args = args
+        self._clients = {}
+
+    def rpc(self, target, timeout=30):
+        client = self._clients.get(target)
+        if client is None:
+            try:
+                client = Client(self.args.server, self.args.port, target, timeout=timeout)
+            except (OSError, EOFError) as exc:
+                raise Unreachable(f"cannot reach the master at {self.args.server}:"
+                                  f"{self.args.port}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+            self._clients[target] = client
+        return client
+
+    def _lines(self, port, banner, name):
+        """Connect to a line channel; yields its PYON-decoded lines."""
+        try:
+            sock = socket.create_connection((self.args.server, port), timeout=10)
+        except OSError as exc:
+            raise Unreachable(f"cannot reach the master at {self.args.server}:{port}: "
+                              f"{exc.strerror or exc}") from None
+        with sock, sock.makefile("rb") as f:
+            sock.sendall(f"{banner}\n{name}\n".encode())
+            first = True
+            while True:
+                line = f.readline()
+                if not line:
+                    if first:
+                        raise Unreachable(f"the master at {self.args.server}:{port} "
+                                          f"closed the connection (no {name!r} there?)")
+                    raise EOFError("the master closed the connection")
+                if first:
+                    sock.settimeout(None)
+                    first = False
+                yield pyon.decode(line.decode("utf-8"))
+
+    def notifier(self, name):
+        """Yields the notifier's content now, then after each change."""
+        from labpipe.protocol.sync import BANNER
+        struct = None
+        for mod in self._lines(self.args.port_notify, BANNER, name):
+            if mod["action"] == "init":
+                struct = mod["struct"]
+            else:
+                apply_mod(struct, mod)
+            yield struct
+
+    def snapshot(self, name):
+        """The notifier's content now."""
+        lines = self.notifier(name)
+        try:
+            return next(lines)
+        finally:
+            lines.close()
+
+    def broadcasts(self, channel):
+        from labpipe.protocol.broadcast import BANNER
+        return self._lines(self.args.port_broadcast, BANNER, channel)
+
+    def close(self):
+        for client in self._clients.values():
+            client.close_rpc()
+
+
+# --- actions ----------------------------------------------------------------------------
+
+def _output(args, obj, formatter):
+    if args.json:
+        print_json(obj)
+    else:
+        print(formatter(obj))
+
+
+def _show(args, master):
+    _SHOW[args.what](args, master)
+
+
+def _show_schedule(args, master):
+    if not args.watch:
+        _output(args, master.rpc("schedule").get_status(), format_schedule)
+        return
+    clear = sys.stdout.isatty() and not args.json
+    for status in master.notifier("schedule"):
+        if args.json:
+            print_json(status)
+            continue
+        if clear:
+            sys.stdout.write("\x1b[H\x1b[2J")
+        print(time.strftime("%H:%M:%S"), flush=True)
+        print(format_schedule(status), flush=True)
+        if not clear:
+            print(flush=True)
+
+
+def _show_history(args, master):
+    _output(args, master.rpc("history").list(args.limit), format_history)
+
+
+def _show_datasets(args, master):
+    _output(args, master.snapshot("datasets"), format_datasets)
+
+
+def _show_devices(args, master):
+    _output(args, master.rpc("device_db").get_device_db(), format_devices)
+
+
+def _show_interactive(args, master):
+    _output(args, master.snapshot("interactive_args"), format_interactive)
+
+
+def _follow(channel, formatter):
+    def follow(args, master):
+        for message in master.broadcasts(channel):
+            if args.json:
+                print_json(message)
+            else:
+                print(formatter(message), flush=True)
+    return follow
+
+
+_SHOW = {"schedule": _show_schedule, "history": _show_history, "datasets": _show_datasets,
+         "devices": _show_devices, "interactive-args": _show_interactive,
+         "log": _follow("log", format_log), "ccb": _follow("ccb", pyon.encode)}
+
+
+def _history(args, master):
+    history = master.rpc("history")
+    if args.rid is not None:
+        _output(args, history.get(args.rid), format_record)
+    else:
+        _output(args, history.list(args.limit, args.before), format_history)
+
+
+def _resubmit(args, master):
+    overrides = {}
+    if args.pipeline is not None:
+        overrides["pipeline"] = args.pipeline
+    if args.priority is not None:
+        overrides["priority"] = args.priority
+    if args.timed is not None:
+        overrides["due_date"] = parse_due_date(args.timed)
+    if args.flush:
+        overrides["flush"] = True
+    if args.revision is not None:
+        overrides["repo_rev"] = args.revision
+    if args.arguments:
+        overrides["arguments"] = parse_arguments(args.arguments)
+    rid = master.rpc("history").resubmit(args.rid, overrides)
+    if args.json:
+        print_json({"rid": rid})
+    else:
+        print(f"RID: {rid}")
+
+
+def _wait(args, master):
+    timeout = None if args.timeout is None else args.timeout + 30
+    record = master.rpc("history", timeout=timeout).wait(args.rid, args.timeout)
+    if args.json:
+        print_json(record)
+    else:
+        print(format_record(record))
+    if record["status"] != "completed":
+        raise RunNotCompleted(f"RID {args.rid} {record['status']}")
+
+
+def _set_dataset(args, master):
+    try:
+        value = pyon.decode(args.value)
+    except ValueError as exc:
+        raise UsageError(f"value {args.value!r} is not PYON: {exc}") from None
+    master.rpc("dataset_db").set(args.key, value, args.persist)
+
+
+def _del_dataset(args, master):
+    master.rpc("dataset_db").delete(args.key)
+
+
+def _scan_devices(args, master):
+    master.rpc("device_db").scan()
+
+
+def _scan_repository(args, master):
+    experiment_db = master.rpc("experiment_db", timeout=None)
+    if args.run_async:
+        experiment_db.scan_repository_async(args.revision)
+    else:
+        experiment_db.scan_repository(args.revision)
+
+
+def _ls(args, master):
+    names = master.rpc("experiment_db").list_directory(args.directory)
+    if args.json:
+        print_json(names)
+    else:
+        for name in names:
+            print(name)
+
+
+def _terminate(args, master):
+    management = master.rpc("master_management")
+    try:
+        management.terminate()
+    except (OSError, EOFError) as exc:
+        if hasattr(exc, "remote_traceback"):
+            raise
+        # the master went away before its reply: that is what was asked
+
+
+def _supply_interactive(args, master):
+    master.rpc("interactive_arg_db").supply(args.rid, parse_arguments(args.arguments))
+
+
+def _cancel_interactive(args, master):
+    master.rpc("interactive_arg_db").cancel(args.rid)
+
+
+def _on(target, action):
+    """An action taking the client of one RPC target."""
+    return lambda args, master: action(args, master.rpc(target))
+
+
+_ACTIONS = {"submit": _on("schedule", _submit), "delete": _on("schedule", _delete),
+            "show": _show, "history": _history, "resubmit": _resubmit, "wait": _wait,
+            "set-dataset": _set_dataset, "del-dataset": _del_dataset,
+            "scan-devices": _scan_devices, "scan-repository": _scan_repository,
+            "ls": _ls, "terminate": _terminate,
+            "supply-interactive": _supply_interactive,
+            "cancel-interactive": _cancel_interactive}
+
+
+def _fail(message, code):
+    print(f"labpipe-client: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def main(argv=None):
     """Run one client command; exits with the code of its outcome."""
     args = get_argparser().parse_args(argv)
-    action, target = _ACTIONS[args.action]
+    action = _ACTIONS[args.action]
+    master = Connection(args)
     try:
-        client = Client(args.server, args.port, target, timeout=30)
-    except (OSError, EOFError) as exc:
-        print(f"labpipe-client: cannot reach the master at {args.server}:{args.port}: "
-              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-        sys.exit(EXIT_UNREACHABLE)
-    try:
-        action(args, client)
+        action(args, master)
+    except KeyboardInterrupt:
+        pass
     except UsageError as exc:
-        print(f"labpipe-client: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (OSError, EOFError) as exc:
-        print(f"labpipe-client: lost the master: {exc}", file=sys.stderr)
-        sys.exit(EXIT_UNREACHABLE)
+        _fail(exc, EXIT_USAGE)
+    except Unreachable as exc:
+        _fail(exc, EXIT_UNREACHABLE)
+    except RunNotCompleted as exc:
+        _fail(exc, 1)
     except Exception as exc:
+        if not hasattr(exc, "remote_traceback"):  # not the master's answer
+            if isinstance(exc, BrokenPipeError):
+                sys.stderr.close()  # our output was closed (piped into head): say nothing
+                return
+            if isinstance(exc, (OSError, EOFError)):
+                _fail(f"lost the master: {getattr(exc, 'strerror', None) or exc}",
+                      EXIT_UNREACHABLE)
         message = str(exc).strip().splitlines()
-        print(f"labpipe-client: refused: {message[0] if message else type(exc).__name__}",
-              file=sys.stderr)
-        sys.exit(EXIT_REFUSED)
+        _fail("refused: " + (message[0].strip("\x27\"") if message else type(exc).__name__),
+              EXIT_REFUSED)
     finally:
-        client.close_rpc()
+        master.close()
 
 
 if __name__ == "__main__":
