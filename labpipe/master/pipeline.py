@@ -86,7 +86,8 @@ class Pipeline:
             run = candidate
             if run.flush:
                 run.status = RunStatus.flushing
-                while not run.deleting and not precedence.flush_done(run, self.runs.values()):
+                while not run.deleting and not (precedence.flush_done(run, self.runs.values())
+                                                and self.scheduler.may_prepare(run)):
                     await self.state_changed.wait()
                 if run.deleting:
                     continue
