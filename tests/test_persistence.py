@@ -200,3 +200,85 @@ def test_history_statuses_survive_restarts(lab):
     finally:
         m.stop()
     assert pyon.load_file(lab.path("last_rid.pyon")) == terminated
+
+
+# --- the stores on their own (real LMDB files, no master) -------------------------------
+
+def _run(rid, **fields):
+    from labpipe.master.run import Run
+    from labpipe.protocol.sync import Notifier
+    return Run(rid=rid, pipeline_name=fields.get("pipeline", "main"),
+               expid={"file": "x.py", "arguments": {"blob": fields.get("blob", "")}},
+               priority=fields.get("priority", 0), due_date=fields.get("due_date"),
+               flush=False, schedule=Notifier({}), state_changed=None)
+
+
+def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
+    import asyncio
+    from labpipe.master.schedule_store import ScheduleStore
+
+    path = str(tmp_path / "schedule.mdb")
+
+    async def fill():
+        store = ScheduleStore(path, map_size=64 * 1024)
+        for rid in (5, 300, 2):
+            await store.record_submission(_run(rid, blob="x" * 100_000, priority=rid))
+        run = _run(300, blob="x" * 100_000, priority=300)
+        run.stage_times["preparing"] = 12.5
+        await store.note_stage(run)
+        await store.remove(5)
+        await store.note_stage(_run(5))  # gone: not written again
+        store.close()
+    asyncio.run(fill())
+    store = ScheduleStore(path)
+    records = store.restore()
+    store.close()
+    assert [r["rid"] for r in records] == [2, 300]
+    assert records[1]["stage_times"] == {"preparing": 12.5}
+    assert records[0]["priority"] == 2 and len(records[0]["expid"]["arguments"]["blob"]) \
+        == 100_000
+
+
+def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
+    import asyncio
+    from labpipe.master import history as history_module
+    from labpipe.master.history import History
+    from labpipe.master.run import RunEnd
+
+    async def main():
+        h = History(str(tmp_path / "history.mdb"), str(tmp_path))
+        old = history_module.NOTIFIER_SIZE
+        history_module.NOTIFIER_SIZE = 5
+        try:
+            for rid in range(12):
+                run = _run(rid)
+                run.stage_times.update({"preparing": 1.0 + rid, "running": 2.0 + rid})
+                await h.on_run_end(run, RunEnd(
+                    "failed" if rid % 2 else "completed", error="boom" if rid % 2 else None,
+                    results=str(tmp_path / "results" / f"{rid}.h5")))
+        finally:
+            history_module.NOTIFIER_SIZE = old
+        assert sorted(h.notifier.raw_view) == [7, 8, 9, 10, 11]
+        assert [r["rid"] for r in await h.list(3)] == [11, 10, 9]
+        assert [r["rid"] for r in await h.list(3, before_rid=2)] == [1, 0]
+        assert [r["rid"] for r in await h.list(2, before_rid=100)] == [11, 10]
+        assert await h.list(3, before_rid=0) == []
+        record = await h.get(3)  # from the file, not the notifier
+        assert record["status"] == "failed" and record["error"] == "boom"
+        assert record["results"] == os.path.join("results", "3.h5")
+        assert record["stages"]["preparing"] == {"start": 4.0, "end": 5.0}
+        assert record["stages"]["running"]["start"] == 5.0
+        try:
+            await h.wait(99, 0.1)
+        except KeyError as e:
+            assert "99" in str(e)
+        else:
+            raise AssertionError("wait on an unknown RID")
+        # an interrupted report never overwrites a run that had ended
+        await h.on_run_end(_run(3), RunEnd("interrupted", error="master stopped"))
+        assert (await h.get(3))["status"] == "failed"
+        h.close()
+        h = History(str(tmp_path / "history.mdb"), str(tmp_path))
+        assert len(h.notifier.raw_view) == 12 and (await h.get(0))["status"] == "completed"
+        h.close()
+    asyncio.run(main())
