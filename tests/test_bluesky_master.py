@@ -9,7 +9,7 @@ import h5py
 import numpy
 
 from conftest import ScheduleRecorder, running_master, run_async, wait_until
-from labpipe.bluesky.plans import plan_expid
+from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol import pyon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,9 +200,20 @@ def test_plans_submitted_by_name_with_device_names(lab):
                      ("peak_scan", [], {"detectors": ["det"], "motor": "motor",
                                         "start": 0.0, "stop": 2.0, "num": 3})]
             rids = {}
-            for name, args, kwargs in items:
-                rids[name] = await m.scheduler.submit(
-                    "main", plan_expid(explist, name, args, kwargs))
+            # queueserver-style items through the wire: schedule.submit_plan
+            schedule = AsyncClient()
+            await schedule.connect_rpc("127.0.0.1", m.port("control"), "schedule")
+            try:
+                for name, args, kwargs in items:
+                    rids[name] = await schedule.submit_plan("main", name, args, kwargs)
+                try:
+                    await schedule.submit_plan("main", "no_such_plan")
+                except ValueError as exc:
+                    assert "no_such_plan" in str(exc)
+                else:
+                    raise AssertionError("an unknown plan was accepted")
+            finally:
+                schedule.close_rpc()
             await wait_until(lambda: all(r in ends for r in rids.values()), timeout=30)
             data = {}
             for name, rid in rids.items():

@@ -100,6 +100,7 @@ class Master:
             worker_handlers=self._worker_handlers, repository=self.repository,
             check_submission=self.experiment_db.check_submission,
             store=self.schedule_store)
+        self.scheduler.explist = self.experiment_db.explist
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
         self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)

@@ -101,6 +101,8 @@ class Scheduler:
         self.worker_handlers = worker_handlers or (lambda run: {})
         self.repository = repository
         self.check_submission = check_submission
+        #: The ``explist`` notifier, for submit_plan (set by the master's assembly).
+        self.explist = None
         self.store = store
         self.notifier = Notifier({})
         self.pipelines: dict[str, Pipeline] = {}
@@ -184,6 +186,16 @@ class Scheduler:
     def check_termination(self, rid) -> bool:
         """Whether termination of run rid was requested."""
         return self._find(rid).termination_requested
+
+    async def submit_plan(self, pipeline_name, name, args=(), kwargs=None, priority=0,
+                          due_date=None, file=None):
+        """Submit the bluesky plan ``name`` of the experiment list, queueserver style:
+        ``args``/``kwargs`` as for the plan, device names as strings. Returns the RID."""
+        if self.explist is None:
+            raise ValueError("this master has no experiment list to take plans from")
+        from labpipe.bluesky.plans import plan_expid
+        expid = plan_expid(self.explist.raw_view, name, args, kwargs, file=file)
+        return await self.submit(pipeline_name, expid, priority, due_date)
 
     # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
 
