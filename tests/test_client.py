@@ -183,6 +183,7 @@ def test_submit_wait_history_resubmit(shared):
     assert table[0].split()[:3] == ["RID", "Status", "Pipeline"]
     assert table[1].split()[:2] == [str(failed), "failed"]
     assert table[2].split()[:3] == [str(rid), "completed", "calib"]
+    assert "Gated" in table[2] and "Failing" in table[1]
     assert m.cli("show", "history").stdout.splitlines()[:3] == table[:3]
     records = m.json("history", "-n", "1", "--before", str(failed))
     assert [r["rid"] for r in records] == [rid]

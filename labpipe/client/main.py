@@ -345,7 +345,8 @@ def format_history(records: list) -> str:
         duration = "" if start is None else format_duration(r["ended"] - start)
         rows.append((r["rid"], r["status"], r["pipeline"], r["priority"],
                      _clock(r["submitted"]), duration, expid.get("file") or "<content>",
-                     expid.get("class_name") or "", _short(r.get("error") or "", 40)))
+                     r.get("class_name") or expid.get("class_name") or "",
+                     _short(r.get("error") or "", 40)))
     return format_table(("RID", "Status", "Pipeline", "Prio", "Submitted", "Took", "File",
                          "Class", "Error"), rows)
 
@@ -356,7 +357,7 @@ def format_record(r: dict) -> str:
     lines = [f"RID:        {r['rid']}", f"Status:     {r['status']}",
              f"Pipeline:   {r['pipeline']}", f"Priority:   {r['priority']}",
              f"File:       {expid.get('file') or '<content>'}",
-             f"Class:      {expid.get('class_name') or ''}",
+             f"Class:      {r.get('class_name') or expid.get('class_name') or ''}",
              f"Arguments:  {pyon.encode(expid.get('arguments', {}))}",
              f"Revision:   {r.get('repo_rev') or ''}",
              f"Submitted:  {_clock(r['submitted'])}"]

@@ -4,8 +4,9 @@
 in the lab directory, ``subdir=False``, the map growing by itself), keyed by the RID (8
 bytes big-endian), valued by the PYON text of the record:
 
-``{"rid", "expid", "pipeline", "priority", "due_date", "flush", "status", "repo_rev",
-"submitted", "stages": {stage: {"start": t, "end": t}}, "ended", "error", "results"}``
+``{"rid", "expid", "pipeline", "class_name", "priority", "due_date", "flush", "status",
+"repo_rev", "submitted", "stages": {stage: {"start": t, "end": t}}, "ended", "error",
+"results"}`` (``class_name``: the class that ran, when known)
 
 - ``status``: ``completed``, ``failed``, ``terminated``, ``deleted`` or ``interrupted``
   (the master stopped while the run was past pending);
@@ -90,6 +91,7 @@ class History:
     def record_of(self, run, end) -> dict:
         ended = time.time()
         return {"rid": run.rid, "expid": run.expid, "pipeline": run.pipeline_name,
+                "class_name": run.class_name or run.expid.get("class_name"),
                 "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
                 "status": end.status, "repo_rev": run.repo_rev,
                 "submitted": run.submitted, "stages": _stages(run.stage_times, ended),
