@@ -183,6 +183,16 @@ def test_validate_catches_each_problem_and_leaves_no_trace(lab):
             both = await s.validate("main", expid(checked, n=-1, extra=2))
             assert len(both) == 3
             assert (await s.validate("", expid(checked)))[0].startswith("pipeline_name")
+            # from the repository (its current revision) and by content
+            # (the device database is still empty)
+            assert await s.validate("main", dict(expid("checked.py", n=20),
+                                                 repo_rev=None)) == [
+                "argument 'n': 20 is above the maximum 10",
+                "device 'laser' is not in the device database"]
+            with open(lab.path(checked)) as f:
+                content = f.read()
+            assert len(await s.validate("main", {"content": content, "arguments": {"n": 20},
+                                                 "class_name": None})) == 2
             # no trace: no schedule mod, no RID taken, no dataset written
             assert mods == [] and s.get_status() == {}
             assert "built" not in m.dataset_db.data.raw_view
