@@ -198,6 +198,7 @@ def test_submit_wait_history_resubmit(shared):
     with m.client("dataset_db") as datasets:
         assert datasets.get("done.two") is True
     assert m.json("resubmit", str(again))["rid"] > again
+    assert m.json("submit", "repository/gated.py", "tag=json")["rid"] > again + 1
 
     refused(m.cli("wait", "99999", check=False), "99999")
     refused(m.cli("history", "99999", check=False), "99999")

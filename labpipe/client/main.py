@@ -208,7 +208,10 @@ def _submit(args, schedule):
         return
     due_date = parse_due_date(args.timed) if args.timed else None
     rid = schedule.submit(args.pipeline, expid, args.priority, due_date, args.flush)
-    print(f"RID: {rid}")
+    if args.json:
+        print_json({"rid": rid})
+    else:
+        print(f"RID: {rid}")
 
 
 def _delete(args, schedule):
