@@ -202,6 +202,39 @@ def test_history_statuses_survive_restarts(lab):
     assert pyon.load_file(lab.path("last_rid.pyon")) == terminated
 
 
+def test_sigterm_keeps_pending_runs_too(lab):
+    lab.experiment("gated", GATED)
+    gate = lab.path("gate")
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule:
+            running = schedule.submit("main", gated("running", gate))
+            wait_for(lambda: schedule.get_status()[running]["status"] == "running")
+            pending = schedule.submit("other", gated("later"), 3, time.time() + 3600)
+    finally:
+        m.stop()  # SIGTERM: an orderly shutdown
+    assert m.process.returncode == 0
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule:
+            entry = schedule.get_status()[pending]
+            assert (entry["pipeline"], entry["priority"], entry["status"]) == (
+                "other", 3, "pending")
+            assert running not in schedule.get_status()
+            schedule.delete(pending)
+        with m.client("history") as history:
+            assert history.get(running)["status"] == "interrupted"
+            assert history.wait(pending, 15)["status"] == "deleted"
+    finally:
+        m.stop()
+    m = MasterProcess(lab.root)  # the deleted run stays deleted
+    try:
+        with m.client("schedule") as schedule:
+            assert schedule.get_status() == {}
+    finally:
+        m.stop()
+
+
 # --- the stores on their own (real LMDB files, no master) -------------------------------
 
 def _run(rid, **fields):
