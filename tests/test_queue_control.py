@@ -584,3 +584,37 @@ def test_no_yield_to_a_run_that_waits_for_devices(lab):
             assert rec.statuses(low).count("paused") == 1
 
     run_async(main())
+
+
+def test_client_change_hold_release(lab):
+    import asyncio
+    from labpipe.client.main import main as client_main
+    gated = _lab_with_devices(lab)
+
+    def cli(*argv):
+        try:
+            client_main(list(argv))
+        except SystemExit as e:
+            return e.code or 0
+        return 0
+
+    async def main():
+        async with running_master(lab) as m:
+            s = m.scheduler
+            rec = ScheduleRecorder(s.notifier)
+            port = ["--port", str(m.port("control"))]
+            assert await asyncio.to_thread(cli, *port, "hold", "main", "spare") == 0
+            assert set(m.notifiers["pipelines"].raw_view) == {"main", "spare"}
+            rid = await s.submit("main", expid(gated, tag="a"), due_date=time.time() + 3600)
+            assert await asyncio.to_thread(cli, *port, "change", "-P", "4", "-t", "none",
+                                           "--flush", str(rid), "tag=b") == 0
+            entry = s.get_status()[rid]
+            assert (entry["priority"], entry["due_date"], entry["flush"]) == (4, None, True)
+            assert entry["expid"]["arguments"] == {"tag": "b"}
+            assert await asyncio.to_thread(cli, *port, "change", "-P", "1", "999") == 3
+            assert await asyncio.to_thread(cli, *port, "release", "main", "spare") == 0
+            await wait_until(lambda: (rid, "removed") in rec.events)
+            assert m.dataset_db.get("ended_b")
+            assert m.notifiers["pipelines"].raw_view == {}
+
+    run_async(main())

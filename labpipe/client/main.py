@@ -110,6 +110,24 @@ def get_argparser() -> argparse.ArgumentParser:
                    help="request termination instead of deleting")
     p.add_argument("rid", type=int, nargs="+", help="run id(s)")
 
+    p = sub.add_parser("change", help="edit a pending run (priority, due date, "
+                                      "pipeline, flush, arguments merged in)")
+    p.add_argument("rid", type=int, help="run id")
+    p.add_argument("-P", "--priority", type=int, default=None, help="new priority")
+    p.add_argument("-t", "--timed", default=None, metavar="DUE_DATE",
+                   help="new due date: '2026-11-21 14:30', '14:30', '+SECONDS', or "
+                        "'none' to remove it")
+    p.add_argument("-p", "--pipeline", default=None, help="move it to this pipeline")
+    p.add_argument("-f", "--flush", default=None, action=argparse.BooleanOptionalAction,
+                   help="flush (or not) before it prepares")
+    p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
+                   help="arguments to change (PYON values)")
+
+    for name, text in (("hold", "hold pipelines: they start no new run"),
+                       ("release", "release held pipelines")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+
     p = sub.add_parser("show", help="show the schedule, history, datasets, devices, "
                                     "interactive arguments, or follow the log or ccb")
     p.add_argument("what", choices=sorted(_SHOW), help="what to show")
@@ -220,6 +238,25 @@ def _delete(args, schedule):
             schedule.request_termination(rid)
         else:
             schedule.delete(rid)
+
+
+def _change(args, schedule):
+    due_date = None
+    if args.timed is not None:
+        due_date = 0 if args.timed.lower() == "none" else parse_due_date(args.timed)
+    arguments = parse_arguments(args.arguments) or None
+    schedule.change(args.rid, priority=args.priority, due_date=due_date,
+                    pipeline_name=args.pipeline, arguments=arguments, flush=args.flush)
+
+
+def _hold(args, schedule):
+    for pipeline in args.pipeline:
+        schedule.hold(pipeline)
+
+
+def _release(args, schedule):
+    for pipeline in args.pipeline:
+        schedule.release(pipeline)
 
 
 def format_duration(seconds: float) -> str:
@@ -645,6 +682,8 @@ def _on(target, action):
 
 
 _ACTIONS = {"submit": _on("schedule", _submit), "delete": _on("schedule", _delete),
+            "change": _on("schedule", _change), "hold": _on("schedule", _hold),
+            "release": _on("schedule", _release),
             "show": _show, "history": _history, "resubmit": _resubmit, "wait": _wait,
             "set-dataset": _set_dataset, "del-dataset": _del_dataset,
             "scan-devices": _scan_devices, "scan-repository": _scan_repository,
