@@ -315,3 +315,33 @@ def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
         assert len(h.notifier.raw_view) == 12 and (await h.get(0))["status"] == "completed"
         h.close()
     asyncio.run(main())
+
+
+def test_stage_notes_piling_up_become_one_write(tmp_path):
+    import asyncio
+    from labpipe.master.schedule_store import ScheduleStore
+
+    async def main():
+        store = ScheduleStore(str(tmp_path / "schedule.mdb"))
+        run, other = _run(1), _run(2)
+        await store.record_submission(run)
+        await store.record_submission(other)
+        writes = []
+        real = store.file.write_now
+        store.file.write_now = lambda ops: (writes.append(ops), real(ops))
+        async with store.file._lock:  # a slow write in progress
+            tasks = []
+            for stage in ("preparing", "prepare_done", "running"):
+                run.stage_times[stage] = len(tasks)
+                tasks.append(asyncio.create_task(store.note_stage(run)))
+                await asyncio.sleep(0)
+            tasks.append(asyncio.create_task(store.note_stage(other)))
+            tasks.append(asyncio.create_task(store.remove(2)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        assert len(writes) == 2  # run 1 once, with all three stages; run 2 removed only
+        records = store.restore()
+        assert [r["rid"] for r in records] == [1]
+        assert set(records[0]["stage_times"]) == {"preparing", "prepare_done", "running"}
+        store.close()
+    asyncio.run(main())

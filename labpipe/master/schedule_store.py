@@ -12,7 +12,9 @@ Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it 
 and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
 ``remove`` are ordered after it: every change goes through one ``asyncio.Lock`` (fair,
 so changes commit in the order they were asked for), and the commit itself runs in a
-thread (``asyncio.to_thread``): the event loop never waits for the disk.
+thread (``asyncio.to_thread``): the event loop never waits for the disk. Stage notes of
+one run waiting behind other writes are merged into one (the run's state at write time),
+and a note still waiting when the run is removed is dropped.
 
 The map grows by itself: a transaction that does not fit doubles the map and is retried.
 
@@ -91,8 +93,13 @@ class LMDBFile:
                 return fn(txn)
 
     async def write(self, ops):
+        """Commit ops after every write asked for before (ops may be a callable
+        returning them, called once the earlier writes are done)."""
         async with self._lock:
-            await asyncio.to_thread(self.write_now, ops)
+            if callable(ops):
+                ops = ops()
+            if ops:
+                await asyncio.to_thread(self.write_now, ops)
 
     async def read(self, fn):
         return await asyncio.to_thread(self.read_now, fn)
@@ -112,6 +119,7 @@ class ScheduleStore:
         self.file = LMDBFile(path, map_size, "schedule store")
         self.path = self.file.path
         self._records: dict[int, dict] = {}
+        self._noting: set[int] = set()  # RIDs with a note_stage waiting to write
 
     @staticmethod
     def record_of(run) -> dict:
@@ -131,10 +139,19 @@ class ScheduleStore:
 
     async def note_stage(self, run):
         """Record the stages the run reached (and its current priority, due date,
-        flush); does nothing for a run no longer stored."""
-        if run.rid not in self._records:
+        flush); does nothing for a run no longer stored. Notes of one run that pile up
+        behind other writes become one write, of the run's state when it is made."""
+        if run.rid not in self._records or run.rid in self._noting:
             return
-        await self._put(self.record_of(run))
+        self._noting.add(run.rid)
+
+        def ops():
+            self._noting.discard(run.rid)
+            if run.rid not in self._records:  # removed meanwhile
+                return []
+            record = self._records[run.rid] = self.record_of(run)
+            return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
+        await self.file.write(ops)
 
     async def remove(self, rid: int):
         """The run ended: forget it."""
