@@ -373,6 +373,10 @@ def _short(value, width=50) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _took(seconds: float) -> str:
+    return f"{seconds:.2f}s" if seconds < 10 else format_duration(seconds)
+
+
 def format_history(records: list) -> str:
     """History records as a table, in the order given."""
     if not records:
@@ -382,7 +386,7 @@ def format_history(records: list) -> str:
         expid = r["expid"]
         stages = r.get("stages") or {}
         start = min((s["start"] for s in stages.values()), default=None)
-        duration = "" if start is None else format_duration(r["ended"] - start)
+        duration = "" if start is None else _took(r["ended"] - start)
         rows.append((r["rid"], r["status"], r["pipeline"], r["priority"],
                      _clock(r["submitted"]), duration, expid.get("file") or "<content>",
                      r.get("class_name") or expid.get("class_name") or "",
@@ -406,7 +410,7 @@ def format_record(r: dict) -> str:
     for stage, times in sorted((r.get("stages") or {}).items(),
                                key=lambda kv: kv[1]["start"]):
         lines.append(f"  {stage + ':':<13} {_clock(times['start'])} "
-                     f"({format_duration(times['end'] - times['start'])})")
+                     f"({_took(times['end'] - times['start'])})")
     lines.append(f"Ended:      {_clock(r.get('ended'))}")
     lines.append(f"Results:    {r.get('results') or ''}")
     if r.get("error"):
