@@ -195,3 +195,25 @@ def test_sigterm_stops_running_workers(lab):
     finally:
         m.stop()
     assert pyon.load_file(os.path.join(lab.root, "last_rid.pyon")) == rid
+
+
+def test_control_port_exposes_only_the_documented_methods(master):
+    expected = {
+        "schedule": {"submit", "delete", "request_termination", "get_status",
+                     "check_pause", "check_termination", "submit_plan", "change", "hold",
+                     "release", "set_device_check", "validate"},
+        "dataset_db": {"get", "get_metadata", "set", "update", "delete"},
+        "interactive_arg_db": {"supply", "cancel"},
+        "master_management": {"get_name", "terminate"},
+        "device_db": {"scan", "get_device_db", "get"},
+        "experiment_db": {"scan_repository", "scan_repository_async", "examine",
+                          "list_directory", "root"},
+    }
+    for target, methods in expected.items():
+        with master.client(target) as client:
+            assert set(client.get_rpc_method_list()["methods"]) == methods, target
+    with master.client("schedule") as schedule:
+        with pytest.raises(Exception) as refused:
+            schedule.stop()
+        assert "stop" in str(refused.value)
+        assert schedule.get_status() == {}

@@ -20,6 +20,8 @@ from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBacken
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
+from labpipe.master.targets import (DATASET_DB_METHODS, INTERACTIVE_ARG_DB_METHODS,
+                                    SCHEDULE_METHODS, Target)
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
@@ -127,11 +129,11 @@ class Master:
             "history": self.history.notifier,
         }
         self.targets = {
-            "schedule": self.scheduler,
+            "schedule": Target(self.scheduler, SCHEDULE_METHODS),
             "experiment_db": self.experiment_db.rpc_target,
-            "dataset_db": self.dataset_db,
+            "dataset_db": Target(self.dataset_db, DATASET_DB_METHODS),
             "device_db": self.device_db,
-            "interactive_arg_db": self.interactive_db,
+            "interactive_arg_db": Target(self.interactive_db, INTERACTIVE_ARG_DB_METHODS),
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
         }
