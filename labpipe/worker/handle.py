@@ -210,12 +210,18 @@ class Worker:
 
     async def _on_eof(self):
         code = await self._exited if self._exited is not None else None
+        if self.closed.is_set():
+            self._fail_outcome(WorkerClosed(f"RID {self.rid}: worker closed"))
+        else:
+            self._fail_outcome(
+                WorkerDied(f"RID {self.rid}: worker process died (exit code {code})"))
+
+    def _fail_outcome(self, exc: WorkerError):
+        """End the stage under way with exc. Its awaiter (if any) gets it; when the
+        awaiter is gone (its task was cancelled), nothing warns about it."""
         if self._outcome is not None and not self._outcome.done():
-            if self.closed.is_set():
-                self._outcome.set_exception(WorkerClosed(f"RID {self.rid}: worker closed"))
-            else:
-                self._outcome.set_exception(
-                    WorkerDied(f"RID {self.rid}: worker process died (exit code {code})"))
+            self._outcome.set_exception(exc)
+            self._outcome.exception()  # marks it retrieved
 
     async def _do(self, command, timeout, stage) -> dict:
         if self.closed.is_set():
@@ -247,8 +253,7 @@ class Worker:
 
     async def _close(self):
         self.closed.set()
-        if self._outcome is not None and not self._outcome.done():
-            self._outcome.set_exception(WorkerClosed(f"RID {self.rid}: worker closed"))
+        self._fail_outcome(WorkerClosed(f"RID {self.rid}: worker closed"))
         if self._process is None:
             return
         try:
