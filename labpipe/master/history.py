@@ -185,14 +185,15 @@ class History:
     async def wait(self, rid, timeout=None):
         """Wait until run rid has ended and return its record (TimeoutError after timeout
         seconds; KeyError for a RID that is neither scheduled nor in the history)."""
-        try:
-            return await self.get(rid)
-        except KeyError:
-            if self._scheduled_state(rid) is None:
-                raise
+        # waiting before looking: a run ending while we look resolves the future
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rid, []).append(future)
         try:
+            try:
+                return await self.get(rid)
+            except KeyError:
+                if not future.done() and self._scheduled_state(rid) is None:
+                    raise
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
