@@ -303,9 +303,10 @@ class Scheduler:
         del self.notifier[run.rid]
         self._release(run.repo_rev)
         pipeline.state_changed.notify()
-        # what listeners return to await, and the store, must finish even if the stage
-        # loop that ends the run is cancelled meanwhile: they go on in their own task
-        await asyncio.shield(self._tell_run_end(run, end))
+        # what listeners return to await (history on disk), then the store, go on in
+        # their own tracked task: in order, even if the stage loop that ends the run is
+        # cancelled, and without holding that stage loop up (stop() awaits them)
+        self._tell_run_end(run, end)
         if not pipeline.runs and self.pipelines.get(run.pipeline_name) is pipeline:
             del self.pipelines[run.pipeline_name]
             self._spawn(pipeline.stop())
