@@ -35,6 +35,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from labpipe.master.argcheck import check_argument_values
 from labpipe.master.repository import hooks
 from labpipe.worker.script import is_black_box_file
 from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
@@ -43,7 +44,8 @@ from labpipe.master.repository.examiner import Examined, ExaminerPool
 from labpipe.master.repository.paths import in_subdir, is_within, repo_path
 from labpipe.master.repository.publish import sync_dict
 from labpipe.master.repository.scan import CacheEntry, build_explist, cache_entry, plan
-from labpipe.master.repository.submission import check_class, resolve_submission
+from labpipe.master.repository.submission import (SubmissionError, check_class,
+                                                  resolve_submission)
 from labpipe.protocol.sync import Notifier
 
 __all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError"]
@@ -323,13 +325,16 @@ class ExperimentDB:
 
     # -- submissions -------------------------------------------------------------------
 
-    async def check_submission(self, expid: dict) -> tuple[dict, str | None]:
+    async def check_submission(self, expid: dict, check_arguments: bool = True
+                               ) -> tuple[dict, str | None]:
         """Check an expid before it is accepted: ``(resolved expid, repo_msg)``.
 
         Resolves ``repo_rev`` to a full commit id, checks that the file exists (and, for
         ``content``, that it compiles), then that the class exists (exactly one
         experiment when ``class_name`` is None): from the last scan when the file is
-        part of it, otherwise by examining the file in a worker process. Raises
+        part of it, otherwise by examining the file in a worker process; then, with
+        check_arguments, the argument values against their descriptions
+        (``argcheck.py``). Raises
         ``SubmissionError`` (a ValueError) with a one-line message.
         """
         resolved, repo_msg, source = await asyncio.to_thread(
@@ -353,6 +358,12 @@ class ExperimentDB:
                 and await self._is_black_box_script(source):
             return resolved, repo_msg  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
+        if check_arguments:
+            described = examined.description[class_name or next(iter(examined.description))]
+            try:
+                check_argument_values(described["arginfo"], resolved.get("arguments") or {})
+            except ValueError as exc:
+                raise SubmissionError(f"{resolved['file']}: {exc}") from None
         return resolved, repo_msg
 
     async def _is_black_box_script(self, source) -> bool:
