@@ -54,9 +54,9 @@ import queue
 import threading
 from typing import Any
 
-import lmdb
 import numpy
 
+from labpipe.master.lmdb_file import LMDBFile
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier
 from labpipe.worker.datasets import DatasetNotFoundError, append_row
@@ -81,8 +81,8 @@ _Op = tuple[bytes, bytes | None]
 class _Writer:
     """The one thread that writes to the LMDB environment, committing batches in order."""
 
-    def __init__(self, env: lmdb.Environment, label: str):
-        self._env = env
+    def __init__(self, file: LMDBFile, label: str):
+        self._file = file
         self._label = label
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"dataset_db writer {label}",
@@ -136,24 +136,7 @@ class _Writer:
                 self._resolve(request, None)
 
     def _commit(self, ops: list[_Op]):
-        while True:
-            txn = self._env.begin(write=True)
-            try:
-                for key, data in ops:
-                    if data is None:
-                        txn.delete(key)
-                    else:
-                        txn.put(key, data)
-                txn.commit()
-                return
-            except lmdb.MapFullError:
-                txn.abort()
-                size = self._env.info()["map_size"] * 2
-                logger.info("%s: map full, growing it to %d bytes", self._label, size)
-                self._env.set_mapsize(size)
-            except BaseException:
-                txn.abort()
-                raise
+        self._file.write_now(ops)
 
     @staticmethod
     def _resolve(request, error):
@@ -189,10 +172,8 @@ class DatasetDB:
 
     def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE):
         self.path = os.fspath(path)
-        try:
-            self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=0)
-        except lmdb.Error as e:
-            raise RuntimeError(f"cannot open the dataset database {self.path}: {e}") from e
+        self._file = LMDBFile(self.path, map_size, "dataset database")
+        self._env = self._file.env
         self._max_key_size = self._env.max_key_size()
         try:
             backing = self._load()
@@ -200,7 +181,7 @@ class DatasetDB:
             self._env.close()
             raise
         self.data = Notifier(backing)
-        self._writer: _Writer | None = _Writer(self._env, self.path)
+        self._writer: _Writer | None = _Writer(self._file, self.path)
 
     def _load(self) -> dict:
         entries = {}

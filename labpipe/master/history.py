@@ -28,7 +28,8 @@ import os
 import struct
 import time
 
-from labpipe.master.schedule_store import LMDBFile, rid_key
+from labpipe.master.lmdb_file import LMDBFile
+from labpipe.master.schedule_store import rid_key
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier
 
