@@ -309,6 +309,17 @@ def test_repository_and_ls(shared):
     m.cli("scan-repository", "--async")
     rid = m.submit("-R", "-c", "Late", "late.py", "tag=late")
     assert m.json("wait", str(rid))["status"] == "completed"
+    # the experiment list as the master scanned it
+    m.lab.write("repository/broken.py", "from labpipe.experiment import *\nclass (\n")
+    m.cli("scan-repository")
+    listed = m.json("show", "explist")
+    assert {"file": "late.py", "class_name": "Late"}.items() <= \
+        next(e for e in listed["explist"].values() if e["class_name"] == "Late").items()
+    assert "broken.py" in listed["errors"] and listed["status"]["cur_rev"] == "N/A"
+    table = m.cli("show", "explist").stdout
+    assert "late.py" in table and "skipped broken.py" in table
+    os.remove(m.lab.path("repository/broken.py"))
+    m.cli("scan-repository")
 
 
 def test_submission_refused_with_the_masters_message(shared):

@@ -8,6 +8,8 @@ import asyncio
 import os
 import time
 
+import h5py
+
 from conftest import ScheduleRecorder, running_master, run_async, wait_until
 
 GATED = """
@@ -225,6 +227,10 @@ def test_graceful_termination(lab):
             (end_rid, end), = ends
             assert end_rid == rid and end.status == "terminated"
             assert end.results and os.path.exists(end.results)
+            with h5py.File(end.results) as f:  # what it collected, and why it ended
+                assert f["rid"][()] == rid
+                assert f["datasets/started"][()]
+                assert "terminated" in f["error"][()].decode()
 
     run_async(main())
 

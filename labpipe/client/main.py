@@ -5,7 +5,7 @@ Modelled on ``artiq_client``. Every error is one line on stderr and a distinct e
 (``wait`` exits with 1 when the run ended other than ``completed``). People get aligned
 tables; ``--json`` prints JSON for scripts (dict keys as strings, tuples as lists).
 
-Commands use the control port (``--port``); ``show datasets``, ``show
+Commands use the control port (``--port``); ``show datasets``, ``show explist``, ``show
 interactive-args`` and ``show schedule --watch`` the notify port (``--port-notify``);
 ``show log`` and ``show ccb`` follow the broadcast port (``--port-broadcast``) until
 interrupted.
@@ -427,6 +427,22 @@ def format_datasets(datasets: dict) -> str:
     return format_table(("Key", "Persist", "Value", "Unit"), rows)
 
 
+def format_explist(snapshot: dict) -> str:
+    """The experiment list, its revision, and the files that could not be examined."""
+    explist, status, errors = snapshot["explist"], snapshot["status"], snapshot["errors"]
+    lines = [f"Revision: {status.get('cur_rev')}"
+             + ("  (scanning)" if status.get("scanning") else "")]
+    if explist:
+        rows = [(name, entry["file"], entry["class_name"], ", ".join(entry["arginfo"]))
+                for name, entry in sorted(explist.items())]
+        lines.append(format_table(("Experiment", "File", "Class", "Arguments"), rows))
+    else:
+        lines.append("No experiments")
+    for file, reason in sorted(errors.items()):
+        lines.append(f"skipped {file}: {reason}")
+    return "\n".join(lines)
+
+
 def format_devices(ddb: dict) -> str:
     if not ddb:
         return "No devices"
@@ -570,6 +586,12 @@ def _show_devices(args, master):
     _output(args, master.rpc("device_db").get_device_db(), format_devices)
 
 
+def _show_explist(args, master):
+    _output(args, {"explist": master.snapshot("explist"),
+                   "status": master.snapshot("explist_status"),
+                   "errors": master.snapshot("explist_errors")}, format_explist)
+
+
 def _show_interactive(args, master):
     _output(args, master.snapshot("interactive_args"), format_interactive)
 
@@ -586,6 +608,7 @@ def _follow(channel, formatter):
 
 _SHOW = {"schedule": _show_schedule, "history": _show_history, "datasets": _show_datasets,
          "devices": _show_devices, "interactive-args": _show_interactive,
+         "explist": _show_explist,
          "log": _follow("log", format_log), "ccb": _follow("ccb", pyon.encode)}
 
 
