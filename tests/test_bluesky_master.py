@@ -193,6 +193,11 @@ def test_plans_submitted_by_name_with_device_names(lab):
             explist = m.experiment_db.explist.raw_view
             await wait_until(lambda: {"count", "scan", "peak_scan"}
                              <= {e["class_name"] for e in explist.values()}, timeout=20)
+            # a device parameter offers the device database's keys
+            peak = next(e for e in explist.values() if e["class_name"] == "peak_scan")
+            motor = peak["arginfo"]["motor"][0]
+            assert motor["ty"] == "EnumerationValue"
+            assert set(motor["choices"]) == set(m.device_db.get_device_db())
             ends = {}
             m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
             items = [("count", [["det"]], {"num": 3}),

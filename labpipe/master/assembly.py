@@ -92,7 +92,9 @@ class Master:
         self.dataset_db = DatasetDB(self._path(o.dataset_db))
         backend_cls = GitBackend if o.git else FilesystemBackend
         self.repository = backend_cls(self._path(o.repository))
-        self.experiment_db = ExperimentDB(o.lab_dir, self.repository, o.experiment_subdir)
+        self.experiment_db = ExperimentDB(
+            o.lab_dir, self.repository, o.experiment_subdir,
+            device_keys=lambda: self.device_db.get_device_db().keys())
         self.interactive_db = InteractiveArgDB()
         self.schedule_store = ScheduleStore(self._path(o.schedule_db))
         self.scheduler = Scheduler(

@@ -51,17 +51,19 @@ class DummyDevice:
 
 
 class DummyDeviceManager:
-    """Gives a ``DummyDevice`` for any key; records the keys asked for."""
+    """Gives a ``DummyDevice`` for any key; records the keys asked for. ``device_db``
+    is what ``get_device_db()`` shows (e.g. the master's keys, for argument choices)."""
 
-    def __init__(self):
+    def __init__(self, device_db: dict | None = None):
         self.requested: list[str] = []
+        self._device_db = device_db or {}
 
     def get(self, key: str) -> DummyDevice:
         self.requested.append(key)
         return DummyDevice(key)
 
     def get_device_db(self) -> dict:
-        return {}
+        return self._device_db
 
 
 class DummyDatasetManager:

@@ -79,12 +79,15 @@ class ExperimentDB:
     """
 
     def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
-                 *, workers: int | None = None, examine_timeout: float = 10.0):
+                 *, workers: int | None = None, examine_timeout: float = 10.0,
+                 device_keys=None):
         self.lab_dir = os.path.abspath(lab_dir)
         self.backend = backend
         subdir = (experiment_subdir or "").strip().strip("/")
         self.experiment_subdir = repo_path(subdir) if subdir not in ("", ".") else ""
         self.pool = ExaminerPool(workers, examine_timeout)
+        #: A callable giving the device database's keys (choices of plan arguments).
+        self.device_keys = device_keys
         self.explist = Notifier({})
         self.explist_status = Notifier({"scanning": False, "cur_rev": NO_REVISION})
         self.explist_errors = Notifier({})
@@ -202,6 +205,7 @@ class ExperimentDB:
     async def _scan(self, rev: str | None) -> ScanReport:
         started = time.perf_counter()
         self.explist_status["scanning"] = True
+        self._follow_device_keys()
         try:
             try:
                 if rev is None:
@@ -365,6 +369,20 @@ class ExperimentDB:
             except ValueError as exc:
                 raise SubmissionError(f"{resolved['file']}: {exc}") from None
         return resolved, repo_msg
+
+    def _follow_device_keys(self):
+        """Give examinations the current device keys; when they changed, examine every
+        file again (descriptions may offer them as choices)."""
+        if self.device_keys is None:
+            return
+        try:
+            keys = tuple(sorted(self.device_keys()))
+        except Exception:
+            logger.exception("cannot read the device keys for examination")
+            return
+        if keys != self.pool.device_keys:
+            self.pool.device_keys = keys
+            self._cache.clear()
 
     async def _is_black_box_script(self, source) -> bool:
         """Whether the submitted file is a black-box script (never imported here)."""

@@ -32,7 +32,7 @@ import signal
 import sys
 import traceback
 
-from labpipe.worker.examine import examine_file
+from labpipe.worker.examine import DummyDeviceManager, examine_file
 
 __all__ = ["main", "examine_one", "one_line"]
 
@@ -53,21 +53,23 @@ def main(conn) -> None:
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            path, root = conn.recv()
+            path, root, device_keys = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(examine_one(path, root))
+        conn.send(examine_one(path, root, device_keys))
 
 
-def examine_one(path: str, root: str) -> tuple:
-    """Examine one file; the reply tuple of the module docstring."""
+def examine_one(path: str, root: str, device_keys=()) -> tuple:
+    """Examine one file (its experiments see a device database of device_keys, every
+    device a dummy); the reply tuple of the module docstring."""
     global _opened
     root = os.path.realpath(root)
     saved_path = list(sys.path)
     before = set(sys.modules)
     _opened = []
     try:
-        reply: tuple = ("ok", examine_file(path))
+        reply: tuple = ("ok", examine_file(
+            path, device_mgr=DummyDeviceManager(dict.fromkeys(device_keys))))
     except BaseException as exc:  # noqa: B902 - an experiment may raise anything at import
         reply = ("error", one_line(exc, path))
     finally:

@@ -119,9 +119,10 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.exitcode is None and not self.conn.closed
 
-    def call(self, path: str, root: str, timeout: float) -> Examined:
+    def call(self, path: str, root: str, timeout: float,
+             device_keys: tuple[str, ...] = ()) -> Examined:
         try:
-            self.conn.send((path, root))
+            self.conn.send((path, root, device_keys))
             if not self.conn.poll(timeout):
                 self.kill()
                 return Examined(None, f"examining took longer than {timeout:g} s "
@@ -157,6 +158,9 @@ class ExaminerPool:
         self.timeout = timeout
         #: Number of files examined so far.
         self.examined = 0
+        #: The device database's keys, given to experiments examined (so that plan
+        #: arguments can offer them as choices).
+        self.device_keys: tuple[str, ...] = ()
         self._ctx: multiprocessing.context.BaseContext | None = None
         self._idle: asyncio.Queue[_Worker | None] | None = None
         self._all: set[_Worker] = set()
@@ -201,7 +205,8 @@ class ExaminerPool:
                 worker = await asyncio.to_thread(self._spawn)
             try:
                 result = await asyncio.to_thread(
-                    worker.call, path, root, self.timeout if timeout is None else timeout)
+                    worker.call, path, root, self.timeout if timeout is None else timeout,
+                    self.device_keys)
             except asyncio.CancelledError:
                 worker.kill()
                 raise
