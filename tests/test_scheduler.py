@@ -435,3 +435,73 @@ class Args(EnvExperiment):
             assert m.scheduler.get_status()[ok]["status"]
 
     run_async(main())
+
+
+def test_build_timeout_contains_a_hang_at_import(lab):
+    # outside the repository, so that the master's scans do not examine it
+    hangs = lab.write("elsewhere/hangs.py", """
+from labpipe.experiment import *
+import time
+time.sleep(3600)  # hangs at import
+
+class Never(EnvExperiment):
+    def run(self):
+        pass
+""")
+    lab.experiment("gated", GATED)
+
+    async def main():
+        async with running_master(lab, build_timeout=0.5, term_timeout=0.2,
+                                  kill_timeout=0.2) as m:
+            ends = {}
+            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            # submitted by content: a file that hangs at import cannot pass the check
+            with open(lab.path(hangs)) as f:
+                rid = await m.scheduler.submit("main", {"content": f.read()})
+            ok = await m.scheduler.submit("main", expid("repository/gated.py"))
+            await wait_until(lambda: ok in ends, timeout=20)
+            assert ends[rid].status == "failed"
+            assert "build timeout" in ends[rid].error and "0.5 s" in ends[rid].error
+            assert ends[ok].status == "completed"
+
+    run_async(main())
+
+
+SELF_SUBMITTING = """
+class Again(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+        self.setattr_argument("again", BooleanValue(True))
+
+    def run(self):
+        if not self.again:
+            return
+        s = self.scheduler
+        status = s.get_status()
+        assert status[s.rid]["status"] == "running"
+        # defaults from the current run: pipeline, expid, priority
+        follow_up = s.submit(expid=dict(s.expid, arguments={"again": False}))
+        doomed = s.submit(due_date=9e9)
+        s.delete(doomed)
+        self.set_dataset("again.ids", [s.rid, follow_up, doomed, s.pipeline_name,
+                                       s.priority], broadcast=True)
+"""
+
+
+def test_scheduler_device_inside_a_run(lab):
+    again = lab.experiment("again", SELF_SUBMITTING)
+
+    async def main():
+        async with running_master(lab) as m:
+            rec = ScheduleRecorder(m.scheduler.notifier)
+            rid = await m.scheduler.submit("side", expid(again), priority=3)
+            await wait_until(lambda: "again.ids" in m.dataset_db.data.raw_view, timeout=20)
+            me, follow_up, doomed, pipeline, priority = m.dataset_db.get("again.ids")
+            assert (me, pipeline, priority) == (rid, "side", 3)
+            await wait_until(lambda: (follow_up, "removed") in rec.events, timeout=20)
+            assert "analyzing" in rec.statuses(follow_up)
+            assert rec.statuses(doomed)[-2:] == ["deleting", "removed"]
+            entry = [e for r, e in rec.events if r == follow_up]
+            assert entry[0] == "pending"
+
+    run_async(main())
