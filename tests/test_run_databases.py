@@ -131,6 +131,15 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             m.interactive_db.supply(rid, {"gain": 2.5})
             await wait_until(lambda: "ask.result" in datasets)
             assert datasets["ask.result"][1] == (2.5, "none")
+
+            # a value its argument refuses fails the run with the argument's name
+            ends = {}
+            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            rid = await m.scheduler.submit("main", expid(ask))
+            await wait_until(lambda: rid in requests.raw_view)
+            m.interactive_db.supply(rid, {"gain": 99.0})
+            await wait_until(lambda: rid in ends)
+            assert ends[rid].status == "failed" and "'gain'" in ends[rid].error
             await wait_until(lambda: rid not in requests.raw_view)
 
             rid = await m.scheduler.submit("main", expid(ask))

@@ -36,7 +36,7 @@ import signal
 import sys
 import traceback
 
-from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.language.argument_managers import ProcessArgumentManager, process_values
 from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager
@@ -132,8 +132,7 @@ class _WorkerArgumentManager(ProcessArgumentManager):
         values = self._channel.request("interactive", arglist_desc=desc, title=title)
         if values is None:
             raise CancelledArgsError
-        return {key: processor.process(values[key]) if key in values else processor.default()
-                for key, processor, _, _ in arglist}
+        return process_values(arglist, values)
 
 
 def _one_line(exc: BaseException) -> str:
