@@ -244,7 +244,7 @@ def test_validate_script_and_content(tmp_path):
 # --- client formatting -------------------------------------------------------------
 
 def test_client_shows_progress_elapsed_eta_and_blocking():
-    from labpipe.client.main import format_duration, format_progress, format_schedule
+    from labpipe.client.formatting import format_duration, format_progress, format_schedule
     assert [format_duration(s) for s in (4.4, 65, 7380)] == ["4s", "1m05s", "2h03m"]
     assert format_progress(None) == ""
     assert format_progress({"done": 4, "total": 10, "message": "scan"}) == \
