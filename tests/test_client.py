@@ -369,7 +369,7 @@ def test_follow_log_and_ccb(shared):
         deadline = time.monotonic() + 30
         # the followers connect asynchronously: submit until both saw a message
         while True:
-            rid = m.submit("repository/chatty.py", "word=bonjour")
+            m.submit("repository/chatty.py", "word=bonjour")
             try:
                 line = log.until(lambda line: "says bonjour" in line, timeout=3)
                 message = json.loads(ccb.until(lambda line: "create_applet" in line,

@@ -23,7 +23,6 @@ those that never left ``pending``/``flushing``; the others were past pending whe
 master died and go to history as ``interrupted``.
 """
 
-import asyncio
 import logging
 import os
 import struct

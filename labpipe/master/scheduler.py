@@ -21,7 +21,6 @@ import inspect
 import logging
 import numbers
 import os
-import time
 from collections.abc import Callable
 
 from labpipe.master import precedence
