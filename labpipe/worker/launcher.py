@@ -65,7 +65,7 @@ def warm_up():
     process = context().Process(target=_noop, daemon=True)
     process.start()
     process.join()
-    _spares._refill()
+    _spares.restart()
 
 
 def start_worker():
@@ -90,6 +90,8 @@ class _Spares:
         self._ready = collections.deque()
         self._lock = threading.Lock()
         self._refilling = False
+        self._refill_thread: threading.Thread | None = None
+        self._stopped = False
 
     def take(self):
         with self._lock:
@@ -101,17 +103,18 @@ class _Spares:
 
     def _refill(self):
         with self._lock:
-            if self._refilling or len(self._ready) >= self.count:
+            if self._stopped or self._refilling or len(self._ready) >= self.count:
                 return
             self._refilling = True
-        threading.Thread(target=self._refill_loop, name="labpipe-spare-worker",
-                         daemon=True).start()
+            self._refill_thread = threading.Thread(
+                target=self._refill_loop, name="labpipe-spare-worker", daemon=True)
+        self._refill_thread.start()
 
     def _refill_loop(self):
         try:
             while True:
                 with self._lock:
-                    if len(self._ready) >= self.count:
+                    if self._stopped or len(self._ready) >= self.count:
                         return
                 item = start_worker()
                 with self._lock:
@@ -120,7 +123,19 @@ class _Spares:
             with self._lock:
                 self._refilling = False
 
+    def restart(self):
+        """Keep a spare ready again (after discard)."""
+        with self._lock:
+            self._stopped = False
+        self._refill()
+
     def discard(self):
+        with self._lock:
+            self._stopped = True
+            thread = self._refill_thread
+        if thread is not None:
+            # a process half started when the master exits dies noisily: finish it
+            thread.join(timeout=10)
         with self._lock:
             items, self._ready = list(self._ready), collections.deque()
         for process, conn in items:
@@ -137,5 +152,5 @@ def take_worker():
 
 
 def discard_spares():
-    """Stop the spare workers (at shutdown)."""
+    """Stop the spare workers and start no more (at shutdown)."""
     _spares.discard()
