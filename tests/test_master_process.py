@@ -219,16 +219,21 @@ def test_control_port_exposes_only_the_documented_methods(master):
         assert schedule.get_status() == {}
 
 
-@pytest.mark.parametrize("device_db, word", [(None, "device_db.py"),
-                                             ("device_db = {\n", "syntax error")])
-def test_master_refuses_a_bad_lab_with_one_line(lab, device_db, word):
+@pytest.mark.parametrize("device_db, extra, word", [
+    (None, [], "device_db.py"),
+    ("device_db = {\n", [], "syntax error"),
+    ("device_db = {}\n", ["-g"], "not a Git repository"),
+    ("device_db = {}\n", ["-r", "nowhere"], "does not exist"),
+])
+def test_master_refuses_a_bad_lab_with_one_line(lab, device_db, extra, word):
     if device_db is None:
         os.remove(lab.path("device_db.py"))
     else:
         lab.write("device_db.py", device_db)
     result = subprocess.run(
         [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1", "--port-control",
-         "0", "--port-notify", "0", "--port-logging", "0", "--port-broadcast", "0"],
+         "0", "--port-notify", "0", "--port-logging", "0", "--port-broadcast", "0",
+         *extra],
         cwd=lab.root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stdout == ""

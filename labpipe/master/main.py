@@ -119,14 +119,15 @@ def main(argv=None):
     _setup_logging(args)
     try:
         asyncio.run(_serve(_options(args)))
-    except OSError as exc:
-        print(f"labpipe-master: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, LookupError, SyntaxError) as exc:
-        print(f"labpipe-master: {exc}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        # a user gets one line (a bad lab, a port in use...); -v logs the traceback
+        logger.debug("the master stopped on an error", exc_info=True)
+        lines = str(exc).strip().splitlines()
+        print(f"labpipe-master: {lines[0] if lines else type(exc).__name__}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
