@@ -297,7 +297,6 @@ class Scheduler:
                 self._spawn(run.worker.close())
         if worker_lost and run.worker is not None and end.results is None:
             end.results = await self._write_results_for_lost_worker(run, end)
-        self.ending.add(run.rid)
         del pipeline.runs[run.rid]
         del self.notifier[run.rid]
         self._release(run.repo_rev)
@@ -322,10 +321,7 @@ class Scheduler:
                     awaitables.append(result)
             except Exception:
                 logger.exception("RID %d: run-end listener failed", run.rid)
-        task = asyncio.ensure_future(self._finish_run_end(run, awaitables))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._spawn(self._finish_run_end(run, awaitables))
 
     async def _finish_run_end(self, run: Run, awaitables: list):
         try:
@@ -435,10 +431,12 @@ class Scheduler:
 
     # --- lifetime ------------------------------------------------------------------
 
-    def _spawn(self, coro):
+    def _spawn(self, coro) -> asyncio.Task:
+        """Run coro in a task that stop() waits for."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def stop(self):
         """Stop every pipeline and close every worker."""
