@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import socket
 import sys
 import textwrap
 import time
@@ -112,6 +113,44 @@ def async_test(fn):
         asyncio.run(main())
     del wrapper.__wrapped__  # pytest must see a plain function
     return wrapper
+
+
+async def raw_exchange(port, payload, close_write=True):
+    """Send payload on a raw connection; return what the server sent before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    try:
+        try:
+            writer.write(payload)
+            await writer.drain()
+            if close_write:
+                writer.write_eof()
+        except ConnectionError:
+            pass
+        try:
+            received = await reader.read()  # until the server closes
+        except ConnectionError:
+            pass
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
+    return received
+
+
+def drain_until_closed(sock):
+    """Read a blocking socket until the peer closes or resets it; True if it did."""
+    sock.settimeout(10)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return False
+    return True
 
 
 def run_async(coro, timeout=60):

@@ -10,7 +10,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.broadcast import Broadcaster, Receiver
 
-from conftest import async_test, wait_until
+from conftest import async_test, drain_until_closed, raw_exchange, wait_until
 
 HOST = "127.0.0.1"
 
@@ -102,19 +102,6 @@ async def test_disconnect_cb_when_the_server_stops():
     assert listener.disconnects == 1
 
 
-def drain_until_closed(sock):
-    """Read a blocking socket until the peer closes or resets it; True if it did."""
-    sock.settimeout(10)
-    try:
-        while sock.recv(1 << 20):
-            pass
-    except ConnectionResetError:
-        pass
-    except socket.timeout:
-        return False
-    return True
-
-
 @async_test
 async def test_slow_receiver_is_dropped_and_others_still_receive():
     limit = 20
@@ -145,30 +132,6 @@ async def test_slow_receiver_is_dropped_and_others_still_receive():
         slow.close()
     await good.receiver.close()
     await b.stop()
-
-
-async def raw_exchange(port, payload):
-    """Send payload then EOF on a raw connection; return what came back before closing."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    received = b""
-    try:
-        try:
-            writer.write(payload)
-            await writer.drain()
-            writer.write_eof()
-        except ConnectionError:
-            pass
-        try:
-            received = await reader.read()
-        except ConnectionError:
-            pass
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
-    return received
 
 
 @async_test

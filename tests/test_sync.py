@@ -14,7 +14,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber, apply_mod
 
-from conftest import async_test, wait_until
+from conftest import async_test, drain_until_closed, raw_exchange, wait_until
 
 HOST = "127.0.0.1"
 
@@ -273,31 +273,6 @@ async def test_unencodable_mod_disconnects_instead_of_diverging():
     await pub.stop()
 
 
-async def raw_exchange(port, payload, close_write=True):
-    """Send payload on a raw connection; return what the server sent before closing."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    received = b""
-    try:
-        try:
-            writer.write(payload)
-            await writer.drain()
-            if close_write:
-                writer.write_eof()
-        except ConnectionError:
-            pass
-        try:
-            received = await reader.read()  # until the server closes
-        except ConnectionError:
-            pass
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
-    return received
-
-
 @async_test
 async def test_bad_banner_and_unknown_notifier_close_the_connection():
     pub = Publisher({"n": Notifier({})})
@@ -305,19 +280,6 @@ async def test_bad_banner_and_unknown_notifier_close_the_connection():
     for payload in [b"ARTIQ pc_rpc\n", b"ARTIQ sync_struct\nnope\n"]:
         assert await raw_exchange(pub.port, payload, close_write=False) == b""
     await pub.stop()
-
-
-def drain_until_closed(sock):
-    """Read a blocking socket until the peer closes or resets it; True if it did."""
-    sock.settimeout(10)
-    try:
-        while sock.recv(1 << 20):
-            pass
-    except ConnectionResetError:
-        pass
-    except socket.timeout:
-        return False
-    return True
 
 
 @async_test
