@@ -16,6 +16,14 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 
+def write_file(root, relpath, text):
+    """Write text to root/relpath, making the folders it needs."""
+    path = os.path.join(root, relpath)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 class Lab:
     """A temporary lab directory: ``repository/``, ``device_db.py``, results."""
 
@@ -29,10 +37,7 @@ class Lab:
 
     def write(self, relpath, text):
         """Write a file (dedented) into the lab; returns its path relative to the lab."""
-        path = self.path(relpath)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(textwrap.dedent(text))
+        write_file(self.root, relpath, textwrap.dedent(text))
         return relpath
 
     def experiment(self, name, body):

@@ -18,10 +18,15 @@ from labpipe.master.repository import hooks
 from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.git import GitBackend
 from labpipe.protocol.rpc import Server
+from conftest import run_async, write_file as write
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Lab", "GIT_AUTHOR_EMAIL": "lab@example.org",
            "GIT_COMMITTER_NAME": "Lab", "GIT_COMMITTER_EMAIL": "lab@example.org",
            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def run(coro):
+    return run_async(coro, timeout=90)
 
 
 def git(cwd, *args):
@@ -42,20 +47,6 @@ def experiment(cls, title, default=1):
             def run(self):
                 pass
         ''')
-
-
-def write(root, relpath, text):
-    path = os.path.join(root, relpath)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def run(coro, timeout=90):
-    async def guarded():
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(guarded())
 
 
 class Watch:

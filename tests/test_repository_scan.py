@@ -18,8 +18,13 @@ from labpipe.master.repository.git import GitBackend
 from labpipe.master.repository.scan import build_explist, cache_entry, plan
 from labpipe.master.repository.submission import SubmissionError
 from labpipe.protocol.sync import Notifier
+from conftest import run_async, write_file as write
 
 EXAMINE_TIMEOUT = 1.5
+
+
+def run(coro):
+    return run_async(coro, timeout=60)
 
 
 def experiment(cls, title, default=1, extra=""):
@@ -35,20 +40,6 @@ def experiment(cls, title, default=1, extra=""):
             def run(self):
                 pass
         ''')
-
-
-def write(root, relpath, text):
-    path = os.path.join(root, relpath)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def run(coro, timeout=60):
-    async def guarded():
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(guarded())
 
 
 class Watch:
