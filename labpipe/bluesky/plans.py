@@ -88,10 +88,6 @@ def _annotation_text(annotation: Any) -> str:
     return str(annotation)
 
 
-def _optional(text: str) -> bool:
-    return bool(re.search(r"\bNone\b|Optional\[", text)) or "|" in text
-
-
 def _classify(param: inspect.Parameter) -> str:
     """One of device, devices, skip, bool, int, float, str, pyon."""
     text = _annotation_text(param.annotation)
