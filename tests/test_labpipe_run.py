@@ -1,5 +1,6 @@
 """labpipe-run: one experiment in-process, no master."""
 
+import signal
 import subprocess
 import sys
 
@@ -43,3 +44,23 @@ def test_errors_are_one_line_with_exit_code(lab):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and word in lines[0] and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(lab):
+    lab.experiment("slow", """
+import time
+
+class Slow(EnvExperiment):
+    def run(self):
+        print("started", flush=True)
+        time.sleep(60)
+""")
+    process = subprocess.Popen([sys.executable, "-m", "labpipe.client.run", "-v",
+                                "repository/slow.py"], cwd=lab.root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "labpipe-run: interrupted"
+    assert "Traceback" not in stderr

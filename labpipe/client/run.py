@@ -82,11 +82,15 @@ def run(args) -> ExperimentRunner:
 
 
 def main(argv=None):
-    """Run the experiment; one-line error and exit code 1 when it fails."""
+    """Run the experiment; one-line error and exit code 1 when it fails, 130 when
+    interrupted (Ctrl-C)."""
     args = get_argparser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose)
     try:
         run(args)
+    except KeyboardInterrupt:
+        print("labpipe-run: interrupted", file=sys.stderr)
+        sys.exit(130)
     except UsageError as exc:
         print(f"labpipe-run: {exc}", file=sys.stderr)
         sys.exit(2)
