@@ -39,6 +39,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from labpipe.protocol.rpc import Client
+
 __all__ = ["DeviceManager", "DeviceError", "DeviceNotFoundError", "DeviceAliasLoopError",
            "follow_aliases", "StaticDeviceDB"]
 
@@ -167,7 +169,6 @@ class DeviceManager:
         if kind == "local":
             return self._create_local(key, desc)
         if kind == "controller":
-            from labpipe.protocol.rpc import Client
             try:
                 return Client(desc["host"], desc["port"], desc.get("target"))
             except KeyError as e:
@@ -210,7 +211,6 @@ class DeviceManager:
 
     def close_devices(self) -> None:
         """Close the devices created so far, newest first; errors are logged only."""
-        from labpipe.protocol.rpc import Client
         devices, self._active = list(self._active.items()), {}
         for key, device in reversed(devices):
             try:
