@@ -2,10 +2,12 @@
 
 import sys
 import textwrap
+import types
 
 import pytest
 
 from labpipe.protocol import pyon
+from labpipe.worker import importer
 from labpipe.worker.examine import DummyDevice, examine_file, examine_module
 from labpipe.worker.importer import (AmbiguousExperimentError, ExperimentLookupError,
                                      NoExperimentError, forget_module, get_experiment,
@@ -83,6 +85,88 @@ def test_import_errors_propagate_and_leave_nothing_behind(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.py does not exist"):
         import_file(tmp_path / "nope.py")
 
+
+
+def _fake_module(name):
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    return module
+
+
+def test_added_names_reads_only_the_new_names_and_falls_back_when_older_ones_went():
+    _fake_module("_lp_test_old")
+    _fake_module("_lp_test_last")
+    count, last = len(sys.modules), next(reversed(sys.modules))
+    try:
+        _fake_module("_lp_test_a")
+        _fake_module("_lp_test_b")
+        assert importer._added_names(count, last) == ["_lp_test_a", "_lp_test_b"]
+        del sys.modules["_lp_test_a"]  # an added name removed again: still exact
+        assert importer._added_names(count, last) == ["_lp_test_b"]
+        _fake_module("_lp_test_a")
+        # an older name removed: the length no longer tells, the full walk does
+        del sys.modules["_lp_test_old"]
+        assert importer._added_names(count, last) == ["_lp_test_b", "_lp_test_a"]
+        del sys.modules["_lp_test_last"]  # the newest gone too: every name
+        assert importer._added_names(count, last) == list(sys.modules)
+    finally:
+        for name in ("_lp_test_old", "_lp_test_last", "_lp_test_a", "_lp_test_b"):
+            sys.modules.pop(name, None)
+
+
+def test_import_file_drops_siblings_when_the_file_removes_older_modules(tmp_path):
+    """The file removes a module imported before it (not the newest, then the newest):
+    the siblings it imported are still found (by the full walk) and dropped, and a
+    module import_file made earlier from the same folder stays."""
+    earlier = import_file(write(tmp_path / "earlier.py", "X = 1\n"))
+    for victim in ("_lp_test_older", "_lp_test_newest"):
+        _fake_module("_lp_test_older")
+        _fake_module("_lp_test_newest")
+        experiment_with_sibling(tmp_path, victim)
+        path = write(tmp_path / "remover.py", f"""
+            import sys
+            del sys.modules[{victim!r}]
+            import helper
+            from pkg import sub
+        """)
+        try:
+            module = import_file(path)
+            try:
+                assert module.helper.VALUE == victim and module.sub.VALUE == victim
+                assert "helper" not in sys.modules and "pkg" not in sys.modules
+                assert "pkg.sub" not in sys.modules
+                assert sys.modules[module.__name__] is module
+                assert sys.modules[earlier.__name__] is earlier
+                folder = tmp_path.resolve()
+                assert sibling_files(module) == tuple(sorted(
+                    str(folder / f) for f in ("helper.py", "pkg/__init__.py", "pkg/sub.py")))
+            finally:
+                forget_module(module)
+        finally:
+            for name in ("_lp_test_older", "_lp_test_newest"):
+                sys.modules.pop(name, None)
+    forget_module(earlier)
+
+
+def test_import_file_keeps_submodules_of_packages_imported_before(tmp_path):
+    """A package of the folder imported before the file: the submodule the file adds to
+    it stays (the package keeps referring to it); a new sibling is dropped."""
+    experiment_with_sibling(tmp_path, "kept")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import pkg  # noqa: F401 - imported before the experiment file
+    finally:
+        sys.path.remove(str(tmp_path))
+    try:
+        module = import_file(write(tmp_path / "user.py", "import helper\nfrom pkg import sub\n"))
+        try:
+            assert "pkg.sub" in sys.modules and "helper" not in sys.modules
+            assert sibling_files(module) == (str(tmp_path.resolve() / "helper.py"),)
+        finally:
+            forget_module(module)
+    finally:
+        sys.modules.pop("pkg", None)
+        sys.modules.pop("pkg.sub", None)
 
 SEVERAL = """
     import abc

@@ -70,13 +70,41 @@ def _module_paths(module: ModuleType) -> list[str]:
     return [p for p in getattr(module, "__path__", None) or [] if isinstance(p, str)]
 
 
-def _drop_siblings(folder: str, before: set[str], keep: str) -> tuple[str, ...]:
-    """Remove from sys.modules the modules imported from folder since ``before`` was
-    taken, except ``keep`` and submodules of packages that were already imported.
-    Returns the sorted real paths of their files."""
+def _added_names(count: int, last: str | None) -> list[str]:
+    """The names added to ``sys.modules`` since it held ``count`` names, the newest
+    ``last``, in insertion order.
+
+    Dicts keep insertion order, so these are the names after ``last``. When ``last`` is
+    still the ``count``-th name, no older name was removed meanwhile and the names after
+    it are exactly the added ones: they are read from the end, without touching the
+    hundreds of older names (in a worker forked from the template every object touched
+    copies its memory page: a walk over all of them costs a fresh worker ~1 ms).
+    Otherwise (the import removed modules from ``sys.modules``) every name is read: the
+    names after ``last``, or, if ``last`` itself is gone, all names but the modules
+    ``import_file`` made (they stay by design)."""
+    added = len(sys.modules) - count
+    if added >= 0:
+        tail = list(itertools.islice(reversed(sys.modules), added + 1))
+        if len(tail) == added + 1 and tail[-1] is last:
+            return tail[-2::-1]
+    names = list(sys.modules)
+    try:
+        return names[names.index(last) + 1:]
+    except ValueError:
+        return [n for n in names if sys.modules.get(n) not in _siblings]
+
+
+def _drop_siblings(folder: str, added: list[str], keep: str) -> tuple[str, ...]:
+    """Remove from sys.modules the modules of ``added`` (names added by the import)
+    that come from folder, except ``keep`` and submodules of packages that were already
+    imported. Returns the sorted real paths of their files."""
     files: set[str] = set()
-    for name in [n for n in sys.modules if n not in before and n != keep]:
-        if name.partition(".")[0] in before:
+    new = set(added)
+    for name in added:
+        if name == keep:
+            continue
+        top = name.partition(".")[0]
+        if top not in new and top in sys.modules:  # a package imported before
             continue
         module = sys.modules.get(name)
         paths = [p for p in _module_paths(module) if _inside(p, folder)] if module else []
@@ -112,7 +140,8 @@ def import_file(path, prefix: str = "file_import_") -> ModuleType:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     with _lock:
-        before = set(sys.modules)
+        # not set(sys.modules): see _added_names
+        count, last = len(sys.modules), next(reversed(sys.modules), None)
         sys.path.insert(0, folder)
         _invalidate_finder(folder)  # see sibling files written a moment ago
         sys.modules[name] = module
@@ -124,7 +153,8 @@ def import_file(path, prefix: str = "file_import_") -> ModuleType:
         finally:
             with contextlib.suppress(ValueError):  # the file may have removed it
                 sys.path.remove(folder)  # only our entry: the file's own changes stay
-            _siblings[module] = _drop_siblings(folder, before, keep=name)
+            _siblings[module] = _drop_siblings(
+                folder, _added_names(count, last), keep=name)
     return module
 
 
