@@ -5,6 +5,10 @@ file there (by any means: text, h5py, ...). On leaving the block the file is fsy
 renamed over ``path`` and the folder fsynced, so the new content survives a crash once
 the block is left. If the block raises, the temporary file is removed and ``path`` is
 untouched.
+
+``atomic_path(path, fsync=False)`` skips both fsyncs: still atomic for readers (the
+rename), but after a power loss ``path`` may hold older content (or, on some file
+systems, none). For a file whose durability is ensured by some other write.
 """
 
 import contextlib
@@ -24,8 +28,9 @@ def fsync_path(path: str, directory: bool = False):
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str = ".tmp"):
-    """Yield a temporary path next to ``path`` that replaces it atomically on success."""
+def atomic_path(path, suffix: str = ".tmp", fsync: bool = True):
+    """Yield a temporary path next to ``path`` that replaces it atomically on success
+    (file and folder fsynced unless ``fsync`` is false)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -33,10 +38,12 @@ def atomic_path(path, suffix: str = ".tmp"):
     os.close(fd)
     try:
         yield tmp
-        fsync_path(tmp)
+        if fsync:
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_path(folder, directory=True)
+    if fsync:
+        fsync_path(folder, directory=True)

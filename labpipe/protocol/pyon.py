@@ -13,7 +13,8 @@ Guarantees:
 - Decoding never evaluates code: it is ``json.loads`` plus a table of constructors.
   An unknown TYPENAME, or arguments of the wrong shape, raise ``ValueError``.
 - ``store_file`` is atomic: a reader sees the old content or the new one, never a mix,
-  and the new content is on disk (fsynced) when it returns.
+  and the new content is on disk (fsynced) when it returns (unless ``fsync=False``:
+  still atomic, not durable).
 """
 
 import base64
@@ -150,9 +151,10 @@ def decode(text):
         raise ValueError("PYON text nested too deeply") from None
 
 
-def store_file(path, obj):
-    """Write obj as pretty PYON to path atomically (temp file, fsync, rename)."""
-    with atomic_path(path) as tmp:
+def store_file(path, obj, fsync: bool = True):
+    """Write obj as pretty PYON to path atomically (temp file, fsync, rename; no fsync
+    with ``fsync=False``)."""
+    with atomic_path(path, fsync=fsync) as tmp:
         with open(tmp, "w", encoding="ascii") as f:
             f.write(encode(obj, pretty=True))
             f.write("\n")
