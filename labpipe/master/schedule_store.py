@@ -8,6 +8,12 @@ directory, ``subdir=False``). One entry per run still in the schedule:
   "due_date", "flush", "submitted", "repo_rev", "stage_times"}``; ``stage_times`` maps
   each stage the run reached (``preparing``, ``running``...) to the time it got there.
 
+Plus one meta entry, never removed: key ``b"meta/last_rid"`` (not 8 bytes: never taken
+for a record), value the PYON text of the highest RID ever submitted. Each submission
+writes it in the same transaction as its record; ``last_rid`` holds it (-1 for a new
+file). This commit is what makes a RID durable: the scheduler writes ``last_rid.pyon``
+without fsync when it has a store, and at start reserves RIDs up to ``last_rid``.
+
 Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it returns,
 and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
 ``remove`` are ordered after it: every change goes through one ``asyncio.Lock`` (fair,
@@ -18,9 +24,9 @@ and a note still waiting when the run is removed is dropped.
 
 The map grows by itself: a transaction that does not fit doubles the map and is retried.
 
-``restore()`` (at start, before any change) reads every record. The scheduler puts back
-those that never left ``pending``/``flushing``; the others were past pending when the
-master died and go to history as ``interrupted``.
+``restore()`` (at start, before any change) reads every record (meta entries skipped).
+The scheduler puts back those that never left ``pending``/``flushing``; the others were
+past pending when the master died and go to history as ``interrupted``.
 """
 
 import logging
@@ -30,12 +36,16 @@ import struct
 from labpipe.master.lmdb_file import DEFAULT_MAP_SIZE, LMDBFile
 from labpipe.protocol import pyon
 
-__all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES"]
+__all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES", "LAST_RID_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: Stages in which a run has not started doing anything: restored as they were.
 NOT_STARTED_STAGES = frozenset({"pending", "flushing"})
+
+#: The key of the highest RID ever submitted (record keys are exactly 8 bytes).
+LAST_RID_KEY = b"meta/last_rid"
+META_PREFIX = b"meta/"
 
 
 def rid_key(rid: int) -> bytes:
@@ -51,6 +61,21 @@ class ScheduleStore:
         self.path = self.file.path
         self._records: dict[int, dict] = {}
         self._noting: set[int] = set()  # RIDs with a note_stage waiting to write
+        #: The highest RID ever submitted (-1 when none was), as committed with it.
+        self.last_rid: int = self.file.read_now(self._read_last_rid)
+
+    def _read_last_rid(self, txn) -> int:
+        data = txn.get(LAST_RID_KEY)
+        if data is None:
+            return -1
+        try:
+            rid = pyon.decode(bytes(data).decode("utf-8"))
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                raise ValueError("not an integer")
+        except Exception as e:
+            raise RuntimeError(f"{self.path}: cannot read the last RID at key "
+                               f"{LAST_RID_KEY!r} ({e})") from e
+        return rid
 
     @staticmethod
     def record_of(run) -> dict:
@@ -59,14 +84,15 @@ class ScheduleStore:
                 "submitted": run.submitted, "repo_rev": run.repo_rev,
                 "stage_times": dict(run.stage_times)}
 
-    async def _put(self, record: dict):
-        self._records[record["rid"]] = record
-        await self.file.write([(rid_key(record["rid"]),
-                                pyon.encode(record).encode("utf-8"))])
-
     async def record_submission(self, run):
-        """Commit the run's submission; returns once it is on disk."""
-        await self._put(self.record_of(run))
+        """Commit the run's submission, and its RID as ``last_rid`` (unless a higher one
+        was), in one transaction; returns once it is on disk."""
+        record = self.record_of(run)
+        self._records[run.rid] = record
+        self.last_rid = max(self.last_rid, run.rid)
+        await self.file.write([
+            (rid_key(run.rid), pyon.encode(record).encode("utf-8")),
+            (LAST_RID_KEY, pyon.encode(self.last_rid).encode("utf-8"))])
 
     async def note_stage(self, run):
         """Record the stages the run reached (and its current priority, due date,
@@ -93,6 +119,8 @@ class ScheduleStore:
         """Every stored record, in RID order (blocking; call at start)."""
         records = []
         for key, data in self.file.items_now():
+            if bytes(key).startswith(META_PREFIX):
+                continue
             try:
                 record = pyon.decode(bytes(data).decode("utf-8"))
                 if not isinstance(record, dict) or record.get("rid") != struct.unpack(
