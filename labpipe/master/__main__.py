@@ -1,7 +1,6 @@
 """``python -m labpipe.master``: the same as ``labpipe-master``.
 
-Workers started by multiprocessing skip re-running a main module named ``*.__main__``,
-so this is also the cheapest way to start a master.
+The benchmarks and tests start masters this way.
 """
 
 from labpipe.master.main import main

@@ -1,8 +1,7 @@
 """``labpipe-master``: the master process, started in a lab directory.
 
-This module is the main module of the master process, and multiprocessing re-runs the
-main module in every worker it starts: so its top level imports only what the command
-line needs, and the master itself is imported in ``main()``.
+Its top level imports only what the command line needs (``--help`` and a bad option
+answer at once); the master itself is imported in ``main()``.
 """
 
 import argparse

@@ -1,51 +1,51 @@
 """Starting worker processes from a warm template.
 
 Each run gets a fresh process for isolation, but not a cold interpreter: processes are
-forked from multiprocessing's forkserver, which has already imported the heavy modules
-(numpy, h5py, bluesky, ophyd and labpipe's worker code). Starting a worker then costs a
-fork and a few milliseconds instead of hundreds of them.
+forked from a template process (``forkserver.py``) that has already imported the heavy
+modules (numpy, h5py, bluesky, ophyd and labpipe's worker code). Starting a worker then
+costs a fork and a few milliseconds instead of hundreds of them. The repository's
+examining processes come from the same template.
 
-The forkserver is started by ``warm_up()`` (the master calls it at start so that the
-first run is fast too) or on the first ``start_worker``.
+The template is started by ``warm_up()`` (the master calls it at start so that the first
+run is fast too) or on the first ``start_worker``; it is restarted if it dies.
 
-Even a fork from the template costs several milliseconds of handshaking, so
-``take_worker()`` hands out a process that was started ahead of time and starts the
-next one in a background thread. A spare is never reused: every run still gets a
-process no other run has touched. A spare whose master goes away sees the end of its
-pipe and exits.
+Even a fork from the template costs milliseconds, so ``take_worker()`` hands out a
+process that was started ahead of time and starts the next one in a background thread.
+A spare is never reused: every run still gets a process no other run has touched. A
+spare whose master goes away sees the end of its pipe and exits.
 """
 
+import atexit
 import collections
 import importlib.util
-import multiprocessing
+import logging
 import threading
 
-__all__ = ["PRELOAD", "context", "start_worker", "take_worker", "discard_spares",
-           "warm_up"]
+from labpipe.worker.forkserver import ForkServer
+
+__all__ = ["PRELOAD", "template", "start_process", "start_worker", "take_worker",
+           "discard_spares", "warm_up"]
 
 #: Modules imported once in the template. Optional ones are skipped when absent.
-PRELOAD = ["labpipe.worker.child", "labpipe.experiment",
-           # the master's main module: multiprocessing re-runs it in every worker
-           "labpipe.master.main",
+PRELOAD = ["labpipe.worker.child", "labpipe.experiment", "labpipe.worker.examine",
            "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
            "bluesky.plans", "ophyd.sim", "labpipe.bluesky.session",
            "labpipe.worker.template"]  # the template module: last
 
-_context = None
+logger = logging.getLogger(__name__)
+
+_template: ForkServer | None = None
+_template_lock = threading.Lock()
 
 
-def context() -> multiprocessing.context.BaseContext:
-    """The forkserver context, with the preload list set on first use."""
-    global _context
-    if _context is None:
-        ctx = multiprocessing.get_context("forkserver")
-        # multiprocessing re-runs the main module in every worker (the forkserver's own
-        # "__main__" preload never takes effect in CPython 3.11), so the program that
-        # starts workers keeps its main module light and guards its entry point with
-        # `if __name__ == "__main__":` (see labpipe.master.main).
-        ctx.set_forkserver_preload([m for m in PRELOAD if _importable(m)])
-        _context = ctx
-    return _context
+def template() -> ForkServer:
+    """The template process (its client), made on first use; not started yet."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            _template = ForkServer([m for m in PRELOAD if _importable(m)])
+            atexit.register(_template.stop, wait=2.0)
+        return _template
 
 
 def _importable(name: str) -> bool:
@@ -55,31 +55,27 @@ def _importable(name: str) -> bool:
         return False
 
 
-def _noop():
-    pass
-
-
 def warm_up():
-    """Start the forkserver now (it imports the preload list once), wait for it, and
+    """Start the template now (it imports the preload list once), wait for it, and
     start a spare worker."""
-    process = context().Process(target=_noop, daemon=True)
-    process.start()
-    process.join()
+    template().ensure_started()
     _spares.restart()
 
 
-def start_worker():
-    """Start a worker process running ``labpipe.worker.child.main``.
+def start_process(target: str):
+    """Fork a process from the template running ``target`` (``"module:function"``),
+    called with the child's end of a duplex connection.
 
-    Returns ``(process, connection)``: the parent's end of a duplex pipe.
+    Returns ``(process, connection)``: a ``forkserver.ForkedProcess`` and the parent's
+    end of the connection.
     """
-    from labpipe.worker import child
-    ctx = context()
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=child.main, args=(child_end,), daemon=True)
-    process.start()
-    child_end.close()
-    return process, parent_end
+    return template().start(target)
+
+
+def start_worker():
+    """Start a worker process running ``labpipe.worker.child.main``; see
+    ``start_process``."""
+    return start_process("labpipe.worker.child:main")
 
 
 class _Spares:
@@ -116,7 +112,11 @@ class _Spares:
                 with self._lock:
                     if self._stopped or len(self._ready) >= self.count:
                         return
-                item = start_worker()
+                try:
+                    item = start_worker()
+                except Exception as e:  # take() then starts one itself, and reports
+                    logger.error("could not start a spare worker: %s", e)
+                    return
                 with self._lock:
                     self._ready.append(item)
         finally:

@@ -1,4 +1,4 @@
-"""The last module the worker template (the forkserver) imports: it readies the template.
+"""The last module the worker template (``forkserver.py``) imports: it readies the template.
 
 Importing it initialises HDF5 once (the first file a fresh process writes otherwise
 costs it milliseconds) and then moves every object the template holds out of the

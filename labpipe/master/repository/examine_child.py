@@ -1,6 +1,6 @@
 """Child side of the examiner pool: examines experiment files in a worker process.
 
-Runs in a process started from the forkserver (parent side: ``examiner.py``). Protocol
+Runs in a process forked from the worker template (parent side: ``examiner.py``). Protocol
 over a ``multiprocessing`` duplex pipe: the child first sends ``("ready", pid)``, then
 serves one request at a time:
 

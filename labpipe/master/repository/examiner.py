@@ -1,8 +1,8 @@
 """A pool of worker processes that examine experiment files (parent side).
 
-Each worker runs ``examine_child.main`` in a process started from multiprocessing's
-forkserver, whose template has preloaded ``labpipe.worker.examine`` (and whatever the
-run launcher preloads), so a worker starts in milliseconds.
+Each worker runs ``examine_child.main`` in a process forked from the run launcher's
+template (``labpipe.worker.launcher``), which has preloaded ``labpipe.worker.examine``
+and ``examine_child``, so a worker starts in milliseconds.
 
 Contract:
 
@@ -23,20 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 from dataclasses import dataclass
 
-from labpipe.master.repository import examine_child
+from labpipe.worker import launcher
 
-__all__ = ["Examined", "ExaminerPool", "WorkerStartError", "PRELOAD", "default_workers"]
+__all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers"]
 
 logger = logging.getLogger(__name__)
-
-#: Modules the forkserver template should import once (on top of the launcher's list).
-PRELOAD = ["labpipe.worker.examine", "labpipe.master.repository.examine_child"]
-
 
 def default_workers() -> int:
     """Number of parallel examiners: one per CPU, at least two."""
@@ -57,23 +52,6 @@ class Examined:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    """The run launcher's forkserver context, with PRELOAD added to its preload list."""
-    from labpipe.worker import launcher
-    ctx = launcher.context()
-    try:
-        from multiprocessing import forkserver
-        # no public getter: read the list the launcher set, so as to add to it
-        current = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
-    except (AttributeError, TypeError):
-        current = []
-    missing = [m for m in PRELOAD if m not in current]
-    if missing:
-        # No effect once the forkserver runs: workers then import these themselves.
-        ctx.set_forkserver_preload(current + missing)
-    return ctx
 
 
 def _death(exitcode: int | None) -> str:
@@ -98,12 +76,9 @@ class _Worker:
     was killed by the file it was examining.
     """
 
-    def __init__(self, ctx, start_timeout: float = 60.0):
-        parent_end, child_end = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=examine_child.main, args=(child_end,),
-                                   name="labpipe-examine", daemon=True)
-        self.process.start()
-        child_end.close()
+    def __init__(self, start_timeout: float = 60.0):
+        self.process, parent_end = launcher.start_process(
+            "labpipe.master.repository.examine_child:main")
         self.conn = parent_end
         try:
             if not parent_end.poll(start_timeout):
@@ -161,7 +136,6 @@ class ExaminerPool:
         #: The device database's keys, given to experiments examined (so that plan
         #: arguments can offer them as choices).
         self.device_keys: tuple[str, ...] = ()
-        self._ctx: multiprocessing.context.BaseContext | None = None
         self._idle: asyncio.Queue[_Worker | None] | None = None
         self._all: set[_Worker] = set()
         self._closed = False
@@ -172,7 +146,6 @@ class ExaminerPool:
         async with self._start_lock:
             if self._idle is not None:
                 return
-            self._ctx = await asyncio.to_thread(_context)
             started = await asyncio.gather(
                 *(asyncio.to_thread(self._spawn) for _ in range(self.workers)),
                 return_exceptions=True)
@@ -186,7 +159,7 @@ class ExaminerPool:
             logger.error("%s", failure)
 
     def _spawn(self) -> _Worker:
-        worker = _Worker(self._ctx)
+        worker = _Worker()
         self._all.add(worker)
         return worker
 

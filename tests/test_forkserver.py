@@ -1,0 +1,147 @@
+"""The fork server (labpipe.worker.forkserver): real template and child processes."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from labpipe.worker.forkserver import ForkServer
+
+TARGETS = '''
+import os, sys, time
+
+LOADED_AT = time.time()
+
+def echo(conn):
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        conn.send((msg, os.getpid(), LOADED_AT))
+
+def fail(conn):
+    raise RuntimeError("target failed")
+
+def exit_with(conn):
+    sys.exit(conn.recv())
+
+def hard_exit(conn):
+    os._exit(conn.recv())
+
+def hang(conn):
+    conn.send("up")
+    time.sleep(60)
+'''
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    (tmp_path / "fs_targets.py").write_text(TARGETS)
+    monkeypatch.chdir(tmp_path)  # the server imports fs_targets from its cwd
+    server = ForkServer(["fs_targets", "no_such_module_here"])
+    server.ensure_started()
+    yield server
+    server.stop()
+
+
+def test_children_share_the_template_and_talk_over_their_connection(server):
+    first, conn1 = server.start("fs_targets:echo")
+    second, conn2 = server.start("fs_targets:echo")
+    conn1.send("a")
+    conn2.send("b")
+    (msg1, pid1, loaded1), (msg2, pid2, loaded2) = conn1.recv(), conn2.recv()
+    assert (msg1, pid1, msg2, pid2) == ("a", first.pid, "b", second.pid)
+    assert pid1 != pid2
+    assert loaded1 == loaded2  # imported once, in the template, before the forks
+    assert first.is_alive()
+    conn1.close()  # the child sees the end of its connection and returns
+    first.join(10)
+    assert first.exitcode == 0
+    assert second.is_alive()
+    conn2.close()
+    second.join(10)
+    assert second.exitcode == 0
+
+
+@pytest.mark.parametrize("target, value, code", [
+    ("fs_targets:fail", None, 1),
+    ("fs_targets:exit_with", 3, 3),
+    ("fs_targets:exit_with", None, 0),
+    ("fs_targets:hard_exit", 7, 7),
+])
+def test_exit_codes_are_reported(server, target, value, code):
+    process, conn = server.start(target)
+    if target != "fs_targets:fail":
+        conn.send(value)
+    process.join(10)
+    assert process.exitcode == code
+
+
+def test_signals_reach_the_child_and_show_in_its_exit_code(server):
+    process, conn = server.start("fs_targets:hang")
+    assert conn.recv() == "up"
+    process.terminate()
+    process.join(10)
+    assert process.exitcode == -signal.SIGTERM
+    process, conn = server.start("fs_targets:hang")
+    assert conn.recv() == "up"
+    process.kill()
+    process.join(10)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_sentinel_is_readable_once_the_child_ended(server):
+    import select
+    process, conn = server.start("fs_targets:hang")
+    assert conn.recv() == "up"
+    assert select.select([process.sentinel], [], [], 0.05)[0] == []
+    process.kill()
+    assert select.select([process.sentinel], [], [], 10)[0] == [process.sentinel]
+
+
+def test_a_dead_server_is_restarted_on_the_next_start(server):
+    process, conn = server.start("fs_targets:hang")
+    assert conn.recv() == "up"
+    os.kill(server._process.pid, signal.SIGKILL)
+    server._process.wait()
+    # the orphan's exit code cannot be known any more: reported as 255, never hangs
+    process.join(10)
+    assert process.exitcode == 255
+    os.kill(process.pid, signal.SIGKILL)
+    again, conn = server.start("fs_targets:echo")
+    conn.send("still here")
+    assert conn.recv()[0] == "still here"
+    conn.close()
+    again.join(10)
+    assert again.exitcode == 0
+
+
+def test_stopping_the_server_waits_for_nothing_and_leaves_children_running(server):
+    process, conn = server.start("fs_targets:echo")
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+    conn.send("after stop")
+    assert conn.recv()[0] == "after stop"
+    conn.close()
+    process.join(10)
+    assert process.exitcode == 0  # the server kept reaping until its last child ended
+
+
+def test_an_unimportable_preload_module_is_reported_not_fatal(tmp_path, monkeypatch, capfd):
+    (tmp_path / "fs_targets.py").write_text(TARGETS)
+    monkeypatch.chdir(tmp_path)
+    server = ForkServer(["fs_targets", "no_such_module_here"])
+    try:
+        server.ensure_started()
+        process, conn = server.start("fs_targets:echo")
+        conn.send(1)
+        assert conn.recv()[0] == 1
+        conn.close()
+        process.join(10)
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "cannot preload no_such_module_here" in err
