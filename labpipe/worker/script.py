@@ -7,7 +7,9 @@ defines no class that looks like an experiment (a base named
 Sibling modules the file imports count too (an experiment imported from a sibling
 makes an experiment file). ``is_black_box_script(source, folder)`` decides it from the
 sources (``ast``), without running anything: importing a script runs it, so neither examination nor the build of
-a run may import it.
+a run may import it. The usual experiment file, whose first statements after its
+docstring and plain imports import ``labpipe`` or ``artiq``, is recognised by a regular
+expression, without parsing it (a run's build then costs a fresh worker ~0.5 ms less).
 
 Submitted with ``class_name`` None, such a file runs as one run: build and prepare do
 nothing (the source is compiled in build, so a syntax error fails there), the run stage
@@ -22,6 +24,7 @@ import ast
 import builtins
 import logging
 import os
+import re
 import sys
 
 from labpipe.language.environment import EnvExperiment
@@ -33,6 +36,24 @@ __all__ = ["is_black_box_script", "is_black_box_file", "script_experiment",
 SCRIPT_CLASS_NAME = "Script"
 
 _API_PACKAGES = ("labpipe", "artiq")
+
+
+def _triple_quoted(q: str) -> str:
+    """A triple-quoted string without prefix, ended where Python's tokenizer ends it."""
+    return q * 3 + r"(?:[^" + q + r"\\]|\\.|" + q + "(?!" + q * 2 + "))*" + q * 3
+
+
+_LINE_END = r"[ \t]*(?:#[^\r\n]*)?\r?\n"
+#: Source starting with lines that cannot leave a string, a bracket or a line
+#: continuation open (blank and comment lines, ``import x as y``, ``from x import *``,
+#: a docstring), then ``import labpipe...`` or ``from artiq...`` (a whole name) at
+#: column 0: if it parses, it imports the API at top level (an experiment file); if
+#: not, it is no script either.
+_STARTS_WITH_API_IMPORT = re.compile(
+    r"(?:[A-Za-z0-9_ \t.,*]*(?:#[^\r\n]*)?\r?\n"
+    + "|(?:" + _triple_quoted('"') + "|" + _triple_quoted("'") + ")" + _LINE_END + ")*?"
+    + r"(?:from|import)[ \t]+(?:" + "|".join(_API_PACKAGES) + r")(?=[ \t.,;#\r\n])",
+    re.DOTALL)
 
 
 def _is_api(module: str | None) -> bool:
@@ -105,6 +126,8 @@ def is_black_box_script(source: str, folder: str | None = None) -> bool:
     file's folder, the sibling modules it imports are looked at too (an experiment
     imported from a sibling makes an experiment file). A file that does not parse is
     not a script (importing it reports the syntax error)."""
+    if _STARTS_WITH_API_IMPORT.match(source):
+        return False  # the usual experiment file, decided without ast.parse
     return _looks_like_experiment(source, folder, set()) is False
 
 
