@@ -10,7 +10,7 @@ import pytest
 
 import labpipe
 from labpipe.protocol import pyon
-from labpipe.worker.results import results_path, write_results
+from labpipe.worker.results import _STR, _write_group, results_path, write_results
 
 
 def read_str(dataset):
@@ -156,3 +156,45 @@ def test_atomic_replace_and_no_temp_file_left(tmp_path):
     with h5py.File(path, "r") as f:
         assert read_str(f["error"]) == "second"
     assert os.listdir(tmp_path) == ["000000005-E.h5"]
+
+
+def _write_file_high_level(f, *, rid, start_time, run_time, expid, repo_rev, datasets,
+                           archive, log_lines, error, extra_groups):
+    """results._write_file as it was with h5py's high-level API only: the reference."""
+    _write_group(f, "datasets", datasets or {}, with_metadata=True)
+    _write_group(f, "archive", archive or {}, with_metadata=False)
+    for group_name, items in (extra_groups or {}).items():
+        _write_group(f, group_name, items, with_metadata=False)
+    f["rid"] = numpy.int64(rid)
+    f["start_time"] = numpy.float64(start_time)
+    if run_time is not None:
+        f["run_time"] = numpy.float64(run_time)
+    f.create_dataset("expid", data=pyon.encode(expid), dtype=_STR)
+    if repo_rev is not None:
+        f.create_dataset("repo_rev", data=str(repo_rev), dtype=_STR)
+    f.create_dataset("labpipe_version", data=labpipe.__version__, dtype=_STR)
+    lines = [str(line) for line in (log_lines or [])]
+    f.create_dataset("log", data=numpy.array(lines, dtype=object), dtype=_STR,
+                     shape=(len(lines),))
+    if error is not None:
+        f.create_dataset("error", data=str(error), dtype=_STR)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(rid=1, start_time=10.0, run_time=None, expid={"file": "e.py"}),
+    dict(rid=2**40, start_time=1.7e9, run_time=1.7e9 + 0.25,
+         expid={"file": "scan.py", "class_name": "Scan", "arguments": {"n": (1, 2)}},
+         repo_rev="abc123", datasets={"x": (numpy.arange(3), {"unit": "s"}), "s": ("é", None)},
+         archive={"calib": 1.5}, log_lines=["one", "dé\nux", 3], error="Traceback: é",
+         extra_groups={"bluesky": {"start": {"uid": "u"}}}),
+    dict(rid=0, start_time=0, run_time=0, expid={}, log_lines=("a",), repo_rev=7,
+         error=""),
+])
+def test_fixed_fields_are_byte_for_byte_what_the_high_level_api_writes(tmp_path, fields):
+    reference = tmp_path / "reference.h5"
+    full = {"repo_rev": None, "datasets": None, "archive": None, "log_lines": None,
+            "error": None, "extra_groups": None, **fields}
+    with h5py.File(reference, "w") as f:
+        _write_file_high_level(f, **full)
+    write_results(tmp_path / "written.h5", **fields)
+    assert (tmp_path / "written.h5").read_bytes() == reference.read_bytes()
