@@ -15,8 +15,8 @@ per request):
 - request: the target ``"package.module:function"`` as text, with two file
   descriptors attached: the child's end of its connection, and the write end of a
   status pipe;
-- reply: the child's pid (8 bytes, native byte order) or, when the fork failed, an
-  error line prefixed with ``!``.
+- reply: ``+`` and the child's pid (8 bytes, native byte order) or, when the fork
+  failed, ``!`` and an error line.
 
 The child closes everything of the server's, calls ``function(connection)`` (a
 ``multiprocessing.connection.Connection``) and ends with ``os._exit``: 0 on return, 1
@@ -52,7 +52,7 @@ __all__ = ["ForkServer", "ForkedProcess", "ForkServerError"]
 
 logger = logging.getLogger(__name__)
 
-_PID = struct.Struct("=q")
+_PID = struct.Struct("=cq")
 _CODE = struct.Struct("=i")
 _UNKNOWN_EXIT = 255  # the server went away without reporting the exit code
 
@@ -217,9 +217,9 @@ class ForkServer:
             raise ForkServerError(f"worker template process unreachable: {e}") from e
         if reply.startswith(b"!"):
             raise ForkServerError(reply[1:].decode(errors="replace"))
-        if len(reply) != _PID.size:
+        if len(reply) != _PID.size or not reply.startswith(b"+"):
             raise ForkServerError("the worker template process went away")
-        return _PID.unpack(reply)[0]
+        return _PID.unpack(reply)[1]
 
 
 # --- server side (the template process) --------------------------------------------------
@@ -272,7 +272,7 @@ def _serve(sock: socket.socket) -> None:
                 os._exit(_child(message.decode(), conn_fd))
             os.close(conn_fd)
             status_fds[pid] = status_fd
-            sock.send(_PID.pack(pid))
+            sock.send(_PID.pack(b"+", pid))
         _reap(status_fds)
 
 
