@@ -8,9 +8,11 @@ assert that nothing new was imported.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 TRIVIAL = """
 from labpipe.experiment import *
@@ -83,3 +85,88 @@ def test_a_trivial_run_imports_nothing_beyond_the_template(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == []
     assert list((tmp_path / "results").rglob("*-Trivial.h5"))
+
+
+# --- bluesky and ophyd: preloaded once the lab uses them -------------------------------
+
+IMPORTS_BLUESKY = """
+import os
+import bluesky
+from labpipe.experiment import *
+
+class UsesBluesky(EnvExperiment):
+    def run(self):
+        self.set_dataset("template_pid", os.getppid())
+"""
+
+
+def _template_commands(master_pid):
+    """{pid: command line} of the master's template processes (its children running
+    the fork server; the processes they fork show the same command line)."""
+    commands = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == master_pid and "labpipe.worker.forkserver" in argv:
+            commands[int(entry)] = argv
+    return commands
+
+
+def _template_pid_of_a_run(lab, master, schedule, expid):
+    """Run expid to completion; the pid of the template its worker was forked from."""
+    import h5py
+    rid = schedule.submit("main", expid, 0, None, False)
+    with master.client("history") as history:
+        assert history.wait(rid, 60)["status"] == "completed"
+    [path] = (tmp for tmp in (os.path.join(d, f) for d, _, files in
+                              os.walk(lab.path("results")) for f in files)
+              if os.path.basename(tmp).startswith(f"{rid:09d}-"))
+    with h5py.File(path, "r") as f:
+        return int(f["datasets/template_pid"][()])
+
+
+def test_bluesky_is_preloaded_once_a_run_imports_it(lab):
+    from test_master_process import MasterProcess, wait_for
+    lab.write("repository/uses_bluesky.py", IMPORTS_BLUESKY)
+    master = MasterProcess(lab.root)
+    try:
+        [(lean_pid, lean_argv)] = _template_commands(master.process.pid).items()
+        assert "bluesky" not in lean_argv  # a lab that does not use bluesky (yet)
+        expid = {"file": "repository/uses_bluesky.py", "class_name": None,
+                 "arguments": {}, "log_level": 30}
+        with master.client("schedule") as schedule:
+            assert _template_pid_of_a_run(lab, master, schedule, expid) == lean_pid
+            wait_for(lambda: any("bluesky" in argv for argv in
+                                 _template_commands(master.process.pid).values()),
+                     timeout=60)
+            [bluesky_pid] = [pid for pid, argv in
+                             _template_commands(master.process.pid).items()
+                             if "bluesky" in argv]
+            # runs go on meanwhile; once the new template is ready (it imports bluesky
+            # first), they come from it, and stay there
+            deadline = time.monotonic() + 60
+            while _template_pid_of_a_run(lab, master, schedule, expid) != bluesky_pid:
+                assert time.monotonic() < deadline, "runs never came from the new template"
+            assert _template_pid_of_a_run(lab, master, schedule, expid) == bluesky_pid
+    finally:
+        master.stop()
+
+
+def test_a_device_db_with_ophyd_devices_starts_with_bluesky_preloaded(lab):
+    from test_master_process import MasterProcess
+    lab.write("device_db.py", """
+        device_db = {"det": {"type": "local", "module": "ophyd.sim", "class": "SynGauss",
+                             "arguments": {"motor": None, "motor_field": "x",
+                                           "center": 0, "Imax": 1}}}
+    """)
+    master = MasterProcess(lab.root)
+    try:
+        [argv] = _template_commands(master.process.pid).values()
+        assert "bluesky" in argv
+    finally:
+        master.stop()

@@ -72,6 +72,12 @@ class MasterManagement:
         self._terminate_cb()
 
 
+def _device_modules(ddb: dict) -> list[str]:
+    """The modules the device database's local devices come from."""
+    return [entry.get("module", "") for entry in ddb.values()
+            if isinstance(entry, dict) and entry.get("type") == "local"]
+
+
 class Master:
     """A labpipe master in the current event loop."""
 
@@ -87,8 +93,10 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
-        await asyncio.to_thread(launcher.warm_up)
         self.device_db = DeviceDB(self._path(o.device_db))
+        if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
+            await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
+        await asyncio.to_thread(launcher.warm_up)
         self.dataset_db = DatasetDB(self._path(o.dataset_db))
         backend_cls = GitBackend if o.git else FilesystemBackend
         self.repository = backend_cls(self._path(o.repository))

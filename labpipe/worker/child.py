@@ -6,8 +6,9 @@ The master sends one command per stage and waits for the outcome:
 =================  ==========================================  ======================
 command            fields                                      outcome
 =================  ==========================================  ======================
-``build``          rid, pipeline_name, priority, expid,        ``completed``
-                   workdir, lab_dir, results_dir, repo_rev
+``build``          rid, pipeline_name, priority, expid,        ``completed`` +
+                   workdir, lab_dir, results_dir, repo_rev     class_name, devices,
+                                                               bluesky (imported?)
 ``prepare``                                                    ``completed``
 ``run``                                                        ``completed``,
                                                                ``paused``,
@@ -194,7 +195,8 @@ class _Child:
             repo_rev=cmd.get("repo_rev"), log_lines=self.log_lines)
         self.runner.build()
         return {"action": "completed", "class_name": self.runner.class_name,
-                "devices": list(getattr(device_mgr, "requested", []))}
+                "devices": list(getattr(device_mgr, "requested", [])),
+                "bluesky": "bluesky" in sys.modules or "ophyd" in sys.modules}
 
     def validate(self, cmd):
         """A dry run: the problems that would stop ``cmd["expid"]`` (``validate.py``)."""

@@ -78,14 +78,18 @@ class Worker:
     async def build(self, *, pipeline_name, priority, expid, workdir, lab_dir, results_dir,
                     repo_rev=None, timeout=None) -> dict:
         """Start the process, import and build the experiment. Returns the outcome
-        (``class_name``, ``devices`` requested in build)."""
+        (``class_name``, ``devices`` requested in build, ``bluesky``: whether the
+        worker holds bluesky or ophyd; if so, later workers get them preloaded)."""
         if self._process is None:
             self._start()
-        return await self._do({"action": "build", "rid": self.rid,
-                               "pipeline_name": pipeline_name, "priority": priority,
-                               "expid": expid, "workdir": workdir, "lab_dir": lab_dir,
-                               "results_dir": results_dir, "repo_rev": repo_rev},
-                              timeout, "build")
+        outcome = await self._do({"action": "build", "rid": self.rid,
+                                  "pipeline_name": pipeline_name, "priority": priority,
+                                  "expid": expid, "workdir": workdir, "lab_dir": lab_dir,
+                                  "results_dir": results_dir, "repo_rev": repo_rev},
+                                 timeout, "build")
+        if outcome.get("bluesky"):
+            launcher.use_bluesky()
+        return outcome
 
     async def prepare(self, timeout=None):
         await self._do({"action": "prepare"}, timeout, "prepare")

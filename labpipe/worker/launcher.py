@@ -23,29 +23,84 @@ import threading
 
 from labpipe.worker.forkserver import ForkServer
 
-__all__ = ["PRELOAD", "template", "start_process", "start_worker", "take_worker",
+__all__ = ["PRELOAD", "BLUESKY_PRELOAD", "preload", "template", "use_bluesky",
+           "uses_bluesky", "start_process", "start_worker", "take_worker",
            "discard_spares", "warm_up"]
 
-#: Modules imported once in the template. Optional ones are skipped when absent.
+#: Modules every template imports once. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment", "labpipe.worker.examine",
-           "labpipe.master.repository.examine_child", "numpy", "h5py", "ophyd", "bluesky",
-           "bluesky.plans", "ophyd.sim", "labpipe.bluesky.session",
-           "labpipe.worker.template"]  # the template module: last
+           "labpipe.master.repository.examine_child", "numpy", "h5py"]
+#: Imported as well once the lab uses bluesky or ophyd (``use_bluesky``). They double
+#: the template's memory, and every fork and exit of a worker pays for its size.
+BLUESKY_PRELOAD = ["ophyd", "bluesky", "bluesky.plans", "ophyd.sim",
+                   "labpipe.bluesky.session"]
+#: Imported last: readies the template (HDF5 warm-up, ``gc.freeze``).
+TEMPLATE_MODULE = "labpipe.worker.template"
 
 logger = logging.getLogger(__name__)
 
 _template: ForkServer | None = None
+_with_bluesky = False
 _template_lock = threading.Lock()
 
 
+def preload(bluesky: bool) -> list[str]:
+    """The modules a template imports, in order (those not installed left out)."""
+    names = PRELOAD + (BLUESKY_PRELOAD if bluesky else []) + [TEMPLATE_MODULE]
+    return [name for name in names if _importable(name)]
+
+
 def template() -> ForkServer:
-    """The template process (its client), made on first use; not started yet."""
+    """The current template process (its client), made on first use; not started yet."""
     global _template
     with _template_lock:
         if _template is None:
-            _template = ForkServer([m for m in PRELOAD if _importable(m)])
+            _template = ForkServer(preload(_with_bluesky))
             atexit.register(_template.stop, wait=2.0)
         return _template
+
+
+def uses_bluesky(modules) -> bool:
+    """Whether bluesky or ophyd is among the module names (e.g. a device database's)."""
+    return any(str(name).partition(".")[0] in ("bluesky", "ophyd") for name in modules)
+
+
+def use_bluesky(wait: bool = False) -> None:
+    """Have workers start from a template that has imported bluesky and ophyd too.
+
+    The lab uses them (its device database names ophyd devices, or a run imported
+    them): from now on they are preloaded. A new template is started in a background
+    thread (or now, with wait) and replaces the current one once it is ready; workers
+    already started keep running. Calls after the first do nothing.
+    """
+    global _with_bluesky
+    with _template_lock:
+        if _with_bluesky:
+            return
+        _with_bluesky = True
+        if _template is None:  # not made yet: it will be made with bluesky
+            return
+    if wait:
+        _replace_template()
+    else:
+        threading.Thread(target=_replace_template, name="labpipe-template-bluesky",
+                         daemon=True).start()
+
+
+def _replace_template():
+    global _template
+    new = ForkServer(preload(True))
+    try:
+        new.ensure_started()
+    except Exception as e:
+        logger.error("could not start a worker template with bluesky: %s", e)
+        return
+    atexit.register(new.stop, wait=2.0)
+    with _template_lock:
+        old, _template = _template, new
+    logger.info("workers now start from a template that has imported bluesky and ophyd")
+    _spares.renew()
+    old.stop()  # it lives on until the processes it started have ended
 
 
 def _importable(name: str) -> bool:
@@ -122,6 +177,14 @@ class _Spares:
         finally:
             with self._lock:
                 self._refilling = False
+
+    def renew(self):
+        """Replace the spares started so far (by a template that was replaced)."""
+        with self._lock:
+            items, self._ready = list(self._ready), collections.deque()
+        for process, conn in items:
+            conn.close()  # the spare sees the end of its pipe and exits
+        self._refill()
 
     def restart(self):
         """Keep a spare ready again (after discard)."""
