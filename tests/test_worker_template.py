@@ -34,9 +34,8 @@ class Trivial(EnvExperiment):
 PROBE = """
 import importlib, json, logging, sys
 from labpipe.worker import launcher
-for name in launcher.PRELOAD:
-    if launcher._importable(name):
-        importlib.import_module(name)
+for name in launcher.preload(bluesky=False):
+    importlib.import_module(name)
 preloaded = set(sys.modules)
 
 from labpipe.worker import child
