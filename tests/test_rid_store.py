@@ -40,6 +40,14 @@ def _unreadable_record_errors(caplog):
             if r.levelno >= logging.ERROR and "cannot read the record" in r.getMessage()]
 
 
+async def _delete_all(master, rids):
+    """Delete the runs and wait until they are out of the schedule and the store."""
+    for rid in rids:
+        master.scheduler.delete(rid)
+    await wait_until(lambda: not master.scheduler.notifier.raw_view
+                     and not master.scheduler.ending)
+
+
 def test_rid_counter_fsyncs_only_when_durable(tmp_path, monkeypatch):
     synced = []
     real = atomic.fsync_path
@@ -83,10 +91,7 @@ def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
                 assert pyon.load_file(lab.path("last_rid.pyon")) == rids[-1]
             assert rids == sorted(set(rids))
             # removing the runs' records keeps the meta entry
-            for rid in rids:
-                m.scheduler.delete(rid)
-            await wait_until(lambda: not m.scheduler.notifier.raw_view
-                             and not m.scheduler.ending)
+            await _delete_all(m, rids)
             return rids
     rids = run_async(main())
     # the store's commit made each RID durable: last_rid.pyon was not fsynced
@@ -109,10 +114,7 @@ def test_restart_resumes_after_the_store_when_last_rid_pyon_lost_writes(lab, los
         async with running_master(lab) as m:
             rids = [await m.scheduler.submit("main", noop(), due_date=time.time() + LATER)
                     for _ in range(4)]
-            for rid in rids:
-                m.scheduler.delete(rid)
-            await wait_until(lambda: not m.scheduler.notifier.raw_view
-                             and not m.scheduler.ending)
+            await _delete_all(m, rids)
             return rids
     given = run_async(first())
     store = ScheduleStore(lab.path("schedule.mdb"))
