@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -118,11 +117,9 @@ def test_a_dead_server_is_restarted_on_the_next_start(server):
     assert again.exitcode == 0
 
 
-def test_stopping_the_server_waits_for_nothing_and_leaves_children_running(server):
+def test_stopping_the_server_leaves_children_running(server):
     process, conn = server.start("fs_targets:echo")
-    started = time.monotonic()
-    server.stop()
-    assert time.monotonic() - started < 5
+    server.stop()  # returns although the child runs on (a hang here fails the suite)
     conn.send("after stop")
     assert conn.recv()[0] == "after stop"
     conn.close()
@@ -130,18 +127,23 @@ def test_stopping_the_server_waits_for_nothing_and_leaves_children_running(serve
     assert process.exitcode == 0  # the server kept reaping until its last child ended
 
 
-def test_an_unimportable_preload_module_is_reported_not_fatal(tmp_path, monkeypatch, capfd):
-    (tmp_path / "fs_targets.py").write_text(TARGETS)
-    monkeypatch.chdir(tmp_path)
-    server = ForkServer(["fs_targets", "no_such_module_here"])
-    try:
-        server.ensure_started()
-        process, conn = server.start("fs_targets:echo")
-        conn.send(1)
-        assert conn.recv()[0] == 1
-        conn.close()
-        process.join(10)
-    finally:
-        server.stop()
-    err = capfd.readouterr().err
-    assert "cannot preload no_such_module_here" in err
+def test_an_unimportable_preload_module_is_reported_not_fatal(capfd, server):
+    # the fixture's server was asked to preload a module that does not exist
+    assert "cannot preload no_such_module_here" in capfd.readouterr().err
+    process, conn = server.start("fs_targets:echo")
+    conn.send(1)
+    assert conn.recv()[0] == 1
+    conn.close()
+    process.join(10)
+    assert process.exitcode == 0
+
+
+def test_close_releases_the_status_pipe(server):
+    process, conn = server.start("fs_targets:echo")
+    conn.close()
+    process.join(10)
+    fd = process.sentinel
+    process.close()
+    assert process.sentinel == -1 and process.exitcode == 0
+    with pytest.raises(OSError):
+        os.fstat(fd)

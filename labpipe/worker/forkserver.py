@@ -44,7 +44,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from multiprocessing.connection import Connection, Pipe
 
@@ -92,13 +91,6 @@ class ForkedProcess:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
-    def close(self) -> None:
-        """Release the status pipe (the exit code stays known if it was read)."""
-        with self._lock:
-            if self.sentinel >= 0:
-                os.close(self.sentinel)
-                self.sentinel = -1
-
     def _signal(self, signum) -> None:
         if self.exitcode is None:
             try:
@@ -107,11 +99,15 @@ class ForkedProcess:
                 pass  # ended meanwhile: the server reports it
 
     def _poll(self, timeout: float | None) -> None:
+        """Read the exit code if the process ended (waiting at most timeout seconds).
+        The pipe stays open, at its end, so an event loop watching the sentinel still
+        sees it readable."""
         with self._lock:
             if self._exitcode is not None or self.sentinel < 0:
                 return
-            ready, _, _ = select.select([self.sentinel], [], [], timeout)
-            if not ready:
+            poller = select.poll()  # not select(): the master may hold > 1024 fds
+            poller.register(self.sentinel, select.POLLIN)
+            if not poller.poll(None if timeout is None else 1000 * timeout):
                 return
             data = b""
             while len(data) < _CODE.size:
@@ -122,7 +118,14 @@ class ForkedProcess:
             self._exitcode = (_CODE.unpack(data)[0] if len(data) == _CODE.size
                               else _UNKNOWN_EXIT)
 
-    def __del__(self):
+    def close(self) -> None:
+        """Release the status pipe, once nothing watches the sentinel any more."""
+        with self._lock:
+            if self.sentinel >= 0:
+                os.close(self.sentinel)
+                self.sentinel = -1
+
+    def __del__(self):  # a process dropped without close()
         if getattr(self, "sentinel", -1) >= 0:
             os.close(self.sentinel)
 

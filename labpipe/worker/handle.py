@@ -140,7 +140,8 @@ class Worker:
     def _on_exit(self):
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._process.sentinel)
-        self._process.join(0)  # reap
+        self._process.join(0)  # reads the exit code the template reported
+        self._process.close()
         if not self._exited.done():
             self._exited.set_result(self._process.exitcode)
 
