@@ -7,7 +7,6 @@ import random
 import socket
 import sys
 import threading
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from labpipe.protocol.broadcast import Broadcaster, Receiver
 from labpipe.protocol.logs import (LogBroadcastHandler, LogForwarder, LogLine, LogServer,
                                    format_lines, parse_line)
 
-from conftest import async_test, wait_until
+from conftest import async_test, raw_exchange, wait_until
 
 HOST = "127.0.0.1"
 
@@ -43,22 +42,6 @@ def captured(name):
     finally:
         target.removeHandler(handler)
         target.level, target.propagate = saved
-
-
-async def send_raw(port, data):
-    """Send data on a raw connection and close it."""
-    _, writer = await asyncio.open_connection(HOST, port)
-    try:
-        writer.write(data)
-        await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 def summary(records):
@@ -94,7 +77,7 @@ async def test_lines_become_records_with_source():
     server = LogServer()
     await server.start(HOST, 0)
     with captured("lptest") as records:
-        await send_raw(server.port, (
+        await raw_exchange(server.port, (
             b"ARTIQ logging\n"
             b"worker(1,Scan):30:lptest.scan:voltage: 3 V\n"
             b"ctlmgr(host):ERROR:lptest:failed\n"
@@ -135,7 +118,7 @@ async def test_bad_lines_are_skipped_and_logged_once():
     server = LogServer(max_message_length=100)
     await server.start(HOST, 0)
     with captured("lpbad") as records, captured("labpipe.protocol.logs") as own:
-        await send_raw(server.port, (
+        await raw_exchange(server.port, (
             b"ARTIQ logging\n"
             b"+continuation without a record\n"
             b"no colons at all\n"
@@ -171,8 +154,8 @@ async def test_fuzz_then_serves_a_well_behaved_client():
          for _ in range(30)]
     with captured("lpfuzz") as records:
         for payload in payloads:
-            await send_raw(server.port, payload)
-        await send_raw(server.port, b"ARTIQ logging\nw:INFO:lpfuzz:well behaved\n")
+            await raw_exchange(server.port, payload)
+        await raw_exchange(server.port, b"ARTIQ logging\nw:INFO:lpfuzz:well behaved\n")
         await wait_until(lambda: [r.getMessage() for r in records] == ["well behaved"])
     await server.stop()
 
@@ -209,7 +192,7 @@ async def test_forwarder_round_trip():
 
 
 @async_test
-async def test_forwarder_drops_without_blocking_and_reconnects():
+async def test_forwarder_drops_while_the_server_is_down_and_reconnects():
     server = LogServer()
     await server.start(HOST, 0)
     port = server.port
@@ -218,10 +201,8 @@ async def test_forwarder_drops_without_blocking_and_reconnects():
         forwarder.handle(make_record("lpre", logging.INFO, "first"))
         await wait_until(lambda: len(records) == 1)
         await server.stop()
-        started = time.monotonic()
         for i in range(200):
             forwarder.handle(make_record("lpre", logging.INFO, f"lost {i}"))
-        assert time.monotonic() - started < 0.5  # the caller never waits for the network
         await asyncio.to_thread(forwarder.flush)
         assert forwarder.dropped > 0
         server = LogServer()
@@ -242,17 +223,23 @@ def test_forwarder_queue_is_bounded():
     release = threading.Event()
     batches = []
 
-    def stuck_send(data):  # a network that does not move
+    def stuck_send(data):  # a network that does not move until the test releases it
         batches.append(data)
-        release.wait(5)
+        release.wait()
         return True
 
+    def log_all():
+        for i in range(1000):
+            forwarder.handle(make_record("lpq", logging.INFO, str(i)))
+
     forwarder._send = stuck_send
-    started = time.monotonic()
-    for i in range(1000):
-        forwarder.handle(make_record("lpq", logging.INFO, str(i)))
-    assert time.monotonic() - started < 0.5
-    release.set()
+    caller = threading.Thread(target=log_all)
+    try:
+        caller.start()
+        caller.join(10)  # a caller waiting for the stuck network would hang here
+        assert not caller.is_alive(), "handle() waited for the network"
+    finally:
+        release.set()
     forwarder.close()
     sent = b"".join(batches).count(b"\n")
     assert sent + forwarder.dropped == 1000
@@ -264,10 +251,8 @@ def test_forwarder_drops_when_it_cannot_connect():
         sock.bind((HOST, 0))
         port = sock.getsockname()[1]
     forwarder = LogForwarder(HOST, port, "w", queue_limit=10)
-    started = time.monotonic()
     for i in range(1000):
         forwarder.handle(make_record("lpq", logging.INFO, str(i)))
-    assert time.monotonic() - started < 0.5
     forwarder.close()
     # at most one queue-full batch was in the sender's hands; all the rest were refused
     assert forwarder.dropped == 1000
