@@ -55,7 +55,8 @@ def _indep_escape(obj):
         return OrderedDict((key, value) for key, value in args[0])
     if typename == "nparray":
         shape, dtype, data = args
-        return numpy.frombuffer(base64.b64decode(data), dtype=numpy.dtype(dtype)).reshape(shape)
+        flat = numpy.frombuffer(base64.b64decode(data), dtype=numpy.dtype(dtype))
+        return flat.reshape(shape).copy()  # writable, so that mods can change it
     if typename == "npscalar":
         dtype, data = args
         return numpy.frombuffer(base64.b64decode(data), dtype=numpy.dtype(dtype))[0]

@@ -1,9 +1,7 @@
 """Tests of labpipe.protocol.sync: Notifier, apply_mod, Publisher and Subscriber."""
 
 import asyncio
-import base64
 import copy
-import json
 import random
 import socket
 import threading
@@ -15,6 +13,7 @@ from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber, apply_mod
 
 from conftest import async_test, drain_until_closed, raw_exchange, wait_until
+from test_interop import indep_decode
 
 HOST = "127.0.0.1"
 
@@ -360,23 +359,11 @@ async def test_fuzz_then_serves_a_well_behaved_client():
 
 
 # --- Interoperability: a subscriber written only from wire-compat.md ---------------------
+# (its PYON decoder is test_interop's, which imports nothing from labpipe)
 
 def independent_subscriber(port, name, n_mods, subscribed):
-    """Follow a notifier with a raw socket and json alone; return the final state."""
-
-    def unescape(obj):
-        if "__jsonclass__" not in obj:
-            return obj
-        typename, args = obj["__jsonclass__"]
-        if typename == "tuple":
-            return tuple(args[0])
-        if typename == "dict":
-            return {k: v for k, v in args[0]}
-        if typename == "nparray":
-            shape, dtype, data = args
-            flat = numpy.frombuffer(base64.b64decode(data), dtype=numpy.dtype(dtype))
-            return flat.reshape(shape).copy()
-        raise ValueError(typename)
+    """Follow a notifier with a raw socket and test_interop's independent PYON decoder;
+    return the final state."""
 
     def apply(state, mod):
         container = state
@@ -399,14 +386,14 @@ def independent_subscriber(port, name, n_mods, subscribed):
     with socket.create_connection((HOST, port), timeout=10) as sock:
         sock.sendall(b"ARTIQ sync_struct\n" + name.encode() + b"\n")
         lines = sock.makefile("rb")
-        init = json.loads(lines.readline(), object_hook=unescape)
+        init = indep_decode(lines.readline())
         assert init["action"] == "init"
         state = init["struct"]
         subscribed.set()
         for _ in range(n_mods):
             line = lines.readline()
             assert line.endswith(b"\n")
-            apply(state, json.loads(line, object_hook=unescape))
+            apply(state, indep_decode(line))
         return state
 
 
@@ -473,8 +460,6 @@ async def test_lagging_subscriber_gets_latest_value_per_key_not_a_backlog():
 
 def read_sync_until(sock, done, timeout=10.0):
     """Read a sync stream from a raw socket, applying mods, until done(copy)."""
-    from labpipe.protocol import pyon
-    from labpipe.protocol.sync import apply_mod
     sock.settimeout(timeout)
     f = sock.makefile("rb")
     copy = pyon.decode(f.readline())["struct"]
