@@ -338,11 +338,15 @@ class ExperimentDB:
         experiment when ``class_name`` is None): from the last scan when the file is
         part of it, otherwise by examining the file in a worker process; then, with
         check_arguments, the argument values against their descriptions
-        (``argcheck.py``). Raises
-        ``SubmissionError`` (a ValueError) with a one-line message.
+        (``argcheck.py``). Raises ``SubmissionError`` (a ValueError) with a one-line
+        message.
         """
-        resolved, repo_msg, source = await asyncio.to_thread(
-            resolve_submission, expid, self.backend, self.lab_dir, self.cur_rev)
+        args = (expid, self.backend, self.lab_dir, self.cur_rev)
+        if isinstance(expid, dict) and "repo_rev" in expid:
+            # the backend's checks (a Git lookup may wait for a checkout): off the loop
+            resolved, repo_msg, source = await asyncio.to_thread(resolve_submission, *args)
+        else:  # a stat, or a compile: cheaper than a hop to a thread
+            resolved, repo_msg, source = resolve_submission(*args)
         class_name = resolved.get("class_name")
         if source.kind == "content":
             return resolved, repo_msg
