@@ -34,11 +34,12 @@ from labpipe.master.progress import ProgressTracker
 from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run, RunEnd
+from labpipe.master.schedule_store import NOT_STARTED_STAGES
 from labpipe.protocol.sync import Notifier
 from labpipe.worker.handle import Worker
 from labpipe.worker.results import results_path, write_results
 
-__all__ = ["Scheduler", "SchedulerConfig", "validate_submission"]
+__all__ = ["Scheduler", "SchedulerConfig", "validate_submission", "EXPID_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ class SchedulerConfig:
         self.kill_timeout = kill_timeout
 
 
-_EXPID_KEYS = {"file", "class_name", "arguments", "log_level", "repo_rev", "content",
-               "devarg_override"}
+#: The keys an expid may have.
+EXPID_KEYS = frozenset({"file", "class_name", "arguments", "log_level", "repo_rev",
+                        "content", "devarg_override"})
 
 
 def validate_submission(pipeline_name, expid, priority, due_date, flush):
@@ -65,9 +67,9 @@ def validate_submission(pipeline_name, expid, priority, due_date, flush):
         raise ValueError("pipeline_name must be a non-empty string")
     if not isinstance(expid, dict):
         raise TypeError(f"expid must be a dict, not {type(expid).__name__}")
-    unknown = set(expid) - _EXPID_KEYS
+    unknown = set(expid) - EXPID_KEYS
     if unknown:
-        raise ValueError(f"unknown expid keys {sorted(unknown)}; valid: {sorted(_EXPID_KEYS)}")
+        raise ValueError(f"unknown expid keys {sorted(unknown)}; valid: {sorted(EXPID_KEYS)}")
     if expid.get("content") is None and not isinstance(expid.get("file"), str):
         raise ValueError("expid needs a 'file' (a path) or a 'content' (the source text)")
     if expid.get("content") is not None and not isinstance(expid["content"], str):
@@ -376,11 +378,11 @@ class Scheduler:
                       workdir=self.config.lab_dir, repo_rev=record.get("repo_rev"),
                       submitted=record["submitted"],
                       stage_times=dict(record.get("stage_times") or {}))
-            stages = set(run.stage_times) - {"pending"}
-            if "deleting" in stages:
+            started = set(run.stage_times) - NOT_STARTED_STAGES
+            if "deleting" in started:
                 await self._tell_run_end(run, RunEnd("deleted"))
                 continue
-            if stages - {"flushing"}:
+            if started:
                 last = max(run.stage_times, key=run.stage_times.get)
                 logger.warning("RID %d was %s when the master stopped: interrupted",
                                rid, last)
