@@ -12,7 +12,6 @@ decoder (or by its server and client) cannot hide. The tests then check that:
   same values, and labpipe writes exactly that text for those values.
 """
 
-import asyncio
 import base64
 import json
 import math
@@ -112,8 +111,8 @@ class IndepRPC:
 # --------------------------------------------------------------------------- labpipe side
 
 from labpipe.protocol import pyon  # noqa: E402
-from labpipe.protocol.rpc import Server  # noqa: E402
 from test_pyon import assert_same  # noqa: E402
+from test_rpc import with_server as serve  # noqa: E402
 
 
 class InteropError(Exception):
@@ -148,15 +147,7 @@ class Target:
 
 def with_server(body):
     """Serve {"calc": Target(), "zeta": Target()}; run body(port) in a thread."""
-    async def main():
-        server = Server({"zeta": Target(), "calc": Target()}, description="interop")
-        await server.start("127.0.0.1", 0)
-        try:
-            async with asyncio.timeout(10):
-                return await asyncio.to_thread(body, server.port)
-        finally:
-            await server.stop()
-    return asyncio.run(main())
+    return serve({"zeta": Target(), "calc": Target()}, body, description="interop")
 
 
 def with_client(target, body):
