@@ -30,19 +30,17 @@ import time
 
 from labpipe.master.lmdb_file import LMDBFile
 from labpipe.master.schedule_store import rid_key
+from labpipe.master.scheduler import EXPID_KEYS
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier
 
-__all__ = ["History", "HistoryTarget", "NOTIFIER_SIZE", "STATUSES"]
+__all__ = ["History", "HistoryTarget", "NOTIFIER_SIZE"]
 
 logger = logging.getLogger(__name__)
 
 NOTIFIER_SIZE = 1000
-STATUSES = ("completed", "failed", "terminated", "deleted", "interrupted")
 #: What resubmit(rid, overrides) may change besides the expid's own keys.
 _SCHEDULING_OVERRIDES = {"pipeline", "priority", "due_date", "flush"}
-_EXPID_OVERRIDES = {"file", "class_name", "arguments", "log_level", "repo_rev", "content",
-                    "devarg_override"}
 
 
 def _stages(stage_times: dict, ended: float) -> dict:
@@ -165,13 +163,13 @@ class History:
         ``priority``, ``due_date``, ``flush`` and keys of the expid (``arguments`` are
         merged into the old ones)."""
         overrides = dict(overrides or {})
-        unknown = set(overrides) - _SCHEDULING_OVERRIDES - _EXPID_OVERRIDES
+        unknown = set(overrides) - _SCHEDULING_OVERRIDES - EXPID_KEYS
         if unknown:
             raise ValueError(f"cannot override {sorted(unknown)}; valid: "
-                             f"{sorted(_SCHEDULING_OVERRIDES | _EXPID_OVERRIDES)}")
+                             f"{sorted(_SCHEDULING_OVERRIDES | EXPID_KEYS)}")
         record = await self.get(rid)
         expid = dict(record["expid"])
-        for key in _EXPID_OVERRIDES & set(overrides):
+        for key in EXPID_KEYS & set(overrides):
             if key == "arguments":
                 if not isinstance(overrides[key], dict):
                     raise TypeError("the 'arguments' override must be a dict")
