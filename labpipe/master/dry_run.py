@@ -26,7 +26,7 @@ def _strip_rid(message: str) -> str:
 
 
 def _handlers(scheduler) -> dict:
-    base = scheduler.worker_handlers(None) if scheduler.worker_handlers else {}
+    base = scheduler.worker_handlers(None)
     handlers = {name: (lambda msg: None) for name in _SILENT}
     for name in ("get_device_db", "get_dataset"):
         if name in base:

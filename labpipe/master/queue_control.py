@@ -69,9 +69,6 @@ class PipelineStates:
     def is_held(self, name: str) -> bool:
         return self.state(name)["held"]
 
-    def device_check(self, name: str) -> bool:
-        return self.state(name)["device_check"]
-
     def exempt(self) -> set[str]:
         """Pipelines whose device check is off."""
         return {n for n, s in self.notifier.raw_view.items() if not s["device_check"]}
