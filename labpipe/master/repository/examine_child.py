@@ -1,11 +1,12 @@
 """Child side of the examiner pool: examines experiment files in a worker process.
 
 Runs in a process forked from the worker template (parent side: ``examiner.py``). Protocol
-over a ``multiprocessing`` duplex pipe: the child first sends ``("ready", pid)``, then
-serves one request at a time:
+over the duplex connection the fork server hands over (``worker/forkserver.py``): the
+child first sends ``("ready", pid)``, then serves one request at a time:
 
-- request: ``(path, root)``: the file to examine and the folder it belongs to (the
-  repository folder or its checkout);
+- request: ``(path, root, device_keys)``: the file to examine, the folder it belongs to
+  (the repository folder or its checkout), and the device database's keys (its
+  experiments see them through ``get_device_db()``, every device a dummy);
 - reply: ``("ok", description, deps)`` or ``("error", reason, deps)`` where
   ``description`` is ``labpipe.worker.examine.examine_file(path)`` (``{class_name:
   {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``, PYON-encodable),

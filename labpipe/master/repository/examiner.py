@@ -33,6 +33,7 @@ __all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers"]
 
 logger = logging.getLogger(__name__)
 
+
 def default_workers() -> int:
     """Number of parallel examiners: one per CPU, at least two."""
     return max(2, os.cpu_count() or 1)
