@@ -41,12 +41,11 @@ def _escape(typename, args):
 
 def _to_json(obj):
     """Turn obj into something json can write, escaping non-JSON types."""
-    # bool and int are checked before numpy so that numpy.bool_ is not caught by them.
     if obj is None or isinstance(obj, (bool, str)):
         return obj
-    if isinstance(obj, int) and not isinstance(obj, numpy.integer):
+    if isinstance(obj, int):  # numpy integers and numpy.bool_ are not int subclasses
         return int(obj)
-    if isinstance(obj, float) and not isinstance(obj, numpy.floating):
+    if isinstance(obj, float) and not isinstance(obj, numpy.floating):  # numpy.float64 is
         return float(obj)
     if isinstance(obj, numpy.ndarray):
         if obj.dtype.hasobject:
