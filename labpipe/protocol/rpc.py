@@ -425,7 +425,7 @@ class Client:
             self._targets, self._description = _parse_server_id(self._recv_line())
             self._target = _select_target(self._targets, target_name)
             self._send(f"{self._target} {FEATURE}")
-            self._method_names = _parse_method_names(self._recv_line(), self._target)
+            _parse_method_names(self._recv_line(), self._target)
         except BaseException:
             self.close_rpc()
             raise
