@@ -336,13 +336,17 @@ def test_examine_names_an_argument_that_cannot_be_sent(tmp_path):
 
 
 def test_examine_module_with_given_managers(tmp_path):
+    asked = []
+
     class Datasets:
         def get(self, key, archive=False):
+            asked.append(key)
             return {"offset": 2.5}[key]
 
     module = import_file(write(tmp_path / "several.py", SEVERAL))
     try:
         assert list(examine_module(module, dataset_mgr=Datasets())) == ["Quick", "Scan"]
+        assert asked == ["offset"]   # Scan's build read its dataset from the given manager
     finally:
         forget_module(module)
 
