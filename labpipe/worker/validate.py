@@ -31,8 +31,8 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-from labpipe.language.argument_managers import process_value
-from labpipe.language.exceptions import ArgumentError, DefaultMissing
+from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.language.exceptions import ArgumentError, UnknownArgumentsError
 from labpipe.worker.devices import DeviceError, follow_aliases
 from labpipe.worker.examine import DummyDevice
 from labpipe.worker.importer import forget_module, get_experiment, import_file
@@ -50,38 +50,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-class _CheckingArguments:
+class _CheckingArguments(ProcessArgumentManager):
     """Processes each argument as a run would; records refusals instead of raising."""
 
     def __init__(self, submitted: dict, problems: list):
-        self.submitted = dict(submitted or {})
-        self.requested: list[str] = []
+        super().__init__(submitted)
         self.problems = problems
 
     def get(self, key, processor, group=None, tooltip=None):
-        if key not in self.requested:
-            self.requested.append(key)
         try:
-            return process_value(key, processor, self.submitted)
-        except (ArgumentError, DefaultMissing) as e:
-            self.problems.append(str(e) if isinstance(e, ArgumentError)
-                                 else f"argument {key!r}: no value and no default")
-        try:
-            return processor.default()
-        except Exception:
-            return None
+            return super().get(key, processor, group, tooltip)
+        except ArgumentError as e:  # DefaultMissing too
+            self.problems.append(str(e))
+        return _default_or_none(processor)
 
     def get_interactive(self, arglist, title):
-        result = {}
-        for key, processor, _group, _tooltip in arglist:
-            try:
-                result[key] = processor.default()
-            except Exception:
-                result[key] = None
-        return result
+        return {key: _default_or_none(processor) for key, processor, _g, _t in arglist}
 
-    def unknown(self) -> list[str]:
-        return sorted(set(self.submitted) - set(self.requested))
+
+def _default_or_none(processor):
+    try:
+        return processor.default()
+    except Exception:
+        return None
 
 
 class _CheckingDevices:
@@ -211,11 +202,10 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
         finally:
             with contextlib.suppress(ValueError):
                 sys.path.remove(folder or os.getcwd())
-        unknown = arguments.unknown()
-        if unknown:
-            listed = ", ".join(repr(k) for k in sorted(arguments.requested)) or "none"
-            problems.append(f"unknown argument(s) {', '.join(map(repr, unknown))}; "
-                            f"this experiment takes: {listed}")
+        try:
+            arguments.check_unprocessed()
+        except UnknownArgumentsError as e:
+            problems.append(str(e))
         return problems
     finally:
         forget_module(module)
