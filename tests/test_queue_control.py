@@ -51,6 +51,16 @@ def expid(file, **arguments):
     return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
+def cli(*argv):
+    """Run labpipe-client in this process; its exit code."""
+    from labpipe.client.main import main as client_main
+    try:
+        client_main(list(argv))
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
 def _lab_with_devices(lab):
     lab.write("device_db.py", DEVICE_DB)
     lab.write("repository/fakedev.py", FAKEDEV)
@@ -293,9 +303,9 @@ def test_hold_and_release(lab):
                 "main": {"held": True, "device_check": True},
                 "empty-pipeline": {"held": True, "device_check": True}}
             await m.scheduler.release("empty-pipeline")
-            # the run left waiting came back with the schedule, and still waits
-            if m.scheduler.get_status():
-                assert [e["status"] for e in m.scheduler.get_status().values()] == ["pending"]
+            # the run left waiting came back with the schedule, changed, and still waits
+            assert {rid: (e["status"], e["priority"])
+                    for rid, e in m.scheduler.get_status().items()} == {waiting: ("pending", 3)}
 
     run_async(main())
 
@@ -460,16 +470,8 @@ def test_device_check_can_be_turned_off_per_pipeline(lab):
 
 def test_client_dry_run(lab, capsys):
     import asyncio
-    from labpipe.client.main import main as client_main
     checked = lab.experiment("checked", CHECKED)
     _lab_with_devices(lab)
-
-    def cli(*argv):
-        try:
-            client_main(list(argv))
-        except SystemExit as e:
-            return e.code or 0
-        return 0
 
     async def main():
         async with running_master(lab) as m:
@@ -588,15 +590,7 @@ def test_no_yield_to_a_run_that_waits_for_devices(lab):
 
 def test_client_change_hold_release(lab):
     import asyncio
-    from labpipe.client.main import main as client_main
     gated = _lab_with_devices(lab)
-
-    def cli(*argv):
-        try:
-            client_main(list(argv))
-        except SystemExit as e:
-            return e.code or 0
-        return 0
 
     async def main():
         async with running_master(lab) as m:
