@@ -37,7 +37,7 @@ from labpipe.worker.devices import DeviceError, follow_aliases
 from labpipe.worker.examine import DummyDevice
 from labpipe.worker.importer import forget_module, get_experiment, import_file
 from labpipe.worker.runner import source_file
-from labpipe.worker.script import is_black_box_script
+from labpipe.worker.script import black_box_class
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
 __all__ = ["validate_experiment", "validate_command"]
@@ -163,16 +163,10 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
             return [f"experiment file {expid.get('file')!r} does not exist"
                     + (f" (in {workdir})" if workdir else "")]
         try:
-            with open(path, encoding="utf-8") as f:
-                source = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            return [f"cannot read {expid.get('file') or 'the content'}: {e}"]
-        folder = None if temporary else os.path.dirname(os.path.abspath(path))
-        if expid.get("class_name") is None and is_black_box_script(source, folder):
-            try:
-                compile(source, path, "exec")
-            except SyntaxError as e:
-                return [_one_line(e)]
+            script_cls = black_box_class(path, expid)  # decided as the run's build does
+        except SyntaxError as e:
+            return [_one_line(e)]
+        if script_cls is not None:
             if expid.get("arguments"):
                 return [f"unknown argument(s) {', '.join(map(repr, sorted(expid['arguments'])))}"
                         f"; a black-box script takes none"]
@@ -184,6 +178,7 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
     finally:
         if temporary:
             os.unlink(path)
+    folder = None if temporary else os.path.dirname(os.path.abspath(path))
     try:
         try:
             cls = get_experiment(module, expid.get("class_name"))
