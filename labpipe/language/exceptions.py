@@ -41,10 +41,6 @@ class ArgumentError(ValueError):
     def __reduce__(self):
         return type(self), (self.reason, self.key)
 
-    def named(self, key: str) -> "ArgumentError":
-        """This error again, with the name of the argument in its message."""
-        return type(self)(self.reason, key)
-
 
 class DefaultMissing(ArgumentError):
     """An argument processor has no default value to give."""

@@ -14,9 +14,6 @@ __all__ = ["Scheduler", "LocalScheduler", "CCB", "LocalCCB"]
 
 logger = logging.getLogger(__name__)
 
-#: Progress updates closer together than this are merged (latest wins) by the master.
-PROGRESS_INTERVAL = 0.1
-
 
 class Scheduler:
     """The ``scheduler`` device of a run under the master.
