@@ -19,6 +19,7 @@ from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.git import GitBackend
 from labpipe.protocol.rpc import Server
 from conftest import run_async, write_file as write
+from test_repository_scan import Watch
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Lab", "GIT_AUTHOR_EMAIL": "lab@example.org",
            "GIT_COMMITTER_NAME": "Lab", "GIT_COMMITTER_EMAIL": "lab@example.org",
@@ -49,21 +50,6 @@ def experiment(cls, title, default=1):
         ''')
 
 
-class Watch:
-    """Wakes waiters on every mod of the given notifiers."""
-
-    def __init__(self, *notifiers):
-        self._changed = asyncio.Event()
-        for notifier in notifiers:
-            notifier.add_listener(lambda mod: self._changed.set())
-
-    async def until(self, predicate, timeout=30.0):
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
 class Master:
     """An ExperimentDB on a Git repository behind a real RPC server."""
 
@@ -71,7 +57,7 @@ class Master:
         self.backend = GitBackend(repo)
         self.db = ExperimentDB(lab_dir, self.backend, examine_timeout=5.0)
         self.server = Server({"experiment_db": self.db.rpc_target})
-        self.watch = Watch(self.db.explist, self.db.explist_status)
+        self.watch = Watch(explist=self.db.explist, status=self.db.explist_status)
 
     async def __aenter__(self):
         await self.server.start("127.0.0.1", 0)
