@@ -328,8 +328,11 @@ def test_submission_refused_with_the_masters_message(shared):
     refused(m.cli("submit", "-c", "Nope", "repository/gated.py", check=False), "Nope")
     usage = m.cli("submit", "repository/gated.py", "tag", check=False)
     assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
-    assert m.cli("submit", "-t", "not a date", "repository/gated.py",
-                 check=False).returncode == 2
+    for due_date in ("not a date", "+soon", "+inf"):
+        assert m.cli("submit", "-t", due_date, "repository/gated.py",
+                     check=False).returncode == 2
+    for timeout in ("nan", "-1"):
+        assert m.cli("wait", "--timeout", timeout, "1", check=False).returncode == 2
     assert m.cli("history", "abc", check=False).returncode == 2
     assert m.cli("show", "nothing", check=False).returncode == 2
     assert m.cli(check=False).returncode == 2

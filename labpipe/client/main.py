@@ -13,6 +13,7 @@ interrupted.
 
 import argparse
 import logging
+import math
 import sys
 import time
 
@@ -52,17 +53,34 @@ def parse_due_date(text: str) -> float:
     or '+SECONDS' from now."""
     from datetime import datetime
     if text.startswith("+"):
-        return time.time() + float(text[1:])
-    for fmt in (None, "%H:%M", "%H:%M:%S"):
         try:
-            if fmt is None:
-                return datetime.fromisoformat(text).timestamp()
-            t = datetime.strptime(text, fmt).time()
-            return datetime.combine(datetime.now().date(), t).timestamp()
+            seconds = float(text[1:])
         except ValueError:
-            continue
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return time.time() + seconds
+    else:
+        for fmt in (None, "%H:%M", "%H:%M:%S"):
+            try:
+                if fmt is None:
+                    return datetime.fromisoformat(text).timestamp()
+                t = datetime.strptime(text, fmt).time()
+                return datetime.combine(datetime.now().date(), t).timestamp()
+            except ValueError:
+                continue
     raise UsageError(f"cannot read due date {text!r} (use e.g. '2026-11-21 14:30', "
                      "'14:30' or '+60')")
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a duration in seconds, finite and not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def get_argparser() -> argparse.ArgumentParser:
@@ -157,7 +175,7 @@ def get_argparser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wait", help="wait until a run has ended and print its record "
                                     "(exit code 1 when it did not complete)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="give up after this long (exit code 3)")
     p.add_argument("rid", type=int, help="run id")
 
