@@ -67,7 +67,11 @@ def _setup_logging(args):
     handlers = [logging.StreamHandler(sys.stderr)]
     handlers[0].setLevel(level)
     if args.log_file:
-        handlers.append(logging.FileHandler(args.log_file))
+        try:
+            handlers.append(logging.FileHandler(args.log_file))
+        except OSError as exc:
+            raise OSError(f"cannot open the log file {args.log_file}: "
+                          f"{exc.strerror or exc}") from None
         handlers[-1].setLevel(min(level, logging.INFO))
     for handler in handlers:
         handler.setFormatter(fmt)
@@ -115,8 +119,8 @@ async def _serve(options):
 def main(argv=None):
     """Run the master until SIGINT, SIGTERM or ``master_management.terminate()``."""
     args = get_argparser().parse_args(argv)
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         asyncio.run(_serve(_options(args)))
     except KeyboardInterrupt:
         pass
