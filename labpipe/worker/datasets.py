@@ -111,12 +111,16 @@ class DatasetManager:
         self._send = send
         self._get_remote = get_remote
         self._own: dict[str, _Own] = {}
-        #: key -> (value, metadata): datasets set in this run with archive on.
-        self.local: dict[str, tuple[Any, dict]] = {}
         #: key -> value: datasets read from the master with archive=True.
         self.archive: dict[str, Any] = {}
         #: group name -> function giving {key: value}: extra groups of the results file.
         self.result_groups: dict[str, Callable[[], dict]] = {}
+
+    @property
+    def local(self) -> dict[str, tuple[Any, dict]]:
+        """key -> (value, metadata): the datasets set in this run with archive on."""
+        return {key: (own.value, own.metadata) for key, own in self._own.items()
+                if own.archive}
 
     def set(self, key: str, value: Any, metadata: dict | None = None, broadcast: bool = False,
             persist: bool = False, archive: bool = True) -> None:
@@ -134,10 +138,6 @@ class DatasetManager:
                             f"not {type(metadata).__name__}")
         broadcast = bool(broadcast or persist)
         self._own[key] = _Own(value, metadata, broadcast, bool(persist), bool(archive))
-        if archive:
-            self.local[key] = (value, metadata)
-        else:
-            self.local.pop(key, None)
         if broadcast:
             self._send({"action": "setitem", "path": [], "key": key,
                         "value": (bool(persist), snapshot(value), snapshot(metadata))})
@@ -166,8 +166,6 @@ class DatasetManager:
                 own.value = append_row(own.value, value)
             except ValueError as e:
                 raise ValueError(f"dataset {key!r}: {e}") from None
-            if own.archive:
-                self.local[key] = (own.value, own.metadata)
         elif hasattr(own.value, "append"):
             own.value.append(value)
         else:
