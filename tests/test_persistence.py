@@ -67,6 +67,7 @@ def _kill(master):
 
 
 def _fields(entry):
+    """What a schedule entry and a history record share."""
     return {k: entry[k] for k in ("pipeline", "expid", "priority", "due_date", "flush")}
 
 
@@ -118,7 +119,7 @@ def test_sigkill_restores_pending_runs_and_interrupts_the_running_one(lab):
                 record = history.wait(rid, 30)
                 assert record["status"] == "completed", record
                 if rid != new:
-                    assert _fields_of_record(record) == _fields(before[rid])
+                    assert _fields(record) == _fields(before[rid])
                 assert "running" in record["stages"]
             # the due runs ran at their due dates, not before
             s1 = history.get(pending[2])
@@ -131,12 +132,6 @@ def test_sigkill_restores_pending_runs_and_interrupts_the_running_one(lab):
                 assert datasets.get("done." + tag) is True
     finally:
         m.stop()
-
-
-def _fields_of_record(record):
-    return {"pipeline": record["pipeline"], "expid": record["expid"],
-            "priority": record["priority"], "due_date": record["due_date"],
-            "flush": record["flush"]}
 
 
 def test_history_statuses_survive_restarts(lab):
