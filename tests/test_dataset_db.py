@@ -15,16 +15,10 @@ import lmdb
 import numpy
 import pytest
 
+from conftest import run_async as run
 from labpipe.master import datasets as datasets_module
 from labpipe.master.datasets import DatasetDB, DatasetNotFoundError
 from labpipe.protocol.sync import apply_mod
-
-
-def run(coro):
-    async def guarded():
-        async with asyncio.timeout(60):
-            return await coro
-    return asyncio.run(guarded())
 
 
 @pytest.fixture
@@ -35,6 +29,13 @@ def db_path(tmp_path):
 def reopen(path, **kwargs):
     db = DatasetDB(path, **kwargs)
     return db, copy.deepcopy(db.data.raw_view)
+
+
+def on_disk(path):
+    """What a fresh DatasetDB loads from path (opened and closed again)."""
+    db, data = reopen(path)
+    db.close()
+    return data
 
 
 def assert_same(a, b):
@@ -119,8 +120,7 @@ def test_non_persistent_datasets_stay_in_memory(db_path):
         db.close()
 
     run(main())
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {"kept": (True, 2, {})}
 
 
@@ -136,8 +136,7 @@ def test_persist_none_and_metadata_none_keep_the_current_ones(db_path):
         db.close()
 
     run(main())
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {"x": (True, 4, {})}
 
 
@@ -150,8 +149,7 @@ def test_turning_persist_off_deletes_from_disk(db_path):
         db.close()
 
     run(main())
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {}
 
 
@@ -166,8 +164,7 @@ def test_deleted_datasets_stay_deleted(db_path):
 
     run(main())
     for _ in range(2):  # and again after a second reopen
-        db, data = reopen(db_path)
-        db.close()
+        data = on_disk(db_path)
         assert data == {"k0": (True, 0, {}), "k2": (True, 2, {}), "k4": (True, 4, {})}
 
 
@@ -191,8 +188,7 @@ def test_map_grows_beyond_its_initial_size(db_path):
         run(db.set("more", big.T.copy(), persist=True))  # grows again after reopening
     finally:
         db.close()
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert_same(data["more"][1], big.T.copy())
 
 
@@ -227,8 +223,7 @@ def test_mods_are_published_in_order(db_path):
         {"action": "delitem", "path": [], "key": "b"},
         {"action": "delitem", "path": [], "key": "c"},
     ]
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {"a": (True, [7, 2, 3], {"unit": "s", "scale": 2})}
 
 
@@ -252,8 +247,7 @@ def test_mirror_built_from_mods_matches(db_path):
     assert_same(mirror, data)
     assert_same(data["arr"][1], numpy.array([[1.0, 9.0], [3.0, 4.0]]))
     assert_same(data["nested"][1], {"pts": [numpy.array([0.0, 5.0])]})
-    db, stored = reopen(db_path)
-    db.close()
+    stored = on_disk(db_path)
     assert_same(stored["arr"], data["arr"])
 
 
@@ -284,8 +278,7 @@ def test_update_of_a_persistent_dataset_is_committed(db_path):
         db.close()
 
     run(main())
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {"p": (True, {"n": 1}, {})}
 
 
@@ -361,8 +354,7 @@ def test_commits_run_in_the_writer_thread_batched_and_in_order(db_path, monkeypa
         assert env.info()["last_txnid"] == len(threads)
     finally:
         env.close()
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data == {**{f"k{i}": (True, 290 + i, {}) for i in range(10)}, "after": (True, 1, {})}
 
 
@@ -376,8 +368,7 @@ def test_a_cancelled_caller_still_gets_its_write_committed(db_path):
         db.close()  # waits for queued commits
 
     run(main())
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     assert data["x"][1].shape == (100_000,)
 
 
@@ -432,8 +423,7 @@ def test_acknowledged_sets_survive_kill_9(db_path):
     child.stdout.close()
     assert child.returncode == -signal.SIGKILL
 
-    db, data = reopen(db_path)
-    db.close()
+    data = on_disk(db_path)
     for key in acknowledged:
         i = int(key.split("-")[1])
         assert data[key] == (True, {"i": i, "points": list(range(i % 40))}, {}), key
