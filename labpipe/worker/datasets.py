@@ -100,7 +100,6 @@ class _Own:
     value: Any
     metadata: dict = field(default_factory=dict)
     broadcast: bool = False
-    persist: bool = False
     archive: bool = True
 
 
@@ -137,7 +136,7 @@ class DatasetManager:
             raise TypeError(f"dataset {key!r}: metadata must be a dict, "
                             f"not {type(metadata).__name__}")
         broadcast = bool(broadcast or persist)
-        self._own[key] = _Own(value, metadata, broadcast, bool(persist), bool(archive))
+        self._own[key] = _Own(value, metadata, broadcast, bool(archive))
         if broadcast:
             self._send({"action": "setitem", "path": [], "key": key,
                         "value": (bool(persist), snapshot(value), snapshot(metadata))})
