@@ -1,8 +1,8 @@
 """One submitted run, as the master sees it.
 
-A ``Run`` owns its schedule entry: setting ``run.status`` (or the other published fields)
-updates the ``schedule`` notifier and wakes the pipeline's stages. Nothing else writes
-the entry.
+A ``Run`` owns its schedule entry: setting ``run.status`` (or another published field,
+``set_field``) updates the ``schedule`` notifier; a new status, priority, due date or
+flush flag also wakes the pipeline's stages. Nothing else writes the entry.
 """
 
 import time
@@ -12,6 +12,9 @@ from labpipe.master.precedence import RunStatus
 from labpipe.worker.handle import Worker
 
 __all__ = ["Run", "RunEnd"]
+
+#: The published fields that ``precedence`` decides by (besides the status).
+_DECIDING_FIELDS = frozenset({"priority", "due_date", "flush"})
 
 
 @dataclass
@@ -64,12 +67,15 @@ class Run:
         self.state_changed.notify()
 
     def set_field(self, key, value):
-        """Change a published field of the entry (e.g. priority) and wake the stages."""
-        if key in ("priority", "due_date", "flush"):
+        """Change a published field of the entry (e.g. priority); the stages are woken
+        only for a field they decide by (not for progress, eta, blocked_by...)."""
+        deciding = key in _DECIDING_FIELDS
+        if deciding:
             setattr(self, key, value)
         if self.rid in self.schedule.raw_view:
             self.schedule[self.rid][key] = value
-        self.state_changed.notify()
+        if deciding:
+            self.state_changed.notify()
 
     @property
     def deleting(self) -> bool:
