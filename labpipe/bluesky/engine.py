@@ -32,13 +32,12 @@ def run_metadata(scheduler: Any) -> dict:
             "repo_rev": expid.get("repo_rev")}
 
 
-def make_run_engine(scheduler: Any = None, md: dict | None = None) -> RunEngine:
+def make_run_engine(scheduler: Any = None) -> RunEngine:
     """A RunEngine for the run of ``scheduler`` (the ``scheduler`` device; None: no
-    scheduler, so no pausing and no run identity). ``md`` is added to ``RE.md``."""
+    scheduler, so no pausing and no run identity)."""
     engine = RunEngine(context_managers=[])
     engine.record_interruptions = True
     if scheduler is not None:
         engine.md.update(run_metadata(scheduler))
         engine.preprocessors.append(scheduler_checkpoints(scheduler))
-    engine.md.update(md or {})
     return engine

@@ -48,9 +48,9 @@ TERMINATION_REASON = "termination requested through the labpipe scheduler"
 CHECK_INTERVAL = 0.02
 
 
-def scheduler_checkpoints(scheduler: Any, min_interval: float | None = None):
+def scheduler_checkpoints(scheduler: Any):
     """A RunEngine preprocessor pausing the plan at checkpoints when the scheduler says
-    so (see the module docstring). ``min_interval`` defaults to ``CHECK_INTERVAL``.
+    so (see the module docstring).
 
     The wrapper passes messages, responses and exceptions through as ``yield from``
     would (``bluesky.preprocessors.plan_mutator`` does the same, but costs a few tenths
@@ -59,9 +59,8 @@ def scheduler_checkpoints(scheduler: Any, min_interval: float | None = None):
 
     def should_pause() -> bool:
         nonlocal last_check
-        interval = CHECK_INTERVAL if min_interval is None else min_interval
         now = time.monotonic()
-        if now - last_check < interval:
+        if now - last_check < CHECK_INTERVAL:
             return False
         last_check = now
         return bool(scheduler.check_pause())

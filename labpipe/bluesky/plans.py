@@ -199,14 +199,14 @@ class _PlanExperiment(EnvExperiment, metaclass=_PlanExperimentType):
         self.plan_values = {}
         for key, kind, default in self.parameters:
             processor = _processor(kind, default, keys)
-            self.plan_values[key] = (kind, self.get_argument(
-                key, processor, group="plan", tooltip=_TOOLTIPS.get(kind)))
+            self.plan_values[key] = self.get_argument(
+                key, processor, group="plan", tooltip=_TOOLTIPS.get(kind))
 
     def plan_call(self) -> tuple[list, dict]:
         """The positional and keyword arguments of the plan, devices resolved."""
         args, kwargs = [], {}
         for key, kind, _default in self.parameters:
-            kind, value = self.plan_values[key]
+            value = self.plan_values[key]
             if kind == "device":
                 value = self.get_device(value)
             elif kind == "devices":
