@@ -77,6 +77,13 @@ async def running_master(lab, **options):
         await master.stop()
 
 
+def run_ends(scheduler):
+    """{rid: RunEnd}, filled as the scheduler's runs end."""
+    ends = {}
+    scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+    return ends
+
+
 class ScheduleRecorder:
     """Records (rid, status) from the schedule notifier's mods, in order."""
 
