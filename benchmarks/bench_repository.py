@@ -54,7 +54,7 @@ def git(cwd, *args):
                    check=True, capture_output=True)
 
 
-def write_experiments(folder, count, version=0):
+def write_experiments(folder, count):
     for i in range(count):
         path = os.path.join(folder, f"group{i % 10}", f"exp{i:03}.py")
         os.makedirs(os.path.dirname(path), exist_ok=True)
