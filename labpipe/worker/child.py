@@ -37,12 +37,13 @@ import signal
 import sys
 import traceback
 
-from labpipe.language.argument_managers import ProcessArgumentManager, process_values
+from labpipe.language.argument_managers import (ProcessArgumentManager, describe_arglist,
+                                                 process_values)
 from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker.datasets import DatasetManager
-from labpipe.worker.devices import DeviceManager
+from labpipe.worker.devices import DeviceManager, StaticDeviceDB
 from labpipe.worker.ipc import ChildChannel
-from labpipe.worker.runner import ExperimentRunner
+from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
 
 __all__ = ["main"]
@@ -93,31 +94,21 @@ class _LineLogger:
         return False
 
 
-class _RemoteDeviceDB:
-    """The master's device database, fetched once on first use."""
+class _RemoteDeviceDB(StaticDeviceDB):
+    """The master's device database, fetched once, on the run's first device."""
 
     def __init__(self, channel):
+        super().__init__(None)
         self._channel = channel
-        self._ddb = None
 
-    def _data(self):
-        if self._ddb is None:
-            self._ddb = self._channel.request("get_device_db")
-        return self._ddb
+    def get_device_db(self):
+        if self.device_db is None:
+            self.device_db = self._channel.request("get_device_db")
+        return self.device_db
 
     def get(self, key, resolve_alias=False):
-        data = self._data()
-        seen = set()
-        while True:
-            if key not in data:
-                raise KeyError(f"device '{key}' is not in the device database")
-            desc = data[key]
-            if not (resolve_alias and isinstance(desc, str)):
-                return desc
-            if key in seen:
-                raise LookupError(f"device alias loop at '{key}'")
-            seen.add(key)
-            key = desc
+        self.get_device_db()
+        return super().get(key, resolve_alias)
 
 
 class _WorkerArgumentManager(ProcessArgumentManager):
@@ -128,17 +119,11 @@ class _WorkerArgumentManager(ProcessArgumentManager):
         self._channel = channel
 
     def get_interactive(self, arglist, title):
-        desc = [[key, processor.describe(), group, tooltip]
-                for key, processor, group, tooltip in arglist]
-        values = self._channel.request("interactive", arglist_desc=desc, title=title)
+        values = self._channel.request("interactive", arglist_desc=describe_arglist(arglist),
+                                       title=title)
         if values is None:
             raise CancelledArgsError
         return process_values(arglist, values)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class _Child:
@@ -170,7 +155,7 @@ class _Child:
             try:
                 outcome = handler(command)
             except Exception as exc:
-                self.channel.send({"action": "exception", "message": _one_line(exc),
+                self.channel.send({"action": "exception", "message": one_line(exc),
                                    "traceback": traceback.format_exc()})
             else:
                 self.channel.send(outcome)
@@ -218,8 +203,8 @@ class _Child:
             return {"action": "terminated", "results": path}
         except Exception as exc:
             text = traceback.format_exc()
-            path = self._write_results_quietly(f"{_one_line(exc)}\n{text}")
-            return {"action": "exception", "message": _one_line(exc), "traceback": text,
+            path = self._write_results_quietly(f"{one_line(exc)}\n{text}")
+            return {"action": "exception", "message": one_line(exc), "traceback": text,
                     "results": path}
         return {"action": "completed"}
 

@@ -15,9 +15,15 @@ from labpipe.worker.importer import get_experiment, import_file
 from labpipe.worker.results import results_path, write_results
 from labpipe.worker.script import black_box_class
 
-__all__ = ["ExperimentRunner", "source_file"]
+__all__ = ["ExperimentRunner", "source_file", "one_line"]
 
 logger = logging.getLogger(__name__)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a failed stage is reported in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def source_file(expid: dict, workdir: str | None):

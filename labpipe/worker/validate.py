@@ -36,18 +36,13 @@ from labpipe.language.exceptions import ArgumentError, UnknownArgumentsError
 from labpipe.worker.devices import DeviceError, follow_aliases
 from labpipe.worker.examine import DummyDevice
 from labpipe.worker.importer import forget_module, get_experiment, import_file
-from labpipe.worker.runner import source_file
+from labpipe.worker.runner import one_line, source_file
 from labpipe.worker.script import black_box_class
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
 __all__ = ["validate_experiment", "validate_command"]
 
 logger = logging.getLogger(__name__)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class _CheckingArguments(ProcessArgumentManager):
@@ -165,7 +160,7 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
         try:
             script_cls = black_box_class(path, expid)  # decided as the run's build does
         except SyntaxError as e:
-            return [_one_line(e)]
+            return [one_line(e)]
         if script_cls is not None:
             if expid.get("arguments"):
                 return [f"unknown argument(s) {', '.join(map(repr, sorted(expid['arguments'])))}"
@@ -174,7 +169,7 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
         try:
             module = import_file(path, prefix="file_validate_")
         except BaseException as e:  # noqa: B902 - a file may raise anything at import
-            return [f"cannot import {expid.get('file') or 'the content'}: {_one_line(e)}"]
+            return [f"cannot import {expid.get('file') or 'the content'}: {one_line(e)}"]
     finally:
         if temporary:
             os.unlink(path)
@@ -193,7 +188,7 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
             cls((devices, _ReadOnlyDatasets(get_dataset), arguments, {}))
         except Exception as e:
             if not problems:  # a build that trips over a refused value says nothing new
-                problems.append(f"build of {cls.__name__} failed: {_one_line(e)}")
+                problems.append(f"build of {cls.__name__} failed: {one_line(e)}")
         finally:
             with contextlib.suppress(ValueError):
                 sys.path.remove(folder or os.getcwd())
