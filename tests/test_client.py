@@ -8,7 +8,6 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -76,29 +75,6 @@ device_db = {
 """
 
 
-class ClientMaster(MasterProcess):
-    """A master whose cli() passes every port."""
-
-    def cli(self, *args, check=True, timeout=60):
-        result = subprocess.run(self.command(*args), capture_output=True, text=True,
-                                timeout=timeout)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    def command(self, *args):
-        return [sys.executable, "-m", "labpipe.client.main",
-                "--port", str(self.ports["control"]),
-                "--port-notify", str(self.ports["notify"]),
-                "--port-broadcast", str(self.ports["broadcast"]), *args]
-
-    def json(self, *args):
-        return json.loads(self.cli("--json", *args).stdout)
-
-    def submit(self, *args):
-        return int(self.cli("submit", *args).stdout.split("RID: ")[1])
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     lab = Lab(tmp_path_factory.mktemp("lab"))
@@ -106,7 +82,7 @@ def shared(tmp_path_factory):
     for name, source in [("gated", GATED), ("failing", FAILING), ("ask", ASK),
                          ("chatty", CHATTY)]:
         lab.write(f"repository/{name}.py", source)
-    m = ClientMaster(lab.root)
+    m = MasterProcess(lab.root)
     m.lab = lab
     yield m
     m.stop()
@@ -412,7 +388,7 @@ def test_unreachable_master_exit_code_4(shared):
 
 def test_terminate(lab):
     lab.experiment("gated", GATED)
-    m = ClientMaster(lab.root)
+    m = MasterProcess(lab.root)
     try:
         assert m.cli("terminate").returncode == 0
         assert m.process.wait(timeout=30) == 0

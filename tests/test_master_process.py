@@ -1,5 +1,6 @@
 """labpipe-master as a real process: ready line, CLI client, hostile input, shutdown."""
 
+import json
 import os
 import random
 import signal
@@ -49,14 +50,26 @@ class MasterProcess:
     def client(self, target):
         return Client("127.0.0.1", self.ports["control"], target, timeout=20)
 
+    def command(self, *args):
+        """The labpipe-client command line for this master (every port given)."""
+        return [sys.executable, "-m", "labpipe.client.main",
+                "--port", str(self.ports["control"]),
+                "--port-notify", str(self.ports["notify"]),
+                "--port-broadcast", str(self.ports["broadcast"]), *args]
+
     def cli(self, *args, check=True):
-        result = subprocess.run(
-            [sys.executable, "-m", "labpipe.client.main", "--port",
-             str(self.ports["control"]), *args],
-            capture_output=True, text=True, timeout=60)
+        result = subprocess.run(self.command(*args), capture_output=True, text=True,
+                                timeout=60)
         if check:
             assert result.returncode == 0, result.stderr
         return result
+
+    def json(self, *args):
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def submit(self, *args):
+        """labpipe-client submit; the RID."""
+        return int(self.cli("submit", *args).stdout.split("RID: ")[1])
 
     def stop(self):
         if self.process.poll() is None:
@@ -105,8 +118,7 @@ def wait_for(predicate, timeout=20):
 
 
 def test_client_submit_show_delete(master, lab):
-    out = master.cli("submit", "-P", "3", "repository/slow.py", "steps=100000").stdout
-    rid = int(out.split("RID: ")[1])
+    rid = master.submit("-P", "3", "repository/slow.py", "steps=100000")
     with master.client("schedule") as schedule:
         wait_for(lambda: schedule.get_status()[rid]["status"] == "running")
         table = master.cli("show", "schedule").stdout
@@ -125,9 +137,7 @@ def test_client_errors_are_one_line_with_exit_codes(master, lab):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free_port = s.getsockname()[1]
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "labpipe.client.main", "--port", str(free_port), "show",
-         "schedule"], capture_output=True, text=True, timeout=60)
+    unreachable = master.cli("--port", str(free_port), "show", "schedule", check=False)
     assert unreachable.returncode == 4
     assert "Traceback" not in unreachable.stderr
 
@@ -147,8 +157,7 @@ def _garbage(rng):
 
 def test_hostile_input_on_every_port_while_running(master, lab):
     rng = random.Random(1234)
-    out = master.cli("submit", "repository/slow.py", "steps=50").stdout
-    first = int(out.split("RID: ")[1])
+    first = master.submit("repository/slow.py", "steps=50")
     for _ in range(6):
         for port in master.ports.values():
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -169,8 +178,7 @@ def test_hostile_input_on_every_port_while_running(master, lab):
             f.write(request + b"\n"); f.flush()
             assert pyon.decode(f.readline())["status"] == "failed"
     assert master.process.poll() is None
-    out = master.cli("submit", "repository/slow.py", "steps=3").stdout
-    second = int(out.split("RID: ")[1])
+    second = master.submit("repository/slow.py", "steps=3")
     with master.client("schedule") as schedule:
         wait_for(lambda: first not in schedule.get_status()
                  and second not in schedule.get_status())
@@ -182,8 +190,7 @@ def test_sigterm_stops_running_workers(lab):
     lab.experiment("slow", SLOW)
     m = MasterProcess(lab.root)
     try:
-        out = m.cli("submit", "repository/slow.py", "steps=100000").stdout
-        rid = int(out.split("RID: ")[1])
+        rid = m.submit("repository/slow.py", "steps=100000")
         with m.client("schedule") as schedule:
             wait_for(lambda: schedule.get_status()[rid]["status"] == "running")
         descendants = _descendants(m.process.pid)
