@@ -82,6 +82,3 @@ class Connection:
     def close(self):
         for client in self._clients.values():
             client.close_rpc()
-
-
-# --- actions ----------------------------------------------------------------------------

@@ -72,9 +72,7 @@ def format_schedule(status: dict, now: float | None = None) -> str:
                      str(expid.get("repo_rev") or ""),
                      expid.get("file") or "<content>", str(expid.get("class_name") or ""),
                      progress) + _timing(run, now))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in [header] + rows)
+    return format_table(header, rows)
 
 
 def jsonable(obj):
@@ -214,6 +212,3 @@ def format_log(message) -> str:
     levelno, source, created, text = message
     return (f"{time.strftime('%H:%M:%S', time.localtime(created))} "
             f"{logging.getLevelName(levelno)}:{source}:{text}")
-
-
-# --- connections ------------------------------------------------------------------------
