@@ -137,7 +137,7 @@ class Pipeline:
                 continue
             run.status = RunStatus.analyzing
             try:
-                results = await run.worker.analyze(write_results=True)
+                results = await run.worker.analyze()
             except WorkerError as exc:
                 await self._stage_failed(run, "analyze", exc)
                 continue

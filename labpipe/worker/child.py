@@ -14,8 +14,7 @@ command            fields                                      outcome
                                                                ``paused``,
                                                                ``terminated``
 ``resume``         terminate (bool): answer to ``paused``      as ``run``
-``analyze``        write_results (bool): write them too         ``completed`` (+ results)
-``write_results``                                              ``completed`` + results
+``analyze``        (then writes the results file)              ``completed`` + results
 ``validate``       expid, workdir, lab_dir (instead of build:  ``completed`` + problems
                    a dry run, see ``validate.py``)
 ``terminate``      (any time) exit now                         --
@@ -133,7 +132,7 @@ class _Child:
         self.log_lines = []
         self.commands = {"build": self.build, "prepare": self.prepare, "run": self.run,
                          "resume": self.resume, "analyze": self.analyze,
-                         "write_results": self.write_results, "validate": self.validate}
+                         "validate": self.validate}
 
     def setup_logging(self, level):
         root = logging.getLogger()
@@ -215,14 +214,14 @@ class _Child:
         raise RuntimeError("resume received while not paused")
 
     def analyze(self, cmd):
+        """Analyze, then write the results file; the outcome carries its path."""
         outcome = self._stage_with_results(self.runner.analyze)
-        if cmd.get("write_results") and outcome["action"] == "completed":
-            outcome = self.write_results(cmd)
-        return outcome
-
-    def write_results(self, cmd):
-        path = self.runner.write_results()
-        self.runner.close()
+        if outcome["action"] != "completed":
+            return outcome
+        try:
+            path = self.runner.write_results()
+        finally:
+            self.runner.close()
         return {"action": "completed", "results": path}
 
     def _write_results_quietly(self, error):

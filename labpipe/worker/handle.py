@@ -103,16 +103,10 @@ class Worker:
         terminate). Same outcomes as run()."""
         return await self._do({"action": "resume", "terminate": terminate}, None, "run")
 
-    async def analyze(self, timeout=None, write_results=False) -> str | None:
-        """Analyze; with write_results, also write the results file (one round trip)
-        and return its path."""
-        outcome = await self._do({"action": "analyze", "write_results": write_results},
-                                 timeout, "analyze")
-        return outcome.get("results")
-
-    async def write_results(self, timeout=None) -> str | None:
-        """Have the child write its results file; returns its path."""
-        outcome = await self._do({"action": "write_results"}, timeout, "write_results")
+    async def analyze(self, timeout=None) -> str | None:
+        """Analyze, then write the results file (as ARTIQ's analyze stage does, in one
+        round trip); returns its path."""
+        outcome = await self._do({"action": "analyze"}, timeout, "analyze")
         return outcome.get("results")
 
     async def validate(self, *, expid, workdir, lab_dir, timeout=None) -> list[str]:

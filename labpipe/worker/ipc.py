@@ -15,7 +15,7 @@ Three kinds of child messages:
 - stage outcomes (``completed``, ``paused``, ``terminated``, ``exception``).
 
 The master sends commands (``build``, ``prepare``, ``run``, ``resume``, ``analyze``,
-``write_results``, ``terminate``) and replies. A ``terminate`` can arrive at any time,
+``validate``, ``terminate``) and replies. A ``terminate`` can arrive at any time,
 even while the child waits for a reply: the child then exits at once.
 """
 
