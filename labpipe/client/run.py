@@ -17,7 +17,7 @@ from labpipe.language.argument_managers import ProcessArgumentManager
 from labpipe.master.devices import DeviceDB
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
-from labpipe.worker.runner import ExperimentRunner
+from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
 __all__ = ["get_argparser", "main"]
@@ -97,9 +97,7 @@ def main(argv=None):
     except Exception as exc:
         if args.verbose:
             traceback.print_exc()
-        message = str(exc).strip().splitlines()
-        print(f"labpipe-run: {type(exc).__name__}: {message[0] if message else ''}",
-              file=sys.stderr)
+        print(f"labpipe-run: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
 
 
