@@ -131,10 +131,12 @@ def test_push_to_a_bare_repository_rescans_through_the_installed_hook(tmp_path, 
             assert old["Exp2"]["arginfo"]["x"][0]["default"] == 2
             expid = {"file": "exp2.py", "class_name": "Exp2", "arguments": {},
                      "repo_rev": first[:8]}
-            resolved, message = await db.check_submission(expid)
-            assert resolved["repo_rev"] == first and message == "five experiments"
-            resolved, message = await db.check_submission(dict(expid, repo_rev=None))
-            assert resolved["repo_rev"] == second and message == "change one experiment"
+            resolved = await db.check_submission(expid)
+            assert resolved["repo_rev"] == first
+            assert m.backend.get_message(first) == "five experiments"
+            resolved = await db.check_submission(dict(expid, repo_rev=None))
+            assert resolved["repo_rev"] == second
+            assert m.backend.get_message(second) == "change one experiment"
     run(main())
 
 

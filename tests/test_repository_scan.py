@@ -413,11 +413,11 @@ def test_check_submission_refuses_bad_expids_at_once(lab):
         try:
             await db.start()
             expid = {"file": "exp.py", "class_name": "Exp", "arguments": {}, "repo_rev": None}
-            assert await db.check_submission(expid) == (dict(expid, repo_rev="N/A"), None)
+            assert await db.check_submission(expid) == dict(expid, repo_rev="N/A")
             raw = {"file": "drafts/draft.py", "class_name": None, "arguments": {}}
-            assert await db.check_submission(raw) == (raw, None)
+            assert await db.check_submission(raw) == raw
             content = {"content": experiment("C", "C"), "class_name": None}
-            assert (await db.check_submission(content))[0] == content
+            assert await db.check_submission(content) == content
             refused = [
                 ({"file": "exp.py", "class_name": "Nope", "repo_rev": None},
                  "exp.py has no experiment class 'Nope' (experiments in it: Exp)"),

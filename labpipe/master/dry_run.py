@@ -51,7 +51,7 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
     if scheduler.check_submission is not None:
         try:
             # argument values are left to the worker, which reports all problems at once
-            expid, _ = await scheduler.check_submission(expid, check_arguments=False)
+            expid = await scheduler.check_submission(expid, check_arguments=False)
         except (LookupError, ValueError, TypeError, OSError) as e:
             return [str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__]
     workdir, repo_rev = scheduler.config.lab_dir, None

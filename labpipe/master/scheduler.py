@@ -94,7 +94,7 @@ class Scheduler:
     master's services (datasets, devices, logs, ccb) for a run's worker; ``repository``
     gives checkouts (``request_rev(rev) -> (workdir, commit, message)``,
     ``release_rev(commit)``) or is None for files on the master's filesystem only;
-    ``await check_submission(expid) -> (expid, repo_msg)`` refuses an expid whose file
+    ``await check_submission(expid) -> expid`` refuses an expid whose file
     or class is missing, and resolves its revision to a commit id."""
 
     def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
@@ -132,7 +132,7 @@ class Scheduler:
         validate_submission(pipeline_name, expid, priority, due_date, flush)
         expid = dict(expid)
         if self.check_submission is not None:
-            expid, _ = await self.check_submission(expid)
+            expid = await self.check_submission(expid)
         # a plain file is relative to the lab directory; a repository file to its checkout
         workdir, repo_rev, repo_msg = self.config.lab_dir, None, None
         if "repo_rev" in expid:

@@ -329,9 +329,8 @@ class ExperimentDB:
 
     # -- submissions -------------------------------------------------------------------
 
-    async def check_submission(self, expid: dict, check_arguments: bool = True
-                               ) -> tuple[dict, str | None]:
-        """Check an expid before it is accepted: ``(resolved expid, repo_msg)``.
+    async def check_submission(self, expid: dict, check_arguments: bool = True) -> dict:
+        """Check an expid before it is accepted; returns it resolved.
 
         Resolves ``repo_rev`` to a full commit id, checks that the file exists (and, for
         ``content``, that it compiles), then that the class exists (exactly one
@@ -344,12 +343,12 @@ class ExperimentDB:
         args = (expid, self.backend, self.lab_dir, self.cur_rev)
         if isinstance(expid, dict) and "repo_rev" in expid:
             # the backend's checks (a Git lookup may wait for a checkout): off the loop
-            resolved, repo_msg, source = await asyncio.to_thread(resolve_submission, *args)
+            resolved, source = await asyncio.to_thread(resolve_submission, *args)
         else:  # a stat, or a compile: cheaper than a hop to a thread
-            resolved, repo_msg, source = resolve_submission(*args)
+            resolved, source = resolve_submission(*args)
         class_name = resolved.get("class_name")
         if source.kind == "content":
-            return resolved, repo_msg
+            return resolved
         if source.kind == "file":
             assert source.path is not None
             examined = await self._examine_plain_file(source.path)
@@ -364,7 +363,7 @@ class ExperimentDB:
                 await asyncio.to_thread(self.backend.release_rev, hold.commit)
         if class_name is None and examined.ok and not examined.description \
                 and await self._is_black_box_script(source):
-            return resolved, repo_msg  # runs as one black-box run (worker/script.py)
+            return resolved  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         if check_arguments:
             described = examined.description[class_name or next(iter(examined.description))]
@@ -372,7 +371,7 @@ class ExperimentDB:
                 check_argument_values(described["arginfo"], resolved.get("arguments") or {})
             except ValueError as exc:
                 raise SubmissionError(f"{resolved['file']}: {exc}") from None
-        return resolved, repo_msg
+        return resolved
 
     def _follow_device_keys(self):
         """Give examinations the current device keys; when they changed, examine every

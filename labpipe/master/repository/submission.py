@@ -50,12 +50,12 @@ def _short(rev: str) -> str:
 
 
 def resolve_submission(expid: dict, backend: RepositoryBackend, lab_dir: str,
-                       cur_rev: str = NO_REVISION) -> tuple[dict, str | None, Source]:
-    """``(resolved expid, repo_msg, source)``; SubmissionError when the expid cannot run.
+                       cur_rev: str = NO_REVISION) -> tuple[dict, Source]:
+    """``(resolved expid, source)``; SubmissionError when the expid cannot run.
 
     ``cur_rev`` is the revision of the last scan, used when ``repo_rev`` is None. The
     resolved expid is a copy: ``repo_rev`` is a full commit id, a repository ``file`` is
-    normalised. ``repo_msg`` is the commit message (None off the repository).
+    normalised.
     """
     if not isinstance(expid, dict):
         raise SubmissionError(f"expid must be a dict, not {type(expid).__name__}")
@@ -73,7 +73,7 @@ def resolve_submission(expid: dict, backend: RepositoryBackend, lab_dir: str,
                                   f"(line {exc.lineno})") from None
         except ValueError as exc:
             raise SubmissionError(f"submitted content does not compile: {exc}") from None
-        return dict(expid), None, Source("content")
+        return dict(expid), Source("content")
     file = expid.get("file")
     if not isinstance(file, str) or not file:
         raise SubmissionError("expid needs a file (a path) or content (the source text)")
@@ -85,11 +85,11 @@ def resolve_submission(expid: dict, backend: RepositoryBackend, lab_dir: str,
             f"experiment file {file!r} not found: without repo_rev (-R) a file is a path "
             f"on the master, relative to its lab directory {lab_dir}; use -R for the "
             "repository, or --content to send the file")
-    return dict(expid), None, Source("file", os.path.abspath(path))
+    return dict(expid), Source("file", os.path.abspath(path))
 
 
 def _from_repository(expid: dict, file: str, backend: RepositoryBackend,
-                     cur_rev: str) -> tuple[dict, str | None, Source]:
+                     cur_rev: str) -> tuple[dict, Source]:
     requested = expid["repo_rev"]
     if requested is not None and not isinstance(requested, str):
         raise SubmissionError(f"expid repo_rev must be a string or None, not {requested!r}")
@@ -105,7 +105,7 @@ def _from_repository(expid: dict, file: str, backend: RepositoryBackend,
                  else f"the repository at revision {_short(rev)}")
         raise SubmissionError(f"experiment file {path!r} does not exist in {where}")
     resolved = dict(expid, file=path, repo_rev=rev)
-    return resolved, backend.get_message(rev), Source("repository", path, rev)
+    return resolved, Source("repository", path, rev)
 
 
 def check_class(examined: Examined, class_name: str | None, file: str) -> None:
