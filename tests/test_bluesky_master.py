@@ -12,6 +12,7 @@ import pytest
 from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol import pyon
+from labpipe.bluesky.pausing import CHECK_INTERVAL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,6 +129,9 @@ def test_long_count_pauses_for_higher_priority_and_resumes(lab):
             await wait_until(lambda: len(live(m, "bluesky.primary.det")) >= 1, timeout=20)
             high = await m.scheduler.submit("main", expid(stamp), priority=10)
             await wait_until(lambda: (high, "prepare_done") in rec.events)
+            # the plan asks check_pause at most once per CHECK_INTERVAL: let that pass
+            # since its first point's checkpoint, so that it asks at the next one
+            await asyncio.sleep(2 * CHECK_INTERVAL)
             open(gate, "w").close()
             await wait_until(lambda: low in ends and high in ends, timeout=30)
             assert ends[low].status == "completed", ends[low].error
