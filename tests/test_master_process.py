@@ -233,6 +233,7 @@ def test_control_port_exposes_only_the_documented_methods(master):
     ("device_db = {}\n", ["-g"], "not a Git repository"),
     ("device_db = {}\n", ["-r", "nowhere"], "does not exist"),
     ("device_db = {}\n", ["--log-file", "nowhere/master.log"], "log file"),
+    ("device_db = {}\n", ["--bind", "nosuchhost.invalid"], "'nosuchhost.invalid'"),
 ])
 def test_master_refuses_a_bad_lab_with_one_line(lab, device_db, extra, word):
     if device_db is None:

@@ -14,6 +14,7 @@ server the same lifecycle and the same defences:
 """
 
 import asyncio
+import socket
 import logging
 
 __all__ = ["AsyncioServer", "LineTooLong", "read_line", "MAX_LINE_LENGTH"]
@@ -61,8 +62,11 @@ class AsyncioServer:
             raise ValueError("no address to bind")
         try:
             for h in hosts:
-                server = await asyncio.start_server(
-                    self._handle_connection, h, port, limit=self.max_line_length)
+                try:
+                    server = await asyncio.start_server(
+                        self._handle_connection, h, port, limit=self.max_line_length)
+                except socket.gaierror as e:  # its own text does not name the address
+                    raise OSError(f"cannot listen on {h!r}: {e.strerror}") from None
                 self._servers.append(server)
                 if port == 0:
                     # all addresses share the port the first bind picked
