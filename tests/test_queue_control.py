@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ScheduleRecorder, running_master, run_async, wait_until
+from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
 
 GATED = """
 import os, time
@@ -93,8 +93,7 @@ def test_black_box_script_runs_as_one_run_with_its_output_logged(lab, caplog):
     async def main():
         async with running_master(lab) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             rid = await m.scheduler.submit("main", expid(script))
             await wait_until(lambda: (rid, "running") in rec.events)
             open(gate, "w").close()
@@ -119,8 +118,7 @@ def test_black_box_script_can_be_deleted(lab, caplog):
     async def main():
         async with running_master(lab, term_timeout=0.5, kill_timeout=0.5) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             rid = await m.scheduler.submit("main", expid(script))
             await wait_until(lambda: any(r.getMessage() == "long script started"
                                          for r in caplog.records))

@@ -6,7 +6,7 @@ import signal
 
 import h5py
 
-from conftest import ScheduleRecorder, running_master, run_async, wait_until
+from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
 from labpipe.protocol import pyon
 
 RECORDS = """
@@ -44,8 +44,7 @@ def test_results_on_every_exit_path(lab):
     async def main():
         async with running_master(lab) as m:
             await m.dataset_db.set("calib.offset", 0.5, persist=True)
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             ok = await m.scheduler.submit("main", expid(records))
             failed = await m.scheduler.submit("main", expid(records, fail="run"))
             killed = await m.scheduler.submit("main", expid(records, fail="kill"))
@@ -133,8 +132,7 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             assert datasets["ask.result"][1] == (2.5, "none")
 
             # a value its argument refuses fails the run with the argument's name
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             rid = await m.scheduler.submit("main", expid(ask))
             await wait_until(lambda: rid in requests.raw_view)
             m.interactive_db.supply(rid, {"gain": 99.0})

@@ -9,7 +9,7 @@ import time
 
 import h5py
 
-from conftest import ScheduleRecorder, running_master, run_async, wait_until
+from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
 
 GATED = """
 import os, time
@@ -321,8 +321,7 @@ def test_failures_are_contained(lab):
 
     async def main():
         async with running_master(lab) as m:
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             rids = {}
             for name, file in files.items():
                 # a name build() never asks for: only the worker can tell (values out of
@@ -450,8 +449,7 @@ class Never(EnvExperiment):
     async def main():
         async with running_master(lab, build_timeout=0.5, term_timeout=0.2,
                                   kill_timeout=0.2) as m:
-            ends = {}
-            m.scheduler.on_run_end.append(lambda run, end: ends.__setitem__(run.rid, end))
+            ends = run_ends(m.scheduler)
             # submitted by content: a file that hangs at import cannot pass the check
             with open(lab.path(hangs)) as f:
                 rid = await m.scheduler.submit("main", {"content": f.read()})
