@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from labpipe.protocol import pyon
 from test_master_process import MasterProcess, _descendants, wait_for
 
@@ -186,12 +188,8 @@ def test_history_statuses_survive_restarts(lab):
         with m.client("schedule") as schedule:
             assert schedule.get_status() == {}
         with m.client("history") as history:
-            try:
+            with pytest.raises(Exception, match="12345"):
                 history.get(12345)
-            except Exception as e:
-                assert "12345" in str(e)
-            else:
-                raise AssertionError("no error for an unknown RID")
     finally:
         m.stop()
     assert pyon.load_file(lab.path("last_rid.pyon")) == terminated
