@@ -9,6 +9,11 @@ event loop never blocks on the pipe.
 ``close()`` stops the process in escalating steps: ask it to exit, then SIGTERM, then
 SIGKILL, each with a timeout and logged with the RID. It runs to the end even when the
 caller is cancelled.
+
+The worker leads its own process group: once it has ended (closed, or died), the
+group is killed, so that nothing the experiment started outlives its run. Starting the
+process never blocks the event loop: a spare ready is taken at once, otherwise one is
+forked in a thread (a dead template is restarted there too).
 """
 
 import asyncio
@@ -16,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from labpipe.worker import launcher
+from labpipe.worker import launcher, lifetime
 
 __all__ = ["Worker", "WorkerError", "WorkerFailed", "WorkerDied", "WorkerTimeout",
            "WorkerClosed"]
@@ -81,7 +86,7 @@ class Worker:
         (``class_name``, ``devices`` requested in build, ``bluesky``: whether the
         worker holds bluesky or ophyd; if so, later workers get them preloaded)."""
         if self._process is None:
-            self._start()
+            await self._start()
         outcome = await self._do({"action": "build", "rid": self.rid,
                                   "pipeline_name": pipeline_name, "priority": priority,
                                   "expid": expid, "workdir": workdir, "lab_dir": lab_dir,
@@ -114,16 +119,22 @@ class Worker:
         import and build the experiment with checking managers; returns the problems.
         The worker is of no use afterwards: close it."""
         if self._process is None:
-            self._start()
+            await self._start()
         outcome = await self._do({"action": "validate", "expid": expid, "workdir": workdir,
                                   "lab_dir": lab_dir}, timeout, "validate")
         return list(outcome.get("problems", []))
 
     # --- process and messages ------------------------------------------------------
 
-    def _start(self):
+    async def _start(self):
         loop = asyncio.get_running_loop()
-        self._process, self._conn = launcher.take_worker()
+        item = launcher.take_ready_worker()
+        if item is None:
+            item = await _take_in_thread()
+        if self.closed.is_set():  # closed while it was starting
+            item[1].close()
+            raise WorkerClosed(f"RID {self.rid}: worker closed")
+        self._process, self._conn = item
         self._exited = loop.create_future()
         loop.add_reader(self._process.sentinel, self._on_exit)
         reader = threading.Thread(target=self._read_loop, args=(loop,), daemon=True,
@@ -136,6 +147,7 @@ class Worker:
         loop.remove_reader(self._process.sentinel)
         self._process.join(0)  # reads the exit code the template reported
         self._process.close()
+        lifetime.kill_group(self._process.pid)  # what the experiment left running
         if not self._exited.done():
             self._exited.set_result(self._process.exitcode)
 
@@ -284,3 +296,15 @@ class Worker:
             return True
         except TimeoutError:
             return False
+
+
+async def _take_in_thread():
+    """``launcher.take_worker`` in a thread; a process it starts after its caller was
+    cancelled is closed rather than leaked."""
+    future = asyncio.ensure_future(asyncio.to_thread(launcher.take_worker))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(
+            lambda f: f.cancelled() or f.exception() or f.result()[1].close())
+        raise
