@@ -16,6 +16,9 @@ from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB
 from labpipe.master.history import History, HistoryTarget
 from labpipe.master.interactive import InteractiveArgDB
+from labpipe.master.lab_lock import LabLock
+from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
+from labpipe.master.process_records import ProcessRecords, end_leftovers
 from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import ScheduleStore
@@ -86,6 +89,8 @@ class Master:
         self.terminate_requested = asyncio.Event()
         self.servers = {}
         self._log_handler = None
+        self._lab_lock: LabLock | None = None
+        self._process_records: ProcessRecords | None = None
 
     def _path(self, path):
         return os.path.join(self.options.lab_dir, path)
@@ -93,6 +98,7 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
+        await self._claim_lab()
         self.device_db = DeviceDB(self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
@@ -158,6 +164,21 @@ class Master:
         # the push hook needs the control port, so the repository comes after the ports
         await self.experiment_db.start(control_port=self.port("control"),
                                        control_host=o.bind[0])
+        self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
+
+    async def _claim_lab(self):
+        """Lock the lab (before any state is touched), end what a previous master left
+        running, and record from now on the processes this one starts."""
+        o = self.options
+        lock = LabLock(o.lab_dir)
+        lock.acquire()  # LabBusy: nothing was touched
+        self._lab_lock = lock
+        lock.describe(o.bind, {"control": o.port_control, "notify": o.port_notify,
+                               "logging": o.port_logging, "broadcast": o.port_broadcast})
+        path = self._path(PROCESSES_FILE)
+        await asyncio.to_thread(end_leftovers, path)
+        self._process_records = ProcessRecords(path)
+        launcher.on_process_started = self._process_records.add
 
     def port(self, channel: str) -> int:
         """The port a channel (notify, control, logging, broadcast) listens on."""
@@ -186,6 +207,14 @@ class Master:
             self.schedule_store.close()
         if hasattr(self, "repository"):
             self.repository.close()
+        if self._process_records is not None:
+            if launcher.on_process_started == self._process_records.add:
+                launcher.on_process_started = None
+            # every run was stopped: what still runs (a template shared by masters of
+            # this process) ends with this process, never to be killed by the next
+            await asyncio.to_thread(self._process_records.clear)
+        if self._lab_lock is not None:
+            self._lab_lock.release()
 
     # --- what a run's worker may ask of the master ---------------------------------
 
