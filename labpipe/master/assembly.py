@@ -123,6 +123,9 @@ class Master:
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
         self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)
         self.scheduler.on_run_end.append(self.history.on_run_end)
+        # never a RID again that history holds (last_rid.pyon may be torn, or older)
+        self.scheduler.rid_counter.reserve_up_to(max(self.history.notifier.raw_view,
+                                                     default=-1))
         # queue control: ETAs from history, device conflicts through aliases
         self.scheduler.progress.history = self.history
         self.scheduler.queue.resolve_device = lambda key: follow_aliases(
