@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from labpipe.master.datasets import DatasetDB
-from labpipe.master.devices import DeviceDB
+from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
 from labpipe.master.interactive import InteractiveArgDB
 from labpipe.master.lab_lock import LabLock
@@ -99,7 +99,7 @@ class Master:
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
         await self._claim_lab()
-        self.device_db = DeviceDB(self._path(o.device_db))
+        self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
         await asyncio.to_thread(launcher.warm_up)
@@ -151,7 +151,7 @@ class Master:
             "schedule": Target(self.scheduler, SCHEDULE_METHODS),
             "experiment_db": self.experiment_db.rpc_target,
             "dataset_db": Target(self.dataset_db, DATASET_DB_METHODS),
-            "device_db": self.device_db,
+            "device_db": DeviceDBTarget(self.device_db),
             "interactive_arg_db": Target(self.interactive_db, INTERACTIVE_ARG_DB_METHODS),
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
@@ -203,7 +203,7 @@ class Master:
             logging.getLogger().removeHandler(self._log_handler)
         await asyncio.to_thread(launcher.discard_spares)
         if hasattr(self, "dataset_db"):
-            self.dataset_db.close()
+            await asyncio.to_thread(self.dataset_db.close)  # joins its writer thread
         if hasattr(self, "history"):
             self.history.close()
         if hasattr(self, "schedule_store"):
