@@ -18,6 +18,7 @@ forked in a thread (a dead template is restarted there too).
 
 import asyncio
 import logging
+import signal
 import threading
 from collections.abc import Callable
 
@@ -77,6 +78,7 @@ class Worker:
         self._requests: set[asyncio.Task] = set()
         self._close_task: asyncio.Task | None = None
         self._exited: asyncio.Future | None = None
+        self._stage: str | None = None
 
     # --- stages -------------------------------------------------------------------
 
@@ -224,8 +226,9 @@ class Worker:
         if self.closed.is_set():
             self._fail_outcome(WorkerClosed(f"RID {self.rid}: worker closed"))
         else:
-            self._fail_outcome(
-                WorkerDied(f"RID {self.rid}: worker process died (exit code {code})"))
+            during = f" during {self._stage}" if self._stage else ""
+            self._fail_outcome(WorkerDied(f"RID {self.rid}: the worker process died{during} "
+                                          f"({describe_exit(code)})"))
 
     def _fail_outcome(self, exc: WorkerError):
         """End the stage under way with exc. Its awaiter (if any) gets it; when the
@@ -240,6 +243,7 @@ class Worker:
         if self._outcome is not None and not self._outcome.done():
             raise RuntimeError(f"RID {self.rid}: a stage is already under way")
         self._outcome = asyncio.get_running_loop().create_future()
+        self._stage = stage
         if self._consumer.done():
             raise WorkerDied(f"RID {self.rid}: worker process is gone")
         self._send(command)
@@ -308,3 +312,21 @@ async def _take_in_thread():
         future.add_done_callback(
             lambda f: f.cancelled() or f.exception() or f.result()[1].close())
         raise
+
+
+def describe_exit(code: int | None) -> str:
+    """How a worker process ended, in words (a SIGKILL nobody sent: the OOM killer?)."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"killed by {name}: out of memory (the kernel's OOM killer), or " \
+                   "killed from outside"
+        return f"killed by {name}"
+    if code == 255:
+        return "exit code unknown: its template process died"
+    return f"exit code {code}"
