@@ -47,7 +47,11 @@ class RIDCounter:
         durable itself (the schedule store's commit) before acknowledging it."""
         async with self._lock:
             rid = self._last + 1
-            await asyncio.to_thread(pyon.store_file, self.path, rid, durable)
+            try:
+                await asyncio.to_thread(pyon.store_file, self.path, rid, durable)
+            except OSError as e:  # a full disk, say: which file, and why
+                raise OSError(e.errno, f"cannot write the next RID to {self.path}: "
+                                       f"{e.strerror or e}") from None
             self._last = rid
             return rid
 
