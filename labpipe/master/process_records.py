@@ -70,6 +70,8 @@ def _one_line(error: BaseException) -> str:
 def _members(record: dict, table: list[lifetime.ProcInfo]) -> list[lifetime.ProcInfo]:
     """The live processes of the recorded group (see the module docstring)."""
     pgid, start = record["pgid"], record["start"]
+    if pgid == os.getpgrp():
+        return []  # never our own group (the shell's job, a test runner's)
     leader = next((p for p in table if p.pid == pgid), None)
     if leader is not None and leader.start != start and leader.state != "Z":
         return []  # the pid was recycled
