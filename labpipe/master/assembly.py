@@ -103,14 +103,15 @@ class Master:
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
         await asyncio.to_thread(launcher.warm_up)
-        self.dataset_db = DatasetDB(self._path(o.dataset_db))
+        self.dataset_db = await asyncio.to_thread(DatasetDB, self._path(o.dataset_db))
         backend_cls = GitBackend if o.git else FilesystemBackend
         self.repository = backend_cls(self._path(o.repository))
         self.experiment_db = ExperimentDB(
             o.lab_dir, self.repository, o.experiment_subdir,
             device_keys=lambda: self.device_db.get_device_db().keys())
         self.interactive_db = InteractiveArgDB()
-        self.schedule_store = ScheduleStore(self._path(o.schedule_db))
+        self.schedule_store = await asyncio.to_thread(ScheduleStore,
+                                                      self._path(o.schedule_db))
         self.scheduler = Scheduler(
             RIDCounter(self._path("last_rid.pyon")),
             SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
@@ -121,7 +122,8 @@ class Master:
         self.scheduler.explist = self.experiment_db.explist
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
-        self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)
+        self.history = await asyncio.to_thread(History, self._path(o.history_db),
+                                               o.lab_dir, self.scheduler)
         self.scheduler.on_run_end.append(self.history.on_run_end)
         # never a RID again that history holds (last_rid.pyon may be torn, or older)
         self.scheduler.rid_counter.reserve_up_to(max(self.history.notifier.raw_view,
@@ -204,10 +206,11 @@ class Master:
         await asyncio.to_thread(launcher.discard_spares)
         if hasattr(self, "dataset_db"):
             await asyncio.to_thread(self.dataset_db.close)  # joins its writer thread
+        # closing waits for a commit under way: in threads
         if hasattr(self, "history"):
-            self.history.close()
+            await asyncio.to_thread(self.history.close)
         if hasattr(self, "schedule_store"):
-            self.schedule_store.close()
+            await asyncio.to_thread(self.schedule_store.close)
         if hasattr(self, "repository"):
             self.repository.close()
         if self._process_records is not None:
