@@ -27,7 +27,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from labpipe.worker import launcher
+from labpipe.worker import launcher, lifetime
 
 __all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers"]
 
@@ -114,9 +114,11 @@ class _Worker:
         return Examined(None, value, tuple(deps))
 
     def kill(self) -> None:
+        """Kill the process and what it started (blocks up to 5 s: call from a thread)."""
         if self.process.exitcode is None:
             self.process.kill()
         self.process.join(5.0)
+        lifetime.kill_group(self.process.pid)
         self.conn.close()
 
     def stop(self, grace: float = 1.0) -> None:
@@ -182,7 +184,10 @@ class ExaminerPool:
                     worker.call, path, root, self.timeout if timeout is None else timeout,
                     self.device_keys)
             except asyncio.CancelledError:
-                worker.kill()
+                # the thread may still be calling it; killing it ends that call, and
+                # the join after the kill is left to the default executor
+                worker.process.kill()
+                asyncio.get_running_loop().run_in_executor(None, worker.kill)
                 raise
             self.examined += 1
             if not result.ok:

@@ -92,6 +92,10 @@ def install_hook(hooks_dir: str, bare: bool, command: str, *,
             existing: str | None = f.read()
     except FileNotFoundError:
         existing = None
+    if existing is not None and not existing.strip():
+        logger.warning("%s is empty (torn by a crash or a full disk?): writing labpipe's "
+                       "hook there", path)
+        existing = None
     if configured_dir or (existing is not None and MARKER not in existing):
         if existing is None or command not in existing:
             where = ("the existing hook " if existing is not None else "a new hook ") + path
