@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from labpipe.config import LabConfig, load_config
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB
 from labpipe.master.history import History, HistoryTarget
@@ -54,6 +55,8 @@ class MasterOptions:
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
     kill_timeout: float = 2.0
+    config: LabConfig | None = None
+    """The lab's configuration; None: read ``labpipe.toml`` from lab_dir at start."""
 
 
 class MasterManagement:
@@ -93,6 +96,7 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
+        self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.device_db = DeviceDB(self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
@@ -102,7 +106,7 @@ class Master:
         self.repository = backend_cls(self._path(o.repository))
         self.experiment_db = ExperimentDB(
             o.lab_dir, self.repository, o.experiment_subdir,
-            device_keys=lambda: self.device_db.get_device_db().keys())
+            device_keys=lambda: self.device_db.get_device_db().keys(), config=self.config)
         self.interactive_db = InteractiveArgDB()
         self.schedule_store = ScheduleStore(self._path(o.schedule_db))
         self.scheduler = Scheduler(
