@@ -223,3 +223,29 @@ def test_alias_modules_hold_artiqs_names_and_labpipes_objects():
         if not was_installed:
             artiq_alias.uninstall()
             assert "artiq" not in sys.modules
+
+
+def test_core_device_request_is_one_line(lab):
+    lab.write("repository/core.py", '''
+        from artiq.experiment import *
+
+        class UsesCore(EnvExperiment):
+            def build(self):
+                self.setattr_device("core")
+
+            def run(self):
+                self.core.reset()
+    ''')
+    result = labpipe_run(lab.root, "repository/core.py")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "core: the ARTIQ core device is not supported by labpipe" in line
+
+
+def test_repository_examples_are_valid_under_artiqs_numbervalue_rules():
+    from labpipe.worker.examine import examine_file
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    described = examine_file(os.path.join(root, "repository", "hello.py"))
+    points = described["Hello"]["arginfo"]["points"][0]
+    assert points["type"] == "int" and points["precision"] == 0 and points["step"] == 1
+    assert described["Hello"]["arginfo"]["delay"][0]["type"] == "auto"
