@@ -111,8 +111,8 @@ class _Worker:
         return self.process.exitcode is None and not self.conn.closed
 
     def call(self, request: tuple, timeout: float, what: str) -> Examined:
-        """Send one request of ``examine_child``'s protocol; ``what`` names the work
-        in the reasons of a timeout or a death."""
+        """Send one request of ``examine_child``'s protocol; ``what`` (a gerund) names
+        the work in the reasons of a timeout or a death."""
         try:
             self.conn.send(request)
             if not self.conn.poll(timeout):
@@ -124,7 +124,8 @@ class _Worker:
         except (EOFError, OSError):
             self.process.join(1.0)
             self.kill()
-            return Examined(None, f"the examining process died during {what} "
+            doing = "importing the file" if request[0] == "examine" else what
+            return Examined(None, f"the examining process died while {doing} "
                                   f"({_death(self.process.exitcode)})")
         if status == "ok":
             return Examined(value, None, tuple(deps), bool(script))
@@ -189,7 +190,7 @@ class ExaminerPool:
     async def examine(self, path: str, root: str, timeout: float | None = None) -> Examined:
         """Examine the file ``path`` (in folder ``root``) in a worker; see the module docstring."""
         request = ("examine", path, root, self.device_keys, self.memory)
-        result = await self._request(request, timeout, "the examination")
+        result = await self._request(request, timeout, "examining")
         self.examined += 1
         if not result.ok:
             logger.debug("examining %s: %s", path, result.error)
