@@ -243,3 +243,27 @@ def test_master_refuses_a_bad_labpipe_toml_with_one_line(lab):
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("labpipe-master: labpipe.toml: not valid TOML")
+
+
+def test_examination_has_a_memory_limit(lab):
+    lab.write("hog.py", """
+        from labpipe.experiment import *
+
+        HOARD = bytearray(3 << 30)
+
+        class Hog(EnvExperiment):
+            def run(self):
+                pass
+    """)
+
+    async def main():
+        async with running_master(lab) as m:
+            for call in (m.scheduler.submit("main", expid(file="hog.py")),
+                         m.experiment_db.examine("hog.py", use_repository=False)):
+                with pytest.raises(Exception) as refused:
+                    await call
+                assert "importing hog.py needs more memory than the examiner's limit" \
+                    in str(refused.value)
+            problems = await m.scheduler.validate("main", expid(file="hog.py"))
+            assert any("needs more memory" in p for p in problems), problems
+    run_async(main())

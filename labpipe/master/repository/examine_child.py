@@ -39,14 +39,13 @@ master stops its workers itself).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import resource
 import signal
 import sys
 import traceback
 
+from labpipe.worker import limits
 from labpipe.worker.examine import DummyDeviceManager, examine_file
 from labpipe.worker.script import NotAScriptError, check_script_name
 
@@ -66,7 +65,7 @@ def main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.dont_write_bytecode = True
     sys.addaudithook(_audit)
-    baseline = _mapped_bytes()
+    baseline = limits.mapped_bytes()
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -74,35 +73,12 @@ def main(conn) -> None:
         except (EOFError, OSError):
             return
         kind, *fields, memory = request
-        with _memory_limit(baseline, memory):
+        with limits.memory_limit(baseline, memory):
             if kind == "compile":
                 reply = compile_content(*fields)
             else:
                 reply = examine_one(*fields)
         conn.send(reply)
-
-
-def _mapped_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextlib.contextmanager
-def _memory_limit(baseline: int, memory: int | None):
-    """RLIMIT_AS at baseline + memory during one request (a soft limit: raised back
-    after it, up to the unchanged hard limit)."""
-    if memory is None:
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    wanted = baseline + memory
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _too_big(what: str) -> str:
