@@ -92,7 +92,7 @@ def compile_content(source: str) -> tuple:
     except SyntaxError as exc:
         return ("error", f"submitted content does not compile: {exc.msg} "
                          f"(line {exc.lineno})", [], False)
-    except MemoryError as exc:
+    except MemoryError:
         return ("error", _too_big("compiling the submitted content"), [], False)
     except (ValueError, RecursionError) as exc:
         return ("error", f"submitted content does not compile: {one_line(exc, '')}",
@@ -116,7 +116,7 @@ def examine_one(path: str, root: str, device_keys=()) -> tuple:
         reply: tuple = ("ok", description)
     except NotAScriptError as exc:
         reply = ("error", str(exc))
-    except MemoryError as exc:
+    except MemoryError:
         reply = ("error", _too_big(f"importing {os.path.basename(path)}"))
     except BaseException as exc:  # noqa: B902 - an experiment may raise anything at import
         reply = ("error", one_line(exc, path))
