@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from labpipe.config import LabConfig, load_config
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
@@ -57,6 +58,8 @@ class MasterOptions:
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
     kill_timeout: float = 2.0
+    config: LabConfig | None = None
+    """The lab's configuration; None: read ``labpipe.toml`` from lab_dir at start."""
 
 
 class MasterManagement:
@@ -99,6 +102,7 @@ class Master:
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
         await self._claim_lab()
+        self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
@@ -108,7 +112,7 @@ class Master:
         self.repository = backend_cls(self._path(o.repository))
         self.experiment_db = ExperimentDB(
             o.lab_dir, self.repository, o.experiment_subdir,
-            device_keys=lambda: self.device_db.get_device_db().keys())
+            device_keys=lambda: self.device_db.get_device_db().keys(), config=self.config)
         self.interactive_db = InteractiveArgDB()
         self.schedule_store = await asyncio.to_thread(ScheduleStore,
                                                       self._path(o.schedule_db))

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import functools
 import inspect
 import logging
@@ -64,7 +65,12 @@ from typing import Any
 from labpipe.protocol import pyon
 from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, LineTooLong, read_line
 
-__all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer"]
+__all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
+           "current_peer"]
+
+#: The peer address (``writer.get_extra_info("peername")``) of the RPC connection whose
+#: call is running, for a target method that logs its caller; None outside a call.
+current_peer: contextvars.ContextVar = contextvars.ContextVar("rpc_peer", default=None)
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +328,7 @@ class Server(AsyncioServer):
     async def _handle_connection_cr(self, reader: asyncio.StreamReader,
                                     writer: asyncio.StreamWriter):
         peer = writer.get_extra_info("peername")
+        current_peer.set(peer)  # this connection's task only
         if await read_line(reader) != BANNER:
             return
         await _write_line(writer, pyon.encode({

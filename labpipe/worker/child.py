@@ -41,6 +41,7 @@ from labpipe.language.argument_managers import (ProcessArgumentManager, describe
 from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker import limits
 from labpipe.worker.ipc import ChildChannel
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
@@ -185,6 +186,9 @@ class _Child:
     def validate(self, cmd):
         """A dry run: the problems that would stop ``cmd["expid"]`` (``validate.py``)."""
         from labpipe.worker.validate import validate_command
+        # user code is imported here: bound its memory (the process is single-use)
+        limits.set_memory_limit(limits.mapped_bytes(),
+                                cmd.get("memory", limits.DEFAULT_VALIDATE_MEMORY))
         self.setup_logging(logging.WARNING)  # the master drops them: a dry run is silent
         return validate_command(self.channel, cmd)
 
