@@ -6,6 +6,7 @@ nothing; ARTIQ's types are still accepted; every exposed method has a spec.
 """
 
 import math
+from collections import OrderedDict
 
 import numpy
 import pytest
@@ -234,7 +235,8 @@ def test_values_must_round_trip(lab):
                 # nothing was set; the datasets notifier still encodes
                 with pytest.raises(Exception, match="does not exist"):
                     await datasets.get("d")
-                await datasets.set("d", [1, (2, 3), {4: numpy.arange(3)}], True, {"unit": "V"})
+                await datasets.set("d", [1, (2, 3), {4: numpy.arange(3)}], True,
+                                   OrderedDict(unit="V"))
                 assert (await datasets.get("d"))[1] == (2, 3)
                 rid = await schedule.submit("main", {"file": "repository/exp.py",
                                                      "arguments": {"x": 2.0}})

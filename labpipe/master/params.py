@@ -247,7 +247,7 @@ class Mapping(Check):
         self.allowed = f"a dict of at most {max_len} items"
 
     def check(self, value: Any, path: str) -> None:
-        if type(value) is not dict:
+        if type(value) not in (dict, OrderedDict):
             raise _refuse(TypeError, path, self.allowed, value)
         if len(value) > self.max_len:
             raise _refuse(ValueError, path, self.allowed, value)
@@ -267,7 +267,7 @@ class Record(Check):
         self.allowed = "a dict"
 
     def check(self, value: Any, path: str) -> None:
-        if type(value) is not dict:
+        if type(value) not in (dict, OrderedDict):
             raise _refuse(TypeError, path, self.allowed, value)
         unknown = [k for k in value if k not in self.fields]
         if unknown:
