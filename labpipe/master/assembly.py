@@ -24,8 +24,7 @@ from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBacken
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
-from labpipe.master.targets import (DATASET_DB_METHODS, INTERACTIVE_ARG_DB_METHODS,
-                                    SCHEDULE_METHODS, Target)
+from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
@@ -153,15 +152,17 @@ class Master:
             "pipelines": self.scheduler.queue.states.notifier,
             "history": self.history.notifier,
         }
-        self.targets = {
-            "schedule": Target(self.scheduler, SCHEDULE_METHODS),
+        exposed = {
+            "schedule": self.scheduler,
             "experiment_db": self.experiment_db.rpc_target,
-            "dataset_db": Target(self.dataset_db, DATASET_DB_METHODS),
+            "dataset_db": self.dataset_db,
             "device_db": DeviceDBTarget(self.device_db),
-            "interactive_arg_db": Target(self.interactive_db, INTERACTIVE_ARG_DB_METHODS),
+            "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
         }
+        # every argument of every method is checked (targets.SPECS) before it runs
+        self.targets = {name: Target(obj, name, SPECS[name]) for name, obj in exposed.items()}
         self.servers = {
             "notify": (Publisher(self.notifiers), o.port_notify),
             "control": (Server(self.targets, description="labpipe master"), o.port_control),
