@@ -36,7 +36,7 @@ device_db = {"dev": {"type": "local", "module": "m", "class": "C"}}
 QUICK = """
 class Quick(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(0, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(0, precision=0, step=1, type="int"))
 
     def run(self):
         self.set_dataset("quick.n", self.n, broadcast=True, persist=True)
