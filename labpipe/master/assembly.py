@@ -26,6 +26,7 @@ from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
 from labpipe.protocol.sync import Publisher
+from labpipe.protocol.tls import TLSFiles, server_context
 from labpipe.worker import launcher
 from labpipe.worker.devices import follow_aliases
 
@@ -54,6 +55,8 @@ class MasterOptions:
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
     kill_timeout: float = 2.0
+    #: ``--ssl CERT KEY PEER``: mutual TLS on all four ports (None: plain TCP).
+    tls: TLSFiles | None = None
 
 
 class MasterManagement:
@@ -93,6 +96,9 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
+        # bad TLS files stop the master before anything else starts
+        self.tls = None if o.tls is None else o.tls.relative_to(o.lab_dir)
+        ssl_context = None if self.tls is None else server_context(self.tls)
         self.device_db = DeviceDB(self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
@@ -154,10 +160,11 @@ class Master:
             "broadcast": (self.broadcaster, o.port_broadcast),
         }
         for server, port in self.servers.values():
-            await server.start(o.bind, port)
+            await server.start(o.bind, port, ssl=ssl_context)
         # the push hook needs the control port, so the repository comes after the ports
-        await self.experiment_db.start(control_port=self.port("control"),
-                                       control_host=o.bind[0])
+        await self.experiment_db.start(
+            control_port=self.port("control"), control_host=o.bind[0],
+            control_tls=None if self.tls is None else self.tls.for_own_server())
 
     def port(self, channel: str) -> int:
         """The port a channel (notify, control, logging, broadcast) listens on."""
