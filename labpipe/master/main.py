@@ -114,8 +114,8 @@ async def _serve(options):
         await master.start()
         ports = ", ".join(f"{name} {master.port(name)}"
                           for name in ("control", "notify", "broadcast", "logging"))
-        tls = " (TLS)" if options.tls is not None else ""
-        print(f"labpipe-master ready on {', '.join(options.bind)}: {ports}{tls}", flush=True)
+        tls = " with TLS" if options.tls is not None else ""
+        print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
         await master.terminate_requested.wait()
         logger.info("shutting down")
     finally:
