@@ -5,12 +5,11 @@ handshake and are logged; the master keeps serving."""
 
 import asyncio
 import logging
-import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -334,3 +333,35 @@ def test_git_push_rescans_through_the_hook_over_tls(lab, certs):
             await wait_until(lambda: status.raw_view["cur_rev"] == rev, timeout=60)
             assert "Hello" in master.experiment_db.explist.raw_view
     run_async(main(), timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_certificates_made_as_artiqs_manual_says(tmp_path):
+    """``openssl req -x509 -newkey rsa -keyout N.key -nodes -out N.pem -sha256 -subj /``"""
+    from labpipe.protocol.rpc import Server
+    for name in ("master", "client"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa", "-keyout",
+                        str(tmp_path / f"{name}.key"), "-nodes", "-out",
+                        str(tmp_path / f"{name}.pem"), "-sha256", "-subj", "/"],
+                       check=True, capture_output=True, timeout=120)
+    server_files = tls.TLSFiles(str(tmp_path / "master.pem"), str(tmp_path / "master.key"),
+                                str(tmp_path / "client.pem"))
+    client_files = tls.TLSFiles(str(tmp_path / "client.pem"), str(tmp_path / "client.key"),
+                                str(tmp_path / "master.pem"))
+
+    class Adder:
+        def add(self, a, b):
+            return a + b
+
+    async def main():
+        server = Server({"adder": Adder()})
+        await server.start(HOST, 0, ssl=tls.server_context(server_files))
+        try:
+            def call():
+                with Client(HOST, server.port, "adder", 10,
+                            ssl=tls.client_context(client_files)) as client:
+                    return client.add(2, 3)
+            assert await asyncio.to_thread(call) == 5
+        finally:
+            await server.stop()
+    run_async(main(), timeout=60)
