@@ -187,17 +187,19 @@ class _RefusalLog:
     """One warning line per refused peer, at most MAX_REFUSAL_LINES per window."""
 
     def __init__(self):
+        self._where = "TLS"
         self._window_start = -float("inf")
         self._lines = 0
         self._suppressed = 0
         self._summary: asyncio.TimerHandle | None = None
 
     def note(self, where: str, peer: object, reason: str) -> None:
+        self._where = where
         now = time.monotonic()
         if now - self._window_start >= REFUSAL_WINDOW:
-            self._flush()
+            self._flush(where)
             self._window_start, self._lines = now, 0
-        if self._lines < MAX_REFUSAL_LINES:
+        if self._lines < MAX_REFUSAL_LINES:  # read at each call: tests may change it
             self._lines += 1
             logger.warning("%s: refused TLS connection from %s: %s", where,
                            _address(peer), reason)
@@ -214,7 +216,8 @@ class _RefusalLog:
             self._summary = None
         if self._suppressed:
             logger.warning("%s: %d more TLS connections refused in %.0f s (not logged "
-                           "one by one)", where or "TLS", self._suppressed, REFUSAL_WINDOW)
+                           "one by one)", where or self._where, self._suppressed,
+                           REFUSAL_WINDOW)
             self._suppressed = 0
 
     def close(self) -> None:
