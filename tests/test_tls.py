@@ -292,11 +292,15 @@ def test_labpipe_client_submit_and_show_schedule_over_tls(lab, certs):
         shown = master.cli(*ssl_args, "--json", "show", "schedule")
         assert shown.returncode == 0 and shown.stdout.strip().startswith("{")
         master.cli(*ssl_args, "wait", str(rid))
+        # the notify port through labpipe-client (show datasets reads the notifier)
+        datasets = master.cli(*ssl_args, "--json", "show", "datasets")
+        assert "tls.hello" in datasets.stdout and "42" in datasets.stdout
 
         # without --ssl, or with a certificate the master does not trust: exit 4, one line
         for args in ([], ["--ssl", certs.untrusted.cert, certs.untrusted.key,
                           certs.server.cert]):
-            for command in (["submit", "-c", "Hello", "repository/hello.py"], ["show", "schedule"]):
+            for command in (["submit", "-c", "Hello", "repository/hello.py"],
+                            ["show", "schedule"], ["show", "datasets"]):
                 result = master.cli(*args, *command, check=False)
                 assert result.returncode == 4, (args, command, result.stderr)
                 lines = result.stderr.strip().splitlines()
