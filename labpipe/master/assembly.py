@@ -29,6 +29,7 @@ from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
 from labpipe.protocol.sync import Publisher
+from labpipe.protocol.tls import TLSFiles, server_context
 from labpipe.worker import launcher
 from labpipe.worker.devices import follow_aliases
 
@@ -59,6 +60,8 @@ class MasterOptions:
     kill_timeout: float = 2.0
     config: LabConfig | None = None
     """The lab's configuration; None: read ``labpipe.toml`` from lab_dir at start."""
+    #: ``--ssl CERT KEY PEER``: mutual TLS on all four ports (None: plain TCP).
+    tls: TLSFiles | None = None
 
 
 class MasterManagement:
@@ -100,6 +103,9 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
+        # bad TLS files stop the master before anything else starts
+        self.tls = None if o.tls is None else o.tls.relative_to(o.lab_dir)
+        ssl_context = None if self.tls is None else server_context(self.tls)
         await self._claim_lab()
         self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
@@ -170,10 +176,11 @@ class Master:
             "broadcast": (self.broadcaster, o.port_broadcast),
         }
         for server, port in self.servers.values():
-            await server.start(o.bind, port)
+            await server.start(o.bind, port, ssl=ssl_context)
         # the push hook needs the control port, so the repository comes after the ports
-        await self.experiment_db.start(control_port=self.port("control"),
-                                       control_host=o.bind[0])
+        await self.experiment_db.start(
+            control_port=self.port("control"), control_host=o.bind[0],
+            control_tls=None if self.tls is None else self.tls.for_own_server())
         self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
 
     async def _claim_lab(self):

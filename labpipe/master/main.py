@@ -34,6 +34,10 @@ def get_argparser() -> argparse.ArgumentParser:
                      help="logging port (default: %(default)s)")
     net.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
                      help="broadcast port (default: %(default)s)")
+    net.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
+                     help="mutual TLS on every port: CERT and KEY are the master's "
+                          "certificate and unencrypted key (PEM), PEER the client "
+                          "certificate(s) to trust")
     lab = parser.add_argument_group("lab")
     lab.add_argument("-r", "--repository", default="repository",
                      help="experiment repository (default: %(default)s)")
@@ -87,6 +91,7 @@ def _default_source(record):
 
 def _options(args):
     from labpipe.master.assembly import MasterOptions
+    from labpipe.protocol.tls import TLSFiles
     bind = args.bind or ["127.0.0.1", "::1"]
     if "*" in bind:
         bind = ["0.0.0.0", "::"]
@@ -96,7 +101,7 @@ def _options(args):
         repository=args.repository, git=args.git, experiment_subdir=args.experiment_subdir,
         device_db=args.device_db, dataset_db=args.dataset_db, name=args.name,
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
-        kill_timeout=args.term_timeout)
+        kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl))
 
 
 async def _serve(options):
@@ -109,7 +114,8 @@ async def _serve(options):
         await master.start()
         ports = ", ".join(f"{name} {master.port(name)}"
                           for name in ("control", "notify", "broadcast", "logging"))
-        print(f"labpipe-master ready on {', '.join(options.bind)}: {ports}", flush=True)
+        tls = " with TLS" if options.tls is not None else ""
+        print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
         await master.terminate_requested.wait()
         logger.info("shutting down")
     finally:

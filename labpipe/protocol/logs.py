@@ -45,6 +45,7 @@ import logging
 import os
 import select
 import socket
+import ssl as _ssl
 import threading
 import time
 from collections import deque
@@ -207,7 +208,8 @@ class LogForwarder(logging.Handler):
 
     def __init__(self, host: str, port: int, source: str, *, level=logging.NOTSET,
                  queue_limit: int = 1000, timeout: float = 1.0,
-                 retry_interval: float = 2.0, flush_timeout: float = 2.0):
+                 retry_interval: float = 2.0, flush_timeout: float = 2.0,
+                 ssl: _ssl.SSLContext | None = None):
         super().__init__(level)
         if not source or ":" in source or "\n" in source or source.startswith(CONTINUATION):
             raise ValueError(f"log source {source!r} must be non-empty, without ':' or "
@@ -219,6 +221,8 @@ class LogForwarder(logging.Handler):
         self.timeout = timeout
         self.retry_interval = retry_interval
         self.flush_timeout = flush_timeout
+        #: Client SSLContext (``tls.client_context``) for a TLS server, or None.
+        self.ssl = ssl
         #: Records dropped (queue full, server unreachable, connection lost).
         self.dropped = 0
         self._reset()
@@ -307,6 +311,12 @@ class LogForwarder(logging.Handler):
                 return False
             try:
                 sock = socket.create_connection((self.host, self.port), self.timeout)
+                if self.ssl is not None:
+                    try:
+                        sock = self.ssl.wrap_socket(sock)
+                    except BaseException:
+                        sock.close()
+                        raise
                 sock.sendall(f"{BANNER}\n".encode("ascii"))
             except OSError:
                 self._next_attempt = time.monotonic() + self.retry_interval
@@ -324,9 +334,23 @@ class LogForwarder(logging.Handler):
         # The server never sends anything: readable means closed or failed.
         try:
             readable, _, _ = select.select([sock], [], [], 0)
+            if readable and isinstance(sock, _ssl.SSLSocket):
+                return LogForwarder._tls_peer_closed(sock)
             return bool(readable)
         except (OSError, ValueError):
             return True
+
+    @staticmethod
+    def _tls_peer_closed(sock: _ssl.SSLSocket) -> bool:
+        # TLS records that carry no data (a session ticket) make the socket readable too
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            return sock.recv(1) == b""
+        except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+            return False
+        finally:
+            sock.settimeout(timeout)
 
     def _disconnect(self):
         sock, self._sock = self._sock, None

@@ -57,6 +57,7 @@ from labpipe.master.repository.submission import (SubmissionError, allowed_folde
                                                   check_class, check_file_allowed,
                                                   resolve_submission)
 from labpipe.protocol.sync import Notifier
+from labpipe.protocol.tls import TLSFiles
 
 __all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError", "caller"]
 
@@ -128,29 +129,32 @@ class ExperimentDB:
     # -- lifetime ----------------------------------------------------------------------
 
     async def start(self, *, control_port: int | None = None,
-                    control_host: str = "127.0.0.1") -> None:
+                    control_host: str = "127.0.0.1",
+                    control_tls: TLSFiles | None = None) -> None:
         """Start the examining processes, install the rescan hook, run the first scan.
 
         With a Git backend and ``control_port`` (the master's RPC port, already
         listening), a hook is installed so that a push (bare repository) or a commit
         (non-bare) rescans; see ``hooks.py``. It is installed before the first scan so
-        that no push is missed in between.
+        that no push is missed in between. ``control_tls``: the client files the hook
+        connects with when the control port is TLS.
         """
         if self._loop_task is not None:
             raise RuntimeError("the experiment database is already started")
         await self.pool.start()
         self._loop_task = asyncio.create_task(self._scan_loop(), name="labpipe-scans")
         if control_port is not None:
-            self.install_hook(control_port, control_host)
+            self.install_hook(control_port, control_host, control_tls)
         await self.scan_repository()
 
-    def install_hook(self, control_port: int, control_host: str = "127.0.0.1") -> None:
+    def install_hook(self, control_port: int, control_host: str = "127.0.0.1",
+                     control_tls: TLSFiles | None = None) -> None:
         """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
         hooks_dir = getattr(self.backend, "hooks_dir", None)
         if hooks_dir is None:
             return
         folder, configured = hooks_dir()
-        command = hooks.notify_command(control_port, control_host)
+        command = hooks.notify_command(control_port, control_host, tls=control_tls)
         self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
                                        configured_dir=configured)
 
