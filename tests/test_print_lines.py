@@ -2,6 +2,7 @@
 ``print:<line>`` at INFO with the run's source, whatever its log_level, and its results
 file's log (read back with h5py); the same for black-box scripts and labpipe-run."""
 
+import logging
 import subprocess
 import sys
 
@@ -134,3 +135,16 @@ def test_labpipe_run_shows_prints_and_keeps_them_in_its_results_file(lab):
     assert log[:5] == ["INFO:print:hello 1", "INFO:print:two", "INFO:print:lines",
                        "INFO:print:to stderr", "INFO:print:partial line"]
     assert "WARNING:exp:a warning" in log and log[-1] == "INFO:print:last"
+
+
+def test_master_terminal_shows_records_of_runs_whatever_its_level():
+    from labpipe.master.main import _SourceLevel
+    console = _SourceLevel(30)
+
+    def record(level, source):
+        entry = logging.LogRecord("print", level, __file__, 1, "m", None, None)
+        entry.source = source
+        return entry
+    assert [console.filter(record(level, source)) for level, source in [
+        (20, "worker(3,Printer)"), (20, "ctl_a"), (20, "master"), (30, "master")]] == [
+        True, True, False, True]
