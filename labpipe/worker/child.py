@@ -27,7 +27,10 @@ file is written first (with the error text), so that what was collected is kept.
 While a stage runs the child streams one-way messages (``log``, ``update_dataset``,
 ``ccb_issue``, ``set_progress``) and makes requests (``get_device_db``, ``get_dataset``,
 ``check_pause``, ``check_termination``, ``submit``, ``delete``, ``request_termination``,
-``get_status``, ``interactive``); see ``ipc.py`` for the framing.
+``get_status``, ``interactive``); see ``ipc.py`` for the framing. Before anything else
+the child passes the read end of its fds 1/2 pipe over the connection, and its
+``sys.stdout``/``sys.stderr`` send each line as a ``print`` log message
+(``output.py``).
 """
 
 import logging
