@@ -230,7 +230,10 @@ def main(conn):
     # stops its workers itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    capture_fds(conn)  # first thing: the master reads it before any message
+    try:
+        capture_fds(conn)  # first thing: the master reads it before any message
+    except OSError:
+        os._exit(1)  # the master is gone (a spare it discarded): nobody to report to
     channel = ChildChannel(conn)
     try:
         _Child(channel).serve()
