@@ -26,7 +26,7 @@ from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
 from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
-from labpipe.protocol.logs import LogBroadcastHandler, LogServer
+from labpipe.protocol.logs import LogBroadcastHandler, LogServer, emit_remote
 from labpipe.protocol.rpc import Server
 from labpipe.protocol.sync import Publisher
 from labpipe.protocol.tls import TLSFiles, server_context
@@ -240,13 +240,11 @@ class Master:
         scheduler = self.scheduler
 
         def log(msg):
-            name = msg.get("name") or "worker"
-            record = logging.getLogger(name).makeRecord(
-                name, msg.get("levelno", logging.INFO), "(worker)", 0, msg.get("message", ""),
-                None, None)
-            record.created = msg.get("created", time.time())
-            record.source = scheduler.source_of(run)
-            logging.getLogger(name).handle(record)
+            # one logger for every name the experiment chose (none created per name);
+            # the run's log_level filtered these already
+            emit_remote(scheduler.source_of(run), msg.get("levelno", logging.INFO),
+                        msg.get("name") or "worker", str(msg.get("message", "")),
+                        created=msg.get("created", time.time()), check_level=False)
 
         def get_dataset(msg):
             key = msg["key"]

@@ -68,18 +68,17 @@ def _setup_logging(args):
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    handlers[0].setLevel(level)
+    handlers = [(logging.StreamHandler(sys.stderr), level)]
     if args.log_file:
         try:
-            handlers.append(logging.FileHandler(args.log_file))
+            handlers.append((logging.FileHandler(args.log_file), min(level, logging.INFO)))
         except OSError as exc:
             raise OSError(f"cannot open the log file {args.log_file}: "
                           f"{exc.strerror or exc}") from None
-        handlers[-1].setLevel(min(level, logging.INFO))
-    for handler in handlers:
+    for handler, handler_level in handlers:
         handler.setFormatter(fmt)
         handler.addFilter(_default_source)
+        handler.addFilter(_SourceLevel(handler_level))
         root.addHandler(handler)
 
 
@@ -87,6 +86,17 @@ def _default_source(record):
     if not hasattr(record, "source"):
         record.source = "master"
     return True
+
+
+class _SourceLevel:
+    """The master's own records from ``level`` up; records of runs and peers (print
+    lines included) all, as ARTIQ's master shows them: their sources filtered them."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def filter(self, record) -> bool:
+        return record.levelno >= self.level or record.source != "master"
 
 
 def _options(args):

@@ -18,11 +18,13 @@ forked in a thread (a dead template is restarted there too).
 
 import asyncio
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 
-from labpipe.worker import launcher, lifetime
+from labpipe.worker import launcher, lifetime, output
 
 __all__ = ["Worker", "WorkerError", "WorkerFailed", "WorkerDied", "WorkerTimeout",
            "WorkerClosed"]
@@ -79,6 +81,7 @@ class Worker:
         self._close_task: asyncio.Task | None = None
         self._exited: asyncio.Future | None = None
         self._stage: str | None = None
+        self._output: output.OutputReader | None = None
 
     # --- stages -------------------------------------------------------------------
 
@@ -155,6 +158,13 @@ class Worker:
 
     def _read_loop(self, loop):
         conn = self._conn
+        fd = output.receive_output_fd(conn)  # the child sends it before anything else
+        if fd is not None:
+            try:
+                loop.call_soon_threadsafe(self._attach_output, fd)
+            except RuntimeError:
+                os.close(fd)
+                return  # the event loop is closed
         while True:
             try:
                 batch = conn.recv()
@@ -169,6 +179,18 @@ class Worker:
                 return  # the event loop is closed
             if batch is None:
                 return
+
+    def _attach_output(self, fd: int):
+        """Read the worker's fds 1 and 2 (``output.py``): each line a print record."""
+        if self.closed.is_set():
+            os.close(fd)
+            return
+        handler = self.handlers.get("log")
+        if handler is None:  # nobody wants its log (a dry run): still drain the pipe
+            handler = lambda msg: None  # noqa: E731
+        self._output = output.OutputReader(fd, lambda line: handler(
+            {"action": "log", "levelno": logging.INFO, "name": "print", "message": line,
+             "created": time.time()}))
 
     async def _consume(self):
         while True:
@@ -292,6 +314,8 @@ class Worker:
             if self._consumer is not None:
                 await asyncio.gather(self._consumer, return_exceptions=True)
             self._conn.close()
+            if self._output is not None:
+                self._output.close()
 
     async def _wait_exit(self, timeout) -> bool:
         try:

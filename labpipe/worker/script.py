@@ -14,8 +14,8 @@ expression, without parsing it (a run's build then costs a fresh worker ~0.5 ms 
 Submitted with ``class_name`` None, such a file runs as one run: build and prepare do
 nothing (the source is compiled in build, so a syntax error fails there), the run stage
 executes the file as ``__main__`` (``sys.argv == [path]``, its folder first on
-``sys.path``), and what it prints goes to the run's log (the worker's stdout/stderr are
-loggers). It cannot pause or report progress (it does not know the scheduler); it can
+``sys.path``), and what it prints goes to the run's log as print lines, whatever the
+run's log level (``output.py``). It cannot pause or report progress (it does not know the scheduler); it can
 be deleted like any run. ``SystemExit`` with status 0 or None ends it normally; another
 status fails the run. It takes no arguments.
 
@@ -28,7 +28,6 @@ and its text come back in a ``NameError`` in the history every client sees).
 
 import ast
 import builtins
-import logging
 import os
 import re
 import sys
@@ -196,8 +195,6 @@ def script_experiment(path: str, source: str) -> type:
                          "__builtins__": builtins}
             saved_argv, saved_path = sys.argv, list(sys.path)
             sys.argv = [path]
-            # what the script prints is its output: logged whatever the run's log level
-            logging.getLogger("print").setLevel(logging.INFO)
             sys.path.insert(0, folder)
             try:
                 exec(code, namespace)  # noqa: S102 - running the user's script is the job
