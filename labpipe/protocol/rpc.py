@@ -8,17 +8,21 @@ Wire (see ``shared/docs/wire-compat.md``), one UTF-8 line per message:
    connection on an unknown target or feature.
 4. server: the PYON set of the target's method names.
 5. then requests and replies, one reply per request, in order:
-   ``{"action": "call", "name": NAME, "args": [...], "kwargs": {...}}`` and
+   ``{"action": "call", "name": NAME, "args": ARGS, "kwargs": {...}}`` and
    ``{"action": "get_rpc_method_list"}``; replies ``{"status": "ok", "ret": VALUE}`` or
    ``{"status": "failed", "exception": {"class": C, "message": str, "traceback": [str]}}``
    where C is a builtin exception class name or ``GenericRemoteException``.
+   ARGS is a PYON tuple, ``{"__jsonclass__": ["tuple", [[5]]]}`` for one argument 5,
+   as sipyco's clients (``artiq_client``, the dashboard) and labpipe's own send it;
+   the server also takes a plain list.
 
 Server contract (``Server``):
 
 - A target's methods are its callable public attributes (names not starting with
   ``_``). Private names, unknown names, non-callable attributes and malformed requests
-  (not UTF-8, not PYON, not a dict, unknown action or keys, ``args`` not a list,
-  ``kwargs`` not a dict with string keys) get a ``failed`` reply and the connection
+  (not UTF-8, not PYON, beyond ``pyon.Limits``, not a dict, unknown action or keys,
+  ``args`` neither a tuple nor a list, ``kwargs`` not a dict with string keys) get a
+  ``failed`` reply (``ValueError``, one line naming what was wrong) and the connection
   stays usable. Every refusal and failed call is logged; none stops the server.
 - Awaitable results (coroutine methods) are awaited. Each connection is served by its
   own task, so a slow coroutine on one connection does not hold up the others; calls on
@@ -192,7 +196,9 @@ def _reply_value(line: str | None) -> Any:
 
 
 def _call_request(name: str, args: tuple, kwargs: dict) -> str:
-    return pyon.encode({"action": "call", "name": name, "args": list(args), "kwargs": kwargs})
+    # a tuple, exactly as sipyco's clients send *args
+    return pyon.encode({"action": "call", "name": name, "args": tuple(args),
+                        "kwargs": kwargs})
 
 
 _METHOD_LIST_REQUEST = pyon.encode({"action": "get_rpc_method_list"})
@@ -283,6 +289,8 @@ def _parse_request(line: str) -> dict:
     """Decode and validate a request line; ValueError when malformed."""
     try:
         request = pyon.decode(line)
+    except pyon.LimitExceeded as e:
+        raise ValueError(f"request refused: {e}") from None
     except ValueError as e:
         raise ValueError(f"malformed request, not PYON v2: {e}") from None
     if not isinstance(request, dict):
@@ -295,8 +303,9 @@ def _parse_request(line: str) -> dict:
         raise ValueError(f"malformed {action!r} request: keys {sorted(keys, key=str)}, "
                          f"expected {sorted(_REQUEST_KEYS[action])}")
     if action == "call":
-        if not isinstance(request["args"], list):
-            raise ValueError("malformed call request: 'args' must be a list")
+        if type(request["args"]) not in (tuple, list):
+            raise ValueError(f"malformed call request: 'args' must be a tuple or a list, "
+                             f"not {type(request['args']).__name__}")
         kwargs = request["kwargs"]
         if not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
             raise ValueError("malformed call request: 'kwargs' must be a dict with string keys")
