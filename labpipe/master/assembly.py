@@ -25,6 +25,7 @@ from labpipe.master.targets import (DATASET_DB_METHODS, INTERACTIVE_ARG_DB_METHO
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer
 from labpipe.protocol.rpc import Server
+from labpipe.protocol.server import ConnectionLimits
 from labpipe.protocol.sync import Publisher
 from labpipe.worker import launcher
 from labpipe.worker.devices import follow_aliases
@@ -54,6 +55,8 @@ class MasterOptions:
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
     kill_timeout: float = 2.0
+    #: Handshake timeout and connection limits of every port (None: the defaults).
+    connection_limits: ConnectionLimits | None = None
 
 
 class MasterManagement:
@@ -124,7 +127,7 @@ class Master:
         # the saved schedule comes back before anyone can submit
         await self.scheduler.restore()
 
-        self.broadcaster = Broadcaster()
+        self.broadcaster = Broadcaster(limits=o.connection_limits)
         self._log_handler = LogBroadcastHandler(self.broadcaster)
         logging.getLogger().addHandler(self._log_handler)
         self.notifiers = {
@@ -148,9 +151,10 @@ class Master:
             "history": HistoryTarget(self.history),
         }
         self.servers = {
-            "notify": (Publisher(self.notifiers), o.port_notify),
-            "control": (Server(self.targets, description="labpipe master"), o.port_control),
-            "logging": (LogServer(), o.port_logging),
+            "notify": (Publisher(self.notifiers, limits=o.connection_limits), o.port_notify),
+            "control": (Server(self.targets, description="labpipe master",
+                               limits=o.connection_limits), o.port_control),
+            "logging": (LogServer(limits=o.connection_limits), o.port_logging),
             "broadcast": (self.broadcaster, o.port_broadcast),
         }
         for server, port in self.servers.values():

@@ -19,9 +19,11 @@ Guarantees:
   given; plain, non-object dtypes only). Going over a bound raises ``LimitExceeded``
   (a ``ValueError``) naming what was too big, before anything large is built: a
   Fraction, complex or integer is never computed from an unbounded string.
-- Whatever ``decode`` accepts (with any limits no looser than the defaults),
-  ``encode`` encodes again: a value accepted from the wire can always be re-sent in a
-  reply or a notifier mod. ``encode`` itself refuses with ``TypeError`` (a type PYON
+- Whatever ``decode`` accepts, ``encode`` encodes again (decode's depth bound is
+  clamped at encode's, ``MAX_ENCODE_DEPTH``); with the default limits, even wrapped
+  in up to ``WRAP_HEADROOM`` more containers, so a value accepted from the wire can
+  always be re-sent in a reply or a notifier mod. Clients decode what servers send
+  with ``RECEIVE_LIMITS`` (the depth encode allows). ``encode`` itself refuses with ``TypeError`` (a type PYON
   lacks) or ``ValueError`` (too deep, or an integer too long), one line, never
   ``RecursionError``.
 - ``store_file`` is atomic: a reader sees the old content or the new one, never a mix,
@@ -46,7 +48,7 @@ import numpy
 from labpipe.protocol.atomic import atomic_path
 
 __all__ = ["encode", "decode", "store_file", "load_file", "Limits", "DEFAULT_LIMITS",
-           "LimitExceeded"]
+           "RECEIVE_LIMITS", "LimitExceeded"]
 
 _JSONCLASS = "__jsonclass__"
 
@@ -61,7 +63,7 @@ class Limits:
     #: Longest text, in characters (bytes for bytes input).
     max_size: int = 1 << 30
     #: Deepest nesting of containers (list, tuple, dict, set, slice) in the value.
-    max_depth: int = 100
+    max_depth: int = 64
     #: Most decimal digits of one integer (JSON integers and Fraction parts).
     max_int_digits: int = 4300
     #: Largest numpy array (or scalar), in bytes.
@@ -70,8 +72,14 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-#: The deepest value encode handles; decode's depth bound may not exceed it.
-MAX_ENCODE_DEPTH = 100
+#: The deepest value encode handles.
+MAX_ENCODE_DEPTH = 128
+#: Levels a decoded value may gain when it is wrapped for sending on (a dataset's
+#: ``(persist, value, metadata)`` tuple inside a notifier's dict inside an init mod).
+WRAP_HEADROOM = 64
+#: What a client accepts from a server: values the server wrapped (a notifier's
+#: content in its init mod, a reply) nest up to WRAP_HEADROOM deeper than the door allows.
+RECEIVE_LIMITS = Limits(max_depth=MAX_ENCODE_DEPTH)
 #: The longest integer encode writes; decode's digits bound may not exceed it.
 MAX_ENCODE_INT_DIGITS = 4300
 

@@ -66,7 +66,8 @@ import traceback
 from typing import Any
 
 from labpipe.protocol import pyon
-from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, LineTooLong, read_line
+from labpipe.protocol.server import (MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits,
+                                     LineTooLong, read_line)
 
 __all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer"]
 
@@ -186,7 +187,7 @@ def _reply_value(line: str | None) -> Any:
     """The value of a reply line, or raise the exception it reports."""
     if line is None:
         raise ConnectionError("connection closed by the RPC server")
-    reply = pyon.decode(line)
+    reply = pyon.decode(line, pyon.RECEIVE_LIMITS)
     if isinstance(reply, dict):
         if reply.get("status") == "ok":
             return reply.get("ret")
@@ -319,9 +320,12 @@ class Server(AsyncioServer):
     start(host, port)`` and stop with ``await stop()``; see the module docstring.
     """
 
+    handshake_lines = 2  # the banner, then the name line
+
     def __init__(self, targets: dict[str, object], description: str | None = None,
-                 max_line_length: int = MAX_LINE_LENGTH):
-        super().__init__(max_line_length=max_line_length)
+                 max_line_length: int = MAX_LINE_LENGTH,
+                 limits: ConnectionLimits | None = None):
+        super().__init__(max_line_length=max_line_length, limits=limits)
         for name in targets:
             if not isinstance(name, str) or not name or any(c in name for c in "\r\n"):
                 raise ValueError(f"invalid RPC target name {name!r}")
