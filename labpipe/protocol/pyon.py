@@ -403,7 +403,7 @@ def decode(text: str | bytes, limits: Limits = DEFAULT_LIMITS):
     except UnicodeDecodeError:
         raise ValueError("PYON text is not UTF-8") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"not PYON v2: {e.msg} at line {e.lineno} column {e.colno}") \
+        raise ValueError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
             from None
     except ValueError as e:
         if "integer string conversion" in str(e):  # Python's own int() bound
