@@ -228,7 +228,8 @@ class AsyncioServer:
         else:
             del self._per_peer[host]
 
-    async def _serve_with_handshake_deadline(self, reader, writer, host: str):
+    async def _serve_with_handshake_deadline(self, reader: asyncio.StreamReader,
+                                             writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(self.limits.handshake_timeout) as deadline:
             handshake = _Handshake(deadline, self.handshake_lines)
             _HANDSHAKE.set(handshake)
@@ -246,7 +247,7 @@ class AsyncioServer:
         task = asyncio.current_task()
         self._connections.add(task)
         try:
-            await self._serve_with_handshake_deadline(reader, writer, host)
+            await self._serve_with_handshake_deadline(reader, writer)
         except TimeoutError:
             self._refusal_log("%s on port %s: dropped a connection from %s: no handshake "
                               "within %g s", type(self).__name__, self.port, host,
