@@ -9,6 +9,7 @@ import builtins
 import json
 import math
 import os
+import random
 from collections import OrderedDict
 from fractions import Fraction
 
@@ -279,3 +280,150 @@ def test_load_hand_written_file(tmp_path):
     path = tmp_path / "hand.pyon"
     path.write_text('{\n  "rid": 7,\n  "pair": {"__jsonclass__": ["tuple", [[1, 2]]]}\n}\n')
     assert_same(pyon.load_file(path), {"rid": 7, "pair": (1, 2)})
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize("text, what", [
+    ('{"__jsonclass__": ["Fraction", ["1e10000000"]]}', "two integers"),
+    ('{"__jsonclass__": ["Fraction", [1, "3"]]}', "two integers"),
+    ('{"__jsonclass__": ["Fraction", [true, 2]]}', "two integers"),
+    ("[" + "1" * 5000 + "]", "integer"),
+    ('{"__jsonclass__": ["Fraction", [' + "7" * 5000 + ", 3]]}", "integer"),
+    ('{"__jsonclass__": ["complex", [1' + "0" * 400 + ", 0]]}", "complex"),
+    ('{"__jsonclass__": ["complex", ["1e10000000", 0]]}', "two numbers"),
+    ('{"__jsonclass__": ["complex", ["1+2j"]]}', "two numbers"),
+    ("[" * 65 + "]" * 65, "nested deeper than 64"),
+    ('{"__jsonclass__":["tuple",[[' * 65 + "]]]}" * 65, "nested"),
+    ('{"__jsonclass__":["nparray",[[100000000000],"<f8",""]]}', "bytes"),
+    ('{"__jsonclass__":["nparray",[[4000000000,4000000000],"|u1",""]]}', "bytes"),
+    ('{"__jsonclass__":["nparray",[[0,99999999999999999999999],"<f8",""]]}', "shape"),
+    ('{"__jsonclass__":["nparray",[[2],"<f8","AAAAAAAAAAA="]]}', "need 16 bytes"),
+    ('{"__jsonclass__":["nparray",[[-1],"<f8",""]]}', "non-negative"),
+    ('{"__jsonclass__":["nparray",[[1],"|V2000000000",""]]}', "dtype"),
+    ('{"__jsonclass__":["nparray",[[1],"i4,i4","AAAAAAAAAAA="]]}', "dtype"),
+    ('{"__jsonclass__":["nparray",[[1],"(2,)i4","AAAAAAAAAAA="]]}', "dtype"),
+    ('{"__jsonclass__":["nparray",[[1],"|O8","AAAAAAAAAAA="]]}', "dtype"),
+    ('{"__jsonclass__":["npscalar",["<f8","AAAAAAAAAAAAAAAAAAAAAA=="]]}', "needs 8 bytes"),
+    ('{"__jsonclass__":["tuple",[[1]]],"extra":1}', "malformed"),
+    ('{"__jsonclass__":["slice",[1]]}', "slice"),
+    ('{"__jsonclass__":["set",[[[1]]]]}', "unhashable"),
+])
+def test_decode_limits_refuse_with_one_line_naming_the_problem(text, what):
+    with pytest.raises(ValueError) as info:
+        pyon.decode(text)
+    message = str(info.value)
+    assert what in message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_limit_errors_have_their_own_class():
+    with pytest.raises(pyon.LimitExceeded):
+        pyon.decode("[" + "9" * 5000 + "]")
+    with pytest.raises(pyon.LimitExceeded):
+        pyon.decode("[1, 2, 3]", pyon.Limits(max_size=5))
+    with pytest.raises(pyon.LimitExceeded):
+        pyon.decode(pyon.encode(numpy.zeros(100)), pyon.Limits(max_array_bytes=799))
+    assert pyon.decode(pyon.encode(numpy.zeros(100)), pyon.Limits(max_array_bytes=800)).size == 100
+    with pytest.raises(pyon.LimitExceeded):
+        pyon.decode("[[[1]]]", pyon.Limits(max_depth=2))
+    assert pyon.decode("[[1]]", pyon.Limits(max_depth=2)) == [[1]]
+
+
+def test_deepest_accepted_value_encodes_even_from_a_deep_stack():
+    """A value at the depth limit, in the form that nests deepest in JSON (the dict
+    escape), wrapped in WRAP_HEADROOM more levels, encodes from a caller already 200
+    frames deep."""
+    value = "leaf"
+    for i in range(pyon.DEFAULT_LIMITS.max_depth):
+        value = {i: value} if i % 2 else (value,)
+    text = pyon.encode(value)
+    decoded = pyon.decode(text)
+    for i in range(pyon.WRAP_HEADROOM):
+        decoded = {(i,): decoded}
+
+    def deep(n):
+        return deep(n - 1) if n else pyon.encode(decoded)
+    assert deep(200)
+    with pytest.raises(pyon.LimitExceeded):
+        pyon.decode("[" + text + "]")
+
+
+def test_encode_refuses_too_deep_and_too_long_in_one_line():
+    value = []
+    for _ in range(2000):
+        value = [value]
+    with pytest.raises(ValueError, match="nested deeper than 128"):
+        pyon.encode(value)
+    with pytest.raises(ValueError, match="integer of more than 4300 digits"):
+        pyon.encode(10 ** 5000)
+    with pytest.raises(ValueError, match="integer of more than 4300 digits"):
+        pyon.encode(Fraction(10 ** 5000, 3))
+
+
+def _random_value(rng, depth):
+    """A random PYON value, sometimes as deep or as long as the limits allow."""
+    scalars = [
+        lambda: None, lambda: rng.random() < 0.5, lambda: rng.randrange(-10**6, 10**6),
+        lambda: int("9" * rng.choice([1, 300, 4300])) * rng.choice([1, -1]),
+        lambda: rng.choice([0.5, -1e308, float("inf"), float("nan"), 5e-324]),
+        lambda: rng.choice(["", "x", "\ud800", "é\n\"", "__jsonclass__"]),
+        lambda: complex(rng.random(), -1e308), lambda: rng.randbytes(rng.randrange(5)),
+        lambda: Fraction(rng.randrange(-10**40, 10**40), rng.randrange(1, 10**40)),
+        lambda: numpy.arange(rng.randrange(4), dtype=rng.choice(["<i4", ">f8", "<u2", "<c8"])),
+        lambda: numpy.datetime64("2020-01-02"), lambda: numpy.uint64(2**64 - 1),
+    ]
+    if depth <= 1 or rng.random() < 0.3:
+        return rng.choice(scalars)()
+    child = lambda: _random_value(rng, depth - 1)
+    key = lambda: rng.choice([rng.randrange(100), "k" + str(rng.randrange(100)), (1, "t"),
+                              None, Fraction(1, 3)])
+    kind = rng.randrange(7)
+    n = rng.randrange(1, 4) if depth < 10 else 1  # deep values are chains: bounded size
+    if kind == 0:
+        return [child() for _ in range(n)]
+    if kind == 1:
+        return tuple(child() for _ in range(n))
+    if kind == 2:
+        return {key(): child() for _ in range(n)}
+    if kind == 3:
+        return OrderedDict((key(), child()) for _ in range(n))
+    if kind == 4:
+        return {rng.randrange(100), (1, rng.random())}
+    if kind == 5:
+        return slice(child(), None, rng.randrange(5))
+    return {"s" + str(i): child() for i in range(n)}
+
+
+def _mutations(rng, text):
+    """Texts near text: a character changed, dropped or repeated, a part duplicated."""
+    for _ in range(5):
+        i = rng.randrange(len(text))
+        yield text[:i] + rng.choice('[]{}",:0-e9.') + text[i + 1:]
+        yield text[:i] + text[i + 1:]
+        j = rng.randrange(i, len(text))
+        yield text[:j] + text[i:j] + text[j:]
+
+
+def test_whatever_decode_accepts_encodes_again():
+    """The door's guarantee: a value decode accepted can always be sent on."""
+    rng = random.Random(13)
+    accepted = 0
+    for _ in range(400):
+        value = _random_value(rng, rng.choice([3, 8, pyon.DEFAULT_LIMITS.max_depth + 5]))
+        try:
+            text = pyon.encode(value)
+        except ValueError:
+            continue  # deeper than encode takes: that is encode's refusal, not decode's
+        assert pyon.encode(pyon.decode(text)) is not None
+        for candidate in [text, *_mutations(rng, text)]:
+            try:
+                decoded = pyon.decode(candidate)
+            except ValueError as e:
+                assert "\n" not in str(e)
+                continue
+            accepted += 1
+            pyon.encode(decoded)  # must not raise
+    assert accepted > 400
+

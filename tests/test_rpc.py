@@ -475,6 +475,9 @@ MALFORMED_LINES = [
     b'{"action":"nope"}', b'{"action":1}', b'{"action":null}', b'{"action":["call"]}',
     b'{"action":"call"}', b'{"action":"call","name":"add"}',
     b'{"action":"call","name":"add","args":{},"kwargs":{}}',
+    b'{"action":"call","name":"add","args":{"__jsonclass__":["set",[[1]]]},"kwargs":{}}',
+    b'{"action":"call","name":"add","args":[' + b'9' * 5000 + b'],"kwargs":{}}',
+    b'{"action":"call","name":"add","args":[{"__jsonclass__":["Fraction",["1e10000000"]]}],"kwargs":{}}',
     b'{"action":"call","name":"add","args":[1],"kwargs":[]}',
     b'{"action":"call","name":"add","args":"12","kwargs":{}}',
     b'{"action":"call","name":"add","args":null,"kwargs":{}}',
@@ -559,3 +562,77 @@ def test_fuzz_malformed_lines():
 
     assert with_server({"calc": calc}, body, max_line_length=LIMIT)
     assert not calc.private_called
+
+
+# --------------------------------------------------------------------------- args as sipyco sends them
+
+
+def test_args_as_pyon_tuple_or_list_on_the_wire():
+    def body(port):
+        with raw(port) as conn:
+            conn.handshake()
+            tuple_call = (b'{"action":"call","name":"add","args":'
+                          b'{"__jsonclass__":["tuple",[[2,3]]]},"kwargs":{}}')
+            assert conn.request(tuple_call) == {"status": "ok", "ret": 5}
+            assert conn.request(b'{"action":"call","name":"fast","args":'
+                                b'{"__jsonclass__":["tuple",[[]]]},"kwargs":{}}') \
+                == {"status": "ok", "ret": "fast"}
+            assert conn.request(b'{"action":"call","name":"add","args":[2,3],"kwargs":{}}') \
+                == {"status": "ok", "ret": 5}
+            for bad in [b'{"__jsonclass__":["set",[[1]]]}', b'{"a":1}', b'"12"', b"null", b"5",
+                        b'{"__jsonclass__":["bytes",["AA=="]]}',
+                        b'{"__jsonclass__":["dict",[[[1,2]]]]}']:
+                reply = conn.request(b'{"action":"call","name":"add","args":' + bad
+                                     + b',"kwargs":{}}')
+                assert reply["status"] == "failed", bad
+                message = reply["exception"]["message"]
+                assert "'args' must be a tuple or a list" in message and "\n" not in message
+        return True
+    assert with_server({"calc": Calc()}, body)
+
+
+def _capture_request(call):
+    """The request line one labpipe client sends for call(client), read by a fake server."""
+    async def main():
+        got = asyncio.get_running_loop().create_future()
+
+        async def handle(reader, writer):
+            await reader.readline()
+            writer.write(b'{"targets":["t"],"description":null,"features":["pyon_v2"]}\n')
+            await reader.readline()
+            writer.write(pyon.encode({"add"}).encode() + b"\n")
+            got.set_result(await reader.readline())
+            writer.write(b'{"status":"ok","ret":null}\n')
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await call(port)
+            return await got
+        finally:
+            server.close()
+            await server.wait_closed()
+    return run(main())
+
+
+def test_own_clients_send_args_as_a_tuple():
+    expected = b'{"action":"call","name":"add","args":{"__jsonclass__":["tuple",[[5,[1]]]]},' \
+               b'"kwargs":{"b":2}}\n'
+
+    async def blocking(port):
+        def call():
+            with Client(HOST, port, "t") as c:
+                c.add(5, [1], b=2)
+        await asyncio.to_thread(call)
+
+    async def asynchronous(port):
+        c = AsyncClient()
+        await c.connect_rpc(HOST, port, "t")
+        try:
+            await c.add(5, [1], b=2)
+        finally:
+            c.close_rpc()
+    assert _capture_request(blocking) == expected
+    assert _capture_request(asynchronous) == expected

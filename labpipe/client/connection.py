@@ -97,7 +97,7 @@ class Connection:
                 if first:
                     sock.settimeout(None)
                     first = False
-                yield pyon.decode(line.decode("utf-8"))
+                yield pyon.decode(line.decode("utf-8"), pyon.RECEIVE_LIMITS)
 
     def notifier(self, name):
         """Yields the notifier's content now, then after each change."""

@@ -28,6 +28,7 @@ from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer, emit_remote
 from labpipe.protocol.rpc import Server
+from labpipe.protocol.server import ConnectionLimits
 from labpipe.protocol.sync import Publisher
 from labpipe.protocol.tls import TLSFiles, server_context
 from labpipe.worker import launcher
@@ -62,6 +63,8 @@ class MasterOptions:
     """The lab's configuration; None: read ``labpipe.toml`` from lab_dir at start."""
     #: ``--ssl CERT KEY PEER``: mutual TLS on all four ports (None: plain TCP).
     tls: TLSFiles | None = None
+    #: Handshake timeout and connection limits of every port (None: the defaults).
+    connection_limits: ConnectionLimits | None = None
 
 
 class MasterManagement:
@@ -144,7 +147,7 @@ class Master:
         # the saved schedule comes back before anyone can submit
         await self.scheduler.restore()
 
-        self.broadcaster = Broadcaster()
+        self.broadcaster = Broadcaster(limits=o.connection_limits)
         self._log_handler = LogBroadcastHandler(self.broadcaster)
         logging.getLogger().addHandler(self._log_handler)
         self.notifiers = {
@@ -170,9 +173,10 @@ class Master:
         # every argument of every method is checked (targets.SPECS) before it runs
         self.targets = {name: Target(obj, name, SPECS[name]) for name, obj in exposed.items()}
         self.servers = {
-            "notify": (Publisher(self.notifiers), o.port_notify),
-            "control": (Server(self.targets, description="labpipe master"), o.port_control),
-            "logging": (LogServer(), o.port_logging),
+            "notify": (Publisher(self.notifiers, limits=o.connection_limits), o.port_notify),
+            "control": (Server(self.targets, description="labpipe master",
+                               limits=o.connection_limits), o.port_control),
+            "logging": (LogServer(limits=o.connection_limits), o.port_logging),
             "broadcast": (self.broadcaster, o.port_broadcast),
         }
         for server, port in self.servers.values():

@@ -48,6 +48,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class Broadcaster(AsyncioServer):
     """Serves the broadcast port; see the module docstring."""
 
+    handshake_lines = 2  # the banner, then the name line
+
     def __init__(self, queue_limit: int = DEFAULT_QUEUE_LIMIT, *,
                  queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs):
         super().__init__(**kwargs)
@@ -123,6 +125,6 @@ class Receiver(LineClient):
         await self._connect(host, port, ssl=ssl)
 
     def _handle(self, text):
-        obj = pyon.decode(text)
+        obj = pyon.decode(text, pyon.RECEIVE_LIMITS)
         for cb in self.notify_cbs:
             cb(obj)

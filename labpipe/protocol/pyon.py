@@ -11,24 +11,80 @@ Guarantees:
   ``dict`` escape), tuple, set, complex, bytes, slice, Fraction, OrderedDict, numpy arrays
   (any non-object dtype, any shape) and numpy scalars.
 - Decoding never evaluates code: it is ``json.loads`` plus a table of constructors.
-  An unknown TYPENAME, or arguments of the wrong shape, raise ``ValueError``.
+  An unknown TYPENAME, or arguments of the wrong shape or type, raise ``ValueError``
+  with a one-line message.
+- Decoding is bounded (``Limits``; ``decode(text, limits=...)``): the text's length,
+  the nesting depth of the value, the digits of an integer (Fraction parts included),
+  the bytes of a numpy array (its shape times its item size must equal the bytes
+  given; plain, non-object dtypes only). Going over a bound raises ``LimitExceeded``
+  (a ``ValueError``) naming what was too big, before anything large is built: a
+  Fraction, complex or integer is never computed from an unbounded string.
+- Whatever ``decode`` accepts, ``encode`` encodes again (decode's depth bound is
+  clamped at encode's, ``MAX_ENCODE_DEPTH``); with the default limits, even wrapped
+  in up to ``WRAP_HEADROOM`` more containers, so a value accepted from the wire can
+  always be re-sent in a reply or a notifier mod. Clients decode what servers send
+  with ``RECEIVE_LIMITS`` (the depth encode allows). ``encode`` itself refuses with ``TypeError`` (a type PYON
+  lacks) or ``ValueError`` (too deep, or an integer too long), one line, never
+  ``RecursionError``.
 - ``store_file`` is atomic: a reader sees the old content or the new one, never a mix,
   and the new content is on disk (fsynced) when it returns (unless ``fsync=False``:
   still atomic, not durable).
 """
 
 import base64
+import binascii
 import json
+import math
+import operator
+import re
+import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 from fractions import Fraction
+from itertools import chain, compress, repeat
 
 import numpy
 
 from labpipe.protocol.atomic import atomic_path
 
-__all__ = ["encode", "decode", "store_file", "load_file"]
+__all__ = ["encode", "decode", "store_file", "load_file", "Limits", "DEFAULT_LIMITS",
+           "RECEIVE_LIMITS", "LimitExceeded"]
 
 _JSONCLASS = "__jsonclass__"
+
+
+class LimitExceeded(ValueError):
+    """A PYON text would decode to something larger than ``Limits`` allow."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what ``decode`` may build (see the module docstring)."""
+    #: Longest text, in characters (bytes for bytes input).
+    max_size: int = 1 << 30
+    #: Deepest nesting of containers (list, tuple, dict, set, slice) in the value.
+    max_depth: int = 64
+    #: Most decimal digits of one integer (JSON integers and Fraction parts).
+    max_int_digits: int = 4300
+    #: Largest numpy array (or scalar), in bytes.
+    max_array_bytes: int = 1 << 30
+
+
+DEFAULT_LIMITS = Limits()
+
+#: The deepest value encode handles.
+MAX_ENCODE_DEPTH = 128
+#: Levels a decoded value may gain when it is wrapped for sending on (a dataset's
+#: ``(persist, value, metadata)`` tuple inside a notifier's dict inside an init mod).
+WRAP_HEADROOM = 64
+#: What a client accepts from a server: values the server wrapped (a notifier's
+#: content in its init mod, a reply) nest up to WRAP_HEADROOM deeper than the door allows.
+RECEIVE_LIMITS = Limits(max_depth=MAX_ENCODE_DEPTH)
+#: The longest integer encode writes; decode's digits bound may not exceed it.
+MAX_ENCODE_INT_DIGITS = 4300
+
+
+# --------------------------------------------------------------------------- encoding
 
 
 def _b64(data: bytes) -> str:
@@ -39,12 +95,12 @@ def _escape(typename, args):
     return {_JSONCLASS: [typename, args]}
 
 
-def _to_json(obj):
+def _to_json(obj, depth: int = 0):
     """Turn obj into something json can write, escaping non-JSON types."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):  # numpy integers and numpy.bool_ are not int subclasses
-        return int(obj)
+        return _checked_int(int(obj))
     if isinstance(obj, float) and not isinstance(obj, numpy.floating):  # numpy.float64 is
         return float(obj)
     if isinstance(obj, numpy.ndarray):
@@ -56,98 +112,310 @@ def _to_json(obj):
         if obj.dtype.hasobject:
             raise TypeError("numpy scalars of object dtype cannot be encoded in PYON")
         return _escape("npscalar", [obj.dtype.str, _b64(obj.tobytes())])
-    if isinstance(obj, tuple):
-        return _escape("tuple", [[_to_json(x) for x in obj]])
-    if isinstance(obj, list):
-        return [_to_json(x) for x in obj]
-    if isinstance(obj, OrderedDict):
-        return _escape("OrderedDict", [[[_to_json(k), _to_json(v)] for k, v in obj.items()]])
-    if isinstance(obj, dict):
-        if all(type(k) is str for k in obj):
-            if _JSONCLASS not in obj:
-                return {k: _to_json(v) for k, v in obj.items()}
-        return _escape("dict", [[[_to_json(k), _to_json(v)] for k, v in obj.items()]])
-    if isinstance(obj, (set, frozenset)):
-        return _escape("set", [[_to_json(x) for x in obj]])
     if isinstance(obj, complex):
         return _escape("complex", [obj.real, obj.imag])
     if isinstance(obj, (bytes, bytearray)):
         return _escape("bytes", [_b64(bytes(obj))])
-    if isinstance(obj, slice):
-        return _escape("slice", [_to_json(obj.start), _to_json(obj.stop), _to_json(obj.step)])
     if isinstance(obj, Fraction):
-        return _escape("Fraction", [obj.numerator, obj.denominator])
+        return _escape("Fraction", [_checked_int(obj.numerator),
+                                    _checked_int(obj.denominator)])
+    depth += 1
+    if depth > MAX_ENCODE_DEPTH:
+        raise ValueError(f"cannot encode in PYON: value nested deeper than "
+                         f"{MAX_ENCODE_DEPTH} levels")
+    if isinstance(obj, tuple):
+        return _escape("tuple", [[_to_json(x, depth) for x in obj]])
+    if isinstance(obj, list):
+        return [_to_json(x, depth) for x in obj]
+    if isinstance(obj, OrderedDict):
+        return _escape("OrderedDict", [_pairs_to_json(obj, depth)])
+    if isinstance(obj, dict):
+        if all(type(k) is str for k in obj):
+            if _JSONCLASS not in obj:
+                return {k: _to_json(v, depth) for k, v in obj.items()}
+        return _escape("dict", [_pairs_to_json(obj, depth)])
+    if isinstance(obj, (set, frozenset)):
+        return _escape("set", [[_to_json(x, depth) for x in obj]])
+    if isinstance(obj, slice):
+        return _escape("slice", [_to_json(obj.start, depth), _to_json(obj.stop, depth),
+                                 _to_json(obj.step, depth)])
     raise TypeError(f"cannot encode {type(obj).__name__} in PYON")
 
 
+def _pairs_to_json(obj: dict, depth: int) -> list:
+    return [[_to_json(k, depth), _to_json(v, depth)] for k, v in obj.items()]
+
+
+def _checked_int(n: int) -> int:
+    # cheap bound first: digits >= bits * log10(2)
+    if n.bit_length() > MAX_ENCODE_INT_DIGITS * 3.33 and _digits(n) > MAX_ENCODE_INT_DIGITS:
+        raise ValueError(f"cannot encode in PYON: integer of more than "
+                         f"{MAX_ENCODE_INT_DIGITS} digits")
+    return n
+
+
+def _digits(n: int) -> int:
+    return max(1, math.ceil(abs(n).bit_length() * math.log10(2)))
+
+
 def encode(obj, pretty: bool = False) -> str:
-    """Encode obj as PYON v2: one line of ASCII text (indented lines with pretty)."""
-    data = _to_json(obj)
-    if pretty:
-        return json.dumps(data, indent=4, ensure_ascii=True, allow_nan=True)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    """Encode obj as PYON v2: one line of ASCII text (indented lines with pretty).
 
-
-def _pairs(args):
-    (items,) = args
-    return [(k, v) for k, v in items]
-
-
-def _nparray(args):
-    shape, dtype, data = args
-    dtype = numpy.dtype(dtype)
-    if dtype.hasobject:
-        raise ValueError("numpy arrays of object dtype are refused")
-    flat = numpy.frombuffer(base64.b64decode(data, validate=True), dtype=dtype)
-    return flat.reshape([int(n) for n in shape]).copy()
-
-
-def _npscalar(args):
-    dtype, data = args
-    dtype = numpy.dtype(dtype)
-    if dtype.hasobject:
-        raise ValueError("numpy scalars of object dtype are refused")
-    return numpy.frombuffer(base64.b64decode(data, validate=True), dtype=dtype)[0]
-
-
-_DECODERS = {
-    "tuple": lambda args: tuple(args[0]),
-    "dict": lambda args: dict(_pairs(args)),
-    "set": lambda args: set(args[0]),
-    "complex": lambda args: complex(*args),
-    "bytes": lambda args: base64.b64decode(args[0], validate=True),
-    "slice": lambda args: slice(*args),
-    "Fraction": lambda args: Fraction(*args),
-    "OrderedDict": lambda args: OrderedDict(_pairs(args)),
-    "nparray": _nparray,
-    "npscalar": _npscalar,
-}
-
-
-def _object_hook(dct):
-    if _JSONCLASS not in dct:
-        return dct
+    Raises TypeError for a type PYON cannot encode, ValueError for a value too deep
+    or an integer too long (see the module docstring).
+    """
     try:
-        typename, args = dct[_JSONCLASS]
-        decoder = _DECODERS[typename]
-    except (TypeError, ValueError, KeyError):
-        raise ValueError(f"unknown or malformed PYON type escape: {dct[_JSONCLASS]!r:.100}")
-    if not isinstance(args, list):
-        raise ValueError(f"PYON type {typename}: arguments must be a list")
-    try:
-        return decoder(args)
-    except ValueError:
-        raise
-    except Exception as e:
-        raise ValueError(f"PYON type {typename}: bad arguments ({e})") from None
+        data = _to_json(obj)
+        if pretty:
+            return json.dumps(data, indent=4, ensure_ascii=True, allow_nan=True)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    except RecursionError:  # a caller already deep in its stack
+        raise ValueError("cannot encode in PYON: value nested too deeply") from None
 
 
-def decode(text):
-    """Decode PYON v2 text (str or bytes). Raises ValueError on anything malformed."""
+# --------------------------------------------------------------------------- decoding
+
+
+class _Decoder:
+    """One decode call: the JSON hooks, checked against the limits."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.max_int_digits = min(limits.max_int_digits, MAX_ENCODE_INT_DIGITS)
+        self.decoders = {
+            "tuple": self._tuple,
+            "dict": lambda args: dict(self._pairs("dict", args)),
+            "set": self._set,
+            "complex": self._complex,
+            "bytes": self._bytes,
+            "slice": self._slice,
+            "Fraction": self._fraction,
+            "OrderedDict": lambda args: OrderedDict(self._pairs("OrderedDict", args)),
+            "nparray": self._nparray,
+            "npscalar": self._npscalar,
+        }
+
+    def parse_int(self, text: str) -> int:
+        digits = len(text) - (text[0] == "-")
+        if digits > self.max_int_digits:
+            raise LimitExceeded(f"PYON value refused: an integer of {digits} digits "
+                                f"(limit {self.max_int_digits})")
+        return int(text)
+
+    def object_hook(self, dct: dict):
+        if _JSONCLASS not in dct:
+            return dct
+        escape = dct[_JSONCLASS]
+        if (len(dct) != 1 or not isinstance(escape, list) or len(escape) != 2
+                or not isinstance(escape[0], str)):
+            raise ValueError(f"malformed PYON type escape: {_short(escape)}")
+        typename, args = escape
+        decoder = self.decoders.get(typename)
+        if decoder is None:
+            raise ValueError(f"unknown PYON type {typename[:50]!r}")
+        if not isinstance(args, list):
+            raise ValueError(f"PYON type {typename}: arguments must be a list")
+        try:
+            return decoder(args)
+        except ValueError:
+            raise
+        except Exception as e:  # TypeError of a constructor, unhashable key...
+            raise ValueError(f"PYON type {typename}: bad arguments "
+                             f"({type(e).__name__}: {_first_line(e)})") from None
+
+    @staticmethod
+    def _one_list(typename: str, args: list) -> list:
+        if len(args) != 1 or not isinstance(args[0], list):
+            raise ValueError(f"PYON type {typename}: expected one list of items")
+        return args[0]
+
+    def _tuple(self, args):
+        return tuple(self._one_list("tuple", args))
+
+    def _set(self, args):
+        return set(self._one_list("set", args))
+
+    def _pairs(self, typename, args):
+        items = self._one_list(typename, args)
+        if not all(isinstance(p, list) and len(p) == 2 for p in items):
+            raise ValueError(f"PYON type {typename}: expected a list of [key, value] pairs")
+        return [(k, v) for k, v in items]
+
+    @staticmethod
+    def _slice(args):
+        if len(args) != 3:
+            raise ValueError("PYON type slice: expected [start, stop, step]")
+        return slice(*args)
+
+    @staticmethod
+    def _complex(args):
+        if len(args) != 2 or not all(type(x) in (int, float) for x in args):
+            raise ValueError("PYON type complex: expected [real, imag], two numbers")
+        try:
+            return complex(*args)
+        except OverflowError:
+            raise LimitExceeded("PYON value refused: a complex number whose parts "
+                                "do not fit a float") from None
+
+    @staticmethod
+    def _fraction(args):
+        if len(args) != 2 or not all(type(x) is int for x in args):
+            raise ValueError("PYON type Fraction: expected [numerator, denominator], "
+                             "two integers")
+        if args[1] == 0:
+            raise ValueError("PYON type Fraction: the denominator is 0")
+        return Fraction(*args)  # the parts are bounded by parse_int
+
+    def _b64decode(self, typename: str, data) -> bytes:
+        if not isinstance(data, str):
+            raise ValueError(f"PYON type {typename}: the data must be a base64 string")
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error:
+            raise ValueError(f"PYON type {typename}: the data is not valid base64") from None
+
+    def _bytes(self, args):
+        if len(args) != 1:
+            raise ValueError("PYON type bytes: expected [base64 string]")
+        return self._b64decode("bytes", args[0])
+
+    def _dtype(self, typename: str, text) -> numpy.dtype:
+        if not isinstance(text, str) or not _DTYPE.fullmatch(text):
+            raise ValueError(f"PYON type {typename}: unsupported dtype {_short(text)} "
+                             "(expected a plain dtype string such as '<f8')")
+        try:
+            dtype = numpy.dtype(text)
+        except TypeError:
+            raise ValueError(f"PYON type {typename}: unsupported dtype {text!r}") from None
+        if dtype.hasobject or dtype.kind == "O":
+            raise ValueError(f"PYON type {typename}: object dtype is refused")
+        if dtype.names is not None or dtype.shape != () or dtype.itemsize < 1:
+            raise ValueError(f"PYON type {typename}: unsupported dtype {text!r}")
+        if dtype.itemsize > self.limits.max_array_bytes:
+            raise LimitExceeded(f"PYON value refused: dtype {text!r} of {dtype.itemsize} "
+                                f"bytes (limit {self.limits.max_array_bytes})")
+        return dtype
+
+    def _nparray(self, args):
+        if len(args) != 3:
+            raise ValueError("PYON type nparray: expected [shape, dtype, base64 data]")
+        shape, dtype_text, data = args
+        if (not isinstance(shape, list) or len(shape) > 32
+                or not all(type(n) is int and n >= 0 for n in shape)):
+            raise ValueError("PYON type nparray: the shape must be a list of at most 32 "
+                             "non-negative integers")
+        dtype = self._dtype("nparray", dtype_text)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > self.limits.max_array_bytes or any(n > sys.maxsize for n in shape):
+            raise LimitExceeded(f"PYON value refused: a numpy array of shape {_short(shape)} "
+                                f"and dtype {dtype_text!r} ({nbytes} bytes, limit "
+                                f"{self.limits.max_array_bytes})")
+        raw = self._b64decode("nparray", data)
+        if len(raw) != nbytes:
+            raise ValueError(f"PYON type nparray: shape {_short(shape)} and dtype "
+                             f"{dtype_text!r} need {nbytes} bytes, the data has {len(raw)}")
+        flat = numpy.frombuffer(raw, dtype=dtype)
+        try:
+            return flat.reshape(shape).copy()
+        except ValueError:  # a zero-size array with dimensions numpy cannot index
+            raise LimitExceeded(f"PYON value refused: numpy array shape {_short(shape)}") \
+                from None
+
+    def _npscalar(self, args):
+        if len(args) != 2:
+            raise ValueError("PYON type npscalar: expected [dtype, base64 data]")
+        dtype_text, data = args
+        dtype = self._dtype("npscalar", dtype_text)
+        raw = self._b64decode("npscalar", data)
+        if len(raw) != dtype.itemsize:
+            raise ValueError(f"PYON type npscalar: dtype {dtype_text!r} needs "
+                             f"{dtype.itemsize} bytes, the data has {len(raw)}")
+        return numpy.frombuffer(raw, dtype=dtype)[0]
+
+
+#: A plain dtype string: byte order, kind, item size, datetime unit.
+_DTYPE = re.compile(r"[<>|=]?[biufcSUVmM]\d{0,12}(\[\d{0,6}[a-zA-Z]{1,2}\])?")
+
+
+def _short(obj) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()
+    return text[0][:200] if text else ""
+
+
+_CONTAINERS = (list, tuple, dict, set, slice)
+#: The container types decoding builds (exact types: the checks below are set look-ups).
+_CONTAINER_TYPES = frozenset({list, tuple, dict, set, slice, OrderedDict})
+_SEQUENCE_TYPES = frozenset({list, tuple, set})
+_MAPPING_TYPES = frozenset({dict, OrderedDict})
+
+
+def _next_level(level: list) -> list:
+    """The containers directly inside the containers of level.
+
+    Built from C-level iterators only (no Python code per element), so that the depth
+    check costs a fraction of json.loads even for millions of small containers.
+    """
+    types = list(map(type, level))
+    sequences = compress(level, map(_SEQUENCE_TYPES.__contains__, types))
+    mappings = list(compress(level, map(_MAPPING_TYPES.__contains__, types)))
+    slices = compress(level, map(operator.is_, types, repeat(slice)))
+    children = list(chain(
+        chain.from_iterable(sequences),
+        chain.from_iterable(map(dict.keys, mappings)),
+        chain.from_iterable(map(dict.values, mappings)),
+        chain.from_iterable((s.start, s.stop, s.step) for s in slices)))
+    return list(compress(children, map(_CONTAINER_TYPES.__contains__, map(type, children))))
+
+
+def _check_depth(value, max_depth: int) -> None:
+    """Raise LimitExceeded if containers nest deeper than max_depth in value."""
+    level, depth = [value], 1
+    while level:
+        if depth > max_depth:
+            raise LimitExceeded(f"PYON value refused: nested deeper than {max_depth} levels")
+        level, depth = _next_level(level), depth + 1
+
+
+def decode(text: str | bytes, limits: Limits = DEFAULT_LIMITS):
+    """Decode PYON v2 text (str or bytes) within limits.
+
+    Raises LimitExceeded when the text or the value would be too big, ValueError on
+    anything else malformed; both with a one-line message.
+    """
+    if len(text) > limits.max_size:
+        raise LimitExceeded(f"PYON text refused: {len(text)} characters "
+                            f"(limit {limits.max_size})")
+    decoder = _Decoder(limits)
+    # Python's own bound on int() of a string is quicker than a hook; the hook stands
+    # in when that bound is looser than ours (or off).
+    python_digits = sys.get_int_max_str_digits()
+    own_bound = python_digits == 0 or python_digits > decoder.max_int_digits
     try:
-        return json.loads(text, object_hook=_object_hook)
+        value = json.loads(text, object_hook=decoder.object_hook,
+                           parse_int=decoder.parse_int if own_bound else None)
     except RecursionError:
-        raise ValueError("PYON text nested too deeply") from None
+        raise LimitExceeded("PYON value refused: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ValueError("PYON text is not UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") \
+            from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):  # Python's own int() bound
+            raise LimitExceeded(f"PYON value refused: an integer of more than "
+                                f"{python_digits} digits") from None
+        raise
+    if isinstance(value, _CONTAINERS):
+        _check_depth(value, min(limits.max_depth, MAX_ENCODE_DEPTH))
+    return value
+
+
+# --------------------------------------------------------------------------- files
 
 
 def store_file(path, obj, fsync: bool = True):

@@ -8,17 +8,21 @@ Wire (see ``shared/docs/wire-compat.md``), one UTF-8 line per message:
    connection on an unknown target or feature.
 4. server: the PYON set of the target's method names.
 5. then requests and replies, one reply per request, in order:
-   ``{"action": "call", "name": NAME, "args": [...], "kwargs": {...}}`` and
+   ``{"action": "call", "name": NAME, "args": ARGS, "kwargs": {...}}`` and
    ``{"action": "get_rpc_method_list"}``; replies ``{"status": "ok", "ret": VALUE}`` or
    ``{"status": "failed", "exception": {"class": C, "message": str, "traceback": [str]}}``
    where C is a builtin exception class name or ``GenericRemoteException``.
+   ARGS is a PYON tuple, ``{"__jsonclass__": ["tuple", [[5]]]}`` for one argument 5,
+   as sipyco's clients (``artiq_client``, the dashboard) and labpipe's own send it;
+   the server also takes a plain list.
 
 Server contract (``Server``):
 
 - A target's methods are its callable public attributes (names not starting with
   ``_``). Private names, unknown names, non-callable attributes and malformed requests
-  (not UTF-8, not PYON, not a dict, unknown action or keys, ``args`` not a list,
-  ``kwargs`` not a dict with string keys) get a ``failed`` reply and the connection
+  (not UTF-8, not PYON, beyond ``pyon.Limits``, not a dict, unknown action or keys,
+  ``args`` neither a tuple nor a list, ``kwargs`` not a dict with string keys) get a
+  ``failed`` reply (``ValueError``, one line naming what was wrong) and the connection
   stays usable. Every refusal and failed call is logged; none stops the server.
 - Awaitable results (coroutine methods) are awaited. Each connection is served by its
   own task, so a slow coroutine on one connection does not hold up the others; calls on
@@ -64,7 +68,8 @@ import traceback
 from typing import Any
 
 from labpipe.protocol import pyon
-from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, LineTooLong, read_line
+from labpipe.protocol.server import (MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits,
+                                     LineTooLong, read_line)
 
 __all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
            "current_peer"]
@@ -189,7 +194,7 @@ def _reply_value(line: str | None) -> Any:
     """The value of a reply line, or raise the exception it reports."""
     if line is None:
         raise ConnectionError("connection closed by the RPC server")
-    reply = pyon.decode(line)
+    reply = pyon.decode(line, pyon.RECEIVE_LIMITS)
     if isinstance(reply, dict):
         if reply.get("status") == "ok":
             return reply.get("ret")
@@ -199,7 +204,9 @@ def _reply_value(line: str | None) -> Any:
 
 
 def _call_request(name: str, args: tuple, kwargs: dict) -> str:
-    return pyon.encode({"action": "call", "name": name, "args": list(args), "kwargs": kwargs})
+    # a tuple, exactly as sipyco's clients send *args
+    return pyon.encode({"action": "call", "name": name, "args": tuple(args),
+                        "kwargs": kwargs})
 
 
 _METHOD_LIST_REQUEST = pyon.encode({"action": "get_rpc_method_list"})
@@ -290,6 +297,8 @@ def _parse_request(line: str) -> dict:
     """Decode and validate a request line; ValueError when malformed."""
     try:
         request = pyon.decode(line)
+    except pyon.LimitExceeded as e:
+        raise ValueError(f"request refused: {e}") from None
     except ValueError as e:
         raise ValueError(f"malformed request, not PYON v2: {e}") from None
     if not isinstance(request, dict):
@@ -302,8 +311,9 @@ def _parse_request(line: str) -> dict:
         raise ValueError(f"malformed {action!r} request: keys {sorted(keys, key=str)}, "
                          f"expected {sorted(_REQUEST_KEYS[action])}")
     if action == "call":
-        if not isinstance(request["args"], list):
-            raise ValueError("malformed call request: 'args' must be a list")
+        if type(request["args"]) not in (tuple, list):
+            raise ValueError(f"malformed call request: 'args' must be a tuple or a list, "
+                             f"not {type(request['args']).__name__}")
         kwargs = request["kwargs"]
         if not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
             raise ValueError("malformed call request: 'kwargs' must be a dict with string keys")
@@ -317,9 +327,12 @@ class Server(AsyncioServer):
     start(host, port)`` and stop with ``await stop()``; see the module docstring.
     """
 
+    handshake_lines = 2  # the banner, then the name line
+
     def __init__(self, targets: dict[str, object], description: str | None = None,
-                 max_line_length: int = MAX_LINE_LENGTH):
-        super().__init__(max_line_length=max_line_length)
+                 max_line_length: int = MAX_LINE_LENGTH,
+                 limits: ConnectionLimits | None = None):
+        super().__init__(max_line_length=max_line_length, limits=limits)
         for name in targets:
             if not isinstance(name, str) or not name or any(c in name for c in "\r\n"):
                 raise ValueError(f"invalid RPC target name {name!r}")

@@ -44,6 +44,9 @@ Publisher contract (a TCP server on the notify port, default 3250):
   name closes the connection.
 - The init and all later mods are taken in the same event-loop step, so a subscriber
   sees each mutation exactly once, in order.
+- A content or mod that PYON cannot encode (a bug upstream: values should be checked
+  where they enter) closes the subscribers concerned with one log line each time
+  (no traceback); the other notifiers and later subscribers are unaffected.
 - Each mod is encoded once per notifier (and not at all while nobody subscribes); the
   same bytes are queued for every subscriber.
 - A subscriber that keeps up gets every mod. One that lags (a backlog of half its
@@ -402,6 +405,8 @@ class Publisher(AsyncioServer):
     queue_limit and queue_bytes bound what may wait for one subscriber.
     """
 
+    handshake_lines = 2  # the banner, then the name line
+
     def __init__(self, notifiers: dict[str, Notifier], *,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT,
                  queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs):
@@ -447,9 +452,9 @@ class Publisher(AsyncioServer):
             return
         try:
             line = (pyon.encode(mod) + "\n").encode("ascii")
-        except (TypeError, ValueError):
-            logger.exception("notifier %r: cannot encode a mod; disconnecting its %d "
-                             "subscriber(s)", name, len(outboxes))
+        except (TypeError, ValueError) as e:
+            logger.error("notifier %r: cannot encode a mod (%s); disconnecting its %d "
+                         "subscriber(s)", name, e, len(outboxes))
             for outbox in list(outboxes):
                 outbox.abort()
             return
@@ -468,8 +473,9 @@ class Publisher(AsyncioServer):
         # later mod reaches this subscriber, and no earlier one.
         try:
             init = pyon.encode({"action": "init", "struct": self.notifiers[name].raw_view})
-        except (TypeError, ValueError):
-            logger.exception("notifier %r: cannot encode its content", name)
+        except (TypeError, ValueError) as e:
+            logger.error("notifier %r: cannot encode its content for a new subscriber "
+                         "(%s); closing that connection", name, e)
             return
         writer.write((init + "\n").encode("ascii"))
         outbox = Outbox(writer, self.queue_limit, self.queue_bytes,
@@ -585,7 +591,7 @@ class Subscriber(LineClient):
         await self._connect(host, port, before_receive_cb, ssl=ssl)
 
     def _handle(self, text):
-        mod = pyon.decode(text)
+        mod = pyon.decode(text, pyon.RECEIVE_LIMITS)
         if not isinstance(mod, dict):
             raise ValueError(f"a mod must be a dict, got {type(mod).__name__}")
         if mod.get("action") == "init":
