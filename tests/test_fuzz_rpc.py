@@ -48,10 +48,37 @@ class Exp(EnvExperiment):
 """
 
 
+class _Deep:
+    """A list nested ``depth`` deep around ``leaf``, written into the request text
+    directly: PYON's encoder rightly refuses to write the deepest ones itself."""
+
+    def __init__(self, depth, leaf):
+        self.depth, self.leaf = depth, leaf
+
+
 def _nested(depth, leaf):
-    for _ in range(depth):
-        leaf = [leaf]
-    return leaf
+    return _Deep(depth, leaf)
+
+
+def _encode_with_deep(request) -> str:
+    """pyon.encode(request), each _Deep in it written as its nested lists."""
+    deep = []
+
+    def placeholders(value):
+        if isinstance(value, _Deep):
+            deep.append(value)
+            return f"__deep_{len(deep) - 1}__"
+        if type(value) in (list, tuple):
+            return type(value)(placeholders(v) for v in value)
+        if type(value) is dict:
+            return {k: placeholders(v) for k, v in value.items()}
+        return value
+
+    text = pyon.encode(placeholders(request))
+    for i, d in enumerate(deep):
+        text = text.replace(f'"__deep_{i}__"',
+                            "[" * d.depth + pyon.encode(d.leaf) + "]" * d.depth)
+    return text
 
 
 def hostile(rng: random.Random, depth: int = 0):
@@ -148,11 +175,10 @@ def accepted_by_spec(target, method, args, kwargs) -> bool:
 
 
 def call_line(method, args, kwargs, as_tuple):
-    if as_tuple:  # what sipyco's clients send; lists are what our client sends
-        return pyon.encode({"action": "call", "name": method, "args": tuple(args),
-                            "kwargs": kwargs})
-    return pyon.encode({"action": "call", "name": method, "args": list(args),
-                        "kwargs": kwargs})
+    # tuples are what sipyco's clients send; lists are what older clients sent
+    return _encode_with_deep({"action": "call", "name": method,
+                              "args": tuple(args) if as_tuple else list(args),
+                              "kwargs": kwargs})
 
 
 class RawConnection:

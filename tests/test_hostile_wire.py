@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from labpipe.master.params import PyonValue
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import AsyncClient, Server
 from labpipe.protocol.server import ConnectionLimits
@@ -255,19 +256,20 @@ def test_unencodable_notifier_content_closes_that_subscriber_with_one_line(caplo
 
 
 def test_deepest_accepted_value_reaches_every_subscriber(lab):
-    """A value at the depth limit is accepted at the door and can be published."""
+    """A value at the door's depth limit (``params.PyonValue``, stricter than what PYON
+    decodes) is accepted and can be published to a new subscriber."""
     @async_test
     async def main():
         async with running_master(lab) as master:
             value = "leaf"
-            for i in range(pyon.DEFAULT_LIMITS.max_depth - 2):  # inside (persist, value, md)
+            for i in range(PyonValue().max_depth):
                 value = [value]
             client = AsyncClient()
             await client.connect_rpc(HOST, master.port("control"), "dataset_db")
             try:
                 await client.set("deep", value)
-                with pytest.raises(ValueError, match="nested deeper"):
-                    await client.set("deeper", [[[value]]])
+                with pytest.raises(ValueError, match="nested too deep"):
+                    await client.set("deeper", [value])
             finally:
                 client.close_rpc()
             got = []
