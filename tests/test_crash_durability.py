@@ -279,6 +279,7 @@ class Ledger:
         self.datasets: dict[str, int] = {}      # key -> highest acknowledged value
         self.seen_rids: set[int] = set()        # RIDs a subscriber saw
         self.seen_datasets: dict[str, int] = {}  # persistent key -> highest value seen
+        self.counters: dict[int, int] = {}      # client -> last dataset value it used
 
     def ack(self):
         with self.lock:
@@ -288,7 +289,8 @@ class Ledger:
 def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
     schedule, datasets = master.client("schedule"), master.client("dataset_db")
     mine: list[int] = []
-    counter = 0
+    # dataset values only grow, across restarts too
+    counter = ledger.counters.get(index, 0)
     try:
         while not stop.is_set():
             op = rng.choice(["submit", "submit", "change", "change", "delete", "hold",
@@ -328,10 +330,12 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
                 del ledger.held_maybe[name]
             elif op == "dataset":
                 counter += 1
+                ledger.counters[index] = counter
                 datasets.set(f"c{index}", counter, True)
                 ledger.datasets[f"c{index}"] = counter
             else:
                 counter += 1
+                ledger.counters[index] = counter
                 rid = schedule.submit(f"run{index}", expid(key=f"e{index}", value=counter),
                                       0, None, False)
                 with ledger.lock:
@@ -387,7 +391,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
     generation = 0
     master = CrashMaster(crash_lab.root, generation)
     try:
-        for kill in range(3):
+        for kill in range(4):
             def saw(mod, struct, ledger=ledger):
                 with ledger.lock:
                     ledger.seen_rids.update(k for k in struct if isinstance(k, int))
@@ -403,7 +407,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
             stop = threading.Event()
             clients = [threading.Thread(target=_client_loop, daemon=True, args=(
                 master, ledger, random.Random(rng.random()), i, stop)) for i in range(3)]
-            target = ledger.acked + rng.randrange(20, 120)
+            target = ledger.acked + rng.randrange(50, 300)
             for c in clients:
                 c.start()
             wait_for(lambda: ledger.acked >= target or time.monotonic() > deadline,
@@ -422,6 +426,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
         # RIDs continue after every one handed out before
         rid = master.client("schedule").submit("p", expid(key="x", value=0), 0, FAR, False)
         assert rid > max(ledger.submitted)
-        assert ledger.acked > 60 and ledger.deleted and ledger.fields
+        assert ledger.acked > 150 and ledger.deleted and ledger.fields and ledger.held
+        assert any(key.startswith("e") for key in ledger.seen_datasets)  # experiments set some
     finally:
         master.stop()
