@@ -91,6 +91,11 @@ class Pipeline:
                     await self.state_changed.wait()
                 if run.deleting:
                     continue
+            # on disk before the status is published and the worker starts: a restarted
+            # master ends it as interrupted, never runs it a second time
+            await self.scheduler.note_preparing(run)
+            if run.deleting or self.runs.get(run.rid) is not run:
+                continue
             run.status = RunStatus.preparing
             try:
                 await self.scheduler.build_run(run)

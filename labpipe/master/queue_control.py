@@ -184,6 +184,9 @@ class QueueControl:
 
     def _pending_run(self, rid):
         run = self.scheduler._find(rid)
+        if run.status == RunStatus.pending and run.starting_at is not None:
+            raise ValueError(f"RID {rid} is being prepared: only pending runs can be "
+                             f"changed (delete it and submit it again instead)")
         if run.status != RunStatus.pending:
             raise ValueError(f"RID {rid} is {run.status.value}: only pending runs can be "
                              f"changed (delete it and submit it again instead)")

@@ -66,6 +66,8 @@ class Run:
     staged: dict = field(default_factory=dict)
     #: when a deletion was asked for (stored as the ``deleting`` stage from then on)
     deletion_asked: float | None = None
+    #: when the prepare stage took it (stored as the ``preparing`` stage from then on)
+    starting_at: float | None = None
     #: how many edits (change, delete) are being written; the prepare stage waits
     edits: int = 0
     _status: RunStatus = RunStatus.pending

@@ -87,6 +87,8 @@ class ScheduleStore:
                   "submitted": run.submitted, "repo_rev": run.repo_rev,
                   "stage_times": dict(run.stage_times)}
         record.update(getattr(run, "staged", None) or {})
+        if getattr(run, "starting_at", None) is not None:
+            record["stage_times"].setdefault("preparing", run.starting_at)
         if getattr(run, "deletion_asked", None) is not None:
             record["stage_times"].setdefault("deleting", run.deletion_asked)
         return record

@@ -25,6 +25,7 @@ import logging
 import math
 import numbers
 import os
+import time
 from collections.abc import Callable
 
 from labpipe.master import precedence
@@ -293,6 +294,17 @@ class Scheduler:
             repo_rev=run.repo_rev, timeout=self.config.build_timeout)
         run.class_name = outcome.get("class_name")
         run.devices = outcome.get("devices", [])
+
+    async def note_preparing(self, run: Run) -> None:
+        """Commit that the prepare stage takes run (before it says so or starts a
+        worker); from then on the run cannot be changed."""
+        run.starting_at = time.time()
+        if self.store is not None:
+            try:
+                await self.store.write_record(run)
+            except Exception:
+                # the run still goes; a restart may then put it back as pending
+                logger.exception("RID %d: could not note its start on disk", run.rid)
 
     def may_start_run(self, run: Run) -> bool:
         """Whether the run stage may start (or resume) run now: not in a held
