@@ -280,6 +280,8 @@ class Ledger:
         self.seen_rids: set[int] = set()        # RIDs a subscriber saw
         self.seen_datasets: dict[str, int] = {}  # persistent key -> highest value seen
         self.counters: dict[int, int] = {}      # client -> last dataset value it used
+        self.killing = threading.Event()        # set just before each kill
+        self.errors: list[str] = []             # client failures while the master lived
 
     def ack(self):
         with self.lock:
@@ -341,8 +343,11 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
                 with ledger.lock:
                     ledger.submitted.append(rid)
             ledger.ack()
-    except Exception:
-        return  # the master was killed under this client: what is in flight is "maybe"
+    except Exception as e:
+        # the master killed under this client: what is in flight is "maybe"; any
+        # other failure is a bug
+        if not ledger.killing.is_set():
+            ledger.errors.append(f"client {index}: {type(e).__name__}: {e}")
     finally:
         for c in (schedule, datasets):
             try:
@@ -412,6 +417,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
                 c.start()
             wait_for(lambda: ledger.acked >= target or time.monotonic() > deadline,
                      timeout=60, what="acknowledged traffic")
+            ledger.killing.set()
             master.kill()
             # assert_none_alive(master.killed_descendants)  # once processes die with it
             stop.set()
@@ -420,6 +426,8 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
             for w in watchers:
                 w.close()
                 w.join(timeout=10)
+            assert ledger.errors == []
+            ledger.killing.clear()
             generation += 1
             master = CrashMaster(crash_lab.root, generation)
             _check_after_restart(master, ledger)
