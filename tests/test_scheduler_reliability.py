@@ -153,3 +153,55 @@ def test_failed_change_changes_nothing_and_nan_is_refused(lab):
             assert entry["expid"]["arguments"] == {"tag": "b"}
 
     run_async(main())
+
+
+def test_mods_are_published_only_once_on_disk(lab):
+    """At the moment a subscriber could see a change (the notifier's listeners run), the
+    LMDB file already holds it: priority changes, deletions, persistent datasets."""
+    from labpipe.master.schedule_store import rid_key
+    from labpipe.protocol import pyon
+    quick = lab.experiment("quick", QUICK)
+
+    async def main():
+        async with running_master(lab) as m:
+            s, store, db = m.scheduler, m.scheduler.store, m.dataset_db
+            seen = []
+
+            def stored(rid):
+                data = store.file.read_now(lambda txn: txn.get(rid_key(rid)))
+                return pyon.decode(bytes(data).decode())
+
+            def on_schedule(mod):
+                if mod["action"] == "setitem" and mod["key"] == "priority":
+                    seen.append(("priority", stored(mod["path"][0])["priority"]))
+                if mod["action"] == "setitem" and mod["value"] == "deleting":
+                    seen.append(("deleting", "deleting" in stored(mod["path"][0])
+                                 ["stage_times"]))
+
+            def on_dataset(mod):
+                if mod["path"] == [] and mod["action"] == "setitem":
+                    data = db._file.read_now(lambda txn: txn.get(mod["key"].encode()))
+                    on_disk = None if data is None else pyon.decode(bytes(data).decode())
+                    seen.append((mod["key"], mod["value"][1],
+                                 on_disk and on_disk["value"]))
+            s.notifier.add_listener(on_schedule)
+            db.data.add_listener(on_dataset)
+            rid = await s.submit("main", expid(quick), due_date=9e9)
+            await s.change(rid, priority=4)
+            await s.delete(rid)
+            # persistent and not, interleaved: published in call order, each on disk
+            import asyncio
+            await asyncio.gather(*(db.set(f"k{i % 2}", i, persist=i % 2 == 0)
+                                   for i in range(6)))
+            assert seen[:2] == [("priority", 4), ("deleting", True)]
+            # in call order; a persistent value on disk when published (or a later one:
+            # sets arriving together share one commit); the others never on disk
+            assert [(key, value) for key, value, _ in seen[2:]] == [
+                (f"k{i % 2}", i) for i in range(6)]
+            for key, value, on_disk in seen[2:]:
+                if key == "k1":
+                    assert on_disk is None
+                else:
+                    assert on_disk is not None and on_disk >= value, (key, value, on_disk)
+
+    run_async(main())
