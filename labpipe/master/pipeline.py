@@ -91,16 +91,17 @@ class Pipeline:
                     await self.state_changed.wait()
                 if run.deleting:
                     continue
-            # on disk before the status is published and the worker starts: a restarted
-            # master ends it as interrupted, never runs it a second time
-            await self.scheduler.note_preparing(run)
-            if run.deleting or self.runs.get(run.rid) is not run:
-                continue
-            run.status = RunStatus.preparing
+            # that the run was taken is committed while the worker builds (no sync in
+            # series with every run): "preparing" is published once it is on disk, and
+            # the run is prepare_done (the run stage may start it) only after that, so a
+            # restarted master ends it as interrupted, never runs it a second time
+            noted = self.scheduler.note_preparing(run)
             try:
                 await self.scheduler.build_run(run)
                 await run.worker.prepare()
+                await noted
             except Exception as exc:  # OSError, ForkServerError...: never stranded
+                await asyncio.gather(noted, return_exceptions=True)
                 await self._stage_failed(run, "prepare", exc)
                 continue
             run.status = RunStatus.prepare_done

@@ -295,16 +295,23 @@ class Scheduler:
         run.class_name = outcome.get("class_name")
         run.devices = outcome.get("devices", [])
 
-    async def note_preparing(self, run: Run) -> None:
-        """Commit that the prepare stage takes run (before it says so or starts a
-        worker); from then on the run cannot be changed."""
+    def note_preparing(self, run: Run) -> asyncio.Task:
+        """The prepare stage takes run: commit it, then publish ``preparing`` (in a
+        task, returned, that the stage awaits before the run may start). From now on
+        the run cannot be changed."""
         run.starting_at = time.time()
+        return self._spawn(self._note_preparing(run))
+
+    async def _note_preparing(self, run: Run) -> None:
         if self.store is not None:
             try:
                 await self.store.write_record(run)
             except Exception:
                 # the run still goes; a restart may then put it back as pending
                 logger.exception("RID %d: could not note its start on disk", run.rid)
+        if (run.status in (RunStatus.pending, RunStatus.flushing)
+                and self._find_or_none(run.rid) is run):
+            run.status = RunStatus.preparing
 
     def may_start_run(self, run: Run) -> bool:
         """Whether the run stage may start (or resume) run now: not in a held
