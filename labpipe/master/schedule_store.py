@@ -16,9 +16,12 @@ without fsync when it has a store, and at start reserves RIDs up to ``last_rid``
 
 Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it returns,
 and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
-``remove`` are ordered after it: every change goes through one ``asyncio.Lock`` (fair,
-so changes commit in the order they were asked for), and the commit itself runs in a
-thread (``asyncio.to_thread``): the event loop never waits for the disk. Stage notes of
+``remove`` are ordered after it: every change goes through ``LMDBFile.write`` (changes
+commit in the order they were asked for; those asked for while a commit runs share the
+next transaction), and the commit itself runs in a thread (``asyncio.to_thread``): the
+event loop never waits for the disk. ``write_record(run)`` commits a run's record now
+(its staged changes included: ``change`` awaits it before applying them) and
+``note_deleting(run)`` the start of its deletion, before either is published. Stage notes of
 one run waiting behind other writes are merged into one (the run's state at write time),
 and a note still waiting when the run is removed is dropped.
 
