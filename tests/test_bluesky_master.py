@@ -174,7 +174,7 @@ def test_termination_mid_plan(lab):
             rec = ScheduleRecorder(m.scheduler.notifier)
             ends = run_ends(m.scheduler)
             rid = await endless_count(m, long_count)
-            m.scheduler.request_termination(rid)
+            await m.scheduler.request_termination(rid)
             await wait_until(lambda: rid in ends, timeout=20)
             assert ends[rid].status == "terminated"
             assert "deleting" not in rec.statuses(rid)
@@ -250,7 +250,7 @@ def test_delete_kills_a_running_plan(lab):
         async with running_master(lab) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
             rid = await endless_count(m, long_count)
-            m.scheduler.delete(rid)
+            await m.scheduler.delete(rid)
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=20)
             assert rec.statuses(rid)[-2:] == ["deleting", "removed"]
             # the plan stopped: no more points arrive

@@ -312,7 +312,8 @@ def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
 
 def test_stage_notes_piling_up_become_one_write(tmp_path):
     import asyncio
-    from labpipe.master.schedule_store import ScheduleStore
+    import threading
+    from labpipe.master.schedule_store import ScheduleStore, rid_key
 
     async def main():
         store = ScheduleStore(str(tmp_path / "schedule.mdb"))
@@ -321,18 +322,32 @@ def test_stage_notes_piling_up_become_one_write(tmp_path):
         await store.record_submission(other)
         writes = []
         real = store.file.write_now
-        store.file.write_now = lambda ops: (writes.append(ops), real(ops))
-        async with store.file._lock:  # a slow write in progress
-            tasks = []
-            for stage in ("preparing", "prepare_done", "running"):
-                run.stage_times[stage] = len(tasks)
-                tasks.append(asyncio.create_task(store.note_stage(run)))
-                await asyncio.sleep(0)
-            tasks.append(asyncio.create_task(store.note_stage(other)))
-            tasks.append(asyncio.create_task(store.remove(2)))
+        gate = threading.Event()
+
+        def slow_first(ops):
+            writes.append(ops)
+            if len(writes) == 1:
+                gate.wait(10)
+            real(ops)
+        store.file.write_now = slow_first
+        slow = asyncio.create_task(store.file.write([(b"meta/slow", b"1")]))
+        while not writes:  # the slow write is in progress
+            await asyncio.sleep(0.005)
+        tasks = []
+        for stage in ("preparing", "prepare_done", "running"):
+            run.stage_times[stage] = len(tasks)
+            tasks.append(asyncio.create_task(store.note_stage(run)))
             await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
-        assert len(writes) == 2  # run 1 once, with all three stages; run 2 removed only
+        tasks.append(asyncio.create_task(store.note_stage(other)))
+        tasks.append(asyncio.create_task(store.remove(2)))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(slow, *tasks)
+        # what piled up is one transaction: run 1 once, with all three stages; run 2
+        # removed only (its note dropped)
+        assert len(writes) == 2
+        assert [key for key, _ in writes[1]] == [rid_key(1), rid_key(2)]
+        assert writes[1][1][1] is None
         records = store.restore()
         assert [r["rid"] for r in records] == [1]
         assert set(records[0]["stage_times"]) == {"preparing", "prepare_done", "running"}

@@ -122,7 +122,7 @@ def test_black_box_script_can_be_deleted(lab, caplog):
             rid = await m.scheduler.submit("main", expid(script))
             await wait_until(lambda: any(r.getMessage() == "long script started"
                                          for r in caplog.records))
-            m.scheduler.delete(rid)
+            await m.scheduler.delete(rid)
             await wait_until(lambda: rid in ends)
             assert ends[rid].status == "deleted"
             assert rec.statuses(rid)[-2:] == ["deleting", "removed"]
@@ -234,19 +234,19 @@ def test_change_pending_runs_and_the_order_follows(lab):
                     (low2, {"priority": "high"}, TypeError, "priority"),
                     (low2, {"priority": 9, "flush": "yes"}, TypeError, "flush")]:
                 try:
-                    s.change(rid, **kwargs)
+                    await s.change(rid, **kwargs)
                 except exc as e:
                     assert word in str(e)
                 else:
                     raise AssertionError(f"change({rid}, {kwargs}) was accepted")
             assert s.get_status()[low2]["priority"] == 0
             # low2 now outranks the prepared low1, with its arguments merged
-            s.change(low2, priority=5, arguments={"tag": "low2b"})
+            await s.change(low2, priority=5, arguments={"tag": "low2b"})
             entry = s.get_status()[low2]
             assert entry["priority"] == 5
             assert entry["expid"]["arguments"] == {"tag": "low2b"}
             # moved to another pipeline, its due date removed: it runs there at once
-            s.change(moved, pipeline_name="other", due_date=0)
+            await s.change(moved, pipeline_name="other", due_date=0)
             assert s.get_status()[moved]["pipeline"] == "other"
             assert s.get_status()[moved]["due_date"] is None
             await wait_until(lambda: (moved, "removed") in rec.events)
@@ -293,7 +293,7 @@ def test_hold_and_release(lab):
             other = await s.submit("other", expid(gated, tag="other2"))
             await wait_until(lambda: (other, "removed") in rec.events)
             assert rec.statuses(waiting) == ["pending"]
-            s.change(waiting, priority=3)  # still editable while held
+            await s.change(waiting, priority=3)  # still editable while held
             await s.hold("empty-pipeline")
         # the held states survive a restart
         async with running_master(lab) as m:

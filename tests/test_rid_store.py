@@ -43,7 +43,7 @@ def _unreadable_record_errors(caplog):
 async def _delete_all(master, rids):
     """Delete the runs and wait until they are out of the schedule and the store."""
     for rid in rids:
-        master.scheduler.delete(rid)
+        await master.scheduler.delete(rid)
     await wait_until(lambda: not master.scheduler.notifier.raw_view
                      and not master.scheduler.ending)
 

@@ -147,7 +147,7 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
 
             rid = await m.scheduler.submit("main", expid(ask))
             await wait_until(lambda: rid in requests.raw_view)
-            m.scheduler.delete(rid)
+            await m.scheduler.delete(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
             assert rid not in requests.raw_view
 

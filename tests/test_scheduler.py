@@ -218,7 +218,7 @@ def test_graceful_termination(lab):
             rid = await m.scheduler.submit("main", expid(terminating))
             await wait_until(lambda: m.dataset_db.data.raw_view.get("started"))
             assert m.scheduler.check_termination(rid) is False
-            m.scheduler.request_termination(rid)
+            await m.scheduler.request_termination(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
             assert "deleting" not in rec.statuses(rid)
             (end_rid, end), = ends
@@ -262,7 +262,7 @@ def test_delete_hung_run_in_build_and_run(lab, caplog):
                 rid = await m.scheduler.submit(where, expid(hung, where=where))
                 await wait_until(lambda: m.dataset_db.data.raw_view.get("spinning", (0, 0))[1]
                                  == where)
-                m.scheduler.delete(rid)
+                await m.scheduler.delete(rid)
                 await wait_until(lambda: (rid, "removed") in rec.events)
                 assert rec.statuses(rid)[-2:] == ["deleting", "removed"]
             # the master still runs experiments

@@ -10,14 +10,18 @@ Contract (``docs/internals.md``, RPC target ``dataset_db`` of ``wire-compat.md``
   ``delete(key)`` change ``data`` (publishing mods), and for persistent datasets the
   file. ``get(key)`` gives the value, ``get_metadata(key)`` the metadata. ``close()``.
 - Durability: a change to a persistent dataset is committed (LMDB transaction, synced
-  to disk) before the coroutine that made it returns, so a ``kill -9`` right after the
-  reply loses nothing. Turning persist off deletes the dataset from the file;
+  to disk) before the coroutine that made it returns, and before its mod is published
+  or the in-memory value changes, so a ``kill -9`` right after the reply, or after a
+  subscriber saw the mod, loses nothing. Turning persist off deletes the dataset from the file;
   non-persistent datasets live in memory only.
 - The event loop never waits for the disk: one writer thread commits. Changes are queued
   in the order they were made and committed in that order; changes queued while a commit
   is running go together into the next transaction (batching), and each caller is woken
   when the transaction holding its change is committed. The in-memory value (and the
-  mod published) changes at once, when the call is made.
+  mod published) changes once that commit is done, changes in the order they were made
+  (a non-persistent change queued behind a persistent one waits for it). A change is
+  checked (on a private copy of the entry, for a mod inside a persistent entry) before
+  anything is queued.
 - The map grows by itself: a transaction that does not fit doubles the map size and is
   retried. There is no size cap but the disk.
 - File format: LMDB key = the dataset key in UTF-8 (at most 511 bytes for a persistent
@@ -41,17 +45,19 @@ and applies it through the Notifier, so subscribers get the same mod:
   subscriber, ARTIQ's included, can apply.
 
 Unknown keys raise ``DatasetNotFoundError`` (a KeyError); malformed mods ValueError. If
-a commit fails (disk full, I/O error) the caller gets the error; the in-memory value has
-already changed and would be lost at restart.
+a commit fails (disk full, I/O error) the caller gets the error and nothing changes in
+memory or for subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import queue
 import threading
+from collections import deque
 from typing import Any
 
 import numpy
@@ -155,6 +161,12 @@ class _Writer:
             pass
 
 
+def _traverse_plain(obj: Any, path: list) -> Any:
+    for k in path:
+        obj = obj[k]
+    return obj
+
+
 def _check_entry(entry: Any) -> tuple[bool, Any, dict]:
     """A valid (persist, value, metadata) tuple from a mod's value, or ValueError."""
     if not isinstance(entry, (tuple, list)) or len(entry) != 3:
@@ -182,6 +194,10 @@ class DatasetDB:
             raise
         self.data = Notifier(backing)
         self._writer: _Writer | None = _Writer(self._file, self.path)
+        # changes queued (commit under way) and not yet applied in memory, in order
+        self._applies: deque = deque()
+        #: key -> [entry as the queued changes leave it, private copy?, changes queued]
+        self._overlay: dict[str, list] = {}
 
     def _load(self) -> dict:
         entries = {}
@@ -246,28 +262,76 @@ class DatasetDB:
             raise RuntimeError(f"the dataset database {self.path} is closed")
         return self._writer.submit(op)
 
-    async def _replace(self, key: str, entry: tuple | None):
-        """Set (or, with None, delete) the entry of key in memory and on disk."""
-        old = self.data.raw_view.get(key)
-        future = self._submit(self._disk_op(key, entry, old is not None and old[0]))
+    # -- durable, ordered publication: a change reaches memory (and subscribers) only
+    # once its commit is done, in the order the changes were made
+
+    def _state(self, key: str):
+        """The entry of key as the changes queued so far leave it (None: no dataset)."""
         try:
-            if entry is None:
+            if key in self._overlay:
+                return self._overlay[key][0]
+            return self.data.raw_view.get(key)
+        except TypeError:  # an unhashable key names no dataset
+            return None
+
+    def _enqueue(self, key: str, entry, op: _Op | None, apply, private: bool = False):
+        """Queue a change: op for the file (or None), apply() to do it in memory (and
+        publish it) once op and every change queued before are committed."""
+        future = self._submit(op)
+        held = self._overlay.get(key)
+        self._overlay[key] = [entry, private, (held[2] if held else 0) + 1]
+        self._applies.append((future, key, apply))
+        if future is None:
+            self._drain()
+        else:
+            future.add_done_callback(lambda _: self._drain())
+        return future
+
+    def _drain(self):
+        while self._applies:
+            future, key, apply = self._applies[0]
+            if future is not None and not future.done():
+                return
+            self._applies.popleft()
+            held = self._overlay.get(key)
+            if held is not None:
+                held[2] -= 1
+                if held[2] == 0:
+                    del self._overlay[key]
+            if future is not None and (future.cancelled() or future.exception()):
+                continue  # not on disk: not applied (the caller gets the error)
+            try:
+                apply()
+            except Exception:
+                logger.exception("dataset %r: a change could not be applied", key)
+
+    async def _wait(self, future: asyncio.Future | None):
+        if future is not None:
+            # shielded: a cancelled caller's change is still applied once committed
+            await asyncio.shield(future)
+
+    async def _replace(self, key: str, entry: tuple | None):
+        """Set (or, with None, delete) the entry of key: on disk, then in memory."""
+        old = self._state(key)
+        op = self._disk_op(key, entry, old is not None and old[0])
+        if entry is None:
+            def apply():
                 del self.data[key]
-            else:
+        else:
+            def apply():
                 self.data[key] = entry
-        finally:
-            if future is not None:
-                await future
+        await self._wait(self._enqueue(key, entry, op, apply))
 
     async def set(self, key: str, value: Any, persist: bool | None = None,
                   metadata: dict | None = None) -> None:
-        """Set a dataset; returns once a persistent one is committed to disk.
+        """Set a dataset; returns once a persistent one is committed to disk, and
+        publishes the change only then.
 
         persist None keeps the current flag (False for a new dataset); metadata None keeps
         the current metadata ({} for a new dataset).
         """
         self._check_key(key)
-        old = self.data.raw_view.get(key)
+        old = self._state(key)
         if persist is None:
             persist = old[0] if old is not None else False
         if metadata is None:
@@ -276,7 +340,8 @@ class DatasetDB:
 
     async def delete(self, key: str) -> None:
         """Delete a dataset; returns once it is gone from disk if it was persistent."""
-        self._entry(key)
+        if self._state(key) is None:
+            raise DatasetNotFoundError(f"dataset {key!r} does not exist")
         await self._replace(key, None)
 
     async def update(self, mod: dict) -> None:
@@ -299,17 +364,56 @@ class DatasetDB:
                 raise ValueError(f"a {action!r} mod cannot apply to the datasets dict itself")
             return
         key = path[0]
-        entry = self._entry(key)
+        entry = self._state(key)
+        if entry is None:
+            raise DatasetNotFoundError(f"dataset {key!r} does not exist")
         if len(path) < 2 or path[1] not in (1, 2):
             raise ValueError(f"dataset {key!r}: a mod must change the value (path [key, 1, "
                              f"...]) or the metadata ([key, 2, ...]), not the entry tuple")
+        if not entry[0] and key not in self._overlay and not self._applies:
+            self._apply_inside(path, mod)  # in memory only, nothing queued: at once
+            return
+        # the entry as this mod leaves it, worked out on a private copy: the file gets
+        # it, memory gets the mod once it is committed (a failing mod changes nothing)
+        held = self._overlay.get(key)
+        private = held is not None and held[1]
+        new = self._applied_copy(entry if private else copy.deepcopy(entry), path,
+                                 copy.deepcopy(mod))
+        op = self._disk_op(key, new, entry[0]) if entry[0] else None
+        await self._wait(self._enqueue(key, new, op, lambda: self._apply_inside(path, mod),
+                                       private=True))
+
+    @staticmethod
+    def _applied_copy(entry: tuple, path: list, mod: dict) -> tuple:
+        """entry (a private copy) with mod applied, as ``_apply_inside`` would."""
+        action = mod["action"]
+        persist, value, metadata = entry
+        parts = [persist, value, metadata]
         try:
-            self._apply_inside(path, mod)
-        finally:
-            # Even if the mod failed half-way, make the file match memory (rewriting an
-            # unchanged entry is harmless).
-            if entry[0]:
-                await self._submit(self._disk_op(key, self.data.raw_view[key], True))
+            inner = path[1:]
+            container = _traverse_plain(parts, inner)
+            if action == "append" and isinstance(container, numpy.ndarray):
+                grown = append_row(container, mod["x"])
+                _traverse_plain(parts, inner[:-1])[inner[-1]] = grown
+            else:
+                if isinstance(container, tuple):
+                    raise TypeError("a tuple cannot be modified")
+                if action == "setitem":
+                    container[mod["key"]] = mod["value"]
+                elif action == "delitem":
+                    del container[mod["key"]]
+                elif action == "append":
+                    container.append(mod["x"])
+                elif action == "insert":
+                    container.insert(mod["i"], mod["x"])
+                else:
+                    container.pop(mod["i"])
+        except (LookupError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"dataset {path[0]!r}: cannot apply the {action} mod at path "
+                             f"{path}: {type(e).__name__}: {e}") from None
+        if not isinstance(parts[2], dict):
+            raise ValueError(f"dataset {path[0]!r}: the metadata must stay a dict")
+        return tuple(parts)
 
     def _apply_inside(self, path: list, mod: dict):
         action = mod["action"]

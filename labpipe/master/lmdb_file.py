@@ -4,13 +4,17 @@
 commits puts and deletes in one transaction, doubling the map and retrying when it is
 full (LMDB's default ``sync=True``: the transaction is on disk when it returns);
 ``read_now(fn)`` runs ``fn(txn)`` in a read transaction. Both block: call them from a
-thread (``await write(ops)`` / ``await read(fn)`` do, serialized in call order). Used by
-the dataset database, the schedule store and the history.
+thread. ``await write(ops)`` commits in a thread, in call order, and returns once its
+ops are on disk; writes asked for while a commit runs share the next transaction (a
+group commit: one sync for all of them; if that transaction fails, each write is retried
+alone so that one bad write fails only its caller). ``await read(fn)`` reads in a
+thread. Used by the dataset database, the schedule store and the history.
 """
 
 import asyncio
 import logging
 import os
+import sys
 import threading
 
 import lmdb
@@ -20,6 +24,15 @@ __all__ = ["LMDBFile", "DEFAULT_MAP_SIZE"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAP_SIZE = 4 * 1024 * 1024
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 class LMDBFile:
@@ -36,7 +49,8 @@ class LMDBFile:
         except lmdb.Error as e:
             raise RuntimeError(f"cannot open the {label} {self.path}: {e}") from e
         self._thread_lock = threading.Lock()  # no transaction while the map grows
-        self._lock = asyncio.Lock()
+        self._queued: list[tuple[object, asyncio.Future]] = []  # writes waiting
+        self._committer: asyncio.Task | None = None
 
     def write_now(self, ops: list[tuple[bytes, bytes | None]]):
         """Commit ops ((key, value) puts, (key, None) deletes) in one transaction."""
@@ -66,14 +80,49 @@ class LMDBFile:
             with self.env.begin() as txn:
                 return fn(txn)
 
-    async def write(self, ops):
-        """Commit ops after every write asked for before (ops may be a callable
-        returning them, called once the earlier writes are done)."""
-        async with self._lock:
-            if callable(ops):
-                ops = ops()
-            if ops:
-                await asyncio.to_thread(self.write_now, ops)
+    async def write(self, ops) -> None:
+        """Commit ops after every write asked for before, in one transaction with the
+        writes asked for meanwhile (ops may be a callable returning them, called once
+        the earlier writes are committed or in the same transaction); returns once they
+        are on disk. A cancelled caller's write is committed all the same."""
+        future = asyncio.get_running_loop().create_future()
+        self._queued.append((ops, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued(),
+                                                  name=f"{self.label} commits")
+        await asyncio.shield(future)
+
+    async def _commit_queued(self):
+        while self._queued:
+            batch, self._queued = self._queued, []
+            prepared = []
+            for ops, future in batch:
+                try:
+                    prepared.append((ops() if callable(ops) else ops, future))
+                except Exception as e:
+                    _settle(future, e)
+            try:
+                await asyncio.to_thread(
+                    self.write_now, [op for ops, _ in prepared for op in ops or ()])
+            except Exception:
+                if len(prepared) > 1:
+                    await self._commit_one_by_one(prepared)
+                    continue
+                for _, future in prepared:
+                    _settle(future, sys.exc_info()[1])
+                continue
+            for _, future in prepared:
+                _settle(future, None)
+
+    async def _commit_one_by_one(self, prepared):
+        for ops, future in prepared:
+            try:
+                if ops:
+                    await asyncio.to_thread(self.write_now, ops)
+            except Exception as e:
+                _settle(future, e)
+            else:
+                _settle(future, None)
 
     async def read(self, fn):
         return await asyncio.to_thread(self.read_now, fn)

@@ -91,11 +91,17 @@ class Pipeline:
                     await self.state_changed.wait()
                 if run.deleting:
                     continue
-            run.status = RunStatus.preparing
+            # that the run was taken is committed while the worker builds (no sync in
+            # series with every run): "preparing" is published once it is on disk, and
+            # the run is prepare_done (the run stage may start it) only after that, so a
+            # restarted master ends it as interrupted, never runs it a second time
+            noted = self.scheduler.note_preparing(run)
             try:
                 await self.scheduler.build_run(run)
                 await run.worker.prepare()
-            except WorkerError as exc:
+                await noted
+            except Exception as exc:  # OSError, ForkServerError...: never stranded
+                await asyncio.gather(noted, return_exceptions=True)
                 await self._stage_failed(run, "prepare", exc)
                 continue
             run.status = RunStatus.prepare_done
@@ -116,7 +122,7 @@ class Pipeline:
                     outcome = await run.worker.resume(terminate)
                 else:
                     outcome = await run.worker.run()
-            except WorkerError as exc:
+            except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "run", exc)
                 continue
             action = outcome["action"]
@@ -138,13 +144,15 @@ class Pipeline:
             run.status = RunStatus.analyzing
             try:
                 results = await run.worker.analyze()
-            except WorkerError as exc:
+            except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "analyze", exc)
                 continue
             await self.scheduler.end_run(run, RunEnd("completed", results=results))
 
-    async def _stage_failed(self, run: Run, stage: str, exc: WorkerError):
-        """Log a stage's failure and take the run out; a deleted run just goes."""
+    async def _stage_failed(self, run: Run, stage: str, exc: Exception):
+        """Log a stage's failure and take the run out; a deleted run just goes. Any
+        exception (a worker that could not even start: OSError, ForkServerError...)
+        ends the run as failed, with the error in its history record."""
         if isinstance(exc, WorkerClosed) or run.deleting:
             return  # deletion ends the run itself
         if isinstance(exc, WorkerFailed):
@@ -156,7 +164,11 @@ class Pipeline:
                              exc.traceback.rstrip(),
                              extra={"source": self.scheduler.source_of(run)})
             end = RunEnd("failed", error=str(exc), results=exc.results)
-        else:
+        elif isinstance(exc, WorkerError):
             logger.error("RID %d: %s failed: %s", run.rid, stage, exc)
             end = RunEnd("failed", error=str(exc))
+        else:
+            logger.error("RID %d: %s failed: %s: %s", run.rid, stage,
+                         type(exc).__name__, exc, exc_info=exc)
+            end = RunEnd("failed", error=f"{stage} failed: {type(exc).__name__}: {exc}")
         await self.scheduler.end_run(run, end, worker_lost=not isinstance(exc, WorkerFailed))

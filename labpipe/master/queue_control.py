@@ -26,6 +26,7 @@ Blocked pipelines are woken whenever a run of another pipeline changes status or
 
 import asyncio
 import logging
+import math
 import numbers
 import os
 
@@ -62,6 +63,7 @@ class PipelineStates:
                 logger.error("%s: cannot read the pipeline states (%s); starting with "
                              "none held", path, e)
         self.notifier = Notifier(backing)
+        self._lock = asyncio.Lock()  # one change at a time: file, then notifier
 
     def state(self, name: str) -> dict:
         return self.notifier.raw_view.get(name, _DEFAULT_STATE)
@@ -74,20 +76,26 @@ class PipelineStates:
         return {n for n, s in self.notifier.raw_view.items() if not s["device_check"]}
 
     async def set(self, name: str, key: str, value: bool):
-        """Change one setting of a pipeline, publish it, then store the states."""
+        """Change one setting of a pipeline: store the states (file fsynced and
+        renamed), then publish the change; a failed write changes nothing."""
         if not isinstance(name, str) or not name:
             raise ValueError("pipeline_name must be a non-empty string")
-        current = dict(self.state(name))
-        if current[key] == value:
-            return
-        current[key] = value
-        if current == _DEFAULT_STATE:
-            del self.notifier[name]
-        else:
-            self.notifier[name] = current
-        if self.path is not None:
-            snapshot = {n: dict(s) for n, s in self.notifier.raw_view.items()}
-            await asyncio.to_thread(pyon.store_file, self.path, snapshot)
+        async with self._lock:
+            current = dict(self.state(name))
+            if current[key] == value:
+                return
+            current[key] = value
+            if self.path is not None:
+                snapshot = {n: dict(s) for n, s in self.notifier.raw_view.items()}
+                if current == _DEFAULT_STATE:
+                    snapshot.pop(name, None)
+                else:
+                    snapshot[name] = current
+                await asyncio.to_thread(pyon.store_file, self.path, snapshot)
+            if current == _DEFAULT_STATE:
+                del self.notifier[name]
+            else:
+                self.notifier[name] = current
 
 
 def check_change(priority=None, due_date=None, pipeline_name=None, arguments=None,
@@ -101,7 +109,10 @@ def check_change(priority=None, due_date=None, pipeline_name=None, arguments=Non
     if due_date is not None:
         if isinstance(due_date, bool) or not isinstance(due_date, numbers.Real):
             raise TypeError("due_date must be a UNIX time (a number); 0 removes it")
-        changes["due_date"] = float(due_date) if due_date > 0 else None
+        due_date = float(due_date)
+        if not math.isfinite(due_date):
+            raise ValueError(f"due_date must be a finite UNIX time, not {due_date}")
+        changes["due_date"] = due_date if due_date > 0 else None
     if pipeline_name is not None:
         if not isinstance(pipeline_name, str) or not pipeline_name:
             raise ValueError("pipeline_name must be a non-empty string")
@@ -128,34 +139,70 @@ class QueueControl:
         self.states = PipelineStates(state_path)
         self.resolve_device = resolve_device
         self._blocked: dict[int, list | None] = {}  # rid -> published blocked_by
+        self._edit_lock = asyncio.Lock()
         scheduler.notifier.add_listener(self._on_schedule_mod)
 
     # --- RPC ------------------------------------------------------------------------
 
-    def change(self, rid, priority=None, due_date=None, pipeline_name=None,
-               arguments=None, flush=None):
-        """Edit a pending run (see the module docstring)."""
+    async def change(self, rid, priority=None, due_date=None, pipeline_name=None,
+                     arguments=None, flush=None):
+        """Edit a pending run (see the module docstring): everything is checked, the
+        new record committed to the schedule store, then the change applied and
+        published. A call that fails changes nothing."""
         changes = check_change(priority, due_date, pipeline_name, arguments, flush)
+        async with self._edit_lock:  # edits of runs one at a time: staged is per edit
+            run = self._pending_run(rid)
+            if not changes:
+                return
+            staged = {k: changes[k] for k in ("priority", "due_date", "flush")
+                      if k in changes}
+            if "arguments" in changes:
+                expid = dict(run.expid)
+                expid["arguments"] = {**(expid.get("arguments") or {}),
+                                      **changes["arguments"]}
+                try:
+                    pyon.encode(expid)
+                except (TypeError, ValueError, RecursionError) as e:
+                    raise ValueError(f"RID {rid}: the new arguments cannot be stored: "
+                                     f"{e}") from None
+                staged["expid"] = expid
+            if "pipeline_name" in changes:
+                staged["pipeline"] = changes["pipeline_name"]
+            store = self.scheduler.store
+            if store is not None:
+                run.staged = staged
+                try:
+                    with run.editing():  # the prepare stage leaves it alone meanwhile
+                        await store.write_record(run)
+                finally:
+                    run.staged = {}
+                # a delete may have come while the record was written
+                run = self._pending_run(rid)
+            self._apply(run, staged)
+        logger.info("RID %d changed: %s", rid,
+                    ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+
+    def _pending_run(self, rid):
         run = self.scheduler._find(rid)
+        if run.status == RunStatus.pending and run.starting_at is not None:
+            raise ValueError(f"RID {rid} is being prepared: only pending runs can be "
+                             f"changed (delete it and submit it again instead)")
         if run.status != RunStatus.pending:
             raise ValueError(f"RID {rid} is {run.status.value}: only pending runs can be "
                              f"changed (delete it and submit it again instead)")
-        if not changes:
-            return
-        # no await from here on: the stages cannot take the run half-changed
-        if "arguments" in changes:
-            expid = dict(run.expid)
-            expid["arguments"] = {**(expid.get("arguments") or {}), **changes["arguments"]}
-            run.expid = expid
-            run.set_field("expid", expid)
+        return run
+
+    def _apply(self, run, staged: dict):
+        """Apply checked, stored changes; no await: the stages never see half of it."""
+        if "expid" in staged:
+            run.expid = staged["expid"]
+            run.set_field("expid", staged["expid"])
         for key in ("priority", "due_date", "flush"):
-            if key in changes:
-                run.set_field(key, changes[key])
-        new = changes.get("pipeline_name")
+            if key in staged:
+                run.set_field(key, staged[key])
+        new = staged.get("pipeline")
         if new is not None and new != run.pipeline_name:
             self._move(run, new)
-        logger.info("RID %d changed: %s", rid,
-                    ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
     def _move(self, run, new_pipeline: str):
         s = self.scheduler

@@ -5,13 +5,29 @@ A ``Run`` owns its schedule entry: setting ``run.status`` (or another published 
 flush flag also wakes the pipeline's stages. Nothing else writes the entry.
 """
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from labpipe.master.precedence import RunStatus
 from labpipe.worker.handle import Worker
 
-__all__ = ["Run", "RunEnd"]
+__all__ = ["Run", "RunEnd", "bounded_error", "MAX_ERROR_CHARS"]
+
+#: The longest error text a history record (and its publication) holds.
+MAX_ERROR_CHARS = 4096
+
+
+def bounded_error(error: str | None, results: str | None = None) -> str | None:
+    """error cut to its first ``MAX_ERROR_CHARS`` characters, with a marker saying how
+    much was cut and where the full text is (the results file, when there is one)."""
+    if error is None or len(error) <= MAX_ERROR_CHARS:
+        return error
+    where = ("the full text is in the results file" if results is not None
+             else "the full text is in the master's log")
+    return (f"{error[:MAX_ERROR_CHARS]}... [{len(error) - MAX_ERROR_CHARS} characters "
+            f"cut; {where}]")
 
 #: The published fields that ``precedence`` decides by (besides the status).
 _DECIDING_FIELDS = frozenset({"priority", "due_date", "flush"})
@@ -45,6 +61,15 @@ class Run:
     class_name: str | None = None
     devices: list = field(default_factory=list)
     stage_times: dict = field(default_factory=dict)
+    #: changes being written to disk, not applied yet (``ScheduleStore.record_of``
+    #: stores them with the run's fields): ``pipeline``, ``priority``, ``expid``...
+    staged: dict = field(default_factory=dict)
+    #: when a deletion was asked for (stored as the ``deleting`` stage from then on)
+    deletion_asked: float | None = None
+    #: when the prepare stage took it (stored as the ``preparing`` stage from then on)
+    starting_at: float | None = None
+    #: how many edits (change, delete) are being written; the prepare stage waits
+    edits: int = 0
     _status: RunStatus = RunStatus.pending
 
     def publish(self):
@@ -76,6 +101,17 @@ class Run:
             self.schedule[self.rid][key] = value
         if deciding:
             self.state_changed.notify()
+
+    @contextlib.contextmanager
+    def editing(self) -> Iterator[None]:
+        """Hold the prepare stage off this run while an edit of it is written."""
+        self.edits += 1
+        try:
+            yield
+        finally:
+            self.edits -= 1
+            if self.state_changed is not None:
+                self.state_changed.notify()
 
     @property
     def deleting(self) -> bool:

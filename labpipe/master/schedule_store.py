@@ -16,9 +16,12 @@ without fsync when it has a store, and at start reserves RIDs up to ``last_rid``
 
 Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it returns,
 and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
-``remove`` are ordered after it: every change goes through one ``asyncio.Lock`` (fair,
-so changes commit in the order they were asked for), and the commit itself runs in a
-thread (``asyncio.to_thread``): the event loop never waits for the disk. Stage notes of
+``remove`` are ordered after it: every change goes through ``LMDBFile.write`` (changes
+commit in the order they were asked for; those asked for while a commit runs share the
+next transaction), and the commit itself runs in a thread (``asyncio.to_thread``): the
+event loop never waits for the disk. ``write_record(run)`` commits a run's record now
+(its staged changes included: ``change`` awaits it before applying them) and
+``note_deleting(run)`` the start of its deletion, before either is published. Stage notes of
 one run waiting behind other writes are merged into one (the run's state at write time),
 and a note still waiting when the run is removed is dropped.
 
@@ -32,6 +35,7 @@ past pending when the master died and go to history as ``interrupted``.
 import logging
 import os
 import struct
+import time
 
 from labpipe.master.lmdb_file import DEFAULT_MAP_SIZE, LMDBFile
 from labpipe.protocol import pyon
@@ -79,10 +83,41 @@ class ScheduleStore:
 
     @staticmethod
     def record_of(run) -> dict:
-        return {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
-                "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
-                "submitted": run.submitted, "repo_rev": run.repo_rev,
-                "stage_times": dict(run.stage_times)}
+        """The stored record of run, with the changes staged in ``run.staged`` (being
+        written, not applied yet)."""
+        record = {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
+                  "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
+                  "submitted": run.submitted, "repo_rev": run.repo_rev,
+                  "stage_times": dict(run.stage_times)}
+        record.update(getattr(run, "staged", None) or {})
+        if getattr(run, "starting_at", None) is not None:
+            record["stage_times"].setdefault("preparing", run.starting_at)
+        if getattr(run, "deletion_asked", None) is not None:
+            record["stage_times"].setdefault("deleting", run.deletion_asked)
+        return record
+
+    async def write_record(self, run):
+        """Commit the run's record now (with its staged changes), after every write
+        asked for before; returns once it is on disk. Does nothing for a run no longer
+        stored."""
+        if run.rid not in self._records:
+            return
+
+        def ops():
+            if run.rid not in self._records:  # removed meanwhile
+                return []
+            record = self.record_of(run)
+            self._records[run.rid] = record
+            return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
+        await self.file.write(ops)
+
+    async def note_deleting(self, run):
+        """Commit that the run is being deleted (``run.deletion_asked`` is set: every
+        later record of it says so too): a restarted master ends it as ``deleted``,
+        never runs it."""
+        if getattr(run, "deletion_asked", None) is None:
+            run.deletion_asked = time.time()
+        await self.write_record(run)
 
     async def record_submission(self, run):
         """Commit the run's submission, and its RID as ``last_rid`` (unless a higher one

@@ -22,8 +22,10 @@ per submission.
 import asyncio
 import inspect
 import logging
+import math
 import numbers
 import os
+import time
 from collections.abc import Callable
 
 from labpipe.master import precedence
@@ -33,7 +35,7 @@ from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
 from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
 from labpipe.master.rid import RIDCounter
-from labpipe.master.run import Run, RunEnd
+from labpipe.master.run import Run, RunEnd, bounded_error
 from labpipe.master.schedule_store import NOT_STARTED_STAGES
 from labpipe.protocol.sync import Notifier
 from labpipe.worker.handle import Worker
@@ -85,6 +87,8 @@ def validate_submission(pipeline_name, expid, priority, due_date, flush):
     if due_date is not None and (isinstance(due_date, bool)
                                  or not isinstance(due_date, numbers.Real)):
         raise TypeError("due_date must be a UNIX time (a number) or None")
+    if due_date is not None and not math.isfinite(due_date):
+        raise ValueError(f"due_date must be a finite UNIX time or None, not {due_date}")
     if not isinstance(flush, bool):
         raise TypeError("flush must be a boolean")
 
@@ -153,23 +157,33 @@ class Scheduler:
         self._add_run(run)
         return rid
 
-    def delete(self, rid):
-        """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL)."""
-        run = self._find(rid)
-        if run.deleting:
+    async def delete(self, rid):
+        """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL).
+        A RID not (or no longer) in the schedule is ignored, as ARTIQ does. Returns once
+        the deletion is on disk (a restarted master ends the run as ``deleted``)."""
+        run = self._find_or_none(rid)
+        if run is None or run.deleting:
             return
+        if self.store is not None:
+            with run.editing():  # the prepare stage leaves it alone meanwhile
+                await self.store.note_deleting(run)
+            if self._find_or_none(rid) is not run or run.deleting:
+                return  # ended (or deleted) while the note was written
         run.status = RunStatus.deleting
         self._spawn(self.end_run(run, RunEnd("deleted")))
 
-    def request_termination(self, rid):
+    async def request_termination(self, rid):
         """Ask a running (or paused) run to stop at its next pause()/check_termination();
-        a run in any other stage is deleted."""
-        run = self._find(rid)
+        a run in any other stage is deleted. A RID not (or no longer) in the schedule
+        is ignored, as ARTIQ does."""
+        run = self._find_or_none(rid)
+        if run is None:
+            return
         if run.status in (RunStatus.running, RunStatus.paused):
             run.termination_requested = True
             run.state_changed.notify()
         else:
-            self.delete(rid)
+            await self.delete(rid)
 
     def get_status(self) -> dict:
         """The schedule: the ``schedule`` notifier's content."""
@@ -204,12 +218,13 @@ class Scheduler:
 
     # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
 
-    def change(self, rid, priority=None, due_date=None, pipeline_name=None,
-               arguments=None, flush=None):
+    async def change(self, rid, priority=None, due_date=None, pipeline_name=None,
+                     arguments=None, flush=None):
         """Edit a pending run: None leaves a field as it is, due_date=0 removes the due
         date, arguments are merged into the expid's. Refused (ValueError) once the run
-        is no longer pending."""
-        self.queue.change(rid, priority, due_date, pipeline_name, arguments, flush)
+        is no longer pending. Returns once the change is on disk; a refused or failed
+        change changes nothing."""
+        await self.queue.change(rid, priority, due_date, pipeline_name, arguments, flush)
 
     async def hold(self, pipeline_name):
         """Hold a pipeline (any name): it prepares and starts no new run until
@@ -280,14 +295,33 @@ class Scheduler:
         run.class_name = outcome.get("class_name")
         run.devices = outcome.get("devices", [])
 
+    def note_preparing(self, run: Run) -> asyncio.Task:
+        """The prepare stage takes run: commit it, then publish ``preparing`` (in a
+        task, returned, that the stage awaits before the run may start). From now on
+        the run cannot be changed."""
+        run.starting_at = time.time()
+        return self._spawn(self._note_preparing(run))
+
+    async def _note_preparing(self, run: Run) -> None:
+        if self.store is not None:
+            try:
+                await self.store.write_record(run)
+            except Exception:
+                # the run still goes; a restart may then put it back as pending
+                logger.exception("RID %d: could not note its start on disk", run.rid)
+        if (run.status in (RunStatus.pending, RunStatus.flushing)
+                and self._find_or_none(run.rid) is run):
+            run.status = RunStatus.preparing
+
     def may_start_run(self, run: Run) -> bool:
         """Whether the run stage may start (or resume) run now: not in a held
         pipeline, not while another pipeline's run uses its devices."""
         return self.queue.may_start_run(run)
 
     def may_prepare(self, run: Run) -> bool:
-        """Whether the prepare stage may take run now (not in a held pipeline)."""
-        return self.queue.may_prepare(run)
+        """Whether the prepare stage may take run now (not in a held pipeline, not
+        while a change or deletion of it is being written)."""
+        return not run.edits and self.queue.may_prepare(run)
 
     async def end_run(self, run: Run, end: RunEnd, worker_lost: bool = False):
         """Take a run out of the schedule: close its worker, release its checkout,
@@ -297,12 +331,19 @@ class Scheduler:
             return
         if run.worker is not None:
             if end.status == "deleted" or worker_lost:
-                await run.worker.close()  # the run shows "deleting" until it is gone
+                try:
+                    await run.worker.close()  # the run shows "deleting" until it is gone
+                except Exception:
+                    logger.exception("RID %d: closing the worker failed", run.rid)
             else:
                 # the worker is done: let it exit while the pipeline moves on
                 self._spawn(run.worker.close())
         if worker_lost and run.worker is not None and end.results is None:
             end.results = await self._write_results_for_lost_worker(run, end)
+        if pipeline.runs.get(run.rid) is not run:
+            return  # ended by someone else while the worker closed
+        # the full text is in the results file; history and subscribers get a bound
+        end.error = bounded_error(end.error, end.results)
         del pipeline.runs[run.rid]
         del self.notifier[run.rid]
         self._release(run.repo_rev)
@@ -331,15 +372,19 @@ class Scheduler:
 
     async def _finish_run_end(self, run: Run, awaitables: list):
         try:
-            kept = False
+            failed = False
             for awaitable in awaitables:
                 try:
                     await awaitable
                 except Exception:
+                    failed = True
                     logger.exception("RID %d: run-end listener failed", run.rid)
-                    kept = True  # (history not on disk?) the stored run stays, to
-                    # come back as interrupted at the next start rather than vanish
-            if self.store is not None and not kept:
+            if failed and self.store is not None:
+                # e.g. the history record could not be written: keep the stored run,
+                # so that a restarted master reports its end (as interrupted)
+                logger.error("RID %d: kept in the schedule store, its end was not "
+                             "recorded everywhere", run.rid)
+            elif self.store is not None:
                 try:
                     await self.store.remove(run.rid)
                 except Exception:

@@ -19,9 +19,9 @@ Notifier contract:
 
 - ``n[k] = v``, ``del n[k]``, ``n.append(x)``, ``n.insert(i, x)``, ``n.pop(i=-1)``
   mutate the backing structure, then call every listener synchronously with the mod.
-  A mutation that raises publishes nothing. Every listener is called even if an earlier
-  one raised; the first exception is then re-raised to the caller (the mutation itself
-  stays applied).
+  A mutation that raises publishes nothing. A listener that raises is logged (with its
+  traceback) and the others are still called; the error never reaches the caller, whose
+  mutation is applied and who must be able to carry on (e.g. ``end_run`` half way).
 - ``n[k]`` returns a Notifier view for the sub-path (it raises KeyError/IndexError if
   ``k`` is missing). A view stores its path, not the object: it always acts on whatever
   is at that path now, so mods stay consistent with what subscribers hold.
@@ -214,17 +214,13 @@ class Notifier:
         return container
 
     def _publish(self, mod: Mod) -> None:
-        first_error = None
         for cb in tuple(self._root._listeners):
             try:
                 cb(mod)
-            except Exception as e:
-                if first_error is None:
-                    first_error = e  # re-raised below
-                else:
-                    logger.exception("notifier listener %r failed", cb)
-        if first_error is not None:
-            raise first_error
+            except Exception:
+                # never into the caller: it changed the state and must finish its work
+                logger.exception("notifier listener %r failed on a %s mod at path %s",
+                                 cb, mod.get("action"), mod.get("path"))
 
     def __getitem__(self, key) -> Notifier:
         view = self._view(key)
