@@ -38,15 +38,19 @@ def test_worker_that_cannot_start_ends_the_run(lab, monkeypatch, error):
     """An exception other than WorkerError while starting a worker fails that run
     (its error in history) and a later flush run is not blocked."""
     quick = lab.experiment("quick", QUICK)
-    real_take = launcher.take_worker
     calls = []
 
-    def take_worker():
-        calls.append(1)
-        if len(calls) == 1:
-            raise error  # process creation failing: the system edge
-        return real_take()
-    monkeypatch.setattr(launcher, "take_worker", take_worker)
+    def failing_once(real):
+        def take():
+            calls.append(1)
+            if len(calls) == 1:
+                raise error  # process creation failing: the system edge
+            return real()
+        return take
+    # a worker comes from a ready spare (never blocks) or is forked in a thread
+    monkeypatch.setattr(launcher, "take_worker", failing_once(launcher.take_worker))
+    monkeypatch.setattr(launcher, "take_ready_worker",
+                        failing_once(launcher.take_ready_worker))
 
     async def main():
         async with running_master(lab) as m:
