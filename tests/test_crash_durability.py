@@ -7,8 +7,8 @@ the master is killed after a random number of acknowledgements (fixed seed), res
 and everything acknowledged or seen is checked to be there, with no RID repeated.
 
 ``CrashMaster.kill()`` records the master's descendants just before the kill
-(``killed_descendants``): the check that none outlives the master is one assertion on it
-(``assert_none_alive``), added once the master's processes die with it.
+(``killed_descendants``), and ``assert_none_alive`` checks that none of them outlives the
+master by more than a second.
 """
 
 import os
@@ -59,6 +59,23 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has ended: only its parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def assert_none_alive(pids: list[int], timeout: float = 1.0) -> None:
+    """Every process of a killed master is gone within timeout seconds of its death."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive, f"processes of the killed master still alive after {timeout} s: {alive}"
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -229,6 +246,7 @@ def test_acknowledged_operation_survives_kill(crash_lab, operation):
         act(first, first.client("schedule"), state)
     finally:
         first.kill()
+        assert_none_alive(first.killed_descendants)
     second = CrashMaster(crash_lab.root, generation=1)
     try:
         schedule = second.client("schedule")
@@ -253,6 +271,7 @@ def test_dataset_an_experiment_set_survives_kill(crash_lab):
         seen = watcher.struct["d.exp"]
     finally:
         first.kill()
+        assert_none_alive(first.killed_descendants)
         watcher.close()
     second = CrashMaster(crash_lab.root, generation=1)
     try:
@@ -419,7 +438,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
                      timeout=60, what="acknowledged traffic")
             ledger.killing.set()
             master.kill()
-            # assert_none_alive(master.killed_descendants)  # once processes die with it
+            assert_none_alive(master.killed_descendants)
             stop.set()
             for c in clients:
                 c.join(timeout=30)
