@@ -1,0 +1,379 @@
+"""labpipe driven by ARTIQ's REAL clients: artiq_client, sipyco's clients, the dashboard.
+
+Outside CI: these tests run only when ``LABPIPE_ARTIQ_PYTHON`` names a Python in which
+``artiq`` and ``sipyco`` are importable (``pytest -m interop_real``); otherwise they
+skip. Each test starts a real labpipe master (every port picked free, bound to
+127.0.0.1), runs the real client in that Python, and asserts both the client's exit
+code/output and the outcome on the labpipe side (history, datasets, schedule).
+They are written to ARTIQ's behaviour, so they show where labpipe differs.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import Lab
+from test_client import Follower
+from test_master_process import MasterProcess, wait_for
+
+ARTIQ_PYTHON = os.environ.get("LABPIPE_ARTIQ_PYTHON")
+
+
+def _artiq_python_problem():
+    if not ARTIQ_PYTHON:
+        return "LABPIPE_ARTIQ_PYTHON is not set"
+    try:
+        result = subprocess.run([ARTIQ_PYTHON, "-c", "import artiq, sipyco"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"LABPIPE_ARTIQ_PYTHON={ARTIQ_PYTHON!r} cannot run: {exc}"
+    if result.returncode != 0:
+        return (f"LABPIPE_ARTIQ_PYTHON={ARTIQ_PYTHON!r} lacks artiq or sipyco: "
+                f"{result.stderr.strip().splitlines()[-1:]}")
+    return None
+
+
+_PROBLEM = _artiq_python_problem()
+pytestmark = [pytest.mark.interop_real,
+              pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")]
+
+SLOW = """
+import time
+from labpipe.experiment import *
+
+class Slow(EnvExperiment):
+    def build(self):
+        self.setattr_argument("steps", NumberValue(100000, precision=0, step=1, type="int"))
+
+    def run(self):
+        for i in range(self.steps):
+            self.set_dataset("slow.step", i, broadcast=True)
+            time.sleep(0.01)
+"""
+
+GRACEFUL = """
+import time
+from labpipe.experiment import *
+
+class Graceful(EnvExperiment):
+    def run(self):
+        self.set_dataset("graceful.state", "running", broadcast=True)
+        while not self.scheduler.check_termination():
+            time.sleep(0.01)
+        self.set_dataset("graceful.state", "stopped", broadcast=True)
+"""
+
+MARK = """
+import logging
+from labpipe.experiment import *
+
+class Mark(EnvExperiment):
+    def build(self):
+        self.setattr_argument("tag", StringValue("none"))
+
+    def run(self):
+        self.set_dataset("mark." + self.tag, "{version}", broadcast=True)
+        logging.getLogger("mark").warning("marked %s", self.tag)
+"""
+
+TWO = """
+from labpipe.experiment import *
+
+class One(EnvExperiment):
+    def run(self):
+        self.set_dataset("two.which", "one", broadcast=True)
+
+class Two(EnvExperiment):
+    def run(self):
+        self.set_dataset("two.which", "two", broadcast=True)
+"""
+
+ASK = """
+from labpipe.experiment import *
+
+class Ask(EnvExperiment):
+    def run(self):
+        try:
+            with self.interactive("Calibration") as ia:
+                ia.setattr_argument("gain", NumberValue(1.0))
+        except CancelledArgsError:
+            self.set_dataset("ask.result", "cancelled", broadcast=True)
+        else:
+            self.set_dataset("ask.result", ia.gain, broadcast=True)
+"""
+
+DEVICES = 'device_db = {"probe": {"type": "local", "module": "os", "class": "getcwd", ' \
+          '"arguments": {}}}\n'
+
+
+def git(lab, *args):
+    return subprocess.run(["git", *args], cwd=lab.path("repository"), check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def commit_all(lab, message):
+    git(lab, "add", "-A")
+    git(lab, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q",
+        "-m", message)
+    return git(lab, "rev-parse", "HEAD")
+
+
+class RealMaster(MasterProcess):
+    """A labpipe master and the real ARTIQ clients pointed at it (127.0.0.1 only)."""
+
+    def artiq_client(self, *args, port=None, timeout=60):
+        """Run ``artiq_client -s 127.0.0.1 --port PORT ARGS``; the CompletedProcess."""
+        port = self.ports["control"] if port is None else port
+        return subprocess.run(
+            [ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
+             "--port", str(port), *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.lab.root)
+
+    def ok(self, *args):
+        result = self.artiq_client(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def submit(self, *args):
+        out = self.ok("submit", *args)
+        assert out.startswith("RID: "), out
+        return int(out.split("RID: ")[1])
+
+    def ended(self, rid, timeout=60):
+        with self.client("history") as history:
+            return history.wait(rid, timeout)
+
+    def dataset(self, key):
+        with self.client("dataset_db") as datasets:
+            return datasets.get(key)
+
+    def status(self):
+        with self.client("schedule") as schedule:
+            return schedule.get_status()
+
+    def interactive_rids(self):
+        return {int(rid) for rid in self.json("show", "interactive-args")}
+
+    def show(self, what):
+        """``artiq_client show WHAT`` left running; its output lines, read in a thread."""
+        return Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
+                         "--port", str(self.ports["notify"]), "show", what])
+
+    def sync_follower(self, notifier):
+        """The raw lines of a notifier (init, then mods) on a bare socket."""
+        script = textwrap.dedent(f"""
+            import socket, sys
+            s = socket.create_connection(("127.0.0.1", {self.ports["notify"]}))
+            s.sendall(b"ARTIQ sync_struct\\n{notifier}\\n")
+            for line in s.makefile("rb"):
+                sys.stdout.write(line.decode()); sys.stdout.flush()
+            """)
+        return Follower([sys.executable, "-c", script])
+
+
+def start_master(lab, *extra):
+    m = RealMaster(lab.root, "-g", *extra)
+    m.lab = lab
+    return m
+
+
+def make_lab(root):
+    lab = Lab(root)
+    lab.write("device_db.py", DEVICES)
+    git(lab, "init", "-q")
+    for name, source in [("slow", SLOW), ("graceful", GRACEFUL), ("two", TWO), ("ask", ASK),
+                         ("mark", MARK.replace("{version}", "v1"))]:
+        lab.write(f"repository/{name}.py", source)
+    lab.rev1 = commit_all(lab, "first")
+    lab.write("repository/mark.py", MARK.replace("{version}", "v2"))
+    lab.rev2 = commit_all(lab, "second")
+    lab.write("outside/plain.py", MARK.replace("{version}", "plain"))
+    return lab
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    m = start_master(make_lab(tmp_path_factory.mktemp("lab")))
+    yield m
+    m.stop()
+
+
+# --------------------------------------------------------------------------- artiq_client
+
+def test_help_runs():
+    result = subprocess.run([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "scan-repository" in result.stdout
+
+
+def test_submit_plain_file(real):
+    path = real.lab.path("outside", "plain.py")
+    rid = real.submit(path, "tag=plain")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["expid"]["file"] == path and "repo_rev" not in record["expid"]
+    assert real.dataset("mark.plain") == "plain"
+
+
+def test_submit_repository_head(real):
+    rid = real.submit("-R", "mark.py", "tag=head")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev2
+    assert real.dataset("mark.head") == "v2"
+
+
+def test_submit_repository_revision(real):
+    rid = real.submit("-R", "-r", real.lab.rev1, "mark.py", "tag=old")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev1
+    assert real.dataset("mark.old") == "v1"
+
+
+def test_submit_content(real):
+    rid = real.submit("--content", real.lab.path("outside", "plain.py"), "tag=content")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert "content" in record["expid"] and "file" not in record["expid"]
+    assert real.dataset("mark.content") == "plain"
+
+
+def test_submit_scheduling_options_then_delete(real):
+    due = "2099-01-02 03:04:05"
+    rid = real.submit("-p", "elsewhere", "-P", "3", "-t", due, "-f", "-c", "Two",
+                      "-R", "two.py")
+    entry = real.status()[rid]
+    assert entry["pipeline"] == "elsewhere" and entry["priority"] == 3
+    assert entry["flush"] is True and entry["status"] == "pending"
+    assert entry["due_date"] == time.mktime(time.strptime(due, "%Y-%m-%d %H:%M:%S"))
+    assert entry["expid"]["class_name"] == "Two"
+    assert real.ok("delete", str(rid)) == ""
+    assert real.ended(rid)["status"] == "deleted"
+
+
+def test_submit_class_runs_that_class(real):
+    rid = real.submit("-c", "Two", "-R", "two.py")
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("two.which") == "two"
+
+
+def test_delete_running_and_graceful(real):
+    rid = real.submit("-R", "slow.py")
+    wait_for(lambda: real.status().get(rid, {}).get("status") == "running", timeout=60)
+    real.ok("delete", str(rid))
+    assert real.ended(rid)["status"] in ("deleted", "terminated")
+    rid = real.submit("-R", "graceful.py")
+    wait_for(lambda: real.status().get(rid, {}).get("status") == "running", timeout=60)
+    real.ok("delete", "-g", str(rid))
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("graceful.state") == "stopped"
+
+
+def test_delete_of_a_rid_not_in_the_schedule_returns_normally(real):
+    # ARTIQ ignores RIDs that are not (or no longer) scheduled
+    for args in (["delete", "987654"], ["delete", "-g", "987654"]):
+        result = real.artiq_client(*args)
+        assert result.returncode == 0 and result.stderr == "", (args, result.stderr)
+
+
+def test_set_and_del_dataset(real):
+    real.ok("set-dataset", "-p", "interop.list", "[1, 2.5, 'x']")
+    assert real.dataset("interop.list") == [1, 2.5, "x"]
+    real.ok("set-dataset", "--unit", "ms", "--precision", "2", "interop.t", "5")
+    assert real.dataset("interop.t") == pytest.approx(0.005)
+    with real.client("dataset_db") as datasets:
+        assert datasets.get_metadata("interop.t") == {"unit": "ms", "precision": 2}
+    real.ok("set-dataset", "-n", "interop.volatile", "{'a': (1, 2)}")
+    assert real.dataset("interop.volatile") == {"a": (1, 2)}
+    real.ok("del-dataset", "interop.volatile")
+    with real.client("dataset_db") as datasets:
+        with pytest.raises(Exception):
+            datasets.get("interop.volatile")
+
+
+def test_scan_devices(real):
+    real.lab.write("device_db.py", DEVICES.replace('"probe"', '"probe2"'))
+    try:
+        real.ok("scan-devices")
+        with real.client("device_db") as devices:
+            assert "probe2" in devices.get_device_db()
+    finally:
+        real.lab.write("device_db.py", DEVICES)
+        real.ok("scan-devices")
+
+
+def test_scan_repository_sync_async_and_revision(tmp_path):
+    lab = make_lab(tmp_path)
+    m = start_master(lab)
+    try:
+        lab.write("repository/extra.py", TWO.replace("two.", "extra.")
+                  .replace("class One", "class Extra").replace("class Two", "class Extra2"))
+        rev3 = commit_all(lab, "third")
+        m.ok("scan-repository")
+        with m.client("experiment_db") as db:
+            assert "Extra" in db.examine("extra.py")
+        follower = m.sync_follower("explist_status")
+        m.ok("scan-repository", lab.rev1)
+        follower.until(lambda line: lab.rev1 in line)
+        m.ok("scan-repository", "--async")
+        follower.until(lambda line: rev3 in line)
+        follower.stop()
+    finally:
+        m.stop()
+
+
+def test_ls(real):
+    top = real.ok("ls").splitlines()
+    assert "repository/" in top and "device_db.py" in top
+    assert "mark.py" in real.ok("ls", "repository").splitlines()
+    outside = real.artiq_client("ls", "/etc")
+    assert outside.returncode != 0 and "PermissionError" in outside.stderr
+
+
+def test_supply_and_cancel_interactive(real):
+    rid = real.submit("-R", "ask.py")
+    show = real.show("interactive-args")
+    show.until(lambda line: str(rid) in line and "Calibration" in line and "gain" in line)
+    assert show.stop()[0] == 0
+    real.ok("supply-interactive", str(rid), "gain=2.5")
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("ask.result") == 2.5
+    rid = real.submit("-R", "ask.py")
+    wait_for(lambda: rid in real.interactive_rids(), timeout=60)
+    real.ok("cancel-interactive", str(rid))
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("ask.result") == "cancelled"
+
+
+def test_show_schedule_datasets_devices(real):
+    rid = real.submit("-R", "slow.py")
+    try:
+        show = real.show("schedule")
+        show.until(lambda line: str(rid) in line and "slow.py" in line)
+        assert show.stop()[0] == 0
+    finally:
+        real.ok("delete", str(rid))
+    real.ok("set-dataset", "interop.shown", "42")
+    show = real.show("datasets")
+    show.until(lambda line: "interop.shown" in line and "42" in line)
+    assert show.stop()[0] == 0
+    show = real.show("devices")
+    show.until(lambda line: "probe" in line and "getcwd" in line)
+    assert show.stop()[0] == 0
+
+
+def test_terminate(tmp_path):
+    m = start_master(make_lab(tmp_path))
+    try:
+        assert m.ok("terminate") == ""
+        assert m.process.wait(timeout=60) == 0
+    finally:
+        m.stop()
