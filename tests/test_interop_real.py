@@ -63,6 +63,9 @@ import time
 from labpipe.experiment import *
 
 class Graceful(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
     def run(self):
         self.set_dataset("graceful.state", "running", broadcast=True)
         while not self.scheduler.check_termination():
@@ -215,7 +218,7 @@ def test_help_runs():
 
 def test_submit_plain_file(real):
     path = real.lab.path("outside", "plain.py")
-    rid = real.submit(path, "tag=plain")
+    rid = real.submit(path, "tag='plain'")
     record = real.ended(rid)
     assert record["status"] == "completed", record
     assert record["expid"]["file"] == path and "repo_rev" not in record["expid"]
@@ -223,7 +226,7 @@ def test_submit_plain_file(real):
 
 
 def test_submit_repository_head(real):
-    rid = real.submit("-R", "mark.py", "tag=head")
+    rid = real.submit("-R", "mark.py", "tag='head'")
     record = real.ended(rid)
     assert record["status"] == "completed", record
     assert record["repo_rev"] == real.lab.rev2
@@ -231,7 +234,7 @@ def test_submit_repository_head(real):
 
 
 def test_submit_repository_revision(real):
-    rid = real.submit("-R", "-r", real.lab.rev1, "mark.py", "tag=old")
+    rid = real.submit("-R", "-r", real.lab.rev1, "mark.py", "tag='old'")
     record = real.ended(rid)
     assert record["status"] == "completed", record
     assert record["repo_rev"] == real.lab.rev1
@@ -239,7 +242,7 @@ def test_submit_repository_revision(real):
 
 
 def test_submit_content(real):
-    rid = real.submit("--content", real.lab.path("outside", "plain.py"), "tag=content")
+    rid = real.submit("--content", real.lab.path("outside", "plain.py"), "tag='content'")
     record = real.ended(rid)
     assert record["status"] == "completed", record
     assert "content" in record["expid"] and "file" not in record["expid"]
@@ -366,7 +369,8 @@ def test_show_schedule_datasets_devices(real):
     show.until(lambda line: "interop.shown" in line and "42" in line)
     assert show.stop()[0] == 0
     show = real.show("devices")
-    show.until(lambda line: "probe" in line and "getcwd" in line)
+    show.until(lambda line: "| probe |" in line)
+    show.until(lambda line: '"class": "getcwd"' in line)
     assert show.stop()[0] == 0
 
 
