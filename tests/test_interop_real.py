@@ -381,3 +381,75 @@ def test_terminate(tmp_path):
         assert m.process.wait(timeout=60) == 0
     finally:
         m.stop()
+
+
+# --------------------------------------------------------------------------- sipyco's clients
+
+SIPYCO_SCRIPT = r'''
+import asyncio, json, sys, time
+from sipyco.pc_rpc import Client
+from sipyco.sync_struct import Subscriber
+from sipyco.broadcast import Receiver
+
+control, notify, broadcast = map(int, sys.argv[1:4])
+out = {}
+
+async def main():
+    datasets, schedule, seen_rids, logs = {}, {}, set(), []
+    def init(target):
+        def build(struct):
+            target.clear(); target.update(struct); return target
+        return build
+    ds = Subscriber("datasets", init(datasets))
+    sc = Subscriber("schedule", init(schedule),
+                    lambda mod: seen_rids.update(schedule))
+    log = Receiver("log", [logs.append])
+    await ds.connect("127.0.0.1", notify)
+    await sc.connect("127.0.0.1", notify)
+    await log.connect("127.0.0.1", broadcast)
+    mm = Client("127.0.0.1", control, "master_management")
+    out["name"] = mm.get_name()
+    mm.close_rpc()
+    remote = Client("127.0.0.1", control, "schedule")
+    expid = {"file": "mark.py", "repo_rev": None, "class_name": None, "log_level": 30,
+             "arguments": {"tag": "sipyco"}, "devarg_override": {}}
+    rid = remote.submit("main", expid, 0, None, False)
+    out["rid"] = rid
+    deadline = time.monotonic() + 60
+    while not ("mark.sipyco" in datasets and rid in seen_rids and rid not in schedule
+               and any("marked sipyco" in r[3] for r in logs)):
+        assert time.monotonic() < deadline, (datasets, schedule, logs)
+        await asyncio.sleep(0.02)
+    remote.close_rpc()
+    out["dataset"] = list(datasets["mark.sipyco"])
+    out["log"] = [list(r) for r in logs if "marked sipyco" in r[3]][0]
+    ddb = Client("127.0.0.1", control, "dataset_db")
+    ddb.set("sipyco.t", (1, 2), True, {"unit": "s"})
+    out["get"] = list(ddb.get("sipyco.t"))
+    out["methods"] = sorted(ddb.get_rpc_method_list()["methods"])
+    ddb.close_rpc()
+    for c in (ds, sc, log):
+        await c.close()
+
+asyncio.run(main())
+print(json.dumps(out))
+'''
+
+
+def test_sipyco_rpc_client_subscriber_and_receiver(real, tmp_path):
+    script = tmp_path / "sipyco_clients.py"
+    script.write_text(SIPYCO_SCRIPT)
+    result = subprocess.run(
+        [ARTIQ_PYTHON, str(script), str(real.ports["control"]), str(real.ports["notify"]),
+         str(real.ports["broadcast"])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["name"] is None or isinstance(out["name"], str)
+    assert out["dataset"][1] == "v2"  # (persist, value, metadata) with the head revision
+    level, source, created, message = out["log"]
+    assert level == 30 and str(out["rid"]) in source and message == "mark:marked sipyco"
+    assert out["get"] == [1, 2]
+    assert out["methods"] == ["delete", "get", "get_metadata", "set", "update"]
+    assert real.ended(out["rid"])["status"] == "completed"
+    with real.client("dataset_db") as datasets:
+        assert datasets.get("sipyco.t") == (1, 2)
