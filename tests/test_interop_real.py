@@ -453,3 +453,160 @@ def test_sipyco_rpc_client_subscriber_and_receiver(real, tmp_path):
     assert real.ended(out["rid"])["status"] == "completed"
     with real.client("dataset_db") as datasets:
         assert datasets.get("sipyco.t") == (1, 2)
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+# Runs inside the dashboard's own process: it wraps artiq_dashboard.main(), catches the
+# objects main() builds, and, once the window shows, drives the real widgets (the
+# experiment dock's Submit button, the schedule table's Delete action).
+DASHBOARD_DRIVER = r'''
+import asyncio, json, sys, time, traceback
+from PyQt6 import QtWidgets
+from artiq.frontend import artiq_dashboard
+from artiq.dashboard import experiments, schedule
+
+caught = {}
+
+def catch(cls, name):
+    init = cls.__init__
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        caught[name] = self
+    cls.__init__ = wrapped
+
+catch(experiments.ExperimentManager, "expmgr")
+catch(schedule.ScheduleDock, "schedule")
+
+def report(**fields):
+    print("DRIVER " + json.dumps(fields), flush=True)
+
+async def until(what, predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"dashboard: {what} not seen within {timeout} s")
+        await asyncio.sleep(0.05)
+
+def wait_for_go():
+    return asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+async def drive(main_window):
+    try:
+        expmgr, dock_schedule = caught["expmgr"], caught["schedule"]
+        await until("the explorer listing Slow",
+                    lambda: any(v["class_name"] == "Slow" for v in expmgr.explist.values()))
+        name = [k for k, v in expmgr.explist.items() if v["class_name"] == "Slow"][0]
+        report(event="explorer", names=sorted(expmgr.explist))
+        await asyncio.sleep(10)  # the dashboard must survive 10 s connected
+        report(event="alive")
+        await wait_for_go()
+        dock = expmgr.open_experiment("repo:" + name)
+        submit = [b for b in dock.findChildren(QtWidgets.QPushButton) if b.text() == "Submit"]
+        submit[0].click()
+        await until("the submitted run in the schedule",
+                    lambda: any(v["expid"].get("file") == "slow.py"
+                                for v in expmgr.schedule.values()))
+        rid = [k for k, v in expmgr.schedule.items() if v["expid"].get("file") == "slow.py"][0]
+        await until("the run running", lambda: expmgr.schedule.get(rid, {}).get("status") == "running")
+        report(event="submitted", rid=rid)
+        await wait_for_go()
+        table = dock_schedule.table
+        table.selectRow(dock_schedule.table_model.row_to_key.index(rid))
+        [a for a in table.actions() if a.text() == "Delete"][0].trigger()
+        await until("the run leaving the schedule", lambda: rid not in expmgr.schedule)
+        report(event="deleted", rid=rid)
+        main_window.grab().save(sys.argv[1])
+        report(event="done")
+    except Exception:
+        report(event="error", text=traceback.format_exc())
+    main_window.exit_request.set()
+
+show = artiq_dashboard.MainWindow.show
+def show_and_drive(self):
+    show(self)
+    asyncio.ensure_future(drive(self))
+artiq_dashboard.MainWindow.show = show_and_drive
+
+sys.argv = ["artiq_dashboard"] + sys.argv[2:]
+artiq_dashboard.main()
+'''
+
+
+class Xvfb:
+    """An X server of our own on a free display number."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0",
+                                         "1280x900x24", "-nolisten", "tcp"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+        self.display = ":" + self.process.stdout.readline().strip()
+
+    def screenshot(self, path):
+        subprocess.run(["import", "-display", self.display, "-window", "root", str(path)],
+                       check=True, timeout=60)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="no Xvfb")
+def test_dashboard_starts_lists_submits_and_deletes(real, tmp_path):
+    driver = tmp_path / "dashboard_driver.py"
+    driver.write_text(DASHBOARD_DRIVER)
+    xvfb = Xvfb()
+    env = {**os.environ, "DISPLAY": xvfb.display, "QT_QPA_PLATFORM": "xcb",
+           "HOME": str(tmp_path)}  # the dashboard's settings file goes under HOME
+    dashboard = subprocess.Popen(
+        [ARTIQ_PYTHON, str(driver), str(tmp_path / "dashboard-end.png"),
+         "-s", "127.0.0.1", "--port-control", str(real.ports["control"]),
+         "--port-notify", str(real.ports["notify"]),
+         "--port-broadcast", str(real.ports["broadcast"]),
+         "--db-file", str(tmp_path / "dashboard.pyon")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env)
+    events = []
+
+    def next_event():
+        while True:
+            line = dashboard.stdout.readline()
+            if not line:
+                raise AssertionError(f"dashboard exited ({dashboard.wait(timeout=30)}): "
+                                     f"{dashboard.stderr.read()[-3000:]}; events {events}")
+            if line.startswith("DRIVER "):
+                event = json.loads(line[len("DRIVER "):])
+                events.append(event)
+                assert event["event"] != "error", event["text"]
+                return event
+
+    def go():
+        dashboard.stdin.write("go\n")
+        dashboard.stdin.flush()
+
+    try:
+        explorer = next_event()
+        assert explorer["event"] == "explorer" and len(explorer["names"]) >= 5
+        assert next_event()["event"] == "alive"
+        assert dashboard.poll() is None
+        xvfb.screenshot(tmp_path / "dashboard-start.png")
+        go()
+        submitted = next_event()
+        assert submitted["event"] == "submitted"
+        rid = submitted["rid"]
+        assert real.status()[rid]["status"] == "running"  # labpipe agrees
+        xvfb.screenshot(tmp_path / "dashboard-running.png")
+        go()
+        assert next_event() == {"event": "deleted", "rid": rid}
+        assert real.ended(rid)["status"] in ("deleted", "terminated")
+        assert next_event()["event"] == "done"
+        assert dashboard.wait(timeout=60) == 0, dashboard.stderr.read()[-3000:]
+    finally:
+        if dashboard.poll() is None:
+            dashboard.kill()
+            dashboard.wait()
+        for stream in (dashboard.stdin, dashboard.stdout, dashboard.stderr):
+            stream.close()
+        xvfb.stop()
