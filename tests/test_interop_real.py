@@ -467,6 +467,7 @@ from artiq.frontend import artiq_dashboard
 from artiq.dashboard import experiments, schedule
 
 caught = {}
+end_screenshot = sys.argv[1]
 
 def catch(cls, name):
     init = cls.__init__
@@ -491,6 +492,12 @@ async def until(what, predicate, timeout=60):
 def wait_for_go():
     return asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
+def show_docks(main_window):
+    """Bring the explorer and schedule tabs to the front, for the screenshots."""
+    for dock in main_window.findChildren(QtWidgets.QDockWidget):
+        if dock.objectName() in ("Explorer", "Schedule"):
+            dock.raise_()
+
 async def drive(main_window):
     try:
         expmgr, dock_schedule = caught["expmgr"], caught["schedule"]
@@ -498,6 +505,8 @@ async def drive(main_window):
                     lambda: any(v["class_name"] == "Slow" for v in expmgr.explist.values()))
         name = [k for k, v in expmgr.explist.items() if v["class_name"] == "Slow"][0]
         report(event="explorer", names=sorted(expmgr.explist))
+        main_window.resize(1280, 900)
+        show_docks(main_window)
         await asyncio.sleep(10)  # the dashboard must survive 10 s connected
         report(event="alive")
         await wait_for_go()
@@ -509,6 +518,7 @@ async def drive(main_window):
                                 for v in expmgr.schedule.values()))
         rid = [k for k, v in expmgr.schedule.items() if v["expid"].get("file") == "slow.py"][0]
         await until("the run running", lambda: expmgr.schedule.get(rid, {}).get("status") == "running")
+        show_docks(main_window)
         report(event="submitted", rid=rid)
         await wait_for_go()
         table = dock_schedule.table
@@ -516,7 +526,7 @@ async def drive(main_window):
         [a for a in table.actions() if a.text() == "Delete"][0].trigger()
         await until("the run leaving the schedule", lambda: rid not in expmgr.schedule)
         report(event="deleted", rid=rid)
-        main_window.grab().save(sys.argv[1])
+        assert main_window.grab().save(end_screenshot)
         report(event="done")
     except Exception:
         report(event="error", text=traceback.format_exc())
@@ -603,6 +613,8 @@ def test_dashboard_starts_lists_submits_and_deletes(real, tmp_path):
         assert real.ended(rid)["status"] in ("deleted", "terminated")
         assert next_event()["event"] == "done"
         assert dashboard.wait(timeout=60) == 0, dashboard.stderr.read()[-3000:]
+        for shot in ("start", "running", "end"):
+            assert (tmp_path / f"dashboard-{shot}.png").stat().st_size > 0
     finally:
         if dashboard.poll() is None:
             dashboard.kill()
