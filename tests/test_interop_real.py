@@ -465,6 +465,7 @@ import asyncio, json, sys, time, traceback
 from PyQt6 import QtWidgets
 from artiq.frontend import artiq_dashboard
 from artiq.dashboard import experiments, schedule
+from artiq.gui import log, models
 
 caught = {}
 end_screenshot = sys.argv[1]
@@ -478,6 +479,23 @@ def catch(cls, name):
 
 catch(experiments.ExperimentManager, "expmgr")
 catch(schedule.ScheduleDock, "schedule")
+subscribers = {}
+subscriber_init = models.ModelSubscriber.__init__
+def subscriber_kept(self, notifier_name, *args, **kwargs):
+    subscriber_init(self, notifier_name, *args, **kwargs)
+    subscribers[notifier_name] = self
+models.ModelSubscriber.__init__ = subscriber_kept
+
+def store(notifier_name):
+    """What the dashboard's model of that notifier holds now."""
+    model = subscribers[notifier_name].model
+    return {} if model is None else model.backing_store
+log_messages = []
+append_message = log.LogDockManager.append_message
+def append_and_keep(self, msg):
+    log_messages.append(msg)
+    append_message(self, msg)
+log.LogDockManager.append_message = append_and_keep
 
 def report(**fields):
     print("DRIVER " + json.dumps(fields), flush=True)
@@ -486,7 +504,10 @@ async def until(what, predicate, timeout=60):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"dashboard: {what} not seen within {timeout} s")
+            raise TimeoutError(f"dashboard: {what} not seen within {timeout} s "
+                               f"(schedule {caught['expmgr'].schedule}, "
+                               f"datasets {sorted(store('datasets'))}, "
+                               f"last log messages {[m[3] for m in log_messages[-8:]]})")
         await asyncio.sleep(0.05)
 
 def wait_for_go():
@@ -532,13 +553,56 @@ async def drive(main_window):
         report(event="error", text=traceback.format_exc())
     main_window.exit_request.set()
 
+def submit_from_dock(expmgr, class_name):
+    name = [k for k, v in expmgr.explist.items() if v["class_name"] == class_name][0]
+    dock = expmgr.open_experiment("repo:" + name)
+    [b for b in dock.findChildren(QtWidgets.QPushButton) if b.text() == "Submit"][0].click()
+
+def rid_of(expmgr, file):
+    rids = [k for k, v in expmgr.schedule.items() if v["expid"].get("file") == file]
+    return rids[0] if rids else None
+
+async def live_views(main_window):
+    """Log (print lines, multi-line records), datasets and interactive arguments."""
+    try:
+        expmgr = caught["expmgr"]
+        await until("the explorer listing Chatty",
+                    lambda: any(v["class_name"] == "Chatty" for v in expmgr.explist.values()))
+        submit_from_dock(expmgr, "Chatty")
+        await until("Chatty's dataset in the datasets dock",
+                    lambda: "chatty.value" in store("datasets"))
+        report(event="dataset", value=store("datasets")["chatty.value"][1])
+        submit_from_dock(expmgr, "Ask")
+        await until("Ask in the schedule", lambda: rid_of(expmgr, "ask.py") is not None)
+        rid = rid_of(expmgr, "ask.py")
+        await until("Ask's request in the interactive arguments dock",
+                    lambda: rid in store("interactive_args"))
+        request = store("interactive_args")[rid]
+        report(event="interactive", rid=rid, title=request["title"],
+               keys=[a[0] for a in request["arglist_desc"]])
+        await wait_for_go()
+        await until("the request leaving", lambda: rid not in store("interactive_args"))
+        report(event="answered", rid=rid)
+        messages = lambda: [m[3] for m in log_messages]
+        await until("Chatty's print line in the log dock",
+                    lambda: "print:a line printed by chatty" in messages(), timeout=20)
+        await until("Chatty's multi-line record in the log dock",
+                    lambda: any(m.startswith("chatty:first line\nsecond line") for m in messages()), timeout=20)
+        report(event="log", sources=sorted({m[1] for m in log_messages}))
+        assert main_window.grab().save(end_screenshot)
+        report(event="done")
+    except Exception:
+        report(event="error", text=traceback.format_exc())
+    main_window.exit_request.set()
+
+scenario = {"submit_delete": drive, "live_views": live_views}[sys.argv[2]]
 show = artiq_dashboard.MainWindow.show
 def show_and_drive(self):
     show(self)
-    asyncio.ensure_future(drive(self))
+    asyncio.ensure_future(scenario(self))
 artiq_dashboard.MainWindow.show = show_and_drive
 
-sys.argv = ["artiq_dashboard"] + sys.argv[2:]
+sys.argv = ["artiq_dashboard"] + sys.argv[3:]
 artiq_dashboard.main()
 '''
 
@@ -563,62 +627,121 @@ class Xvfb:
         self.process.stdout.close()
 
 
-@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="no Xvfb")
-def test_dashboard_starts_lists_submits_and_deletes(real, tmp_path):
-    driver = tmp_path / "dashboard_driver.py"
-    driver.write_text(DASHBOARD_DRIVER)
-    xvfb = Xvfb()
-    env = {**os.environ, "DISPLAY": xvfb.display, "QT_QPA_PLATFORM": "xcb",
-           "HOME": str(tmp_path)}  # the dashboard's settings file goes under HOME
-    dashboard = subprocess.Popen(
-        [ARTIQ_PYTHON, str(driver), str(tmp_path / "dashboard-end.png"),
-         "-s", "127.0.0.1", "--port-control", str(real.ports["control"]),
-         "--port-notify", str(real.ports["notify"]),
-         "--port-broadcast", str(real.ports["broadcast"]),
-         "--db-file", str(tmp_path / "dashboard.pyon")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env)
-    events = []
+class Dashboard:
+    """The real dashboard under its own Xvfb, running DASHBOARD_DRIVER's scenario."""
 
-    def next_event():
+    def __init__(self, real, tmp_path, scenario):
+        driver = tmp_path / "dashboard_driver.py"
+        driver.write_text(DASHBOARD_DRIVER)
+        self.xvfb = Xvfb()
+        env = {**os.environ, "DISPLAY": self.xvfb.display, "QT_QPA_PLATFORM": "xcb",
+               "HOME": str(tmp_path)}  # the dashboard's settings go under HOME
+        self.process = subprocess.Popen(
+            [ARTIQ_PYTHON, str(driver), str(tmp_path / "dashboard-end.png"), scenario,
+             "-s", "127.0.0.1", "--port-control", str(real.ports["control"]),
+             "--port-notify", str(real.ports["notify"]),
+             "--port-broadcast", str(real.ports["broadcast"]),
+             "--db-file", str(tmp_path / "dashboard.pyon")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        self.events = []
+
+    def next_event(self):
+        """The driver's next report; fails on its error report or on the dashboard's exit."""
         while True:
-            line = dashboard.stdout.readline()
+            line = self.process.stdout.readline()
             if not line:
-                raise AssertionError(f"dashboard exited ({dashboard.wait(timeout=30)}): "
-                                     f"{dashboard.stderr.read()[-3000:]}; events {events}")
+                raise AssertionError(f"dashboard exited ({self.process.wait(timeout=30)}): "
+                                     f"{self.process.stderr.read()[-3000:]}; "
+                                     f"events {self.events}")
             if line.startswith("DRIVER "):
                 event = json.loads(line[len("DRIVER "):])
-                events.append(event)
-                assert event["event"] != "error", event["text"]
+                self.events.append(event)
+                if event["event"] == "error":
+                    code, stderr = self.exited()
+                    raise AssertionError(f"{event['text']}\ndashboard exit {code}: {stderr}")
                 return event
 
-    def go():
-        dashboard.stdin.write("go\n")
-        dashboard.stdin.flush()
+    def go(self):
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
 
+    def exited(self):
+        code = self.process.wait(timeout=60)
+        return code, self.process.stderr.read()[-3000:]
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            stream.close()
+        self.xvfb.stop()
+
+
+needs_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("import") is None,
+                                reason="needs Xvfb and ImageMagick's import")
+
+
+@needs_xvfb
+def test_dashboard_starts_lists_submits_and_deletes(real, tmp_path):
+    dashboard = Dashboard(real, tmp_path, "submit_delete")
     try:
-        explorer = next_event()
+        explorer = dashboard.next_event()
         assert explorer["event"] == "explorer" and len(explorer["names"]) >= 5
-        assert next_event()["event"] == "alive"
-        assert dashboard.poll() is None
-        xvfb.screenshot(tmp_path / "dashboard-start.png")
-        go()
-        submitted = next_event()
+        assert dashboard.next_event()["event"] == "alive"
+        assert dashboard.process.poll() is None
+        dashboard.xvfb.screenshot(tmp_path / "dashboard-start.png")
+        dashboard.go()
+        submitted = dashboard.next_event()
         assert submitted["event"] == "submitted"
         rid = submitted["rid"]
         assert real.status()[rid]["status"] == "running"  # labpipe agrees
-        xvfb.screenshot(tmp_path / "dashboard-running.png")
-        go()
-        assert next_event() == {"event": "deleted", "rid": rid}
+        dashboard.xvfb.screenshot(tmp_path / "dashboard-running.png")
+        dashboard.go()
+        assert dashboard.next_event() == {"event": "deleted", "rid": rid}
         assert real.ended(rid)["status"] in ("deleted", "terminated")
-        assert next_event()["event"] == "done"
-        assert dashboard.wait(timeout=60) == 0, dashboard.stderr.read()[-3000:]
+        assert dashboard.next_event()["event"] == "done"
+        code, stderr = dashboard.exited()
+        assert code == 0, stderr
         for shot in ("start", "running", "end"):
             assert (tmp_path / f"dashboard-{shot}.png").stat().st_size > 0
     finally:
-        if dashboard.poll() is None:
-            dashboard.kill()
-            dashboard.wait()
-        for stream in (dashboard.stdin, dashboard.stdout, dashboard.stderr):
-            stream.close()
-        xvfb.stop()
+        dashboard.close()
+
+
+CHATTY = """
+import logging
+from labpipe.experiment import *
+
+class Chatty(EnvExperiment):
+    def run(self):
+        self.set_dataset("chatty.value", 17, broadcast=True)
+        print("a line printed by chatty")
+        logging.getLogger("chatty").warning("first line\\nsecond line")
+"""
+
+
+@needs_xvfb
+def test_dashboard_shows_datasets_log_and_interactive_args(tmp_path):
+    lab = make_lab(tmp_path / "lab")
+    lab.write("repository/chatty.py", CHATTY)
+    commit_all(lab, "chatty")
+    m = start_master(lab)
+    dashboard = Dashboard(m, tmp_path, "live_views")
+    try:
+        assert dashboard.next_event() == {"event": "dataset", "value": 17}
+        interactive = dashboard.next_event()
+        assert interactive["title"] == "Calibration" and interactive["keys"] == ["gain"]
+        m.ok("cancel-interactive", str(interactive["rid"]))
+        dashboard.go()
+        assert dashboard.next_event() == {"event": "answered", "rid": interactive["rid"]}
+        log = dashboard.next_event()
+        assert log["event"] == "log" and any("Chatty" in s for s in log["sources"])
+        assert dashboard.next_event()["event"] == "done"
+        code, stderr = dashboard.exited()
+        assert code == 0, stderr
+        assert m.ended(interactive["rid"])["status"] == "completed"
+    finally:
+        dashboard.close()
+        m.stop()
