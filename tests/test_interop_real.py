@@ -745,3 +745,42 @@ def test_dashboard_shows_datasets_log_and_interactive_args(tmp_path):
     finally:
         dashboard.close()
         m.stop()
+
+
+# --------------------------------------------------------------------------- over --ssl
+
+def make_certificate(folder, name):
+    """A self-signed certificate and key (CN=name); (cert path, key path)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_artiq_client_over_ssl(tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    server_cert, server_key = make_certificate(certs, "master")
+    client_cert, client_key = make_certificate(certs, "client")
+    stranger_cert, stranger_key = make_certificate(certs, "stranger")
+    m = start_master(make_lab(tmp_path / "lab"), "--ssl", server_cert, server_key, client_cert)
+    try:
+        trusted = ["--ssl", client_cert, client_key, server_cert]
+        m.submit(*trusted, "-R", "mark.py", "tag='tls'")
+        m.ok(*trusted, "set-dataset", "tls.flag", "True")
+        follower = Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s",
+                             "127.0.0.1", "--port", str(m.ports["notify"]), *trusted,
+                             "show", "datasets"])
+        follower.until(lambda line: "mark.tls" in line)
+        assert follower.stop()[0] == 0
+        refused = m.artiq_client("--ssl", stranger_cert, stranger_key, server_cert,
+                                 "set-dataset", "tls.stranger", "1")
+        assert refused.returncode != 0
+        plain = m.artiq_client("set-dataset", "tls.plain", "1", timeout=60)
+        assert plain.returncode != 0
+        assert m.process.poll() is None
+        m.ok(*trusted, "del-dataset", "tls.flag")  # still serving trusted clients
+    finally:
+        m.stop()
