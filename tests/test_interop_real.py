@@ -11,7 +11,6 @@ They are written to ARTIQ's behaviour, so they show where labpipe differs.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -328,7 +327,7 @@ def test_scan_repository_sync_async_and_revision(tmp_path):
         follower.until(lambda line: lab.rev1 in line)
         m.ok("scan-repository", "--async")
         follower.until(lambda line: rev3 in line)
-        follower.stop()
+        follower.stop()  # a bare socket reader: SIGINT ends it with a KeyboardInterrupt
     finally:
         m.stop()
 
