@@ -29,7 +29,7 @@ from labpipe.experiment import *
 
 class Loop(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(2000, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(2000, step=1, precision=0, type="int"))
 
     def run(self):
         t0 = time.time()

@@ -13,7 +13,7 @@ class Hello(EnvExperiment):
     def build(self):
         self.setattr_device("scheduler")
         self.setattr_argument("points", NumberValue(20, min=1, max=1000, step=1,
-                                                    type="int"))
+                                                    precision=0, type="int"))
         self.setattr_argument("delay", NumberValue(0.05, unit="s", min=0.0, max=5.0))
         self.setattr_argument("greeting", StringValue("Hello, lab"))
 

@@ -19,7 +19,7 @@ class Scan(EnvExperiment):
         self.setattr_argument("start", NumberValue(-3.0, scale=1, unit="mm"))
         self.setattr_argument("stop", NumberValue(3.0, scale=1, unit="mm"))
         self.setattr_argument("points", NumberValue(13, min=2, max=1001, step=1,
-                                                    type="int"))
+                                                    precision=0, type="int"))
 
     def run(self):
         self.uids = self.run_plan(scan([self.det], self.motor, self.start, self.stop,

@@ -91,7 +91,7 @@ class LongCount(EnvExperiment):
     def build(self):
         self.setattr_device("det")
         self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("num", NumberValue(6, type="int", step=1))
+        self.setattr_argument("num", NumberValue(6, precision=0, type="int", step=1))
 
     def run(self):
         gate = self.gate

@@ -199,7 +199,7 @@ SEVERAL = """
             super().build()
             self.setattr_argument("freqs", Scannable(RangeScan(1*MHz, 2*MHz, 11),
                                                      unit="MHz", global_min=0), "RF")
-            self.setattr_argument("repeats", NumberValue(3, type="int", min=1), "RF",
+            self.setattr_argument("repeats", NumberValue(3, step=1, precision=0, type="int", min=1), "RF",
                                   "repetitions per point")
             self.setattr_argument("mode", EnumerationValue(["fast", "slow"], "fast"))
             self.setattr_argument("extra", PYONValue({"a": (1, 2)}))

@@ -105,10 +105,11 @@ def test_a_dead_server_is_restarted_on_the_next_start(server):
     assert conn.recv() == "up"
     os.kill(server._process.pid, signal.SIGKILL)
     server._process.wait()
-    # the orphan's exit code cannot be known any more: reported as 255, never hangs
+    # the orphan's exit code cannot be known any more: reported as 255, never hangs;
+    # and it died with its server (PR_SET_PDEATHSIG)
     process.join(10)
     assert process.exitcode == 255
-    os.kill(process.pid, signal.SIGKILL)
+    _wait_ended(process.pid)
     again, conn = server.start("fs_targets:echo")
     conn.send("still here")
     assert conn.recv()[0] == "still here"
@@ -147,3 +148,27 @@ def test_close_releases_the_status_pipe(server):
     assert process.sentinel == -1 and process.exitcode == 0
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def _wait_ended(pid, timeout=10):
+    """Wait until pid has ended (gone, or a zombie its new parent has not reaped)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} outlived its fork server"
+        time.sleep(0.01)
+
+
+def test_children_lead_their_own_process_group(server):
+    process, conn = server.start("fs_targets:hang")
+    assert conn.recv() == "up"
+    assert os.getpgid(process.pid) == process.pid
+    assert os.getpgid(server.pid) == server.pid  # the server too: never the caller's
+    process.kill()
+    process.join(10)

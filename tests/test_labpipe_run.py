@@ -12,7 +12,7 @@ from labpipe.experiment import *
 class Square(EnvExperiment):
     def build(self):
         self.setattr_device("scheduler")
-        self.setattr_argument("x", NumberValue(2, step=1, type="int", max=100))
+        self.setattr_argument("x", NumberValue(2, step=1, precision=0, type="int", max=100))
 
     def run(self):
         assert not self.scheduler.check_pause()

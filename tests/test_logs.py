@@ -11,8 +11,9 @@ import threading
 import pytest
 
 from labpipe.protocol.broadcast import Broadcaster, Receiver
-from labpipe.protocol.logs import (LogBroadcastHandler, LogForwarder, LogLine, LogServer,
-                                   format_lines, parse_line)
+from labpipe.protocol.logs import (MAX_FIELD_LENGTH, REMOTE_LOGGER, LogBroadcastHandler,
+                                   LogForwarder, LogLine, LogServer, format_lines,
+                                   parse_line, peer_label, peer_source)
 
 from conftest import async_test, raw_exchange, wait_until
 
@@ -50,24 +51,60 @@ def summary(records):
 
 # --- the line format --------------------------------------------------------------------
 
-def test_parse_and_format_lines():
-    assert parse_line("worker(3,Scan):20:a.b:x: y :z") == LogLine(
+def test_parse_lines_as_sipyco():
+    assert parse_line("worker(3,Scan):INFO:a.b:x: y :z") == LogLine(
         "worker(3,Scan)", 20, "a.b", "x: y :z")
     assert parse_line("ctl:WARNING::") == LogLine("ctl", 30, "", "")
-    for bad in ["", "no colons", "a:20:b", ":20:n:m", "+src:20:n:m", "s:LOUD:n:m",
-                "s:-5:n:m", "s:1e3:n:m", "s:20x:n:m", "s:\u0663:n:m"]:
-        assert parse_line(bad) is None, bad
-    entry = LogLine("worker(1,X)", 40, "weird:name\n", "first\nsecond\n+third")
-    text = format_lines(entry)
-    assert text == ("worker(1,X):40:weird_name_:first\n"
-                    "+second\n"
-                    "++third\n")
+    assert parse_line("ctl:WARN:n:m").level == 30
+    assert parse_line("ctl:TRACE:n:m").level == 5
+    assert parse_line("ctl:ERROR<3>:n:first") == LogLine("ctl", 40, "n", "first", 3)
+    assert parse_line("ctl:ERROR<1>:n:one").lines == 1
+    assert parse_line("ctl:ERROR<0>:n:one").lines == 1
+    assert parse_line("c:INFO<" + "9" * 5000 + ">:n:m").lines == 10 ** 9  # capped later
+    # not records: print lines, INFO, logger "print", text after the first ':'
+    for line, source, message in [
+            ("no colons", "", "no colons"), ("", "", ""), ("a:20:b:c", "a", "20:b:c"),
+            ("s:LOUD:n:m", "s", "LOUD:n:m"), ("s:info:n:m", "s", "info:n:m"),
+            ("s:INFO:n", "s", "INFO:n"), ("s:INFO<x>:n:m", "s", "INFO<x>:n:m"),
+            ("s:INFO:a:b:c", None, None)]:
+        entry = parse_line(line)
+        if source is None:
+            assert (entry.name, entry.message) == ("a", "b:c")
+            continue
+        assert entry == LogLine(source, logging.INFO, "print", message), line
+
+
+def test_format_lines_as_sipyco_multiline_formatter():
+    entry = LogLine("worker(1,X)", 40, "weird:name\n", "first\nsecond\n+third: x")
+    assert format_lines(entry) == ("worker(1,X):ERROR<3>:weird_name_:first\n"
+                                   "second\n"
+                                   "+third: x\n")
+    assert format_lines(LogLine("s", 20, "n", "one")) == "s:INFO:n:one\n"
+    assert [format_lines(LogLine("s", level, "n", "m")).split(":")[1]
+            for level in (50, 45, 40, 30, 25, 20, 15, 10, 5, 1)] == [
+        "CRITICAL", "ERROR", "ERROR", "WARNING", "INFO", "INFO", "DEBUG", "DEBUG",
+        "TRACE", "TRACE"]
+    entry = LogLine("s", 40, "n", "a\nb")
+    parsed = parse_line(format_lines(entry).split("\n")[0])
+    assert (parsed.source, parsed.level, parsed.name, parsed.lines) == ("s", 40, "n", 2)
 
 
 def test_forwarder_refuses_a_source_that_cannot_be_parsed():
-    for source in ["", "a:b", "a\nb", "+x"]:
+    for source in ["", "a:b", "a\nb", "a\rb"]:
         with pytest.raises(ValueError):
             LogForwarder(HOST, 1, source)
+
+
+def test_peer_sources():
+    peer = "127.0.0.1:5000"
+    assert peer_source("ctlmgr(lab1)", peer) == "ctlmgr(lab1)"
+    assert peer_source("", peer) == peer
+    for forged in ["master", "MASTER", " master ", "worker(12,Scan)", "Worker (1,x"]:
+        assert peer_source(forged, peer) == forged + "@" + peer
+    assert peer_source("a\x1b[31mb", peer) == "a\ufffd[31mb"
+    assert len(peer_source("x" * 100_000, peer)) == MAX_FIELD_LENGTH
+    assert peer_label(("::1", 5, 0, 0)) == "[::1]:5"
+    assert peer_label(("127.0.0.1", 5)) == "127.0.0.1:5"
 
 
 # --- LogServer --------------------------------------------------------------------------
@@ -76,64 +113,75 @@ def test_forwarder_refuses_a_source_that_cannot_be_parsed():
 async def test_lines_become_records_with_source():
     server = LogServer()
     await server.start(HOST, 0)
-    with captured("lptest") as records:
+    with captured(REMOTE_LOGGER) as records:
         await raw_exchange(server.port, (
             b"ARTIQ logging\n"
-            b"worker(1,Scan):30:lptest.scan:voltage: 3 V\n"
-            b"ctlmgr(host):ERROR:lptest:failed\n"
-            b"+Traceback (most recent call last):\n"
-            b"+  File \"x.py\", line 1\n"
-            b"+ValueError: boom\n"
-            b"worker(2,Other):5:lptest.low:custom level\n"
-            b"worker(2,Other):DEBUG:lptest.low:last, emitted at the end of the stream\n"))
-        await wait_until(lambda: len(records) == 4)
+            b"worker1:WARNING:lptest.scan:voltage: 3 V\n"
+            b"ctlmgr(host):ERROR<4>:lptest:failed\n"
+            b"Traceback (most recent call last):\n"
+            b"  File \"x.py\", line 1\n"
+            b"ValueError: boom: it:looks:like:a:record\n"
+            b"ctl:TRACE:lptest.low:custom level\n"
+            b"just some output\n"
+            b"ctl: printed: with colons\n"
+            b"ctl:DEBUG:lptest.low:last\n"))
+        await wait_until(lambda: len(records) == 6)
+    peer = records[0].peer
+    assert peer.startswith("127.0.0.1:")
     assert summary(records) == [
-        ("worker(1,Scan)", 30, "lptest.scan", "voltage: 3 V"),
+        ("worker1", 30, "lptest.scan", "voltage: 3 V"),
         ("ctlmgr(host)", 40, "lptest",
          'failed\nTraceback (most recent call last):\n  File "x.py", line 1\n'
-         "ValueError: boom"),
-        ("worker(2,Other)", 5, "lptest.low", "custom level"),
-        ("worker(2,Other)", 10, "lptest.low", "last, emitted at the end of the stream"),
+         "ValueError: boom: it:looks:like:a:record"),
+        ("ctl", 5, "lptest.low", "custom level"),
+        (peer, 20, "print", "just some output"),
+        ("ctl", 20, "print", " printed: with colons"),
+        ("ctl", 10, "lptest.low", "last"),
     ]
-    assert records[1].levelname == "ERROR"
+    assert records[1].levelname == "ERROR" and records[2].levelname == "TRACE"
+    assert all(r.peer == peer for r in records)
     await server.stop()
 
 
 @async_test
-async def test_a_pending_record_is_emitted_after_a_silence():
-    server = LogServer(flush_delay=0.01)
+async def test_a_record_whose_lines_never_come_is_emitted_after_a_timeout():
+    server = LogServer(continuation_timeout=0.05)
     await server.start(HOST, 0)
     reader, writer = await asyncio.open_connection(HOST, server.port)
-    with captured("lpquiet") as records:
-        writer.write(b"ARTIQ logging\nw:INFO:lpquiet:one\n+two\n")
+    with captured(REMOTE_LOGGER) as records:
+        writer.write(b"ARTIQ logging\nw:INFO<1000000>:lpquiet:one\ntwo\n")
         await wait_until(lambda: records)  # the connection is still open
-        assert summary(records) == [("w", 20, "lpquiet", "one\ntwo")]
+        assert summary(records) == [
+            ("w", 20, "lpquiet", "one\ntwo\n[incomplete: 2 of 1000000 lines arrived]")]
+        writer.write(b"w:INFO:lpquiet:afresh\n")  # the next line starts afresh
+        await wait_until(lambda: len(records) == 2)
+        assert records[1].getMessage() == "afresh"
     writer.close()
     await writer.wait_closed()
     await server.stop()
 
 
 @async_test
-async def test_bad_lines_are_skipped_and_logged_once():
-    server = LogServer(max_message_length=100)
+async def test_bounds_on_lines_messages_and_announced_lines():
+    server = LogServer(max_line_length=1024, max_message_length=100, max_record_lines=3)
     await server.start(HOST, 0)
-    with captured("lpbad") as records, captured("labpipe.protocol.logs") as own:
+    with captured(REMOTE_LOGGER) as records:
         await raw_exchange(server.port, (
             b"ARTIQ logging\n"
-            b"+continuation without a record\n"
-            b"no colons at all\n"
-            b"w:NOTALEVEL:lpbad:m\n"
-            b"\xff\xfe invalid utf-8\n"
-            b"w:INFO:lpbad:kept\n"
-            b"w:INFO:lpbad:long\n" + b"+" + b"z" * 200 + b"\n+more\n"
-            b"w:INFO:lpbad:also kept\n"))
-        await wait_until(lambda: len(records) == 3)
-        await wait_until(lambda: len(own) == 2)
-    assert [r.getMessage() for r in records] == [
-        "kept", "long\n" + "z" * 95 + " [truncated]", "also kept"]
-    assert all(r.levelno == logging.DEBUG for r in own)
-    assert "continuation without a record" in own[0].getMessage()
-    assert "4 bad lines" in own[1].getMessage()
+            b"w:INFO:lpbig:" + b"x" * 5000 + b"\n"          # cut, the connection stays
+            b"w:INFO<2>:lpbig:long\n" + b"z" * 200 + b"\n"  # message cut at 100
+            b"w:INFO<5>:lpbig:a\nb\nc\nd\ne\n"               # 3 lines kept, 2 left
+            b"\xff\xfe:INFO:lpbig:not utf-8\n"
+            b"w:INFO:lpbig:still served\n"))
+        await wait_until(lambda: len(records) == 7)
+    messages = [r.getMessage() for r in records]
+    assert messages[0] == "x" * 100 + " [truncated]"
+    assert messages[1] == "long\n" + "z" * 95 + " [truncated]"
+    assert messages[2] == "a\nb\nc\n[cut: 5 lines announced, 3 kept]"
+    assert [(r.name, r.getMessage()) for r in records[3:5]] == [("print", "d"),
+                                                               ("print", "e")]
+    assert records[5].source == "\ufffd\ufffd" and messages[5] == "not utf-8"
+    assert messages[6] == "still served"
     await server.stop()
 
 
@@ -149,14 +197,16 @@ async def test_fuzz_then_serves_a_well_behaved_client():
         b"L" * 5000 + b"\n",
         b"ARTIQ logging\nw:INFO:lpfuzz:" + b"x" * 5000 + b"\n",
         b"ARTIQ logging\n" + b"\x00:\x01:\x02:\x03\n" * 20,
+        b"ARTIQ logging\nw:INFO<99999>:lpfuzz:never ends\n",
         b"ARTIQ logging\nw:INFO:lpfuzz:partial line, no newline",
     ] + [b"ARTIQ logging\n" + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 900)))
          for _ in range(30)]
-    with captured("lpfuzz") as records:
+    with captured(REMOTE_LOGGER) as records:
         for payload in payloads:
             await raw_exchange(server.port, payload)
         await raw_exchange(server.port, b"ARTIQ logging\nw:INFO:lpfuzz:well behaved\n")
-        await wait_until(lambda: [r.getMessage() for r in records] == ["well behaved"])
+        await wait_until(lambda: any(r.getMessage() == "well behaved" for r in records))
+    assert not any(r.getMessage() == "wrong banner" for r in records)
     await server.stop()
 
 
@@ -170,23 +220,23 @@ def make_record(name, level, msg, exc_info=None):
 async def test_forwarder_round_trip():
     server = LogServer()
     await server.start(HOST, 0)
-    forwarder = LogForwarder(HOST, server.port, "worker(5,Fit)")
+    forwarder = LogForwarder(HOST, server.port, "ctl(5,Fit)")
     try:
         raise ValueError("bad fit")
     except ValueError:
         exc_info = sys.exc_info()
-    with captured("lpfwd") as records:
+    with captured(REMOTE_LOGGER) as records:
         forwarder.handle(make_record("lpfwd.fit", logging.INFO, "chi2: 1.2"))
         forwarder.handle(make_record("lpfwd", logging.ERROR, "fit failed", exc_info))
         forwarder.handle(make_record("lpfwd.fit", logging.DEBUG, "é ✓"))
         await asyncio.to_thread(forwarder.close)  # sends what is queued, then disconnects
         await wait_until(lambda: len(records) == 3)
-    assert summary(records)[0] == ("worker(5,Fit)", 20, "lpfwd.fit", "chi2: 1.2")
+    assert summary(records)[0] == ("ctl(5,Fit)", 20, "lpfwd.fit", "chi2: 1.2")
     source, level, name, message = summary(records)[1]
-    assert (source, level, name) == ("worker(5,Fit)", 40, "lpfwd")
+    assert (source, level, name) == ("ctl(5,Fit)", 40, "lpfwd")
     assert message.startswith("fit failed\nTraceback (most recent call last):\n")
     assert message.endswith("ValueError: bad fit")
-    assert summary(records)[2] == ("worker(5,Fit)", 10, "lpfwd.fit", "é ✓")
+    assert summary(records)[2] == ("ctl(5,Fit)", 10, "lpfwd.fit", "é ✓")
     assert forwarder.dropped == 0
     await server.stop()
 
@@ -197,7 +247,7 @@ async def test_forwarder_drops_while_the_server_is_down_and_reconnects():
     await server.start(HOST, 0)
     port = server.port
     forwarder = LogForwarder(HOST, port, "w", retry_interval=0.02)
-    with captured("lpre") as records:
+    with captured(REMOTE_LOGGER) as records:
         forwarder.handle(make_record("lpre", logging.INFO, "first"))
         await wait_until(lambda: len(records) == 1)
         await server.stop()
@@ -271,9 +321,10 @@ async def test_broadcast_handler_to_receiver():
     handler = LogBroadcastHandler(broadcaster)
     server = LogServer()
     await server.start(HOST, 0)
-    forwarder = LogForwarder(HOST, server.port, "worker(9,Remote)")
-    with captured("lpbc") as records:
+    forwarder = LogForwarder(HOST, server.port, "ctl(9)")
+    with captured("lpbc") as records, captured(REMOTE_LOGGER) as remote:
         logging.getLogger("lpbc").addHandler(handler)
+        logging.getLogger(REMOTE_LOGGER).addHandler(handler)
         logging.getLogger("lpbc.local").warning("local %d", 1)
         logging.getLogger("lpbc").info("with source", extra={"source": "ctl(x)"})
         thread = threading.Thread(target=logging.getLogger("lpbc.thread").error,
@@ -285,12 +336,14 @@ async def test_broadcast_handler_to_receiver():
         await asyncio.to_thread(forwarder.close)
         await wait_until(lambda: len(messages) == 4)
         logging.getLogger("lpbc").removeHandler(handler)
-    assert len(records) == 4
+        logging.getLogger(REMOTE_LOGGER).removeHandler(handler)
+    assert len(records) == 3 and len(remote) == 1
+    records += remote
     assert [m[:2] + m[3:] for m in messages] == [
         (30, "master", "lpbc.local:local 1"),
         (20, "ctl(x)", "lpbc:with source"),
         (40, "master", "lpbc.thread:from a thread"),
-        (40, "worker(9,Remote)", "lpbc.remote:remote\nline"),
+        (40, "ctl(9)", "lpbc.remote:remote\nline"),
     ]
     assert all(type(m) is tuple and m[2] == r.created for m, r in zip(messages, records))
     await receiver.close()

@@ -20,7 +20,7 @@ from labpipe.experiment import *
 
 class Slow(EnvExperiment):
     def build(self):
-        self.setattr_argument("steps", NumberValue(10, step=1, type="int"))
+        self.setattr_argument("steps", NumberValue(10, step=1, precision=0, type="int"))
 
     def run(self):
         for i in range(self.steps):

@@ -149,7 +149,7 @@ def test_examination_never_runs_a_script(lab):
 CHECKED = """
 class Checked(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, precision=0, type="int"))
         self.setattr_argument("name", StringValue("x"))
         self.setattr_device("laser")
         self.set_dataset("built", True, broadcast=True, persist=True)
@@ -316,7 +316,7 @@ import os, time
 class Progressing(EnvExperiment):
     def build(self):
         self.setattr_device("scheduler")
-        self.setattr_argument("n", NumberValue(10, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(10, step=1, precision=0, type="int"))
         self.setattr_argument("step_s", NumberValue(0.0))
         self.setattr_argument("gate", StringValue(""))
         self.setattr_argument("report", BooleanValue(True))

@@ -180,7 +180,7 @@ from labpipe.experiment import *
 
 class Exp(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, precision=0, type="int"))
         self.setattr_argument("mode", EnumerationValue(["a", "b"], "a"))
         self.setattr_argument("name", StringValue("x"))
         self.setattr_device("dds0")

@@ -307,7 +307,7 @@ class NoDevice(EnvExperiment):
     "badarg": """
 class BadArg(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, precision=0, type="int"))
     def run(self):
         pass
 """,
@@ -404,7 +404,7 @@ def test_argument_values_refused_at_submission(lab):
     lab.experiment("args", """
 class Args(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, type="int"))
+        self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, precision=0, type="int"))
         self.setattr_argument("mode", EnumerationValue(["fast", "slow"], "fast"))
         self.setattr_argument("on", BooleanValue(True))
     def run(self):

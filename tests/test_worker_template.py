@@ -19,7 +19,7 @@ from labpipe.experiment import *
 
 class Trivial(EnvExperiment):
     def build(self):
-        self.setattr_argument("n", NumberValue(1, type="int"))
+        self.setattr_argument("n", NumberValue(1, step=1, precision=0, type="int"))
         self.setattr_device("scheduler")
 
     def run(self):

@@ -127,7 +127,7 @@ def _processor(kind: str, default: Any, device_keys: list[str] | None):
     if kind == "bool":
         return BooleanValue(default)
     if kind == "int":
-        return NumberValue(default, type="int", step=1)
+        return NumberValue(default, precision=0, type="int", step=1)
     if kind == "float":
         return NumberValue(default)
     if kind == "str":

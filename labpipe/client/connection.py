@@ -1,12 +1,16 @@
 """The client's connections to a master: RPC targets on the control port, snapshots
 of notifiers on the notify port, broadcasts followed on the broadcast port. Opened on
-first use, closed at the end; an unreachable master raises ``Unreachable``."""
+first use, closed at the end; an unreachable master raises ``Unreachable``. With
+``--ssl CERT KEY PEER`` every channel is mutual TLS (``labpipe.protocol.tls``); a failed
+handshake is ``Unreachable`` with the likely cause."""
 
 import socket
+import ssl
 
 from labpipe.protocol import pyon
-from labpipe.protocol.rpc import Client
+from labpipe.protocol.rpc import Client, IncompatibleServer
 from labpipe.protocol.sync import apply_mod
+from labpipe.protocol.tls import TLSFiles, client_context, describe_tls_error
 
 __all__ = ["Connection", "Unreachable"]
 
@@ -19,18 +23,44 @@ class Connection:
     """The master's channels, opened on first use and closed at the end."""
 
     def __init__(self, args):
+        """Raises ``tls.TLSConfigError`` (a ValueError) when the ``--ssl`` files are bad."""
         self.args = args
         self._clients = {}
+        files = TLSFiles.from_args(getattr(args, "ssl", None))
+        self._ssl = None if files is None else client_context(files)
+
+    def _closed_at_once(self, port) -> Unreachable:
+        """The master closed a new connection before answering anything."""
+        where = f"{self.args.server}:{port}"
+        if self._ssl is not None:
+            return Unreachable(f"the master at {where} refused the TLS connection: it does "
+                               "not trust this client's certificate (--ssl CERT), or the "
+                               "certificate has expired")
+        return Unreachable(f"the master at {where} closed the connection at once (started "
+                           "with --ssl? then connect with --ssl CERT KEY PEER)")
+
+    def _unreachable(self, port, exc) -> Unreachable:
+        where = f"{self.args.server}:{port}"
+        if isinstance(exc, ssl.SSLError):
+            hint = (" (is the master's certificate in PEER?)"
+                    if isinstance(exc, ssl.SSLCertVerificationError) else "")
+            return Unreachable(f"TLS with the master at {where} failed: "
+                               f"{describe_tls_error(exc)}{hint}")
+        return Unreachable(f"cannot reach the master at {where}: "
+                           f"{getattr(exc, 'strerror', None) or exc}")
 
     def rpc(self, target, timeout=30):
         client = self._clients.get(target)
         if client is None:
             try:
-                client = Client(self.args.server, self.args.port, target, timeout=timeout)
+                client = Client(self.args.server, self.args.port, target, timeout=timeout,
+                                ssl=self._ssl)
+            except IncompatibleServer as exc:
+                if "closed the connection during the handshake" in str(exc):
+                    raise self._closed_at_once(self.args.port) from None
+                raise
             except (OSError, EOFError) as exc:
-                raise Unreachable(f"cannot reach the master at {self.args.server}:"
-                                  f"{self.args.port}: "
-                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+                raise self._unreachable(self.args.port, exc) from None
             self._clients[target] = client
         return client
 
@@ -38,18 +68,31 @@ class Connection:
         """Connect to a line channel; yields its PYON-decoded lines."""
         try:
             sock = socket.create_connection((self.args.server, port), timeout=10)
+            if self._ssl is not None:
+                try:
+                    sock = self._ssl.wrap_socket(sock)
+                except BaseException:
+                    sock.close()
+                    raise
         except OSError as exc:
-            raise Unreachable(f"cannot reach the master at {self.args.server}:{port}: "
-                              f"{exc.strerror or exc}") from None
+            raise self._unreachable(port, exc) from None
         with sock, sock.makefile("rb") as f:
             sock.sendall(f"{banner}\n{name}\n".encode())
             first = True
             while True:
-                line = f.readline()
+                try:
+                    line = f.readline()
+                except ssl.SSLError as exc:
+                    if first:
+                        raise self._unreachable(port, exc) from None
+                    raise
                 if not line:
                     if first:
+                        if self._ssl is not None:
+                            raise self._closed_at_once(port)
                         raise Unreachable(f"the master at {self.args.server}:{port} "
-                                          f"closed the connection (no {name!r} there?)")
+                                          f"closed the connection (no {name!r} there, "
+                                          "or a master started with --ssl?)")
                     raise EOFError("the master closed the connection")
                 if first:
                     sock.settimeout(None)

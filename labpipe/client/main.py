@@ -94,6 +94,10 @@ def get_argparser() -> argparse.ArgumentParser:
                         help="notify port of the master (default: %(default)s)")
     parser.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
                         help="broadcast port of the master (default: %(default)s)")
+    parser.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
+                        help="connect with mutual TLS (a master started with --ssl): "
+                             "CERT and KEY are this client's certificate and key, PEER "
+                             "the master's certificate")
     parser.add_argument("--json", action="store_true",
                         help="print JSON (one document, or one line per update) for scripts")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -465,7 +469,10 @@ def main(argv=None):
     """Run one client command; exits with the code of its outcome."""
     args = get_argparser().parse_args(argv)
     action = _ACTIONS[args.action]
-    master = Connection(args)
+    try:
+        master = Connection(args)
+    except ValueError as exc:  # bad --ssl files
+        _fail(exc, EXIT_USAGE)
     try:
         action(args, master)
     except KeyboardInterrupt:

@@ -2,11 +2,13 @@
 
 For developing experiments: the experiment is built with the device database of the lab
 (``device_db.py``), reads datasets from ``dataset_db.mdb`` when it exists (read-only:
-nothing is written back), and gets a ``scheduler`` that never pauses. With ``-o`` the
-results file is written like the master writes it.
+nothing is written back), and gets a ``scheduler`` that never pauses. What it prints
+shows on the terminal; with ``-o`` the results file is written like the master writes
+it, its ``log`` holding the print lines and the log records shown.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -17,6 +19,7 @@ from labpipe.language.argument_managers import ProcessArgumentManager
 from labpipe.master.devices import DeviceDB
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker.output import PrintStream
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
@@ -58,6 +61,43 @@ def _remote_datasets(path):
     return get
 
 
+class _LogLines(logging.Handler):
+    """Keeps records as the results file's log lines (``LEVEL:name:message``)."""
+
+    def __init__(self, lines: list):
+        super().__init__()
+        self.lines = lines
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            self.lines.append(f"{record.levelname}:{record.name}:{message}")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _kept_in(lines: list):
+    """While the experiment runs: what it prints still shows on the terminal, and its
+    print lines and log records go into lines too (the results file's log)."""
+    def keep(line):
+        lines.append("INFO:print:" + line)
+    saved = sys.stdout, sys.stderr
+    handler = _LogLines(lines)
+    sys.stdout = PrintStream(keep, fileno=1, echo=saved[0])
+    sys.stderr = PrintStream(keep, fileno=2, echo=saved[1])
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sys.stdout, sys.stderr = saved
+
+
 def run(args) -> ExperimentRunner:
     """Build, prepare, run and analyze the experiment of args; returns the runner."""
     expid = {"file": args.file, "class_name": args.class_name,
@@ -70,10 +110,11 @@ def run(args) -> ExperimentRunner:
     runner = ExperimentRunner(rid=0, expid=expid, managers=(
         device_mgr, dataset_mgr, ProcessArgumentManager(expid["arguments"])))
     try:
-        runner.build()
-        runner.prepare()
-        runner.run()
-        runner.analyze()
+        with _kept_in(runner.log_lines):
+            runner.build()
+            runner.prepare()
+            runner.run()
+            runner.analyze()
     finally:
         runner.close()
     if args.hdf5:

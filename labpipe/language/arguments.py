@@ -16,11 +16,18 @@ Values are in SI units: ``NumberValue(5*MHz, unit="MHz")`` has the default 5e6 a
 dashboard shows 5 MHz. Defaults are processed when the processor is made, so a bad
 default fails at once.
 
-Integer or float, as ARTIQ decides it: a ``NumberValue`` of type ``"auto"`` is an integer
-when its precision is 0, its scale 1 and its step an integer (the default step is
-``scale/10``, so ``NumberValue(5)`` is a float and ``NumberValue(5, step=1,
-precision=0)`` an integer). ``type="int"`` asks for an integer: the step then defaults to
-1 and the precision to 0, and a scale other than 1 or a fractional step is refused.
+Integer or float, as ARTIQ decides it: a ``NumberValue`` of type ``"auto"`` (the
+default) is an integer when its precision is 0, its scale 1 and its step an integer (the
+default step is ``scale/10`` and the default precision 2, so ``NumberValue(5)`` is a
+float and ``NumberValue(5, step=1, precision=0)`` an integer). ``type="int"`` asks for
+an integer and, as in ARTIQ, needs exactly those settings: ``NumberValue(5,
+type="int")`` is refused (precision 2, step 0.1); write ``NumberValue(5, precision=0,
+step=1, type="int")``. The procdesc's ``"type"`` is the type the experiment gave
+(``"auto"`` unless it chose), as ARTIQ's is; ``is_int`` is the resolved answer, which a
+client rebuilding the processor from the procdesc gets the same way. The refusals
+(``TypeError`` for a bad ``type``, ``ValueError`` for int-incompatible settings,
+``KeyError`` for an unknown unit) carry ARTIQ's messages word for word, so that an
+experiment file behaves the same under both.
 """
 
 import math
@@ -101,6 +108,12 @@ class _Processor:
         return f"{type(self).__name__}({self.describe()!r})"
 
 
+#: ARTIQ's messages for the NumberValue definitions it refuses (the same words here).
+INVALID_TYPE_MESSAGE = "type must be 'float', 'int' or 'auto'"
+INT_INCOMPATIBLE_MESSAGE = ("Value marked as integer but settings are not compatible. "
+                            "Please set precision = 0, scale = 1 and step to an integer")
+
+
 class NumberValue(_Processor):
     """A number, integer or float, with an optional range.
 
@@ -108,39 +121,37 @@ class NumberValue(_Processor):
     :param unit: the unit shown to users; its scale is looked up when ``scale`` is not
         given (``"MHz"`` -> 1e6).
     :param scale: the factor between the shown value and the value in SI units.
-    :param step: the step of up/down buttons (default ``scale/10``, or 1 for integers).
+    :param step: the step of up/down buttons (default ``scale/10``).
     :param min, max: the allowed range, both included (``None``: unbounded).
-    :param precision: decimals shown (default 2, or 0 for integers).
+    :param precision: decimals shown (default 2).
     :param type: ``"auto"``, ``"int"`` or ``"float"`` (see the module docstring).
     """
 
     ty = "NumberValue"
 
     def __init__(self, default=NoDefault, unit="", *, scale=None, step=None, min=None,
-                 max=None, precision=None, type="auto", ndecimals=None):
-        if type not in ("auto", "int", "float"):
-            raise ValueError(f"NumberValue type must be 'auto', 'int' or 'float', "
-                             f"not {type!r}")
+                 max=None, precision=2, type="auto", ndecimals=None):
         precision = _deprecated_ndecimals(precision, ndecimals)
-        want_int = type == "int"
         self.unit = unit
         self.scale = unit_scale(unit) if scale is None else scale
-        self.step = step if step is not None else (1 if want_int else self.scale / 10)
-        self.precision = precision if precision is not None else (0 if want_int else 2)
+        self.step = self.scale / 10 if step is None else step
+        self.precision = precision
         self.min = min
         self.max = max
         self.type = type
+        if type not in ("auto", "float", "int"):
+            raise TypeError(INVALID_TYPE_MESSAGE)
+        if type == "int" and not self._int_compatible():
+            raise ValueError(INT_INCOMPATIBLE_MESSAGE)
         if min is not None and max is not None and min > max:
             raise ValueError(f"NumberValue min {min!r} is above max {max!r}")
-        if want_int and not self._int_compatible():
-            raise ValueError(
-                f"NumberValue(type='int') needs scale 1, an integer step and precision 0 "
-                f"(got scale={self.scale!r}, step={self.step!r}, "
-                f"precision={self.precision!r})")
         super().__init__(default)
 
     def _int_compatible(self) -> bool:
-        step_is_int = math.isfinite(self.step) and self.step == int(self.step)
+        try:
+            step_is_int = int(self.step) == self.step
+        except (TypeError, ValueError, OverflowError):
+            step_is_int = False
         return self.precision == 0 and self.scale == 1 and step_is_int
 
     @property
@@ -167,8 +178,7 @@ class NumberValue(_Processor):
     def describe(self) -> dict:
         desc = super().describe()
         desc.update(unit=self.unit, scale=self.scale, step=self.step, min=self.min,
-                    max=self.max, precision=self.precision,
-                    type="int" if self.is_int else "float")
+                    max=self.max, precision=self.precision, type=self.type)
         return desc
 
 

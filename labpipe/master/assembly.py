@@ -12,20 +12,24 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from labpipe.config import LabConfig, load_config
 from labpipe.master.datasets import DatasetDB
-from labpipe.master.devices import DeviceDB
+from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
 from labpipe.master.interactive import InteractiveArgDB
+from labpipe.master.lab_lock import LabLock
+from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
+from labpipe.master.process_records import ProcessRecords, end_leftovers
 from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
-from labpipe.master.targets import (DATASET_DB_METHODS, INTERACTIVE_ARG_DB_METHODS,
-                                    SCHEDULE_METHODS, Target)
+from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
-from labpipe.protocol.logs import LogBroadcastHandler, LogServer
+from labpipe.protocol.logs import LogBroadcastHandler, LogServer, emit_remote
 from labpipe.protocol.rpc import Server
 from labpipe.protocol.sync import Publisher
+from labpipe.protocol.tls import TLSFiles, server_context
 from labpipe.worker import launcher
 from labpipe.worker.devices import follow_aliases
 
@@ -54,6 +58,10 @@ class MasterOptions:
     build_timeout: float | None = 60.0
     term_timeout: float = 2.0
     kill_timeout: float = 2.0
+    config: LabConfig | None = None
+    """The lab's configuration; None: read ``labpipe.toml`` from lab_dir at start."""
+    #: ``--ssl CERT KEY PEER``: mutual TLS on all four ports (None: plain TCP).
+    tls: TLSFiles | None = None
 
 
 class MasterManagement:
@@ -86,6 +94,8 @@ class Master:
         self.terminate_requested = asyncio.Event()
         self.servers = {}
         self._log_handler = None
+        self._lab_lock: LabLock | None = None
+        self._process_records: ProcessRecords | None = None
 
     def _path(self, path):
         return os.path.join(self.options.lab_dir, path)
@@ -93,18 +103,24 @@ class Master:
     async def start(self):
         """Load everything, start the servers; returns when the master serves."""
         o = self.options
-        self.device_db = DeviceDB(self._path(o.device_db))
+        # bad TLS files stop the master before anything else starts
+        self.tls = None if o.tls is None else o.tls.relative_to(o.lab_dir)
+        ssl_context = None if self.tls is None else server_context(self.tls)
+        await self._claim_lab()
+        self.config = o.config if o.config is not None else load_config(o.lab_dir)
+        self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
         if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
             await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
         await asyncio.to_thread(launcher.warm_up)
-        self.dataset_db = DatasetDB(self._path(o.dataset_db))
+        self.dataset_db = await asyncio.to_thread(DatasetDB, self._path(o.dataset_db))
         backend_cls = GitBackend if o.git else FilesystemBackend
         self.repository = backend_cls(self._path(o.repository))
         self.experiment_db = ExperimentDB(
             o.lab_dir, self.repository, o.experiment_subdir,
-            device_keys=lambda: self.device_db.get_device_db().keys())
+            device_keys=lambda: self.device_db.get_device_db().keys(), config=self.config)
         self.interactive_db = InteractiveArgDB()
-        self.schedule_store = ScheduleStore(self._path(o.schedule_db))
+        self.schedule_store = await asyncio.to_thread(ScheduleStore,
+                                                      self._path(o.schedule_db))
         self.scheduler = Scheduler(
             RIDCounter(self._path("last_rid.pyon")),
             SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
@@ -115,8 +131,12 @@ class Master:
         self.scheduler.explist = self.experiment_db.explist
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
-        self.history = History(self._path(o.history_db), o.lab_dir, self.scheduler)
+        self.history = await asyncio.to_thread(History, self._path(o.history_db),
+                                               o.lab_dir, self.scheduler)
         self.scheduler.on_run_end.append(self.history.on_run_end)
+        # never a RID again that history holds (last_rid.pyon may be torn, or older)
+        self.scheduler.rid_counter.reserve_up_to(max(self.history.notifier.raw_view,
+                                                     default=-1))
         # queue control: ETAs from history, device conflicts through aliases
         self.scheduler.progress.history = self.history
         self.scheduler.queue.resolve_device = lambda key: follow_aliases(
@@ -138,15 +158,17 @@ class Master:
             "pipelines": self.scheduler.queue.states.notifier,
             "history": self.history.notifier,
         }
-        self.targets = {
-            "schedule": Target(self.scheduler, SCHEDULE_METHODS),
+        exposed = {
+            "schedule": self.scheduler,
             "experiment_db": self.experiment_db.rpc_target,
-            "dataset_db": Target(self.dataset_db, DATASET_DB_METHODS),
-            "device_db": self.device_db,
-            "interactive_arg_db": Target(self.interactive_db, INTERACTIVE_ARG_DB_METHODS),
+            "dataset_db": self.dataset_db,
+            "device_db": DeviceDBTarget(self.device_db),
+            "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
         }
+        # every argument of every method is checked (targets.SPECS) before it runs
+        self.targets = {name: Target(obj, name, SPECS[name]) for name, obj in exposed.items()}
         self.servers = {
             "notify": (Publisher(self.notifiers), o.port_notify),
             "control": (Server(self.targets, description="labpipe master"), o.port_control),
@@ -154,10 +176,26 @@ class Master:
             "broadcast": (self.broadcaster, o.port_broadcast),
         }
         for server, port in self.servers.values():
-            await server.start(o.bind, port)
+            await server.start(o.bind, port, ssl=ssl_context)
         # the push hook needs the control port, so the repository comes after the ports
-        await self.experiment_db.start(control_port=self.port("control"),
-                                       control_host=o.bind[0])
+        await self.experiment_db.start(
+            control_port=self.port("control"), control_host=o.bind[0],
+            control_tls=None if self.tls is None else self.tls.for_own_server())
+        self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
+
+    async def _claim_lab(self):
+        """Lock the lab (before any state is touched), end what a previous master left
+        running, and record from now on the processes this one starts."""
+        o = self.options
+        lock = LabLock(o.lab_dir)
+        lock.acquire()  # LabBusy: nothing was touched
+        self._lab_lock = lock
+        lock.describe(o.bind, {"control": o.port_control, "notify": o.port_notify,
+                               "logging": o.port_logging, "broadcast": o.port_broadcast})
+        path = self._path(PROCESSES_FILE)
+        await asyncio.to_thread(end_leftovers, path)
+        self._process_records = ProcessRecords(path)
+        launcher.on_process_started = self._process_records.add
 
     def port(self, channel: str) -> int:
         """The port a channel (notify, control, logging, broadcast) listens on."""
@@ -179,13 +217,22 @@ class Master:
             logging.getLogger().removeHandler(self._log_handler)
         await asyncio.to_thread(launcher.discard_spares)
         if hasattr(self, "dataset_db"):
-            self.dataset_db.close()
+            await asyncio.to_thread(self.dataset_db.close)  # joins its writer thread
+        # closing waits for a commit under way: in threads
         if hasattr(self, "history"):
-            self.history.close()
+            await asyncio.to_thread(self.history.close)
         if hasattr(self, "schedule_store"):
-            self.schedule_store.close()
+            await asyncio.to_thread(self.schedule_store.close)
         if hasattr(self, "repository"):
             self.repository.close()
+        if self._process_records is not None:
+            if launcher.on_process_started == self._process_records.add:
+                launcher.on_process_started = None
+            # every run was stopped: what still runs (a template shared by masters of
+            # this process) ends with this process, never to be killed by the next
+            await asyncio.to_thread(self._process_records.clear)
+        if self._lab_lock is not None:
+            self._lab_lock.release()
 
     # --- what a run's worker may ask of the master ---------------------------------
 
@@ -193,13 +240,11 @@ class Master:
         scheduler = self.scheduler
 
         def log(msg):
-            name = msg.get("name") or "worker"
-            record = logging.getLogger(name).makeRecord(
-                name, msg.get("levelno", logging.INFO), "(worker)", 0, msg.get("message", ""),
-                None, None)
-            record.created = msg.get("created", time.time())
-            record.source = scheduler.source_of(run)
-            logging.getLogger(name).handle(record)
+            # one logger for every name the experiment chose (none created per name);
+            # the run's log_level filtered these already
+            emit_remote(scheduler.source_of(run), msg.get("levelno", logging.INFO),
+                        msg.get("name") or "worker", str(msg.get("message", "")),
+                        created=msg.get("created", time.time()), check_level=False)
 
         def get_dataset(msg):
             key = msg["key"]

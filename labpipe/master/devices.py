@@ -22,10 +22,15 @@ Accepted entries (``wire-compat.md``):
   warning (it fails when used); an alias loop is refused.
 
 Other keys in an entry are kept and published as they are.
+
+``DeviceDBTarget(ddb)`` is the ``device_db`` RPC target: the same methods, but its
+``scan`` is a coroutine that runs the file in a thread (a slow ``device_db.py`` must
+not stop the master from answering) and publishes on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import runpy
@@ -37,7 +42,7 @@ from labpipe.protocol.sync import Notifier
 from labpipe.worker.devices import (DeviceAliasLoopError, DeviceNotFoundError,
                                     follow_aliases)
 
-__all__ = ["DeviceDB", "DeviceDBError", "DeviceNotFoundError", "DeviceAliasLoopError"]
+__all__ = ["DeviceDB", "DeviceDBTarget", "DeviceDBError", "DeviceNotFoundError", "DeviceAliasLoopError"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +157,17 @@ class DeviceDB:
 
     def scan(self) -> None:
         """Reload the file and publish the differences (rules in the module docstring)."""
+        self._publish(*self._load_for_scan())
+
+    def _load_for_scan(self) -> tuple[dict, dict[str, str]]:
+        """Run and check the file for a scan (thread-safe: publishes nothing)."""
         try:
-            new, encoded = self._load()
+            return self._load()
         except DeviceDBError as e:
             raise DeviceDBError(f"{e}; the previous device database stays in force") from None
+
+    def _publish(self, new: dict, encoded: dict[str, str]) -> None:
+        """Publish the differences between the database in force and new."""
         old = self.data.raw_view
         for key in [key for key in old if key not in new]:
             self._encoded.pop(key, None)
@@ -178,3 +190,25 @@ class DeviceDB:
             return device_db[key]
         except (KeyError, TypeError):
             raise DeviceNotFoundError(f"device {key!r} is not in the device database") from None
+
+
+class DeviceDBTarget:
+    """The ``device_db`` RPC target (see the module docstring)."""
+
+    def __init__(self, ddb: DeviceDB):
+        self._ddb = ddb
+        self._scan_lock = asyncio.Lock()
+
+    async def scan(self) -> None:
+        """Reload ``device_db.py`` (in a thread) and publish the differences."""
+        async with self._scan_lock:  # scans publish in the order they read the file
+            loaded = await asyncio.to_thread(self._ddb._load_for_scan)
+            self._ddb._publish(*loaded)
+
+    def get_device_db(self) -> dict:
+        """The whole device database."""
+        return self._ddb.get_device_db()
+
+    def get(self, key: str, resolve_alias: bool = False) -> Any:
+        """The entry of key; with resolve_alias, the entry an alias chain leads to."""
+        return self._ddb.get(key, resolve_alias)

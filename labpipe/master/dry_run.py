@@ -42,7 +42,12 @@ def _handlers(scheduler) -> dict:
 
 async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
     """The problems of a submission; see the module docstring."""
+    from labpipe.master.repository.db import caller
     from labpipe.master.scheduler import validate_submission
+    logger.info("validate(%r, file %r%s) called by %s", pipeline_name,
+                expid.get("file") if isinstance(expid, dict) else None,
+                ", with content" if isinstance(expid, dict) and "content" in expid else "",
+                caller())
     try:
         validate_submission(pipeline_name, expid, 0, None, False)
     except (TypeError, ValueError) as e:

@@ -6,7 +6,9 @@ bytes big-endian), valued by the PYON text of the record:
 
 ``{"rid", "expid", "pipeline", "class_name", "priority", "due_date", "flush", "status",
 "repo_rev", "submitted", "stages": {stage: {"start": t, "end": t}}, "ended", "error",
-"results"}`` (``class_name``: the class that ran, when known)
+"results", "content"}`` (``class_name``: the class that ran, when known; ``content``:
+``{"sha256": hex, "size": bytes}`` of the UTF-8 text of a run submitted by content,
+else None)
 
 - ``status``: ``completed``, ``failed``, ``terminated``, ``deleted`` or ``interrupted``
   (the master stopped while the run was past pending);
@@ -23,6 +25,7 @@ notifier ``{rid: record}`` holds the most recent ``NOTIFIER_SIZE`` records.
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import struct
@@ -41,6 +44,15 @@ logger = logging.getLogger(__name__)
 NOTIFIER_SIZE = 1000
 #: What resubmit(rid, overrides) may change besides the expid's own keys.
 _SCHEDULING_OVERRIDES = {"pipeline", "priority", "due_date", "flush"}
+
+
+def content_fingerprint(expid) -> dict | None:
+    """``{"sha256", "size"}`` of a submitted content's UTF-8 text, None without one."""
+    content = expid.get("content") if isinstance(expid, dict) else None
+    if not isinstance(content, str):
+        return None
+    data = content.encode("utf-8", "surrogatepass")
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def _stages(stage_times: dict, ended: float) -> dict:
@@ -95,7 +107,8 @@ class History:
                 "status": end.status, "repo_rev": run.repo_rev,
                 "submitted": run.submitted, "stages": _stages(run.stage_times, ended),
                 "ended": ended, "error": end.error,
-                "results": self._relative(end.results)}
+                "results": self._relative(end.results),
+                "content": content_fingerprint(run.expid)}
 
     async def on_run_end(self, run, end):
         """A run left the schedule: its record goes to disk, then to the notifier."""

@@ -34,6 +34,10 @@ def get_argparser() -> argparse.ArgumentParser:
                      help="logging port (default: %(default)s)")
     net.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
                      help="broadcast port (default: %(default)s)")
+    net.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
+                     help="mutual TLS on every port: CERT and KEY are the master's "
+                          "certificate and unencrypted key (PEM), PEER the client "
+                          "certificate(s) to trust")
     lab = parser.add_argument_group("lab")
     lab.add_argument("-r", "--repository", default="repository",
                      help="experiment repository (default: %(default)s)")
@@ -64,18 +68,17 @@ def _setup_logging(args):
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    handlers[0].setLevel(level)
+    handlers = [(logging.StreamHandler(sys.stderr), level)]
     if args.log_file:
         try:
-            handlers.append(logging.FileHandler(args.log_file))
+            handlers.append((logging.FileHandler(args.log_file), min(level, logging.INFO)))
         except OSError as exc:
             raise OSError(f"cannot open the log file {args.log_file}: "
                           f"{exc.strerror or exc}") from None
-        handlers[-1].setLevel(min(level, logging.INFO))
-    for handler in handlers:
+    for handler, handler_level in handlers:
         handler.setFormatter(fmt)
         handler.addFilter(_default_source)
+        handler.addFilter(_SourceLevel(handler_level))
         root.addHandler(handler)
 
 
@@ -85,8 +88,20 @@ def _default_source(record):
     return True
 
 
+class _SourceLevel:
+    """The master's own records from ``level`` up; records of runs and peers (print
+    lines included) all, as ARTIQ's master shows them: their sources filtered them."""
+
+    def __init__(self, level: int):
+        self.level = level
+
+    def filter(self, record) -> bool:
+        return record.levelno >= self.level or record.source != "master"
+
+
 def _options(args):
     from labpipe.master.assembly import MasterOptions
+    from labpipe.protocol.tls import TLSFiles
     bind = args.bind or ["127.0.0.1", "::1"]
     if "*" in bind:
         bind = ["0.0.0.0", "::"]
@@ -96,7 +111,7 @@ def _options(args):
         repository=args.repository, git=args.git, experiment_subdir=args.experiment_subdir,
         device_db=args.device_db, dataset_db=args.dataset_db, name=args.name,
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
-        kill_timeout=args.term_timeout)
+        kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl))
 
 
 async def _serve(options):
@@ -109,7 +124,8 @@ async def _serve(options):
         await master.start()
         ports = ", ".join(f"{name} {master.port(name)}"
                           for name in ("control", "notify", "broadcast", "logging"))
-        print(f"labpipe-master ready on {', '.join(options.bind)}: {ports}", flush=True)
+        tls = " with TLS" if options.tls is not None else ""
+        print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
         await master.terminate_requested.wait()
         logger.info("shutting down")
     finally:

@@ -10,14 +10,21 @@ fsynced, and the RID becomes durable with the submission's commit to the store, 
 keeps the highest RID given out (``ScheduleStore.last_rid``). At start the scheduler
 reserves RIDs up to that value too (``reserve_up_to``), so a ``last_rid.pyon`` that lost
 its last writes (power loss), is older, or is missing does not make RIDs repeat.
+
+A torn or garbled ``last_rid.pyon`` (empty, truncated, not an integer) is not fatal:
+one warning, and the counter starts from nothing; the master then reserves RIDs up to
+the highest in ``schedule.mdb`` (``meta/last_rid``) and ``history.mdb``.
 """
 
 import asyncio
+import logging
 import os
 
 from labpipe.protocol import pyon
 
 __all__ = ["RIDCounter"]
+
+logger = logging.getLogger(__name__)
 
 
 class RIDCounter:
@@ -26,9 +33,7 @@ class RIDCounter:
 
     def __init__(self, path: str = "last_rid.pyon"):
         self.path = path
-        self._last = pyon.load_file(path) if os.path.exists(path) else -1
-        if not isinstance(self._last, int):
-            raise ValueError(f"{path}: expected an integer RID, found {self._last!r}")
+        self._last = _load(path)
         self._lock = asyncio.Lock()
 
     @property
@@ -42,10 +47,30 @@ class RIDCounter:
         durable itself (the schedule store's commit) before acknowledging it."""
         async with self._lock:
             rid = self._last + 1
-            await asyncio.to_thread(pyon.store_file, self.path, rid, durable)
+            try:
+                await asyncio.to_thread(pyon.store_file, self.path, rid, durable)
+            except OSError as e:  # a full disk, say: which file, and why
+                raise OSError(e.errno, f"cannot write the next RID to {self.path}: "
+                                       f"{e.strerror or e}") from None
             self._last = rid
             return rid
 
     def reserve_up_to(self, rid: int):
         """Never give out RIDs up to rid again (used when restoring a saved schedule)."""
         self._last = max(self._last, rid)
+
+
+def _load(path: str) -> int:
+    """The RID in path; -1 when missing, or (with a warning) torn or garbled."""
+    if not os.path.exists(path):
+        return -1
+    try:
+        last = pyon.load_file(path)
+        if isinstance(last, bool) or not isinstance(last, int) or last < -1:
+            raise ValueError(f"expected an integer RID, found {last!r:.50}")
+        return last
+    except Exception as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        logger.warning("%s is torn or garbled (%s): RIDs resume after the highest one "
+                       "in schedule.mdb and history.mdb", path, reason)
+        return -1

@@ -331,12 +331,15 @@ class Scheduler:
 
     async def _finish_run_end(self, run: Run, awaitables: list):
         try:
+            kept = False
             for awaitable in awaitables:
                 try:
                     await awaitable
                 except Exception:
                     logger.exception("RID %d: run-end listener failed", run.rid)
-            if self.store is not None:
+                    kept = True  # (history not on disk?) the stored run stays, to
+                    # come back as interrupted at the next start rather than vanish
+            if self.store is not None and not kept:
                 try:
                     await self.store.remove(run.rid)
                 except Exception:

@@ -1,26 +1,187 @@
-"""What the control port exposes: exactly the listed methods of each master object.
+"""What the control port exposes: exactly the listed methods of each master object,
+each argument checked against its spec before the method runs.
 
 The RPC server calls any public callable of a target, so the master never registers its
 internal objects themselves (a client could otherwise call ``Scheduler.stop`` or
 ``DatasetDB.close``); it registers a ``Target`` that forwards only the methods of
-wire-compat.md and labpipe's documented additions.
+wire-compat.md ("Targets and methods") and labpipe's documented additions
+(``docs/queue-control.md``, the ``history`` target, ``submit_plan``).
+
+``SPECS`` is the table of every target's methods and their parameters
+(``params.Param``): the name, the check (type and range) and the default, which must
+match the method's own signature (``Target`` refuses to start otherwise). A call whose
+arguments do not fit gets a one-line ``TypeError``/``ValueError`` naming the
+parameter, the value and what is allowed, and the method never runs. Adding a method
+to a target means adding its spec here. Types follow what ARTIQ's clients send:
+``due_date`` None or a finite number, ``priority`` an int, ``flush`` a bool,
+``pipeline_name`` a non-empty str, RIDs ints (not bools, floats or numpy integers).
 """
 
-__all__ = ["Target", "SCHEDULE_METHODS", "DATASET_DB_METHODS", "INTERACTIVE_ARG_DB_METHODS"]
+from __future__ import annotations
 
-#: ARTIQ's schedule methods, then labpipe's (plans, queue control, dry runs).
-SCHEDULE_METHODS = ("submit", "delete", "request_termination", "get_status", "check_pause",
-                    "check_termination", "submit_plan", "change", "hold", "release",
-                    "set_device_check", "validate")
-DATASET_DB_METHODS = ("get", "get_metadata", "set", "update", "delete")
-INTERACTIVE_ARG_DB_METHODS = ("supply", "cancel")
+import functools
+import inspect
+from typing import Any
+
+from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Int, Mapping,
+                                   Method, Number, OneOf, Optional, Param, Path,
+                                   PyonValue, Record, Sequence, Str)
+
+__all__ = ["Target", "SPECS", "TargetSpecError"]
+
+# --- the vocabulary -------------------------------------------------------------------
+
+NAME_MAX = 1024           # pipeline names, dataset and device keys, class names
+REV_MAX = 1024            # repository revisions (commit ids, ref names)
+CONTENT_MAX = 4 << 20     # submitted source text, characters
+ITEMS_MAX = 10_000        # arguments, metadata, overrides... per dict
+MAX_TIMEOUT = 30 * 86400  # seconds a call may ask to wait
+
+RID = Int(0, INT64_MAX, what="a RID (an int)")
+#: delete and request_termination ignore RIDs that are not scheduled (ARTIQ)
+ANY_RID = Int(INT64_MIN, INT64_MAX, what="a RID (an int)")
+PRIORITY = Int(INT64_MIN, INT64_MAX)
+TIME = Number(what="a finite number (UNIX time)")
+TIMEOUT = Number(0, MAX_TIMEOUT, what="a finite number of seconds")
+BOOL = Bool()
+PIPELINE = Str(NAME_MAX, 1)
+NAME = Str(NAME_MAX, 1)
+KEY = Str(NAME_MAX, 1)
+REV = Str(REV_MAX, 1)
+VALUE = PyonValue()
+ARGUMENTS = Mapping(Str(NAME_MAX, 1), VALUE, ITEMS_MAX)
+LOG_LEVEL = Int(-2 ** 31, 2 ** 31 - 1)
+
+#: wire-compat.md "Experiment ids"
+EXPID_FIELDS = {
+    "file": Path(),
+    "class_name": Optional(NAME),
+    "arguments": ARGUMENTS,
+    "log_level": LOG_LEVEL,
+    "repo_rev": Optional(REV),
+    "content": Str(CONTENT_MAX),
+    "devarg_override": Mapping(Str(NAME_MAX, 1), VALUE, ITEMS_MAX),
+}
+EXPID = Record(EXPID_FIELDS)
+#: history.resubmit: scheduling fields and expid keys
+OVERRIDES = Record({"pipeline": PIPELINE, "priority": PRIORITY, "due_date": Optional(TIME),
+                    "flush": BOOL, **EXPID_FIELDS})
+#: dataset_db.update: a mod of the datasets notifier
+MOD = Record({"action": OneOf(("setitem", "delitem", "append", "insert", "pop")),
+              "path": Sequence(VALUE, 64, tuples=False), "key": VALUE, "value": VALUE,
+              "x": VALUE, "i": Int()}, required=("action", "path"))
+
+
+def _p(name: str, check, default: Any = REQUIRED) -> Param:
+    return Param(name, check, default)
+
+
+# --- the table -------------------------------------------------------------------------
+
+SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
+    "schedule": {
+        # ARTIQ's
+        "submit": (_p("pipeline_name", PIPELINE), _p("expid", EXPID),
+                   _p("priority", PRIORITY, 0), _p("due_date", Optional(TIME), None),
+                   _p("flush", BOOL, False)),
+        "delete": (_p("rid", ANY_RID),),
+        "request_termination": (_p("rid", ANY_RID),),
+        "get_status": (),
+        "check_pause": (_p("rid", RID),),
+        "check_termination": (_p("rid", RID),),
+        # labpipe's (docs/queue-control.md, README "submit_plan")
+        "submit_plan": (_p("pipeline_name", PIPELINE), _p("name", NAME),
+                        _p("args", Sequence(VALUE, ITEMS_MAX), ()),
+                        _p("kwargs", Optional(ARGUMENTS), None),
+                        _p("priority", PRIORITY, 0), _p("due_date", Optional(TIME), None),
+                        _p("file", Optional(Path(min_len=1)), None)),
+        "change": (_p("rid", RID), _p("priority", Optional(PRIORITY), None),
+                   _p("due_date", Optional(TIME), None),
+                   _p("pipeline_name", Optional(PIPELINE), None),
+                   _p("arguments", Optional(ARGUMENTS), None),
+                   _p("flush", Optional(BOOL), None)),
+        "hold": (_p("pipeline_name", PIPELINE),),
+        "release": (_p("pipeline_name", PIPELINE),),
+        "set_device_check": (_p("pipeline_name", PIPELINE), _p("enabled", BOOL)),
+        "validate": (_p("pipeline_name", PIPELINE), _p("expid", EXPID)),
+    },
+    "experiment_db": {
+        "scan_repository": (_p("new_cur_rev", Optional(REV), None),),
+        "scan_repository_async": (_p("new_cur_rev", Optional(REV), None),),
+        "examine": (_p("filename", Path(min_len=1)), _p("use_repository", BOOL, True),
+                    _p("revision", Optional(REV), None)),
+        "list_directory": (_p("directory", Path()),),
+        "root": (),
+    },
+    "dataset_db": {
+        "get": (_p("key", KEY),),
+        "get_metadata": (_p("key", KEY),),
+        "set": (_p("key", KEY), _p("value", VALUE), _p("persist", Optional(BOOL), None),
+                _p("metadata", Optional(Mapping(Str(NAME_MAX), VALUE, ITEMS_MAX)), None)),
+        "update": (_p("mod", MOD),),
+        "delete": (_p("key", KEY),),
+    },
+    "device_db": {
+        "scan": (),
+        "get_device_db": (),
+        "get": (_p("key", KEY), _p("resolve_alias", BOOL, False)),
+    },
+    "interactive_arg_db": {
+        "supply": (_p("rid", RID), _p("values", ARGUMENTS)),
+        "cancel": (_p("rid", RID),),
+    },
+    "master_management": {
+        "get_name": (),
+        "terminate": (),
+    },
+    "history": {
+        "get": (_p("rid", RID),),
+        "list": (_p("limit", Int(0, 10_000), 100), _p("before_rid", Optional(RID), None)),
+        "resubmit": (_p("rid", RID), _p("overrides", Optional(OVERRIDES), None)),
+        "wait": (_p("rid", RID), _p("timeout", Optional(TIMEOUT), None)),
+    },
+}
+
+
+class TargetSpecError(Exception):
+    """A spec does not match the method it describes (a programming error)."""
+
+
+def _check_signature(label: str, method, params: tuple[Param, ...]) -> None:
+    """The spec's names and defaults must be the method's own."""
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError) as exc:
+        raise TargetSpecError(f"{label}: no signature to check the spec against") from exc
+    own = [(p.name, REQUIRED if p.default is p.empty else p.default)
+           for p in signature.parameters.values()]
+    spec = [(p.name, p.default) for p in params]
+    if own != spec:
+        raise TargetSpecError(f"{label}: the spec {spec} does not match the method's "
+                              f"parameters {own}")
+
+
+def _checked(label: str, method, params: tuple[Param, ...]):
+    spec = Method(label, params)
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        spec.bind(args, kwargs)
+        return method(*args, **kwargs)
+    return call
 
 
 class Target:
-    """An RPC target forwarding exactly ``methods`` of ``obj`` (with their signatures
-    and docstrings, for ``get_rpc_method_list``)."""
+    """An RPC target forwarding exactly the methods of ``specs`` (name -> params) of
+    ``obj`` (with their signatures and docstrings, for ``get_rpc_method_list``), each
+    call's arguments checked first. ``name`` prefixes refusals (``schedule.submit:
+    ...``). Refuses to be built if a spec does not match its method's signature."""
 
-    def __init__(self, obj, methods, doc: str | None = None):
-        for name in methods:
-            setattr(self, name, getattr(obj, name))
+    def __init__(self, obj: object, name: str, specs: dict[str, tuple[Param, ...]],
+                 doc: str | None = None):
+        for method_name, params in specs.items():
+            label = f"{name}.{method_name}"
+            method = getattr(obj, method_name)
+            _check_signature(label, method, params)
+            setattr(self, method_name, _checked(label, method, params))
         self.__doc__ = doc if doc is not None else type(obj).__doc__

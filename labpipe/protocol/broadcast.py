@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 from typing import Any, Callable
 
 from . import pyon
@@ -55,10 +56,11 @@ class Broadcaster(AsyncioServer):
         self._outboxes: dict[str, set[Outbox]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0):
-        """Start listening."""
+    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
+                    ssl: _ssl.SSLContext | None = None):
+        """Start listening (TLS with ``ssl``, a server SSLContext)."""
         self._loop = asyncio.get_running_loop()
-        await super().start(host, port)
+        await super().start(host, port, ssl=ssl)
 
     def receiver_count(self, channel: str) -> int:
         """How many receivers listen on channel now."""
@@ -115,9 +117,10 @@ class Receiver(LineClient):
         self.channel = channel
         self.notify_cbs = list(notify_cb) if isinstance(notify_cb, list) else [notify_cb]
 
-    async def connect(self, host: str, port: int) -> None:
-        """Connect and start receiving."""
-        await self._connect(host, port)
+    async def connect(self, host: str, port: int,
+                      ssl: _ssl.SSLContext | None = None) -> None:
+        """Connect and start receiving (``ssl``: a client SSLContext for a TLS master)."""
+        await self._connect(host, port, ssl=ssl)
 
     def _handle(self, text):
         obj = pyon.decode(text)

@@ -53,10 +53,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import functools
 import inspect
 import logging
 import socket
+import ssl as _ssl
 import threading
 import traceback
 from typing import Any
@@ -64,7 +66,12 @@ from typing import Any
 from labpipe.protocol import pyon
 from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, LineTooLong, read_line
 
-__all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer"]
+__all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
+           "current_peer"]
+
+#: The peer address (``writer.get_extra_info("peername")``) of the RPC connection whose
+#: call is running, for a target method that logs its caller; None outside a call.
+current_peer: contextvars.ContextVar = contextvars.ContextVar("rpc_peer", default=None)
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +329,7 @@ class Server(AsyncioServer):
     async def _handle_connection_cr(self, reader: asyncio.StreamReader,
                                     writer: asyncio.StreamWriter):
         peer = writer.get_extra_info("peername")
+        current_peer.set(peer)  # this connection's task only
         if await read_line(reader) != BANNER:
             return
         await _write_line(writer, pyon.encode({
@@ -411,13 +419,20 @@ class Client:
     """Blocking pc_rpc client: ``Client(host, port, "target").method(*args, **kwargs)``.
 
     ``target_name=None`` selects the server's only target. ``timeout`` (seconds, None
-    for none) bounds the connection and each reply. Use as a context manager or call
+    for none) bounds the connection and each reply. ``ssl``: a client SSLContext
+    (``tls.client_context``) for a TLS server. Use as a context manager or call
     ``close_rpc()``. Safe to share between threads (calls are serialised).
     """
 
     def __init__(self, host: str, port: int, target_name: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, *, ssl: _ssl.SSLContext | None = None):
         self._socket = socket.create_connection((host, port), timeout)
+        if ssl is not None:
+            try:
+                self._socket = ssl.wrap_socket(self._socket)
+            except BaseException:
+                self._socket.close()
+                raise
         self._buffer = bytearray()
         self._lock = threading.Lock()
         try:
@@ -513,11 +528,13 @@ class AsyncClient:
         self._description: str | None = None
         self._target: str | None = None
 
-    async def connect_rpc(self, host: str, port: int, target_name: str | None = None):
-        """Connect and select target_name (None: the server's only target)."""
+    async def connect_rpc(self, host: str, port: int, target_name: str | None = None,
+                          *, ssl: _ssl.SSLContext | None = None):
+        """Connect and select target_name (None: the server's only target); ``ssl``: a
+        client SSLContext (``tls.client_context``) for a TLS server."""
         self.close_rpc()
         self._reader, self._writer = await asyncio.open_connection(
-            host, port, limit=self._max_line_length)
+            host, port, ssl=ssl, limit=self._max_line_length)
         try:
             await self._send(BANNER)
             self._targets, self._description = _parse_server_id(await read_line(self._reader))

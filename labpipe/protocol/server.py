@@ -11,11 +11,17 @@ server the same lifecycle and the same defences:
   ``read_line`` and the subclass closes that one connection; nothing else is affected.
 - A connection handler that raises is logged and its connection closed; the server
   keeps serving.
+- ``start(..., ssl=context)`` (a ``tls.server_context``) makes every connection mutual
+  TLS from its first byte: the handshake comes before the banner, and a refused peer is
+  logged and closed by ``tls.TLSAcceptor`` before the subclass sees it.
 """
 
 import asyncio
 import socket
 import logging
+import ssl as _ssl
+
+from .tls import TLSAcceptor
 
 __all__ = ["AsyncioServer", "LineTooLong", "read_line", "MAX_LINE_LENGTH"]
 
@@ -54,9 +60,14 @@ class AsyncioServer:
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task] = set()
         self.port: int | None = None
+        self._tls: TLSAcceptor | None = None
 
-    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0):
-        """Bind host (an address or a list of them) on port and start serving."""
+    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
+                    ssl: _ssl.SSLContext | None = None):
+        """Bind host (an address or a list of them) on port and start serving;
+        with ``ssl`` (a server SSLContext) every connection is TLS."""
+        if ssl is not None:
+            self._tls = TLSAcceptor(ssl, f"{type(self).__name__} on port {port}")
         hosts = [host] if isinstance(host, str) else list(host)
         if not hosts:
             raise ValueError("no address to bind")
@@ -75,6 +86,8 @@ class AsyncioServer:
             await self.stop()
             raise
         self.port = port
+        if self._tls is not None:
+            self._tls.where = f"{type(self).__name__} on port {port}"
 
     async def stop(self):
         """Stop listening and close every connection; waits until all are closed."""
@@ -88,11 +101,16 @@ class AsyncioServer:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tls is not None:
+            self._tls.close()
 
     async def _handle_connection(self, reader, writer):
         task = asyncio.current_task()
         self._connections.add(task)
         try:
+            # the TLS upgrade must come before anything reads from the connection
+            if self._tls is not None and not await self._tls.accept(writer):
+                return
             await self._handle_connection_cr(reader, writer)
         except (ConnectionError, LineTooLong, UnicodeDecodeError, asyncio.IncompleteReadError) as e:
             logger.debug("%s: connection closed: %s", type(self).__name__, e)

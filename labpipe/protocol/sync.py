@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 from collections import deque
 from typing import Any, Callable, Literal, TypedDict, Union
 
@@ -416,12 +417,13 @@ class Publisher(AsyncioServer):
             self._publish(name, mod)
         return listener
 
-    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0):
-        """Start listening and publishing the notifiers' mods."""
+    async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
+                    ssl: _ssl.SSLContext | None = None):
+        """Start listening and publishing the notifiers' mods (TLS with ``ssl``)."""
         for name, notifier in self.notifiers.items():
             notifier.add_listener(self._listeners[name])
         try:
-            await super().start(host, port)
+            await super().start(host, port, ssl=ssl)
         except BaseException:
             self._remove_listeners()
             raise
@@ -494,12 +496,13 @@ class LineClient:
         self._task: asyncio.Task | None = None
         self._closing = False
 
-    async def _connect(self, host, port, before_receive_cb=None):
+    async def _connect(self, host, port, before_receive_cb=None,
+                       ssl: _ssl.SSLContext | None = None):
         if self._task is not None:
             if not self._task.done():
                 raise RuntimeError("already connected; close() first")
             await self.close()  # the previous connection ended by itself
-        reader, writer = await asyncio.open_connection(host, port,
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl,
                                                        limit=CLIENT_MAX_LINE_LENGTH)
         try:
             if before_receive_cb is not None:
@@ -572,10 +575,14 @@ class Subscriber(LineClient):
         return self.target
 
     async def connect(self, host: str, port: int,
-                      before_receive_cb: Callable[[], None] | None = None) -> None:
-        """Connect and subscribe; before_receive_cb() runs once connected, before any mod."""
+                      before_receive_cb: Callable[[], None] | None = None,
+                      ssl: _ssl.SSLContext | None = None) -> None:
+        """Connect and subscribe; before_receive_cb() runs once connected, before any mod.
+
+        ``ssl``: a client SSLContext (``tls.client_context``) for a TLS master.
+        """
         self._got_init = False
-        await self._connect(host, port, before_receive_cb)
+        await self._connect(host, port, before_receive_cb, ssl=ssl)
 
     def _handle(self, text):
         mod = pyon.decode(text)

@@ -27,13 +27,17 @@ file is written first (with the error text), so that what was collected is kept.
 While a stage runs the child streams one-way messages (``log``, ``update_dataset``,
 ``ccb_issue``, ``set_progress``) and makes requests (``get_device_db``, ``get_dataset``,
 ``check_pause``, ``check_termination``, ``submit``, ``delete``, ``request_termination``,
-``get_status``, ``interactive``); see ``ipc.py`` for the framing.
+``get_status``, ``interactive``); see ``ipc.py`` for the framing. Before anything else
+the child passes the read end of its fds 1/2 pipe over the connection, and its
+``sys.stdout``/``sys.stderr`` send each line as a ``print`` log message
+(``output.py``).
 """
 
 import logging
 import os
 import signal
 import sys
+import time
 import traceback
 
 from labpipe.language.argument_managers import (ProcessArgumentManager, describe_arglist,
@@ -41,7 +45,9 @@ from labpipe.language.argument_managers import (ProcessArgumentManager, describe
 from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker import limits
 from labpipe.worker.ipc import ChildChannel
+from labpipe.worker.output import PrintStream, capture_fds
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
 
@@ -67,30 +73,6 @@ class _PipeLogHandler(logging.Handler):
             self._log_lines.append(f"{record.levelname}:{record.name}:{message}")
         except Exception:
             self.handleError(record)
-
-
-class _LineLogger:
-    """A file-like stand-in for stdout/stderr that logs each complete line."""
-
-    def __init__(self, logger, level):
-        self._logger = logger
-        self._level = level
-        self._buffer = ""
-
-    def write(self, text):
-        self._buffer += text
-        *lines, self._buffer = self._buffer.split("\n")
-        for line in lines:
-            self._logger.log(self._level, "%s", line)
-        return len(text)
-
-    def flush(self):
-        if self._buffer:
-            self._logger.log(self._level, "%s", self._buffer)
-            self._buffer = ""
-
-    def isatty(self):
-        return False
 
 
 class _RemoteDeviceDB(StaticDeviceDB):
@@ -140,8 +122,17 @@ class _Child:
             root.removeHandler(handler)
         root.addHandler(_PipeLogHandler(self.channel, self.log_lines))
         root.setLevel(level)
-        sys.stdout = _LineLogger(logging.getLogger("print"), logging.INFO)
-        sys.stderr = _LineLogger(logging.getLogger("stderr"), logging.WARNING)
+        # print lines bypass logging: the log level filters only logging calls
+        if not isinstance(sys.stdout, PrintStream):
+            sys.stdout = PrintStream(self.print_line, fileno=1)
+            sys.stderr = PrintStream(self.print_line, fileno=2)
+
+    def print_line(self, line: str) -> None:
+        """A line the experiment wrote to stdout or stderr: a ``print`` record at INFO
+        to the master, and a line of the results file's log."""
+        self.channel.send({"action": "log", "levelno": logging.INFO, "name": "print",
+                           "message": line, "created": time.time()})
+        self.log_lines.append("INFO:print:" + line)
 
     def serve(self):
         while True:
@@ -185,6 +176,9 @@ class _Child:
     def validate(self, cmd):
         """A dry run: the problems that would stop ``cmd["expid"]`` (``validate.py``)."""
         from labpipe.worker.validate import validate_command
+        # user code is imported here: bound its memory (the process is single-use)
+        limits.set_memory_limit(limits.mapped_bytes(),
+                                cmd.get("memory", limits.DEFAULT_VALIDATE_MEMORY))
         self.setup_logging(logging.WARNING)  # the master drops them: a dry run is silent
         return validate_command(self.channel, cmd)
 
@@ -240,8 +234,14 @@ def main(conn):
     # stops its workers itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        capture_fds(conn)  # first thing: the master reads it before any message
+    except OSError:
+        os._exit(1)  # the master is gone (a spare it discarded): nobody to report to
     channel = ChildChannel(conn)
     try:
         _Child(channel).serve()
     finally:
+        # what is written after this goes to fd 1/2, which the master reads
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         channel.close()

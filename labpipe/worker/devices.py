@@ -145,7 +145,15 @@ class DeviceManager:
         """The device of key, created on first use."""
         if key in self.virtual_devices:
             return self.virtual_devices[key]
-        final_key, desc = self._resolve(key)
+        try:
+            final_key, desc = self._resolve(key)
+        except DeviceNotFoundError:
+            if key == "core":  # an ARTIQ experiment's self.setattr_device("core")
+                raise DeviceNotFoundError(
+                    "core: the ARTIQ core device is not supported by labpipe (device "
+                    "'core' is not in the device database; labpipe runs host-only "
+                    "experiments)") from None
+            raise
         if key not in self.requested:
             self.requested.append(key)
         if final_key in self._active:

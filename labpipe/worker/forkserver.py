@@ -7,8 +7,8 @@ server per process, and keeps a resource tracker), against 3 ms for the fork its
 For one fresh process per run that overhead was a third of a trivial run. This server
 does only what labpipe needs: fork, hand over a pipe, report the exit status.
 
-The server runs as ``python -m labpipe.worker.forkserver FD MODULE...``: it imports the
-modules (an unimportable one is skipped with a warning on stderr), tells its client it
+The server runs as ``python -m labpipe.worker.forkserver FD WATCHDOG MODULE...``, in a
+process group of its own: it imports the modules (an unimportable one is skipped with a warning on stderr), tells its client it
 is ready, then serves requests on the Unix socket FD (``SOCK_SEQPACKET``, one message
 per request):
 
@@ -18,7 +18,9 @@ per request):
 - reply: ``+`` and the child's pid (8 bytes, native byte order) or, when the fork
   failed, ``!`` and an error line.
 
-The child closes everything of the server's, calls ``function(connection)`` (a
+The child leads a process group of its own (what it starts ends with it: the master
+kills the group when the run ends), gets ``PR_SET_PDEATHSIG`` = SIGKILL (it dies with
+the server), closes everything of the server's, calls ``function(connection)`` (a
 ``multiprocessing.connection.Connection``) and ends with ``os._exit``: 0 on return, 1
 on an exception (its traceback on stderr), the code of a ``SystemExit``. The server
 reaps its children and writes each one's exit code to its status pipe (4 bytes,
@@ -27,6 +29,12 @@ signed; ``-N`` when killed by signal N), which it then closes: the client's read
 stops serving when its client's end of the socket closes, and exits once every process
 it forked has ended (they end when their own connections close), having reported their
 exit codes.
+
+WATCHDOG is the read end of a pipe whose write end only the master process holds: when
+it reads end-of-file, the master has died (even by SIGKILL), and the server kills the
+process group of every child still running and exits at once. (The server cannot use
+``PR_SET_PDEATHSIG`` itself: the master starts it from short-lived threads, and the
+signal follows the parent thread.)
 
 ``ForkServer(modules)`` is the client side: it starts the server, and ``start(target)``
 returns ``(ForkedProcess, Connection)``. It is thread-safe. A server that died is
@@ -47,6 +55,8 @@ import threading
 import traceback
 from multiprocessing.connection import Connection, Pipe
 
+from labpipe.worker import lifetime
+
 __all__ = ["ForkServer", "ForkedProcess", "ForkServerError"]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +68,20 @@ _UNKNOWN_EXIT = 255  # the server went away without reporting the exit code
 
 class ForkServerError(RuntimeError):
     """The fork server could not start, or could not fork a process."""
+
+
+_watchdog_lock = threading.Lock()
+_watchdog: tuple[int, int] | None = None  # (read end, write end), for the master's life
+
+
+def _watchdog_fd() -> int:
+    """The read end of this process's watchdog pipe (made on first use). The write end
+    stays open, never inherited, until this process ends."""
+    global _watchdog
+    with _watchdog_lock:
+        if _watchdog is None:
+            _watchdog = os.pipe()
+        return _watchdog[0]
 
 
 # --- client side (in the master) ---------------------------------------------------------
@@ -141,6 +165,11 @@ class ForkServer:
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid (also its process group), None before it started."""
+        return None if self._process is None else self._process.pid
+
     def ensure_started(self) -> None:
         """Start the server if it is not running, and wait until it is ready."""
         with self._lock:
@@ -189,10 +218,13 @@ class ForkServer:
         if self._sock is not None:
             self._sock.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        watchdog = _watchdog_fd()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), *self.modules],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", __name__, str(theirs.fileno()), str(watchdog),
+                 *self.modules],
+                pass_fds=(theirs.fileno(), watchdog), stdin=subprocess.DEVNULL,
+                process_group=0)
         except OSError as e:
             ours.close()
             raise ForkServerError(f"cannot start the worker template process: {e}") from e
@@ -227,8 +259,9 @@ class ForkServer:
 
 # --- server side (the template process) --------------------------------------------------
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, watchdog: int) -> None:
     status_fds: dict[int, int] = {}  # pid -> write end of its status pipe
+    me = os.getpid()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -237,6 +270,7 @@ def _serve(sock: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
+    selector.register(watchdog, selectors.EVENT_READ)
     sock.send(b"ready")
     serving = True
     while serving or status_fds:
@@ -245,6 +279,11 @@ def _serve(sock: socket.socket) -> None:
                 _drain(wake_r)
                 _reap(status_fds)
                 continue
+            if key.fileobj == watchdog:
+                # the master died: nothing it started may outlive it
+                for pid in status_fds:
+                    lifetime.kill_group(pid)
+                os._exit(0)
             try:
                 message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
             except OSError:
@@ -269,10 +308,14 @@ def _serve(sock: socket.socket) -> None:
                 sock.send(f"!fork failed: {e}".encode())
                 continue
             if pid == 0:
+                lifetime.own_group()
+                lifetime.die_with_parent(signal.SIGKILL, parent=me)
                 selector.close()
-                for fd in (sock.fileno(), wake_r, wake_w, *status_fds.values(), status_fd):
+                for fd in (sock.fileno(), wake_r, wake_w, watchdog, *status_fds.values(),
+                           status_fd):
                     os.close(fd)
                 os._exit(_child(message.decode(), conn_fd))
+            lifetime.own_group(pid)
             os.close(conn_fd)
             status_fds[pid] = status_fd
             sock.send(_PID.pack(b"+", pid))
@@ -331,13 +374,15 @@ def main(argv: list[str]) -> None:
     # the server by closing its socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
-    for name in argv[1:]:
+    watchdog = int(argv[1])
+    lifetime.load_libc()
+    for name in argv[2:]:
         try:
             importlib.import_module(name)
         except Exception as e:
             print(f"labpipe worker template: cannot preload {name}: "
                   f"{type(e).__name__}: {e}", file=sys.stderr)
-    _serve(sock)
+    _serve(sock, watchdog)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,22 @@ event loop never blocks on the pipe.
 ``close()`` stops the process in escalating steps: ask it to exit, then SIGTERM, then
 SIGKILL, each with a timeout and logged with the RID. It runs to the end even when the
 caller is cancelled.
+
+The worker leads its own process group: once it has ended (closed, or died), the
+group is killed, so that nothing the experiment started outlives its run. Starting the
+process never blocks the event loop: a spare ready is taken at once, otherwise one is
+forked in a thread (a dead template is restarted there too).
 """
 
 import asyncio
 import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 
-from labpipe.worker import launcher
+from labpipe.worker import launcher, lifetime, output
 
 __all__ = ["Worker", "WorkerError", "WorkerFailed", "WorkerDied", "WorkerTimeout",
            "WorkerClosed"]
@@ -72,6 +80,8 @@ class Worker:
         self._requests: set[asyncio.Task] = set()
         self._close_task: asyncio.Task | None = None
         self._exited: asyncio.Future | None = None
+        self._stage: str | None = None
+        self._output: output.OutputReader | None = None
 
     # --- stages -------------------------------------------------------------------
 
@@ -81,7 +91,7 @@ class Worker:
         (``class_name``, ``devices`` requested in build, ``bluesky``: whether the
         worker holds bluesky or ophyd; if so, later workers get them preloaded)."""
         if self._process is None:
-            self._start()
+            await self._start()
         outcome = await self._do({"action": "build", "rid": self.rid,
                                   "pipeline_name": pipeline_name, "priority": priority,
                                   "expid": expid, "workdir": workdir, "lab_dir": lab_dir,
@@ -114,16 +124,22 @@ class Worker:
         import and build the experiment with checking managers; returns the problems.
         The worker is of no use afterwards: close it."""
         if self._process is None:
-            self._start()
+            await self._start()
         outcome = await self._do({"action": "validate", "expid": expid, "workdir": workdir,
                                   "lab_dir": lab_dir}, timeout, "validate")
         return list(outcome.get("problems", []))
 
     # --- process and messages ------------------------------------------------------
 
-    def _start(self):
+    async def _start(self):
         loop = asyncio.get_running_loop()
-        self._process, self._conn = launcher.take_worker()
+        item = launcher.take_ready_worker()
+        if item is None:
+            item = await _take_in_thread()
+        if self.closed.is_set():  # closed while it was starting
+            item[1].close()
+            raise WorkerClosed(f"RID {self.rid}: worker closed")
+        self._process, self._conn = item
         self._exited = loop.create_future()
         loop.add_reader(self._process.sentinel, self._on_exit)
         reader = threading.Thread(target=self._read_loop, args=(loop,), daemon=True,
@@ -136,11 +152,19 @@ class Worker:
         loop.remove_reader(self._process.sentinel)
         self._process.join(0)  # reads the exit code the template reported
         self._process.close()
+        lifetime.kill_group(self._process.pid)  # what the experiment left running
         if not self._exited.done():
             self._exited.set_result(self._process.exitcode)
 
     def _read_loop(self, loop):
         conn = self._conn
+        fd = output.receive_output_fd(conn)  # the child sends it before anything else
+        if fd is not None:
+            try:
+                loop.call_soon_threadsafe(self._attach_output, fd)
+            except RuntimeError:
+                os.close(fd)
+                return  # the event loop is closed
         while True:
             try:
                 batch = conn.recv()
@@ -155,6 +179,18 @@ class Worker:
                 return  # the event loop is closed
             if batch is None:
                 return
+
+    def _attach_output(self, fd: int):
+        """Read the worker's fds 1 and 2 (``output.py``): each line a print record."""
+        if self.closed.is_set():
+            os.close(fd)
+            return
+        handler = self.handlers.get("log")
+        if handler is None:  # nobody wants its log (a dry run): still drain the pipe
+            handler = lambda msg: None  # noqa: E731
+        self._output = output.OutputReader(fd, lambda line: handler(
+            {"action": "log", "levelno": logging.INFO, "name": "print", "message": line,
+             "created": time.time()}))
 
     async def _consume(self):
         while True:
@@ -212,8 +248,9 @@ class Worker:
         if self.closed.is_set():
             self._fail_outcome(WorkerClosed(f"RID {self.rid}: worker closed"))
         else:
-            self._fail_outcome(
-                WorkerDied(f"RID {self.rid}: worker process died (exit code {code})"))
+            during = f" during {self._stage}" if self._stage else ""
+            self._fail_outcome(WorkerDied(f"RID {self.rid}: the worker process died{during} "
+                                          f"({describe_exit(code)})"))
 
     def _fail_outcome(self, exc: WorkerError):
         """End the stage under way with exc. Its awaiter (if any) gets it; when the
@@ -228,6 +265,7 @@ class Worker:
         if self._outcome is not None and not self._outcome.done():
             raise RuntimeError(f"RID {self.rid}: a stage is already under way")
         self._outcome = asyncio.get_running_loop().create_future()
+        self._stage = stage
         if self._consumer.done():
             raise WorkerDied(f"RID {self.rid}: worker process is gone")
         self._send(command)
@@ -276,6 +314,8 @@ class Worker:
             if self._consumer is not None:
                 await asyncio.gather(self._consumer, return_exceptions=True)
             self._conn.close()
+            if self._output is not None:
+                self._output.close()
 
     async def _wait_exit(self, timeout) -> bool:
         try:
@@ -284,3 +324,33 @@ class Worker:
             return True
         except TimeoutError:
             return False
+
+
+async def _take_in_thread():
+    """``launcher.take_worker`` in a thread; a process it starts after its caller was
+    cancelled is closed rather than leaked."""
+    future = asyncio.ensure_future(asyncio.to_thread(launcher.take_worker))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(
+            lambda f: f.cancelled() or f.exception() or f.result()[1].close())
+        raise
+
+
+def describe_exit(code: int | None) -> str:
+    """How a worker process ended, in words (a SIGKILL nobody sent: the OOM killer?)."""
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if -code == signal.SIGKILL:
+            return f"killed by {name}: out of memory (the kernel's OOM killer), or " \
+                   "killed from outside"
+        return f"killed by {name}"
+    if code == 255:
+        return "exit code unknown: its template process died"
+    return f"exit code {code}"

@@ -13,6 +13,12 @@ their files. The experiment module itself stays in ``sys.modules`` (``inspect``,
 Consequence: a sibling module imported lazily at run time (``import helper`` inside
 ``run()``) is not found, as with ARTIQ; import siblings at the top of the file.
 
+ARTIQ experiment files import unchanged: ``import_file`` first installs
+``labpipe.language.artiq_alias`` (once per process), so that ``from artiq.experiment
+import *`` gives labpipe's language where no real ``artiq`` is installed (a real one
+always wins). Only the processes that import user code (workers, examiners,
+``labpipe-run``) ever call ``import_file``, so only they answer for ``artiq``.
+
 ``get_experiment(module, class_name=None)`` returns the experiment class to run. Errors
 are ``ExperimentLookupError`` (a ``LookupError``) with one line naming the file and what
 to do.
@@ -31,6 +37,7 @@ import weakref
 from types import ModuleType
 from typing import Any
 
+from labpipe.language import artiq_alias
 from labpipe.language.environment import Experiment, is_experiment
 
 __all__ = ["import_file", "forget_module", "sibling_files", "get_experiment",
@@ -131,6 +138,7 @@ def import_file(path, prefix: str = "file_import_") -> ModuleType:
     path = os.path.realpath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"experiment file {path} does not exist")
+    artiq_alias.install()
     folder = os.path.dirname(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"{prefix}{stem}_{next(_counter)}"

@@ -20,12 +20,13 @@ import collections
 import importlib.util
 import logging
 import threading
+from collections.abc import Callable
 
 from labpipe.worker.forkserver import ForkServer
 
 __all__ = ["PRELOAD", "BLUESKY_PRELOAD", "preload", "template", "use_bluesky",
            "uses_bluesky", "start_process", "start_worker", "take_worker",
-           "discard_spares", "warm_up"]
+           "take_ready_worker", "discard_spares", "warm_up", "on_process_started"]
 
 #: Modules every template imports once. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment", "labpipe.worker.examine",
@@ -42,6 +43,18 @@ logger = logging.getLogger(__name__)
 _template: ForkServer | None = None
 _with_bluesky = False
 _template_lock = threading.Lock()
+
+#: Called with the pid of every template and process started (see the module docstring).
+on_process_started: Callable[[int], None] | None = None
+
+
+def _started(pid: int | None) -> None:
+    hook = on_process_started
+    if hook is not None and pid is not None:
+        try:
+            hook(pid)
+        except Exception as e:  # recording must never stop a run from starting
+            logger.error("could not record process %d: %s", pid, e)
 
 
 def preload(bluesky: bool) -> list[str]:
@@ -95,6 +108,7 @@ def _replace_template():
     except Exception as e:
         logger.error("could not start a worker template with bluesky: %s", e)
         return
+    _started(new.pid)
     atexit.register(new.stop, wait=2.0)
     with _template_lock:
         old, _template = _template, new
@@ -113,7 +127,9 @@ def _importable(name: str) -> bool:
 def warm_up():
     """Start the template now (it imports the preload list once), wait for it, and
     start a spare worker."""
-    template().ensure_started()
+    server = template()
+    server.ensure_started()
+    _started(server.pid)
     _spares.restart()
 
 
@@ -124,7 +140,11 @@ def start_process(target: str):
     Returns ``(process, connection)``: a ``forkserver.ForkedProcess`` and the parent's
     end of the connection.
     """
-    return template().start(target)
+    server = template()
+    process, conn = server.start(target)
+    _started(server.pid)  # restarted, perhaps
+    _started(process.pid)
+    return process, conn
 
 
 def start_worker():
@@ -145,10 +165,19 @@ class _Spares:
         self._stopped = False
 
     def take(self):
+        item = self.take_ready()
+        if item is None:
+            item = start_worker()
+        return item
+
+    def take_ready(self):
+        """A spare that is ready and alive, or None (then start one: ``take``); never
+        blocks."""
         with self._lock:
             item = self._ready.popleft() if self._ready else None
-        if item is None or not item[0].is_alive():
-            item = start_worker()
+        if item is not None and not item[0].is_alive():
+            item[1].close()
+            item = None
         self._refill()
         return item
 
@@ -210,8 +239,15 @@ _spares = _Spares()
 
 
 def take_worker():
-    """A worker process ready for its first command: ``(process, connection)``."""
+    """A worker process ready for its first command: ``(process, connection)``. May
+    block (a fork, or a template to restart): call it from a thread."""
     return _spares.take()
+
+
+def take_ready_worker():
+    """A spare worker started ahead of time, or None when none is ready; never blocks
+    (an event loop may call it)."""
+    return _spares.take_ready()
 
 
 def discard_spares():

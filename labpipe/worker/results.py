@@ -199,8 +199,16 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
             raise ValueError(f"extra group name {group_name!r} is not a non-empty str")
         if group_name in _STANDARD_NAMES:
             raise ValueError(f"extra group name {group_name!r} clashes with a standard field")
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            _write_file(f, rid=rid, start_time=start_time, run_time=run_time, expid=expid,
-                        repo_rev=repo_rev, datasets=datasets, archive=archive,
-                        log_lines=log_lines, error=error, extra_groups=extra_groups)
+    try:
+        with atomic_path(path, suffix=".h5.tmp") as tmp:
+            with h5py.File(tmp, "w") as f:
+                _write_file(f, rid=rid, start_time=start_time, run_time=run_time,
+                            expid=expid, repo_rev=repo_rev, datasets=datasets,
+                            archive=archive, log_lines=log_lines, error=error,
+                            extra_groups=extra_groups)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        # HDF5's own message spans lines and hides the reason (a full disk, say)
+        raise OSError(e.errno, f"cannot write the results file {path}: "
+                               f"{os.strerror(e.errno)}") from None

@@ -14,15 +14,20 @@ expression, without parsing it (a run's build then costs a fresh worker ~0.5 ms 
 Submitted with ``class_name`` None, such a file runs as one run: build and prepare do
 nothing (the source is compiled in build, so a syntax error fails there), the run stage
 executes the file as ``__main__`` (``sys.argv == [path]``, its folder first on
-``sys.path``), and what it prints goes to the run's log (the worker's stdout/stderr are
-loggers). It cannot pause or report progress (it does not know the scheduler); it can
+``sys.path``), and what it prints goes to the run's log as print lines, whatever the
+run's log level (``output.py``). It cannot pause or report progress (it does not know the scheduler); it can
 be deleted like any run. ``SystemExit`` with status 0 or None ends it normally; another
 status fails the run. It takes no arguments.
+
+Only Python files run as scripts: a file that is not an experiment must have a ``.py``
+suffix or a ``python`` shebang line, otherwise ``check_script_name`` (the examiner, at
+submit) and ``black_box_class`` (the worker) refuse it with ``NotAScriptError`` naming
+the file, without running it (a text file holding a secret token would otherwise run,
+and its text come back in a ``NameError`` in the history every client sees).
 """
 
 import ast
 import builtins
-import logging
 import os
 import re
 import sys
@@ -30,7 +35,7 @@ import sys
 from labpipe.language.environment import EnvExperiment
 
 __all__ = ["is_black_box_script", "is_black_box_file", "script_experiment",
-           "black_box_class", "SCRIPT_CLASS_NAME"]
+           "black_box_class", "check_script_name", "NotAScriptError", "SCRIPT_CLASS_NAME"]
 
 #: The class name a script run has (results file name, log source).
 SCRIPT_CLASS_NAME = "Script"
@@ -131,6 +136,41 @@ def is_black_box_script(source: str, folder: str | None = None) -> bool:
     return _looks_like_experiment(source, folder, set()) is False
 
 
+class NotAScriptError(ValueError):
+    """A file that is neither an experiment nor a Python script; the message names it."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{os.path.basename(path)} is neither an experiment nor a Python "
+                         "script (no .py suffix, no python shebang line): not run")
+
+
+def _python_named(path: str, source: str) -> bool:
+    first = source[:200].partition("\n")[0]
+    return path.endswith(".py") or (first.startswith("#!") and "python" in first)
+
+
+def check_script_name(path: str) -> bool:
+    """Whether the file at path is a black-box script (True) or to be imported as an
+    experiment file (False: experiments, and files that cannot be read or parsed,
+    whose import reports why). ``NotAScriptError`` for a file that would be a script
+    but is not a Python file by name or shebang."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except UnicodeDecodeError:
+        if path.endswith(".py"):
+            return False
+        raise NotAScriptError(path) from None
+    except OSError:
+        return False
+    folder = os.path.dirname(path)
+    if _python_named(path, source):
+        return is_black_box_script(source, folder)
+    if _STARTS_WITH_API_IMPORT.match(source) or _looks_like_experiment(source, folder, set()):
+        return False
+    raise NotAScriptError(path)
+
+
 def is_black_box_file(path: str) -> bool:
     """``is_black_box_script`` of a file (False when it cannot be read)."""
     try:
@@ -155,8 +195,6 @@ def script_experiment(path: str, source: str) -> type:
                          "__builtins__": builtins}
             saved_argv, saved_path = sys.argv, list(sys.path)
             sys.argv = [path]
-            # what the script prints is its output: logged whatever the run's log level
-            logging.getLogger("print").setLevel(logging.INFO)
             sys.path.insert(0, folder)
             try:
                 exec(code, namespace)  # noqa: S102 - running the user's script is the job
@@ -189,4 +227,6 @@ def black_box_class(path: str, expid: dict) -> type | None:
     folder = None if expid.get("content") is not None else os.path.dirname(path)
     if not is_black_box_script(source, folder):
         return None
+    if folder is not None and not _python_named(path, source):
+        raise NotAScriptError(path)
     return script_experiment(path, source)

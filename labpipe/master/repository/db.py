@@ -25,6 +25,14 @@ Clients reach the database through ``rpc_target`` (only the wire methods of
 ``wire-compat.md``: ``scan_repository``, ``scan_repository_async``, ``examine``,
 ``list_directory``, ``root``), never the lifecycle methods. ``list_directory`` and
 ``root`` work in the lab directory and the repository only.
+
+User code is never compiled or imported in the master's process: examinations and the
+check of submitted content run in the examiner pool's processes, with a time and a
+memory limit (``labpipe.toml`` ``[examine]``). ``labpipe.toml`` ``[security]`` limits raw
+files (submitted without ``repo_rev``, or examined with ``use_repository=False``) to
+the lab directory, the repository and ``file_folders`` unless ``allow_files_anywhere``,
+and may refuse content (``allow_content = false``). ``examine`` calls are logged with
+the caller's address.
 """
 
 from __future__ import annotations
@@ -35,20 +43,23 @@ import os
 import time
 from dataclasses import dataclass
 
+from labpipe.config import LabConfig
 from labpipe.master.argcheck import check_argument_values
 from labpipe.master.repository import hooks
-from labpipe.worker.script import is_black_box_file
+from labpipe.protocol.rpc import current_peer
 from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
                                                RepositoryBackend, Revision)
 from labpipe.master.repository.examiner import Examined, ExaminerPool
 from labpipe.master.repository.paths import in_subdir, is_within, repo_path
 from labpipe.master.repository.publish import sync_dict
 from labpipe.master.repository.scan import CacheEntry, build_explist, cache_entry, plan
-from labpipe.master.repository.submission import (SubmissionError, check_class,
+from labpipe.master.repository.submission import (SubmissionError, allowed_folders,
+                                                  check_class, check_file_allowed,
                                                   resolve_submission)
 from labpipe.protocol.sync import Notifier
+from labpipe.protocol.tls import TLSFiles
 
-__all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError"]
+__all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError", "caller"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +86,24 @@ class ExperimentDB:
     ``lab_dir``: the master's lab directory (plain ``file`` submissions and
     ``list_directory`` are relative to it). ``experiment_subdir``: only files under it
     (relative to the repository root) are scanned. ``workers`` and ``examine_timeout``
-    (seconds per file) configure the examining processes.
+    (seconds per file; default ``config.examine.timeout``) configure the examining
+    processes. ``config``: the lab's ``labpipe.toml`` (``[security]``, ``[examine]``).
     """
 
     def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
-                 *, workers: int | None = None, examine_timeout: float = 10.0,
-                 device_keys=None):
+                 *, workers: int | None = None, examine_timeout: float | None = None,
+                 device_keys=None, config: LabConfig | None = None):
         self.lab_dir = os.path.abspath(lab_dir)
         self.backend = backend
         subdir = (experiment_subdir or "").strip().strip("/")
         self.experiment_subdir = repo_path(subdir) if subdir not in ("", ".") else ""
-        self.pool = ExaminerPool(workers, examine_timeout)
+        self.config = config or LabConfig()
+        limits = self.config.examine
+        self.pool = ExaminerPool(
+            workers, limits.timeout if examine_timeout is None else examine_timeout,
+            memory=limits.memory_mb << 20, content_memory=limits.content_memory_mb << 20)
+        self._file_folders = allowed_folders(self.lab_dir, backend.root,
+                                             self.config.security)
         #: A callable giving the device database's keys (choices of plan arguments).
         self.device_keys = device_keys
         self.explist = Notifier({})
@@ -111,29 +129,32 @@ class ExperimentDB:
     # -- lifetime ----------------------------------------------------------------------
 
     async def start(self, *, control_port: int | None = None,
-                    control_host: str = "127.0.0.1") -> None:
+                    control_host: str = "127.0.0.1",
+                    control_tls: TLSFiles | None = None) -> None:
         """Start the examining processes, install the rescan hook, run the first scan.
 
         With a Git backend and ``control_port`` (the master's RPC port, already
         listening), a hook is installed so that a push (bare repository) or a commit
         (non-bare) rescans; see ``hooks.py``. It is installed before the first scan so
-        that no push is missed in between.
+        that no push is missed in between. ``control_tls``: the client files the hook
+        connects with when the control port is TLS.
         """
         if self._loop_task is not None:
             raise RuntimeError("the experiment database is already started")
         await self.pool.start()
         self._loop_task = asyncio.create_task(self._scan_loop(), name="labpipe-scans")
         if control_port is not None:
-            self.install_hook(control_port, control_host)
+            self.install_hook(control_port, control_host, control_tls)
         await self.scan_repository()
 
-    def install_hook(self, control_port: int, control_host: str = "127.0.0.1") -> None:
+    def install_hook(self, control_port: int, control_host: str = "127.0.0.1",
+                     control_tls: TLSFiles | None = None) -> None:
         """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
         hooks_dir = getattr(self.backend, "hooks_dir", None)
         if hooks_dir is None:
             return
         folder, configured = hooks_dir()
-        command = hooks.notify_command(control_port, control_host)
+        command = hooks.notify_command(control_port, control_host, tls=control_tls)
         self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
                                        configured_dir=configured)
 
@@ -277,8 +298,11 @@ class ExperimentDB:
         ``revision`` (None: ``cur_rev``); otherwise it is a path on the master, relative
         to the lab directory. ExamineError when the file cannot be imported.
         """
+        logger.info("examine(%r, use_repository=%r, revision=%r) called by %s", filename,
+                    use_repository, revision, caller())
         if not use_repository:
             path = self._lab_path(filename)
+            check_file_allowed(path, self._file_folders, self.config.security, filename)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"no file {filename!r} in the lab directory {self.lab_dir}")
             return self._described(filename, await self.pool.examine(path, os.path.dirname(path)))
@@ -344,13 +368,21 @@ class ExperimentDB:
         if isinstance(expid, dict) and "repo_rev" in expid:
             # the backend's checks (a Git lookup may wait for a checkout): off the loop
             resolved, source = await asyncio.to_thread(resolve_submission, *args)
-        else:  # a stat, or a compile: cheaper than a hop to a thread
+        else:  # a stat: cheaper than a hop to a thread
             resolved, source = resolve_submission(*args)
         class_name = resolved.get("class_name")
         if source.kind == "content":
+            if not self.config.security.allow_content:
+                raise SubmissionError("submission by content is turned off in this lab "
+                                      "(labpipe.toml [security] allow_content = false)")
+            checked = await self.pool.check_content(resolved["content"])
+            if not checked.ok:
+                raise SubmissionError(checked.error)
             return resolved
         if source.kind == "file":
             assert source.path is not None
+            check_file_allowed(source.path, self._file_folders, self.config.security,
+                               resolved["file"])
             examined = await self._examine_plain_file(source.path)
         elif source.rev == self.cur_rev and source.path in self._results:
             examined = self._results[source.path]
@@ -361,8 +393,7 @@ class ExperimentDB:
                     os.path.join(hold.workdir, source.path or ""), hold.workdir)
             finally:
                 await asyncio.to_thread(self.backend.release_rev, hold.commit)
-        if class_name is None and examined.ok and not examined.description \
-                and await self._is_black_box_script(source):
+        if class_name is None and examined.ok and examined.script:
             return resolved  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         if check_arguments:
@@ -387,18 +418,6 @@ class ExperimentDB:
             self.pool.device_keys = keys
             self._cache.clear()
 
-    async def _is_black_box_script(self, source) -> bool:
-        """Whether the submitted file is a black-box script (never imported here)."""
-        if source.kind == "file":
-            return await asyncio.to_thread(is_black_box_file, source.path)
-        hold = await asyncio.to_thread(self.backend.request_rev, source.rev)
-        try:
-            return await asyncio.to_thread(
-                is_black_box_file, os.path.join(hold.workdir, source.path or ""))
-        finally:
-            await asyncio.to_thread(self.backend.release_rev, hold.commit)
-
-
     async def _examine_plain_file(self, path: str) -> Examined:
         """Examine a file on the master's filesystem, reusing the last examination
         while the file is unchanged (same inode, size and modification time), so that
@@ -413,6 +432,16 @@ class ExperimentDB:
             self._plain_files.clear()
         self._plain_files[path] = (key, examined)
         return examined
+
+
+def caller() -> str:
+    """The address of the RPC client whose call is running, for the log."""
+    peer = current_peer.get()
+    if peer is None:
+        return "the master itself"
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
 
 
 class ExperimentDBTarget:

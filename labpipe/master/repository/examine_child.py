@@ -4,14 +4,26 @@ Runs in a process forked from the worker template (parent side: ``examiner.py``)
 over the duplex connection the fork server hands over (``worker/forkserver.py``): the
 child first sends ``("ready", pid)``, then serves one request at a time:
 
-- request: ``(path, root, device_keys)``: the file to examine, the folder it belongs to
-  (the repository folder or its checkout), and the device database's keys (its
-  experiments see them through ``get_device_db()``, every device a dummy);
-- reply: ``("ok", description, deps)`` or ``("error", reason, deps)`` where
-  ``description`` is ``labpipe.worker.examine.examine_file(path)`` (``{class_name:
-  {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``, PYON-encodable),
-  ``reason`` one line, and ``deps`` the sorted paths (relative to ``root``,
-  ``/``-separated) of the other Python files under ``root`` that the import read.
+- request ``("examine", path, root, device_keys, memory)``: the file to examine, the
+  folder it belongs to (the repository folder or its checkout), and the device
+  database's keys (its experiments see them through ``get_device_db()``, every device
+  a dummy); reply ``("ok", description, deps, script)`` or ``("error", reason, deps,
+  False)`` where ``description`` is ``labpipe.worker.examine.examine_file(path)``
+  (``{class_name: {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``,
+  PYON-encodable), ``reason`` one line, ``deps`` the sorted paths (relative to
+  ``root``, ``/``-separated) of the other Python files under ``root`` that the import
+  read, and ``script`` whether the file is a black-box script (``worker/script.py``:
+  never imported). A file that is neither an experiment nor a Python script (no
+  ``.py`` suffix and no ``python`` shebang) is an error naming the file, and is
+  neither imported nor parsed as a script;
+- request ``("compile", source, memory)``: submitted content, only compiled (the
+  submission check of ``expid["content"]``); reply ``("ok", None, [], False)`` or
+  ``("error", "submitted content does not compile: ...", [], False)``.
+
+``memory`` (bytes, or None) bounds the address space the request may add
+(``RLIMIT_AS`` over what the process had mapped when it started): a request that needs
+more ends as an error ("needs more memory than ..."), never as a master that grows.
+The parent bounds the time (it kills the process).
 
 ``deps`` are recorded with an audit hook on ``open`` (the import system reads every
 source or cached bytecode file through ``io.open_code``), so they are known even when
@@ -33,9 +45,11 @@ import signal
 import sys
 import traceback
 
+from labpipe.worker import limits
 from labpipe.worker.examine import DummyDeviceManager, examine_file
+from labpipe.worker.script import NotAScriptError, check_script_name
 
-__all__ = ["main", "examine_one", "one_line"]
+__all__ = ["main", "examine_one", "compile_content", "one_line"]
 
 _MAX_REASON = 400
 _opened: list[str] | None = None  # files opened during the current examination
@@ -51,13 +65,39 @@ def main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.dont_write_bytecode = True
     sys.addaudithook(_audit)
+    baseline = limits.mapped_bytes()
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            path, root, device_keys = conn.recv()
+            request = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(examine_one(path, root, device_keys))
+        kind, *fields, memory = request
+        with limits.memory_limit(baseline, memory):
+            if kind == "compile":
+                reply = compile_content(*fields)
+            else:
+                reply = examine_one(*fields)
+        conn.send(reply)
+
+
+def _too_big(what: str) -> str:
+    return f"{what} needs more memory than the examiner's limit"
+
+
+def compile_content(source: str) -> tuple:
+    """Compile submitted content (never run it); the reply tuple of the docstring."""
+    try:
+        compile(source, "<submitted content>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return ("error", f"submitted content does not compile: {exc.msg} "
+                         f"(line {exc.lineno})", [], False)
+    except MemoryError:
+        return ("error", _too_big("compiling the submitted content"), [], False)
+    except (ValueError, RecursionError) as exc:
+        return ("error", f"submitted content does not compile: {one_line(exc, '')}",
+                [], False)
+    return ("ok", None, [], False)
 
 
 def examine_one(path: str, root: str, device_keys=()) -> tuple:
@@ -68,16 +108,24 @@ def examine_one(path: str, root: str, device_keys=()) -> tuple:
     saved_path = list(sys.path)
     before = set(sys.modules)
     _opened = []
+    script = False
     try:
-        reply: tuple = ("ok", examine_file(
-            path, device_mgr=DummyDeviceManager(dict.fromkeys(device_keys))))
+        script = check_script_name(path)
+        description = {} if script else examine_file(
+            path, device_mgr=DummyDeviceManager(dict.fromkeys(device_keys)))
+        reply: tuple = ("ok", description)
+    except NotAScriptError as exc:
+        reply = ("error", str(exc))
+    except MemoryError:
+        reply = ("error", _too_big(f"importing {os.path.basename(path)}"))
     except BaseException as exc:  # noqa: B902 - an experiment may raise anything at import
         reply = ("error", one_line(exc, path))
     finally:
         opened, _opened = _opened, None
         _forget_modules(before, root)
         sys.path[:] = saved_path
-    return reply + (_dependencies(opened, root, os.path.realpath(path)),)
+    return reply + (_dependencies(opened, root, os.path.realpath(path)),
+                    script and reply[0] == "ok")
 
 
 def one_line(exc: BaseException, path: str) -> str:

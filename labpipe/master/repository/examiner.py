@@ -6,8 +6,14 @@ and ``examine_child``, so a worker starts in milliseconds.
 
 Contract:
 
-- ``await pool.examine(path, root)`` returns an ``Examined``: the description, or the
-  one-line reason the file was skipped. It never raises for a bad file: a file that
+- ``await pool.examine(path, root)`` returns an ``Examined``: the description (and
+  whether the file is a black-box script), or the one-line reason the file was
+  skipped. ``await pool.check_content(source)`` compiles submitted content the same
+  way (an ``Examined`` with no description, or the reason it does not compile): no
+  user code is ever compiled or imported in the master's process.
+- Every request has a time limit (``timeout`` seconds: the worker is killed) and a
+  memory limit (``memory`` bytes of address space the request may add,
+  ``content_memory`` for content; RLIMIT_AS in the worker, see ``examine_child.py``). It never raises for a bad file: a file that
   raises at import, hangs longer than ``timeout`` seconds (its worker is killed) or
   kills its worker (``os._exit``, a crash in C code) gives a reason, and the pool
   replaces the worker, so the next file is examined normally.
@@ -27,11 +33,18 @@ import os
 import signal
 from dataclasses import dataclass
 
-from labpipe.worker import launcher
+from labpipe.worker import launcher, lifetime
 
-__all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers"]
+__all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers",
+           "DEFAULT_MEMORY", "DEFAULT_CONTENT_MEMORY"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Address space an examination may add (importing heavy libraries maps a lot).
+DEFAULT_MEMORY = 2 << 30
+#: Address space compiling submitted content may add.
+DEFAULT_CONTENT_MEMORY = 512 << 20
 
 
 def default_workers() -> int:
@@ -49,6 +62,8 @@ class Examined:
     """Why the file was skipped (one line), or None."""
     deps: tuple[str, ...] = ()
     """Other modules under the root that importing the file loaded (relative paths)."""
+    script: bool = False
+    """The file is a black-box script (``worker/script.py``; it was not imported)."""
 
     @property
     def ok(self) -> bool:
@@ -95,28 +110,33 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.exitcode is None and not self.conn.closed
 
-    def call(self, path: str, root: str, timeout: float,
-             device_keys: tuple[str, ...] = ()) -> Examined:
+    def call(self, request: tuple, timeout: float, what: str) -> Examined:
+        """Send one request of ``examine_child``'s protocol; ``what`` (a gerund) names
+        the work in the reasons of a timeout or a death."""
         try:
-            self.conn.send((path, root, device_keys))
+            self.conn.send(request)
             if not self.conn.poll(timeout):
                 self.kill()
-                return Examined(None, f"examining took longer than {timeout:g} s "
-                                      "(does the file hang at import?)")
-            status, value, deps = self.conn.recv()
+                return Examined(None, f"{what} took longer than {timeout:g} s"
+                                      + (" (does the file hang at import?)"
+                                         if request[0] == "examine" else ""))
+            status, value, deps, script = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(1.0)
             self.kill()
-            return Examined(None, "the examining process died while importing the file "
+            doing = "importing the file" if request[0] == "examine" else what
+            return Examined(None, f"the examining process died while {doing} "
                                   f"({_death(self.process.exitcode)})")
         if status == "ok":
-            return Examined(value, None, tuple(deps))
+            return Examined(value, None, tuple(deps), bool(script))
         return Examined(None, value, tuple(deps))
 
     def kill(self) -> None:
+        """Kill the process and what it started (blocks up to 5 s: call from a thread)."""
         if self.process.exitcode is None:
             self.process.kill()
         self.process.join(5.0)
+        lifetime.kill_group(self.process.pid)
         self.conn.close()
 
     def stop(self, grace: float = 1.0) -> None:
@@ -127,11 +147,16 @@ class _Worker:
 
 
 class ExaminerPool:
-    """Examines files in ``workers`` processes, each file with a ``timeout`` in seconds."""
+    """Examines files in ``workers`` processes, each file with a ``timeout`` in seconds
+    and ``memory`` bytes (content: ``content_memory``) of added address space."""
 
-    def __init__(self, workers: int | None = None, timeout: float = 10.0):
+    def __init__(self, workers: int | None = None, timeout: float = 10.0,
+                 memory: int | None = DEFAULT_MEMORY,
+                 content_memory: int | None = DEFAULT_CONTENT_MEMORY):
         self.workers = workers or default_workers()
         self.timeout = timeout
+        self.memory = memory
+        self.content_memory = content_memory
         #: Number of files examined so far.
         self.examined = 0
         #: The device database's keys, given to experiments examined (so that plan
@@ -166,6 +191,20 @@ class ExaminerPool:
 
     async def examine(self, path: str, root: str, timeout: float | None = None) -> Examined:
         """Examine the file ``path`` (in folder ``root``) in a worker; see the module docstring."""
+        request = ("examine", path, root, self.device_keys, self.memory)
+        result = await self._request(request, timeout, "examining")
+        self.examined += 1
+        if not result.ok:
+            logger.debug("examining %s: %s", path, result.error)
+        return result
+
+    async def check_content(self, source: str, timeout: float | None = None) -> Examined:
+        """Compile submitted content in a worker (never run it); ``error`` says why it
+        does not compile (or needs too much time or memory)."""
+        return await self._request(("compile", source, self.content_memory), timeout,
+                                   "compiling the submitted content")
+
+    async def _request(self, request: tuple, timeout: float | None, what: str) -> Examined:
         if self._closed:
             raise RuntimeError("the examiner pool is closed")
         await self.start()
@@ -178,16 +217,15 @@ class ExaminerPool:
                 worker = None
                 worker = await asyncio.to_thread(self._spawn)
             try:
-                result = await asyncio.to_thread(
-                    worker.call, path, root, self.timeout if timeout is None else timeout,
-                    self.device_keys)
+                return await asyncio.to_thread(
+                    worker.call, request, self.timeout if timeout is None else timeout,
+                    what)
             except asyncio.CancelledError:
-                worker.kill()
+                # the thread may still be calling it; killing it ends that call, and
+                # the join after the kill is left to the default executor
+                worker.process.kill()
+                asyncio.get_running_loop().run_in_executor(None, worker.kill)
                 raise
-            self.examined += 1
-            if not result.ok:
-                logger.debug("examining %s: %s", path, result.error)
-            return result
         finally:
             self._idle.put_nowait(worker)
 

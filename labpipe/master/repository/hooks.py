@@ -6,7 +6,11 @@ every commit made in it). The hook runs, with the master's own Python::
 
     <python> -m labpipe.master.repository.notify --host 127.0.0.1 --port <control port>
 
-which asks the master to rescan and never fails the push (see ``notify.py``).
+which asks the master to rescan and never fails the push (see ``notify.py``). With
+``labpipe-master --ssl CERT KEY PEER`` the command ends in ``--ssl CERT KEY CERT``
+(absolute paths): the hook connects with the master's own certificate and key, which the
+master trusts as a client, so whoever pushes must be able to read the master's key
+file (otherwise the hook prints the one line saying to rescan by hand).
 
 Rules:
 
@@ -29,6 +33,7 @@ import sys
 from dataclasses import dataclass
 
 from labpipe.protocol.atomic import atomic_path
+from labpipe.protocol.tls import TLSFiles
 
 __all__ = ["MARKER", "HookStatus", "HookResult", "hook_name", "notify_command",
            "hook_script", "install_hook"]
@@ -59,12 +64,18 @@ def hook_name(bare: bool) -> str:
     return "post-receive" if bare else "post-commit"
 
 
-def notify_command(port: int, host: str = "127.0.0.1", python: str | None = None) -> str:
-    """The shell command that asks the master on ``host:port`` to rescan."""
+def notify_command(port: int, host: str = "127.0.0.1", python: str | None = None, *,
+                   tls: TLSFiles | None = None) -> str:
+    """The shell command that asks the master on ``host:port`` to rescan (over TLS with
+    the client files ``tls``)."""
     host = _WILDCARDS.get(host, host)
     python = python or sys.executable
-    return (f"{shlex.quote(python)} -m labpipe.master.repository.notify "
-            f"--host {shlex.quote(host)} --port {int(port)}")
+    command = (f"{shlex.quote(python)} -m labpipe.master.repository.notify "
+               f"--host {shlex.quote(host)} --port {int(port)}")
+    if tls is not None:
+        command += " --ssl " + " ".join(shlex.quote(os.path.abspath(path))
+                                        for path in (tls.cert, tls.key, tls.peer))
+    return command
 
 
 def hook_script(command: str) -> str:
@@ -91,6 +102,10 @@ def install_hook(hooks_dir: str, bare: bool, command: str, *,
         with open(path, encoding="utf-8", errors="replace") as f:
             existing: str | None = f.read()
     except FileNotFoundError:
+        existing = None
+    if existing is not None and not existing.strip():
+        logger.warning("%s is empty (torn by a crash or a full disk?): writing labpipe's "
+                       "hook there", path)
         existing = None
     if configured_dir or (existing is not None and MARKER not in existing):
         if existing is None or command not in existing:

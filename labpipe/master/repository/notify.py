@@ -6,13 +6,16 @@ prints one line saying what happened. It always exits with status 0, and gives u
 after ``--timeout`` seconds: a master that is down or busy never fails or blocks a push.
 
 Usage: ``python -m labpipe.master.repository.notify --port 3251 [--host 127.0.0.1]
-[--rev REV] [--timeout 5]`` (without ``--rev`` the master scans its current HEAD).
+[--rev REV] [--timeout 5] [--ssl CERT KEY PEER]`` (without ``--rev`` the master scans its
+current HEAD; ``--ssl`` for a master started with ``--ssl``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from labpipe.protocol.tls import TLSFiles
 
 __all__ = ["get_argparser", "notify", "main"]
 
@@ -26,15 +29,21 @@ def get_argparser() -> argparse.ArgumentParser:
     parser.add_argument("--rev", default=None, help="revision to scan (default: HEAD)")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="give up after this many seconds (default: %(default)s)")
+    parser.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
+                        help="connect with mutual TLS: own certificate, own key, the "
+                             "master's certificate")
     return parser
 
 
-def notify(host: str, port: int, rev: str | None = None, timeout: float = 5.0) -> str:
+def notify(host: str, port: int, rev: str | None = None, timeout: float = 5.0,
+           tls: TLSFiles | None = None) -> str:
     """Request the rescan; returns the one line to print. Never raises for network errors."""
     where = f"{host}:{port}"
     try:
         from labpipe.protocol.rpc import Client
-        with Client(host, port, "experiment_db", timeout=timeout) as client:
+        from labpipe.protocol.tls import client_context
+        context = None if tls is None else client_context(tls)
+        with Client(host, port, "experiment_db", timeout=timeout, ssl=context) as client:
             client.scan_repository_async(rev)
     except Exception as exc:  # any failure is reported in one line, never raised
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -45,7 +54,8 @@ def notify(host: str, port: int, rev: str | None = None, timeout: float = 5.0) -
 
 def main(argv: list[str] | None = None) -> int:
     args = get_argparser().parse_args(argv)
-    print(notify(args.host, args.port, args.rev, args.timeout), flush=True)
+    print(notify(args.host, args.port, args.rev, args.timeout,
+                 TLSFiles.from_args(args.ssl)), flush=True)
     return 0
 
 

@@ -10,11 +10,15 @@ The three submission modes of ``wire-compat.md``:
   that revision.
 - ``file`` without ``repo_rev``: a path on the master's filesystem, relative to the lab
   directory (or absolute); it must be a file.
-- ``content``: the source text itself; it must be a string that compiles.
+- ``content``: the source text itself; it must be a string (that it compiles is
+  checked by the experiment database in an examining process, with a time and memory
+  limit: never in the master's process).
 
-``resolve_submission`` makes these checks (no process, no import); the experiment
-database then checks the class (``check_class``) from its last scan or by examining the
-file in a worker. Every refusal is a ``SubmissionError`` with a one-line message.
+``resolve_submission`` makes these checks (no process, no import, no compile); the
+experiment database then checks the class (``check_class``) from its last scan or by
+examining the file in a worker. ``check_file_allowed`` applies ``labpipe.toml``'s
+``[security]`` folders to raw files. Every refusal is a ``SubmissionError`` with a
+one-line message.
 """
 
 from __future__ import annotations
@@ -22,15 +26,43 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from labpipe.config import SecurityConfig
 from labpipe.master.repository.backend import NO_REVISION, RepositoryBackend
 from labpipe.master.repository.examiner import Examined
 from labpipe.master.repository.paths import repo_path
 
-__all__ = ["SubmissionError", "Source", "resolve_submission", "check_class"]
+__all__ = ["SubmissionError", "FileNotAllowedError", "Source", "resolve_submission",
+           "check_class", "check_file_allowed", "allowed_folders"]
 
 
 class SubmissionError(ValueError):
     """An expid that cannot run; the message says why, on one line."""
+
+
+class FileNotAllowedError(SubmissionError, PermissionError):
+    """A raw file outside the folders ``labpipe.toml`` allows."""
+
+
+def allowed_folders(lab_dir: str, repository: str, security: SecurityConfig) -> list[str]:
+    """The real paths of the folders raw files may be in (``[security]``)."""
+    folders = [lab_dir, repository] + [
+        f if os.path.isabs(f) else os.path.join(lab_dir, f) for f in security.file_folders]
+    return [os.path.realpath(f) for f in folders]
+
+
+def check_file_allowed(path: str, folders: list[str], security: SecurityConfig,
+                       shown: str | None = None) -> None:
+    """``FileNotAllowedError`` naming the file and the rule when ``path`` (symbolic
+    links resolved) is outside ``folders``, unless ``allow_files_anywhere``."""
+    if security.allow_files_anywhere:
+        return
+    real = os.path.realpath(path)
+    if any(os.path.commonpath([real, folder]) == folder for folder in folders):
+        return
+    raise FileNotAllowedError(
+        f"file {shown or path!r} is outside the folders labpipe.toml allows for raw "
+        f"files ({', '.join(folders)}): [security] allow_files_anywhere = true or "
+        "file_folders would allow it")
 
 
 @dataclass(frozen=True)
@@ -66,13 +98,6 @@ def resolve_submission(expid: dict, backend: RepositoryBackend, lab_dir: str,
         content = expid["content"]
         if not isinstance(content, str):
             raise SubmissionError("expid content must be the source text (a string)")
-        try:
-            compile(content, "<submitted content>", "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            raise SubmissionError(f"submitted content does not compile: {exc.msg} "
-                                  f"(line {exc.lineno})") from None
-        except ValueError as exc:
-            raise SubmissionError(f"submitted content does not compile: {exc}") from None
         return dict(expid), Source("content")
     file = expid.get("file")
     if not isinstance(file, str) or not file:
