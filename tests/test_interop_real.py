@@ -767,7 +767,7 @@ def test_artiq_client_over_ssl(tmp_path):
     m = start_master(make_lab(tmp_path / "lab"), "--ssl", server_cert, server_key, client_cert)
     try:
         trusted = ["--ssl", client_cert, client_key, server_cert]
-        m.submit(*trusted, "-R", "mark.py", "tag='tls'")
+        assert m.ok(*trusted, "submit", "-R", "mark.py", "tag='tls'").startswith("RID: ")
         m.ok(*trusted, "set-dataset", "tls.flag", "True")
         follower = Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s",
                              "127.0.0.1", "--port", str(m.ports["notify"]), *trusted,
