@@ -1,0 +1,785 @@
+"""labpipe driven by ARTIQ's REAL clients: artiq_client, sipyco's clients, the dashboard.
+
+Outside CI: these tests run only when ``LABPIPE_ARTIQ_PYTHON`` names a Python in which
+``artiq`` and ``sipyco`` are importable (``pytest -m interop_real``); otherwise they
+skip. Each test starts a real labpipe master (every port picked free, bound to
+127.0.0.1), runs the real client in that Python, and asserts both the client's exit
+code/output and the outcome on the labpipe side (history, datasets, schedule).
+They are written to ARTIQ's behaviour, so they show where labpipe differs.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import Lab
+from test_client import Follower
+from test_master_process import MasterProcess, wait_for
+
+ARTIQ_PYTHON = os.environ.get("LABPIPE_ARTIQ_PYTHON")
+
+
+def _artiq_python_problem():
+    if not ARTIQ_PYTHON:
+        return "LABPIPE_ARTIQ_PYTHON is not set"
+    try:
+        result = subprocess.run([ARTIQ_PYTHON, "-c", "import artiq, sipyco"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return f"LABPIPE_ARTIQ_PYTHON={ARTIQ_PYTHON!r} cannot run: {exc}"
+    if result.returncode != 0:
+        return (f"LABPIPE_ARTIQ_PYTHON={ARTIQ_PYTHON!r} lacks artiq or sipyco: "
+                f"{result.stderr.strip().splitlines()[-1:]}")
+    return None
+
+
+_PROBLEM = _artiq_python_problem()
+pytestmark = [pytest.mark.interop_real,
+              pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")]
+
+SLOW = """
+import time
+from labpipe.experiment import *
+
+class Slow(EnvExperiment):
+    def build(self):
+        self.setattr_argument("steps", NumberValue(100000, precision=0, step=1, type="int"))
+
+    def run(self):
+        for i in range(self.steps):
+            self.set_dataset("slow.step", i, broadcast=True)
+            time.sleep(0.01)
+"""
+
+GRACEFUL = """
+import time
+from labpipe.experiment import *
+
+class Graceful(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("graceful.state", "running", broadcast=True)
+        while not self.scheduler.check_termination():
+            time.sleep(0.01)
+        self.set_dataset("graceful.state", "stopped", broadcast=True)
+"""
+
+MARK = """
+import logging
+from labpipe.experiment import *
+
+class Mark(EnvExperiment):
+    def build(self):
+        self.setattr_argument("tag", StringValue("none"))
+
+    def run(self):
+        self.set_dataset("mark." + self.tag, "{version}", broadcast=True)
+        logging.getLogger("mark").warning("marked %s", self.tag)
+"""
+
+TWO = """
+from labpipe.experiment import *
+
+class One(EnvExperiment):
+    def run(self):
+        self.set_dataset("two.which", "one", broadcast=True)
+
+class Two(EnvExperiment):
+    def run(self):
+        self.set_dataset("two.which", "two", broadcast=True)
+"""
+
+ASK = """
+from labpipe.experiment import *
+
+class Ask(EnvExperiment):
+    def run(self):
+        try:
+            with self.interactive("Calibration") as ia:
+                ia.setattr_argument("gain", NumberValue(1.0))
+        except CancelledArgsError:
+            self.set_dataset("ask.result", "cancelled", broadcast=True)
+        else:
+            self.set_dataset("ask.result", ia.gain, broadcast=True)
+"""
+
+DEVICES = 'device_db = {"probe": {"type": "local", "module": "os", "class": "getcwd", ' \
+          '"arguments": {}}}\n'
+
+
+def git(lab, *args):
+    return subprocess.run(["git", *args], cwd=lab.path("repository"), check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def commit_all(lab, message):
+    git(lab, "add", "-A")
+    git(lab, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q",
+        "-m", message)
+    return git(lab, "rev-parse", "HEAD")
+
+
+class RealMaster(MasterProcess):
+    """A labpipe master and the real ARTIQ clients pointed at it (127.0.0.1 only)."""
+
+    def artiq_client(self, *args, port=None, timeout=60):
+        """Run ``artiq_client -s 127.0.0.1 --port PORT ARGS``; the CompletedProcess."""
+        port = self.ports["control"] if port is None else port
+        return subprocess.run(
+            [ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
+             "--port", str(port), *args],
+            capture_output=True, text=True, timeout=timeout, cwd=self.lab.root)
+
+    def ok(self, *args):
+        result = self.artiq_client(*args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def submit(self, *args):
+        out = self.ok("submit", *args)
+        assert out.startswith("RID: "), out
+        return int(out.split("RID: ")[1])
+
+    def ended(self, rid, timeout=60):
+        with self.client("history") as history:
+            return history.wait(rid, timeout)
+
+    def dataset(self, key):
+        with self.client("dataset_db") as datasets:
+            return datasets.get(key)
+
+    def status(self):
+        with self.client("schedule") as schedule:
+            return schedule.get_status()
+
+    def interactive_rids(self):
+        return {int(rid) for rid in self.json("show", "interactive-args")}
+
+    def show(self, what):
+        """``artiq_client show WHAT`` left running; its output lines, read in a thread."""
+        return Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
+                         "--port", str(self.ports["notify"]), "show", what])
+
+    def sync_follower(self, notifier):
+        """The raw lines of a notifier (init, then mods) on a bare socket."""
+        script = textwrap.dedent(f"""
+            import socket, sys
+            s = socket.create_connection(("127.0.0.1", {self.ports["notify"]}))
+            s.sendall(b"ARTIQ sync_struct\\n{notifier}\\n")
+            for line in s.makefile("rb"):
+                sys.stdout.write(line.decode()); sys.stdout.flush()
+            """)
+        return Follower([sys.executable, "-c", script])
+
+
+def start_master(lab, *extra):
+    m = RealMaster(lab.root, "-g", *extra)
+    m.lab = lab
+    return m
+
+
+def make_lab(root):
+    lab = Lab(root)
+    lab.write("device_db.py", DEVICES)
+    git(lab, "init", "-q")
+    for name, source in [("slow", SLOW), ("graceful", GRACEFUL), ("two", TWO), ("ask", ASK),
+                         ("mark", MARK.replace("{version}", "v1"))]:
+        lab.write(f"repository/{name}.py", source)
+    lab.rev1 = commit_all(lab, "first")
+    lab.write("repository/mark.py", MARK.replace("{version}", "v2"))
+    lab.rev2 = commit_all(lab, "second")
+    lab.write("outside/plain.py", MARK.replace("{version}", "plain"))
+    return lab
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    m = start_master(make_lab(tmp_path_factory.mktemp("lab")))
+    yield m
+    m.stop()
+
+
+# --------------------------------------------------------------------------- artiq_client
+
+def test_help_runs():
+    result = subprocess.run([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "scan-repository" in result.stdout
+
+
+def test_submit_plain_file(real):
+    path = real.lab.path("outside", "plain.py")
+    rid = real.submit(path, "tag='plain'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["expid"]["file"] == path and "repo_rev" not in record["expid"]
+    assert real.dataset("mark.plain") == "plain"
+
+
+def test_submit_repository_head(real):
+    rid = real.submit("-R", "mark.py", "tag='head'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev2
+    assert real.dataset("mark.head") == "v2"
+
+
+def test_submit_repository_revision(real):
+    rid = real.submit("-R", "-r", real.lab.rev1, "mark.py", "tag='old'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev1
+    assert real.dataset("mark.old") == "v1"
+
+
+def test_submit_content(real):
+    rid = real.submit("--content", real.lab.path("outside", "plain.py"), "tag='content'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert "content" in record["expid"] and "file" not in record["expid"]
+    assert real.dataset("mark.content") == "plain"
+
+
+def test_submit_scheduling_options_then_delete(real):
+    due = "2099-01-02 03:04:05"
+    rid = real.submit("-p", "elsewhere", "-P", "3", "-t", due, "-f", "-c", "Two",
+                      "-R", "two.py")
+    entry = real.status()[rid]
+    assert entry["pipeline"] == "elsewhere" and entry["priority"] == 3
+    assert entry["flush"] is True and entry["status"] == "pending"
+    assert entry["due_date"] == time.mktime(time.strptime(due, "%Y-%m-%d %H:%M:%S"))
+    assert entry["expid"]["class_name"] == "Two"
+    assert real.ok("delete", str(rid)) == ""
+    assert real.ended(rid)["status"] == "deleted"
+
+
+def test_submit_class_runs_that_class(real):
+    rid = real.submit("-c", "Two", "-R", "two.py")
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("two.which") == "two"
+
+
+def test_delete_running_and_graceful(real):
+    rid = real.submit("-R", "slow.py")
+    wait_for(lambda: real.status().get(rid, {}).get("status") == "running", timeout=60)
+    real.ok("delete", str(rid))
+    assert real.ended(rid)["status"] in ("deleted", "terminated")
+    rid = real.submit("-R", "graceful.py")
+    wait_for(lambda: real.status().get(rid, {}).get("status") == "running", timeout=60)
+    real.ok("delete", "-g", str(rid))
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("graceful.state") == "stopped"
+
+
+def test_delete_of_a_rid_not_in_the_schedule_returns_normally(real):
+    # ARTIQ ignores RIDs that are not (or no longer) scheduled
+    for args in (["delete", "987654"], ["delete", "-g", "987654"]):
+        result = real.artiq_client(*args)
+        assert result.returncode == 0 and result.stderr == "", (args, result.stderr)
+
+
+def test_set_and_del_dataset(real):
+    real.ok("set-dataset", "-p", "interop.list", "[1, 2.5, 'x']")
+    assert real.dataset("interop.list") == [1, 2.5, "x"]
+    real.ok("set-dataset", "--unit", "ms", "--precision", "2", "interop.t", "5")
+    assert real.dataset("interop.t") == pytest.approx(0.005)
+    with real.client("dataset_db") as datasets:
+        assert datasets.get_metadata("interop.t") == {"unit": "ms", "precision": 2}
+    real.ok("set-dataset", "-n", "interop.volatile", "{'a': (1, 2)}")
+    assert real.dataset("interop.volatile") == {"a": (1, 2)}
+    real.ok("del-dataset", "interop.volatile")
+    with real.client("dataset_db") as datasets:
+        with pytest.raises(Exception):
+            datasets.get("interop.volatile")
+
+
+def test_scan_devices(real):
+    real.lab.write("device_db.py", DEVICES.replace('"probe"', '"probe2"'))
+    try:
+        real.ok("scan-devices")
+        with real.client("device_db") as devices:
+            assert "probe2" in devices.get_device_db()
+    finally:
+        real.lab.write("device_db.py", DEVICES)
+        real.ok("scan-devices")
+
+
+def test_scan_repository_sync_async_and_revision(tmp_path):
+    lab = make_lab(tmp_path)
+    m = start_master(lab)
+    try:
+        lab.write("repository/extra.py", TWO.replace("two.", "extra.")
+                  .replace("class One", "class Extra").replace("class Two", "class Extra2"))
+        rev3 = commit_all(lab, "third")
+        m.ok("scan-repository")
+        with m.client("experiment_db") as db:
+            assert "Extra" in db.examine("extra.py")
+        follower = m.sync_follower("explist_status")
+        m.ok("scan-repository", lab.rev1)
+        follower.until(lambda line: lab.rev1 in line)
+        m.ok("scan-repository", "--async")
+        follower.until(lambda line: rev3 in line)
+        follower.stop()  # a bare socket reader: SIGINT ends it with a KeyboardInterrupt
+    finally:
+        m.stop()
+
+
+def test_ls(real):
+    top = real.ok("ls").splitlines()
+    assert "repository/" in top and "device_db.py" in top
+    assert "mark.py" in real.ok("ls", "repository").splitlines()
+    outside = real.artiq_client("ls", "/etc")
+    assert outside.returncode != 0 and "PermissionError" in outside.stderr
+
+
+def test_supply_and_cancel_interactive(real):
+    rid = real.submit("-R", "ask.py")
+    show = real.show("interactive-args")
+    show.until(lambda line: str(rid) in line and "Calibration" in line and "gain" in line)
+    assert show.stop()[0] == 0
+    real.ok("supply-interactive", str(rid), "gain=2.5")
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("ask.result") == 2.5
+    rid = real.submit("-R", "ask.py")
+    wait_for(lambda: rid in real.interactive_rids(), timeout=60)
+    real.ok("cancel-interactive", str(rid))
+    assert real.ended(rid)["status"] == "completed"
+    assert real.dataset("ask.result") == "cancelled"
+
+
+def test_show_schedule_datasets_devices(real):
+    rid = real.submit("-R", "slow.py")
+    try:
+        show = real.show("schedule")
+        show.until(lambda line: str(rid) in line and "slow.py" in line)
+        assert show.stop()[0] == 0
+    finally:
+        real.ok("delete", str(rid))
+    real.ok("set-dataset", "interop.shown", "42")
+    show = real.show("datasets")
+    show.until(lambda line: "interop.shown" in line and "42" in line)
+    assert show.stop()[0] == 0
+    show = real.show("devices")
+    show.until(lambda line: "| probe |" in line)
+    show.until(lambda line: '"class": "getcwd"' in line)
+    assert show.stop()[0] == 0
+
+
+def test_terminate(tmp_path):
+    m = start_master(make_lab(tmp_path))
+    try:
+        assert m.ok("terminate") == ""
+        assert m.process.wait(timeout=60) == 0
+    finally:
+        m.stop()
+
+
+# --------------------------------------------------------------------------- sipyco's clients
+
+SIPYCO_SCRIPT = r'''
+import asyncio, json, sys, time
+from sipyco.pc_rpc import Client
+from sipyco.sync_struct import Subscriber
+from sipyco.broadcast import Receiver
+
+control, notify, broadcast = map(int, sys.argv[1:4])
+out = {}
+
+async def main():
+    datasets, schedule, seen_rids, logs = {}, {}, set(), []
+    def init(target):
+        def build(struct):
+            target.clear(); target.update(struct); return target
+        return build
+    ds = Subscriber("datasets", init(datasets))
+    sc = Subscriber("schedule", init(schedule),
+                    lambda mod: seen_rids.update(schedule))
+    log = Receiver("log", [logs.append])
+    await ds.connect("127.0.0.1", notify)
+    await sc.connect("127.0.0.1", notify)
+    await log.connect("127.0.0.1", broadcast)
+    mm = Client("127.0.0.1", control, "master_management")
+    out["name"] = mm.get_name()
+    mm.close_rpc()
+    remote = Client("127.0.0.1", control, "schedule")
+    expid = {"file": "mark.py", "repo_rev": None, "class_name": None, "log_level": 30,
+             "arguments": {"tag": "sipyco"}, "devarg_override": {}}
+    rid = remote.submit("main", expid, 0, None, False)
+    out["rid"] = rid
+    deadline = time.monotonic() + 60
+    while not ("mark.sipyco" in datasets and rid in seen_rids and rid not in schedule
+               and any("marked sipyco" in r[3] for r in logs)):
+        assert time.monotonic() < deadline, (datasets, schedule, logs)
+        await asyncio.sleep(0.02)
+    remote.close_rpc()
+    out["dataset"] = list(datasets["mark.sipyco"])
+    out["log"] = [list(r) for r in logs if "marked sipyco" in r[3]][0]
+    ddb = Client("127.0.0.1", control, "dataset_db")
+    ddb.set("sipyco.t", (1, 2), True, {"unit": "s"})
+    out["get"] = list(ddb.get("sipyco.t"))
+    out["methods"] = sorted(ddb.get_rpc_method_list()["methods"])
+    ddb.close_rpc()
+    for c in (ds, sc, log):
+        await c.close()
+
+asyncio.run(main())
+print(json.dumps(out))
+'''
+
+
+def test_sipyco_rpc_client_subscriber_and_receiver(real, tmp_path):
+    script = tmp_path / "sipyco_clients.py"
+    script.write_text(SIPYCO_SCRIPT)
+    result = subprocess.run(
+        [ARTIQ_PYTHON, str(script), str(real.ports["control"]), str(real.ports["notify"]),
+         str(real.ports["broadcast"])], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["name"] is None or isinstance(out["name"], str)
+    assert out["dataset"][1] == "v2"  # (persist, value, metadata) with the head revision
+    level, source, created, message = out["log"]
+    assert level == 30 and str(out["rid"]) in source and message == "mark:marked sipyco"
+    assert out["get"] == [1, 2]
+    assert out["methods"] == ["delete", "get", "get_metadata", "set", "update"]
+    assert real.ended(out["rid"])["status"] == "completed"
+    with real.client("dataset_db") as datasets:
+        assert datasets.get("sipyco.t") == (1, 2)
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+# Runs inside the dashboard's own process: it wraps artiq_dashboard.main(), catches the
+# objects main() builds, and, once the window shows, drives the real widgets (the
+# experiment dock's Submit button, the schedule table's Delete action).
+DASHBOARD_DRIVER = r'''
+import asyncio, json, sys, time, traceback
+from PyQt6 import QtWidgets
+from artiq.frontend import artiq_dashboard
+from artiq.dashboard import experiments, schedule
+from artiq.gui import log, models
+
+caught = {}
+end_screenshot = sys.argv[1]
+
+def catch(cls, name):
+    init = cls.__init__
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        caught[name] = self
+    cls.__init__ = wrapped
+
+catch(experiments.ExperimentManager, "expmgr")
+catch(schedule.ScheduleDock, "schedule")
+subscribers = {}
+subscriber_init = models.ModelSubscriber.__init__
+def subscriber_kept(self, notifier_name, *args, **kwargs):
+    subscriber_init(self, notifier_name, *args, **kwargs)
+    subscribers[notifier_name] = self
+models.ModelSubscriber.__init__ = subscriber_kept
+
+def store(notifier_name):
+    """What the dashboard's model of that notifier holds now."""
+    model = subscribers[notifier_name].model
+    return {} if model is None else model.backing_store
+log_messages = []
+append_message = log.LogDockManager.append_message
+def append_and_keep(self, msg):
+    log_messages.append(msg)
+    append_message(self, msg)
+log.LogDockManager.append_message = append_and_keep
+
+def report(**fields):
+    print("DRIVER " + json.dumps(fields), flush=True)
+
+async def until(what, predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"dashboard: {what} not seen within {timeout} s "
+                               f"(schedule {caught['expmgr'].schedule}, "
+                               f"datasets {sorted(store('datasets'))}, "
+                               f"last log messages {[m[3] for m in log_messages[-8:]]})")
+        await asyncio.sleep(0.05)
+
+def wait_for_go():
+    return asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+def show_docks(main_window):
+    """Bring the explorer and schedule tabs to the front, for the screenshots."""
+    for dock in main_window.findChildren(QtWidgets.QDockWidget):
+        if dock.objectName() in ("Explorer", "Schedule"):
+            dock.raise_()
+
+async def drive(main_window):
+    try:
+        expmgr, dock_schedule = caught["expmgr"], caught["schedule"]
+        await until("the explorer listing Slow",
+                    lambda: any(v["class_name"] == "Slow" for v in expmgr.explist.values()))
+        name = [k for k, v in expmgr.explist.items() if v["class_name"] == "Slow"][0]
+        report(event="explorer", names=sorted(expmgr.explist))
+        main_window.resize(1280, 900)
+        show_docks(main_window)
+        await asyncio.sleep(10)  # the dashboard must survive 10 s connected
+        report(event="alive")
+        await wait_for_go()
+        dock = expmgr.open_experiment("repo:" + name)
+        submit = [b for b in dock.findChildren(QtWidgets.QPushButton) if b.text() == "Submit"]
+        submit[0].click()
+        await until("the submitted run in the schedule",
+                    lambda: any(v["expid"].get("file") == "slow.py"
+                                for v in expmgr.schedule.values()))
+        rid = [k for k, v in expmgr.schedule.items() if v["expid"].get("file") == "slow.py"][0]
+        await until("the run running", lambda: expmgr.schedule.get(rid, {}).get("status") == "running")
+        show_docks(main_window)
+        report(event="submitted", rid=rid)
+        await wait_for_go()
+        table = dock_schedule.table
+        table.selectRow(dock_schedule.table_model.row_to_key.index(rid))
+        [a for a in table.actions() if a.text() == "Delete"][0].trigger()
+        await until("the run leaving the schedule", lambda: rid not in expmgr.schedule)
+        report(event="deleted", rid=rid)
+        assert main_window.grab().save(end_screenshot)
+        report(event="done")
+    except Exception:
+        report(event="error", text=traceback.format_exc())
+    main_window.exit_request.set()
+
+def submit_from_dock(expmgr, class_name):
+    name = [k for k, v in expmgr.explist.items() if v["class_name"] == class_name][0]
+    dock = expmgr.open_experiment("repo:" + name)
+    [b for b in dock.findChildren(QtWidgets.QPushButton) if b.text() == "Submit"][0].click()
+
+def rid_of(expmgr, file):
+    rids = [k for k, v in expmgr.schedule.items() if v["expid"].get("file") == file]
+    return rids[0] if rids else None
+
+async def live_views(main_window):
+    """Log (print lines, multi-line records), datasets and interactive arguments."""
+    try:
+        expmgr = caught["expmgr"]
+        await until("the explorer listing Chatty",
+                    lambda: any(v["class_name"] == "Chatty" for v in expmgr.explist.values()))
+        submit_from_dock(expmgr, "Chatty")
+        await until("Chatty's dataset in the datasets dock",
+                    lambda: "chatty.value" in store("datasets"))
+        report(event="dataset", value=store("datasets")["chatty.value"][1])
+        submit_from_dock(expmgr, "Ask")
+        await until("Ask in the schedule", lambda: rid_of(expmgr, "ask.py") is not None)
+        rid = rid_of(expmgr, "ask.py")
+        await until("Ask's request in the interactive arguments dock",
+                    lambda: rid in store("interactive_args"))
+        request = store("interactive_args")[rid]
+        report(event="interactive", rid=rid, title=request["title"],
+               keys=[a[0] for a in request["arglist_desc"]])
+        await wait_for_go()
+        await until("the request leaving", lambda: rid not in store("interactive_args"))
+        report(event="answered", rid=rid)
+        messages = lambda: [m[3] for m in log_messages]
+        await until("Chatty's print line in the log dock",
+                    lambda: "print:a line printed by chatty" in messages(), timeout=20)
+        await until("Chatty's multi-line record in the log dock",
+                    lambda: any(m.startswith("chatty:first line\nsecond line") for m in messages()), timeout=20)
+        report(event="log", sources=sorted({m[1] for m in log_messages}))
+        assert main_window.grab().save(end_screenshot)
+        report(event="done")
+    except Exception:
+        report(event="error", text=traceback.format_exc())
+    main_window.exit_request.set()
+
+scenario = {"submit_delete": drive, "live_views": live_views}[sys.argv[2]]
+show = artiq_dashboard.MainWindow.show
+def show_and_drive(self):
+    show(self)
+    asyncio.ensure_future(scenario(self))
+artiq_dashboard.MainWindow.show = show_and_drive
+
+sys.argv = ["artiq_dashboard"] + sys.argv[3:]
+artiq_dashboard.main()
+'''
+
+
+class Xvfb:
+    """An X server of our own on a free display number."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(["Xvfb", "-displayfd", "1", "-screen", "0",
+                                         "1280x900x24", "-nolisten", "tcp"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
+        self.display = ":" + self.process.stdout.readline().strip()
+
+    def screenshot(self, path):
+        subprocess.run(["import", "-display", self.display, "-window", "root", str(path)],
+                       check=True, timeout=60)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+class Dashboard:
+    """The real dashboard under its own Xvfb, running DASHBOARD_DRIVER's scenario."""
+
+    def __init__(self, real, tmp_path, scenario):
+        driver = tmp_path / "dashboard_driver.py"
+        driver.write_text(DASHBOARD_DRIVER)
+        self.xvfb = Xvfb()
+        env = {**os.environ, "DISPLAY": self.xvfb.display, "QT_QPA_PLATFORM": "xcb",
+               "HOME": str(tmp_path)}  # the dashboard's settings go under HOME
+        self.process = subprocess.Popen(
+            [ARTIQ_PYTHON, str(driver), str(tmp_path / "dashboard-end.png"), scenario,
+             "-s", "127.0.0.1", "--port-control", str(real.ports["control"]),
+             "--port-notify", str(real.ports["notify"]),
+             "--port-broadcast", str(real.ports["broadcast"]),
+             "--db-file", str(tmp_path / "dashboard.pyon")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        self.events = []
+
+    def next_event(self):
+        """The driver's next report; fails on its error report or on the dashboard's exit."""
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise AssertionError(f"dashboard exited ({self.process.wait(timeout=30)}): "
+                                     f"{self.process.stderr.read()[-3000:]}; "
+                                     f"events {self.events}")
+            if line.startswith("DRIVER "):
+                event = json.loads(line[len("DRIVER "):])
+                self.events.append(event)
+                if event["event"] == "error":
+                    code, stderr = self.exited()
+                    raise AssertionError(f"{event['text']}\ndashboard exit {code}: {stderr}")
+                return event
+
+    def go(self):
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def exited(self):
+        code = self.process.wait(timeout=60)
+        return code, self.process.stderr.read()[-3000:]
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            stream.close()
+        self.xvfb.stop()
+
+
+needs_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("import") is None,
+                                reason="needs Xvfb and ImageMagick's import")
+
+
+@needs_xvfb
+def test_dashboard_starts_lists_submits_and_deletes(real, tmp_path):
+    dashboard = Dashboard(real, tmp_path, "submit_delete")
+    try:
+        explorer = dashboard.next_event()
+        assert explorer["event"] == "explorer" and len(explorer["names"]) >= 5
+        assert dashboard.next_event()["event"] == "alive"
+        assert dashboard.process.poll() is None
+        dashboard.xvfb.screenshot(tmp_path / "dashboard-start.png")
+        dashboard.go()
+        submitted = dashboard.next_event()
+        assert submitted["event"] == "submitted"
+        rid = submitted["rid"]
+        assert real.status()[rid]["status"] == "running"  # labpipe agrees
+        dashboard.xvfb.screenshot(tmp_path / "dashboard-running.png")
+        dashboard.go()
+        assert dashboard.next_event() == {"event": "deleted", "rid": rid}
+        assert real.ended(rid)["status"] in ("deleted", "terminated")
+        assert dashboard.next_event()["event"] == "done"
+        code, stderr = dashboard.exited()
+        assert code == 0, stderr
+        for shot in ("start", "running", "end"):
+            assert (tmp_path / f"dashboard-{shot}.png").stat().st_size > 0
+    finally:
+        dashboard.close()
+
+
+CHATTY = """
+import logging
+from labpipe.experiment import *
+
+class Chatty(EnvExperiment):
+    def run(self):
+        self.set_dataset("chatty.value", 17, broadcast=True)
+        print("a line printed by chatty")
+        logging.getLogger("chatty").warning("first line\\nsecond line")
+"""
+
+
+@needs_xvfb
+def test_dashboard_shows_datasets_log_and_interactive_args(tmp_path):
+    lab = make_lab(tmp_path / "lab")
+    lab.write("repository/chatty.py", CHATTY)
+    commit_all(lab, "chatty")
+    m = start_master(lab)
+    dashboard = Dashboard(m, tmp_path, "live_views")
+    try:
+        assert dashboard.next_event() == {"event": "dataset", "value": 17}
+        interactive = dashboard.next_event()
+        assert interactive["title"] == "Calibration" and interactive["keys"] == ["gain"]
+        m.ok("cancel-interactive", str(interactive["rid"]))
+        dashboard.go()
+        assert dashboard.next_event() == {"event": "answered", "rid": interactive["rid"]}
+        log = dashboard.next_event()
+        assert log["event"] == "log" and any("Chatty" in s for s in log["sources"])
+        assert dashboard.next_event()["event"] == "done"
+        code, stderr = dashboard.exited()
+        assert code == 0, stderr
+        assert m.ended(interactive["rid"])["status"] == "completed"
+    finally:
+        dashboard.close()
+        m.stop()
+
+
+# --------------------------------------------------------------------------- over --ssl
+
+def make_certificate(folder, name):
+    """A self-signed certificate and key (CN=name); (cert path, key path)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_artiq_client_over_ssl(tmp_path):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    server_cert, server_key = make_certificate(certs, "master")
+    client_cert, client_key = make_certificate(certs, "client")
+    stranger_cert, stranger_key = make_certificate(certs, "stranger")
+    m = start_master(make_lab(tmp_path / "lab"), "--ssl", server_cert, server_key, client_cert)
+    try:
+        trusted = ["--ssl", client_cert, client_key, server_cert]
+        assert m.ok(*trusted, "submit", "-R", "mark.py", "tag='tls'").startswith("RID: ")
+        m.ok(*trusted, "set-dataset", "tls.flag", "True")
+        follower = Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s",
+                             "127.0.0.1", "--port", str(m.ports["notify"]), *trusted,
+                             "show", "datasets"])
+        follower.until(lambda line: "mark.tls" in line)
+        assert follower.stop()[0] == 0
+        refused = m.artiq_client("--ssl", stranger_cert, stranger_key, server_cert,
+                                 "set-dataset", "tls.stranger", "1")
+        assert refused.returncode != 0
+        plain = m.artiq_client("set-dataset", "tls.plain", "1", timeout=60)
+        assert plain.returncode != 0
+        assert m.process.poll() is None
+        m.ok(*trusted, "del-dataset", "tls.flag")  # still serving trusted clients
+    finally:
+        m.stop()
