@@ -29,6 +29,10 @@ class CustomError(Exception):
     pass
 
 
+class NotFound(KeyError):
+    """Like the master's DatasetNotFoundError: not a builtin, but a KeyError."""
+
+
 class Calc:
     """A calculator target."""
 
@@ -166,6 +170,20 @@ def test_calls_with_args_and_kwargs():
             assert c.get_local_host() == HOST
             assert c.get_rpc_id() == (["calc", "other"], "test master")
     with_server({"calc": Calc(), "other": Other()}, body, description="test master")
+
+
+def test_subclass_of_a_builtin_is_sent_as_that_builtin():
+    class Lookup:
+        def find(self, key):
+            raise NotFound(f"{key} does not exist")
+
+    def body(port):
+        with Client(HOST, port, "lookup") as c:
+            with pytest.raises(KeyError) as info:
+                c.find("x")
+            assert type(info.value) is KeyError  # rebuilt from the wire's "KeyError"
+            assert "NotFound" in info.value.remote_traceback
+    with_server({"lookup": Lookup()}, body)
 
 
 def test_coroutine_method_is_awaited():

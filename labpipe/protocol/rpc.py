@@ -11,7 +11,8 @@ Wire (see ``shared/docs/wire-compat.md``), one UTF-8 line per message:
    ``{"action": "call", "name": NAME, "args": ARGS, "kwargs": {...}}`` and
    ``{"action": "get_rpc_method_list"}``; replies ``{"status": "ok", "ret": VALUE}`` or
    ``{"status": "failed", "exception": {"class": C, "message": str, "traceback": [str]}}``
-   where C is a builtin exception class name or ``GenericRemoteException``.
+   where C is the nearest builtin exception class among the exception's bases (a
+   ``KeyError`` subclass is sent as ``KeyError``) or ``GenericRemoteException``.
    ARGS is a PYON tuple, ``{"__jsonclass__": ["tuple", [[5]]]}`` for one argument 5,
    as sipyco's clients (``artiq_client``, the dashboard) and labpipe's own send it;
    the server also takes a plain list.
@@ -119,6 +120,18 @@ def _is_builtin_exception(cls: type) -> bool:
     return getattr(builtins, cls.__name__, None) is cls
 
 
+def _wire_class(cls: type) -> str:
+    """The class name a ``failed`` reply gives: the nearest builtin exception class
+    among cls's bases (a ``KeyError`` subclass is a ``KeyError`` to sipyco's clients,
+    which only rebuild builtins), ``GenericRemoteException`` when there is none."""
+    for base in cls.__mro__:
+        if base in (BaseException, Exception):
+            break
+        if _is_builtin_exception(base):
+            return base.__name__
+    return GENERIC_CLASS
+
+
 def _failure(exc: BaseException) -> dict:
     """The ``failed`` reply describing exc."""
     cls = type(exc)
@@ -127,7 +140,7 @@ def _failure(exc: BaseException) -> dict:
     except Exception:
         tb = [f"{cls.__name__}: {_safe_str(exc)}\n"]
     return {"status": "failed", "exception": {
-        "class": cls.__name__ if _is_builtin_exception(cls) else GENERIC_CLASS,
+        "class": _wire_class(cls),
         "message": _safe_str(exc),
         "traceback": [_safe_str(line) for line in tb],
     }}
