@@ -16,7 +16,7 @@ import pytest
 from conftest import run_async, run_ends, running_master, wait_until
 from labpipe.config import (ConfigError, ExamineConfig, LabConfig, SecurityConfig,
                             config_from_dict, load_config)
-from labpipe.protocol.rpc import AsyncClient, RemoteError
+from labpipe.protocol.rpc import AsyncClient
 
 EXP = """
 from labpipe.experiment import *
@@ -63,7 +63,7 @@ def test_pathological_content_is_compiled_outside_the_master(lab):
                     answers += 1
                     peak = max(peak, rss_bytes())
                     await asyncio.sleep(0.02)
-                with pytest.raises(RemoteError) as refused:
+                with pytest.raises(ValueError) as refused:
                     await submit
                 message = str(refused.value)
                 assert "compiling the submitted content needs more memory" in message
@@ -118,7 +118,7 @@ def test_raw_files_only_in_allowed_folders(lab, tmp_path_factory):
                     await db.rpc_target.examine(name, use_repository=False)
             examiner = await rpc(m, "experiment_db")
             try:
-                with pytest.raises(RemoteError, match="outside the folders"):
+                with pytest.raises(ValueError, match="outside the folders"):
                     await examiner.examine(str(outside / "exp.py"), False)
             finally:
                 examiner.close_rpc()
