@@ -171,3 +171,22 @@ def run_async(coro, timeout=60):
         async with asyncio.timeout(timeout):
             return await coro
     return asyncio.run(guarded())
+
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie has ended: only its parent has not reaped it yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pids, timeout):
+    """The pids still running after waiting up to timeout seconds for them to end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if process_alive(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)

@@ -25,6 +25,9 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
 
+from conftest import wait_gone
+from test_master_process import _descendants
+
 FAR = 9e9  # a due date that keeps a run pending for good
 
 SET_PERSISTENT = """
@@ -43,38 +46,9 @@ def expid(**arguments):
             "arguments": arguments, "log_level": 30}
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie has ended: only its parent has not reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def assert_none_alive(pids: list[int], timeout: float = 1.0) -> None:
     """Every process of a killed master is gone within timeout seconds of its death."""
-    deadline = time.monotonic() + timeout
-    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    alive = wait_gone(pids, timeout)
     assert not alive, f"processes of the killed master still alive after {timeout} s: {alive}"
 
 

@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from labpipe.master.process_records import FILE_NAME
 from labpipe.protocol import pyon
 from labpipe.worker import lifetime
+from conftest import wait_gone
 from test_master_process import MasterProcess, _descendants, wait_for
 
 SLEEPER = """
@@ -39,24 +39,6 @@ class Quick(EnvExperiment):
 """
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie has ended: only its parent has not reaped it yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [p for p in pids if _alive(p)]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def lab_with_experiments(lab):
     lab.experiment("sleeper", SLEEPER)
@@ -82,7 +64,7 @@ def test_sigkill_of_the_master_ends_every_process_it_started(lab_with_experiment
         assert len(processes) >= 4  # template, two workers, the sleep (spares, examiners)
         m.process.kill()
         m.process.wait(timeout=10)
-        assert _wait_gone(processes, 1.0) == []
+        assert wait_gone(processes, 1.0) == []
     finally:
         m.stop()
     # a new master in the same lab starts cleanly and runs experiments
@@ -121,7 +103,7 @@ def test_a_run_ending_ends_what_its_experiment_left_running(lab):
             wait_for(lambda: rid not in schedule.get_status())
         with m.client("dataset_db") as datasets:
             child = datasets.get("leaver.child")
-        assert _wait_gone([child], 10) == []
+        assert wait_gone([child], 10) == []
     finally:
         m.stop()
 

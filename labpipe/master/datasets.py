@@ -64,7 +64,7 @@ import numpy
 
 from labpipe.master.lmdb_file import LMDBFile
 from labpipe.protocol import pyon
-from labpipe.protocol.sync import Notifier
+from labpipe.protocol.sync import Notifier, apply_mod
 from labpipe.worker.datasets import DatasetNotFoundError, append_row
 
 __all__ = ["DatasetDB", "DatasetNotFoundError", "DEFAULT_MAP_SIZE"]
@@ -398,16 +398,7 @@ class DatasetDB:
             else:
                 if isinstance(container, tuple):
                     raise TypeError("a tuple cannot be modified")
-                if action == "setitem":
-                    container[mod["key"]] = mod["value"]
-                elif action == "delitem":
-                    del container[mod["key"]]
-                elif action == "append":
-                    container.append(mod["x"])
-                elif action == "insert":
-                    container.insert(mod["i"], mod["x"])
-                else:
-                    container.pop(mod["i"])
+                apply_mod(container, {**mod, "path": []})
         except (LookupError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"dataset {path[0]!r}: cannot apply the {action} mod at path "
                              f"{path}: {type(e).__name__}: {e}") from None
