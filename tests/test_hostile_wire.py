@@ -17,7 +17,7 @@ import pytest
 
 from labpipe.master.params import PyonValue
 from labpipe.protocol import pyon
-from labpipe.protocol.rpc import AsyncClient, Server
+from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.server import ConnectionLimits
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber
 
