@@ -182,18 +182,6 @@ class _Decoder:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.max_int_digits = min(limits.max_int_digits, MAX_ENCODE_INT_DIGITS)
-        self.decoders = {
-            "tuple": self._tuple,
-            "dict": lambda args: dict(self._pairs("dict", args)),
-            "set": self._set,
-            "complex": self._complex,
-            "bytes": self._bytes,
-            "slice": self._slice,
-            "Fraction": self._fraction,
-            "OrderedDict": lambda args: OrderedDict(self._pairs("OrderedDict", args)),
-            "nparray": self._nparray,
-            "npscalar": self._npscalar,
-        }
 
     def parse_int(self, text: str) -> int:
         digits = len(text) - (text[0] == "-")
@@ -210,13 +198,13 @@ class _Decoder:
                 or not isinstance(escape[0], str)):
             raise ValueError(f"malformed PYON type escape: {_short(escape)}")
         typename, args = escape
-        decoder = self.decoders.get(typename)
+        decoder = _TYPE_DECODERS.get(typename)
         if decoder is None:
             raise ValueError(f"unknown PYON type {typename[:50]!r}")
         if not isinstance(args, list):
             raise ValueError(f"PYON type {typename}: arguments must be a list")
         try:
-            return decoder(args)
+            return decoder(self, args)
         except ValueError:
             raise
         except Exception as e:  # TypeError of a constructor, unhashable key...
@@ -235,20 +223,24 @@ class _Decoder:
     def _set(self, args):
         return set(self._one_list("set", args))
 
+    def _dict(self, args):
+        return dict(self._pairs("dict", args))
+
+    def _ordered_dict(self, args):
+        return OrderedDict(self._pairs("OrderedDict", args))
+
     def _pairs(self, typename, args):
         items = self._one_list(typename, args)
         if not all(isinstance(p, list) and len(p) == 2 for p in items):
             raise ValueError(f"PYON type {typename}: expected a list of [key, value] pairs")
         return [(k, v) for k, v in items]
 
-    @staticmethod
-    def _slice(args):
+    def _slice(self, args):
         if len(args) != 3:
             raise ValueError("PYON type slice: expected [start, stop, step]")
         return slice(*args)
 
-    @staticmethod
-    def _complex(args):
+    def _complex(self, args):
         if len(args) != 2 or not all(type(x) in (int, float) for x in args):
             raise ValueError("PYON type complex: expected [real, imag], two numbers")
         try:
@@ -257,8 +249,7 @@ class _Decoder:
             raise LimitExceeded("PYON value refused: a complex number whose parts "
                                 "do not fit a float") from None
 
-    @staticmethod
-    def _fraction(args):
+    def _fraction(self, args):
         if len(args) != 2 or not all(type(x) is int for x in args):
             raise ValueError("PYON type Fraction: expected [numerator, denominator], "
                              "two integers")
@@ -372,6 +363,21 @@ def _next_level(level: list) -> list:
     return list(compress(children, map(_CONTAINER_TYPES.__contains__, map(type, children))))
 
 
+#: PYON type name -> the _Decoder method building it from the escape's arguments.
+_TYPE_DECODERS = {
+    "tuple": _Decoder._tuple,
+    "dict": _Decoder._dict,
+    "set": _Decoder._set,
+    "complex": _Decoder._complex,
+    "bytes": _Decoder._bytes,
+    "slice": _Decoder._slice,
+    "Fraction": _Decoder._fraction,
+    "OrderedDict": _Decoder._ordered_dict,
+    "nparray": _Decoder._nparray,
+    "npscalar": _Decoder._npscalar,
+}
+
+
 def _check_depth(value, max_depth: int) -> None:
     """Raise LimitExceeded if containers nest deeper than max_depth in value."""
     level, depth = [value], 1
@@ -410,9 +416,19 @@ def decode(text: str | bytes, limits: Limits = DEFAULT_LIMITS):
             raise LimitExceeded(f"PYON value refused: an integer of more than "
                                 f"{python_digits} digits") from None
         raise
-    if isinstance(value, _CONTAINERS):
-        _check_depth(value, min(limits.max_depth, MAX_ENCODE_DEPTH))
+    max_depth = min(limits.max_depth, MAX_ENCODE_DEPTH)
+    # A value nests no deeper than its JSON text, and the text no deeper than its count
+    # of opening brackets: most messages are proved shallow without walking the value.
+    if isinstance(value, _CONTAINERS) and _openings(text) > max_depth:
+        _check_depth(value, max_depth)
     return value
+
+
+def _openings(text: str | bytes) -> int:
+    """How many JSON arrays and objects text opens (brackets inside strings too)."""
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
 
 
 # --------------------------------------------------------------------------- files
