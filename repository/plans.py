@@ -6,7 +6,7 @@ into experiments; ``@plan_experiment`` does it for a plan defined here. Both sta
 ``yield from peak_scan(...)`` still works in other plans.
 """
 
-from bluesky.plans import count, scan
+from bluesky.plans import count, scan  # noqa: F401 (count is named in __plans__)
 from bluesky.protocols import Movable, Readable
 
 from labpipe.bluesky.plans import experiments_from_plans, plan_experiment
