@@ -1,6 +1,8 @@
 """No stranded runs, no half-done ends, ARTIQ delete semantics, bounded error text, and
 edits that either apply whole or change nothing (issues 12, 13, 14)."""
 
+import asyncio
+import logging
 import math
 import os
 
@@ -209,3 +211,21 @@ def test_mods_are_published_only_once_on_disk(lab):
                     assert on_disk is not None and on_disk >= value, (key, value, on_disk)
 
     run_async(main())
+
+
+def test_a_background_task_that_fails_is_logged_with_its_traceback(lab, caplog):
+    """What the scheduler runs in the background (ends of runs, stage notes) never fails
+    silently: the exception is logged, with its traceback."""
+    async def fails():
+        raise RuntimeError("background boom")
+
+    async def main():
+        async with running_master(lab) as m:
+            task = m.scheduler._spawn(fails())
+            await asyncio.wait([task])
+            await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    with caplog.at_level(logging.ERROR, logger="labpipe.master.scheduler"):
+        run_async(main())
+    failures = [r for r in caplog.records if "background task" in r.getMessage()]
+    assert len(failures) == 1 and "fails" in failures[0].getMessage()
+    assert failures[0].exc_info[1].args == ("background boom",)

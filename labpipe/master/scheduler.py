@@ -488,11 +488,18 @@ class Scheduler:
     # --- lifetime ------------------------------------------------------------------
 
     def _spawn(self, coro) -> asyncio.Task:
-        """Run coro in a task that stop() waits for."""
+        """Run coro in a task that stop() waits for; an exception it ends with is logged
+        (with its traceback), never silently dropped."""
         task = asyncio.create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed", task.get_coro().__qualname__,
+                         exc_info=task.exception())
 
     async def stop(self):
         """Stop every pipeline and close every worker."""
