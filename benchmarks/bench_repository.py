@@ -26,7 +26,7 @@ import time
 from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.filesystem import FilesystemBackend
 from labpipe.master.repository.git import GitBackend
-from labpipe.worker import launcher
+from labpipe.worker.launcher import Launcher
 
 EXPERIMENT = '''\
 from labpipe.experiment import *
@@ -84,8 +84,8 @@ def ms(seconds):
     return f"{seconds * 1e3:7.1f} ms"
 
 
-async def bench(name, lab, backend, count, workers, change_one):
-    db = ExperimentDB(lab, backend, workers=workers)
+async def bench(name, launcher, lab, backend, count, workers, change_one):
+    db = ExperimentDB(lab, backend, workers=workers, launcher=launcher)
     try:
         pool_start = await timed(db.pool.start())
         cold = await timed(db.start())
@@ -110,6 +110,7 @@ async def bench(name, lab, backend, count, workers, change_one):
 
 
 async def main(count, workers):
+    launcher = Launcher()
     start = time.perf_counter()
     await asyncio.to_thread(launcher.warm_up)
     print(f"forkserver template start (once per master): {ms(time.perf_counter() - start)}")
@@ -118,7 +119,7 @@ async def main(count, workers):
         lab = os.path.join(tmp, "fs")
         repo = os.path.join(lab, "repository")
         write_experiments(repo, count)
-        await bench("filesystem", lab, FilesystemBackend(repo), count, workers,
+        await bench("filesystem", launcher, lab, FilesystemBackend(repo), count, workers,
                     lambda i, v: change(repo, i, v))
 
         lab = os.path.join(tmp, "git")
@@ -136,9 +137,11 @@ async def main(count, workers):
             change(clone, i, version)
             git(clone, "commit", "-q", "-am", f"change {i}")
             git(clone, "push", "-q", "origin", "HEAD:main")
-        await bench("git (bare)", lab, GitBackend(bare), count, workers, commit_one)
+        await bench("git (bare)", launcher, lab, GitBackend(bare), count, workers,
+                    commit_one)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        await asyncio.to_thread(launcher.close)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,18 @@ no RID is taken; the worker's logs, dataset writes and submissions are dropped, 
 dry run leaves no trace in the schedule, the datasets or the results.
 """
 
-import logging
+from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from labpipe.master.expid import validate_submission
+from labpipe.master.repository.db import caller
 from labpipe.worker.handle import Worker, WorkerError, WorkerFailed
+
+if TYPE_CHECKING:  # the scheduler imports this module: no import at run time
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["validate_run"]
 
@@ -25,9 +34,10 @@ def _strip_rid(message: str) -> str:
     return message.split(": ", 1)[1] if message.startswith("RID ") else message
 
 
-def _handlers(scheduler) -> dict:
+def _handlers(scheduler: Scheduler) -> dict[str, Callable[[dict], object]]:
     base = scheduler.worker_handlers(None)
-    handlers = {name: (lambda msg: None) for name in _SILENT}
+    handlers: dict[str, Callable[[dict], object]] = {name: (lambda msg: None)
+                                                     for name in _SILENT}
     for name in ("get_device_db", "get_dataset"):
         if name in base:
             handlers[name] = base[name]
@@ -40,10 +50,11 @@ def _handlers(scheduler) -> dict:
     return handlers
 
 
-async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
-    """The problems of a submission; see the module docstring."""
-    from labpipe.master.repository.db import caller
-    from labpipe.master.scheduler import validate_submission
+async def validate_run(scheduler: Scheduler, pipeline_name: str,
+                       expid: dict[str, Any]) -> list[str]:
+    """The problems of a submission; see the module docstring. Uses the scheduler's
+    public surface only: its configuration, ``check_submission``, ``worker_handlers``,
+    ``launcher`` and ``checkout_rev``/``release_rev``."""
     logger.info("validate(%r, file %r%s) called by %s", pipeline_name,
                 expid.get("file") if isinstance(expid, dict) else None,
                 ", with content" if isinstance(expid, dict) and "content" in expid else "",
@@ -63,11 +74,12 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
     try:
         if "repo_rev" in expid:
             try:
-                workdir, repo_rev, _ = await scheduler._checkout(expid["repo_rev"])
+                workdir, repo_rev, _ = await scheduler.checkout_rev(expid["repo_rev"])
             except Exception as e:
                 return [f"cannot check out revision {expid['repo_rev']!r}: {e}"]
             expid["repo_rev"] = repo_rev
-        worker = Worker(0, _handlers(scheduler), term_timeout=scheduler.config.term_timeout,
+        worker = Worker(0, _handlers(scheduler), launcher=scheduler.launcher,
+                        term_timeout=scheduler.config.term_timeout,
                         kill_timeout=scheduler.config.kill_timeout)
         try:
             return await worker.validate(expid=expid, workdir=workdir,
@@ -80,4 +92,4 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
         finally:
             await worker.close()
     finally:
-        scheduler._release(repo_rev)
+        scheduler.release_rev(repo_rev)

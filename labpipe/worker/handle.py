@@ -24,7 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from labpipe.worker import launcher, lifetime, output
+from labpipe.worker import lifetime, output
+from labpipe.worker.launcher import Launcher
 
 __all__ = ["Worker", "WorkerError", "WorkerFailed", "WorkerDied", "WorkerTimeout",
            "WorkerClosed"]
@@ -62,13 +63,14 @@ class Worker:
 
     ``handlers`` maps a child message action (``log``, ``update_dataset``, ``get_dataset``,
     ``check_pause``, ...) to a callable taking the message dict; for requests, its
-    (possibly awaited) return value is the reply.
+    (possibly awaited) return value is the reply. ``launcher`` starts the process.
     """
 
-    def __init__(self, rid: int, handlers: dict[str, Callable], *,
+    def __init__(self, rid: int, handlers: dict[str, Callable], *, launcher: Launcher,
                  term_timeout: float = 2.0, kill_timeout: float = 2.0):
         self.rid = rid
         self.handlers = handlers
+        self.launcher = launcher
         self.term_timeout = term_timeout
         self.kill_timeout = kill_timeout
         self.closed = asyncio.Event()
@@ -98,7 +100,7 @@ class Worker:
                                   "results_dir": results_dir, "repo_rev": repo_rev},
                                  timeout, "build")
         if outcome.get("bluesky"):
-            launcher.use_bluesky()
+            self.launcher.use_bluesky()
         return outcome
 
     async def prepare(self, timeout=None):
@@ -133,9 +135,9 @@ class Worker:
 
     async def _start(self):
         loop = asyncio.get_running_loop()
-        item = launcher.take_ready_worker()
+        item = self.launcher.take_ready_worker()
         if item is None:
-            item = await _take_in_thread()
+            item = await _take_in_thread(self.launcher)
         if self.closed.is_set():  # closed while it was starting
             item[1].close()
             raise WorkerClosed(f"RID {self.rid}: worker closed")
@@ -326,7 +328,7 @@ class Worker:
             return False
 
 
-async def _take_in_thread():
+async def _take_in_thread(launcher: Launcher):
     """``launcher.take_worker`` in a thread; a process it starts after its caller was
     cancelled is closed rather than leaked."""
     future = asyncio.ensure_future(asyncio.to_thread(launcher.take_worker))
