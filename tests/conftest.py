@@ -76,13 +76,14 @@ def _close_session_launcher():
 
 
 def master_options(lab, **options):
-    """MasterOptions of a master of lab on 127.0.0.1, all ports picked free."""
+    """MasterOptions of a master of lab on 127.0.0.1, all ports picked free (options
+    override these)."""
     from labpipe.master.assembly import MasterOptions
-    return MasterOptions(lab_dir=lab.root, bind=["127.0.0.1"], port_notify=0,
-                         port_control=0, port_logging=0, port_broadcast=0,
-                         repository=lab.path("repository"),
-                         device_db=lab.path("device_db.py"),
-                         dataset_db=lab.path("dataset_db.mdb"), **options)
+    defaults = dict(lab_dir=lab.root, bind=["127.0.0.1"], port_notify=0, port_control=0,
+                    port_logging=0, port_broadcast=0, repository=lab.path("repository"),
+                    device_db=lab.path("device_db.py"),
+                    dataset_db=lab.path("dataset_db.mdb"))
+    return MasterOptions(**{**defaults, **options})
 
 
 @contextlib.asynccontextmanager
