@@ -335,8 +335,10 @@ async def _take_in_thread(launcher: Launcher):
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        future.add_done_callback(
-            lambda f: f.cancelled() or f.exception() or f.result()[1].close())
+        def close_unused(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result()[1].close()
+        future.add_done_callback(close_unused)
         raise
 
 
