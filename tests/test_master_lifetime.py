@@ -77,7 +77,7 @@ def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
             taken.close()
         assert not other_tasks()
         assert set(master.servers) == {"notify", "logging", "broadcast"}  # had started
-        for server in master.servers.values():
+        for server, _ in master.servers.values():
             assert_closed(server.port)
         started = started_since(before)
         assert master.launcher.closed

@@ -136,7 +136,8 @@ class Master:
         self.tasks = TaskSet("master", logger, on_fatal=self._fatal)
         #: What stopped the master, when a fatal task failed.
         self.failure: MasterFailed | None = None
-        self.servers: dict[str, AsyncioServer] = {}
+        #: ``{channel: (server, port asked for)}`` of the ports opened.
+        self.servers: dict[str, tuple[AsyncioServer, int]] = {}
         self._borrowed_launcher = launcher
         self._open: dict[str, AsyncioServer] = {}
         self._stack: AsyncExitStack | None = None
@@ -148,7 +149,7 @@ class Master:
 
     def port(self, channel: str) -> int:
         """The port a channel (notify, control, logging, broadcast) listens on."""
-        port = self.servers[channel].port
+        port = self.servers[channel][0].port
         assert port is not None
         return port
 
@@ -350,7 +351,8 @@ class Master:
     async def _open_port(self, stack: AsyncExitStack, name: str, server: AsyncioServer,
                          port: int, ssl_context: ssl.SSLContext | None) -> None:
         await server.start(self.options.bind, port, ssl=ssl_context)  # or nothing bound
-        self.servers[name] = self._open[name] = server
+        self.servers[name] = (server, port)
+        self._open[name] = server
         stack.push_async_callback(self._close_port, name)
 
     async def _close_port(self, name: str) -> None:
