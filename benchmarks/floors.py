@@ -2,7 +2,8 @@
 
 Each benchmark prints every figure beside the floor it cannot go below, both measured
 in one run on one machine, so that a figure reads as a multiple of what the machine
-allows at that moment (a loaded machine raises both). The floors:
+allows at that moment (a loaded machine raises both). CPU times are the measuring
+thread's (numpy's BLAS threads are not counted) unless said. The floors:
 
 - loopback round trip: a small message sent over TCP on 127.0.0.1 to an echo server
   (a thread of this process) and read back; median wall time. CPU: both ends.
@@ -38,22 +39,23 @@ import threading
 import time
 
 __all__ = ["Floor", "header", "load_average", "loopback_round_trip", "synced_lmdb_commit",
-           "small_plain_file", "python_start", "in_fresh_process", "beside", "total",
-           "duration"]
+           "small_plain_file", "small_hdf5_file", "python_start", "in_fresh_process",
+           "beside", "total", "cpu_floor", "duration"]
 
 
 @dataclasses.dataclass
 class Floor:
-    """A floor: its name, median wall time and mean CPU time in seconds, and (for a
-    child process) its mean minor page faults."""
+    """A floor: its name; ``seconds``, what it bounds (a median wall time, or for a CPU
+    floor a CPU time); the mean CPU time it took; for a child process, its mean minor
+    page faults."""
 
     name: str
-    wall: float
+    seconds: float
     cpu: float = 0.0
     faults: float = 0.0
 
     def __str__(self) -> str:
-        return f"{self.name} {duration(self.wall)}"
+        return f"{self.name} {duration(self.seconds)}"
 
 
 def duration(seconds: float) -> str:
@@ -69,17 +71,20 @@ def duration(seconds: float) -> str:
 
 def beside(label: str, value: float, floor: Floor, fmt=duration) -> str:
     """``label value (floor: name value, xRATIO)``, the ratio being value / floor."""
-    ratio = value / floor.wall if floor.wall > 0 else float("inf")
+    ratio = value / floor.seconds if floor.seconds > 0 else float("inf")
     times = f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.3g}"
-    return f"{label} {fmt(value)} (floor: {floor.name} {fmt(floor.wall)}, x{times})"
+    return f"{label} {fmt(value)} (floor: {floor.name} {fmt(floor.seconds)}, x{times})"
 
 
-def total(*floors: Floor, cpu: bool = False) -> Floor:
-    """Floors one after the other: their sum, named by its parts (CPU times with cpu)."""
-    part = (lambda f: f.cpu) if cpu else (lambda f: f.wall)
-    name = " + ".join(f"{f.name} {duration(part(f))}" for f in floors)
-    value = sum(part(f) for f in floors)
-    return Floor(f"{name} =", value, sum(f.cpu for f in floors))
+def cpu_floor(floor: Floor) -> Floor:
+    """The floor's CPU time as a floor of its own."""
+    return Floor(f"{floor.name}, CPU", floor.cpu, floor.cpu)
+
+
+def total(*floors: Floor) -> Floor:
+    """Floors one after the other: their sum, named by its parts."""
+    name = " + ".join(str(f) for f in floors)
+    return Floor(f"{name} =", sum(f.seconds for f in floors), sum(f.cpu for f in floors))
 
 
 def _commit() -> str:
@@ -160,13 +165,13 @@ def synced_lmdb_commit(repeats: int = 40) -> Floor:
                         map_size=4 << 20, max_dbs=0, lock=True)  # sync=True: the default
         try:
             walls = []
-            cpu0 = time.process_time()
+            cpu0 = time.thread_time()
             for i in range(repeats):
                 t0 = time.perf_counter()
                 with env.begin(write=True) as txn:
                     txn.put(b"key", i.to_bytes(8, "little") * 8)
                 walls.append(time.perf_counter() - t0)
-            cpu = (time.process_time() - cpu0) / repeats
+            cpu = (time.thread_time() - cpu0) / repeats
         finally:
             env.close()
     return Floor("synced LMDB commit", statistics.median(walls), cpu)
@@ -176,13 +181,13 @@ def small_plain_file(repeats: int = 50) -> Floor:
     """1 kB written to a new file and closed (no fsync)."""
     with tempfile.TemporaryDirectory() as tmp:
         walls = []
-        cpu0 = time.process_time()
+        cpu0 = time.thread_time()
         for i in range(repeats):
             t0 = time.perf_counter()
             with open(os.path.join(tmp, f"{i}.bin"), "wb") as f:
                 f.write(b"x" * 1000)
             walls.append(time.perf_counter() - t0)
-        cpu = (time.process_time() - cpu0) / repeats
+        cpu = (time.thread_time() - cpu0) / repeats
     return Floor("small plain file", statistics.median(walls), cpu)
 
 
@@ -202,8 +207,9 @@ def python_start(repeats: int = 5) -> Floor:
 
 def in_fresh_process() -> dict[str, Floor]:
     """The floors measured in a fresh process that has imported numpy and h5py:
-    ``fork`` (warm fork+exit+reap), ``hdf5_first``, ``hdf5_second`` (small HDF5 file)
-    and ``cow_fault`` (copy-on-write fault)."""
+    ``fork`` (warm fork+exit+reap; its CPU split in ``fork_parent_cpu`` and
+    ``fork_child_cpu``), ``hdf5_first``, ``hdf5_second`` (small HDF5 file) and
+    ``cow_fault`` (copy-on-write fault)."""
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json"],
                          capture_output=True, text=True, check=True).stdout
     return {key: Floor(**value) for key, value in json.loads(out).items()}
@@ -211,9 +217,14 @@ def in_fresh_process() -> dict[str, Floor]:
 
 # --- the fresh process's part ------------------------------------------------------------
 
-def _fork_exit_reap(repeats: int = 200) -> Floor:
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _fork_exit_reap(repeats: int = 200) -> dict[str, Floor]:
     walls = []
-    before, faults0 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    self0 = time.thread_time()  # not numpy's BLAS threads
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     for _ in range(repeats):
         t0 = time.perf_counter()
         pid = os.fork()
@@ -221,19 +232,30 @@ def _fork_exit_reap(repeats: int = 200) -> Floor:
             os._exit(0)
         os.waitpid(pid, 0)
         walls.append(time.perf_counter() - t0)
-    after, faults1 = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-    cpu = sum(after[:4]) - sum(before[:4])  # user, system, children's user and system
-    return Floor("warm fork+exit+reap", statistics.median(walls), cpu / repeats,
-                 (faults1 - faults0) / repeats)
+    self1 = time.thread_time()
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    parent = (self1 - self0) / repeats
+    child = (_cpu(children1) - _cpu(children0)) / repeats
+    faults = (children1.ru_minflt - children0.ru_minflt) / repeats
+    return {"fork": Floor("warm fork+exit+reap", statistics.median(walls), parent + child,
+                          faults),
+            "fork_parent_cpu": Floor("warm fork+exit+reap, the parent's CPU", parent, parent),
+            "fork_child_cpu": Floor("warm fork+exit, the child's CPU", child, child, faults)}
 
 
-def _small_hdf5_file(path: str, name: str) -> Floor:
+def small_hdf5_file(path: str, name: str = "small HDF5 file") -> Floor:
+    """A small HDF5 file written and closed at ``path`` with h5py: its wall and CPU
+    time and the process's minor page faults meanwhile, once (the first in a process
+    costs more: see ``in_fresh_process``)."""
     import h5py
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    # this thread's CPU: numpy's BLAS threads, if busy, are not the file's
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t0, cpu0 = time.perf_counter(), time.thread_time()
     with h5py.File(path, "w") as f:
         f["x"] = 0
         f.create_dataset("s", data="x", dtype=h5py.string_dtype())
-    return Floor(name, time.perf_counter() - t0, time.process_time() - cpu0)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
+    return Floor(name, wall, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0)
 
 
 def _cow_fault(size: int = 16 << 20) -> Floor:
@@ -244,9 +266,9 @@ def _cow_fault(size: int = 16 << 20) -> Floor:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
-        usage0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+        usage0, cpu0 = resource.getrusage(resource.RUSAGE_SELF), time.thread_time()
         memory[::mmap.PAGESIZE] = b"\x02" * pages
-        cpu = time.process_time() - cpu0
+        cpu = time.thread_time() - cpu0
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - usage0.ru_minflt
         os.write(write_end, json.dumps([cpu, faults]).encode())
         os._exit(0)
@@ -263,10 +285,10 @@ def _fresh_process_floors() -> dict[str, Floor]:
     import numpy  # noqa: F401
     floors = {}
     with tempfile.TemporaryDirectory() as tmp:
-        floors["hdf5_first"] = _small_hdf5_file(os.path.join(tmp, "1.h5"),
-                                                "first small HDF5 file in a process")
-        floors["hdf5_second"] = _small_hdf5_file(os.path.join(tmp, "2.h5"), "small HDF5 file")
-    floors["fork"] = _fork_exit_reap()
+        floors["hdf5_first"] = small_hdf5_file(os.path.join(tmp, "1.h5"),
+                                               "first small HDF5 file in a process")
+        floors["hdf5_second"] = small_hdf5_file(os.path.join(tmp, "2.h5"))
+    floors.update(_fork_exit_reap())
     floors["cow_fault"] = _cow_fault()
     return floors
 
