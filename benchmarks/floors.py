@@ -22,7 +22,7 @@ thread's (numpy's BLAS threads are not counted) unless said. The floors:
 ``header()`` and ``load_average()`` print what the figures were taken under: the
 commit, the machine, and ``os.getloadavg()`` (at start and at end).
 
-Usage (the fresh-process part, on its own): python benchmarks/floors.py
+Usage (prints every floor once): python benchmarks/floors.py
 """
 
 import dataclasses
