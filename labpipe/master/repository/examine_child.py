@@ -164,7 +164,7 @@ def one_line(exc: BaseException, path: str) -> str:
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
 
 
-def _last_frame_in(exc: BaseException, folder: str):
+def _last_frame_in(exc: BaseException, folder: str) -> traceback.FrameSummary | None:
     found = None
     for frame in traceback.extract_tb(exc.__traceback__):
         if os.path.realpath(frame.filename).startswith(folder + os.sep):
@@ -189,8 +189,8 @@ def _dependencies(opened: list[str], root: str, examined: str) -> list[str]:
     return sorted(deps)
 
 
-def _module_files(module) -> list[str]:
-    files = []
+def _module_files(module: object) -> list[str]:
+    files: list[str] = []
     value = getattr(module, "__file__", None)
     if isinstance(value, str):
         files.append(value)
