@@ -15,6 +15,7 @@ from labpipe.master import precedence
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
 from labpipe.worker.handle import WorkerClosed, WorkerError, WorkerFailed
+from labpipe.worker.messages import Paused, Terminated
 
 __all__ = ["Pipeline", "StateChanged"]
 
@@ -125,13 +126,12 @@ class Pipeline:
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "run", exc)
                 continue
-            action = outcome["action"]
-            if action == "paused":
+            if isinstance(outcome, Paused):
                 run.status = RunStatus.paused
-            elif action == "terminated":
+            elif isinstance(outcome, Terminated):
                 logger.info("RID %d: terminated on request", run.rid)
                 await self.scheduler.end_run(run, RunEnd("terminated",
-                                                         results=outcome.get("results")))
+                                                         results=outcome.results))
             else:
                 run.status = RunStatus.run_done
 

@@ -20,8 +20,8 @@ dry run reaches the schedule, the datasets or the results.
 
 A black-box script (``script.py``) is only compiled; it takes no arguments.
 
-The worker command ``validate`` (``child.py``) wraps it: ``{"action": "validate",
-"expid", "workdir", "lab_dir"}`` -> ``{"action": "completed", "problems": [...]}``.
+The worker command ``Validate`` (``messages.py``, handled in ``child.py``) wraps it:
+``Validate(expid, workdir, lab_dir)`` -> ``Validated(problems)``.
 """
 
 import contextlib
@@ -40,7 +40,7 @@ from labpipe.worker.runner import one_line, source_file
 from labpipe.worker.script import black_box_class
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
-__all__ = ["validate_experiment", "validate_command"]
+__all__ = ["validate_experiment"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,19 +200,3 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
     finally:
         forget_module(module)
 
-
-def validate_command(channel, cmd: dict) -> dict:
-    """The worker's ``validate`` command (see the module docstring)."""
-    if cmd.get("lab_dir"):
-        os.chdir(cmd["lab_dir"])
-    device_db = channel.request("get_device_db")
-
-    def get_dataset(key):
-        try:
-            return channel.request("get_dataset", key=key)
-        except Exception as e:
-            raise KeyError(str(e)) from None
-
-    problems = validate_experiment(cmd["expid"], workdir=cmd.get("workdir"),
-                                   device_db=device_db, get_dataset=get_dataset)
-    return {"action": "completed", "problems": problems}
