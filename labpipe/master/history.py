@@ -195,6 +195,8 @@ class History:
         if unknown:
             raise ValueError(f"cannot override {sorted(unknown)}; valid: "
                              f"{sorted(_SCHEDULING_OVERRIDES | EXPID_KEYS)}")
+        if self.scheduler is None:
+            raise RuntimeError("this history has no scheduler to resubmit runs to")
         record = await self.get(rid)
         expid = dict(record["expid"])
         for key in EXPID_KEYS & set(overrides):
