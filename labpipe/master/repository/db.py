@@ -41,6 +41,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labpipe.config import LabConfig
@@ -92,7 +93,8 @@ class ExperimentDB:
 
     def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
                  *, workers: int | None = None, examine_timeout: float | None = None,
-                 device_keys=None, config: LabConfig | None = None):
+                 device_keys: Callable[[], Iterable[str]] | None = None,
+                 config: LabConfig | None = None):
         self.lab_dir = os.path.abspath(lab_dir)
         self.backend = backend
         subdir = (experiment_subdir or "").strip().strip("/")
@@ -397,14 +399,15 @@ class ExperimentDB:
             return resolved  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         if check_arguments:
-            described = examined.description[class_name or next(iter(examined.description))]
+            classes = examined.description or {}  # check_class saw at least one
+            described = classes[class_name or next(iter(classes))]
             try:
                 check_argument_values(described["arginfo"], resolved.get("arguments") or {})
             except ValueError as exc:
                 raise SubmissionError(f"{resolved['file']}: {exc}") from None
         return resolved
 
-    def _follow_device_keys(self):
+    def _follow_device_keys(self) -> None:
         """Give examinations the current device keys; when they changed, examine every
         file again (descriptions may offer them as choices)."""
         if self.device_keys is None:
