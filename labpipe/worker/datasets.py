@@ -61,7 +61,7 @@ _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
 class DatasetNotFoundError(KeyError):
     """A dataset key unknown both to this run and to the master."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else "dataset not found"
 
 
