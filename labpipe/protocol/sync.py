@@ -184,8 +184,7 @@ def apply_mod(target: Any, mod: Mod) -> None:
         container.pop(mod["i"])
     else:
         # only a mod decoded from the wire gets here: its action is not one of the above
-        action: Any = cast(Any, mod)["action"]
-        raise ValueError(f"cannot apply a mod with action {action!r}")
+        raise ValueError(f"cannot apply a mod with action {mod['action']!r}")
 
 
 class Notifier:

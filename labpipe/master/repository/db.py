@@ -48,7 +48,7 @@ from labpipe.config import LabConfig
 from labpipe.master.argcheck import check_argument_values
 from labpipe.master.repository import hooks
 from labpipe.protocol.rpc import current_peer
-from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
+from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION, HookableBackend,
                                                RepositoryBackend, Revision)
 from labpipe.master.repository.examiner import Examined, ExaminerPool
 from labpipe.master.repository.paths import in_subdir, is_within, repo_path
@@ -152,12 +152,11 @@ class ExperimentDB:
     def install_hook(self, control_port: int, control_host: str = "127.0.0.1",
                      control_tls: TLSFiles | None = None) -> None:
         """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
-        hooks_dir = getattr(self.backend, "hooks_dir", None)
-        if hooks_dir is None:
+        if not isinstance(self.backend, HookableBackend):
             return
-        folder, configured = hooks_dir()
+        folder, configured = self.backend.hooks_dir()
         command = hooks.notify_command(control_port, control_host, tls=control_tls)
-        self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
+        self.hook = hooks.install_hook(folder, self.backend.bare, command,
                                        configured_dir=configured)
 
     async def close(self) -> None:
