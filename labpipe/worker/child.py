@@ -40,7 +40,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from labpipe.language.argument_managers import (ProcessArgumentManager, describe_arglist,
                                                  process_values)
@@ -172,8 +172,10 @@ class _Child:
         scheduler = Scheduler(channel, cmd.rid, cmd.pipeline_name, cmd.priority, expid)
         device_mgr = DeviceManager(_RemoteDeviceDB(channel),
                                    {"scheduler": scheduler, "ccb": CCB(channel)})
-        dataset_mgr = DatasetManager(lambda mod: channel.send(UpdateDataset(mod)),
-                                     lambda key: channel.request(GetDataset(key)))
+        # a mod travels as the plain dict it is (the message checks only that)
+        dataset_mgr = DatasetManager(
+            lambda mod: channel.send(UpdateDataset(cast(dict[str, Any], mod))),
+            lambda key: channel.request(GetDataset(key)))
         argument_mgr = _WorkerArgumentManager(expid.get("arguments", {}), channel)
         self.runner = runner = ExperimentRunner(
             rid=cmd.rid, expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),

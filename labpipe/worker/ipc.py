@@ -74,7 +74,7 @@ class ChildChannel:
                 raise RequestFailed(f"the master's answer to {tag_of(request)!r}: {e}") \
                     from None
         if isinstance(answer, Reply):
-            return answer.data  # type: ignore[no-any-return]
+            return answer.data
         if isinstance(answer, Refused):
             raise RequestFailed(answer.message)
         raise RequestFailed(f"the master answered {tag_of(request)!r} with "
