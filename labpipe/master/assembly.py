@@ -31,7 +31,6 @@ import asyncio
 import logging
 import os
 import ssl
-import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
 from labpipe.master.process_records import ProcessRecords, end_leftovers
 from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
 from labpipe.master.rid import RIDCounter
+from labpipe.master.run import Run
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
 from labpipe.master.supervision import TaskSet
@@ -57,7 +57,9 @@ from labpipe.protocol.rpc import Server
 from labpipe.protocol.server import AsyncioServer, ConnectionLimits
 from labpipe.protocol.sync import Publisher
 from labpipe.protocol.tls import TLSFiles, server_context
+from labpipe.worker import messages
 from labpipe.worker.devices import follow_aliases
+from labpipe.worker.handle import Handlers
 from labpipe.worker.launcher import Launcher, uses_bluesky
 
 __all__ = ["Master", "MasterOptions", "MasterFailed"]
@@ -363,31 +365,32 @@ class Master:
 
     # --- what a run's worker may ask of the master ---------------------------------
 
-    def _worker_handlers(self, run) -> dict:
-        scheduler = self.scheduler
+    def _worker_handlers(self, run: Run | None) -> Handlers:
+        """The master's services for a run's worker (the scheduler adds its own); for
+        None (a dry run) only the device database and the datasets, read only."""
+        handlers = (Handlers()
+                    .on(messages.GetDataset, self._get_dataset)
+                    .on(messages.GetDeviceDB, lambda m: self.device_db.get_device_db()))
+        if run is None:
+            return handlers
+        source = self.scheduler.source_of
 
-        def log(msg):
+        def log(msg: messages.Log) -> None:
             # one logger for every name the experiment chose (none created per name);
             # the run's log_level filtered these already
-            emit_remote(scheduler.source_of(run), msg.get("levelno", logging.INFO),
-                        msg.get("name") or "worker", str(msg.get("message", "")),
-                        created=msg.get("created", time.time()), check_level=False)
+            emit_remote(source(run), msg.levelno, msg.name or "worker", msg.message,
+                        created=msg.created, check_level=False)
 
-        def get_dataset(msg):
-            key = msg["key"]
-            try:
-                return self.dataset_db.data.raw_view[key]
-            except KeyError:
-                raise KeyError(f"dataset '{key}' does not exist") from None
+        return (handlers
+                .on(messages.Log, log)
+                .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
+                .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
+                    "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
+                .on(messages.Interactive, lambda m: self.interactive_db.request(
+                    run.rid, m.title, m.arglist_desc)))
 
-        return {
-            "log": log,
-            "update_dataset": lambda msg: self.dataset_db.update(msg["mod"]),
-            "get_dataset": get_dataset,
-            "get_device_db": lambda msg: self.device_db.get_device_db(),
-            "ccb_issue": lambda msg: self.broadcaster.broadcast(
-                "ccb", {"service": msg["service"], "args": msg["args"],
-                        "kwargs": msg["kwargs"]}),
-            "interactive": lambda msg: self.interactive_db.request(
-                run.rid, msg["title"], msg["arglist_desc"]),
-        }
+    def _get_dataset(self, msg: messages.GetDataset) -> tuple:
+        try:
+            return self.dataset_db.data.raw_view[msg.key]
+        except KeyError:
+            raise KeyError(f"dataset '{msg.key}' does not exist") from None

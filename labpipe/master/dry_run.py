@@ -12,12 +12,12 @@ dry run leaves no trace in the schedule, the datasets or the results.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labpipe.master.expid import validate_submission
 from labpipe.master.repository.db import caller
-from labpipe.worker.handle import Worker, WorkerError, WorkerFailed
+from labpipe.worker import messages
+from labpipe.worker.handle import Handlers, Worker, WorkerError, WorkerFailed
 
 if TYPE_CHECKING:  # the scheduler imports this module: no import at run time
     from labpipe.master.scheduler import Scheduler
@@ -26,28 +26,33 @@ __all__ = ["validate_run"]
 
 logger = logging.getLogger(__name__)
 
-#: Worker messages a dry run answers; everything else a build could send is dropped.
-_SILENT = ("log", "update_dataset", "ccb_issue", "set_progress")
-
 
 def _strip_rid(message: str) -> str:
     return message.split(": ", 1)[1] if message.startswith("RID ") else message
 
 
-def _handlers(scheduler: Scheduler) -> dict[str, Callable[[dict], object]]:
-    base = scheduler.worker_handlers(None)
-    handlers: dict[str, Callable[[dict], object]] = {name: (lambda msg: None)
-                                                     for name in _SILENT}
-    for name in ("get_device_db", "get_dataset"):
-        if name in base:
-            handlers[name] = base[name]
-    if "get_device_db" not in handlers:
-        handlers["get_device_db"] = lambda msg: {}
-    handlers["check_pause"] = lambda msg: False
-    handlers["check_termination"] = lambda msg: False
-    handlers["get_status"] = lambda msg: scheduler.get_status()
-    handlers["interactive"] = lambda msg: None  # cancelled: nobody is asked
-    return handlers
+def _drop(msg: messages.Message) -> None:
+    pass
+
+
+def _handlers(scheduler: Scheduler) -> Handlers:
+    """A dry run's table: the master's device database and datasets (read only, from
+    ``worker_handlers(None)``; no device database: an empty one) and the dry run's own
+    answers. What the worker streams is dropped; it cannot submit or delete runs."""
+    services = scheduler.worker_handlers(None).only(messages.GetDeviceDB,
+                                                    messages.GetDataset)
+    own = (Handlers()
+           .on(messages.Log, _drop)
+           .on(messages.UpdateDataset, _drop)
+           .on(messages.CCBIssue, _drop)
+           .on(messages.SetProgress, _drop)
+           .on(messages.CheckPause, lambda m: False)
+           .on(messages.CheckTermination, lambda m: False)
+           .on(messages.GetStatus, lambda m: scheduler.get_status())
+           .on(messages.Interactive, lambda m: None))  # cancelled: nobody is asked
+    if messages.GetDeviceDB not in services:
+        own.on(messages.GetDeviceDB, lambda m: {})
+    return services.merged(own)
 
 
 async def validate_run(scheduler: Scheduler, pipeline_name: str,

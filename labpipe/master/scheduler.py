@@ -39,7 +39,8 @@ from labpipe.master.run import Run, RunEnd, bounded_error
 from labpipe.master.schedule_store import NOT_STARTED_STAGES, ScheduleStore
 from labpipe.master.supervision import TaskSet
 from labpipe.protocol.sync import Mod, Notifier
-from labpipe.worker.handle import Worker
+from labpipe.worker import messages
+from labpipe.worker.handle import Handlers, Worker
 from labpipe.worker.launcher import Launcher
 from labpipe.worker.results import results_path, write_results
 
@@ -62,8 +63,10 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    """The ``schedule`` target. ``worker_handlers(run)`` gives the handlers of the
-    master's services (datasets, devices, logs, ccb) for a run's worker; ``repository``
+    """The ``schedule`` target. ``worker_handlers(run)`` gives the ``Handlers`` of the
+    master's services (datasets, devices, logs, ccb, interactive arguments) for a run's
+    worker, ``worker_handlers(None)`` those a dry run may use (datasets, devices); a
+    run's worker gets them merged with the scheduler's own (``run_handlers``); ``repository``
     gives checkouts (``request_rev(rev) -> (workdir, commit, message)``,
     ``release_rev(commit)``) or is None for files on the master's filesystem only;
     ``await check_submission(expid) -> expid`` refuses an expid whose file
@@ -76,14 +79,15 @@ class Scheduler:
     supervised tasks: stage loops and background work) and ``stop``."""
 
     def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
-                 launcher: Launcher, worker_handlers: Callable[[Run | None], dict] | None = None,
+                 launcher: Launcher,
+                 worker_handlers: Callable[[Run | None], Handlers] | None = None,
                  repository: Any = None,
                  check_submission: Callable[..., Awaitable[dict]] | None = None,
                  store: ScheduleStore | None = None):
         self.rid_counter = rid_counter
         self.launcher = launcher
         self.config = config or SchedulerConfig()
-        self.worker_handlers = worker_handlers or (lambda run: {})
+        self.worker_handlers = worker_handlers or (lambda run: Handlers())
         self.repository = repository
         self.check_submission = check_submission
         #: The ``explist`` notifier, for submit_plan (set by the master's assembly).
@@ -108,9 +112,11 @@ class Scheduler:
 
     # --- RPC: the ARTIQ schedule target --------------------------------------------
 
-    async def submit(self, pipeline_name: str, expid: dict, priority: int = 0,
-                     due_date: float | None = None, flush: bool = False) -> int:
-        """Submit a run; returns its RID once the RID is on disk."""
+    async def submit(self, pipeline_name: Any, expid: Any, priority: Any = 0,
+                     due_date: Any = None, flush: Any = False) -> int:
+        """Submit a run; returns its RID once the RID is on disk. The arguments may
+        come unchecked (a worker, history's resubmit): ``validate_submission`` checks
+        them first."""
         if self._stopping:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
@@ -266,24 +272,25 @@ class Scheduler:
         """The log source name of a run's worker, as ARTIQ spells it."""
         return f"worker({run.rid},{run.class_name or run.expid.get('class_name') or ''})"
 
-    def _handlers(self, run: Run) -> dict:
-        handlers = dict(self.worker_handlers(run))
-        handlers.update({
-            "check_pause": lambda msg: self.check_pause(msg["rid"]),
-            "check_termination": lambda msg: self.check_termination(msg["rid"]),
-            "submit": lambda msg: self.submit(msg["pipeline_name"], msg["expid"],
-                                              msg["priority"], msg["due_date"],
-                                              msg["flush"]),
-            "delete": lambda msg: self.delete(msg["rid"]),
-            "request_termination": lambda msg: self.request_termination(msg["rid"]),
-            "get_status": lambda msg: self.get_status(),
-            "set_progress": lambda msg: self.progress.report(run, msg),
-        })
-        return handlers
+    def run_handlers(self, run: Run) -> Handlers:
+        """What a run's worker asks of the scheduler: its ``scheduler`` device's calls
+        and progress reports."""
+        return (Handlers()
+                .on(messages.CheckPause, lambda m: self.check_pause(m.rid))
+                .on(messages.CheckTermination, lambda m: self.check_termination(m.rid))
+                .on(messages.Submit, lambda m: self.submit(m.pipeline_name, m.expid,
+                                                           m.priority, m.due_date, m.flush))
+                .on(messages.Delete, lambda m: self.delete(m.rid))
+                .on(messages.RequestTermination, lambda m: self.request_termination(m.rid))
+                .on(messages.GetStatus, lambda m: self.get_status())
+                .on(messages.SetProgress, lambda m: self.progress.report(run, {
+                    "done": m.done, "total": m.total, "message": m.message,
+                    "time": m.time})))
 
     async def build_run(self, run: Run) -> None:
         """Start the run's worker and build the experiment in it."""
-        run.worker = Worker(run.rid, self._handlers(run), launcher=self.launcher,
+        handlers = self.worker_handlers(run).merged(self.run_handlers(run))
+        run.worker = Worker(run.rid, handlers, launcher=self.launcher,
                             term_timeout=self.config.term_timeout,
                             kill_timeout=self.config.kill_timeout)
         outcome = await run.worker.build(
@@ -291,8 +298,8 @@ class Scheduler:
             workdir=run.workdir, lab_dir=self.config.lab_dir,
             results_dir=self.config.results_dir,
             repo_rev=run.repo_rev, timeout=self.config.build_timeout)
-        run.class_name = outcome.get("class_name")
-        run.devices = outcome.get("devices", [])
+        run.class_name = outcome.class_name
+        run.devices = outcome.devices
 
     def note_preparing(self, run: Run) -> asyncio.Task:
         """The prepare stage takes run: commit it, then publish ``preparing`` (in a

@@ -41,6 +41,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labpipe.config import LabConfig
@@ -48,7 +49,7 @@ from labpipe.master.argcheck import check_argument_values
 from labpipe.master.repository import hooks
 from labpipe.master.supervision import TaskSet
 from labpipe.protocol.rpc import current_peer
-from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
+from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION, HookableBackend,
                                                RepositoryBackend, Revision)
 from labpipe.master.repository.examiner import Examined, ExaminerPool
 from labpipe.master.repository.paths import in_subdir, is_within, repo_path
@@ -96,7 +97,8 @@ class ExperimentDB:
 
     def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
                  *, workers: int | None = None, examine_timeout: float | None = None,
-                 device_keys=None, config: LabConfig | None = None, launcher: Launcher,
+                 device_keys: Callable[[], Iterable[str]] | None = None,
+                 config: LabConfig | None = None, launcher: Launcher,
                  tasks: TaskSet | None = None):
         self.lab_dir = os.path.abspath(lab_dir)
         self.backend = backend
@@ -159,12 +161,11 @@ class ExperimentDB:
     def install_hook(self, control_port: int, control_host: str = "127.0.0.1",
                      control_tls: TLSFiles | None = None) -> None:
         """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
-        hooks_dir = getattr(self.backend, "hooks_dir", None)
-        if hooks_dir is None:
+        if not isinstance(self.backend, HookableBackend):
             return
-        folder, configured = hooks_dir()
+        folder, configured = self.backend.hooks_dir()
         command = hooks.notify_command(control_port, control_host, tls=control_tls)
-        self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
+        self.hook = hooks.install_hook(folder, self.backend.bare, command,
                                        configured_dir=configured)
 
     async def close(self) -> None:
@@ -404,14 +405,15 @@ class ExperimentDB:
             return resolved  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         if check_arguments:
-            described = examined.description[class_name or next(iter(examined.description))]
+            classes = examined.description or {}  # check_class saw at least one
+            described = classes[class_name or next(iter(classes))]
             try:
                 check_argument_values(described["arginfo"], resolved.get("arguments") or {})
             except ValueError as exc:
                 raise SubmissionError(f"{resolved['file']}: {exc}") from None
         return resolved
 
-    def _follow_device_keys(self):
+    def _follow_device_keys(self) -> None:
         """Give examinations the current device keys; when they changed, examine every
         file again (descriptions may offer them as choices)."""
         if self.device_keys is None:

@@ -30,6 +30,7 @@ import stat
 import tempfile
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING, cast
 
 from dulwich.errors import NotGitRepository, NotTreeError
 from dulwich.object_store import iter_tree_contents, tree_lookup_path
@@ -39,6 +40,9 @@ from dulwich.repo import Repo
 
 from labpipe.master.repository.backend import EmptyRepositoryError, NO_REVISION, Revision
 from labpipe.master.repository.paths import is_hidden, repo_path
+
+if TYPE_CHECKING:
+    from dulwich.refs import Ref  # a NewType of bytes (recent dulwich only)
 
 __all__ = ["GitBackend"]
 
@@ -104,12 +108,12 @@ class GitBackend:
                                   f"{self.root}: give a commit id, a branch or a tag") from None
             return commit.id.decode("ascii")
 
-    def _unborn_head(self):
+    def _unborn_head(self) -> None:
         """Raise the error for a HEAD without commit: empty repository, or wrong branch."""
-        chain, _ = self._repo.refs.follow(b"HEAD")
+        chain, _ = self._repo.refs.follow(cast("Ref", b"HEAD"))
         head = chain[-1].decode("utf-8", "replace") if chain else "HEAD"
         branches = sorted(b.decode("utf-8", "replace")
-                          for b in self._repo.refs.keys(base=b"refs/heads/"))
+                          for b in self._repo.refs.keys(base=cast("Ref", b"refs/heads/")))
         if not branches:
             raise EmptyRepositoryError(
                 f"the Git repository {self.root} has no commit yet: "
