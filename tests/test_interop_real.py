@@ -346,6 +346,12 @@ def test_submit_repository_revision(real):
     assert record["status"] == "completed", record
     assert record["repo_rev"] == real.lab.rev1
     assert real.dataset("mark.old") == "v1"
+    # git's revision spellings, as ARTIQ's master (pygit2) resolves them
+    rid = real.submit("-R", "-r", "HEAD~1", "mark.py", "tag='parent'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev1
+    assert real.dataset("mark.parent") == "v1"
 
 
 def test_submit_content(real):
@@ -433,6 +439,8 @@ def test_scan_repository_sync_async_and_revision(transport, tmp_path):
         follower = m.sync_follower("explist_status")
         m.ok("scan-repository", lab.rev1)
         follower.until(lambda line: lab.rev1 in line)
+        m.ok("scan-repository", "HEAD~1")
+        follower.until(lambda line: lab.rev2 in line)
         m.ok("scan-repository", "--async")
         follower.until(lambda line: rev3 in line)
         follower.stop()  # a bare socket reader: SIGINT ends it with a KeyboardInterrupt
