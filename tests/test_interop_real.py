@@ -6,6 +6,11 @@ skip. Each test starts a real labpipe master (every port picked free, bound to
 127.0.0.1), runs the real client in that Python, and asserts both the client's exit
 code/output and the outcome on the labpipe side (history, datasets, schedule).
 They are written to ARTIQ's behaviour, so they show where labpipe differs.
+
+Tests taking ``real`` or ``transport`` run twice: over plain TCP and over mutual TLS
+(master ``--ssl CERT KEY PEER``, the clients ``--ssl`` with tls_certs' certificates).
+The dashboard tests run the real dashboard under an Xvfb of their own and drive its
+widgets from inside its process (DASHBOARD_DRIVER).
 """
 
 import json
