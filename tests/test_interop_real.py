@@ -770,6 +770,9 @@ async def fill_form(main_window):
         rid = rid_of(expmgr, "form.py")
         await until("Form's request in the interactive arguments dock",
                     lambda: request_form(rid) is not None)
+        # (the schedule comes on another connection: its "running" may arrive later)
+        await until("Form running",
+                    lambda: expmgr.schedule.get(rid, {}).get("status") == "running")
         caught["interactive_args"].raise_()
         main_window.resize(1280, 900)
         report(event="asked", rid=rid, keys=sorted(request_form(rid).arguments),
