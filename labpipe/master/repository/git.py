@@ -67,6 +67,14 @@ class _Checkout:
 _ANCESTRY = re.compile(r"(?P<base>[^~^]+)(?P<suffixes>(?:[~^][0-9]{0,6})+)")
 
 
+def _commit(repo: Repo, sha: bytes, rev: str) -> Commit:
+    """The commit object ``sha`` (a parent of a commit ``rev`` walks through)."""
+    obj = repo[sha]
+    if not isinstance(obj, Commit):
+        raise KeyError(rev)
+    return obj
+
+
 def _parse_revision(repo: Repo, rev: str) -> Commit:
     """The commit ``rev`` names: dulwich's ``parse_commit``, then git's ``~N`` (N-th
     first-parent ancestor) and ``^N`` (N-th parent; ``^0`` the commit itself) suffixes;
@@ -82,12 +90,12 @@ def _parse_revision(repo: Repo, rev: str) -> Commit:
                 continue
             if count > len(commit.parents):
                 raise KeyError(rev)
-            commit = repo[commit.parents[count - 1]]
+            commit = _commit(repo, commit.parents[count - 1], rev)
             continue
         for _ in range(count):
             if not commit.parents:
                 raise KeyError(rev)
-            commit = repo[commit.parents[0]]
+            commit = _commit(repo, commit.parents[0], rev)
     return commit
 
 
