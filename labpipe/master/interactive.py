@@ -43,8 +43,8 @@ class InteractiveArgDB:
         expected = {desc[0] for desc in self.notifier.raw_view[rid]["arglist_desc"]}
         unknown = set(values) - expected
         if unknown:
-            raise KeyError(f"RID {rid} did not ask for {sorted(unknown)}; "
-                           f"it asks for {sorted(expected)}")
+            raise ValueError(f"RID {rid} did not ask for {sorted(unknown)}; "
+                             f"it asks for {sorted(expected)}")
         future.set_result(values)
 
     def cancel(self, rid: int) -> None:
@@ -60,5 +60,6 @@ class InteractiveArgDB:
     def _pending(self, rid: int) -> asyncio.Future[dict[str, Any] | None]:
         future = self._futures.get(rid)
         if future is None or future.done():
-            raise KeyError(f"RID {rid} is not waiting for interactive arguments")
+            # ValueError as ARTIQ's master raises: clients may catch it by type
+            raise ValueError(f"RID {rid} is not waiting for interactive arguments")
         return future

@@ -5,7 +5,9 @@ Only committed content is read: the current revision is the commit HEAD points t
 copy of a non-bare repository. Revisions given by users are resolved with dulwich's
 rules: a full commit id, a ref (``HEAD``, a branch, a tag, annotated tags peeled to
 their commit, ``refs/...``, a remote branch), or a unique hex prefix of at least 4
-digits. Anything else is a ``LookupError`` naming the revision.
+digits, each optionally followed by git's ancestry suffixes ``~N`` and ``^N``
+(``HEAD~1``, ``v1^2``), which ARTIQ's master (pygit2) also takes. Anything else is a
+``LookupError`` naming the revision.
 
 Checkouts: ``request_rev(rev)`` writes the commit's tree into a temporary folder, one
 per commit id, shared and reference-counted; ``release_rev(commit)`` removes the folder
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -59,6 +62,41 @@ class _Checkout:
         self.message = message
         self.holds = 1
         self.files = files  # tree path -> (blob id, mode) of the regular files written
+
+
+_ANCESTRY = re.compile(r"(?P<base>[^~^]+)(?P<suffixes>(?:[~^][0-9]{0,6})+)")
+
+
+def _commit(repo: Repo, sha: bytes, rev: str) -> Commit:
+    """The commit object ``sha`` (a parent of a commit ``rev`` walks through)."""
+    obj = repo[sha]
+    if not isinstance(obj, Commit):
+        raise KeyError(rev)
+    return obj
+
+
+def _parse_revision(repo: Repo, rev: str) -> Commit:
+    """The commit ``rev`` names: dulwich's ``parse_commit``, then git's ``~N`` (N-th
+    first-parent ancestor) and ``^N`` (N-th parent; ``^0`` the commit itself) suffixes;
+    KeyError when there is no such commit."""
+    match = _ANCESTRY.fullmatch(rev)
+    if match is None:
+        return parse_commit(repo, rev)
+    commit = parse_commit(repo, match["base"])
+    for operator, digits in re.findall(r"([~^])([0-9]*)", match["suffixes"]):
+        count = int(digits) if digits else 1
+        if operator == "^":
+            if count == 0:
+                continue
+            if count > len(commit.parents):
+                raise KeyError(rev)
+            commit = _commit(repo, commit.parents[count - 1], rev)
+            continue
+        for _ in range(count):
+            if not commit.parents:
+                raise KeyError(rev)
+            commit = _commit(repo, commit.parents[0], rev)
+    return commit
 
 
 class GitBackend:
@@ -99,7 +137,7 @@ class GitBackend:
                 raise LookupError(f"invalid revision {rev!r}: give a commit id, "
                                   "a branch or a tag")
             try:
-                commit = parse_commit(self._repo, rev.strip())
+                commit = _parse_revision(self._repo, rev.strip())
             except AmbiguousShortId:
                 raise LookupError(f"revision {rev!r} is ambiguous in the Git repository "
                                   f"{self.root}: give more hex digits") from None
