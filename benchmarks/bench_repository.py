@@ -44,7 +44,7 @@ import floors  # noqa: E402
 from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.filesystem import FilesystemBackend
 from labpipe.master.repository.git import GitBackend
-from labpipe.worker import launcher
+from labpipe.worker.launcher import Launcher
 
 EXPERIMENT = '''\
 from labpipe.experiment import *
@@ -158,8 +158,9 @@ def print_figures(name, db, pool_start, cold, changed, unchanged, floor):
                                               floor[key]))
 
 
-async def bench(name, lab, backend, count, workers, change_one, floor, file_floor):
-    db = ExperimentDB(lab, backend, workers=workers)
+async def bench(name, lab, backend, count, workers, change_one, floor, file_floor, *,
+                launcher):
+    db = ExperimentDB(lab, backend, workers=workers, launcher=launcher)
     try:
         pool_start = await timed(db.pool.start())
         cold = await timed(db.start())
@@ -184,6 +185,7 @@ async def bench(name, lab, backend, count, workers, change_one, floor, file_floo
 async def main(count, workers):
     floor = {"python": floors.python_start(), "fork": floors.in_fresh_process()["fork"],
              "plain_file": floors.small_plain_file()}
+    launcher = Launcher()
     start = time.perf_counter()
     await asyncio.to_thread(launcher.warm_up)
     print(floors.beside("template start (once per master)", time.perf_counter() - start,
@@ -195,7 +197,7 @@ async def main(count, workers):
         write_experiments(repo, count)
         await bench("filesystem", lab, FilesystemBackend(repo), count, workers,
                     lambda i, v: change(repo, i, v), floor,
-                    lambda w: file_floors(repo, w, floor["plain_file"]))
+                    lambda w: file_floors(repo, w, floor["plain_file"]), launcher=launcher)
 
         lab = os.path.join(tmp, "git")
         bare = os.path.join(lab, "repository")
@@ -214,9 +216,11 @@ async def main(count, workers):
             git(clone, "push", "-q", "origin", "HEAD:main")
         await bench("git (bare)", lab, GitBackend(bare), count, workers, commit_one, floor,
                     lambda w: file_floors(clone, w, floor["plain_file"],
-                                          os.path.join(bare, "refs", "heads", "main")))
+                                          os.path.join(bare, "refs", "heads", "main")),
+                    launcher=launcher)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        await asyncio.to_thread(launcher.close)
 
 
 if __name__ == "__main__":

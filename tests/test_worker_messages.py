@@ -16,9 +16,9 @@ import typing
 
 import pytest
 
-from conftest import Lab, async_test, run_ends, running_master, wait_until
+from conftest import Lab, async_test, run_ends, running_master, session_launcher, wait_until
 from labpipe.protocol import pyon
-from labpipe.worker import launcher, messages
+from labpipe.worker import messages
 from labpipe.worker.handle import Handlers
 from labpipe.worker.messages import (FROM_EXAMINER, FROM_WORKER, TO_EXAMINER, TO_WORKER,
                                      MalformedMessage, decode, encode)
@@ -179,7 +179,7 @@ def _next_outcome(conn):
 
 
 def test_a_worker_answers_a_malformed_or_misplaced_command_in_one_line():
-    process, conn = launcher.start_worker()  # child.main, forked from the template
+    process, conn = session_launcher.start_worker()  # child.main, from the template
     output = receive_output_fd(conn)
     try:
         conn.send(("no_such_command", 1))

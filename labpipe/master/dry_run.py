@@ -9,10 +9,18 @@ no RID is taken; the worker's logs, dataset writes and submissions are dropped, 
 dry run leaves no trace in the schedule, the datasets or the results.
 """
 
-import logging
+from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING, Any
+
+from labpipe.master.expid import validate_submission
+from labpipe.master.repository.db import caller
 from labpipe.worker import messages
 from labpipe.worker.handle import Handlers, Worker, WorkerError, WorkerFailed
+
+if TYPE_CHECKING:  # the scheduler imports this module: no import at run time
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["validate_run"]
 
@@ -27,7 +35,7 @@ def _drop(msg: messages.Message) -> None:
     pass
 
 
-def _handlers(scheduler) -> Handlers:
+def _handlers(scheduler: Scheduler) -> Handlers:
     """A dry run's table: the master's device database and datasets (read only, from
     ``worker_handlers(None)``; no device database: an empty one) and the dry run's own
     answers. What the worker streams is dropped; it cannot submit or delete runs."""
@@ -47,10 +55,11 @@ def _handlers(scheduler) -> Handlers:
     return services.merged(own)
 
 
-async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
-    """The problems of a submission; see the module docstring."""
-    from labpipe.master.repository.db import caller
-    from labpipe.master.scheduler import validate_submission
+async def validate_run(scheduler: Scheduler, pipeline_name: str,
+                       expid: dict[str, Any]) -> list[str]:
+    """The problems of a submission; see the module docstring. Uses the scheduler's
+    public surface only: its configuration, ``check_submission``, ``worker_handlers``,
+    ``launcher`` and ``checkout_rev``/``release_rev``."""
     logger.info("validate(%r, file %r%s) called by %s", pipeline_name,
                 expid.get("file") if isinstance(expid, dict) else None,
                 ", with content" if isinstance(expid, dict) and "content" in expid else "",
@@ -70,11 +79,12 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
     try:
         if "repo_rev" in expid:
             try:
-                workdir, repo_rev, _ = await scheduler._checkout(expid["repo_rev"])
+                workdir, repo_rev, _ = await scheduler.checkout_rev(expid["repo_rev"])
             except Exception as e:
                 return [f"cannot check out revision {expid['repo_rev']!r}: {e}"]
             expid["repo_rev"] = repo_rev
-        worker = Worker(0, _handlers(scheduler), term_timeout=scheduler.config.term_timeout,
+        worker = Worker(0, _handlers(scheduler), launcher=scheduler.launcher,
+                        term_timeout=scheduler.config.term_timeout,
                         kill_timeout=scheduler.config.kill_timeout)
         try:
             return await worker.validate(expid=expid, workdir=workdir,
@@ -87,4 +97,4 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
         finally:
             await worker.close()
     finally:
-        scheduler._release(repo_rev)
+        scheduler.release_rev(repo_rev)

@@ -67,9 +67,10 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        """Start the stage loops, as tasks of the scheduler's supervised ``tasks``."""
         for loop in (self._prepare_loop, self._run_loop, self._analyze_loop):
-            self._tasks.append(asyncio.create_task(self._guarded(loop),
-                                                   name=f"{self.name}:{loop.__name__}"))
+            self._tasks.append(self.scheduler.tasks.spawn(
+                self._guarded(loop), loop.__name__, context=f"pipeline {self.name}"))
 
     async def _guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a stage loop forever: a bug in it is logged, never the pipeline's end."""

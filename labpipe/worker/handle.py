@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from labpipe.worker import launcher, lifetime, messages, output
+from labpipe.worker import lifetime, messages, output
+from labpipe.worker.launcher import Launcher
 from labpipe.worker.messages import (FROM_WORKER, MalformedMessage, Message, OneWay,
                                      Outcome, Request)
 
@@ -134,12 +135,14 @@ class Handlers:
 
 
 class Worker:
-    """One worker process, driven stage by stage; ``handlers`` answers what it asks."""
+    """One worker process, driven stage by stage; ``handlers`` answers what it asks,
+    ``launcher`` starts the process."""
 
-    def __init__(self, rid: int, handlers: Handlers, *,
+    def __init__(self, rid: int, handlers: Handlers, *, launcher: Launcher,
                  term_timeout: float = 2.0, kill_timeout: float = 2.0) -> None:
         self.rid = rid
         self.handlers = handlers
+        self.launcher = launcher
         self.term_timeout = term_timeout
         self.kill_timeout = kill_timeout
         self.closed = asyncio.Event()
@@ -171,7 +174,7 @@ class Worker:
                            results_dir, repo_rev), timeout, "build", (messages.Built,))
         built = cast(messages.Built, outcome)
         if built.bluesky:
-            launcher.use_bluesky()
+            self.launcher.use_bluesky()
         return built
 
     async def prepare(self, timeout: float | None = None) -> None:
@@ -211,9 +214,9 @@ class Worker:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        item = launcher.take_ready_worker()
+        item = self.launcher.take_ready_worker()
         if item is None:
-            item = await _take_in_thread()
+            item = await _take_in_thread(self.launcher)
         if self.closed.is_set():  # closed while it was starting
             item[1].close()
             raise WorkerClosed(f"RID {self.rid}: worker closed")
@@ -451,15 +454,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-async def _take_in_thread() -> tuple[ForkedProcess, Connection]:
+async def _take_in_thread(launcher: Launcher) -> tuple[ForkedProcess, Connection]:
     """``launcher.take_worker`` in a thread; a process it starts after its caller was
     cancelled is closed rather than leaked."""
     future = asyncio.ensure_future(asyncio.to_thread(launcher.take_worker))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        future.add_done_callback(
-            lambda f: f.cancelled() or f.exception() or f.result()[1].close())
+        def close_unused(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result()[1].close()
+        future.add_done_callback(close_unused)
         raise
 
 

@@ -34,7 +34,8 @@ import logging
 import os
 import signal
 
-from labpipe.worker import launcher, lifetime
+from labpipe.worker import lifetime
+from labpipe.worker.launcher import Launcher
 from labpipe.worker.messages import (FROM_EXAMINER, CompileContent, Examine, Examined,
                                      ExaminerReady, MalformedMessage, decode, encode)
 
@@ -77,7 +78,7 @@ class _Worker:
     was killed by the file it was examining.
     """
 
-    def __init__(self, start_timeout: float = 60.0) -> None:
+    def __init__(self, launcher: Launcher, start_timeout: float = 60.0) -> None:
         self.process, parent_end = launcher.start_process(
             "labpipe.master.repository.examine_child:main")
         self.conn = parent_end
@@ -142,11 +143,14 @@ class _Worker:
 
 class ExaminerPool:
     """Examines files in ``workers`` processes, each file with a ``timeout`` in seconds
-    and ``memory`` bytes (content: ``content_memory``) of added address space."""
+    and ``memory`` bytes (content: ``content_memory``) of added address space; the
+    processes come from ``launcher``."""
 
     def __init__(self, workers: int | None = None, timeout: float = 10.0,
                  memory: int | None = DEFAULT_MEMORY,
-                 content_memory: int | None = DEFAULT_CONTENT_MEMORY):
+                 content_memory: int | None = DEFAULT_CONTENT_MEMORY, *,
+                 launcher: Launcher):
+        self.launcher = launcher
         self.workers = workers or default_workers()
         self.timeout = timeout
         self.memory = memory
@@ -179,7 +183,7 @@ class ExaminerPool:
             logger.error("%s", failure)
 
     def _spawn(self) -> _Worker:
-        worker = _Worker()
+        worker = _Worker(self.launcher)
         self._all.add(worker)
         return worker
 
