@@ -27,6 +27,8 @@ set with archive on (the value object itself, so later mutations are archived), 
 ``get(key, archive=True)``. ``result_groups`` maps an extra results-file group name to
 a function returning ``{key: value}`` for it, called when the results file is written
 (``labpipe.bluesky`` registers ``bluesky`` there for the documents of the run's plans).
+``plan_session(environment)`` gives the run's bluesky session, which ``run_plan`` asks
+for: the manager, not the language, imports ``labpipe.bluesky``.
 
 Mutation rules (ARTIQ's, kept for compatibility):
 
@@ -47,11 +49,14 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
 from labpipe.protocol.sync import PathMod
+
+if TYPE_CHECKING:
+    from labpipe.bluesky.session import PlanSession
 
 __all__ = ["DatasetManager", "DatasetNotFoundError", "append_row", "snapshot"]
 
@@ -204,3 +209,10 @@ class DatasetManager:
         if own is not None:
             return own.metadata
         return self._remote(key)[2]
+
+    def plan_session(self, environment: Any) -> PlanSession:
+        """The run's bluesky session (its RunEngine and callbacks, made on first use and
+        shared by the experiment and its children): what ``run_plan`` and
+        ``get_run_engine`` use. bluesky is imported here, once a plan runs."""
+        from labpipe.bluesky.session import session_for
+        return session_for(environment, self)
