@@ -9,7 +9,8 @@ Contract (``docs/internals.md``): ``DatasetManager(send, get_remote)``.
   arrays, lists, dicts... are copied), so the experiment may keep mutating its own
   objects while the mod is still on its way.
 - ``get_remote(key)`` fetches ``(persist, value, metadata)`` from the master, raising
-  KeyError for an unknown key.
+  KeyError for an unknown key (its message is kept when it is a
+  ``DatasetNotFoundError``).
 
 Mods sent:
 
@@ -183,6 +184,8 @@ class DatasetManager:
     def _remote(self, key: str) -> tuple:
         try:
             return self._get_remote(key)
+        except DatasetNotFoundError:
+            raise  # the getter said why (labpipe-run: no database)
         except KeyError:
             raise DatasetNotFoundError(f"dataset {key!r} does not exist") from None
 
