@@ -106,6 +106,26 @@ def test_scan_streams_datasets_and_archives_documents(tmp_path):
     assert stop["exit_status"] == "success" and stop["num_events"]["primary"] == 5
 
 
+def test_an_experiment_and_its_children_share_the_session_of_its_dataset_manager():
+    env, dataset_mgr, _ = make_env(FakeScheduler())
+    child = Env(env)
+    assert child.get_run_engine() is env.get_run_engine()
+    assert dataset_mgr.plan_session(env).engine is env.get_run_engine()
+
+
+def test_a_dataset_manager_without_plan_sessions_is_refused_in_one_line():
+    """The language never imports bluesky: run_plan asks the dataset manager for the
+    session, and one that makes none (not a run's) gets a one-line error."""
+    class NoSessions:
+        def get(self, key, archive=False):
+            raise KeyError(key)
+
+    env = Env((Devices(FakeScheduler()), NoSessions(), None, {}))
+    with pytest.raises(RuntimeError, match="no plan session") as info:
+        env.run_plan(count([env.det], num=1))
+    assert "\n" not in str(info.value)
+
+
 @pytest.fixture
 def every_checkpoint(monkeypatch):
     """Ask the scheduler at every checkpoint (no rate limit)."""

@@ -16,5 +16,6 @@ modules, one idea each:
 - ``plans``: plan functions as experiments (``@plan_experiment``, ``__plans__``), and
   queueserver-style items (``name``, ``args``, ``kwargs``) mapped onto their arguments.
 
-Nothing here is imported by ``labpipe.language`` until a plan is run.
+``labpipe.language`` never imports this package: once a plan runs, ``run_plan`` asks the
+run's dataset manager (``labpipe.worker.datasets``) for its session (``session``).
 """

@@ -1,10 +1,15 @@
 """``labpipe-run``: run one experiment in this process, without a master.
 
 For developing experiments: the experiment is built with the device database of the lab
-(``device_db.py``), reads datasets from ``dataset_db.mdb`` when it exists (read-only:
-nothing is written back), and gets a ``scheduler`` that never pauses. What it prints
-shows on the terminal; with ``-o`` the results file is written like the master writes
-it, its ``log`` holding the print lines and the log records shown.
+(``device_db.py``), reads datasets from ``dataset_db.mdb`` when it exists (read-only,
+also while a master has it open: nothing is written back), and gets a ``scheduler``
+that never pauses. What it prints shows on the terminal; with ``-o`` the results file
+is written like the master writes it, its ``log`` holding the print lines and the log
+records shown.
+
+It runs the experiment with the worker's own parts, and reads the lab's two database
+files with the master's readers of them (``master.devices``, ``master.datasets``), and
+nothing else of the master (``docs/internals.md``, "Layers").
 """
 
 import argparse
@@ -18,8 +23,9 @@ from typing import Any
 
 from labpipe.client.main import UsageError, parse_arguments
 from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.master.datasets import read_datasets
 from labpipe.master.devices import DeviceDB
-from labpipe.worker.datasets import DatasetManager
+from labpipe.worker.datasets import DatasetManager, DatasetNotFoundError
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
 from labpipe.worker.output import PrintStream
 from labpipe.worker.runner import ExperimentRunner, one_line
@@ -45,21 +51,19 @@ def get_argparser() -> argparse.ArgumentParser:
 
 
 def _remote_datasets(path: str) -> Callable[[str], Any]:
-    """A getter of datasets from the lab's database, opened on first use."""
+    """A getter of datasets from the lab's database, read (read-only) on first use."""
     cache: dict[str, dict[str, Any]] = {}
 
     def get(key: str) -> Any:
         if "data" not in cache:
             if not os.path.exists(path):
-                raise KeyError(f"dataset '{key}' does not exist (no {path})")
-            from labpipe.master.datasets import DatasetDB
-            db = DatasetDB(path)
-            cache["data"] = dict(db.data.raw_view)
-            db.close()
+                raise DatasetNotFoundError(f"dataset {key!r} does not exist (no dataset "
+                                           f"database {path})")
+            cache["data"] = read_datasets(path)
         try:
             return cache["data"][key]
         except KeyError:
-            raise KeyError(f"dataset '{key}' does not exist") from None
+            raise DatasetNotFoundError(f"dataset {key!r} does not exist") from None
     return get
 
 

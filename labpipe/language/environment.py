@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # bluesky is imported only when a plan runs
     from bluesky import RunEngine
     from bluesky.utils import Msg
 
-    from labpipe.bluesky.session import PlanSession
-
 __all__ = ["HasEnvironment", "Experiment", "EnvExperiment", "is_experiment",
            "is_public_experiment"]
 
@@ -52,6 +50,16 @@ class DatasetManager(Protocol):
 class ArgumentManager(Protocol):
     def get(self, key: str, processor: ArgumentProcessor, group: str | None,
             tooltip: str | None) -> Any: ...
+
+
+class PlanSession(Protocol):
+    """What ``run_plan`` and ``get_run_engine`` use of a run's bluesky session: the
+    dataset manager's ``plan_session(environment)`` gives it (the worker's makes a
+    ``labpipe.bluesky.session.PlanSession``; the language never imports bluesky)."""
+
+    engine: RunEngine
+
+    def run(self, plan: Iterable[Msg], **metadata: Any) -> tuple[str, ...]: ...
 
 
 class _Managers(NamedTuple):
@@ -264,8 +272,14 @@ class HasEnvironment:
     # Bluesky plans
 
     def _plan_session(self) -> PlanSession:
-        from labpipe.bluesky.session import session_for  # bluesky only when used
-        return session_for(self, self.__managers.dataset)
+        # the run's dataset manager makes the session (labpipe.worker.datasets): the
+        # language stays below labpipe.bluesky (docs/internals.md, "Layers")
+        make = getattr(self.__managers.dataset, "plan_session", None)
+        if make is None:
+            raise RuntimeError("bluesky plans run only in a labpipe run (a worker or "
+                               "labpipe-run): this dataset manager has no plan session")
+        session: PlanSession = make(self)
+        return session
 
     def get_run_engine(self) -> RunEngine:
         """The bluesky RunEngine of this run (made on first use, shared with children):

@@ -47,6 +47,10 @@ and applies it through the Notifier, so subscribers get the same mod:
 Unknown keys raise ``DatasetNotFoundError`` (a KeyError); malformed mods ValueError. If
 a commit fails (disk full, I/O error) the caller gets the error and nothing changes in
 memory or for subscribers.
+
+``read_datasets(path)`` reads the persistent datasets of a file without writing to it
+(``labpipe-run`` uses it): LMDB opened read-only, so a running master's database can
+be read meanwhile, and so can a file that may not be written.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+import lmdb
 import numpy
 
 from labpipe.master.lmdb_file import LMDBFile
@@ -68,7 +73,7 @@ from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier, PathMod, apply_mod
 from labpipe.worker.datasets import DatasetNotFoundError, append_row
 
-__all__ = ["DatasetDB", "DatasetNotFoundError", "DEFAULT_MAP_SIZE"]
+__all__ = ["DatasetDB", "DatasetNotFoundError", "DEFAULT_MAP_SIZE", "read_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +189,39 @@ def _check_entry(entry: Any) -> Entry:
     return entry if isinstance(entry, tuple) else tuple(entry)
 
 
+def _decode_entries(txn: lmdb.Transaction, path: str) -> dict[str, Entry]:
+    """Every entry of the file (the format of the module docstring); one that cannot be
+    decoded is logged and left out."""
+    entries = {}
+    for raw_key, raw_data in txn.cursor():
+        try:
+            key = bytes(raw_key).decode("utf-8")
+            record = pyon.decode(bytes(raw_data).decode("ascii"))
+            entries[key] = (True, record["value"], dict(record["metadata"]))
+        except Exception as e:
+            logger.error("%s: entry %r cannot be decoded and is ignored: %s",
+                         path, raw_key, e)
+    return entries
+
+
+def read_datasets(path: str | os.PathLike[str]) -> dict[str, Entry]:
+    """The persistent datasets of the file ``path``, ``{key: (True, value, metadata)}``,
+    read without writing to it (a running master may have it open). A file that cannot
+    be read (missing, not an LMDB file) raises ``RuntimeError``, one line naming it."""
+    path = os.fspath(path)
+    try:  # map_size=0: the map size the file was written with
+        env = lmdb.open(path, subdir=False, readonly=True, lock=True, map_size=0,
+                        max_dbs=0)
+    except lmdb.Error as e:
+        reason = str(e).removeprefix(f"{path}: ")  # lmdb names the file first
+        raise RuntimeError(f"cannot read the dataset database {path}: {reason}") from None
+    try:
+        with env.begin() as txn:
+            return _decode_entries(txn, path)
+    finally:
+        env.close()
+
+
 class DatasetDB:
     """Datasets of the master; see the module docstring for the contract."""
 
@@ -206,17 +244,8 @@ class DatasetDB:
         self._overlay: dict[str, list[Any]] = {}
 
     def _load(self) -> dict[str, Entry]:
-        entries = {}
         with self._env.begin() as txn:
-            for raw_key, raw_data in txn.cursor():
-                try:
-                    key = raw_key.decode("utf-8")
-                    record = pyon.decode(raw_data.decode("ascii"))
-                    entries[key] = (True, record["value"], dict(record["metadata"]))
-                except Exception as e:
-                    logger.error("%s: entry %r cannot be decoded and is ignored: %s",
-                                 self.path, raw_key, e)
-        return entries
+            return _decode_entries(txn, self.path)
 
     # -- reading
 

@@ -3,9 +3,14 @@ each argument checked against its spec before the method runs.
 
 The RPC server calls any public callable of a target, so the master never registers its
 internal objects themselves (a client could otherwise call ``Scheduler.stop`` or
-``DatasetDB.close``); it registers a ``Target`` that forwards only the methods of
-wire-compat.md ("Targets and methods") and labpipe's documented additions
-(``docs/queue-control.md``, the ``history`` target, ``submit_plan``).
+``DatasetDB.close``); the control port's server holds only ``Target`` objects
+(``Master.targets``), each forwarding only the methods of wire-compat.md ("Targets and
+methods") and labpipe's documented additions (``docs/queue-control.md``, the
+``history`` target, ``submit_plan``). What a ``Target`` forwards to is the object
+holding those methods: the ``Scheduler``, ``DatasetDB`` and ``InteractiveArgDB``
+themselves, or an adapter where the wire's method differs from the internal one
+(``DeviceDBTarget``: ``scan`` in a thread, never the ``DeviceDB``;
+``ExperimentDBTarget``, ``HistoryTarget``, ``MasterManagement``).
 
 ``SPECS`` is the table of every target's methods and their parameters
 (``params.Param``): the name, the check (type and range) and the default, which must

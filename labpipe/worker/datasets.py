@@ -9,7 +9,8 @@ Contract (``docs/internals.md``): ``DatasetManager(send, get_remote)``.
   arrays, lists, dicts... are copied), so the experiment may keep mutating its own
   objects while the mod is still on its way.
 - ``get_remote(key)`` fetches ``(persist, value, metadata)`` from the master, raising
-  KeyError for an unknown key.
+  KeyError for an unknown key (its message is kept when it is a
+  ``DatasetNotFoundError``).
 
 Mods sent:
 
@@ -27,6 +28,8 @@ set with archive on (the value object itself, so later mutations are archived), 
 ``get(key, archive=True)``. ``result_groups`` maps an extra results-file group name to
 a function returning ``{key: value}`` for it, called when the results file is written
 (``labpipe.bluesky`` registers ``bluesky`` there for the documents of the run's plans).
+``plan_session(environment)`` gives the run's bluesky session, which ``run_plan`` asks
+for: the manager, not the language, imports ``labpipe.bluesky``.
 
 Mutation rules (ARTIQ's, kept for compatibility):
 
@@ -47,11 +50,14 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
 from labpipe.protocol.sync import PathMod
+
+if TYPE_CHECKING:
+    from labpipe.bluesky.session import PlanSession
 
 __all__ = ["DatasetManager", "DatasetNotFoundError", "append_row", "snapshot"]
 
@@ -178,6 +184,8 @@ class DatasetManager:
     def _remote(self, key: str) -> tuple:
         try:
             return self._get_remote(key)
+        except DatasetNotFoundError:
+            raise  # the getter said why (labpipe-run: no database)
         except KeyError:
             raise DatasetNotFoundError(f"dataset {key!r} does not exist") from None
 
@@ -204,3 +212,10 @@ class DatasetManager:
         if own is not None:
             return own.metadata
         return self._remote(key)[2]
+
+    def plan_session(self, environment: Any) -> PlanSession:
+        """The run's bluesky session (its RunEngine and callbacks, made on first use and
+        shared by the experiment and its children): what ``run_plan`` and
+        ``get_run_engine`` use. bluesky is imported here, once a plan runs."""
+        from labpipe.bluesky.session import session_for
+        return session_for(environment, self)

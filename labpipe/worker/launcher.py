@@ -38,7 +38,7 @@ __all__ = ["PRELOAD", "BLUESKY_PRELOAD", "Launcher", "preload", "uses_bluesky"]
 
 #: Modules every template imports once. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment", "labpipe.worker.examine",
-           "labpipe.master.repository.examine_child", "numpy", "h5py"]
+           "labpipe.worker.examine_child", "numpy", "h5py"]
 #: Imported as well once the lab uses bluesky or ophyd (``use_bluesky``). They double
 #: the template's memory, and every fork and exit of a worker pays for its size.
 BLUESKY_PRELOAD = ["ophyd", "bluesky", "bluesky.plans", "ophyd.sim",

@@ -2,7 +2,7 @@
 
 Two private pipes carry these messages: a run's worker and its master (``child.py`` /
 ``handle.py``), and an examining process and the examiner pool
-(``master/repository/examine_child.py`` / ``examiner.py``). Each message is a frozen
+(``examine_child.py`` / ``master/repository/examiner.py``). Each message is a frozen
 dataclass below; its class says what it is, its fields are typed.
 
 Directions (a ``Catalogue`` each; a receiver decodes only its own):

@@ -4,8 +4,8 @@ Modules (one idea each):
 
 - ``backend``: the ``RepositoryBackend`` Protocol and ``Revision``;
 - ``filesystem``, ``git``: ``FilesystemBackend(root)``, ``GitBackend(path)`` (dulwich);
-- ``examiner`` / ``examine_child``: the pool of processes examining files (parent side /
-  child side);
+- ``examiner``: the pool of processes examining files (the parent side; the child side
+  is worker code, ``labpipe.worker.examine_child``);
 - ``scan``: the pure decisions of a scan (what to re-examine, the explist names);
 - ``publish``: a new dict published through a Notifier as the fewest mods;
 - ``db``: ``ExperimentDB``, owner of the ``explist``, ``explist_status`` and
@@ -13,8 +13,8 @@ Modules (one idea each):
 - ``submission``: checking an expid at submission;
 - ``hooks`` / ``notify``: the Git hook that makes a push rescan, and the command it runs.
 
-The names below are imported lazily, so that a worker process importing
-``examine_child`` does not load dulwich and the master's machinery.
+The names below are imported lazily, so that the push hook's command (``python -m
+labpipe.master.repository.notify``) does not load dulwich and the master's machinery.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A pool of worker processes that examine experiment files (parent side).
 
-Each worker runs ``examine_child.main`` in a process forked from the run launcher's
-template (``labpipe.worker.launcher``), which has preloaded ``labpipe.worker.examine``
-and ``examine_child``, so a worker starts in milliseconds. The pool and its workers
+Each worker runs ``labpipe.worker.examine_child.main`` in a process forked from the run
+launcher's template (``labpipe.worker.launcher``), which has preloaded
+``labpipe.worker.examine`` and ``examine_child``, so a worker starts in milliseconds. The pool and its workers
 speak the examiner's messages of ``labpipe.worker.messages`` (``Examine``,
 ``CompileContent``; ``ExaminerReady``, ``Examined``), in the workers' encoding.
 
@@ -15,7 +15,7 @@ Contract:
   user code is ever compiled or imported in the master's process.
 - Every request has a time limit (``timeout`` seconds: the worker is killed) and a
   memory limit (``memory`` bytes of address space the request may add,
-  ``content_memory`` for content; RLIMIT_AS in the worker, see ``examine_child.py``). It never raises for a bad file: a file that
+  ``content_memory`` for content; RLIMIT_AS in the worker, see ``worker/examine_child.py``). It never raises for a bad file: a file that
   raises at import, hangs longer than ``timeout`` seconds (its worker is killed) or
   kills its worker (``os._exit``, a crash in C code) gives a reason, and the pool
   replaces the worker, so the next file is examined normally.
@@ -80,7 +80,7 @@ class _Worker:
 
     def __init__(self, launcher: Launcher, start_timeout: float = 60.0) -> None:
         self.process, parent_end = launcher.start_process(
-            "labpipe.master.repository.examine_child:main")
+            "labpipe.worker.examine_child:main")
         self.conn = parent_end
         try:
             if not parent_end.poll(start_timeout):

@@ -1,6 +1,6 @@
 """Child side of the examiner pool: examines experiment files in a worker process.
 
-Runs in a process forked from the worker template (parent side: ``examiner.py``). It
+Runs in a process forked from the worker template (parent side: ``master/repository/examiner.py``). It
 speaks the messages of ``labpipe.worker.messages`` (the examiner's part, same encoding
 as the workers') over the duplex connection the fork server hands over
 (``worker/forkserver.py``): the child first sends ``ExaminerReady(pid)``, then answers
