@@ -1,8 +1,8 @@
-"""Shared fixtures: a lab directory, and a real master in the test's event loop."""
+"""Shared fixtures: a lab directory, a real master in the test's event loop, and the
+check every test goes through (``asyncio_hygiene.py``)."""
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
 import sys
@@ -14,6 +14,9 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+
+# the check every test goes through (its fixtures are found here by pytest)
+from asyncio_hygiene import _loop_hygiene, asyncio_hygiene  # noqa: E402, F401
 
 
 def write_file(root, relpath, text):
@@ -108,25 +111,6 @@ class ScheduleRecorder:
         return self.events.index((rid, status))
 
 
-def async_test(fn):
-    """Run an async test with asyncio.run, a time limit, and a check for leaked tasks."""
-    @functools.wraps(fn)
-    def wrapper():
-        async def main():
-            async with asyncio.timeout(20):
-                await fn()
-            # a connection task may still be in its last closing steps: give such
-            # tasks a moment, then fail on any left
-            others = lambda: asyncio.all_tasks() - {asyncio.current_task()}
-            try:
-                await wait_until(lambda: not others(), timeout=2)
-            except AssertionError:
-                pytest.fail(f"leaked tasks: {others()}")
-        asyncio.run(main())
-    del wrapper.__wrapped__  # pytest must see a plain function
-    return wrapper
-
-
 async def raw_exchange(port, payload, close_write=True):
     """Send payload on a raw connection; return what the server sent before closing."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -163,14 +147,6 @@ def drain_until_closed(sock):
     except socket.timeout:
         return False
     return True
-
-
-def run_async(coro, timeout=60):
-    """Run a test coroutine with a global timeout."""
-    async def guarded():
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(guarded())
 
 
 def process_alive(pid: int) -> bool:

@@ -74,6 +74,7 @@ class CrashMaster:
              "--port-broadcast", "0"],
             cwd=lab_dir, stdout=self._out, stderr=self._err, text=True)
         self.killed_descendants: list[int] = []
+        self._clients: list[Client] = []
         wait_for(self._ready, timeout=60, what="the master's ready line")
 
     def _ready(self) -> bool:
@@ -90,7 +91,10 @@ class CrashMaster:
         return True
 
     def client(self, target: str) -> Client:
-        return Client("127.0.0.1", self.ports["control"], target, timeout=20)
+        """A client of target, closed (if the caller did not) when the master stops."""
+        client = Client("127.0.0.1", self.ports["control"], target, timeout=20)
+        self._clients.append(client)
+        return client
 
     def kill(self):
         """SIGKILL the master (its descendants noted first, for the lifetime check)."""
@@ -112,6 +116,8 @@ class CrashMaster:
     def _close_files(self):
         self._out.close()
         self._err.close()
+        for client in self._clients:
+            client.close_rpc()
 
 
 class Watcher(threading.Thread):

@@ -106,6 +106,7 @@ def test_no_slow_callback_under_typical_traffic(lab):
             process.wait()
         reader.join(10)
         process.stdout.close()
+        process.stderr.close()
     slow = [line for line in stderr if "Executing" in line and " took " in line]
     assert slow == [], "".join(slow)
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import run_ends, running_master, wait_until
 from labpipe.worker import launcher
 
 STAGES = """
@@ -41,7 +41,7 @@ def expid(die_in=""):
 
 
 @pytest.mark.parametrize("stage", ["prepare", "run", "analyze"])
-def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab, stage):
+async def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab, stage):
     lab.experiment("stages", STAGES)
 
     async def scenario():
@@ -61,10 +61,10 @@ def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab,
             assert datasets["fault.ran"][1] == ""
             await wait_until(lambda: victim in m.history.notifier.raw_view)
             assert m.history.notifier.raw_view[victim]["error"] == end.error
-    run_async(scenario())
+    await scenario()
 
 
-def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
+async def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
     lab.experiment("stages", STAGES)
 
     async def scenario():
@@ -80,7 +80,7 @@ def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
             second = await m.scheduler.submit("main", expid())
             await wait_until(lambda: second in ends, timeout=30)
             assert ends[second].status == "completed", ends[second].error
-    run_async(scenario())
+    await scenario()
 
 
 WRITER = """
@@ -138,7 +138,7 @@ def _fill(folder):
     return path
 
 
-def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, tmp_path):
+async def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, tmp_path):
     from conftest import Lab
     lab = Lab(small_disk)
     lab.experiment("writer", WRITER)
@@ -198,5 +198,5 @@ def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, t
             # could not be written while the disk was full)
             await wait_until(lambda: set(acked_rids) <= set(m.history.notifier.raw_view),
                              timeout=30)
-    run_async(while_full(), timeout=120)
-    run_async(after_restart())
+    await while_full()
+    await after_restart()

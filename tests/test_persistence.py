@@ -239,8 +239,7 @@ def _run(rid, **fields):
                flush=False, schedule=Notifier({}), state_changed=None)
 
 
-def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
-    import asyncio
+async def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
     from labpipe.master.schedule_store import ScheduleStore
 
     path = str(tmp_path / "schedule.mdb")
@@ -255,7 +254,7 @@ def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
         await store.remove(5)
         await store.note_stage(_run(5))  # gone: not written again
         store.close()
-    asyncio.run(fill())
+    await fill()
     store = ScheduleStore(path)
     records = store.restore()
     store.close()
@@ -265,8 +264,7 @@ def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
         == 100_000
 
 
-def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
-    import asyncio
+async def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
     from labpipe.master import history as history_module
     from labpipe.master.history import History
     from labpipe.master.run import RunEnd
@@ -307,10 +305,10 @@ def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
         h = History(str(tmp_path / "history.mdb"), str(tmp_path))
         assert len(h.notifier.raw_view) == 12 and (await h.get(0))["status"] == "completed"
         h.close()
-    asyncio.run(main())
+    await main()
 
 
-def test_stage_notes_piling_up_become_one_write(tmp_path):
+async def test_stage_notes_piling_up_become_one_write(tmp_path):
     import asyncio
     import threading
     from labpipe.master.schedule_store import ScheduleStore, rid_key
@@ -352,4 +350,4 @@ def test_stage_notes_piling_up_become_one_write(tmp_path):
         assert [r["rid"] for r in records] == [1]
         assert set(records[0]["stage_times"]) == {"preparing", "prepare_done", "running"}
         store.close()
-    asyncio.run(main())
+    await main()

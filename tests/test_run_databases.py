@@ -6,7 +6,7 @@ import signal
 
 import h5py
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
+from conftest import ScheduleRecorder, run_ends, running_master, wait_until
 from labpipe.protocol import pyon
 
 RECORDS = """
@@ -38,7 +38,7 @@ def expid(file, **arguments):
     return {"file": file, "class_name": None, "arguments": arguments, "log_level": 20}
 
 
-def test_results_on_every_exit_path(lab):
+async def test_results_on_every_exit_path(lab):
     records = lab.experiment("records", RECORDS)
 
     async def main():
@@ -53,7 +53,7 @@ def test_results_on_every_exit_path(lab):
             await wait_until(lambda: killed in ends, timeout=20)
             return ends, ok, failed, killed
 
-    ends, ok, failed, killed = run_async(main())
+    ends, ok, failed, killed = await main()
     assert [ends[r].status for r in (ok, failed, killed)] == ["completed", "failed", "failed"]
 
     with h5py.File(ends[ok].results) as f:
@@ -78,7 +78,7 @@ def test_results_on_every_exit_path(lab):
         assert "died" in f["error"][()].decode()
 
 
-def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
+async def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
     records = lab.experiment("records", RECORDS)
 
     async def first():
@@ -92,8 +92,8 @@ def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
         async with running_master(lab) as m:
             return dict(m.dataset_db.data.raw_view)
 
-    run_async(first())
-    data = run_async(second())
+    await first()
+    data = await second()
     assert data["rec.saved"][:2] == (True, 42)
     assert "rec.trace" not in data  # broadcast only: not persistent
 
@@ -112,7 +112,7 @@ class Ask(EnvExperiment):
 """
 
 
-def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
+async def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
     ask = lab.experiment("ask", INTERACTIVE)
 
     async def main():
@@ -151,7 +151,7 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             await wait_until(lambda: (rid, "removed") in rec.events)
             assert rid not in requests.raw_view
 
-    run_async(main())
+    await main()
 
 
 OPHYD = """
@@ -168,7 +168,7 @@ class MoveAndRead(EnvExperiment):
 """
 
 
-def test_ophyd_devices_from_the_example_device_db(lab):
+async def test_ophyd_devices_from_the_example_device_db(lab):
     with open(os.path.join(os.path.dirname(__file__), "..", "device_db.py")) as f:
         lab.write("device_db.py", f.read())
     exp = lab.experiment("ophyd_exp", OPHYD)
@@ -180,6 +180,6 @@ def test_ophyd_devices_from_the_example_device_db(lab):
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=30)
             return dict(m.dataset_db.data.raw_view)
 
-    data = run_async(main())
+    data = await main()
     assert data["ophyd.motor"][1] == 0.0
     assert data["ophyd.det_keys"][1] and all(k.startswith("det") for k in data["ophyd.det_keys"][1])

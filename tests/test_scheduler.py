@@ -9,7 +9,7 @@ import time
 
 import h5py
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
+from conftest import ScheduleRecorder, run_ends, running_master, wait_until
 
 GATED = """
 import os, time
@@ -48,7 +48,7 @@ def expid(file, **arguments):
     return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
-def test_runs_in_precedence_order(lab):
+async def test_runs_in_precedence_order(lab):
     gated = lab.experiment("gated", GATED)
     gate1, gate2 = lab.path("gate1"), lab.path("gate2")
 
@@ -80,10 +80,10 @@ def test_runs_in_precedence_order(lab):
             assert started[:4] == [blocker, high, high_later, low]
             assert set(started[4:]) == {early_due, future}
 
-    run_async(main())
+    await main()
 
 
-def test_due_date_holds_a_run_back(lab):
+async def test_due_date_holds_a_run_back(lab):
     gated = lab.experiment("gated", GATED)
 
     async def main():
@@ -94,10 +94,10 @@ def test_due_date_holds_a_run_back(lab):
             await wait_until(lambda: (rid, "running") in rec.events)
             assert time.time() >= due
 
-    run_async(main())
+    await main()
 
 
-def test_flush_waits_for_earlier_runs(lab):
+async def test_flush_waits_for_earlier_runs(lab):
     gated = lab.experiment("gated", GATED)
     gate = lab.path("gate")
 
@@ -113,10 +113,10 @@ def test_flush_waits_for_earlier_runs(lab):
             # the flushing run prepared only once the first run had left
             assert rec.index(first, "removed") < rec.index(flushed, "preparing")
 
-    run_async(main())
+    await main()
 
 
-def test_stages_overlap(lab):
+async def test_stages_overlap(lab):
     stages = lab.experiment("stages", STAGES)
 
     async def main():
@@ -136,7 +136,7 @@ def test_stages_overlap(lab):
                 assert rec.statuses(r) == ["pending", "preparing", "prepare_done", "running",
                                            "run_done", "analyzing", "removed"]
 
-    run_async(main())
+    await main()
 
 
 PAUSING = """
@@ -167,7 +167,7 @@ class Stamp(EnvExperiment):
 """
 
 
-def test_pause_yields_to_higher_priority_and_resumes(lab):
+async def test_pause_yields_to_higher_priority_and_resumes(lab):
     pausing = lab.experiment("pausing", PAUSING)
     stamp = lab.experiment("stamp", STAMP)
     gate = lab.path("gate")
@@ -189,7 +189,7 @@ def test_pause_yields_to_higher_priority_and_resumes(lab):
             d = m.dataset_db
             assert d.get("paused_at") < d.get("high_ran_at") < d.get("resumed_at")
 
-    run_async(main())
+    await main()
 
 
 TERMINATING = """
@@ -207,7 +207,7 @@ class Terminating(EnvExperiment):
 """
 
 
-def test_graceful_termination(lab):
+async def test_graceful_termination(lab):
     terminating = lab.experiment("terminating", TERMINATING)
 
     async def main():
@@ -229,7 +229,7 @@ def test_graceful_termination(lab):
                 assert f["datasets/started"][()]
                 assert "terminated" in f["error"][()].decode()
 
-    run_async(main())
+    await main()
 
 
 HUNG = """
@@ -251,7 +251,7 @@ class Hung(EnvExperiment):
 """
 
 
-def test_delete_hung_run_in_build_and_run(lab, caplog):
+async def test_delete_hung_run_in_build_and_run(lab, caplog):
     hung = lab.experiment("hung", HUNG)
     lab.experiment("gated", GATED)
 
@@ -270,7 +270,7 @@ def test_delete_hung_run_in_build_and_run(lab, caplog):
             await wait_until(lambda: (ok, "removed") in rec.events)
             assert "analyzing" in rec.statuses(ok)
 
-    run_async(main())
+    await main()
     messages = [r.getMessage() for r in caplog.records]
     assert any("SIGTERM" in msg for msg in messages)
     assert any("SIGKILL" in msg for msg in messages)
@@ -314,7 +314,7 @@ class BadArg(EnvExperiment):
 }
 
 
-def test_failures_are_contained(lab):
+async def test_failures_are_contained(lab):
     files = {name: lab.experiment(name, body) for name, body in FAILURES.items()}
     lab.write("repository/broken_helper.py", "def f(:\n    pass\n")
     lab.experiment("gated", GATED)
@@ -344,10 +344,10 @@ def test_failures_are_contained(lab):
             assert os.path.exists(ends[rids["raises"]].results)
             assert os.path.exists(ends[rids["exits"]].results)
 
-    run_async(main())
+    await main()
 
 
-def test_two_pipelines_run_in_parallel(lab):
+async def test_two_pipelines_run_in_parallel(lab):
     gated = lab.experiment("gated", GATED)
     gate_a, gate_b = lab.path("gate_a"), lab.path("gate_b")
 
@@ -366,10 +366,10 @@ def test_two_pipelines_run_in_parallel(lab):
             open(gate_a, "w").close()
             await wait_until(lambda: not m.scheduler.pipelines)
 
-    run_async(main())
+    await main()
 
 
-def test_invalid_submissions_refused(lab):
+async def test_invalid_submissions_refused(lab):
     lab.experiment("syntax", "class Broken(EnvExperiment)\n    pass\n")
     lab.experiment("ok", GATED)
 
@@ -397,10 +397,10 @@ def test_invalid_submissions_refused(lab):
                     raise AssertionError(f"{args} was accepted")
             assert m.scheduler.get_status() == {}
 
-    run_async(main())
+    await main()
 
 
-def test_argument_values_refused_at_submission(lab):
+async def test_argument_values_refused_at_submission(lab):
     lab.experiment("args", """
 class Args(EnvExperiment):
     def build(self):
@@ -430,10 +430,10 @@ class Args(EnvExperiment):
                                                         mode="slow", on=False))
             assert m.scheduler.get_status()[ok]["status"]
 
-    run_async(main())
+    await main()
 
 
-def test_build_timeout_contains_a_hang_at_import(lab):
+async def test_build_timeout_contains_a_hang_at_import(lab):
     # outside the repository, so that the master's scans do not examine it
     hangs = lab.write("elsewhere/hangs.py", """
 from labpipe.experiment import *
@@ -459,7 +459,7 @@ class Never(EnvExperiment):
             assert "build timeout" in ends[rid].error and "0.5 s" in ends[rid].error
             assert ends[ok].status == "completed"
 
-    run_async(main())
+    await main()
 
 
 SELF_SUBMITTING = """
@@ -483,7 +483,7 @@ class Again(EnvExperiment):
 """
 
 
-def test_scheduler_device_inside_a_run(lab):
+async def test_scheduler_device_inside_a_run(lab):
     again = lab.experiment("again", SELF_SUBMITTING)
 
     async def main():
@@ -499,4 +499,4 @@ def test_scheduler_device_inside_a_run(lab):
             entry = [e for r, e in rec.events if r == follow_up]
             assert entry[0] == "pending"
 
-    run_async(main())
+    await main()
