@@ -1,12 +1,17 @@
-"""Shared fixtures: a lab directory, a real master in the test's event loop, and the
-check every test goes through (``asyncio_hygiene.py``)."""
+"""Shared fixtures and helpers: a lab directory, a real master in the test's event loop
+or as a process (``MasterProcess``), and the check every test goes through
+(``asyncio_hygiene.py``)."""
 
 import asyncio
 import contextlib
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -166,3 +171,144 @@ def wait_gone(pids, timeout):
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
+
+
+# --- labpipe-master as a process -----------------------------------------------------
+
+def wait_for(predicate, timeout=20):
+    """Poll predicate() (blocking) until it is true; fail the test after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below pid, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class StreamReader:
+    """Reads a process's output stream in a thread, so that the process never blocks
+    on a full pipe however much it writes; keeps every line."""
+
+    def __init__(self, stream, name: str):
+        self.lines: list[str] = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        with self._stream:  # the thread owns it: closed at end of file
+            for line in self._stream:
+                self.lines.append(line)
+
+    def text(self, wait: float = 0.0) -> str:
+        """What was read, after waiting up to wait seconds for the end of the stream
+        (the master's worker processes hold it open until they end too)."""
+        self._thread.join(wait)
+        return "".join(self.lines)
+
+    def tail(self, count: int) -> str:
+        return "".join(self.lines[-count:])
+
+
+#: The MasterProcesses started by the running test (their output tails go into its
+#: report when it fails).
+_started_masters: list["MasterProcess"] = []
+
+
+class MasterProcess:
+    """labpipe-master started in a lab directory with every port picked free. Its
+    output is read continuously; a failing test's report shows its tail."""
+
+    def __init__(self, lab_dir, *extra):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
+             "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
+             "--port-broadcast", "0", *extra],
+            cwd=lab_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = StreamReader(self.process.stderr, f"master-{self.process.pid}-stderr")
+        _started_masters.append(self)
+        line = self.process.stdout.readline()
+        if "ready" not in line:
+            self.process.kill()
+            self.process.wait()
+            self.process.stdout.close()
+            raise AssertionError(f"master did not start: {line!r} {self.stderr.text(10)}")
+        # after the ready line the master writes nothing to stdout, but the processes
+        # it starts might: drained too
+        self.stdout = StreamReader(self.process.stdout, f"master-{self.process.pid}-stdout")
+        ports = line.split(": ", 1)[1]
+        self.ports = {name: int(port) for name, port in
+                      (p.strip().split(" ") for p in ports.split(","))}
+
+    def client(self, target):
+        from labpipe.protocol.rpc import Client
+        return Client("127.0.0.1", self.ports["control"], target, timeout=20)
+
+    def command(self, *args):
+        """The labpipe-client command line for this master (every port given)."""
+        return [sys.executable, "-m", "labpipe.client.main",
+                "--port", str(self.ports["control"]),
+                "--port-notify", str(self.ports["notify"]),
+                "--port-broadcast", str(self.ports["broadcast"]), *args]
+
+    def cli(self, *args, check=True):
+        result = subprocess.run(self.command(*args), capture_output=True, text=True,
+                                timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args):
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def submit(self, *args):
+        """labpipe-client submit; the RID."""
+        return int(self.cli("submit", *args).stdout.split("RID: ")[1])
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def report(self, lines: int = 60) -> str:
+        """The tail of the master's error output, for a failing test's report."""
+        state = ("running" if self.process.poll() is None
+                 else f"exit code {self.process.returncode}")
+        return (f"labpipe-master pid {self.process.pid} ({state}), last {lines} lines "
+                f"of its error output:\n{self.stderr.tail(lines)}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _started_masters.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for master in _started_masters:
+            report.sections.append((f"labpipe-master {master.process.pid} stderr",
+                                    master.report()))
+    return report

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import Lab
-from test_master_process import MasterProcess, wait_for
+from conftest import Lab, MasterProcess, wait_for
 
 GATED = """
 import os, time

@@ -25,8 +25,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
 
-from conftest import wait_gone
-from test_master_process import _descendants
+from conftest import descendants, wait_gone
 
 FAR = 9e9  # a due date that keeps a run pending for good
 
@@ -98,7 +97,7 @@ class CrashMaster:
 
     def kill(self):
         """SIGKILL the master (its descendants noted first, for the lifetime check)."""
-        self.killed_descendants = _descendants(self.process.pid)
+        self.killed_descendants = descendants(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self._close_files()

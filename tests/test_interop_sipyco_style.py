@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from test_master_process import MasterProcess, wait_for
+from conftest import MasterProcess, wait_for
+
 
 # --------------------------------------------------------------------------- independent side
 

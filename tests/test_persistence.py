@@ -8,7 +8,7 @@ import time
 import pytest
 
 from labpipe.protocol import pyon
-from test_master_process import MasterProcess, _descendants, wait_for
+from conftest import MasterProcess, descendants, wait_for
 
 GATED = """
 import os, time
@@ -57,7 +57,7 @@ def gated(tag, gate=""):
 
 def _kill(master):
     """SIGKILL the master, then the processes it left (workers, forkserver)."""
-    orphans = _descendants(master.process.pid)
+    orphans = descendants(master.process.pid)
     master.process.send_signal(signal.SIGKILL)
     master.process.wait(timeout=10)
     for pid in orphans:

@@ -280,7 +280,7 @@ def test_master_refuses_to_start_with_bad_tls_files(lab, certs):
 
 
 def test_labpipe_client_submit_and_show_schedule_over_tls(lab, certs):
-    from test_master_process import MasterProcess
+    from conftest import MasterProcess
     lab.experiment("hello", EXPERIMENT)
     master = MasterProcess(lab.root, "--ssl", certs.server.cert, certs.server.key,
                            certs.trusted_clients)
