@@ -1,6 +1,6 @@
-"""Shared fixtures and helpers: a lab directory, a real master in the test's event loop
-or as a process (``MasterProcess``), and the check every test goes through
-(``asyncio_hygiene.py``)."""
+"""Shared fixtures and helpers: a lab directory, the experiments and expids tests
+share, a real master in the test's event loop or as a process (``MasterProcess``), and
+the check every test goes through (``asyncio_hygiene.py``)."""
 
 import asyncio
 import contextlib
@@ -52,6 +52,98 @@ class Lab:
         """Write repository/NAME.py with the experiment imports prepended."""
         return self.write(f"repository/{name}.py",
                           "from labpipe.experiment import *\n" + textwrap.dedent(body))
+
+
+# --- experiments and expids shared by the tests -------------------------------------
+
+#: Runs until the file named by its ``gate`` argument exists (at once without a gate);
+#: requests the devices listed in ``devices`` in build; sets datasets
+#: ``started_TAG`` and ``ended_TAG`` to the times its run started and ended
+#: (broadcast; persistent with ``persist=True``).
+GATED = """
+import os, time
+from labpipe.experiment import *
+
+class Gated(EnvExperiment):
+    def build(self):
+        self.setattr_argument("gate", StringValue(""))
+        self.setattr_argument("tag", StringValue(""))
+        self.setattr_argument("devices", PYONValue([]))
+        self.setattr_argument("persist", BooleanValue(False))
+        for key in self.devices:
+            self.get_device(key)
+
+    def run(self):
+        self.set_dataset("started_" + self.tag, time.time(), broadcast=True,
+                         persist=self.persist)
+        while self.gate and not os.path.exists(self.gate):
+            time.sleep(0.005)
+        self.set_dataset("ended_" + self.tag, time.time(), broadcast=True,
+                         persist=self.persist)
+"""
+
+#: Fails in its run with ``ValueError("the magnet quenched")``.
+FAILING = """
+from labpipe.experiment import *
+
+class Failing(EnvExperiment):
+    def run(self):
+        raise ValueError("the magnet quenched")
+"""
+
+#: Sets dataset ``slow.step`` to 0 .. ``steps`` - 1, 10 ms apart.
+SLOW = """
+import time
+from labpipe.experiment import *
+
+class Slow(EnvExperiment):
+    def build(self):
+        self.setattr_argument("steps", NumberValue(10, step=1, precision=0, type="int"))
+
+    def run(self):
+        for i in range(self.steps):
+            self.set_dataset("slow.step", i, broadcast=True)
+            time.sleep(0.01)
+"""
+
+#: Sets dataset ``high_ran_at`` to the time it ran.
+STAMP = """
+import time
+from labpipe.experiment import *
+
+class Stamp(EnvExperiment):
+    def run(self):
+        self.set_dataset("high_ran_at", time.time(), broadcast=True)
+"""
+
+#: Sets dataset ``terminating.started``, then pauses until it is terminated.
+TERMINATING = """
+import time
+from labpipe.experiment import *
+
+class Terminating(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("terminating.started", True, broadcast=True)
+        while True:
+            self.scheduler.pause()
+            time.sleep(0.005)
+"""
+
+
+def expid(file: str | None = None, log_level: int = 30, *, content: str | None = None,
+          **arguments) -> dict:
+    """An expid as the scheduler takes it: the only experiment of FILE (a path, relative
+    to the lab, or to the repository with ``repo_rev``), or of the source CONTENT, with
+    the arguments given."""
+    made = {"class_name": None, "arguments": arguments, "log_level": log_level}
+    if file is not None:
+        made["file"] = file
+    if content is not None:
+        made["content"] = content
+    return made
 
 
 @pytest.fixture

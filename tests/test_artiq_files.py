@@ -10,7 +10,7 @@ import textwrap
 import h5py
 import pytest
 
-from conftest import run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.protocol.rpc import AsyncClient
 
 ARTIQ_EXP = '''
@@ -56,10 +56,6 @@ class Pulse(EnvExperiment):
         if self.fire:
             self.pulse(1)
 '''
-
-
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
 async def test_artiq_file_scanned_submitted_and_run_through_a_master(lab):

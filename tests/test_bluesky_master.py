@@ -9,7 +9,7 @@ import h5py
 import numpy
 import pytest
 
-from conftest import ScheduleRecorder, run_ends, running_master, wait_until
+from conftest import STAMP, ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol import pyon
 from labpipe.bluesky.pausing import CHECK_INTERVAL
@@ -22,11 +22,6 @@ def example_lab(lab):
     for relpath in ("device_db.py", "repository/scan.py"):
         with open(os.path.join(ROOT, relpath), encoding="utf-8") as f:
             lab.write(relpath, f.read())
-
-
-def expid(file, log_level=30, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments,
-            "log_level": log_level}
 
 
 def pyon_text(dataset):
@@ -105,15 +100,6 @@ class LongCount(EnvExperiment):
         self.run_plan(count([self.det], num=self.num or None, delay=0.005,
                             per_shot=per_shot))
 """
-
-STAMP = """
-import time
-
-class Stamp(EnvExperiment):
-    def run(self):
-        self.set_dataset("high_ran_at", time.time(), broadcast=True)
-"""
-
 
 async def test_long_count_pauses_for_higher_priority_and_resumes(lab):
     example_lab(lab)

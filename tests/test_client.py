@@ -13,30 +13,7 @@ import time
 
 import pytest
 
-from conftest import MasterProcess, wait_for
-
-GATED = """
-import os, time
-from labpipe.experiment import *
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("done." + self.tag, True, broadcast=True)
-"""
-
-FAILING = """
-from labpipe.experiment import *
-
-class Failing(EnvExperiment):
-    def run(self):
-        raise ValueError("the magnet quenched")
-"""
+from conftest import FAILING, GATED, MasterProcess, wait_for
 
 ASK = """
 from labpipe.experiment import *
@@ -171,7 +148,7 @@ def test_submit_wait_history_resubmit(master):
     assert record["pipeline"] == "other" and record["priority"] == 2
     assert record["expid"]["arguments"] == {"tag": "two"}
     with m.client("dataset_db") as datasets:
-        assert datasets.get("done.two") is True
+        assert isinstance(datasets.get("ended_two"), float)
     assert m.json("resubmit", str(again))["rid"] > again
     assert m.json("submit", "repository/gated.py", "tag=json")["rid"] > again + 1
 

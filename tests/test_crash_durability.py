@@ -25,7 +25,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
 
-from conftest import descendants, wait_gone
+from conftest import descendants, expid, wait_gone
 
 FAR = 9e9  # a due date that keeps a run pending for good
 
@@ -38,11 +38,6 @@ class SetPersistent(EnvExperiment):
     def run(self):
         self.set_dataset(self.key, self.value, persist=True)
 """
-
-
-def expid(**arguments):
-    return {"file": "repository/set_persistent.py", "class_name": None,
-            "arguments": arguments, "log_level": 30}
 
 
 def assert_none_alive(pids: list[int], timeout: float = 1.0) -> None:
@@ -171,7 +166,7 @@ def crash_lab(lab):
 # --- deterministic: acknowledge, kill, restart, check ---------------------------------
 
 def _pending(schedule):
-    return schedule.submit("p", expid(key="x", value=1), 0, FAR, False)
+    return schedule.submit("p", expid("repository/set_persistent.py", key="x", value=1), 0, FAR, False)
 
 
 OPERATIONS = {
@@ -244,7 +239,7 @@ def test_dataset_an_experiment_set_survives_kill(crash_lab):
     first = CrashMaster(crash_lab.root)
     try:
         watcher = Watcher(first.ports["notify"], "datasets")
-        first.client("schedule").submit("run", expid(key="d.exp", value=2126), 0, None,
+        first.client("schedule").submit("run", expid("repository/set_persistent.py", key="d.exp", value=2126), 0, None,
                                         False)
         wait_for(lambda: "d.exp" in watcher.struct, what="the dataset published")
         seen = watcher.struct["d.exp"]
@@ -296,7 +291,7 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
             op = rng.choice(["submit", "submit", "change", "change", "delete", "hold",
                              "dataset", "experiment"])
             if op == "submit" or (op in ("change", "delete") and not mine):
-                rid = schedule.submit(f"p{index}", expid(key="x", value=0),
+                rid = schedule.submit(f"p{index}", expid("repository/set_persistent.py", key="x", value=0),
                                       0, FAR, False)
                 with ledger.lock:
                     ledger.submitted.append(rid)
@@ -336,7 +331,7 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
             else:
                 counter += 1
                 ledger.counters[index] = counter
-                rid = schedule.submit(f"run{index}", expid(key=f"e{index}", value=counter),
+                rid = schedule.submit(f"run{index}", expid("repository/set_persistent.py", key=f"e{index}", value=counter),
                                       0, None, False)
                 with ledger.lock:
                     ledger.submitted.append(rid)
@@ -430,7 +425,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
             master = CrashMaster(crash_lab.root, generation)
             _check_after_restart(master, ledger)
         # RIDs continue after every one handed out before
-        rid = master.client("schedule").submit("p", expid(key="x", value=0), 0, FAR, False)
+        rid = master.client("schedule").submit("p", expid("repository/set_persistent.py", key="x", value=0), 0, FAR, False)
         assert rid > max(ledger.submitted)
         assert ledger.acked > 150 and ledger.deleted and ledger.fields and ledger.held
         assert any(key.startswith("e") for key in ledger.seen_datasets)  # experiments set some

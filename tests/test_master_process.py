@@ -11,22 +11,8 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-from conftest import MasterProcess, descendants, wait_for
+from conftest import SLOW, MasterProcess, descendants, wait_for
 from labpipe.protocol import pyon
-
-SLOW = """
-import time
-from labpipe.experiment import *
-
-class Slow(EnvExperiment):
-    def build(self):
-        self.setattr_argument("steps", NumberValue(10, step=1, precision=0, type="int"))
-
-    def run(self):
-        for i in range(self.steps):
-            self.set_dataset("slow.step", i, broadcast=True)
-            time.sleep(0.01)
-"""
 
 @pytest.fixture
 def master(lab):

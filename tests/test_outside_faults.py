@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.worker import launcher
 
 STAGES = """
@@ -35,11 +35,6 @@ class Stages(EnvExperiment):
 """
 
 
-def expid(die_in=""):
-    return {"file": "repository/stages.py", "class_name": None,
-            "arguments": {"die_in": die_in}, "log_level": 30}
-
-
 @pytest.mark.parametrize("stage", ["prepare", "run", "analyze"])
 async def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab, stage):
     lab.experiment("stages", STAGES)
@@ -47,8 +42,8 @@ async def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_o
     async def scenario():
         async with running_master(lab) as m:
             ends = run_ends(m.scheduler)
-            victim = await m.scheduler.submit("main", expid(stage))
-            after = await m.scheduler.submit("main", expid())
+            victim = await m.scheduler.submit("main", expid("repository/stages.py", die_in=stage))
+            after = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             datasets = m.dataset_db.data.raw_view
             await wait_until(lambda: "fault.pid" in datasets, timeout=30)
             os.kill(datasets["fault.pid"][1], signal.SIGKILL)
@@ -70,14 +65,14 @@ async def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
     async def scenario():
         async with running_master(lab) as m:
             ends = run_ends(m.scheduler)
-            first = await m.scheduler.submit("main", expid())
+            first = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             await wait_until(lambda: first in ends, timeout=30)
             await wait_until(lambda: launcher._spares._ready)  # a spare waits
             template = launcher.template()
             spare = launcher._spares._ready[0][0]
             os.kill(template.pid, signal.SIGKILL)
             await wait_until(lambda: not spare.is_alive(), timeout=10)  # died with it
-            second = await m.scheduler.submit("main", expid())
+            second = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             await wait_until(lambda: second in ends, timeout=30)
             assert ends[second].status == "completed", ends[second].error
     await scenario()

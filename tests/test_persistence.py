@@ -8,51 +8,10 @@ import time
 import pytest
 
 from labpipe.protocol import pyon
-from conftest import MasterProcess, descendants, wait_for
-
-GATED = """
-import os, time
-from labpipe.experiment import *
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        self.set_dataset("started." + self.tag, True, broadcast=True, persist=True)
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("done." + self.tag, True, broadcast=True, persist=True)
-"""
-
-FAILING = """
-from labpipe.experiment import *
-
-class Failing(EnvExperiment):
-    def run(self):
-        raise ValueError("the magnet quenched")
-"""
-
-TERMINATING = """
-import time
-from labpipe.experiment import *
-
-class Terminating(EnvExperiment):
-    def build(self):
-        self.setattr_device("scheduler")
-
-    def run(self):
-        self.set_dataset("terminating.started", True, broadcast=True)
-        while True:
-            self.scheduler.pause()
-            time.sleep(0.005)
-"""
-
+from conftest import FAILING, GATED, TERMINATING, MasterProcess, descendants, expid, wait_for
 
 def gated(tag, gate=""):
-    return {"file": "repository/gated.py", "class_name": None,
-            "arguments": {"tag": tag, "gate": gate}, "log_level": 30}
+    return expid("repository/gated.py", tag=tag, gate=gate, persist=True)
 
 
 def _kill(master):
@@ -131,7 +90,7 @@ def test_sigkill_restores_pending_runs_and_interrupts_the_running_one(lab):
             assert history.wait(again, 30)["status"] == "completed"
         with m.client("dataset_db") as datasets:
             for tag in ("p1", "p2", "s1", "s2", "repo", "new"):
-                assert datasets.get("done." + tag) is True
+                assert isinstance(datasets.get("ended_" + tag), float)
     finally:
         m.stop()
 

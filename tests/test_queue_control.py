@@ -12,25 +12,7 @@ import time
 
 import pytest
 
-from conftest import ScheduleRecorder, run_ends, running_master, wait_until
-
-GATED = """
-import os, time
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-        self.setattr_argument("devices", PYONValue([]))
-        for key in self.devices:
-            self.get_device(key)
-
-    def run(self):
-        self.set_dataset("started_" + self.tag, time.time(), broadcast=True)
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("ended_" + self.tag, time.time(), broadcast=True)
-"""
+from conftest import GATED, ScheduleRecorder, expid, run_ends, running_master, wait_until
 
 DEVICE_DB = """
 device_db = {
@@ -45,10 +27,6 @@ class Dev:
     def __init__(self, dmgr):
         pass
 """
-
-
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
 def cli(*argv):

@@ -6,7 +6,7 @@ import signal
 
 import h5py
 
-from conftest import ScheduleRecorder, run_ends, running_master, wait_until
+from conftest import ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.protocol import pyon
 
 RECORDS = """
@@ -34,10 +34,6 @@ class Records(EnvExperiment):
 """
 
 
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 20}
-
-
 async def test_results_on_every_exit_path(lab):
     records = lab.experiment("records", RECORDS)
 
@@ -45,9 +41,9 @@ async def test_results_on_every_exit_path(lab):
         async with running_master(lab) as m:
             await m.dataset_db.set("calib.offset", 0.5, persist=True)
             ends = run_ends(m.scheduler)
-            ok = await m.scheduler.submit("main", expid(records))
-            failed = await m.scheduler.submit("main", expid(records, fail="run"))
-            killed = await m.scheduler.submit("main", expid(records, fail="kill"))
+            ok = await m.scheduler.submit("main", expid(records, log_level=20))
+            failed = await m.scheduler.submit("main", expid(records, log_level=20, fail="run"))
+            killed = await m.scheduler.submit("main", expid(records, log_level=20, fail="kill"))
             await wait_until(lambda: "rec.pid" in m.dataset_db.data.raw_view, timeout=20)
             os.kill(m.dataset_db.get("rec.pid"), signal.SIGKILL)
             await wait_until(lambda: killed in ends, timeout=20)
@@ -85,7 +81,7 @@ async def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
         async with running_master(lab) as m:
             await m.dataset_db.set("calib.offset", 0.5, persist=True)
             rec = ScheduleRecorder(m.scheduler.notifier)
-            rid = await m.scheduler.submit("main", expid(records))
+            rid = await m.scheduler.submit("main", expid(records, log_level=20))
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=20)
 
     async def second():
@@ -121,7 +117,7 @@ async def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             requests = m.interactive_db.notifier
             datasets = m.dataset_db.data.raw_view
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             request = requests.raw_view[rid]
             assert request["title"] == "Calibration"
@@ -133,19 +129,19 @@ async def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
 
             # a value its argument refuses fails the run with the argument's name
             ends = run_ends(m.scheduler)
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             m.interactive_db.supply(rid, {"gain": 99.0})
             await wait_until(lambda: rid in ends)
             assert ends[rid].status == "failed" and "'gain'" in ends[rid].error
             await wait_until(lambda: rid not in requests.raw_view)
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             m.interactive_db.cancel(rid)
             await wait_until(lambda: datasets["ask.result"][1] == "cancelled")
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             await m.scheduler.delete(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
@@ -176,7 +172,7 @@ async def test_ophyd_devices_from_the_example_device_db(lab):
     async def main():
         async with running_master(lab) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
-            rid = await m.scheduler.submit("main", expid(exp))
+            rid = await m.scheduler.submit("main", expid(exp, log_level=20))
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=30)
             return dict(m.dataset_db.data.raw_view)
 

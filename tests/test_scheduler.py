@@ -9,20 +9,8 @@ import time
 
 import h5py
 
-from conftest import ScheduleRecorder, run_ends, running_master, wait_until
-
-GATED = """
-import os, time
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-"""
+from conftest import (GATED, STAMP, TERMINATING, ScheduleRecorder, expid, run_ends,
+                      running_master, wait_until)
 
 STAGES = """
 import time
@@ -42,10 +30,6 @@ class Stages(EnvExperiment):
     def analyze(self):
         time.sleep(self.analyze_s)
 """
-
-
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
 async def test_runs_in_precedence_order(lab):
@@ -158,15 +142,6 @@ class Pausing(EnvExperiment):
         self.set_dataset("resumed_at", time.time(), broadcast=True)
 """
 
-STAMP = """
-import time
-
-class Stamp(EnvExperiment):
-    def run(self):
-        self.set_dataset("high_ran_at", time.time(), broadcast=True)
-"""
-
-
 async def test_pause_yields_to_higher_priority_and_resumes(lab):
     pausing = lab.experiment("pausing", PAUSING)
     stamp = lab.experiment("stamp", STAMP)
@@ -192,21 +167,6 @@ async def test_pause_yields_to_higher_priority_and_resumes(lab):
     await main()
 
 
-TERMINATING = """
-import time
-
-class Terminating(EnvExperiment):
-    def build(self):
-        self.setattr_device("scheduler")
-
-    def run(self):
-        self.set_dataset("started", True, broadcast=True)
-        while True:
-            self.scheduler.pause()
-            time.sleep(0.005)
-"""
-
-
 async def test_graceful_termination(lab):
     terminating = lab.experiment("terminating", TERMINATING)
 
@@ -216,7 +176,7 @@ async def test_graceful_termination(lab):
             ends = []
             m.scheduler.on_run_end.append(lambda run, end: ends.append((run.rid, end)))
             rid = await m.scheduler.submit("main", expid(terminating))
-            await wait_until(lambda: m.dataset_db.data.raw_view.get("started"))
+            await wait_until(lambda: m.dataset_db.data.raw_view.get("terminating.started"))
             assert m.scheduler.check_termination(rid) is False
             await m.scheduler.request_termination(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
@@ -226,7 +186,7 @@ async def test_graceful_termination(lab):
             assert end.results and os.path.exists(end.results)
             with h5py.File(end.results) as f:  # what it collected, and why it ended
                 assert f["rid"][()] == rid
-                assert f["datasets/started"][()]
+                assert f["datasets/terminating.started"][()]
                 assert "terminated" in f["error"][()].decode()
 
     await main()

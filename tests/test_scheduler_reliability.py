@@ -9,7 +9,7 @@ import os
 import h5py
 import pytest
 
-from conftest import ScheduleRecorder, run_ends, running_master, wait_until
+from conftest import ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.master.run import MAX_ERROR_CHARS
 from labpipe.worker import launcher
 from labpipe.worker.forkserver import ForkServerError
@@ -28,10 +28,6 @@ class Raises(EnvExperiment):
     def run(self):
         raise ValueError("x" * 100_000 + "END")
 """
-
-
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
 @pytest.mark.parametrize("error", [OSError(11, "Resource temporarily unavailable"),

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.config import (ConfigError, ExamineConfig, LabConfig, SecurityConfig,
                             config_from_dict, load_config)
 from labpipe.protocol.rpc import AsyncClient
@@ -25,10 +25,6 @@ class Hello(EnvExperiment):
     def run(self):
         self.set_dataset("hello", 1)
 """
-
-
-def expid(**fields):
-    return dict({"class_name": None, "arguments": {}, "log_level": 30}, **fields)
 
 
 def rss_bytes() -> int:

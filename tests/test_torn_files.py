@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.master import process_records
 from labpipe.master.repository import hooks
 from labpipe.master.rid import RIDCounter
@@ -45,14 +45,9 @@ def warnings_about(caplog, name):
             if r.levelno == logging.WARNING and name in r.getMessage()]
 
 
-def expid():
-    return {"file": "repository/quick.py", "class_name": None, "arguments": {},
-            "log_level": 30}
-
-
 async def _submit_and_finish(m, count):
     ends = run_ends(m.scheduler)
-    rids = [await m.scheduler.submit("main", expid()) for _ in range(count)]
+    rids = [await m.scheduler.submit("main", expid("repository/quick.py")) for _ in range(count)]
     await wait_until(lambda: all(rid in ends for rid in rids), timeout=30)
     await wait_until(lambda: all(rid in m.history.notifier.raw_view for rid in rids))
     return rids
