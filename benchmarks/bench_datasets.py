@@ -1,12 +1,22 @@
 """Benchmark dataset traffic from a run to a subscriber, through a real master.
 
 Starts ``python -m labpipe.master`` in a temporary lab and follows the ``datasets``
-notifier. Prints:
+notifier. Prints each figure beside its floor (``floors.py``, measured in the same run;
+the ratio figure / floor after it):
 
-- a loop setting a broadcast dataset N times: the loop's rate (updates/s) and how long
-  after the loop's end the subscriber holds the last value (2,000 and 100,000 sets);
+- a loop setting a broadcast dataset N times (2,000 and 100,000 sets):
+  - the loop's rate (updates/s) and time per update. Floor: a dict item set in a
+    Python loop (in this process), the least an update can cost;
+  - the rate to the subscriber (first set to last value seen) and its time per
+    update. Floor: the loop's own time per update (nothing arrives faster than it
+    is set);
+  - how long after the loop's end the subscriber holds the last value. Floor: a
+    loopback round trip;
 - a 150x150 float64 array set at 10 Hz for 3 s: the subscriber's lag behind each set
-  (first and last seconds), to show whether a backlog grows.
+  (median in the first and last seconds), to show whether a backlog grows. Floor: a
+  loopback round trip of 180 kB (the array's size).
+
+The load average is printed at start and at end. Linux only (``floors.py``).
 
 Usage: python benchmarks/bench_datasets.py
 """
@@ -18,6 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import floors  # noqa: E402
 from bench_master import ScheduleWatch, master_in_temporary_lab  # noqa: E402
 
 from labpipe.protocol.rpc import AsyncClient
@@ -74,30 +85,49 @@ class DatasetWatch:
             await self.changed.wait()
 
 
-async def loop_case(schedule, watch, runs, n):
+def dict_set_in_a_loop(n: int = 100_000) -> floors.Floor:
+    """Setting a dict item in a Python loop: per item."""
+    d = {}
+    t0 = time.perf_counter()
+    for i in range(n):
+        d["bench.counter"] = i
+    return floors.Floor("a dict item set in a Python loop", (time.perf_counter() - t0) / n)
+
+
+def per_update(rate: float) -> str:
+    return f"{rate:,.0f} updates/s"
+
+
+async def loop_case(schedule, watch, runs, n, floor):
     rid = await schedule.submit("main", {"file": "repository/loop.py", "class_name": None,
                                          "arguments": {"n": n}, "log_level": 30})
     seen_last, _ = await watch.wait_value("bench.counter", lambda v: v == n - 1)
     _, (t0, t1) = await watch.wait_value("bench.loop", lambda v: True)
     await runs.wait((rid, "removed"))
     watch.seen.clear()
-    print(f"{n} broadcast sets: {n / (t1 - t0):,.0f} updates/s in the loop, "
-          f"{n / (seen_last - t0):,.0f} updates/s to the subscriber; it held the last "
-          f"value {1e3 * (seen_last - t1):.1f} ms after the loop ended")
+    in_loop = (t1 - t0) / n
+    print(f"{n} broadcast sets: {n / (t1 - t0):,.0f} updates/s in the loop; "
+          + floors.beside("time per update", in_loop, floor["dict"]))
+    print(f"{n} broadcast sets: {n / (seen_last - t0):,.0f} updates/s to the subscriber; "
+          + floors.beside("time per update", (seen_last - t0) / n,
+                          floors.Floor("the loop's own time per update", in_loop)))
+    print(floors.beside(f"{n} broadcast sets: the subscriber held the last value, after "
+                        "the loop's end,", seen_last - t1, floor["loopback"]))
 
 
-async def image_case(schedule, watch, runs):
+async def image_case(schedule, watch, runs, floor):
     rid = await schedule.submit("main", {"file": "repository/image.py", "class_name": None,
                                          "arguments": {}, "log_level": 30})
     await runs.wait((rid, "removed"))
     lags = [t - v[1] for t, k, v in watch.seen if k == "bench.image_sent"]
     images = sum(1 for _, k, _ in watch.seen if k == "bench.image")
-    print(f"150x150 float64 at 10 Hz: {images} of 30 images received; lag median "
-          f"{1e3 * statistics.median(lags[:10]):.1f} ms in the first second, "
-          f"{1e3 * statistics.median(lags[-10:]):.1f} ms in the last")
+    print(f"150x150 float64 at 10 Hz: {images} of 30 images received")
+    for when, part in (("first", lags[:10]), ("last", lags[-10:])):
+        print(floors.beside(f"150x150 float64 at 10 Hz: lag median in the {when} second",
+                            statistics.median(part), floor["loopback_image"]))
 
 
-async def bench(ports):
+async def bench(ports, floor):
     schedule = AsyncClient()
     await schedule.connect_rpc("127.0.0.1", ports["control"], "schedule")
     runs = ScheduleWatch()
@@ -107,9 +137,9 @@ async def bench(ports):
     for subscriber in subscribers:
         await subscriber.connect("127.0.0.1", ports["notify"])
     try:
-        await loop_case(schedule, watch, runs, 2000)
-        await loop_case(schedule, watch, runs, 100_000)
-        await image_case(schedule, watch, runs)
+        await loop_case(schedule, watch, runs, 2000, floor)
+        await loop_case(schedule, watch, runs, 100_000, floor)
+        await image_case(schedule, watch, runs, floor)
     finally:
         for subscriber in subscribers:
             await subscriber.close()
@@ -117,8 +147,12 @@ async def bench(ports):
 
 
 def main():
+    floors.header("bench_datasets.py")
+    floor = {"dict": dict_set_in_a_loop(), "loopback": floors.loopback_round_trip(),
+             "loopback_image": floors.loopback_round_trip(150 * 150 * 8, repeats=100)}
     with master_in_temporary_lab({"loop": LOOP, "image": IMAGE}) as ports:
-        asyncio.run(bench(ports))
+        asyncio.run(bench(ports, floor))
+    floors.load_average("end")
 
 
 if __name__ == "__main__":

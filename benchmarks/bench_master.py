@@ -1,13 +1,25 @@
 """Benchmark the master: latency, throughput and pipelining, through its real ports.
 
 Starts ``labpipe-master`` in a temporary lab (all ports picked free), follows the
-``schedule`` notifier, and prints:
+``schedule`` notifier, and prints each figure beside its floor (``floors.py``, measured
+in the same run; the ratio figure / floor after it):
 
+- RPC round trip: median of 200 ``schedule.get_status()`` calls on the control port
+  (idle schedule). Floor: a loopback round trip.
 - idle submit-to-running latency: median and max over 20 runs, from the ``submit``
-  call to the ``running`` status arriving at the subscriber;
-- trivial runs per second: 100 queued runs, first submit to last run gone;
+  call to the ``running`` status arriving at the subscriber. Floor: a loopback round
+  trip (the RPC) + a synced LMDB commit (the submission is on disk before its RID is
+  returned).
+- trivial runs per second: 100 queued runs, first submit to last run gone; printed
+  as time per run too. Floor: what each run cannot skip, one after the other: a synced
+  LMDB commit (its submission), a warm fork+exit+reap (its fresh process) and a small
+  HDF5 file (its results). On 2 cores two runs' floors may overlap, so the floor
+  bounds the time per run to within a factor of 2 at most.
 - pipelining efficiency: 8 runs of prepare 0.2 s / run 0.5 s / analyze 0.2 s; the
-  ideal makespan is 0.2 + 8 x 0.5 + 0.2 = 4.4 s, divided by the measured one.
+  ideal makespan is 0.2 + 8 x 0.5 + 0.2 = 4.4 s, divided by the measured one. Floor:
+  that ideal makespan.
+
+The load average is printed at start and at end. Linux only (``floors.py``).
 
 Usage: python benchmarks/bench_master.py
 """
@@ -20,6 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import floors  # noqa: E402
 
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.sync import Subscriber
@@ -49,9 +64,9 @@ class Stages(EnvExperiment):
 
 
 @contextlib.contextmanager
-def master_in_temporary_lab(experiments: dict):
+def master_process_in_temporary_lab(experiments: dict):
     """A master serving a temporary lab whose repository holds experiments
-    ({name: source}); yields its ports."""
+    ({name: source}); yields its process (a ``subprocess.Popen``) and its ports."""
     with tempfile.TemporaryDirectory() as lab:
         os.makedirs(os.path.join(lab, "repository"))
         for name, text in experiments.items():
@@ -61,10 +76,17 @@ def master_in_temporary_lab(experiments: dict):
             f.write("device_db = {}\n")
         process, ports = start_master(lab)
         try:
-            yield ports
+            yield process, ports
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def master_in_temporary_lab(experiments: dict):
+    """As ``master_process_in_temporary_lab``; yields the ports only."""
+    with master_process_in_temporary_lab(experiments) as (_, ports):
+        yield ports
 
 
 def start_master(lab):
@@ -105,17 +127,40 @@ class ScheduleWatch:
         return self.times[key]
 
 
-async def bench(ports):
+def measure_floors() -> dict[str, floors.Floor]:
+    fresh = floors.in_fresh_process()
+    return {"loopback": floors.loopback_round_trip(), "lmdb": floors.synced_lmdb_commit(),
+            "fork": fresh["fork"], "hdf5": fresh["hdf5_second"]}
+
+
+TRIVIAL_EXPID = {"file": "repository/trivial.py", "class_name": None, "arguments": {},
+                 "log_level": 30}
+
+
+async def rpc_round_trip(schedule) -> float:
+    """The median of 200 ``get_status`` calls (after 20 not counted)."""
+    times = []
+    for i in range(220):
+        t0 = time.perf_counter()
+        await schedule.get_status()
+        if i >= 20:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+async def bench(ports, floor):
     schedule = AsyncClient()
     await schedule.connect_rpc("127.0.0.1", ports["control"], "schedule")
     watch = ScheduleWatch()
     subscriber = Subscriber("schedule", lambda init: init, watch.on_mod)
     await subscriber.connect("127.0.0.1", ports["notify"])
-    trivial = {"file": "repository/trivial.py", "class_name": None, "arguments": {},
-               "log_level": 30}
+    trivial = TRIVIAL_EXPID
     try:
         for _ in range(3):  # warm-up
             await watch.wait((await schedule.submit("main", trivial), "removed"))
+
+        print(floors.beside("RPC round trip (schedule.get_status), median of 200",
+                            await rpc_round_trip(schedule), floor["loopback"]))
 
         latencies = []
         for _ in range(20):
@@ -123,15 +168,20 @@ async def bench(ports):
             rid = await schedule.submit("main", trivial)
             latencies.append(await watch.wait((rid, "running")) - t0)
             await watch.wait((rid, "removed"))
-        print(f"idle submit-to-running latency: median {1e3 * statistics.median(latencies):.1f} ms, "
-              f"max {1e3 * max(latencies):.1f} ms (20 runs)")
+        latency_floor = floors.total(floor["loopback"], floor["lmdb"])
+        print(floors.beside("idle submit-to-running latency, median of 20",
+                            statistics.median(latencies), latency_floor))
+        print(floors.beside("idle submit-to-running latency, max of 20",
+                            max(latencies), latency_floor))
 
         t0 = time.perf_counter()
         rids = [await schedule.submit("main", trivial) for _ in range(100)]
         for rid in rids:
             await watch.wait((rid, "removed"))
-        end = max(watch.times[(rid, "removed")] for rid in rids)
-        print(f"trivial runs: {100 / (end - t0):.0f} runs/s (100 queued runs)")
+        elapsed = max(watch.times[(rid, "removed")] for rid in rids) - t0
+        print(f"trivial runs: {100 / elapsed:.0f} runs/s (100 queued runs); "
+              + floors.beside("time per run", elapsed / 100,
+                              floors.total(floor["lmdb"], floor["fork"], floor["hdf5"])))
 
         stages = dict(trivial, file="repository/stages.py")
         t0 = time.perf_counter()
@@ -139,16 +189,19 @@ async def bench(ports):
         for rid in rids:
             await watch.wait((rid, "removed"))
         makespan = max(watch.times[(rid, "removed")] for rid in rids) - t0
-        print(f"pipelining efficiency: {4.4 / makespan:.3f} (makespan {makespan:.2f} s, "
-              f"ideal 4.4 s; 8 runs of 0.2/0.5/0.2 s)")
+        print(f"pipelining efficiency: {4.4 / makespan:.3f} (8 runs of 0.2/0.5/0.2 s); "
+              + floors.beside("makespan", makespan, floors.Floor("ideal makespan", 4.4)))
     finally:
         await subscriber.close()
         schedule.close_rpc()
 
 
 def main():
+    floors.header("bench_master.py")
+    floor = measure_floors()
     with master_in_temporary_lab({"trivial": TRIVIAL, "stages": STAGES}) as ports:
-        asyncio.run(bench(ports))
+        asyncio.run(bench(ports, floor))
+    floors.load_average("end")
 
 
 if __name__ == "__main__":

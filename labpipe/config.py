@@ -37,6 +37,10 @@ import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["CONFIG_FILE", "ConfigError", "LabConfig", "SecurityConfig", "ExamineConfig",
            "load_config", "config_from_dict"]
@@ -79,7 +83,7 @@ _DESCRIPTIONS = {bool: "true or false", int: "an integer", float: "a number",
                  str: "a string"}
 
 
-def _convert(value, annotation, where: str):
+def _convert(value: Any, annotation: Any, where: str) -> Any:
     """value as the annotated type, or ConfigError naming where."""
     origin = typing.get_origin(annotation)
     if origin is tuple:
@@ -97,7 +101,10 @@ def _convert(value, annotation, where: str):
     return float(value) if annotation is float else value
 
 
-def _section(cls: type, table, name: str, source: str):
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _section(cls: type[_Section], table: Any, name: str, source: str) -> _Section:
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [{name}] must be a table, not {table!r}")
     hints = typing.get_type_hints(cls)

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from labpipe.worker.launcher import Launcher
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
@@ -160,21 +162,38 @@ async def wait_until(predicate, timeout=10.0, interval=0.005):
         await asyncio.sleep(interval)
 
 
+#: The worker launcher of the tests' in-process masters and experiment databases: one
+#: warm template for the session (a template of its own would cost each master about a
+#: second). Closed when the session ends; tests of the master's own lifetime make
+#: masters with their own launcher (``own_launcher=True``).
+session_launcher = Launcher()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_session_launcher():
+    yield
+    session_launcher.close()
+
+
+def master_options(lab, **options):
+    """MasterOptions of a master of lab on 127.0.0.1, all ports picked free (options
+    override these)."""
+    from labpipe.master.assembly import MasterOptions
+    defaults = dict(lab_dir=lab.root, bind=["127.0.0.1"], port_notify=0, port_control=0,
+                    port_logging=0, port_broadcast=0, repository=lab.path("repository"),
+                    device_db=lab.path("device_db.py"),
+                    dataset_db=lab.path("dataset_db.mdb"))
+    return MasterOptions(**{**defaults, **options})
+
+
 @contextlib.asynccontextmanager
-async def running_master(lab, **options):
-    """A Master on 127.0.0.1, all ports picked free, in the current event loop."""
-    from labpipe.master.assembly import Master, MasterOptions
-    opts = MasterOptions(lab_dir=lab.root, bind=["127.0.0.1"], port_notify=0,
-                         port_control=0, port_logging=0, port_broadcast=0,
-                         repository=lab.path("repository"),
-                         device_db=lab.path("device_db.py"),
-                         dataset_db=lab.path("dataset_db.mdb"), **options)
-    master = Master(opts)
-    try:
-        await master.start()
+async def running_master(lab, own_launcher=False, **options):
+    """A Master on 127.0.0.1, all ports picked free, in the current event loop; it
+    borrows ``session_launcher`` unless own_launcher."""
+    from labpipe.master.assembly import Master
+    launcher = None if own_launcher else session_launcher
+    async with Master(master_options(lab, **options), launcher=launcher) as master:
         yield master
-    finally:
-        await master.stop()
 
 
 def run_ends(scheduler):

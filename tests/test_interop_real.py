@@ -6,6 +6,11 @@ skip. Each test starts a real labpipe master (every port picked free, bound to
 127.0.0.1), runs the real client in that Python, and asserts both the client's exit
 code/output and the outcome on the labpipe side (history, datasets, schedule).
 They are written to ARTIQ's behaviour, so they show where labpipe differs.
+
+Tests taking ``real`` or ``transport`` run twice: over plain TCP and over mutual TLS
+(master ``--ssl CERT KEY PEER``, the clients ``--ssl`` with tls_certs' certificates).
+The dashboard tests run the real dashboard under an Xvfb of their own and drive its
+widgets from inside its process (DASHBOARD_DRIVER).
 """
 
 import json
@@ -19,6 +24,7 @@ import time
 import pytest
 
 from conftest import Lab
+from labpipe.protocol.rpc import Client
 from test_client import Follower
 from test_master_process import MasterProcess, wait_for
 
@@ -111,6 +117,17 @@ class Ask(EnvExperiment):
             self.set_dataset("ask.result", ia.gain, broadcast=True)
 """
 
+FORM = """
+from labpipe.experiment import *
+
+class Form(EnvExperiment):
+    def run(self):
+        with self.interactive("Settings") as ia:
+            ia.setattr_argument("gain", NumberValue(1.0))
+            ia.setattr_argument("note", StringValue("default"))
+        self.set_dataset("form.result", [ia.gain, ia.note], broadcast=True)
+"""
+
 DEVICES = 'device_db = {"probe": {"type": "local", "module": "os", "class": "getcwd", ' \
           '"arguments": {}}}\n'
 
@@ -127,16 +144,80 @@ def commit_all(lab, message):
     return git(lab, "rev-parse", "HEAD")
 
 
-class RealMaster(MasterProcess):
-    """A labpipe master and the real ARTIQ clients pointed at it (127.0.0.1 only)."""
+class Transport:
+    """How the master and its clients connect: plain TCP, or mutual TLS (``--ssl``) with
+    the certificates of ``tls_certs`` (server, client, untrusted, expired)."""
 
-    def artiq_client(self, *args, port=None, timeout=60):
-        """Run ``artiq_client -s 127.0.0.1 --port PORT ARGS``; the CompletedProcess."""
+    def __init__(self, name, certs=None):
+        self.name, self.certs = name, certs
+
+    def master_args(self):
+        """The master's ``--ssl CERT KEY PEER`` (nothing for plain TCP)."""
+        if self.certs is None:
+            return []
+        return ["--ssl", self.certs.server.cert, self.certs.server.key,
+                self.certs.trusted_clients]
+
+    def client_args(self, who="client"):
+        """A client's ``--ssl CERT KEY PEER`` as ``who`` (client, untrusted, expired)."""
+        if self.certs is None:
+            return []
+        files = self.certs.client_files(who)
+        return ["--ssl", files.cert, files.key, files.peer]
+
+    def context(self):
+        """labpipe's own client context (None for plain TCP)."""
+        if self.certs is None:
+            return None
+        from labpipe.protocol import tls
+        return tls.client_context(self.certs.client_files())
+
+
+def make_transport(name, folder):
+    if name == "plain":
+        return Transport("plain")
+    pytest.importorskip("cryptography")
+    from tls_certs import make_certs
+    return Transport("ssl", make_certs(str(folder)))
+
+
+class RealMaster(MasterProcess):
+    """A labpipe master and the real ARTIQ clients pointed at it (127.0.0.1 only),
+    over the given transport. The master's stderr lines are ``log_lines`` (MasterProcess
+    reads them)."""
+
+    def __init__(self, lab, transport, *extra):
+        super().__init__(lab.root, "-g", *transport.master_args(), *extra)
+        self.lab, self.transport = lab, transport
+
+    @property
+    def log_lines(self):
+        return [line.rstrip("\n") for line in self.stderr.lines]
+
+    def refusals(self):
+        """The master's log lines about refused TLS connections."""
+        return [line for line in self.log_lines if "refused TLS connection" in line]
+
+    def client(self, target):
+        return Client("127.0.0.1", self.ports["control"], target, timeout=20,
+                      ssl=self.transport.context())
+
+    def command(self, *args):
+        return super().command(*self.transport.client_args(), *args)
+
+    def artiq_command(self, *args, port=None, tls_args=None):
+        """``artiq_client -s 127.0.0.1 --port PORT [--ssl ...] ARGS``; tls_args None: the
+        transport's own client certificate."""
         port = self.ports["control"] if port is None else port
-        return subprocess.run(
-            [ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
-             "--port", str(port), *args],
-            capture_output=True, text=True, timeout=timeout, cwd=self.lab.root)
+        tls_args = self.transport.client_args() if tls_args is None else tls_args
+        return [ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
+                "--port", str(port), *tls_args, *args]
+
+    def artiq_client(self, *args, port=None, tls_args=None, timeout=60):
+        """Run artiq_client (see artiq_command); the CompletedProcess."""
+        return subprocess.run(self.artiq_command(*args, port=port, tls_args=tls_args),
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=self.lab.root)
 
     def ok(self, *args):
         result = self.artiq_client(*args)
@@ -152,6 +233,10 @@ class RealMaster(MasterProcess):
         with self.client("history") as history:
             return history.wait(rid, timeout)
 
+    def history_rids(self):
+        with self.client("history") as history:
+            return {record["rid"] for record in history.list(1000)}
+
     def dataset(self, key):
         with self.client("dataset_db") as datasets:
             return datasets.get(key)
@@ -165,14 +250,23 @@ class RealMaster(MasterProcess):
 
     def show(self, what):
         """``artiq_client show WHAT`` left running; its output lines, read in a thread."""
-        return Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s", "127.0.0.1",
-                         "--port", str(self.ports["notify"]), "show", what])
+        port = self.ports["broadcast" if what in ("log", "ccb") else "notify"]
+        return Follower(self.artiq_command("show", what, port=port))
 
     def sync_follower(self, notifier):
-        """The raw lines of a notifier (init, then mods) on a bare socket."""
+        """The raw lines of a notifier (init, then mods) on a bare socket (in TLS when
+        the transport is)."""
+        tls_files = self.transport.client_args()[1:]
         script = textwrap.dedent(f"""
-            import socket, sys
+            import socket, ssl, sys
             s = socket.create_connection(("127.0.0.1", {self.ports["notify"]}))
+            files = {tls_files!r}
+            if files:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.load_verify_locations(files[2])
+                context.load_cert_chain(files[0], files[1])
+                s = context.wrap_socket(s)
             s.sendall(b"ARTIQ sync_struct\\n{notifier}\\n")
             for line in s.makefile("rb"):
                 sys.stdout.write(line.decode()); sys.stdout.flush()
@@ -180,10 +274,8 @@ class RealMaster(MasterProcess):
         return Follower([sys.executable, "-c", script])
 
 
-def start_master(lab, *extra):
-    m = RealMaster(lab.root, "-g", *extra)
-    m.lab = lab
-    return m
+def start_master(lab, transport, *extra):
+    return RealMaster(lab, transport, *extra)
 
 
 def make_lab(root):
@@ -191,7 +283,7 @@ def make_lab(root):
     lab.write("device_db.py", DEVICES)
     git(lab, "init", "-q")
     for name, source in [("slow", SLOW), ("graceful", GRACEFUL), ("two", TWO), ("ask", ASK),
-                         ("mark", MARK.replace("{version}", "v1"))]:
+                         ("form", FORM), ("mark", MARK.replace("{version}", "v1"))]:
         lab.write(f"repository/{name}.py", source)
     lab.rev1 = commit_all(lab, "first")
     lab.write("repository/mark.py", MARK.replace("{version}", "v2"))
@@ -200,9 +292,15 @@ def make_lab(root):
     return lab
 
 
+@pytest.fixture(scope="module", params=["plain", "ssl"])
+def transport(request, tmp_path_factory):
+    """Each test that takes it runs twice: over plain TCP and over --ssl."""
+    return make_transport(request.param, tmp_path_factory.mktemp("certs"))
+
+
 @pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    m = start_master(make_lab(tmp_path_factory.mktemp("lab")))
+def real(transport, tmp_path_factory):
+    m = start_master(make_lab(tmp_path_factory.mktemp("lab")), transport)
     yield m
     m.stop()
 
@@ -238,6 +336,12 @@ def test_submit_repository_revision(real):
     assert record["status"] == "completed", record
     assert record["repo_rev"] == real.lab.rev1
     assert real.dataset("mark.old") == "v1"
+    # git's revision spellings, as ARTIQ's master (pygit2) resolves them
+    rid = real.submit("-R", "-r", "HEAD~1", "mark.py", "tag='parent'")
+    record = real.ended(rid)
+    assert record["status"] == "completed", record
+    assert record["repo_rev"] == real.lab.rev1
+    assert real.dataset("mark.parent") == "v1"
 
 
 def test_submit_content(real):
@@ -312,9 +416,9 @@ def test_scan_devices(real):
         real.ok("scan-devices")
 
 
-def test_scan_repository_sync_async_and_revision(tmp_path):
+def test_scan_repository_sync_async_and_revision(transport, tmp_path):
     lab = make_lab(tmp_path)
-    m = start_master(lab)
+    m = start_master(lab, transport)
     try:
         lab.write("repository/extra.py", TWO.replace("two.", "extra.")
                   .replace("class One", "class Extra").replace("class Two", "class Extra2"))
@@ -325,6 +429,8 @@ def test_scan_repository_sync_async_and_revision(tmp_path):
         follower = m.sync_follower("explist_status")
         m.ok("scan-repository", lab.rev1)
         follower.until(lambda line: lab.rev1 in line)
+        m.ok("scan-repository", "HEAD~1")
+        follower.until(lambda line: lab.rev2 in line)
         m.ok("scan-repository", "--async")
         follower.until(lambda line: rev3 in line)
         follower.stop()  # a bare socket reader: SIGINT ends it with a KeyboardInterrupt
@@ -355,7 +461,34 @@ def test_supply_and_cancel_interactive(real):
     assert real.dataset("ask.result") == "cancelled"
 
 
+def refused_with(result, exception):
+    """artiq_client failed, its last line naming the remote exception (as ARTIQ's)."""
+    assert result.returncode != 0, (result.stdout, result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(exception + ": "), result.stderr
+    return last
+
+
+def test_supply_and_cancel_interactive_refused_as_by_artiq(real):
+    # ARTIQ's master raises ValueError for both: a RID not waiting, keys it did not ask
+    rid = real.submit("-R", "ask.py")
+    wait_for(lambda: rid in real.interactive_rids(), timeout=60)
+    line = refused_with(real.artiq_client("supply-interactive", str(rid), "other=1"),
+                        "ValueError")
+    assert "other" in line
+    assert rid in real.interactive_rids()  # still waiting
+    real.ok("cancel-interactive", str(rid))
+    assert real.ended(rid)["status"] == "completed"
+    for args in (["supply-interactive", str(rid), "gain=1"], ["cancel-interactive", str(rid)],
+                 ["cancel-interactive", "987654"]):
+        line = refused_with(real.artiq_client(*args), "ValueError")
+        assert args[1] in line and "not waiting" in line, line
+    assert real.dataset("ask.result") == "cancelled"
+
+
 def test_show_schedule_datasets_devices(real):
+    # (show log and show ccb are not tested: ARTIQ's artiq_client at this revision passes
+    # sipyco's Receiver.connect an extra positional argument and fails against any master)
     rid = real.submit("-R", "slow.py")
     try:
         show = real.show("schedule")
@@ -373,8 +506,8 @@ def test_show_schedule_datasets_devices(real):
     assert show.stop()[0] == 0
 
 
-def test_terminate(tmp_path):
-    m = start_master(make_lab(tmp_path))
+def test_terminate(transport, tmp_path):
+    m = start_master(make_lab(tmp_path), transport)
     try:
         assert m.ok("terminate") == ""
         assert m.process.wait(timeout=60) == 0
@@ -389,8 +522,10 @@ import asyncio, json, sys, time
 from sipyco.pc_rpc import Client
 from sipyco.sync_struct import Subscriber
 from sipyco.broadcast import Receiver
+from sipyco.tools import SimpleSSLConfig
 
 control, notify, broadcast = map(int, sys.argv[1:4])
+tls = SimpleSSLConfig(*sys.argv[5:8]) if sys.argv[4:5] == ["--ssl"] else None
 out = {}
 
 async def main():
@@ -403,13 +538,13 @@ async def main():
     sc = Subscriber("schedule", init(schedule),
                     lambda mod: seen_rids.update(schedule))
     log = Receiver("log", [logs.append])
-    await ds.connect("127.0.0.1", notify)
-    await sc.connect("127.0.0.1", notify)
-    await log.connect("127.0.0.1", broadcast)
-    mm = Client("127.0.0.1", control, "master_management")
+    await ds.connect("127.0.0.1", notify, ssl_config=tls)
+    await sc.connect("127.0.0.1", notify, ssl_config=tls)
+    await log.connect("127.0.0.1", broadcast, ssl_config=tls)
+    mm = Client("127.0.0.1", control, "master_management", ssl_config=tls)
     out["name"] = mm.get_name()
     mm.close_rpc()
-    remote = Client("127.0.0.1", control, "schedule")
+    remote = Client("127.0.0.1", control, "schedule", ssl_config=tls)
     expid = {"file": "mark.py", "repo_rev": None, "class_name": None, "log_level": 30,
              "arguments": {"tag": "sipyco"}, "devarg_override": {}}
     rid = remote.submit("main", expid, 0, None, False)
@@ -422,7 +557,7 @@ async def main():
     remote.close_rpc()
     out["dataset"] = list(datasets["mark.sipyco"])
     out["log"] = [list(r) for r in logs if "marked sipyco" in r[3]][0]
-    ddb = Client("127.0.0.1", control, "dataset_db")
+    ddb = Client("127.0.0.1", control, "dataset_db", ssl_config=tls)
     ddb.set("sipyco.t", (1, 2), True, {"unit": "s"})
     out["get"] = list(ddb.get("sipyco.t"))
     out["methods"] = sorted(ddb.get_rpc_method_list()["methods"])
@@ -440,7 +575,8 @@ def test_sipyco_rpc_client_subscriber_and_receiver(real, tmp_path):
     script.write_text(SIPYCO_SCRIPT)
     result = subprocess.run(
         [ARTIQ_PYTHON, str(script), str(real.ports["control"]), str(real.ports["notify"]),
-         str(real.ports["broadcast"])], capture_output=True, text=True, timeout=120)
+         str(real.ports["broadcast"]), *real.transport.client_args()],
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.splitlines()[-1])
     assert out["name"] is None or isinstance(out["name"], str)
@@ -462,9 +598,10 @@ def test_sipyco_rpc_client_subscriber_and_receiver(real, tmp_path):
 DASHBOARD_DRIVER = r'''
 import asyncio, json, sys, time, traceback
 from PyQt6 import QtWidgets
+from PyQt6.QtTest import QTest
 from artiq.frontend import artiq_dashboard
-from artiq.dashboard import experiments, schedule
-from artiq.gui import log, models
+from artiq.dashboard import experiments, interactive_args, schedule
+from artiq.gui import entries, log, models
 
 caught = {}
 end_screenshot = sys.argv[1]
@@ -478,6 +615,7 @@ def catch(cls, name):
 
 catch(experiments.ExperimentManager, "expmgr")
 catch(schedule.ScheduleDock, "schedule")
+catch(interactive_args.InteractiveArgsDock, "interactive_args")
 subscribers = {}
 subscriber_init = models.ModelSubscriber.__init__
 def subscriber_kept(self, notifier_name, *args, **kwargs):
@@ -594,7 +732,54 @@ async def live_views(main_window):
         report(event="error", text=traceback.format_exc())
     main_window.exit_request.set()
 
-scenario = {"submit_delete": drive, "live_views": live_views}[sys.argv[2]]
+def request_form(rid):
+    """The interactive arguments dock's form for run rid (None while it has none)."""
+    tabs = caught["interactive_args"].request_view.tabs
+    forms = [tabs.widget(i) for i in range(tabs.count())]
+    return next((form for form in forms if form.rid == rid), None)
+
+def type_into(widget, text):
+    """Replace the widget's text as a person would: select all, then type."""
+    widget.setFocus()
+    widget.selectAll()
+    QTest.keyClicks(widget, text)
+
+async def fill_form(main_window):
+    """An interactive arguments request answered by typing into the dock's form."""
+    try:
+        expmgr = caught["expmgr"]
+        await until("the explorer listing Form",
+                    lambda: any(v["class_name"] == "Form" for v in expmgr.explist.values()))
+        submit_from_dock(expmgr, "Form")
+        await until("Form in the schedule", lambda: rid_of(expmgr, "form.py") is not None)
+        rid = rid_of(expmgr, "form.py")
+        await until("Form's request in the interactive arguments dock",
+                    lambda: request_form(rid) is not None)
+        # (the schedule comes on another connection: its "running" may arrive later)
+        await until("Form running",
+                    lambda: expmgr.schedule.get(rid, {}).get("status") == "running")
+        caught["interactive_args"].raise_()
+        main_window.resize(1280, 900)
+        report(event="asked", rid=rid, keys=sorted(request_form(rid).arguments),
+               status=expmgr.schedule[rid]["status"])
+        await wait_for_go()
+        form = request_form(rid)
+        type_into(form.findChildren(entries.NumberEntryFloat)[0], "2.5")
+        type_into(form.findChildren(entries.StringEntry)[0], "typed in the form")
+        report(event="typed", values={k: a["state"] for k, a in form.arguments.items()})
+        assert main_window.grab().save(end_screenshot)
+        [b for b in form.findChildren(QtWidgets.QPushButton) if b.text() == "Supply"][0].click()
+        await until("the request leaving", lambda: rid not in store("interactive_args"))
+        await until("Form's result in the datasets dock",
+                    lambda: "form.result" in store("datasets"))
+        report(event="answered", rid=rid, result=store("datasets")["form.result"][1])
+        report(event="done")
+    except Exception:
+        report(event="error", text=traceback.format_exc())
+    main_window.exit_request.set()
+
+scenario = {"submit_delete": drive, "live_views": live_views,
+            "fill_form": fill_form}[sys.argv[2]]
 show = artiq_dashboard.MainWindow.show
 def show_and_drive(self):
     show(self)
@@ -629,7 +814,8 @@ class Xvfb:
 class Dashboard:
     """The real dashboard under its own Xvfb, running DASHBOARD_DRIVER's scenario."""
 
-    def __init__(self, real, tmp_path, scenario):
+    def __init__(self, real, tmp_path, scenario, tls_args=None):
+        tls_args = real.transport.client_args() if tls_args is None else tls_args
         driver = tmp_path / "dashboard_driver.py"
         driver.write_text(DASHBOARD_DRIVER)
         self.xvfb = Xvfb()
@@ -640,7 +826,7 @@ class Dashboard:
              "-s", "127.0.0.1", "--port-control", str(real.ports["control"]),
              "--port-notify", str(real.ports["notify"]),
              "--port-broadcast", str(real.ports["broadcast"]),
-             "--db-file", str(tmp_path / "dashboard.pyon")],
+             "--db-file", str(tmp_path / "dashboard.pyon"), *tls_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env)
         self.events = []
@@ -722,11 +908,11 @@ class Chatty(EnvExperiment):
 
 
 @needs_xvfb
-def test_dashboard_shows_datasets_log_and_interactive_args(tmp_path):
+def test_dashboard_shows_datasets_log_and_interactive_args(transport, tmp_path):
     lab = make_lab(tmp_path / "lab")
     lab.write("repository/chatty.py", CHATTY)
     commit_all(lab, "chatty")
-    m = start_master(lab)
+    m = start_master(lab, transport)
     dashboard = Dashboard(m, tmp_path, "live_views")
     try:
         assert dashboard.next_event() == {"event": "dataset", "value": 17}
@@ -746,40 +932,115 @@ def test_dashboard_shows_datasets_log_and_interactive_args(tmp_path):
         m.stop()
 
 
-# --------------------------------------------------------------------------- over --ssl
+@needs_xvfb
+def test_dashboard_supplies_interactive_arguments_typed_into_its_form(real, tmp_path):
+    dashboard = Dashboard(real, tmp_path, "fill_form")
+    try:
+        asked = dashboard.next_event()
+        assert asked["event"] == "asked" and asked["keys"] == ["gain", "note"], asked
+        rid = asked["rid"]
+        # the run waits for its arguments: running, asking, not ended, no result yet
+        assert asked["status"] == "running" and real.status()[rid]["status"] == "running"
+        assert rid in real.interactive_rids()
+        with real.client("history") as history:
+            with pytest.raises(Exception, match="has not ended yet"):
+                history.get(rid)
+        with real.client("dataset_db") as datasets:
+            with pytest.raises(Exception):
+                datasets.get("form.result")
+        dashboard.xvfb.screenshot(tmp_path / "dashboard-asked.png")
+        dashboard.go()
+        typed = dashboard.next_event()
+        assert typed == {"event": "typed", "values": {"gain": 2.5, "note": "typed in the form"}}
+        answered = dashboard.next_event()
+        assert answered == {"event": "answered", "rid": rid,
+                            "result": [2.5, "typed in the form"]}
+        assert dashboard.next_event()["event"] == "done"
+        code, stderr = dashboard.exited()
+        assert code == 0, stderr
+        assert real.ended(rid)["status"] == "completed"
+        assert real.dataset("form.result") == [2.5, "typed in the form"]
+        assert rid not in real.interactive_rids()
+    finally:
+        dashboard.close()
 
-def make_certificate(folder, name):
-    """A self-signed certificate and key (CN=name); (cert path, key path)."""
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"],
-                   check=True, capture_output=True, timeout=60)
-    return str(cert), str(key)
+
+# --------------------------------------------------------------------------- refused over --ssl
+
+@needs_xvfb
+def test_dashboard_with_an_untrusted_certificate_gets_nothing(tmp_path):
+    transport = make_transport("ssl", tmp_path / "certs")
+    m = start_master(make_lab(tmp_path / "lab"), transport)
+    dashboard = Dashboard(m, tmp_path, "submit_delete",
+                          tls_args=transport.client_args("untrusted"))
+    try:
+        code, stderr = dashboard.exited()
+        assert code != 0, stderr
+        # it never got far enough to build its window, let alone show the master's data
+        assert "DRIVER " not in dashboard.process.stdout.read()
+        wait_for(lambda: m.refusals(), timeout=30)
+        m.ok("set-dataset", "tls.after", "1")  # the master kept serving
+        assert m.dataset("tls.after") == 1
+        refusals = m.refusals()
+        assert len(refusals) == 1 and "self-signed certificate" in refusals[0], refusals
+        assert m.process.poll() is None
+    finally:
+        dashboard.close()
+        m.stop()
+
+
+def test_artiq_client_with_an_expired_untrusted_or_no_certificate_is_refused(tmp_path):
+    transport = make_transport("ssl", tmp_path / "certs")
+    m = start_master(make_lab(tmp_path / "lab"), transport)
+    try:
+        before = m.submit("-R", "mark.py", "tag='before'")
+        assert m.ended(before)["status"] == "completed"
+        cases = [("expired", transport.client_args("expired"), "certificate has expired"),
+                 ("untrusted", transport.client_args("untrusted"), "self-signed certificate"),
+                 ("plain", [], "not TLS")]
+        for who, tls_args, reason in cases:
+            count = len(m.refusals())
+            refused = m.artiq_client("submit", "-R", "mark.py", f"tag='{who}'",
+                                     tls_args=tls_args)
+            assert refused.returncode != 0, (who, refused.stdout, refused.stderr)
+            assert "RID" not in refused.stdout, (who, refused.stdout)
+            wait_for(lambda: len(m.refusals()) > count, timeout=30)
+            assert m.process.poll() is None
+            refusals = m.refusals()
+            assert len(refusals) == count + 1 and reason in refusals[-1], (who, refusals)
+        # nothing was submitted: no schedule entry, no record, no RID taken
+        assert m.status() == {}
+        assert m.history_rids() == {before}
+        after = m.submit("-R", "mark.py", "tag='after'")
+        assert after == before + 1
+        assert m.ended(after)["status"] == "completed"
+        with m.client("dataset_db") as datasets:
+            for who, _, _ in cases:
+                with pytest.raises(Exception):
+                    datasets.get(f"mark.{who}")
+    finally:
+        m.stop()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_artiq_client_over_ssl(tmp_path):
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    server_cert, server_key = make_certificate(certs, "master")
-    client_cert, client_key = make_certificate(certs, "client")
-    stranger_cert, stranger_key = make_certificate(certs, "stranger")
-    m = start_master(make_lab(tmp_path / "lab"), "--ssl", server_cert, server_key, client_cert)
+def test_artiq_client_with_certificates_made_as_the_readme_says(tmp_path):
+    """``openssl req -x509 -newkey rsa -keyout N.key -nodes -out N.pem -sha256 -subj /``"""
+    for name in ("master", "client"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa", "-keyout",
+                        str(tmp_path / f"{name}.key"), "-nodes", "-out",
+                        str(tmp_path / f"{name}.pem"), "-sha256", "-subj", "/"],
+                       check=True, capture_output=True, timeout=120)
+    master, client = (str(tmp_path / "master.pem"), str(tmp_path / "master.key")), \
+        (str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    m = RealMaster(make_lab(tmp_path / "lab"), Transport("plain"),
+                   "--ssl", *master, client[0])
     try:
-        trusted = ["--ssl", client_cert, client_key, server_cert]
-        assert m.ok(*trusted, "submit", "-R", "mark.py", "tag='tls'").startswith("RID: ")
-        m.ok(*trusted, "set-dataset", "tls.flag", "True")
-        follower = Follower([ARTIQ_PYTHON, "-m", "artiq.frontend.artiq_client", "-s",
-                             "127.0.0.1", "--port", str(m.ports["notify"]), *trusted,
-                             "show", "datasets"])
-        follower.until(lambda line: "mark.tls" in line)
+        trusted = ["--ssl", *client, master[0]]
+        out = m.artiq_client("submit", "-R", "mark.py", "tag='rsa'", tls_args=trusted)
+        assert out.returncode == 0 and out.stdout.startswith("RID: "), out.stderr
+        follower = Follower(m.artiq_command("show", "datasets", port=m.ports["notify"],
+                                            tls_args=trusted))
+        follower.until(lambda line: "mark.rsa" in line, timeout=60)
         assert follower.stop()[0] == 0
-        refused = m.artiq_client("--ssl", stranger_cert, stranger_key, server_cert,
-                                 "set-dataset", "tls.stranger", "1")
-        assert refused.returncode != 0
-        plain = m.artiq_client("set-dataset", "tls.plain", "1", timeout=60)
-        assert plain.returncode != 0
-        assert m.process.poll() is None
-        m.ok(*trusted, "del-dataset", "tls.flag")  # still serving trusted clients
     finally:
         m.stop()

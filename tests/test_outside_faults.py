@@ -8,7 +8,6 @@ import subprocess
 import pytest
 
 from conftest import expid, run_ends, running_master, wait_until
-from labpipe.worker import launcher
 
 STAGES = """
 import os, time
@@ -67,9 +66,9 @@ async def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
             ends = run_ends(m.scheduler)
             first = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             await wait_until(lambda: first in ends, timeout=30)
-            await wait_until(lambda: launcher._spares._ready)  # a spare waits
-            template = launcher.template()
-            spare = launcher._spares._ready[0][0]
+            await wait_until(lambda: m.launcher.ready_spares())  # a spare waits
+            template = m.launcher.template()
+            spare = m.launcher.ready_spares()[0]
             os.kill(template.pid, signal.SIGKILL)
             await wait_until(lambda: not spare.is_alive(), timeout=10)  # died with it
             second = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))

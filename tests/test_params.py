@@ -259,7 +259,8 @@ async def test_interactive_devices_history_management(lab):
                                "interactive_arg_db.supply: rid")
                 await _refused(clients["interactive_arg_db"].supply(1, [1]), TypeError,
                                "values must be a dict")
-                with pytest.raises(KeyError):  # well-typed: the method runs
+                # well-typed: the method runs (and raises ValueError, as ARTIQ's master)
+                with pytest.raises(ValueError, match="RID 1 is not waiting"):
                     await clients["interactive_arg_db"].cancel(1)
                 await _refused(clients["device_db"].get(["x"]), TypeError,
                                "device_db.get: key")

@@ -267,6 +267,21 @@ async def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
     await main()
 
 
+async def test_history_without_a_scheduler_refuses_resubmit_saying_why(tmp_path):
+    from labpipe.master.history import History
+    from labpipe.master.run import RunEnd
+
+    async def main():
+        h = History(str(tmp_path / "history.mdb"), str(tmp_path))
+        try:
+            await h.on_run_end(_run(1), RunEnd("completed"))
+            with pytest.raises(RuntimeError, match="no scheduler"):
+                await h.resubmit(1)
+        finally:
+            h.close()
+    await main()
+
+
 async def test_stage_notes_piling_up_become_one_write(tmp_path):
     import asyncio
     import threading

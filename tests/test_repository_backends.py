@@ -2,6 +2,7 @@
 checkouts, against repositories made with the real ``git`` command line."""
 
 import os
+import re
 import subprocess
 import textwrap
 import time
@@ -146,8 +147,12 @@ def test_git_resolves_commits_branches_tags_and_short_ids(pushed):
     assert backend.resolve("v1-annotated") == c1  # peeled to its commit
     assert backend.resolve(c1) == c1
     assert backend.resolve(c1[:7]) == c1
-    for bad in ["nope", "deadbeef", "0" * 40]:
-        with pytest.raises(LookupError, match=repr(bad)):
+    # git's ancestry suffixes, as ARTIQ's master (pygit2) takes them
+    for spelling in ["HEAD~1", "main^", "main^1", "HEAD~", "HEAD^^0", f"{c2[:7]}~1",
+                     "v1~0", "v1-annotated^0"]:
+        assert backend.resolve(spelling) == c1, spelling
+    for bad in ["nope", "deadbeef", "0" * 40, "HEAD~2", "HEAD^2", "v1^", "nope~1"]:
+        with pytest.raises(LookupError, match=re.escape(repr(bad))):
             backend.resolve(bad)
     assert backend.get_message(c2) == "second version\n\nwith a body"
     backend.close()

@@ -18,7 +18,7 @@ from labpipe.master.repository import hooks
 from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.git import GitBackend
 from labpipe.protocol.rpc import Server
-from conftest import write_file as write
+from conftest import session_launcher, write_file as write
 from test_repository_scan import Watch
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Lab", "GIT_AUTHOR_EMAIL": "lab@example.org",
@@ -51,7 +51,8 @@ class Master:
 
     def __init__(self, lab_dir, repo):
         self.backend = GitBackend(repo)
-        self.db = ExperimentDB(lab_dir, self.backend, examine_timeout=5.0)
+        self.db = ExperimentDB(lab_dir, self.backend, examine_timeout=5.0,
+                               launcher=session_launcher)
         self.server = Server({"experiment_db": self.db.rpc_target})
         self.watch = Watch(explist=self.db.explist, status=self.db.explist_status)
 

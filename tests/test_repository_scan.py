@@ -18,7 +18,7 @@ from labpipe.master.repository.git import GitBackend
 from labpipe.master.repository.scan import build_explist, cache_entry, plan
 from labpipe.master.repository.submission import SubmissionError
 from labpipe.protocol.sync import Notifier
-from conftest import write_file as write
+from conftest import session_launcher, write_file as write
 
 EXAMINE_TIMEOUT = 1.5
 
@@ -69,7 +69,8 @@ class Lab:
 
     def db(self, **kwargs):
         kwargs.setdefault("examine_timeout", EXAMINE_TIMEOUT)
-        return ExperimentDB(self.root, FilesystemBackend(self.repo), **kwargs)
+        return ExperimentDB(self.root, FilesystemBackend(self.repo),
+                            launcher=session_launcher, **kwargs)
 
 
 @pytest.fixture
@@ -263,7 +264,8 @@ async def test_requests_during_a_scan_merge_into_one_more_scan(lab):
     async def main():
         listed = asyncio.Event()
         backend = SignallingBackend(lab.repo, asyncio.get_running_loop(), listed)
-        db = ExperimentDB(lab.root, backend, examine_timeout=EXAMINE_TIMEOUT)
+        db = ExperimentDB(lab.root, backend, examine_timeout=EXAMINE_TIMEOUT,
+                          launcher=session_launcher)
         scans = []
         db.explist_status.add_listener(
             lambda mod: scans.append(1) if mod.get("key") == "scanning" and mod["value"] else None)
@@ -340,7 +342,8 @@ async def test_git_backend_scan_imports_siblings_from_the_checkout(tmp_path):
 
     async def main():
         backend = GitBackend(work)
-        db = ExperimentDB(str(tmp_path), backend, examine_timeout=EXAMINE_TIMEOUT)
+        db = ExperimentDB(str(tmp_path), backend, examine_timeout=EXAMINE_TIMEOUT,
+                          launcher=session_launcher)
         try:
             await db.start()
             assert db.explist.raw_view["Exp"]["arginfo"]["x"][0]["default"] == 21

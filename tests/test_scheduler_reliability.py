@@ -9,9 +9,9 @@ import os
 import h5py
 import pytest
 
-from conftest import ScheduleRecorder, expid, run_ends, running_master, wait_until
+from conftest import (ScheduleRecorder, expid, run_ends, running_master,
+                      session_launcher, wait_until)
 from labpipe.master.run import MAX_ERROR_CHARS
-from labpipe.worker import launcher
 from labpipe.worker.forkserver import ForkServerError
 
 QUICK = """
@@ -46,6 +46,7 @@ async def test_worker_that_cannot_start_ends_the_run(lab, monkeypatch, error):
             return real()
         return take
     # a worker comes from a ready spare (never blocks) or is forked in a thread
+    launcher = session_launcher  # the one running_master's master borrows
     monkeypatch.setattr(launcher, "take_worker", failing_once(launcher.take_worker))
     monkeypatch.setattr(launcher, "take_ready_worker",
                         failing_once(launcher.take_ready_worker))
@@ -217,7 +218,7 @@ async def test_a_background_task_that_fails_is_logged_with_its_traceback(lab, ca
 
     async def main():
         async with running_master(lab) as m:
-            task = m.scheduler._spawn(fails())
+            task = m.scheduler.tasks.spawn(fails())
             await asyncio.wait([task])
             await asyncio.sleep(0)  # done callbacks run on the next loop iteration
     with caplog.at_level(logging.ERROR, logger="labpipe.master.scheduler"):

@@ -161,6 +161,11 @@ def test_apply_mod_refuses_unknown_actions():
         apply_mod({}, {"action": "explode", "path": []})
 
 
+def test_apply_mod_refuses_an_init_with_a_reason():
+    with pytest.raises(ValueError, match="init"):
+        apply_mod({}, {"action": "init", "struct": {}})
+
+
 # --- Publisher and Subscriber over TCP --------------------------------------------------
 
 async def test_late_joiner_gets_the_full_state():

@@ -3,8 +3,10 @@
 A module first imported inside a worker is imported again in every run (each run is a
 fresh process forked from the template), which costs milliseconds per run: a lazy import
 of ``labpipe.protocol.rpc`` when closing devices once cost a third of a trivial run.
-These tests do a whole trivial run in a process that imported only the preload list and
-assert that nothing new was imported.
+The first test runs the worker's real entry point, ``child.main``, in a process forked
+from one that imported only the preload list, drives a whole trivial run through it
+with the master's messages (``labpipe.worker.messages``), and asserts that the worker
+imported nothing new.
 """
 
 import json
@@ -15,6 +17,7 @@ import textwrap
 import time
 
 TRIVIAL = """
+import logging
 from labpipe.experiment import *
 
 class Trivial(EnvExperiment):
@@ -24,53 +27,85 @@ class Trivial(EnvExperiment):
 
     def run(self):
         self.set_dataset("x", [self.n], broadcast=True)
+        print("ran with", self.n)
+        self.scheduler.check_pause()
 
     def analyze(self):
         self.append_to_dataset("x", 2)
+        logging.getLogger("trivial").info("analyzed")
 """
 
-# Runs in a fresh interpreter: import the preload list like the template does, then do
-# a run the way the worker does (child.py's managers, the runner, results, close).
+# Runs in a fresh interpreter: import the preload list like the template does, then fork
+# a worker running child.main and play the master's part over the pipe. The worker
+# reports every module it imports (the "import" audit event) on a pipe of its own.
 PROBE = """
-import importlib, json, logging, sys
+import importlib, json, logging, os, sys
 from labpipe.worker import launcher
 for name in launcher.preload(bluesky=False):
     importlib.import_module(name)
-preloaded = set(sys.modules)
 
-from labpipe.worker import child
-from labpipe.worker.datasets import DatasetManager
-from labpipe.worker.devices import DeviceManager, StaticDeviceDB
-from labpipe.worker.runner import ExperimentRunner
-from labpipe.worker.virtual_devices import CCB, Scheduler
+from multiprocessing import Pipe
+from labpipe.worker import child, messages
+from labpipe.worker.output import receive_output_fd
 
-class Channel:
-    def send(self, msg):
-        pass
+master_end, worker_end = Pipe()
+imports_r, imports_w = os.pipe()
+pid = os.fork()
+if pid == 0:  # the worker
+    master_end.close()
+    os.close(imports_r)
+    preloaded = set(sys.modules)
 
-    def request(self, action, **kwargs):
-        return None
+    def note_import(event, args):
+        if event == "import" and args[0] not in preloaded:
+            os.write(imports_w, args[0].encode() + b"\\n")
 
-channel = Channel()
+    sys.addaudithook(note_import)
+    child.main(worker_end)
+    os._exit(3)  # not reached: the worker exits on Terminate
+worker_end.close()
+os.close(imports_w)
+output = receive_output_fd(master_end)  # the worker's fds 1/2, sent first
+messages_seen = []
+
+
+def answer(request):
+    if isinstance(request, messages.GetDeviceDB):
+        return messages.Reply({})
+    if isinstance(request, messages.CheckPause):
+        return messages.Reply(False)
+    return messages.Refused(f"the probe does not answer {messages.tag_of(request)}")
+
+
+def stage(command, expected):
+    master_end.send(messages.encode(command))
+    while True:
+        for wire in master_end.recv():
+            msg = messages.decode(wire, messages.FROM_WORKER)
+            messages_seen.append(messages.tag_of(msg))
+            if isinstance(msg, messages.Request):
+                master_end.send(messages.encode(answer(msg)))
+            elif isinstance(msg, messages.Outcome):
+                assert isinstance(msg, expected), msg
+                return msg
+
+
 expid = {"file": sys.argv[1], "class_name": None, "arguments": {"n": 3},
          "log_level": logging.INFO}
-logging.getLogger().addHandler(child._PipeLogHandler(channel, []))
-devices = DeviceManager(StaticDeviceDB({}), {
-    "scheduler": Scheduler(channel, 1, "main", 0, expid), "ccb": CCB(channel)})
-datasets = DatasetManager(lambda mod: None, lambda key: None)
-arguments = child._WorkerArgumentManager(expid["arguments"], channel)
-runner = ExperimentRunner(rid=1, expid=expid, managers=(devices, datasets, arguments),
-                          results_dir=sys.argv[2])
-runner.build()
-runner.prepare()
-runner.run()
-runner.analyze()
-runner.write_results()
-runner.close()
-logging.getLogger("labpipe.worker").info("done")
-new = sorted(name for name in set(sys.modules) - preloaded
-             if not name.startswith("file_import_"))
-print(json.dumps(new))
+built = stage(messages.Build(1, "main", 0, expid, None, os.getcwd(), sys.argv[2]),
+              messages.Built)
+stage(messages.Prepare(), messages.Completed)
+stage(messages.Run(), messages.Completed)
+analyzed = stage(messages.Analyze(), messages.Completed)
+master_end.send(messages.encode(messages.Terminate()))
+_, status = os.waitpid(pid, 0)
+with os.fdopen(imports_r, "rb") as f:
+    imported = f.read().decode().split()
+os.close(output)
+new = sorted({name for name in imported if not name.startswith("file_import_")})
+print(json.dumps({"new": new, "class_name": built.class_name,
+                  "results": analyzed.results, "exit": os.waitstatus_to_exitcode(status),
+                  "messages": sorted(set(messages_seen))}))
 """
 
 
@@ -82,8 +117,14 @@ def test_a_trivial_run_imports_nothing_beyond_the_template(tmp_path):
          str(tmp_path / "results")],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
-    assert list((tmp_path / "results").rglob("*-Trivial.h5"))
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["new"] == []
+    assert report["exit"] == 0  # it exited on Terminate
+    assert report["class_name"] == "Trivial"
+    # the run went through the worker's logging, print, dataset and request paths
+    assert {"log", "update_dataset", "check_pause"} <= set(report["messages"])
+    [results] = list((tmp_path / "results").rglob("*-Trivial.h5"))
+    assert report["results"] == str(results)
 
 
 # --- bluesky and ophyd: preloaded once the lab uses them -------------------------------

@@ -27,44 +27,45 @@ from __future__ import annotations
 
 from typing import Any
 
-from event_model import DocumentRouter
+from event_model import (Datum, DocumentRouter, Event, EventDescriptor, Resource, RunStart,
+                         RunStop)
 
 __all__ = ["DocumentArchive"]
 
 
 class _Stream:
-    def __init__(self):
-        self.descriptors: list[dict] = []
+    def __init__(self) -> None:
+        self.descriptors: list[dict[str, Any]] = []
         self.seq_num: list[int] = []
         self.time: list[float] = []
-        self.data: dict[str, list] = {}
-        self.timestamps: dict[str, list] = {}
+        self.data: dict[str, list[Any]] = {}
+        self.timestamps: dict[str, list[Any]] = {}
 
 
 class _Run:
-    def __init__(self, start: dict):
+    def __init__(self, start: dict[str, Any]):
         self.start = start
-        self.stop: dict | None = None
+        self.stop: dict[str, Any] | None = None
         self.streams: dict[str, _Stream] = {}
-        self.resources: list[dict] = []
-        self.datums: list[dict] = []
+        self.resources: list[dict[str, Any]] = []
+        self.datums: list[dict[str, Any]] = []
 
 
 class DocumentArchive(DocumentRouter):
     """Keeps all documents and event data of the runs it sees (module docstring)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.runs: list[_Run] = []
         self._by_uid: dict[str, _Run] = {}
         self._descriptors: dict[str, tuple[_Run, str]] = {}
 
-    def start(self, doc):
+    def start(self, doc: RunStart) -> None:
         run = _Run(dict(doc))
         self.runs.append(run)
         self._by_uid[doc["uid"]] = run
 
-    def descriptor(self, doc):
+    def descriptor(self, doc: EventDescriptor) -> None:
         run = self._by_uid.get(doc["run_start"])
         if run is None:
             return
@@ -76,10 +77,10 @@ class DocumentArchive(DocumentRouter):
             stream.timestamps.setdefault(key, [])
         self._descriptors[doc["uid"]] = (run, name)
 
-    def event(self, doc):
+    def event(self, doc: Event) -> Event:
         found = self._descriptors.get(doc["descriptor"])
         if found is None:
-            return
+            return doc
         run, name = found
         stream = run.streams[name]
         stream.seq_num.append(doc["seq_num"])
@@ -88,17 +89,20 @@ class DocumentArchive(DocumentRouter):
             stream.data.setdefault(key, []).append(value)
         for key, value in doc.get("timestamps", {}).items():
             stream.timestamps.setdefault(key, []).append(value)
+        return doc  # unchanged (DocumentRouter's event is declared to return one)
 
-    def resource(self, doc):
-        run = self._by_uid.get(doc.get("run_start"))
+    def resource(self, doc: Resource) -> None:
+        run_start = doc.get("run_start")  # optional in a resource
+        run = None if run_start is None else self._by_uid.get(run_start)
         if run is not None:
             run.resources.append(dict(doc))
 
-    def datum(self, doc):
+    def datum(self, doc: Datum) -> Datum:
         if self.runs:
             self.runs[-1].datums.append(dict(doc))
+        return doc  # unchanged (DocumentRouter's datum is declared to return one)
 
-    def stop(self, doc):
+    def stop(self, doc: RunStop) -> None:
         run = self._by_uid.get(doc["run_start"])
         if run is not None:
             run.stop = dict(doc)

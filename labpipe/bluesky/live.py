@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from event_model import DocumentRouter
+from event_model import DocumentRouter, Event, EventDescriptor
 
 __all__ = ["LiveDatasets", "dataset_key"]
 
@@ -40,23 +40,24 @@ class LiveDatasets(DocumentRouter):
         self._streams: dict[str, tuple[str, str]] = {}  # descriptor -> (run, stream)
         self._started: set[tuple[str, str]] = set()  # (run uid, stream) with events
 
-    def descriptor(self, doc):
+    def descriptor(self, doc: EventDescriptor) -> None:
         self._streams[doc["uid"]] = (doc["run_start"], doc.get("name", "primary"))
 
-    def event(self, doc):
+    def event(self, doc: Event) -> Event:
         found = self._streams.get(doc["descriptor"])
         if found is None:
-            return
+            return doc
         run_uid, name = found
         if (run_uid, name) not in self._started:  # the stream's first event of the run
             self._started.add((run_uid, name))
             for field, value in doc["data"].items():
                 self._env.set_dataset(dataset_key(name, field), [value], broadcast=True,
                                       archive=False)
-            return
+            return doc
         for field, value in doc["data"].items():
             key = dataset_key(name, field)
             try:
                 self._env.append_to_dataset(key, value)
             except KeyError:  # a field the first event did not have
                 self._env.set_dataset(key, [value], broadcast=True, archive=False)
+        return doc  # unchanged (DocumentRouter's event is declared to return one)

@@ -29,8 +29,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable
+from types import TracebackType
 from typing import Any
 
+from bluesky import RunEngine
 from bluesky.utils import Msg, RunEngineInterrupted
 
 from labpipe.language.exceptions import TerminationRequested
@@ -48,7 +51,11 @@ TERMINATION_REASON = "termination requested through the labpipe scheduler"
 CHECK_INTERVAL = 0.02
 
 
-def scheduler_checkpoints(scheduler: Any):
+#: A plan as the RunEngine drives it.
+Plan = Generator[Msg, Any, Any]
+
+
+def scheduler_checkpoints(scheduler: Any) -> Callable[[Plan], Plan]:
     """A RunEngine preprocessor pausing the plan at checkpoints when the scheduler says
     so (see the module docstring).
 
@@ -65,8 +72,9 @@ def scheduler_checkpoints(scheduler: Any):
         last_check = now
         return bool(scheduler.check_pause())
 
-    def preprocessor(plan):
-        response, error = None, None
+    def preprocessor(plan: Plan) -> Plan:
+        response: Any = None
+        error: BaseException | None = None
         while True:
             try:
                 msg = plan.send(response) if error is None else plan.throw(error)
@@ -112,13 +120,13 @@ class _TerminationWatch:
     (``request_pause()``), so that ``run_until_done`` aborts it. Stopped (joined)
     before the experiment's thread talks to the scheduler again."""
 
-    def __init__(self, engine, scheduler):
+    def __init__(self, engine: RunEngine, scheduler: Any):
         self._engine = engine
         self._scheduler = scheduler
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> _TerminationWatch:
         check = getattr(self._scheduler, "check_termination", None)
         if check is not None:
             self._thread = threading.Thread(target=self._watch, args=(check,),
@@ -126,13 +134,14 @@ class _TerminationWatch:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
-    def _watch(self, check_termination):
-        requested_at = None
+    def _watch(self, check_termination: Callable[[], bool]) -> None:
+        requested_at: float | None = None
         while not self._stop.wait(WATCH_INTERVAL):
             try:
                 if requested_at is None:
@@ -149,7 +158,8 @@ class _TerminationWatch:
                 return
 
 
-def run_until_done(engine, plan, scheduler: Any = None, md: dict | None = None):
+def run_until_done(engine: RunEngine, plan: Iterable[Msg], scheduler: Any = None,
+                   md: dict[str, Any] | None = None) -> Any:
     """Run ``plan`` on ``engine`` to its end, yielding to the scheduler whenever the
     RunEngine pauses; returns what ``engine(...)`` returns (the start uids)."""
     try:

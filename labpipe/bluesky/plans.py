@@ -55,10 +55,10 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard, cast, overload
 
-from labpipe.language.arguments import (BooleanValue, EnumerationValue, NoDefault,
-                                        NumberValue, PYONValue, StringValue)
+from labpipe.language.arguments import (ArgumentProcessor, BooleanValue, EnumerationValue,
+                                        NoDefault, NumberValue, PYONValue, StringValue)
 from labpipe.language.environment import EnvExperiment, HasEnvironment
 
 __all__ = ["plan_experiment", "experiments_from_plans", "plan_arguments",
@@ -115,7 +115,7 @@ def _classify(param: inspect.Parameter) -> str:
     return "pyon"
 
 
-def _processor(kind: str, default: Any, device_keys: list[str] | None):
+def _processor(kind: str, default: Any, device_keys: list[str] | None) -> ArgumentProcessor:
     if default is inspect.Parameter.empty:
         default = NoDefault
     if kind == "device":
@@ -139,9 +139,9 @@ _TOOLTIPS = {"device": "a device (device_db key)",
              "devices": "a list of devices (device_db keys)"}
 
 
-def plan_parameters(func: Callable) -> list[tuple[str, str, Any]]:
+def plan_parameters(func: Callable[..., Any]) -> list[tuple[str, str, Any]]:
     """``[(argument key, kind, default)]`` of a plan function, in signature order."""
-    out = []
+    out: list[tuple[str, str, Any]] = []
     for param in inspect.signature(func).parameters.values():
         if param.kind is param.VAR_POSITIONAL:
             out.append((VAR_POSITIONAL, "varargs", []))
@@ -181,7 +181,9 @@ class _PlanExperimentType(type):
     """Calling the class with the experiment managers (or a parent environment) builds
     the experiment; any other call is a call of the plan."""
 
-    def __call__(cls, *args, **kwargs):
+    plan: Callable[..., Any]  # on each class: the plan function
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if args and not kwargs and (
                 isinstance(args[0], HasEnvironment)
                 or (type(args[0]) is tuple and len(args[0]) == 4
@@ -191,20 +193,22 @@ class _PlanExperimentType(type):
 
 
 class _PlanExperiment(EnvExperiment, metaclass=_PlanExperimentType):
-    plan: Callable
+    plan: Callable[..., Any]
     parameters: list[tuple[str, str, Any]]
+    _positional: dict[str, bool]  # parameter name -> passed positionally
 
-    def build(self):
+    def build(self) -> None:
         keys = _device_keys(self)
-        self.plan_values = {}
+        self.plan_values: dict[str, Any] = {}
         for key, kind, default in self.parameters:
             processor = _processor(kind, default, keys)
             self.plan_values[key] = self.get_argument(
                 key, processor, group="plan", tooltip=_TOOLTIPS.get(kind))
 
-    def plan_call(self) -> tuple[list, dict]:
+    def plan_call(self) -> tuple[list[Any], dict[str, Any]]:
         """The positional and keyword arguments of the plan, devices resolved."""
-        args, kwargs = [], {}
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
         for key, kind, _default in self.parameters:
             value = self.plan_values[key]
             if kind == "device":
@@ -225,12 +229,23 @@ class _PlanExperiment(EnvExperiment, metaclass=_PlanExperimentType):
                 kwargs[key] = value
         return args, kwargs
 
-    def run(self):
+    def run(self) -> None:
         args, kwargs = self.plan_call()
         self.uids = self.run_plan(type(self).plan(*args, **kwargs))
 
 
-def plan_experiment(func: Callable | None = None, *, name: str | None = None):
+@overload
+def plan_experiment(func: None = None, *, name: str | None = None
+                    ) -> Callable[[Callable[..., Any]], type[EnvExperiment]]: ...
+
+
+@overload
+def plan_experiment(func: Callable[..., Any], *, name: str | None = None
+                    ) -> type[EnvExperiment]: ...
+
+
+def plan_experiment(func: Callable[..., Any] | None = None, *, name: str | None = None
+                    ) -> type[EnvExperiment] | Callable[[Callable[..., Any]], type[EnvExperiment]]:
     """An experiment class running the plan ``func`` (module docstring); usable as a
     decorator. ``name`` defaults to the function's name."""
     if func is None:
@@ -252,15 +267,17 @@ def plan_experiment(func: Callable | None = None, *, name: str | None = None):
         "parameters": plan_parameters(func),
         "_positional": positional,
     }
-    return _PlanExperimentType(name, (_PlanExperiment,), namespace)
+    # a class made by calling its metaclass: the checker sees only the metaclass
+    return cast(type[EnvExperiment], _PlanExperimentType(name, (_PlanExperiment,), namespace))
 
 
-def is_plan_experiment(obj: Any) -> bool:
+def is_plan_experiment(obj: Any) -> TypeGuard[type[EnvExperiment]]:
     """Whether obj is a class made by ``plan_experiment``."""
     return isinstance(obj, _PlanExperimentType) and obj is not _PlanExperiment
 
 
-def experiments_from_plans(namespace: dict, names: list[str] | None = None) -> dict:
+def experiments_from_plans(namespace: dict[str, Any], names: list[str] | None = None
+                           ) -> dict[str, type[EnvExperiment]]:
     """Replace each plan named in ``names`` (default: ``namespace["__plans__"]``) by its
     experiment class, in place; returns ``{name: class}``."""
     if names is None:
@@ -274,8 +291,8 @@ def experiments_from_plans(namespace: dict, names: list[str] | None = None) -> d
     return made
 
 
-def plan_arguments(keys: list[str], args: list | tuple = (),
-                   kwargs: Mapping[str, Any] | None = None) -> dict:
+def plan_arguments(keys: list[str], args: list[Any] | tuple[Any, ...] = (),
+                   kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The expid ``arguments`` of a plan experiment for positional ``args`` and keyword
     ``kwargs``, given its argument ``keys`` in order (``explist``'s ``arginfo`` keys).
 
@@ -312,9 +329,10 @@ def plan_arguments(keys: list[str], args: list | tuple = (),
     return arguments
 
 
-def plan_expid(explist: Mapping[str, dict], name: str, args: list | tuple = (),
+def plan_expid(explist: Mapping[str, dict[str, Any]], name: str,
+               args: list[Any] | tuple[Any, ...] = (),
                kwargs: Mapping[str, Any] | None = None, *, file: str | None = None,
-               log_level: int = 30) -> dict:
+               log_level: int = 30) -> dict[str, Any]:
     """The expid running plan ``name`` with a queueserver-style item's ``args`` and
     ``kwargs`` (device names as they are: the worker resolves them).
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import Any
+
+from bluesky.utils import Msg
 
 from labpipe.bluesky.archive import DocumentArchive
 from labpipe.bluesky.engine import make_run_engine
@@ -35,7 +38,7 @@ RESULTS_GROUP = "bluesky"
 _sessions: "weakref.WeakKeyDictionary[Any, PlanSession]" = weakref.WeakKeyDictionary()
 
 
-def _scheduler_of(environment):
+def _scheduler_of(environment: Any) -> Any:
     try:
         return environment.get_device("scheduler")
     except Exception:  # no scheduler device (a test double, a bare device manager)
@@ -46,7 +49,7 @@ def _scheduler_of(environment):
 class PlanSession:
     """The RunEngine and callbacks of one labpipe run (module docstring)."""
 
-    def __init__(self, environment, dataset_mgr=None):
+    def __init__(self, environment: Any, dataset_mgr: Any = None):
         self.scheduler = _scheduler_of(environment)
         self.engine = make_run_engine(self.scheduler)
         self.archive = DocumentArchive()
@@ -61,13 +64,13 @@ class PlanSession:
             logger.warning("the dataset manager keeps no extra results groups: bluesky "
                            "documents will not be in the results file")
 
-    def run(self, plan, **metadata) -> tuple[str, ...]:
+    def run(self, plan: Iterable[Msg], **metadata: Any) -> tuple[str, ...]:
         """Run ``plan`` with ``metadata`` added to its start documents; returns the
         start uids of the runs it made."""
         return tuple(run_until_done(self.engine, plan, self.scheduler, metadata))
 
 
-def session_for(environment, dataset_mgr) -> PlanSession:
+def session_for(environment: Any, dataset_mgr: Any) -> PlanSession:
     """The run's ``PlanSession``, made on first use (module docstring)."""
     try:
         session = _sessions.get(dataset_mgr)

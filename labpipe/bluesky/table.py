@@ -16,14 +16,16 @@ import logging
 import numbers
 import time
 
-from event_model import DocumentRouter
+from typing import Any
+
+from event_model import DocumentRouter, Event, EventDescriptor, RunStop
 
 __all__ = ["LogTable", "format_value"]
 
 logger = logging.getLogger("labpipe.bluesky.table")
 
 
-def format_value(value, width: int = 10) -> str:
+def format_value(value: Any, width: int = 10) -> str:
     """A table cell: numbers as ``%.4g``, anything else as a shortened repr."""
     if isinstance(value, bool):
         text = str(value)
@@ -43,21 +45,21 @@ def _clock(t: float) -> str:
 class LogTable(DocumentRouter):
     """Logs a table line per event (module docstring)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self._columns: dict[str, tuple[str, list[str], list[int]]] = {}
         self._headed: set[str] = set()
 
-    def descriptor(self, doc):
+    def descriptor(self, doc: EventDescriptor) -> None:
         name = doc.get("name", "primary")
         fields = sorted(doc["data_keys"])
         widths = [max(10, len(f)) for f in fields]
         self._columns[doc["uid"]] = (name, fields, widths)
 
-    def event(self, doc):
+    def event(self, doc: Event) -> Event:
         columns = self._columns.get(doc["descriptor"])
         if columns is None:
-            return
+            return doc
         name, fields, widths = columns
         if doc["descriptor"] not in self._headed:  # header with the stream's first event
             self._headed.add(doc["descriptor"])
@@ -66,7 +68,8 @@ class LogTable(DocumentRouter):
         cells = " | ".join(format_value(doc["data"].get(f, ""), w)
                            for f, w in zip(fields, widths))
         logger.info("%s | %7d | %s | %s", name, doc["seq_num"], _clock(doc["time"]), cells)
+        return doc  # unchanged (DocumentRouter's event is declared to return one)
 
-    def stop(self, doc):
+    def stop(self, doc: RunStop) -> None:
         logger.info("run %s ended: %s%s", doc["run_start"][:8], doc.get("exit_status"),
                     f" ({doc['reason']})" if doc.get("reason") else "")

@@ -4,8 +4,11 @@ first use, closed at the end; an unreachable master raises ``Unreachable``. With
 ``--ssl CERT KEY PEER`` every channel is mutual TLS (``labpipe.protocol.tls``); a failed
 handshake is ``Unreachable`` with the likely cause."""
 
+import argparse
 import socket
 import ssl
+from collections.abc import Generator, Iterator
+from typing import Any
 
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client, IncompatibleServer
@@ -22,14 +25,14 @@ class Unreachable(Exception):
 class Connection:
     """The master's channels, opened on first use and closed at the end."""
 
-    def __init__(self, args):
+    def __init__(self, args: argparse.Namespace):
         """Raises ``tls.TLSConfigError`` (a ValueError) when the ``--ssl`` files are bad."""
         self.args = args
-        self._clients = {}
+        self._clients: dict[str, Client] = {}
         files = TLSFiles.from_args(getattr(args, "ssl", None))
         self._ssl = None if files is None else client_context(files)
 
-    def _closed_at_once(self, port) -> Unreachable:
+    def _closed_at_once(self, port: int) -> Unreachable:
         """The master closed a new connection before answering anything."""
         where = f"{self.args.server}:{port}"
         if self._ssl is not None:
@@ -39,7 +42,7 @@ class Connection:
         return Unreachable(f"the master at {where} closed the connection at once (started "
                            "with --ssl? then connect with --ssl CERT KEY PEER)")
 
-    def _unreachable(self, port, exc) -> Unreachable:
+    def _unreachable(self, port: int, exc: BaseException) -> Unreachable:
         where = f"{self.args.server}:{port}"
         if isinstance(exc, ssl.SSLError):
             hint = (" (is the master's certificate in PEER?)"
@@ -49,7 +52,7 @@ class Connection:
         return Unreachable(f"cannot reach the master at {where}: "
                            f"{getattr(exc, 'strerror', None) or exc}")
 
-    def rpc(self, target, timeout=30):
+    def rpc(self, target: str, timeout: float | None = 30) -> Client:
         client = self._clients.get(target)
         if client is None:
             try:
@@ -64,7 +67,7 @@ class Connection:
             self._clients[target] = client
         return client
 
-    def _lines(self, port, banner, name):
+    def _lines(self, port: int, banner: str, name: str) -> Iterator[Any]:
         """Connect to a line channel; yields its PYON-decoded lines."""
         try:
             sock = socket.create_connection((self.args.server, port), timeout=10)
@@ -99,10 +102,10 @@ class Connection:
                     first = False
                 yield pyon.decode(line.decode("utf-8"), pyon.RECEIVE_LIMITS)
 
-    def notifier(self, name):
+    def notifier(self, name: str) -> Generator[Any, None, None]:
         """Yields the notifier's content now, then after each change."""
         from labpipe.protocol.sync import BANNER
-        struct = None
+        struct: Any = None
         for mod in self._lines(self.args.port_notify, BANNER, name):
             if mod["action"] == "init":
                 struct = mod["struct"]
@@ -110,7 +113,7 @@ class Connection:
                 apply_mod(struct, mod)
             yield struct
 
-    def snapshot(self, name):
+    def snapshot(self, name: str) -> Any:
         """The notifier's content now."""
         lines = self.notifier(name)
         try:
@@ -118,10 +121,10 @@ class Connection:
         finally:
             lines.close()
 
-    def broadcasts(self, channel):
+    def broadcasts(self, channel: str) -> Iterator[Any]:
         from labpipe.protocol.broadcast import BANNER
         return self._lines(self.args.port_broadcast, BANNER, channel)
 
-    def close(self):
+    def close(self) -> None:
         for client in self._clients.values():
             client.close_rpc()

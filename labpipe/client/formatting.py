@@ -6,6 +6,8 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from labpipe.protocol import pyon
 
@@ -75,7 +77,7 @@ def format_schedule(status: dict, now: float | None = None) -> str:
     return format_table(header, rows)
 
 
-def jsonable(obj):
+def jsonable(obj: Any) -> Any:
     """obj as plain JSON data: dict keys as strings, tuples and sets as lists, bytes as
     base64, numpy values as lists and numbers."""
     if isinstance(obj, dict):
@@ -93,23 +95,23 @@ def jsonable(obj):
     return str(obj)
 
 
-def print_json(obj):
+def print_json(obj: Any) -> None:
     print(json.dumps(jsonable(obj), sort_keys=True), flush=True)
 
 
-def format_table(header, rows) -> str:
+def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Rows of strings as columns aligned on the widest cell."""
-    rows = [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(r[i]) for r in rows + [tuple(header)]) for i in range(len(header))]
+    cells = [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells + [tuple(header)]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in [tuple(header)] + rows)
+                     for r in [tuple(header)] + cells)
 
 
-def _clock(t) -> str:
+def _clock(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _short(value, width=50) -> str:
+def _short(value: Any, width: int = 50) -> str:
     text = value if isinstance(value, str) else pyon.encode(value)
     return text if len(text) <= width else text[:width - 3] + "..."
 
@@ -208,7 +210,7 @@ def format_interactive(requests: dict) -> str:
     return format_table(("RID", "Title", "Arguments"), rows)
 
 
-def format_log(message) -> str:
+def format_log(message: tuple[int, str, float, str]) -> str:
     levelno, source, created, text = message
     return (f"{time.strftime('%H:%M:%S', time.localtime(created))} "
             f"{logging.getLevelName(levelno)}:{source}:{text}")

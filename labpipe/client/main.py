@@ -16,12 +16,15 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from labpipe.client.connection import Connection, Unreachable
 from labpipe.client.formatting import (format_datasets, format_devices, format_explist,
                                        format_history, format_interactive, format_log,
                                        format_record, format_schedule, print_json)
 from labpipe.protocol import pyon
+from labpipe.protocol.rpc import Client
 
 __all__ = ["get_argparser", "main", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_UNREACHABLE"]
 
@@ -34,7 +37,7 @@ class UsageError(Exception):
     """The command line is wrong (exit code 2)."""
 
 
-def parse_arguments(pairs: list[str]) -> dict:
+def parse_arguments(pairs: list[str]) -> dict[str, Any]:
     """``NAME=PYON`` pairs to a dict; a value that is not PYON is taken as a string."""
     arguments = {}
     for pair in pairs:
@@ -219,7 +222,8 @@ def get_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def _submit(args, schedule):
+def _submit(args: argparse.Namespace, schedule: Client) -> None:
+    expid: dict[str, Any]
     if args.content:
         if args.repository:
             raise UsageError("--content and --repository cannot be combined")
@@ -253,7 +257,7 @@ def _submit(args, schedule):
         print(f"RID: {rid}")
 
 
-def _delete(args, schedule):
+def _delete(args: argparse.Namespace, schedule: Client) -> None:
     for rid in args.rid:
         if args.graceful:
             schedule.request_termination(rid)
@@ -261,7 +265,7 @@ def _delete(args, schedule):
             schedule.delete(rid)
 
 
-def _change(args, schedule):
+def _change(args: argparse.Namespace, schedule: Client) -> None:
     due_date = None
     if args.timed is not None:
         due_date = 0 if args.timed.lower() == "none" else parse_due_date(args.timed)
@@ -270,12 +274,12 @@ def _change(args, schedule):
                     pipeline_name=args.pipeline, arguments=arguments, flush=args.flush)
 
 
-def _hold(args, schedule):
+def _hold(args: argparse.Namespace, schedule: Client) -> None:
     for pipeline in args.pipeline:
         schedule.hold(pipeline)
 
 
-def _release(args, schedule):
+def _release(args: argparse.Namespace, schedule: Client) -> None:
     for pipeline in args.pipeline:
         schedule.release(pipeline)
 
@@ -287,18 +291,18 @@ class RunNotCompleted(Exception):
 
 # --- output -----------------------------------------------------------------------------
 
-def _output(args, obj, formatter):
+def _output(args: argparse.Namespace, obj: Any, formatter: Callable[[Any], str]) -> None:
     if args.json:
         print_json(obj)
     else:
         print(formatter(obj))
 
 
-def _show(args, master):
+def _show(args: argparse.Namespace, master: Connection) -> None:
     _SHOW[args.what](args, master)
 
 
-def _show_schedule(args, master):
+def _show_schedule(args: argparse.Namespace, master: Connection) -> None:
     if not args.watch:
         _output(args, master.rpc("schedule").get_status(), format_schedule)
         return
@@ -315,30 +319,33 @@ def _show_schedule(args, master):
             print(flush=True)
 
 
-def _show_history(args, master):
+def _show_history(args: argparse.Namespace, master: Connection) -> None:
     _output(args, master.rpc("history").list(args.limit), format_history)
 
 
-def _show_datasets(args, master):
+def _show_datasets(args: argparse.Namespace, master: Connection) -> None:
     _output(args, master.snapshot("datasets"), format_datasets)
 
 
-def _show_devices(args, master):
+def _show_devices(args: argparse.Namespace, master: Connection) -> None:
     _output(args, master.rpc("device_db").get_device_db(), format_devices)
 
 
-def _show_explist(args, master):
+def _show_explist(args: argparse.Namespace, master: Connection) -> None:
     _output(args, {"explist": master.snapshot("explist"),
                    "status": master.snapshot("explist_status"),
                    "errors": master.snapshot("explist_errors")}, format_explist)
 
 
-def _show_interactive(args, master):
+def _show_interactive(args: argparse.Namespace, master: Connection) -> None:
     _output(args, master.snapshot("interactive_args"), format_interactive)
 
 
-def _follow(channel, formatter):
-    def follow(args, master):
+Action = Callable[[argparse.Namespace, Connection], None]
+
+
+def _follow(channel: str, formatter: Callable[[Any], str]) -> Action:
+    def follow(args: argparse.Namespace, master: Connection) -> None:
         for message in master.broadcasts(channel):
             if args.json:
                 print_json(message)
@@ -347,13 +354,13 @@ def _follow(channel, formatter):
     return follow
 
 
-_SHOW = {"schedule": _show_schedule, "history": _show_history, "datasets": _show_datasets,
+_SHOW: dict[str, Action] = {"schedule": _show_schedule, "history": _show_history, "datasets": _show_datasets,
          "devices": _show_devices, "interactive-args": _show_interactive,
          "explist": _show_explist,
          "log": _follow("log", format_log), "ccb": _follow("ccb", pyon.encode)}
 
 
-def _history(args, master):
+def _history(args: argparse.Namespace, master: Connection) -> None:
     history = master.rpc("history")
     if args.rid is not None:
         _output(args, history.get(args.rid), format_record)
@@ -361,8 +368,8 @@ def _history(args, master):
         _output(args, history.list(args.limit, args.before), format_history)
 
 
-def _resubmit(args, master):
-    overrides = {}
+def _resubmit(args: argparse.Namespace, master: Connection) -> None:
+    overrides: dict[str, Any] = {}
     if args.pipeline is not None:
         overrides["pipeline"] = args.pipeline
     if args.priority is not None:
@@ -382,7 +389,7 @@ def _resubmit(args, master):
         print(f"RID: {rid}")
 
 
-def _wait(args, master):
+def _wait(args: argparse.Namespace, master: Connection) -> None:
     timeout = None if args.timeout is None else args.timeout + 30
     record = master.rpc("history", timeout=timeout).wait(args.rid, args.timeout)
     if args.json:
@@ -393,7 +400,7 @@ def _wait(args, master):
         raise RunNotCompleted(f"RID {args.rid} {record['status']}")
 
 
-def _set_dataset(args, master):
+def _set_dataset(args: argparse.Namespace, master: Connection) -> None:
     try:
         value = pyon.decode(args.value)
     except ValueError as exc:
@@ -401,15 +408,15 @@ def _set_dataset(args, master):
     master.rpc("dataset_db").set(args.key, value, args.persist)
 
 
-def _del_dataset(args, master):
+def _del_dataset(args: argparse.Namespace, master: Connection) -> None:
     master.rpc("dataset_db").delete(args.key)
 
 
-def _scan_devices(args, master):
+def _scan_devices(args: argparse.Namespace, master: Connection) -> None:
     master.rpc("device_db").scan()
 
 
-def _scan_repository(args, master):
+def _scan_repository(args: argparse.Namespace, master: Connection) -> None:
     experiment_db = master.rpc("experiment_db", timeout=None)
     if args.run_async:
         experiment_db.scan_repository_async(args.revision)
@@ -417,7 +424,7 @@ def _scan_repository(args, master):
         experiment_db.scan_repository(args.revision)
 
 
-def _ls(args, master):
+def _ls(args: argparse.Namespace, master: Connection) -> None:
     names = master.rpc("experiment_db").list_directory(args.directory)
     if args.json:
         print_json(names)
@@ -426,7 +433,7 @@ def _ls(args, master):
             print(name)
 
 
-def _terminate(args, master):
+def _terminate(args: argparse.Namespace, master: Connection) -> None:
     management = master.rpc("master_management")
     try:
         management.terminate()
@@ -436,20 +443,20 @@ def _terminate(args, master):
         # the master went away before its reply: that is what was asked
 
 
-def _supply_interactive(args, master):
+def _supply_interactive(args: argparse.Namespace, master: Connection) -> None:
     master.rpc("interactive_arg_db").supply(args.rid, parse_arguments(args.arguments))
 
 
-def _cancel_interactive(args, master):
+def _cancel_interactive(args: argparse.Namespace, master: Connection) -> None:
     master.rpc("interactive_arg_db").cancel(args.rid)
 
 
-def _on(target, action):
+def _on(target: str, action: Callable[[argparse.Namespace, Client], None]) -> Action:
     """An action taking the client of one RPC target."""
     return lambda args, master: action(args, master.rpc(target))
 
 
-_ACTIONS = {"submit": _on("schedule", _submit), "delete": _on("schedule", _delete),
+_ACTIONS: dict[str, Action] = {"submit": _on("schedule", _submit), "delete": _on("schedule", _delete),
             "change": _on("schedule", _change), "hold": _on("schedule", _hold),
             "release": _on("schedule", _release),
             "show": _show, "history": _history, "resubmit": _resubmit, "wait": _wait,
@@ -460,12 +467,12 @@ _ACTIONS = {"submit": _on("schedule", _submit), "delete": _on("schedule", _delet
             "cancel-interactive": _cancel_interactive}
 
 
-def _fail(message, code):
+def _fail(message: object, code: int) -> NoReturn:
     print(f"labpipe-client: {message}", file=sys.stderr)
     sys.exit(code)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     """Run one client command; exits with the code of its outcome."""
     args = get_argparser().parse_args(argv)
     action = _ACTIONS[args.action]

@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from labpipe.client.main import UsageError, parse_arguments
 from labpipe.language.argument_managers import ProcessArgumentManager
@@ -42,11 +44,11 @@ def get_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def _remote_datasets(path):
+def _remote_datasets(path: str) -> Callable[[str], Any]:
     """A getter of datasets from the lab's database, opened on first use."""
-    cache = {}
+    cache: dict[str, dict[str, Any]] = {}
 
-    def get(key):
+    def get(key: str) -> Any:
         if "data" not in cache:
             if not os.path.exists(path):
                 raise KeyError(f"dataset '{key}' does not exist (no {path})")
@@ -64,11 +66,11 @@ def _remote_datasets(path):
 class _LogLines(logging.Handler):
     """Keeps records as the results file's log lines (``LEVEL:name:message``)."""
 
-    def __init__(self, lines: list):
+    def __init__(self, lines: list[str]):
         super().__init__()
         self.lines = lines
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
             if record.exc_info:
@@ -79,10 +81,10 @@ class _LogLines(logging.Handler):
 
 
 @contextlib.contextmanager
-def _kept_in(lines: list):
+def _kept_in(lines: list[str]) -> Iterator[None]:
     """While the experiment runs: what it prints still shows on the terminal, and its
     print lines and log records go into lines too (the results file's log)."""
-    def keep(line):
+    def keep(line: str) -> None:
         lines.append("INFO:print:" + line)
     saved = sys.stdout, sys.stderr
     handler = _LogLines(lines)
@@ -98,7 +100,7 @@ def _kept_in(lines: list):
         sys.stdout, sys.stderr = saved
 
 
-def run(args) -> ExperimentRunner:
+def run(args: argparse.Namespace) -> ExperimentRunner:
     """Build, prepare, run and analyze the experiment of args; returns the runner."""
     expid = {"file": args.file, "class_name": args.class_name,
              "arguments": parse_arguments(args.arguments), "log_level": logging.WARNING}
@@ -122,7 +124,7 @@ def run(args) -> ExperimentRunner:
     return runner
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     """Run the experiment; one-line error and exit code 1 when it fails, 130 when
     interrupted (Ctrl-C)."""
     args = get_argparser().parse_args(argv)

@@ -33,7 +33,8 @@ experiment file behaves the same under both.
 import math
 import numbers
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import numpy
 
@@ -43,18 +44,28 @@ from labpipe.language.units import unit_scale
 from labpipe.protocol import pyon
 
 __all__ = ["NoDefault", "NumberValue", "StringValue", "BooleanValue",
-           "EnumerationValue", "PYONValue", "Scannable"]
+           "EnumerationValue", "PYONValue", "Scannable", "ArgumentProcessor"]
+
+
+class ArgumentProcessor(Protocol):
+    """What an argument manager needs of a processor (see the module docstring)."""
+
+    def default(self) -> Any: ...
+
+    def process(self, x: Any) -> Any: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class NoDefault:
     """Marks the absence of a default value (pass it, or leave the default out)."""
 
 
-def _type_name(x) -> str:
+def _type_name(x: object) -> str:
     return type(x).__name__
 
 
-def _check_range(value, low, high, what=""):
+def _check_range(value: Any, low: Any, high: Any, what: str = "") -> None:
     """Refuse value outside [low, high] (either bound may be None)."""
     if low is None and high is None:
         return
@@ -66,7 +77,7 @@ def _check_range(value, low, high, what=""):
         raise ArgumentError(f"{value!r} is above the {what}maximum {high!r}")
 
 
-def _deprecated_ndecimals(precision, ndecimals):
+def _deprecated_ndecimals(precision: int, ndecimals: int | None) -> int:
     if ndecimals is None:
         return precision
     warnings.warn("'ndecimals' is deprecated, use 'precision'", DeprecationWarning,
@@ -79,32 +90,32 @@ class _Processor:
 
     ty = ""
 
-    def __init__(self, default=NoDefault):
-        self._default = NoDefault
+    def __init__(self, default: Any = NoDefault):
+        self._default: Any = NoDefault
         if default is not NoDefault:
             try:
                 self._default = self.process(default)
             except ArgumentError as e:
                 raise ArgumentError(f"invalid default {default!r}: {e.reason}") from None
 
-    def default(self):
+    def default(self) -> Any:
         """The default value; raises ``DefaultMissing`` when there is none."""
         if self._default is NoDefault:
             raise DefaultMissing()
         return self._default
 
-    def process(self, x):
+    def process(self, x: Any) -> Any:
         """Check a submitted value and return it, converted."""
         return x
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The procdesc of wire-compat.md."""
         desc: dict[str, Any] = {"ty": self.ty}
         if self._default is not NoDefault:
             desc["default"] = self._default
         return desc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
 
 
@@ -129,8 +140,9 @@ class NumberValue(_Processor):
 
     ty = "NumberValue"
 
-    def __init__(self, default=NoDefault, unit="", *, scale=None, step=None, min=None,
-                 max=None, precision=2, type="auto", ndecimals=None):
+    def __init__(self, default: Any = NoDefault, unit: str = "", *, scale: Any = None,
+                 step: Any = None, min: Any = None, max: Any = None, precision: int = 2,
+                 type: str = "auto", ndecimals: int | None = None):
         precision = _deprecated_ndecimals(precision, ndecimals)
         self.unit = unit
         self.scale = unit_scale(unit) if scale is None else scale
@@ -159,7 +171,7 @@ class NumberValue(_Processor):
         """Whether values are integers (``type`` resolved)."""
         return self.type == "int" or (self.type == "auto" and self._int_compatible())
 
-    def process(self, x):
+    def process(self, x: Any) -> int | float:
         """An int or a float in [min, max]; integral floats are accepted as integers."""
         if isinstance(x, (bool, numpy.bool_)) or not isinstance(x, numbers.Real):
             raise ArgumentError(f"expected a number, got {x!r} ({_type_name(x)})")
@@ -175,7 +187,7 @@ class NumberValue(_Processor):
         _check_range(value, self.min, self.max)
         return value
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         desc = super().describe()
         desc.update(unit=self.unit, scale=self.scale, step=self.step, min=self.min,
                     max=self.max, precision=self.precision, type=self.type)
@@ -187,7 +199,7 @@ class StringValue(_Processor):
 
     ty = "StringValue"
 
-    def process(self, x):
+    def process(self, x: Any) -> str:
         """The string itself; anything else is refused."""
         if not isinstance(x, str):
             raise ArgumentError(f"expected a string, got {x!r} ({_type_name(x)})")
@@ -199,7 +211,7 @@ class BooleanValue(_Processor):
 
     ty = "BooleanValue"
 
-    def process(self, x):
+    def process(self, x: Any) -> bool:
         """A bool (numpy bools too); 0 and 1 are refused."""
         if not isinstance(x, (bool, numpy.bool_)):
             raise ArgumentError(f"expected True or False, got {x!r} ({_type_name(x)})")
@@ -216,19 +228,20 @@ class EnumerationValue(_Processor):
 
     ty = "EnumerationValue"
 
-    def __init__(self, choices, default=NoDefault, quickstyle=False):
+    def __init__(self, choices: Iterable[Any], default: Any = NoDefault,
+                 quickstyle: bool = False):
         self.choices = list(choices)
         self.quickstyle = bool(quickstyle)
         super().__init__(default)
 
-    def process(self, x):
+    def process(self, x: Any) -> Any:
         """The value, when it is one of the choices."""
         if x not in self.choices:
             listed = ", ".join(repr(c) for c in self.choices)
             raise ArgumentError(f"{x!r} is not one of the choices {listed}")
         return x
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         desc = super().describe()
         desc.update(choices=list(self.choices), quickstyle=self.quickstyle)
         return desc
@@ -244,7 +257,7 @@ class PYONValue(_Processor):
 
     ty = "PYONValue"
 
-    def __init__(self, default=NoDefault):
+    def __init__(self, default: Any = NoDefault):
         self._default = default
         if default is not NoDefault:
             try:
@@ -252,7 +265,7 @@ class PYONValue(_Processor):
             except TypeError as e:
                 raise ArgumentError(f"invalid default {default!r}: {e}") from None
 
-    def process(self, x):
+    def process(self, x: Any) -> Any:
         """The decoded value of PYON text."""
         if not isinstance(x, str):
             return x
@@ -261,14 +274,14 @@ class PYONValue(_Processor):
         except ValueError as e:
             raise ArgumentError(f"cannot decode PYON text {x!r:.60}: {e}") from None
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         desc = super().describe()
         if "default" in desc:
             desc["default"] = pyon.encode(desc["default"])
         return desc
 
 
-def _as_scan(x) -> ScanObject:
+def _as_scan(x: Any) -> ScanObject:
     """A scan object from a scan object, a description, or a list whose first entry is
     the selected one (the shape of a Scannable's default in its description)."""
     if isinstance(x, list):
@@ -297,8 +310,9 @@ class Scannable:
 
     ty = "Scannable"
 
-    def __init__(self, default=NoDefault, unit="", scale=None, global_step=None,
-                 global_min=None, global_max=None, precision=2, ndecimals=None):
+    def __init__(self, default: Any = NoDefault, unit: str = "", scale: Any = None,
+                 global_step: Any = None, global_min: Any = None, global_max: Any = None,
+                 precision: int = 2, ndecimals: int | None = None):
         self.unit = unit
         self.scale = unit_scale(unit) if scale is None else scale
         self.global_step = self.scale / 10 if global_step is None else global_step
@@ -321,7 +335,7 @@ class Scannable:
             raise DefaultMissing()
         return self.default_values[0]
 
-    def process(self, x) -> ScanObject:
+    def process(self, x: Any) -> ScanObject:
         """A scan object from its description (a scan object or a list of
         descriptions is accepted too, the first entry of a list being the selected
         scan), with every point within [global_min, global_max]."""
@@ -334,7 +348,7 @@ class Scannable:
                     raise ArgumentError(f"scan point {point!r} is not a number") from None
         return scan
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The procdesc of wire-compat.md."""
         desc: dict[str, Any] = {"ty": self.ty}
         if self.default_values:
@@ -344,5 +358,5 @@ class Scannable:
                     precision=self.precision)
         return desc
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Scannable({self.describe()!r})"

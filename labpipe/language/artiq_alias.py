@@ -30,6 +30,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import threading
+from collections.abc import Sequence
 from types import ModuleType
 
 from labpipe.language import argument_managers, arguments, environment, exceptions
@@ -76,14 +77,14 @@ ALIASES: dict[str, tuple[list[str], list[str], bool]] = {
 
 
 class _AliasLoader(importlib.abc.Loader):
-    def create_module(self, spec):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None  # a plain new module
 
     def exec_module(self, module: ModuleType) -> None:
         exported, extra, _ = ALIASES[module.__name__]
         namespace = _namespace()
         module.__dict__.update({name: namespace[name] for name in exported + extra})
-        module.__all__ = list(exported)
+        module.__dict__["__all__"] = list(exported)
         module.__doc__ = (f"labpipe's answer for {module.__name__} (labpipe.language."
                           "artiq_alias): ARTIQ's names, labpipe's objects.")
 
@@ -93,7 +94,8 @@ class ArtiqAliasFinder(importlib.abc.MetaPathFinder):
 
     _loader = _AliasLoader()
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         top = fullname.partition(".")[0]
         if top != "artiq":
             return None

@@ -16,12 +16,21 @@ tooltip)`` and ``.get_interactive(arglist, title)``; ``scheduler_defaults`` a di
 must be written); ``EnvExperiment`` is the usual base of experiments.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from inspect import isclass
 from types import SimpleNamespace
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
 
-from labpipe.language.arguments import NoDefault
+from labpipe.language.arguments import ArgumentProcessor, NoDefault
+
+if TYPE_CHECKING:  # bluesky is imported only when a plan runs
+    from bluesky import RunEngine
+    from bluesky.utils import Msg
+
+    from labpipe.bluesky.session import PlanSession
 
 __all__ = ["HasEnvironment", "Experiment", "EnvExperiment", "is_experiment",
            "is_public_experiment"]
@@ -32,23 +41,24 @@ class DeviceManager(Protocol):
 
 
 class DatasetManager(Protocol):
-    def set(self, key: str, value, metadata: dict, broadcast: bool, persist: bool,
-            archive: bool) -> None: ...
+    def set(self, key: str, value: Any, metadata: dict[str, Any], broadcast: bool,
+            persist: bool, archive: bool) -> None: ...
     def get(self, key: str, archive: bool = False) -> Any: ...
-    def get_metadata(self, key: str) -> dict: ...
-    def mutate(self, key: str, index, value) -> None: ...
-    def append_to(self, key: str, value) -> None: ...
+    def get_metadata(self, key: str) -> dict[str, Any]: ...
+    def mutate(self, key: str, index: Any, value: Any) -> None: ...
+    def append_to(self, key: str, value: Any) -> None: ...
 
 
 class ArgumentManager(Protocol):
-    def get(self, key: str, processor, group: str | None, tooltip: str | None) -> Any: ...
+    def get(self, key: str, processor: ArgumentProcessor, group: str | None,
+            tooltip: str | None) -> Any: ...
 
 
 class _Managers(NamedTuple):
     device: DeviceManager
     dataset: DatasetManager
     argument: ArgumentManager
-    scheduler_defaults: dict
+    scheduler_defaults: dict[str, Any]
 
 
 class _VirtualDevice:
@@ -58,13 +68,13 @@ class _VirtualDevice:
     def __init__(self, key: str):
         self.key = key
 
-    def __get__(self, obj, objtype=None):
+    def __get__(self, obj: HasEnvironment | None, objtype: type | None = None) -> Any:
         if obj is None:
             return self
         return obj.get_device(self.key)
 
 
-def _require_processor(key, processor):
+def _require_processor(key: str, processor: ArgumentProcessor | None) -> None:
     if processor is None:
         raise TypeError(f"argument {key!r} needs a processor, "
                         f"e.g. setattr_argument({key!r}, NumberValue(0))")
@@ -80,7 +90,7 @@ class HasEnvironment:
     """The ``ccb`` virtual device: ``self.ccb.issue(service, *args, **kwargs)`` asks
     clients (applets) to do something, e.g. ``"create_applet"``."""
 
-    def __init__(self, managers_or_parent, *args, **kwargs):
+    def __init__(self, managers_or_parent: Any, *args: Any, **kwargs: Any):
         self.children: list[HasEnvironment] = []
         if isinstance(managers_or_parent, HasEnvironment):
             self.__managers = managers_or_parent.__managers
@@ -98,7 +108,7 @@ class HasEnvironment:
         finally:
             self.__in_build = False
 
-    def build(self, *args, **kwargs):
+    def build(self, *args: Any, **kwargs: Any) -> None:
         """Request arguments and devices here (experiments override it).
 
         When the experiment is examined (to list its arguments), devices are dummies and
@@ -106,11 +116,11 @@ class HasEnvironment:
         doing anything in ``build``. Extra constructor arguments are passed on here.
         """
 
-    def register_child(self, child: "HasEnvironment"):
+    def register_child(self, child: HasEnvironment) -> None:
         """Add a child environment (done by the child's constructor)."""
         self.children.append(child)
 
-    def call_child_method(self, method: str, *args, **kwargs):
+    def call_child_method(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Call ``method`` on every child that has it, in registration order."""
         for child in self.children:
             child_method = getattr(child, method, None)
@@ -119,13 +129,13 @@ class HasEnvironment:
 
     # Arguments
 
-    def _require_build(self, what: str):
+    def _require_build(self, what: str) -> None:
         if not self.__in_build:
             raise TypeError(f"{what} can only be called in build() (of "
                             f"{type(self).__name__})")
 
-    def get_argument(self, key: str, processor=None, group: str | None = None,
-                     tooltip: str | None = None):
+    def get_argument(self, key: str, processor: ArgumentProcessor | None = None,
+                     group: str | None = None, tooltip: str | None = None) -> Any:
         """The value of argument ``key`` as ``processor`` (``NumberValue(...)``, ...)
         checks it. Only in ``build()``.
 
@@ -134,16 +144,17 @@ class HasEnvironment:
         """
         self._require_build(f"get_argument({key!r})")
         _require_processor(key, processor)
+        assert processor is not None
         return self.__managers.argument.get(key, processor, group, tooltip)
 
-    def setattr_argument(self, key: str, processor=None, group: str | None = None,
-                         tooltip: str | None = None):
+    def setattr_argument(self, key: str, processor: ArgumentProcessor | None = None,
+                         group: str | None = None, tooltip: str | None = None) -> None:
         """``get_argument`` and set the value as the attribute ``key``."""
         setattr(self, key, self.get_argument(key, processor, group, tooltip))
         self._add_kernel_invariant(key)
 
     @contextmanager
-    def interactive(self, title: str = ""):
+    def interactive(self, title: str = "") -> Iterator[SimpleNamespace]:
         """Ask users for arguments while the experiment runs.
 
         ``with self.interactive("Calibration") as ia: ia.setattr_argument("v",
@@ -158,10 +169,11 @@ class HasEnvironment:
             raise NotImplementedError(
                 f"interactive arguments are not supported by "
                 f"{type(argument_mgr).__name__} (it has no get_interactive)")
-        arglist = []
+        arglist: list[tuple[str, ArgumentProcessor | None, str | None, str | None]] = []
         namespace = SimpleNamespace()
 
-        def setattr_argument(key, processor=None, group=None, tooltip=None):
+        def setattr_argument(key: str, processor: ArgumentProcessor | None = None,
+                             group: str | None = None, tooltip: str | None = None) -> None:
             _require_processor(key, processor)
             arglist.append((key, processor, group, tooltip))
 
@@ -174,7 +186,7 @@ class HasEnvironment:
 
     # Devices
 
-    def get_device_db(self) -> dict:
+    def get_device_db(self) -> dict[str, Any]:
         """The whole device database (when the device manager provides it)."""
         device_mgr = self.__managers.device
         if not hasattr(device_mgr, "get_device_db"):
@@ -182,24 +194,25 @@ class HasEnvironment:
                 f"{type(device_mgr).__name__} does not provide the device database")
         return device_mgr.get_device_db()
 
-    def get_device(self, key: str):
+    def get_device(self, key: str) -> Any:
         """The device ``key`` (made on first use by the device manager)."""
         return self.__managers.device.get(key)
 
-    def setattr_device(self, key: str):
+    def setattr_device(self, key: str) -> None:
         """``get_device`` and set the device as the attribute ``key``."""
         setattr(self, key, self.get_device(key))
         self._add_kernel_invariant(key)
 
-    def _add_kernel_invariant(self, key: str):
+    def _add_kernel_invariant(self, key: str) -> None:
         # Kept for experiments written for ARTIQ that read kernel_invariants.
         self.kernel_invariants = getattr(self, "kernel_invariants", set()) | {key}
 
     # Datasets
 
-    def set_dataset(self, key: str, value, *, unit: str | None = None,
+    def set_dataset(self, key: str, value: Any, *, unit: str | None = None,
                     scale: float | None = None, precision: int | None = None,
-                    broadcast: bool = False, persist: bool = False, archive: bool = True):
+                    broadcast: bool = False, persist: bool = False,
+                    archive: bool = True) -> None:
         """Set the dataset ``key``.
 
         :param unit, scale, precision: how to display it (stored as its metadata).
@@ -212,15 +225,15 @@ class HasEnvironment:
                     if given is not None}
         self.__managers.dataset.set(key, value, metadata, broadcast, persist, archive)
 
-    def mutate_dataset(self, key: str, index, value):
+    def mutate_dataset(self, key: str, index: Any, value: Any) -> None:
         """Set ``dataset[index] = value`` (a tuple index is a slice, as in ARTIQ)."""
         self.__managers.dataset.mutate(key, index, value)
 
-    def append_to_dataset(self, key: str, value):
+    def append_to_dataset(self, key: str, value: Any) -> None:
         """Append ``value`` to the list dataset ``key`` set earlier by this run."""
         self.__managers.dataset.append_to(key, value)
 
-    def get_dataset(self, key: str, default=NoDefault, archive: bool = True):
+    def get_dataset(self, key: str, default: Any = NoDefault, archive: bool = True) -> Any:
         """The value of dataset ``key`` (this run's first, then the master's).
 
         Returns ``default`` when it does not exist, or raises ``KeyError`` without one.
@@ -233,7 +246,7 @@ class HasEnvironment:
                 raise
             return default
 
-    def get_dataset_metadata(self, key: str, default=NoDefault) -> dict:
+    def get_dataset_metadata(self, key: str, default: Any = NoDefault) -> dict[str, Any]:
         """The metadata (``unit``, ``scale``, ``precision``) of dataset ``key``;
         ``default`` when it does not exist, else ``KeyError``."""
         try:
@@ -243,22 +256,23 @@ class HasEnvironment:
                 raise
             return default
 
-    def setattr_dataset(self, key: str, default=NoDefault, archive: bool = True):
+    def setattr_dataset(self, key: str, default: Any = NoDefault,
+                        archive: bool = True) -> None:
         """``get_dataset`` and set the value as the attribute ``key``."""
         setattr(self, key, self.get_dataset(key, default, archive))
 
     # Bluesky plans
 
-    def _plan_session(self):
+    def _plan_session(self) -> PlanSession:
         from labpipe.bluesky.session import session_for  # bluesky only when used
         return session_for(self, self.__managers.dataset)
 
-    def get_run_engine(self):
+    def get_run_engine(self) -> RunEngine:
         """The bluesky RunEngine of this run (made on first use, shared with children):
         install suspenders or subscribe callbacks on it before ``run_plan``."""
         return self._plan_session().engine
 
-    def run_plan(self, plan, **metadata) -> tuple:
+    def run_plan(self, plan: Iterable[Msg], **metadata: Any) -> tuple[str, ...]:
         """Run a bluesky plan to its end; returns the uids of the runs it made.
 
         ``metadata`` goes into the start documents, with ``rid``, ``pipeline``,
@@ -275,7 +289,7 @@ class HasEnvironment:
 
     def set_default_scheduling(self, priority: int | None = None,
                                pipeline_name: str | None = None,
-                               flush: bool | None = None):
+                               flush: bool | None = None) -> None:
         """Set the scheduling options user interfaces propose when submitting this
         experiment. Only in ``build()``."""
         self._require_build("set_default_scheduling()")
@@ -295,15 +309,15 @@ class Experiment:
     while a third runs, so only ``run`` may use the hardware.
     """
 
-    def prepare(self):
+    def prepare(self) -> None:
         """Compute what ``run`` needs, before it starts. No hardware access."""
 
-    def run(self):
+    def run(self) -> None:
         """The experiment itself; the only stage that may use the hardware, and the one
         every experiment must define."""
         raise NotImplementedError(f"{type(self).__name__} does not define run()")
 
-    def analyze(self):
+    def analyze(self) -> None:
         """Process the results after ``run`` (fits, ...). No hardware access."""
 
 
@@ -313,18 +327,18 @@ class EnvExperiment(Experiment, HasEnvironment):
     Its ``prepare`` calls ``prepare`` of its children, in order.
     """
 
-    def prepare(self):
+    def prepare(self) -> None:
         """Call ``prepare`` of every child that has one."""
         self.call_child_method("prepare")
 
 
-def is_experiment(obj) -> bool:
+def is_experiment(obj: object) -> TypeGuard[type[Experiment]]:
     """Whether ``obj`` is an experiment class (not ``Experiment`` or ``EnvExperiment``
     themselves)."""
     return (isclass(obj) and issubclass(obj, Experiment)
             and obj not in (Experiment, EnvExperiment))
 
 
-def is_public_experiment(obj) -> bool:
+def is_public_experiment(obj: object) -> TypeGuard[type[Experiment]]:
     """``is_experiment`` for classes whose name does not start with ``_``."""
     return is_experiment(obj) and not obj.__name__.startswith("_")

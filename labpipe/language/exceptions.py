@@ -13,6 +13,9 @@ All of them survive pickling with their message intact (the worker sends them ac
 processes).
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = ["TerminationRequested", "CancelledArgsError", "ArgumentError",
            "DefaultMissing", "UnknownArgumentsError"]
 
@@ -38,7 +41,7 @@ class ArgumentError(ValueError):
         self.key = key
         super().__init__(reason if key is None else f"argument {key!r}: {reason}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return type(self), (self.reason, self.key)
 
 
@@ -57,7 +60,7 @@ class UnknownArgumentsError(ArgumentError):
     the requested arguments.
     """
 
-    def __init__(self, unknown, valid):
+    def __init__(self, unknown: Iterable[str], valid: Iterable[str]):
         self.unknown = sorted(unknown)
         self.valid = sorted(valid)
         listed = ", ".join(repr(k) for k in self.valid) or "none"
@@ -65,5 +68,5 @@ class UnknownArgumentsError(ArgumentError):
             f"unknown argument(s) {', '.join(repr(k) for k in self.unknown)}; "
             f"this experiment takes: {listed}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return type(self), (self.unknown, self.valid)

@@ -24,7 +24,8 @@ never needs the core device:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from types import TracebackType
+from typing import Any, Callable, Literal
 
 from labpipe.language.exceptions import TerminationRequested
 
@@ -59,7 +60,7 @@ def _unsupported_call(what: str, description: str, function: Callable) -> Callab
     where = getattr(function, "__qualname__", None) or getattr(function, "__name__", "?")
 
     @functools.wraps(function)
-    def refuse(*args, **kwargs):
+    def refuse(*args: Any, **kwargs: Any) -> Any:
         raise UnsupportedARTIQFeature(
             f"{what}: {description} are not supported by labpipe (used by {where})")
 
@@ -71,7 +72,7 @@ def _decorator(what: str, description: str) -> Callable:
     """A decorator usable bare (``@kernel``) or with arguments (``@kernel("core")``,
     ``@kernel(flags={...})``) that makes calls fail with one line."""
 
-    def decorate(arg: Any = None, *args, **kwargs):
+    def decorate(arg: Any = None, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         if callable(arg) and not args and not kwargs:
             return _unsupported_call(what, description, arg)
         return lambda function: _unsupported_call(what, description, function)
@@ -86,18 +87,18 @@ subkernel = _decorator("subkernel", "ARTIQ subkernels")
 syscall = _decorator("syscall", "ARTIQ syscalls")
 
 
-def _unchanged(arg: Any = None, *args, **kwargs):
+def _unchanged(arg: Any = None, *args: Any, **kwargs: Any) -> Callable[..., Any]:
     if callable(arg) and not args and not kwargs:
         return arg
     return lambda function: function
 
 
-def portable(arg: Any = None, *args, **kwargs):
+def portable(arg: Any = None, *args: Any, **kwargs: Any) -> Callable[..., Any]:
     """ARTIQ's ``@portable``: on the host the function runs as plain Python."""
     return _unchanged(arg, *args, **kwargs)
 
 
-def rpc(arg: Any = None, *args, **kwargs):
+def rpc(arg: Any = None, *args: Any, **kwargs: Any) -> Callable[..., Any]:
     """ARTIQ's ``@rpc``: a host function; called from the host it is a plain call."""
     return _unchanged(arg, *args, **kwargs)
 
@@ -107,18 +108,19 @@ def host_only(function: Callable) -> Callable:
     return function
 
 
-def kernel_from_string(parameters, body_code, decorator=kernel) -> Callable:
+def kernel_from_string(parameters: Any, body_code: Any,
+                       decorator: Callable[..., Any] = kernel) -> Callable[..., Any]:
     """ARTIQ's ``kernel_from_string``: the kernel it makes fails when called."""
-    def kernel_from_string_fn(*args, **kwargs):
+    def kernel_from_string_fn(*args: Any, **kwargs: Any) -> None:
         pass
     return decorator(kernel_from_string_fn)
 
 
-def set_time_manager(time_manager) -> None:
+def set_time_manager(time_manager: Any) -> None:
     """Accepted for compatibility; labpipe has no kernel simulation to give it to."""
 
 
-def set_watchdog_factory(factory) -> None:
+def set_watchdog_factory(factory: Any) -> None:
     """Accepted for compatibility; ``watchdog`` stays a no-op."""
 
 
@@ -128,22 +130,22 @@ def _timeline(name: str) -> UnsupportedARTIQFeature:
         "device)")
 
 
-def delay_mu(duration) -> None:
+def delay_mu(duration: Any) -> None:
     """ARTIQ's timeline: fails in labpipe."""
     raise _timeline("delay_mu")
 
 
-def now_mu():
+def now_mu() -> int:
     """ARTIQ's timeline: fails in labpipe."""
     raise _timeline("now_mu")
 
 
-def at_mu(time) -> None:
+def at_mu(time: Any) -> None:
     """ARTIQ's timeline: fails in labpipe."""
     raise _timeline("at_mu")
 
 
-def delay(duration) -> None:
+def delay(duration: Any) -> None:
     """ARTIQ's timeline: fails in labpipe."""
     raise _timeline("delay")
 
@@ -154,13 +156,14 @@ class _Block:
     def __init__(self, name: str):
         self._name = name
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         raise _timeline(self._name)
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ARTIQ timeline block {self._name} (unsupported by labpipe)>"
 
 
@@ -170,17 +173,18 @@ interleave = _Block("interleave")
 
 
 class _NoWatchdog:
-    def __init__(self, timeout):
+    def __init__(self, timeout: Any):
         pass
 
-    def __enter__(self):
+    def __enter__(self) -> _NoWatchdog:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         return False
 
 
-def watchdog(timeout) -> _NoWatchdog:
+def watchdog(timeout: Any) -> _NoWatchdog:
     """ARTIQ's ``watchdog``: not enforced (as in ARTIQ on the host)."""
     return _NoWatchdog(timeout)
 
@@ -192,11 +196,11 @@ class KernelType:
     def __init__(self, name: str):
         object.__setattr__(self, "_name", name)
 
-    def __call__(self, *args, **kwargs) -> "KernelType":
+    def __call__(self, *args: Any, **kwargs: Any) -> KernelType:
         inner = ", ".join(repr(a) for a in args)
         return KernelType(f"{self._name}({inner})")
 
-    def __getattr__(self, attr: str):
+    def __getattr__(self, attr: str) -> Any:
         if attr.startswith("__") and attr.endswith("__"):
             raise AttributeError(attr)
         raise UnsupportedARTIQFeature(

@@ -28,7 +28,9 @@ import math
 import numbers
 import random
 from itertools import product
+from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 __all__ = ["ScanObject", "NoScan", "RangeScan", "CenterScan", "ExplicitScan",
            "MultiScanManager", "scan_from_description"]
@@ -41,30 +43,30 @@ _CENTER_TOLERANCE = 1e-9
 class ScanObject:
     """Base of scan objects: iteration over ``self.sequence``, ``len()``."""
 
-    sequence: list
+    sequence: list[Any]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.sequence)
 
     def __len__(self) -> int:
         return len(self.sequence)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """The scan's description, as in wire-compat.md."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "ty")
         return f"{type(self).__name__}({fields})"
 
 
-def _check_count(name: str, value) -> int:
+def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
     return int(value)
 
 
-def _shuffled(sequence: list, randomize: bool, seed) -> list:
+def _shuffled(sequence: list[Any], randomize: bool, seed: Any) -> list[Any]:
     if randomize:
         random.Random(seed).shuffle(sequence)
     return sequence
@@ -73,12 +75,12 @@ def _shuffled(sequence: list, randomize: bool, seed) -> list:
 class NoScan(ScanObject):
     """A single value, yielded ``repetitions`` times."""
 
-    def __init__(self, value, repetitions=1):
+    def __init__(self, value: Any, repetitions: int = 1):
         self.value = value
         self.repetitions = _check_count("repetitions", repetitions)
         self.sequence = [value] * self.repetitions
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"ty": "NoScan", "value": self.value, "repetitions": self.repetitions}
 
 
@@ -86,7 +88,8 @@ class RangeScan(ScanObject):
     """``npoints`` evenly spaced values from ``start`` to ``stop``, both included
     (just ``start`` when ``npoints`` is 1); shuffled when ``randomize``."""
 
-    def __init__(self, start, stop, npoints, randomize=False, seed=None):
+    def __init__(self, start: Any, stop: Any, npoints: int, randomize: bool = False,
+                 seed: Any = None):
         self.start = start
         self.stop = stop
         self.npoints = _check_count("npoints", npoints)
@@ -99,7 +102,7 @@ class RangeScan(ScanObject):
             points = [start + (stop - start) * i / last for i in range(last)] + [float(stop)]
         self.sequence = _shuffled(points, self.randomize, seed)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"ty": "RangeScan", "start": self.start, "stop": self.stop,
                 "npoints": self.npoints, "randomize": self.randomize, "seed": self.seed}
 
@@ -108,7 +111,8 @@ class CenterScan(ScanObject):
     """``center`` and the points ``center +- k*step`` within ``span/2`` of it, in
     ascending order (shuffled when ``randomize``); no points when ``step`` is 0."""
 
-    def __init__(self, center, span, step, randomize=False, seed=None):
+    def __init__(self, center: Any, span: Any, step: Any, randomize: bool = False,
+                 seed: Any = None):
         self.center = center
         self.span = span
         self.step = step
@@ -116,6 +120,7 @@ class CenterScan(ScanObject):
         self.seed = seed
         if span < 0:
             raise ValueError(f"span must be >= 0, not {span!r}")
+        points: list[Any]
         if step == 0:
             points = []
         else:
@@ -123,7 +128,7 @@ class CenterScan(ScanObject):
             points = [center + k * abs(step) for k in range(-n, n + 1)]
         self.sequence = _shuffled(points, self.randomize, seed)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"ty": "CenterScan", "center": self.center, "span": self.span,
                 "step": self.step, "randomize": self.randomize, "seed": self.seed}
 
@@ -131,10 +136,10 @@ class CenterScan(ScanObject):
 class ExplicitScan(ScanObject):
     """The values of ``sequence``, in order."""
 
-    def __init__(self, sequence):
+    def __init__(self, sequence: Iterable[Any]):
         self.sequence = list(sequence)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"ty": "ExplicitScan", "sequence": list(self.sequence)}
 
 
@@ -142,7 +147,7 @@ _SCAN_TYPES: dict[str, type[ScanObject]] = {
     cls.__name__: cls for cls in (NoScan, RangeScan, CenterScan, ExplicitScan)}
 
 
-def scan_from_description(desc: dict) -> ScanObject:
+def scan_from_description(desc: Any) -> ScanObject:
     """Build a scan object from its description (``{"ty": "RangeScan", ...}``).
 
     Keys the scan type does not take are ignored (as ARTIQ does); an unknown ``ty`` or a
@@ -170,11 +175,11 @@ class MultiScanManager:
     (the last scan varying fastest), a point with attributes ``a`` and ``b``.
     """
 
-    def __init__(self, *named_scans):
+    def __init__(self, *named_scans: tuple[str, ScanObject]):
         self.names = [name for name, _ in named_scans]
         self.scan_objects = [scan for _, scan in named_scans]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[SimpleNamespace]:
         for values in product(*self.scan_objects):
             yield SimpleNamespace(**dict(zip(self.names, values)))
 

@@ -8,6 +8,8 @@ worker (an experiment may request an argument only for some values of another), 
 PYONValue and Scannable values.
 """
 
+from typing import Any
+
 from labpipe.language import arguments
 
 __all__ = ["check_argument_values"]
@@ -15,14 +17,14 @@ __all__ = ["check_argument_values"]
 _REBUILDABLE = {"NumberValue", "StringValue", "BooleanValue", "EnumerationValue"}
 
 
-def _processor(procdesc: dict):
+def _processor(procdesc: dict[str, Any]) -> arguments.ArgumentProcessor | None:
     ty = procdesc.get("ty")
     if ty not in _REBUILDABLE:
         return None
     return getattr(arguments, ty)(**{k: v for k, v in procdesc.items() if k != "ty"})
 
 
-def check_argument_values(arginfo: dict, values: dict):
+def check_argument_values(arginfo: dict[str, Any], values: dict[str, Any]) -> None:
     """Raise ValueError naming the first argument whose value its processor refuses."""
     for key, value in values.items():
         if key not in arginfo:

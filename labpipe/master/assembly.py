@@ -1,16 +1,40 @@
 """The master, assembled: databases, repository, scheduler and the four servers.
 
-``Master(options)`` builds every part; ``await start()`` loads the databases, scans the
-repository and opens the ports; ``await stop()`` closes the ports first (no new
-requests), then stops the runs and closes the databases. Used by ``labpipe-master`` and
-by tests that want a master in their own event loop.
+``async with Master(options) as master:`` starts every part in order and returns when
+the master serves; leaving the block stops it. Each part's teardown is registered on an
+``AsyncExitStack`` as soon as that part has started, so a part that fails to start
+stops exactly the parts started before it, in reverse order, and nothing is left
+running: no task, no port, no process (``docs/internals.md``, "Lifetimes"). The order
+of the start is chosen so that the stop is orderly:
+
+- start: the lab lock, the process records, the worker launcher (its template warmed
+  up), the device, dataset and schedule databases, the repository, history; the
+  notify, logging and broadcast ports; the scheduler (the saved schedule restored);
+  the control port; the repository scans (the push hook needs the control port);
+- stop, the reverse, except that the control port closes first of all (no new
+  requests): the scans, the scheduler (runs stopped, their ends written), the other
+  ports, the databases, the launcher, the process records, the lock last.
+
+The master's tasks are supervised (``supervision.TaskSet``): every exception is logged
+with the component and context (RID, pipeline) it happened in. Most are survived; a
+task the master cannot run without (the repository scan loop) is *fatal*: its failure
+stops the master as an error, as an ``asyncio.TaskGroup`` would: the task inside the
+``async with`` is cancelled, the master stops in order, and the block raises
+``MasterFailed`` naming the task.
+
+Used by ``labpipe-master`` and by tests that want a master in their own event loop.
 """
+
+from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import time
+import ssl
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
 from labpipe.master.datasets import DatasetDB
@@ -22,19 +46,23 @@ from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
 from labpipe.master.process_records import ProcessRecords, end_leftovers
 from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
 from labpipe.master.rid import RIDCounter
+from labpipe.master.run import Run
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
+from labpipe.master.supervision import TaskSet
 from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer, emit_remote
 from labpipe.protocol.rpc import Server
-from labpipe.protocol.server import ConnectionLimits
+from labpipe.protocol.server import AsyncioServer, ConnectionLimits
 from labpipe.protocol.sync import Publisher
 from labpipe.protocol.tls import TLSFiles, server_context
-from labpipe.worker import launcher
+from labpipe.worker import messages
 from labpipe.worker.devices import follow_aliases
+from labpipe.worker.handle import Handlers
+from labpipe.worker.launcher import Launcher, uses_bluesky
 
-__all__ = ["Master", "MasterOptions"]
+__all__ = ["Master", "MasterOptions", "MasterFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +71,7 @@ logger = logging.getLogger(__name__)
 class MasterOptions:
     """Everything ``labpipe-master``'s command line can set (paths relative to lab_dir)."""
     lab_dir: str = "."
-    bind: list = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    bind: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     port_notify: int = 3250
     port_control: int = 3251
     port_logging: int = 1066
@@ -67,18 +95,23 @@ class MasterOptions:
     connection_limits: ConnectionLimits | None = None
 
 
+class MasterFailed(RuntimeError):
+    """A task the master cannot run without failed, and the master stopped. The
+    message names the task; the failure's traceback was logged when it happened."""
+
+
 class MasterManagement:
     """The ``master_management`` target."""
 
-    def __init__(self, name, terminate_cb):
+    def __init__(self, name: str | None, terminate_cb: Callable[[], None]):
         self._name = name
         self._terminate_cb = terminate_cb
 
-    def get_name(self):
+    def get_name(self) -> str | None:
         """The master's name (``--name``), or None."""
         return self._name
 
-    def terminate(self):
+    def terminate(self) -> None:
         """Shut the master down in order (runs stopped, nothing acknowledged lost)."""
         self._terminate_cb()
 
@@ -90,52 +123,142 @@ def _device_modules(ddb: dict) -> list[str]:
 
 
 class Master:
-    """A labpipe master in the current event loop."""
+    """A labpipe master in the current event loop: ``async with Master(options)``.
 
-    def __init__(self, options: MasterOptions):
+    ``launcher``: the worker launcher to borrow (tests share one between masters, so
+    that each does not start its own template); by default the master makes its own
+    and closes it at its exit. A borrowed launcher is left open, its spares stopped.
+    """
+
+    def __init__(self, options: MasterOptions, *, launcher: Launcher | None = None):
         self.options = options
         self.terminate_requested = asyncio.Event()
-        self.servers = {}
-        self._log_handler = None
-        self._lab_lock: LabLock | None = None
-        self._process_records: ProcessRecords | None = None
+        #: The master's own supervised tasks (the repository scan loop runs here):
+        #: a fatal one's failure stops the master (``MasterFailed``).
+        self.tasks = TaskSet("master", logger, on_fatal=self._fatal)
+        #: What stopped the master, when a fatal task failed.
+        self.failure: MasterFailed | None = None
+        #: ``{channel: (server, port asked for)}`` of the ports opened.
+        self.servers: dict[str, tuple[AsyncioServer, int]] = {}
+        self._borrowed_launcher = launcher
+        self._open: dict[str, AsyncioServer] = {}
+        self._stack: AsyncExitStack | None = None
+        self._owner: asyncio.Task | None = None
+        self._cancelled_owner = False
 
-    def _path(self, path):
+    def _path(self, path: str) -> str:
         return os.path.join(self.options.lab_dir, path)
 
-    async def start(self):
-        """Load everything, start the servers; returns when the master serves."""
+    def port(self, channel: str) -> int:
+        """The port a channel (notify, control, logging, broadcast) listens on."""
+        port = self.servers[channel][0].port
+        assert port is not None
+        return port
+
+    # --- lifetime -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Master:
+        """Start every part in order; returns when the master serves. A part that
+        fails stops what had started, and its exception is raised."""
+        if self._stack is not None:
+            raise RuntimeError("the master is already started")
+        self._owner = asyncio.current_task()
+        stack = AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException as exc:
+            self._owner = None
+            failure = self._failure_instead_of(exc)
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            if failure is not None:
+                raise failure from exc
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Stop in order (see the module docstring); raises ``MasterFailed`` if a
+        fatal task failed and nothing else is raised."""
+        stack, self._stack = self._stack, None
+        self._owner = None
+        if stack is None:
+            return
+        failure = self._failure_instead_of(exc)
+        if failure is not None:
+            exc_type, exc, tb = None, None, None  # our own cancellation: it ends here
+        await stack.__aexit__(exc_type, exc, tb)
+        if exc is None and self.failure is not None:
+            raise self.failure
+
+    def _fatal(self, what: str, exc: BaseException) -> None:
+        """A fatal task failed: stop the master (its traceback was logged already)."""
+        if self.failure is not None:
+            return
+        self.failure = MasterFailed(f"{what} failed: {exc}".strip())
+        logger.critical("%s failed: the master stops", what)
+        self.terminate_requested.set()
+        owner = self._owner
+        if owner is not None and not owner.done():
+            self._cancelled_owner = True
+            owner.cancel()
+
+    def _failure_instead_of(self, exc: BaseException | None) -> MasterFailed | None:
+        """The MasterFailed that replaces exc when exc is our own cancellation of the
+        task inside the ``async with`` (after a fatal failure)."""
+        if not self._cancelled_owner:
+            return None
+        self._cancelled_owner = False
+        task = asyncio.current_task()
+        still_cancelled = task is not None and task.uncancel() > 0
+        if still_cancelled or (exc is not None
+                               and not isinstance(exc, asyncio.CancelledError)):
+            return None  # cancelled by someone else too, or another error: that goes on
+        return self.failure
+
+    async def _start(self, stack: AsyncExitStack) -> None:
         o = self.options
         # bad TLS files stop the master before anything else starts
         self.tls = None if o.tls is None else o.tls.relative_to(o.lab_dir)
         ssl_context = None if self.tls is None else server_context(self.tls)
-        await self._claim_lab()
+        records = await self._claim_lab(stack)
         self.config = o.config if o.config is not None else load_config(o.lab_dir)
+        self.launcher = self._take_launcher(stack, records)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
-        if launcher.uses_bluesky(_device_modules(self.device_db.get_device_db())):
-            await asyncio.to_thread(launcher.use_bluesky, True)  # before the first run
-        await asyncio.to_thread(launcher.warm_up)
+        if uses_bluesky(_device_modules(self.device_db.get_device_db())):
+            # before the first run
+            await asyncio.to_thread(self.launcher.use_bluesky, True)
+        stack.push_async_callback(asyncio.to_thread, self.launcher.discard_spares)
+        await asyncio.to_thread(self.launcher.warm_up)
         self.dataset_db = await asyncio.to_thread(DatasetDB, self._path(o.dataset_db))
+        # closing waits for a commit under way (or joins a writer thread): in threads
+        stack.push_async_callback(asyncio.to_thread, self.dataset_db.close)
         backend_cls = GitBackend if o.git else FilesystemBackend
         self.repository = backend_cls(self._path(o.repository))
-        self.experiment_db = ExperimentDB(
-            o.lab_dir, self.repository, o.experiment_subdir,
-            device_keys=lambda: self.device_db.get_device_db().keys(), config=self.config)
-        self.interactive_db = InteractiveArgDB()
+        stack.callback(self.repository.close)
         self.schedule_store = await asyncio.to_thread(ScheduleStore,
                                                       self._path(o.schedule_db))
+        stack.push_async_callback(asyncio.to_thread, self.schedule_store.close)
+        stack.push_async_callback(self.tasks.cancel)  # whatever is left of the master's
+        self.experiment_db = ExperimentDB(
+            o.lab_dir, self.repository, o.experiment_subdir,
+            device_keys=lambda: self.device_db.get_device_db().keys(), config=self.config,
+            launcher=self.launcher, tasks=self.tasks)
+        self.interactive_db = InteractiveArgDB()
         self.scheduler = Scheduler(
             RIDCounter(self._path("last_rid.pyon")),
-            SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"), build_timeout=o.build_timeout,
-                            term_timeout=o.term_timeout, kill_timeout=o.kill_timeout),
-            worker_handlers=self._worker_handlers, repository=self.repository,
-            check_submission=self.experiment_db.check_submission,
+            SchedulerConfig(lab_dir=o.lab_dir, results_dir=self._path("results"),
+                            build_timeout=o.build_timeout, term_timeout=o.term_timeout,
+                            kill_timeout=o.kill_timeout),
+            launcher=self.launcher, worker_handlers=self._worker_handlers,
+            repository=self.repository, check_submission=self.experiment_db.check_submission,
             store=self.schedule_store)
         self.scheduler.explist = self.experiment_db.explist
         self.scheduler.on_run_end.append(
             lambda run, end: self.interactive_db.cancel_if_pending(run.rid))
         self.history = await asyncio.to_thread(History, self._path(o.history_db),
                                                o.lab_dir, self.scheduler)
+        stack.push_async_callback(asyncio.to_thread, self.history.close)
         self.scheduler.on_run_end.append(self.history.on_run_end)
         # never a RID again that history holds (last_rid.pyon may be torn, or older)
         self.scheduler.rid_counter.reserve_up_to(max(self.history.notifier.raw_view,
@@ -144,12 +267,11 @@ class Master:
         self.scheduler.progress.history = self.history
         self.scheduler.queue.resolve_device = lambda key: follow_aliases(
             self.device_db.data.raw_view.__getitem__, key)[0]
-        # the saved schedule comes back before anyone can submit
-        await self.scheduler.restore()
 
         self.broadcaster = Broadcaster(limits=o.connection_limits)
-        self._log_handler = LogBroadcastHandler(self.broadcaster)
-        logging.getLogger().addHandler(self._log_handler)
+        log_handler = LogBroadcastHandler(self.broadcaster)
+        logging.getLogger().addHandler(log_handler)
+        stack.callback(logging.getLogger().removeHandler, log_handler)
         self.notifiers = {
             "schedule": self.scheduler.notifier,
             "devices": self.device_db.data,
@@ -171,100 +293,104 @@ class Master:
             "history": HistoryTarget(self.history),
         }
         # every argument of every method is checked (targets.SPECS) before it runs
-        self.targets = {name: Target(obj, name, SPECS[name]) for name, obj in exposed.items()}
-        self.servers = {
-            "notify": (Publisher(self.notifiers, limits=o.connection_limits), o.port_notify),
-            "control": (Server(self.targets, description="labpipe master",
-                               limits=o.connection_limits), o.port_control),
-            "logging": (LogServer(limits=o.connection_limits), o.port_logging),
-            "broadcast": (self.broadcaster, o.port_broadcast),
-        }
-        for server, port in self.servers.values():
-            await server.start(o.bind, port, ssl=ssl_context)
+        self.targets: dict[str, object] = {name: Target(obj, name, SPECS[name])
+                                           for name, obj in exposed.items()}
+        await self._open_port(stack, "notify", Publisher(
+            self.notifiers, limits=o.connection_limits), o.port_notify, ssl_context)
+        await self._open_port(stack, "logging", LogServer(limits=o.connection_limits),
+                              o.port_logging, ssl_context)
+        await self._open_port(stack, "broadcast", self.broadcaster, o.port_broadcast,
+                              ssl_context)
+        # the saved schedule comes back before anyone can submit
+        stack.push_async_callback(self.scheduler.stop)
+        await self.scheduler.restore()
+        await self._open_port(stack, "control", Server(
+            self.targets, description="labpipe master", limits=o.connection_limits),
+            o.port_control, ssl_context)
         # the push hook needs the control port, so the repository comes after the ports
+        stack.push_async_callback(self.experiment_db.close)
         await self.experiment_db.start(
             control_port=self.port("control"), control_host=o.bind[0],
             control_tls=None if self.tls is None else self.tls.for_own_server())
         self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
+        # the first thing at exit: no new requests while the rest stops
+        stack.push_async_callback(self._close_port, "control")
 
-    async def _claim_lab(self):
+    async def _claim_lab(self, stack: AsyncExitStack) -> ProcessRecords:
         """Lock the lab (before any state is touched), end what a previous master left
         running, and record from now on the processes this one starts."""
         o = self.options
         lock = LabLock(o.lab_dir)
         lock.acquire()  # LabBusy: nothing was touched
+        stack.callback(lock.release)  # the last thing at exit
         self._lab_lock = lock
         lock.describe(o.bind, {"control": o.port_control, "notify": o.port_notify,
                                "logging": o.port_logging, "broadcast": o.port_broadcast})
         path = self._path(PROCESSES_FILE)
         await asyncio.to_thread(end_leftovers, path)
-        self._process_records = ProcessRecords(path)
-        launcher.on_process_started = self._process_records.add
+        records = ProcessRecords(path)
+        # every process was stopped by then: what still runs (the template of a
+        # borrowed launcher) ends with its owner, never to be killed by the next master
+        stack.push_async_callback(asyncio.to_thread, records.clear)
+        return records
 
-    def port(self, channel: str) -> int:
-        """The port a channel (notify, control, logging, broadcast) listens on."""
-        return self.servers[channel][0].port
+    def _take_launcher(self, stack: AsyncExitStack, records: ProcessRecords) -> Launcher:
+        """The launcher of this master's workers, recording every process it starts."""
+        launcher = self._borrowed_launcher
+        if launcher is None:
+            launcher = Launcher(on_process_started=records.add)
+            # its templates end once their processes have (waits up to 2 s each)
+            stack.push_async_callback(asyncio.to_thread, launcher.close)
+            return launcher
+        launcher.on_process_started = records.add
 
-    async def stop(self):
-        """Stop in order: the control port first, then runs, then the rest."""
-        control = self.servers.get("control")
-        if control:
-            await control[0].stop()
-        if hasattr(self, "scheduler"):
-            await self.scheduler.stop()
-        if hasattr(self, "experiment_db"):
-            await self.experiment_db.close()
-        for name, (server, _) in self.servers.items():
-            if name != "control":
-                await server.stop()
-        if self._log_handler is not None:
-            logging.getLogger().removeHandler(self._log_handler)
-        await asyncio.to_thread(launcher.discard_spares)
-        if hasattr(self, "dataset_db"):
-            await asyncio.to_thread(self.dataset_db.close)  # joins its writer thread
-        # closing waits for a commit under way: in threads
-        if hasattr(self, "history"):
-            await asyncio.to_thread(self.history.close)
-        if hasattr(self, "schedule_store"):
-            await asyncio.to_thread(self.schedule_store.close)
-        if hasattr(self, "repository"):
-            self.repository.close()
-        if self._process_records is not None:
-            if launcher.on_process_started == self._process_records.add:
+        def give_back() -> None:
+            if launcher.on_process_started == records.add:
                 launcher.on_process_started = None
-            # every run was stopped: what still runs (a template shared by masters of
-            # this process) ends with this process, never to be killed by the next
-            await asyncio.to_thread(self._process_records.clear)
-        if self._lab_lock is not None:
-            self._lab_lock.release()
+        stack.callback(give_back)
+        return launcher
+
+    async def _open_port(self, stack: AsyncExitStack, name: str, server: AsyncioServer,
+                         port: int, ssl_context: ssl.SSLContext | None) -> None:
+        await server.start(self.options.bind, port, ssl=ssl_context)  # or nothing bound
+        self.servers[name] = (server, port)
+        self._open[name] = server
+        stack.push_async_callback(self._close_port, name)
+
+    async def _close_port(self, name: str) -> None:
+        """Stop a server (once: the control port is closed early)."""
+        server = self._open.pop(name, None)
+        if server is not None:
+            await server.stop()
 
     # --- what a run's worker may ask of the master ---------------------------------
 
-    def _worker_handlers(self, run) -> dict:
-        scheduler = self.scheduler
+    def _worker_handlers(self, run: Run | None) -> Handlers:
+        """The master's services for a run's worker (the scheduler adds its own); for
+        None (a dry run) only the device database and the datasets, read only."""
+        handlers = (Handlers()
+                    .on(messages.GetDataset, self._get_dataset)
+                    .on(messages.GetDeviceDB, lambda m: self.device_db.get_device_db()))
+        if run is None:
+            return handlers
+        source = self.scheduler.source_of
 
-        def log(msg):
+        def log(msg: messages.Log) -> None:
             # one logger for every name the experiment chose (none created per name);
             # the run's log_level filtered these already
-            emit_remote(scheduler.source_of(run), msg.get("levelno", logging.INFO),
-                        msg.get("name") or "worker", str(msg.get("message", "")),
-                        created=msg.get("created", time.time()), check_level=False)
+            emit_remote(source(run), msg.levelno, msg.name or "worker", msg.message,
+                        created=msg.created, check_level=False)
 
-        def get_dataset(msg):
-            key = msg["key"]
-            try:
-                return self.dataset_db.data.raw_view[key]
-            except KeyError:
-                raise KeyError(f"dataset '{key}' does not exist") from None
+        return (handlers
+                .on(messages.Log, log)
+                .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
+                .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
+                    "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
+                .on(messages.Interactive, lambda m: self.interactive_db.request(
+                    run.rid, m.title, m.arglist_desc)))
 
-        return {
-            "log": log,
-            "update_dataset": lambda msg: self.dataset_db.update(msg["mod"]),
-            "get_dataset": get_dataset,
-            "get_device_db": lambda msg: self.device_db.get_device_db(),
-            "ccb_issue": lambda msg: self.broadcaster.broadcast(
-                "ccb", {"service": msg["service"], "args": msg["args"],
-                        "kwargs": msg["kwargs"]}),
-            "interactive": lambda msg: self.interactive_db.request(
-                run.rid, msg["title"], msg["arglist_desc"]),
-        }
+    def _get_dataset(self, msg: messages.GetDataset) -> tuple:
+        try:
+            return self.dataset_db.data.raw_view[msg.key]
+        except KeyError:
+            raise KeyError(f"dataset '{msg.key}' does not exist") from None

@@ -15,6 +15,7 @@ makes them wait.
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from labpipe.master.precedence import RunStatus
 
@@ -31,7 +32,7 @@ class Conflict:
     pipeline: str
     devices: tuple[str, ...]
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         """The shape published in the schedule entry's ``blocked_by`` list."""
         return {"rid": self.rid, "pipeline": self.pipeline, "devices": list(self.devices)}
 
@@ -40,7 +41,20 @@ def _identity(key: str) -> str:
     return key
 
 
-def conflicts(run, others: Iterable, *, resolve: Callable[[str], str] = _identity,
+class Holder(Protocol):
+    """What ``conflicts`` reads of a run (``master.run.Run`` has it)."""
+
+    @property
+    def rid(self) -> int: ...
+    @property
+    def pipeline_name(self) -> str: ...
+    @property
+    def status(self) -> RunStatus: ...
+    @property
+    def devices(self) -> Collection[str]: ...
+
+
+def conflicts(run: Holder, others: Iterable[Holder], *, resolve: Callable[[str], str] = _identity,
               exempt: Collection[str] = ()) -> list[Conflict]:
     """The in-use runs of other pipelines that share a device with ``run``, by RID.
 
@@ -51,7 +65,7 @@ def conflicts(run, others: Iterable, *, resolve: Callable[[str], str] = _identit
     if run.pipeline_name in exempt or not run.devices:
         return []
 
-    def canonical(keys):
+    def canonical(keys: Iterable[str]) -> set[str]:
         out = set()
         for key in keys:
             try:
@@ -72,6 +86,6 @@ def conflicts(run, others: Iterable, *, resolve: Callable[[str], str] = _identit
     return sorted(found, key=lambda c: c.rid)
 
 
-def blocked_by(found: list[Conflict]) -> list[dict] | None:
+def blocked_by(found: list[Conflict]) -> list[dict[str, Any]] | None:
     """The ``blocked_by`` value of a schedule entry: None when nothing blocks."""
     return [c.to_wire() for c in found] or None

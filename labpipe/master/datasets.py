@@ -58,13 +58,14 @@ import os
 import queue
 import threading
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy
 
 from labpipe.master.lmdb_file import LMDBFile
 from labpipe.protocol import pyon
-from labpipe.protocol.sync import Notifier, apply_mod
+from labpipe.protocol.sync import Notifier, PathMod, apply_mod
 from labpipe.worker.datasets import DatasetNotFoundError, append_row
 
 __all__ = ["DatasetDB", "DatasetNotFoundError", "DEFAULT_MAP_SIZE"]
@@ -82,6 +83,10 @@ _FIELDS = {"setitem": ("key", "value"), "delitem": ("key",), "append": ("x",),
 
 # One change for the file: (LMDB key, PYON bytes to put, or None to delete).
 _Op = tuple[bytes, bytes | None]
+# A dataset: (persist, value, metadata).
+Entry = tuple[bool, Any, dict[str, Any]]
+# A queued write: its op, and the loop and future of the coroutine waiting for it.
+_Request = tuple[_Op, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class _Writer:
@@ -90,15 +95,15 @@ class _Writer:
     def __init__(self, file: LMDBFile, label: str):
         self._file = file
         self._label = label
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"dataset_db writer {label}",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, op: _Op) -> asyncio.Future:
+    def submit(self, op: _Op) -> asyncio.Future[None]:
         """Queue op; the future is done when a committed transaction holds it."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[None] = loop.create_future()
         self._queue.put((op, loop, future))
         return future
 
@@ -107,7 +112,7 @@ class _Writer:
         self._queue.put(None)
         self._thread.join()
 
-    def _run(self):
+    def _run(self) -> None:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
@@ -120,9 +125,9 @@ class _Writer:
                 stopping = True
                 batch.pop()
             if batch:
-                self._commit_batch(batch)
+                self._commit_batch([request for request in batch if request is not None])
 
-    def _commit_batch(self, batch):
+    def _commit_batch(self, batch: list[_Request]) -> None:
         try:
             self._commit([op for op, _, _ in batch])
         except Exception as e:
@@ -141,14 +146,14 @@ class _Writer:
             for request in batch:
                 self._resolve(request, None)
 
-    def _commit(self, ops: list[_Op]):
+    def _commit(self, ops: list[_Op]) -> None:
         self._file.write_now(ops)
 
     @staticmethod
-    def _resolve(request, error):
+    def _resolve(request: _Request, error: BaseException | None) -> None:
         _, loop, future = request
 
-        def resolve():
+        def resolve() -> None:
             if future.done():  # the caller was cancelled; the change is committed anyway
                 return
             if error is None:
@@ -161,13 +166,13 @@ class _Writer:
             pass
 
 
-def _traverse_plain(obj: Any, path: list) -> Any:
+def _traverse_plain(obj: Any, path: list[Any]) -> Any:
     for k in path:
         obj = obj[k]
     return obj
 
 
-def _check_entry(entry: Any) -> tuple[bool, Any, dict]:
+def _check_entry(entry: Any) -> Entry:
     """A valid (persist, value, metadata) tuple from a mod's value, or ValueError."""
     if not isinstance(entry, (tuple, list)) or len(entry) != 3:
         raise ValueError("a dataset entry must be (persist, value, metadata)")
@@ -182,7 +187,7 @@ def _check_entry(entry: Any) -> tuple[bool, Any, dict]:
 class DatasetDB:
     """Datasets of the master; see the module docstring for the contract."""
 
-    def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE):
+    def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE):
         self.path = os.fspath(path)
         self._file = LMDBFile(self.path, map_size, "dataset database")
         self._env = self._file.env
@@ -195,11 +200,12 @@ class DatasetDB:
         self.data = Notifier(backing)
         self._writer: _Writer | None = _Writer(self._file, self.path)
         # changes queued (commit under way) and not yet applied in memory, in order
-        self._applies: deque = deque()
+        self._applies: deque[tuple[asyncio.Future[None] | None, str, Callable[[], None]]] = \
+            deque()
         #: key -> [entry as the queued changes leave it, private copy?, changes queued]
-        self._overlay: dict[str, list] = {}
+        self._overlay: dict[str, list[Any]] = {}
 
-    def _load(self) -> dict:
+    def _load(self) -> dict[str, Entry]:
         entries = {}
         with self._env.begin() as txn:
             for raw_key, raw_data in txn.cursor():
@@ -214,7 +220,7 @@ class DatasetDB:
 
     # -- reading
 
-    def _entry(self, key: str) -> tuple[bool, Any, dict]:
+    def _entry(self, key: str) -> Entry:
         try:
             return self.data.raw_view[key]
         except (KeyError, TypeError):
@@ -224,14 +230,14 @@ class DatasetDB:
         """The value of dataset key."""
         return self._entry(key)[1]
 
-    def get_metadata(self, key: str) -> dict:
+    def get_metadata(self, key: str) -> dict[str, Any]:
         """The metadata of dataset key."""
         return self._entry(key)[2]
 
     # -- writing
 
     @staticmethod
-    def _check_key(key: Any):
+    def _check_key(key: Any) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError(f"a dataset key must be a non-empty str, not {key!r:.100}")
 
@@ -242,7 +248,7 @@ class DatasetDB:
                              f"({len(data)} bytes in UTF-8, at most {self._max_key_size})")
         return data
 
-    def _disk_op(self, key: str, entry: tuple | None, was_persistent: bool) -> _Op | None:
+    def _disk_op(self, key: str, entry: Entry | None, was_persistent: bool) -> _Op | None:
         """The file change that makes the file match entry (None: nothing to do)."""
         if entry is not None and entry[0]:
             record = {"value": entry[1], "metadata": entry[2]}
@@ -255,7 +261,7 @@ class DatasetDB:
             return self._lmdb_key(key), None
         return None
 
-    def _submit(self, op: _Op | None) -> asyncio.Future | None:
+    def _submit(self, op: _Op | None) -> asyncio.Future[None] | None:
         if op is None:
             return None
         if self._writer is None:
@@ -265,7 +271,7 @@ class DatasetDB:
     # -- durable, ordered publication: a change reaches memory (and subscribers) only
     # once its commit is done, in the order the changes were made
 
-    def _state(self, key: str):
+    def _state(self, key: str) -> Entry | None:
         """The entry of key as the changes queued so far leave it (None: no dataset)."""
         try:
             if key in self._overlay:
@@ -274,7 +280,9 @@ class DatasetDB:
         except TypeError:  # an unhashable key names no dataset
             return None
 
-    def _enqueue(self, key: str, entry, op: _Op | None, apply, private: bool = False):
+    def _enqueue(self, key: str, entry: Entry | None, op: _Op | None,
+                 apply: Callable[[], None], private: bool = False
+                 ) -> asyncio.Future[None] | None:
         """Queue a change: op for the file (or None), apply() to do it in memory (and
         publish it) once op and every change queued before are committed."""
         future = self._submit(op)
@@ -287,7 +295,7 @@ class DatasetDB:
             future.add_done_callback(lambda _: self._drain())
         return future
 
-    def _drain(self):
+    def _drain(self) -> None:
         while self._applies:
             future, key, apply = self._applies[0]
             if future is not None and not future.done():
@@ -305,25 +313,25 @@ class DatasetDB:
             except Exception:
                 logger.exception("dataset %r: a change could not be applied", key)
 
-    async def _wait(self, future: asyncio.Future | None):
+    async def _wait(self, future: asyncio.Future[None] | None) -> None:
         if future is not None:
             # shielded: a cancelled caller's change is still applied once committed
             await asyncio.shield(future)
 
-    async def _replace(self, key: str, entry: tuple | None):
+    async def _replace(self, key: str, entry: Entry | None) -> None:
         """Set (or, with None, delete) the entry of key: on disk, then in memory."""
         old = self._state(key)
         op = self._disk_op(key, entry, old is not None and old[0])
-        if entry is None:
-            def apply():
+
+        def apply() -> None:
+            if entry is None:
                 del self.data[key]
-        else:
-            def apply():
+            else:
                 self.data[key] = entry
         await self._wait(self._enqueue(key, entry, op, apply))
 
     async def set(self, key: str, value: Any, persist: bool | None = None,
-                  metadata: dict | None = None) -> None:
+                  metadata: dict[str, Any] | None = None) -> None:
         """Set a dataset; returns once a persistent one is committed to disk, and
         publishes the change only then.
 
@@ -344,7 +352,7 @@ class DatasetDB:
             raise DatasetNotFoundError(f"dataset {key!r} does not exist")
         await self._replace(key, None)
 
-    async def update(self, mod: dict) -> None:
+    async def update(self, mod: dict[str, Any]) -> None:
         """Apply one mod of the datasets notifier's shape (rules in the module docstring)."""
         if not isinstance(mod, dict) or mod.get("action") not in _FIELDS:
             raise ValueError(f"not a dataset mod: {mod!r:.200}")
@@ -354,6 +362,7 @@ class DatasetDB:
         missing = [name for name in _FIELDS[action] if name not in mod]
         if missing:
             raise ValueError(f"{action} mod without {', '.join(missing)}: {mod!r:.200}")
+        checked = cast(PathMod, mod)  # its action and that action's fields are there
         if not path:
             if action == "setitem":
                 self._check_key(mod["key"])
@@ -371,55 +380,57 @@ class DatasetDB:
             raise ValueError(f"dataset {key!r}: a mod must change the value (path [key, 1, "
                              f"...]) or the metadata ([key, 2, ...]), not the entry tuple")
         if not entry[0] and key not in self._overlay and not self._applies:
-            self._apply_inside(path, mod)  # in memory only, nothing queued: at once
+            self._apply_inside(path, checked)  # in memory only, nothing queued: at once
             return
         # the entry as this mod leaves it, worked out on a private copy: the file gets
         # it, memory gets the mod once it is committed (a failing mod changes nothing)
         held = self._overlay.get(key)
         private = held is not None and held[1]
         new = self._applied_copy(entry if private else copy.deepcopy(entry), path,
-                                 copy.deepcopy(mod))
+                                 copy.deepcopy(checked))
         op = self._disk_op(key, new, entry[0]) if entry[0] else None
-        await self._wait(self._enqueue(key, new, op, lambda: self._apply_inside(path, mod),
-                                       private=True))
+        await self._wait(self._enqueue(key, new, op,
+                                       lambda: self._apply_inside(path, checked), private=True))
 
     @staticmethod
-    def _applied_copy(entry: tuple, path: list, mod: dict) -> tuple:
+    def _applied_copy(entry: Entry, path: list[Any], mod: PathMod) -> Entry:
         """entry (a private copy) with mod applied, as ``_apply_inside`` would."""
         action = mod["action"]
         persist, value, metadata = entry
-        parts = [persist, value, metadata]
+        parts: list[Any] = [persist, value, metadata]
         try:
             inner = path[1:]
             container = _traverse_plain(parts, inner)
-            if action == "append" and isinstance(container, numpy.ndarray):
+            if mod["action"] == "append" and isinstance(container, numpy.ndarray):
                 grown = append_row(container, mod["x"])
                 _traverse_plain(parts, inner[:-1])[inner[-1]] = grown
             else:
                 if isinstance(container, tuple):
                     raise TypeError("a tuple cannot be modified")
-                apply_mod(container, {**mod, "path": []})
+                at_container = mod.copy()
+                at_container["path"] = []
+                apply_mod(container, at_container)
         except (LookupError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"dataset {path[0]!r}: cannot apply the {action} mod at path "
                              f"{path}: {type(e).__name__}: {e}") from None
         if not isinstance(parts[2], dict):
             raise ValueError(f"dataset {path[0]!r}: the metadata must stay a dict")
-        return tuple(parts)
+        return (parts[0], parts[1], parts[2])
 
-    def _apply_inside(self, path: list, mod: dict):
+    def _apply_inside(self, path: list[Any], mod: PathMod) -> None:
         action = mod["action"]
         try:
             view = self._view(path)
-            if action == "setitem":
+            if mod["action"] == "setitem":
                 view[mod["key"]] = mod["value"]
-            elif action == "delitem":
+            elif mod["action"] == "delitem":
                 del view[mod["key"]]
-            elif action == "append":
+            elif mod["action"] == "append":
                 if isinstance(view.raw_view, numpy.ndarray):
                     self._append_to_array(path, mod["x"])
                 else:
                     view.append(mod["x"])
-            elif action == "insert":
+            elif mod["action"] == "insert":
                 view.insert(mod["i"], mod["x"])
             else:
                 view.pop(mod["i"])
@@ -427,7 +438,7 @@ class DatasetDB:
             raise ValueError(f"dataset {path[0]!r}: cannot apply the {action} mod at path "
                              f"{path}: {type(e).__name__}: {e}") from None
 
-    def _append_to_array(self, path: list, x: Any):
+    def _append_to_array(self, path: list[Any], x: Any) -> None:
         array = append_row(self._at(path), x)
         if len(path) == 2:  # the dataset's value, inside the entry tuple: replace the entry
             persist, _, metadata = self.data.raw_view[path[0]]
@@ -435,13 +446,13 @@ class DatasetDB:
         else:
             self._view(path[:-1])[path[-1]] = array
 
-    def _view(self, path: list) -> Notifier:
+    def _view(self, path: list[Any]) -> Notifier:
         view = self.data
         for k in path:
             view = view[k]
         return view
 
-    def _at(self, path: list) -> Any:
+    def _at(self, path: list[Any]) -> Any:
         return self._view(path).raw_view
 
     def close(self) -> None:

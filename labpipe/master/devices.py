@@ -51,7 +51,7 @@ class DeviceDBError(ValueError):
     """device_db.py cannot be loaded; the message is one line saying why."""
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

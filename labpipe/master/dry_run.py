@@ -9,41 +9,57 @@ no RID is taken; the worker's logs, dataset writes and submissions are dropped, 
 dry run leaves no trace in the schedule, the datasets or the results.
 """
 
-import logging
+from __future__ import annotations
 
-from labpipe.worker.handle import Worker, WorkerError, WorkerFailed
+import logging
+from typing import TYPE_CHECKING, Any
+
+from labpipe.master.expid import validate_submission
+from labpipe.master.repository.db import caller
+from labpipe.worker import messages
+from labpipe.worker.handle import Handlers, Worker, WorkerError, WorkerFailed
+
+if TYPE_CHECKING:  # the scheduler imports this module: no import at run time
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["validate_run"]
 
 logger = logging.getLogger(__name__)
-
-#: Worker messages a dry run answers; everything else a build could send is dropped.
-_SILENT = ("log", "update_dataset", "ccb_issue", "set_progress")
 
 
 def _strip_rid(message: str) -> str:
     return message.split(": ", 1)[1] if message.startswith("RID ") else message
 
 
-def _handlers(scheduler) -> dict:
-    base = scheduler.worker_handlers(None)
-    handlers = {name: (lambda msg: None) for name in _SILENT}
-    for name in ("get_device_db", "get_dataset"):
-        if name in base:
-            handlers[name] = base[name]
-    if "get_device_db" not in handlers:
-        handlers["get_device_db"] = lambda msg: {}
-    handlers["check_pause"] = lambda msg: False
-    handlers["check_termination"] = lambda msg: False
-    handlers["get_status"] = lambda msg: scheduler.get_status()
-    handlers["interactive"] = lambda msg: None  # cancelled: nobody is asked
-    return handlers
+def _drop(msg: messages.Message) -> None:
+    pass
 
 
-async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
-    """The problems of a submission; see the module docstring."""
-    from labpipe.master.repository.db import caller
-    from labpipe.master.scheduler import validate_submission
+def _handlers(scheduler: Scheduler) -> Handlers:
+    """A dry run's table: the master's device database and datasets (read only, from
+    ``worker_handlers(None)``; no device database: an empty one) and the dry run's own
+    answers. What the worker streams is dropped; it cannot submit or delete runs."""
+    services = scheduler.worker_handlers(None).only(messages.GetDeviceDB,
+                                                    messages.GetDataset)
+    own = (Handlers()
+           .on(messages.Log, _drop)
+           .on(messages.UpdateDataset, _drop)
+           .on(messages.CCBIssue, _drop)
+           .on(messages.SetProgress, _drop)
+           .on(messages.CheckPause, lambda m: False)
+           .on(messages.CheckTermination, lambda m: False)
+           .on(messages.GetStatus, lambda m: scheduler.get_status())
+           .on(messages.Interactive, lambda m: None))  # cancelled: nobody is asked
+    if messages.GetDeviceDB not in services:
+        own.on(messages.GetDeviceDB, lambda m: {})
+    return services.merged(own)
+
+
+async def validate_run(scheduler: Scheduler, pipeline_name: str,
+                       expid: dict[str, Any]) -> list[str]:
+    """The problems of a submission; see the module docstring. Uses the scheduler's
+    public surface only: its configuration, ``check_submission``, ``worker_handlers``,
+    ``launcher`` and ``checkout_rev``/``release_rev``."""
     logger.info("validate(%r, file %r%s) called by %s", pipeline_name,
                 expid.get("file") if isinstance(expid, dict) else None,
                 ", with content" if isinstance(expid, dict) and "content" in expid else "",
@@ -63,11 +79,12 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
     try:
         if "repo_rev" in expid:
             try:
-                workdir, repo_rev, _ = await scheduler._checkout(expid["repo_rev"])
+                workdir, repo_rev, _ = await scheduler.checkout_rev(expid["repo_rev"])
             except Exception as e:
                 return [f"cannot check out revision {expid['repo_rev']!r}: {e}"]
             expid["repo_rev"] = repo_rev
-        worker = Worker(0, _handlers(scheduler), term_timeout=scheduler.config.term_timeout,
+        worker = Worker(0, _handlers(scheduler), launcher=scheduler.launcher,
+                        term_timeout=scheduler.config.term_timeout,
                         kill_timeout=scheduler.config.kill_timeout)
         try:
             return await worker.validate(expid=expid, workdir=workdir,
@@ -80,4 +97,4 @@ async def validate_run(scheduler, pipeline_name, expid) -> list[str]:
         finally:
             await worker.close()
     finally:
-        scheduler._release(repo_rev)
+        scheduler.release_rev(repo_rev)

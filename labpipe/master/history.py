@@ -24,18 +24,28 @@ disk before the scheduler forgets the run's stored submission). The RPC target
 notifier ``{rid: record}`` holds the most recent ``NOTIFIER_SIZE`` records.
 """
 
+from __future__ import annotations
+
 import asyncio
+import builtins
 import hashlib
 import logging
 import os
 import struct
 import time
+from typing import TYPE_CHECKING, Any
 
-from labpipe.master.lmdb_file import LMDBFile
+import lmdb
+
+from labpipe.master.lmdb_file import LMDBFile, Stored
 from labpipe.master.schedule_store import rid_key
 from labpipe.master.scheduler import EXPID_KEYS
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier
+
+if TYPE_CHECKING:
+    from labpipe.master.run import Run, RunEnd
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["History", "HistoryTarget", "NOTIFIER_SIZE"]
 
@@ -45,8 +55,11 @@ NOTIFIER_SIZE = 1000
 #: What resubmit(rid, overrides) may change besides the expid's own keys.
 _SCHEDULING_OVERRIDES = {"pipeline", "priority", "due_date", "flush"}
 
+#: A history record (see the module docstring).
+Record = dict[str, Any]
 
-def content_fingerprint(expid) -> dict | None:
+
+def content_fingerprint(expid: Any) -> dict[str, Any] | None:
     """``{"sha256", "size"}`` of a submitted content's UTF-8 text, None without one."""
     content = expid.get("content") if isinstance(expid, dict) else None
     if not isinstance(content, str):
@@ -55,7 +68,7 @@ def content_fingerprint(expid) -> dict | None:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def _stages(stage_times: dict, ended: float) -> dict:
+def _stages(stage_times: dict[str, float], ended: float) -> dict[str, dict[str, float]]:
     ordered = sorted(stage_times.items(), key=lambda kv: kv[1])
     stages = {}
     for i, (stage, start) in enumerate(ordered):
@@ -67,12 +80,13 @@ def _stages(stage_times: dict, ended: float) -> dict:
 class History:
     """The ``history`` RPC target, its notifier and its file."""
 
-    def __init__(self, path: str | os.PathLike, lab_dir: str = ".", scheduler=None):
+    def __init__(self, path: str | os.PathLike[str], lab_dir: str = ".",
+                 scheduler: Scheduler | None = None):
         self.file = LMDBFile(path, label="history")
         self.path = self.file.path
         self.lab_dir = os.path.abspath(lab_dir)
         self.scheduler = scheduler
-        self._waiters: dict[int, list[asyncio.Future]] = {}
+        self._waiters: dict[int, builtins.list[asyncio.Future[Record]]] = {}
         backing = {}
         for key, data in self.file.items_now()[-NOTIFIER_SIZE:]:
             record = self._decode(key, data)
@@ -80,7 +94,7 @@ class History:
                 backing[record["rid"]] = record
         self.notifier = Notifier(backing)
 
-    def _decode(self, key, data):
+    def _decode(self, key: Stored, data: Stored) -> Record | None:
         try:
             record = pyon.decode(bytes(data).decode("utf-8"))
             if not isinstance(record, dict) or record.get("rid") != struct.unpack(
@@ -92,14 +106,14 @@ class History:
                          self.path, bytes(key), e)
             return None
 
-    def _relative(self, path):
+    def _relative(self, path: str | None) -> str | None:
         if path is None:
             return None
         path = os.path.abspath(os.path.join(self.lab_dir, path))
         relative = os.path.relpath(path, self.lab_dir)
         return path if relative.startswith("..") else relative
 
-    def record_of(self, run, end) -> dict:
+    def record_of(self, run: Run, end: RunEnd) -> Record:
         ended = time.time()
         return {"rid": run.rid, "expid": run.expid, "pipeline": run.pipeline_name,
                 "class_name": run.class_name or run.expid.get("class_name"),
@@ -110,7 +124,7 @@ class History:
                 "results": self._relative(end.results),
                 "content": content_fingerprint(run.expid)}
 
-    async def on_run_end(self, run, end):
+    async def on_run_end(self, run: Run, end: RunEnd) -> None:
         """A run left the schedule: its record goes to disk, then to the notifier."""
         record = self.record_of(run, end)
         if end.status == "interrupted" and await self._stored(run.rid) is not None:
@@ -124,13 +138,13 @@ class History:
             if not future.done():
                 future.set_result(record)
 
-    async def _stored(self, rid):
+    async def _stored(self, rid: int) -> Record | None:
         data = await self.file.read(lambda txn: txn.get(rid_key(rid)))
         return None if data is None else self._decode(rid_key(rid), data)
 
     # --- RPC -------------------------------------------------------------------------
 
-    async def get(self, rid):
+    async def get(self, rid: int) -> Record:
         """The record of run rid (KeyError when it has no record)."""
         if rid in self.notifier.raw_view:
             return self.notifier.raw_view[rid]
@@ -144,7 +158,8 @@ class History:
             raise KeyError(f"RID {rid} has no history record")
         return record
 
-    async def list(self, limit=100, before_rid=None):
+    async def list(self, limit: int = 100,
+                   before_rid: int | None = None) -> builtins.list[Record]:
         """The most recent records, newest first: at most limit of them, with RIDs
         below before_rid when given."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -153,8 +168,8 @@ class History:
                                        or not isinstance(before_rid, int)):
             raise TypeError("before_rid must be an integer or None")
 
-        def read(txn):
-            out = []
+        def read(txn: lmdb.Transaction) -> builtins.list[tuple[Stored, Stored]]:
+            out: builtins.list[tuple[Stored, Stored]] = []
             cursor = txn.cursor()
             if before_rid is None:
                 positioned = cursor.last()
@@ -170,7 +185,7 @@ class History:
         rows = await self.file.read(read)
         return [r for r in (self._decode(k, v) for k, v in rows) if r is not None]
 
-    async def resubmit(self, rid, overrides=None):
+    async def resubmit(self, rid: int, overrides: dict[str, Any] | None = None) -> int:
         """Submit run rid again (same expid, pipeline, priority, flush; same commit when
         from the repository); returns the new RID. overrides may change ``pipeline``,
         ``priority``, ``due_date``, ``flush`` and keys of the expid (``arguments`` are
@@ -180,6 +195,8 @@ class History:
         if unknown:
             raise ValueError(f"cannot override {sorted(unknown)}; valid: "
                              f"{sorted(_SCHEDULING_OVERRIDES | EXPID_KEYS)}")
+        if self.scheduler is None:
+            raise RuntimeError("this history has no scheduler to resubmit runs to")
         record = await self.get(rid)
         expid = dict(record["expid"])
         for key in EXPID_KEYS & set(overrides):
@@ -194,11 +211,11 @@ class History:
             overrides.get("priority", record["priority"]),
             overrides.get("due_date"), overrides.get("flush", record["flush"]))
 
-    async def wait(self, rid, timeout=None):
+    async def wait(self, rid: int, timeout: float | None = None) -> Record:
         """Wait until run rid has ended and return its record (TimeoutError after timeout
         seconds; KeyError for a RID that is neither scheduled nor in the history)."""
         # waiting before looking: a run ending while we look resolves the future
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rid, []).append(future)
         try:
             try:
@@ -217,7 +234,7 @@ class History:
                 if not waiters:
                     del self._waiters[rid]
 
-    def _scheduled_state(self, rid):
+    def _scheduled_state(self, rid: int) -> str | None:
         if self.scheduler is None:
             return None
         entry = self.scheduler.notifier.raw_view.get(rid)
@@ -225,7 +242,7 @@ class History:
             return "ending" if rid in self.scheduler.ending else None
         return entry["status"]
 
-    def close(self):
+    def close(self) -> None:
         for waiters in self._waiters.values():
             for future in waiters:
                 if not future.done():
@@ -239,18 +256,19 @@ class HistoryTarget:
     def __init__(self, history: History):
         self._history = history
 
-    async def get(self, rid):
+    async def get(self, rid: int) -> Record:
         """The record of run rid (KeyError when it has none)."""
         return await self._history.get(rid)
 
-    async def list(self, limit=100, before_rid=None):
+    async def list(self, limit: int = 100,
+                   before_rid: int | None = None) -> builtins.list[Record]:
         """The most recent records (at most limit, RIDs below before_rid), newest first."""
         return await self._history.list(limit, before_rid)
 
-    async def resubmit(self, rid, overrides=None):
+    async def resubmit(self, rid: int, overrides: dict[str, Any] | None = None) -> int:
         """Submit run rid again, with overrides; returns the new RID."""
         return await self._history.resubmit(rid, overrides)
 
-    async def wait(self, rid, timeout=None):
+    async def wait(self, rid: int, timeout: float | None = None) -> Record:
         """Wait until run rid has ended; returns its record."""
         return await self._history.wait(rid, timeout)

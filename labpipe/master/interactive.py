@@ -7,6 +7,7 @@ terminating the run cancels its request.
 """
 
 import asyncio
+from typing import Any
 
 from labpipe.protocol.sync import Notifier
 
@@ -16,11 +17,12 @@ __all__ = ["InteractiveArgDB"]
 class InteractiveArgDB:
     """The ``interactive_arg_db`` RPC target and its notifier."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.notifier = Notifier({})
-        self._futures: dict[int, asyncio.Future] = {}
+        self._futures: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
 
-    async def request(self, rid: int, title: str, arglist_desc: list):
+    async def request(self, rid: int, title: str,
+                      arglist_desc: list[Any]) -> dict[str, Any] | None:
         """Publish a request for run rid and wait for the values (None when cancelled)."""
         if rid in self._futures:
             raise RuntimeError(f"RID {rid} already waits for interactive arguments")
@@ -33,7 +35,7 @@ class InteractiveArgDB:
             del self._futures[rid]
             del self.notifier[rid]
 
-    def supply(self, rid, values):
+    def supply(self, rid: int, values: dict[str, Any]) -> None:
         """Give run rid the values of its interactive arguments ({key: value})."""
         if not isinstance(values, dict):
             raise TypeError("values must be a dict {argument: value}")
@@ -41,22 +43,23 @@ class InteractiveArgDB:
         expected = {desc[0] for desc in self.notifier.raw_view[rid]["arglist_desc"]}
         unknown = set(values) - expected
         if unknown:
-            raise KeyError(f"RID {rid} did not ask for {sorted(unknown)}; "
-                           f"it asks for {sorted(expected)}")
+            raise ValueError(f"RID {rid} did not ask for {sorted(unknown)}; "
+                             f"it asks for {sorted(expected)}")
         future.set_result(values)
 
-    def cancel(self, rid):
+    def cancel(self, rid: int) -> None:
         """Cancel run rid's request: the experiment gets CancelledArgsError."""
         self._pending(rid).set_result(None)
 
-    def cancel_if_pending(self, rid):
+    def cancel_if_pending(self, rid: int) -> None:
         """Cancel run rid's request if it has one (on deletion or termination)."""
         future = self._futures.get(rid)
         if future is not None and not future.done():
             future.set_result(None)
 
-    def _pending(self, rid) -> asyncio.Future:
+    def _pending(self, rid: int) -> asyncio.Future[dict[str, Any] | None]:
         future = self._futures.get(rid)
         if future is None or future.done():
-            raise KeyError(f"RID {rid} is not waiting for interactive arguments")
+            # ValueError as ARTIQ's master raises: clients may catch it by type
+            raise ValueError(f"RID {rid} is not waiting for interactive arguments")
         return future

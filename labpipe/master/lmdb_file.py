@@ -16,17 +16,27 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import lmdb
 
-__all__ = ["LMDBFile", "DEFAULT_MAP_SIZE"]
+__all__ = ["LMDBFile", "DEFAULT_MAP_SIZE", "Ops", "Stored"]
+
+#: One transaction's changes: (key, value) puts and (key, None) deletes.
+Ops = list[tuple[bytes, bytes | None]]
+#: What ``write`` takes: the ops, or a callable giving them (None: nothing to write).
+OpsOrMaker = Ops | Callable[[], Ops | None]
+#: What a read gives for a key or a value (bytes here, as no buffers are asked for).
+Stored = bytes | memoryview
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAP_SIZE = 4 * 1024 * 1024
 
 
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:
@@ -49,10 +59,10 @@ class LMDBFile:
         except lmdb.Error as e:
             raise RuntimeError(f"cannot open the {label} {self.path}: {e}") from e
         self._thread_lock = threading.Lock()  # no transaction while the map grows
-        self._queued: list[tuple[object, asyncio.Future]] = []  # writes waiting
-        self._committer: asyncio.Task | None = None
+        self._queued: list[tuple[OpsOrMaker, asyncio.Future[None]]] = []  # writes waiting
+        self._committer: asyncio.Task[None] | None = None
 
-    def write_now(self, ops: list[tuple[bytes, bytes | None]]):
+    def write_now(self, ops: Ops) -> None:
         """Commit ops ((key, value) puts, (key, None) deletes) in one transaction."""
         with self._thread_lock:
             while True:
@@ -74,13 +84,13 @@ class LMDBFile:
                     txn.abort()
                     raise
 
-    def read_now(self, fn):
+    def read_now(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """fn(txn) in a read transaction."""
         with self._thread_lock:
             with self.env.begin() as txn:
                 return fn(txn)
 
-    async def write(self, ops) -> None:
+    async def write(self, ops: OpsOrMaker) -> None:
         """Commit ops after every write asked for before, in one transaction with the
         writes asked for meanwhile (ops may be a callable returning them, called once
         the earlier writes are committed or in the same transaction); returns once they
@@ -92,10 +102,10 @@ class LMDBFile:
                                                   name=f"{self.label} commits")
         await asyncio.shield(future)
 
-    async def _commit_queued(self):
+    async def _commit_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            prepared = []
+            prepared: list[tuple[Ops | None, asyncio.Future[None]]] = []
             for ops, future in batch:
                 try:
                     prepared.append((ops() if callable(ops) else ops, future))
@@ -114,7 +124,9 @@ class LMDBFile:
             for _, future in prepared:
                 _settle(future, None)
 
-    async def _commit_one_by_one(self, prepared):
+    async def _commit_one_by_one(self,
+                                 prepared: list[tuple[Ops | None, asyncio.Future[None]]]
+                                 ) -> None:
         for ops, future in prepared:
             try:
                 if ops:
@@ -124,12 +136,12 @@ class LMDBFile:
             else:
                 _settle(future, None)
 
-    async def read(self, fn):
+    async def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         return await asyncio.to_thread(self.read_now, fn)
 
-    def items_now(self) -> list[tuple[bytes, bytes]]:
+    def items_now(self) -> list[tuple[Stored, Stored]]:
         return self.read_now(lambda txn: list(txn.cursor().iternext()))
 
-    def close(self):
+    def close(self) -> None:
         with self._thread_lock:
             self.env.close()

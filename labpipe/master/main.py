@@ -4,13 +4,19 @@ Its top level imports only what the command line needs (``--help`` and a bad opt
 answer at once); the master itself is imported in ``main()``.
 """
 
+from __future__ import annotations
+
 import argparse
 import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from labpipe import __version__
+
+if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
+    from labpipe.master.assembly import MasterOptions
 
 __all__ = ["get_argparser", "main"]
 
@@ -63,12 +69,12 @@ def get_argparser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args):
+def _setup_logging(args: argparse.Namespace) -> None:
     level = max(logging.DEBUG, logging.WARNING - 10 * args.verbose + 10 * args.quiet)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
-    handlers = [(logging.StreamHandler(sys.stderr), level)]
+    handlers: list[tuple[logging.Handler, int]] = [(logging.StreamHandler(sys.stderr), level)]
     if args.log_file:
         try:
             handlers.append((logging.FileHandler(args.log_file), min(level, logging.INFO)))
@@ -82,7 +88,7 @@ def _setup_logging(args):
         root.addHandler(handler)
 
 
-def _default_source(record):
+def _default_source(record: logging.LogRecord) -> bool:
     if not hasattr(record, "source"):
         record.source = "master"
     return True
@@ -95,11 +101,11 @@ class _SourceLevel:
     def __init__(self, level: int):
         self.level = level
 
-    def filter(self, record) -> bool:
-        return record.levelno >= self.level or record.source != "master"
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or getattr(record, "source", None) != "master"
 
 
-def _options(args):
+def _options(args: argparse.Namespace) -> MasterOptions:
     from labpipe.master.assembly import MasterOptions
     from labpipe.protocol.tls import TLSFiles
     bind = args.bind or ["127.0.0.1", "::1"]
@@ -114,25 +120,24 @@ def _options(args):
         kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl))
 
 
-async def _serve(options):
+async def _serve(options: MasterOptions) -> None:
     from labpipe.master.assembly import Master
     master = Master(options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.terminate_requested.set)
-    try:
-        await master.start()
+    # the master's exit stops it in order, however the block ends (a fatal task's
+    # failure included: then it raises MasterFailed)
+    async with master:
         ports = ", ".join(f"{name} {master.port(name)}"
                           for name in ("control", "notify", "broadcast", "logging"))
         tls = " with TLS" if options.tls is not None else ""
         print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
         await master.terminate_requested.wait()
         logger.info("shutting down")
-    finally:
-        await master.stop()
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> None:
     """Run the master until SIGINT, SIGTERM or ``master_management.terminate()``."""
     args = get_argparser().parse_args(argv)
     try:

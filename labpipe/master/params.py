@@ -282,6 +282,8 @@ class Record(Check):
 
 _SCALARS = (type(None), bool, float, str, bytes, complex)
 _CONTAINERS = (list, tuple, set, dict, OrderedDict)
+#: What PyonValue found wrong: (exception class, reason, the refused part).
+_Problem = tuple[type[Exception], str, Any]
 
 
 class PyonValue(Check):
@@ -307,7 +309,7 @@ class PyonValue(Check):
         except (TypeError, ValueError, RecursionError, OverflowError):
             raise _refuse(ValueError, path, self.allowed, value) from None
 
-    def _problem(self, value: Any, depth: int, budget: list[int]):
+    def _problem(self, value: Any, depth: int, budget: list[int]) -> _Problem | None:
         """(class, reason, culprit) of the first part of value that is refused."""
         budget[0] -= 1
         if budget[0] < 0:
@@ -338,7 +340,7 @@ class PyonValue(Check):
             return self._first(value, depth + 1, budget)
         return TypeError, f"{_type_name(value)} does not round-trip", value
 
-    def _first(self, items, depth: int, budget: list[int]):
+    def _first(self, items: Iterable[Any], depth: int, budget: list[int]) -> _Problem | None:
         for item in items:
             problem = self._problem(item, depth, budget)
             if problem is not None:

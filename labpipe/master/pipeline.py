@@ -7,31 +7,46 @@ otherwise waits for the pool to change. A run that fails, is terminated or delet
 through ``Scheduler.end_run``; stage loops never die of a run's failure.
 """
 
+from __future__ import annotations
+
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from labpipe.master import precedence
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
-from labpipe.worker.handle import WorkerClosed, WorkerError, WorkerFailed
+from labpipe.worker.handle import Worker, WorkerClosed, WorkerError, WorkerFailed
+from labpipe.worker.messages import Paused, Terminated
+
+if TYPE_CHECKING:
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["Pipeline", "StateChanged"]
 
 logger = logging.getLogger(__name__)
 
 
+def _worker_of(run: Run) -> Worker:
+    """The worker of a run past its build (``Scheduler.build_run`` gave it one)."""
+    if run.worker is None:
+        raise WorkerError(f"RID {run.rid} has no worker")
+    return run.worker
+
+
 class StateChanged:
     """A broadcast wake-up: ``notify()`` releases everyone waiting at that moment."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._event = asyncio.Event()
 
-    def notify(self):
+    def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float | None = None):
+    async def wait(self, timeout: float | None = None) -> None:
         """Wait for the next notify(), or at most timeout seconds."""
         event = self._event
         try:
@@ -44,19 +59,20 @@ class StateChanged:
 class Pipeline:
     """The runs of one pipeline and the stage loops that move them."""
 
-    def __init__(self, name: str, scheduler):
+    def __init__(self, name: str, scheduler: Scheduler):
         self.name = name
         self.scheduler = scheduler
         self.runs: dict[int, Run] = {}
         self.state_changed = StateChanged()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self):
+    def start(self) -> None:
+        """Start the stage loops, as tasks of the scheduler's supervised ``tasks``."""
         for loop in (self._prepare_loop, self._run_loop, self._analyze_loop):
-            self._tasks.append(asyncio.create_task(self._guarded(loop),
-                                                   name=f"{self.name}:{loop.__name__}"))
+            self._tasks.append(self.scheduler.tasks.spawn(
+                self._guarded(loop), loop.__name__, context=f"pipeline {self.name}"))
 
-    async def _guarded(self, loop):
+    async def _guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a stage loop forever: a bug in it is logged, never the pipeline's end."""
         while True:
             try:
@@ -66,7 +82,7 @@ class Pipeline:
                                  loop.__name__)
                 await asyncio.sleep(0.1)  # do not spin if it fails at once again
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Cancel the stage loops (runs are closed by the scheduler)."""
         for task in self._tasks:
             task.cancel()
@@ -74,7 +90,7 @@ class Pipeline:
 
     # --- the loops ----------------------------------------------------------------
 
-    async def _prepare_loop(self):
+    async def _prepare_loop(self) -> None:
         while True:
             candidate = precedence.next_to_prepare(self.runs.values(), time.time())
             if not isinstance(candidate, Run):
@@ -98,7 +114,7 @@ class Pipeline:
             noted = self.scheduler.note_preparing(run)
             try:
                 await self.scheduler.build_run(run)
-                await run.worker.prepare()
+                await _worker_of(run).prepare()
                 await noted
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await asyncio.gather(noted, return_exceptions=True)
@@ -106,7 +122,7 @@ class Pipeline:
                 continue
             run.status = RunStatus.prepare_done
 
-    async def _run_loop(self):
+    async def _run_loop(self) -> None:
         while True:
             run = precedence.next_to_run(self.runs.values())
             if run is None or not self.scheduler.may_start_run(run):
@@ -119,23 +135,22 @@ class Pipeline:
             try:
                 if resuming:
                     terminate, run.termination_requested = run.termination_requested, False
-                    outcome = await run.worker.resume(terminate)
+                    outcome = await _worker_of(run).resume(terminate)
                 else:
-                    outcome = await run.worker.run()
+                    outcome = await _worker_of(run).run()
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "run", exc)
                 continue
-            action = outcome["action"]
-            if action == "paused":
+            if isinstance(outcome, Paused):
                 run.status = RunStatus.paused
-            elif action == "terminated":
+            elif isinstance(outcome, Terminated):
                 logger.info("RID %d: terminated on request", run.rid)
                 await self.scheduler.end_run(run, RunEnd("terminated",
-                                                         results=outcome.get("results")))
+                                                         results=outcome.results))
             else:
                 run.status = RunStatus.run_done
 
-    async def _analyze_loop(self):
+    async def _analyze_loop(self) -> None:
         while True:
             run = precedence.next_to_analyze(self.runs.values())
             if run is None:
@@ -143,13 +158,13 @@ class Pipeline:
                 continue
             run.status = RunStatus.analyzing
             try:
-                results = await run.worker.analyze()
+                results = await _worker_of(run).analyze()
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "analyze", exc)
                 continue
             await self.scheduler.end_run(run, RunEnd("completed", results=results))
 
-    async def _stage_failed(self, run: Run, stage: str, exc: Exception):
+    async def _stage_failed(self, run: Run, stage: str, exc: Exception) -> None:
         """Log a stage's failure and take the run out; a deleted run just goes. Any
         exception (a worker that could not even start: OSError, ForkServerError...)
         ends the run as failed, with the error in its history record."""

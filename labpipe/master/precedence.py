@@ -18,6 +18,7 @@ Every function takes the runs as an iterable of objects with the attributes ``ri
 
 from collections.abc import Iterable
 from enum import Enum
+from typing import Protocol, TypeVar
 
 
 class RunStatus(str, Enum):
@@ -33,22 +34,40 @@ class RunStatus(str, Enum):
     deleting = "deleting"
 
 
-def priority_key(run) -> tuple:
+class Ranked(Protocol):
+    """What these functions read of a run (``master.run.Run`` has it)."""
+
+    @property
+    def rid(self) -> int: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def due_date(self) -> float | None: ...
+    @property
+    def status(self) -> RunStatus: ...
+
+
+R = TypeVar("R", bound=Ranked)
+#: The ordering key of ``priority_key``.
+Key = tuple[int, float, int]
+
+
+def priority_key(run: Ranked) -> Key:
     """The key by which runs are ordered: larger goes first."""
     return (run.priority, -(run.due_date or 0.0), -run.rid)
 
 
-def _max_key(runs, statuses):
+def _max_key(runs: Iterable[Ranked], statuses: tuple[RunStatus, ...]) -> Key | None:
     return max((priority_key(r) for r in runs if r.status in statuses), default=None)
 
 
-def next_to_prepare(runs: Iterable, now: float):
+def next_to_prepare(runs: Iterable[R], now: float) -> R | float | None:
     """The run the prepare stage should start now, else the seconds until one may be due
     (a float), else None when only a change of the pool can make one eligible."""
     runs = list(runs)
     prepared_max = _max_key(runs, (RunStatus.prepare_done,))
 
-    def takes_precedence(r):
+    def takes_precedence(r: Ranked) -> bool:
         return prepared_max is None or priority_key(r) > prepared_max
 
     pending = [r for r in runs if r.status == RunStatus.pending]
@@ -61,25 +80,25 @@ def next_to_prepare(runs: Iterable, now: float):
                default=None)
 
 
-def next_to_run(runs: Iterable):
+def next_to_run(runs: Iterable[R]) -> R | None:
     """The prepared or paused run the run stage should run (or resume) now, or None."""
     ready = [r for r in runs if r.status in (RunStatus.prepare_done, RunStatus.paused)]
     return max(ready, key=priority_key, default=None)
 
 
-def next_to_analyze(runs: Iterable):
+def next_to_analyze(runs: Iterable[R]) -> R | None:
     """The run whose run stage is done that the analyze stage should take, or None."""
     done = [r for r in runs if r.status == RunStatus.run_done]
     return max(done, key=priority_key, default=None)
 
 
-def should_yield(running, runs: Iterable) -> bool:
+def should_yield(running: Ranked, runs: Iterable[Ranked]) -> bool:
     """Whether the running run would yield at pause(): a prepared run outranks it."""
     prepared_max = _max_key(runs, (RunStatus.prepare_done,))
     return prepared_max is not None and prepared_max > priority_key(running)
 
 
-def flush_done(flushing, runs: Iterable) -> bool:
+def flush_done(flushing: Ranked, runs: Iterable[Ranked]) -> bool:
     """Whether a flushing run may start preparing: every other run of its priority or
     higher that has left the pending state has left the pipeline."""
     return all(r is flushing

@@ -35,6 +35,9 @@ import statistics
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Any
+
+from labpipe.master.run import Run, RunEnd
 
 __all__ = ["Progress", "ProgressTracker", "estimate_end", "experiment_key"]
 
@@ -108,10 +111,10 @@ class ProgressTracker:
     Runs are ``labpipe.master.run.Run``: entries change only through ``run.set_field``.
     """
 
-    def __init__(self, interval: float = 0.1, history=None):
+    def __init__(self, interval: float = 0.1, history: Any = None):
         self.interval = interval
         self.history = history
-        self._durations: dict[tuple, deque] = defaultdict(
+        self._durations: dict[Any, deque[float]] = defaultdict(
             lambda: deque(maxlen=KEEP_DURATIONS))
         self._latest: dict[int, Progress] = {}
         self._last_published: dict[int, float] = {}
@@ -127,12 +130,12 @@ class ProgressTracker:
             return seen
         return self._history_durations(key)
 
-    def _history_durations(self, key) -> list[float]:
+    def _history_durations(self, key: Any) -> list[float]:
         notifier = getattr(self.history, "notifier", None)
         records = getattr(notifier, "raw_view", None)
         if not records:
             return []
-        out = []
+        out: list[float] = []
         try:
             for rid in sorted(records, reverse=True):
                 record = records[rid]
@@ -154,14 +157,14 @@ class ProgressTracker:
 
     # --- events ---------------------------------------------------------------------
 
-    def run_started(self, run):
+    def run_started(self, run: Run) -> None:
         """The run stage of run began: publish ``started``, no progress, a first eta."""
         started = run.stage_times.get("running", time.time())
         run.set_field("started", started)
         run.set_field("progress", None)
         run.set_field("eta", estimate_end(started, None, self.past_durations(run.expid)))
 
-    def report(self, run, msg: dict):
+    def report(self, run: Run, msg: dict[str, Any]) -> None:
         """A ``set_progress`` message of run: publish now, or when the interval is up."""
         try:
             progress = parse_report(msg)
@@ -178,7 +181,7 @@ class ProgressTracker:
             self._timers[run.rid] = asyncio.get_running_loop().call_later(
                 wait, self._publish, run)
 
-    def _publish(self, run):
+    def _publish(self, run: Run) -> None:
         self._timers.pop(run.rid, None)
         progress = self._latest.get(run.rid)
         if progress is None or run.rid not in run.schedule.raw_view:
@@ -189,7 +192,7 @@ class ProgressTracker:
         run.set_field("eta", estimate_end(started, progress,
                                           self.past_durations(run.expid)))
 
-    def note_run_end(self, run, end):
+    def note_run_end(self, run: Run, end: RunEnd) -> None:
         """on_run_end listener: keep the run stage's duration of a completed run, and
         forget the run."""
         timer = self._timers.pop(run.rid, None)
@@ -201,7 +204,7 @@ class ProgressTracker:
         if end.status == "completed" and start is not None and done is not None:
             self._durations[experiment_key(run.expid)].append(done - start)
 
-    def close(self):
+    def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

@@ -24,16 +24,24 @@ A run the run stage cannot start because of a device conflict shows why in its e
 Blocked pipelines are woken whenever a run of another pipeline changes status or leaves.
 """
 
+from __future__ import annotations
+
 import asyncio
 import logging
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from labpipe.master import conflicts
 from labpipe.master.precedence import RunStatus
+from labpipe.master.run import Run
 from labpipe.protocol import pyon
-from labpipe.protocol.sync import Notifier
+from labpipe.protocol.sync import Mod, Notifier
+
+if TYPE_CHECKING:  # the scheduler makes this module's QueueControl
+    from labpipe.master.scheduler import Scheduler
 
 __all__ = ["PipelineStates", "QueueControl", "check_change", "PUBLISHED_ONLY"]
 
@@ -51,7 +59,7 @@ class PipelineStates:
 
     def __init__(self, path: str | None = None):
         self.path = path
-        backing = {}
+        backing: dict[str, dict[str, bool]] = {}
         if path is not None and os.path.exists(path):
             try:
                 stored = pyon.load_file(path)
@@ -65,7 +73,7 @@ class PipelineStates:
         self.notifier = Notifier(backing)
         self._lock = asyncio.Lock()  # one change at a time: file, then notifier
 
-    def state(self, name: str) -> dict:
+    def state(self, name: str) -> dict[str, bool]:
         return self.notifier.raw_view.get(name, _DEFAULT_STATE)
 
     def is_held(self, name: str) -> bool:
@@ -75,7 +83,7 @@ class PipelineStates:
         """Pipelines whose device check is off."""
         return {n for n, s in self.notifier.raw_view.items() if not s["device_check"]}
 
-    async def set(self, name: str, key: str, value: bool):
+    async def set(self, name: str, key: str, value: bool) -> None:
         """Change one setting of a pipeline: store the states (file fsynced and
         renamed), then publish the change; a failed write changes nothing."""
         if not isinstance(name, str) or not name:
@@ -98,10 +106,11 @@ class PipelineStates:
                 self.notifier[name] = current
 
 
-def check_change(priority=None, due_date=None, pipeline_name=None, arguments=None,
-                 flush=None) -> dict:
+def check_change(priority: object = None, due_date: object = None,
+                 pipeline_name: object = None, arguments: object = None,
+                 flush: object = None) -> dict[str, Any]:
     """The fields a ``change`` sets, checked; TypeError/ValueError naming the field."""
-    changes = {}
+    changes: dict[str, Any] = {}
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError("priority must be an integer")
@@ -134,7 +143,8 @@ class QueueControl:
     ``resolve_device(key) -> key`` (optional) follows device aliases for the conflict
     check."""
 
-    def __init__(self, scheduler, state_path: str | None = None, resolve_device=None):
+    def __init__(self, scheduler: Scheduler, state_path: str | None = None,
+                 resolve_device: Callable[[str], str] | None = None):
         self.scheduler = scheduler
         self.states = PipelineStates(state_path)
         self.resolve_device = resolve_device
@@ -144,8 +154,9 @@ class QueueControl:
 
     # --- RPC ------------------------------------------------------------------------
 
-    async def change(self, rid, priority=None, due_date=None, pipeline_name=None,
-                     arguments=None, flush=None):
+    async def change(self, rid: int, priority: object = None, due_date: object = None,
+                     pipeline_name: object = None, arguments: object = None,
+                     flush: object = None) -> None:
         """Edit a pending run (see the module docstring): everything is checked, the
         new record committed to the schedule store, then the change applied and
         published. A call that fails changes nothing."""
@@ -154,8 +165,8 @@ class QueueControl:
             run = self._pending_run(rid)
             if not changes:
                 return
-            staged = {k: changes[k] for k in ("priority", "due_date", "flush")
-                      if k in changes}
+            staged: dict[str, Any] = {k: changes[k] for k in ("priority", "due_date", "flush")
+                                      if k in changes}
             if "arguments" in changes:
                 expid = dict(run.expid)
                 expid["arguments"] = {**(expid.get("arguments") or {}),
@@ -182,8 +193,8 @@ class QueueControl:
         logger.info("RID %d changed: %s", rid,
                     ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
-    def _pending_run(self, rid):
-        run = self.scheduler._find(rid)
+    def _pending_run(self, rid: int) -> Run:
+        run = self.scheduler.find(rid)
         if run.status == RunStatus.pending and run.starting_at is not None:
             raise ValueError(f"RID {rid} is being prepared: only pending runs can be "
                              f"changed (delete it and submit it again instead)")
@@ -192,7 +203,7 @@ class QueueControl:
                              f"changed (delete it and submit it again instead)")
         return run
 
-    def _apply(self, run, staged: dict):
+    def _apply(self, run: Run, staged: dict[str, Any]) -> None:
         """Apply checked, stored changes; no await: the stages never see half of it."""
         if "expid" in staged:
             run.expid = staged["expid"]
@@ -202,32 +213,20 @@ class QueueControl:
                 run.set_field(key, staged[key])
         new = staged.get("pipeline")
         if new is not None and new != run.pipeline_name:
-            self._move(run, new)
+            self.scheduler.move_run(run, new)
 
-    def _move(self, run, new_pipeline: str):
-        s = self.scheduler
-        old = s.pipelines[run.pipeline_name]
-        del old.runs[run.rid]
-        old.state_changed.notify()
-        run.pipeline_name = new_pipeline
-        s._add_run(run)  # publishes the entry afresh, with the new pipeline
-        run.set_field("pipeline", new_pipeline)  # noted by the schedule store
-        if not old.runs and s.pipelines.get(old.name) is old:
-            del s.pipelines[old.name]
-            s._spawn(old.stop())
-
-    async def hold(self, pipeline_name):
+    async def hold(self, pipeline_name: str) -> None:
         """Hold a pipeline: it prepares and starts no new run until released."""
         await self.states.set(pipeline_name, "held", True)
         logger.info("pipeline %s held", pipeline_name)
 
-    async def release(self, pipeline_name):
+    async def release(self, pipeline_name: str) -> None:
         """Release a held pipeline."""
         await self.states.set(pipeline_name, "held", False)
         logger.info("pipeline %s released", pipeline_name)
         self._wake(pipeline_name)
 
-    async def set_device_check(self, pipeline_name, enabled):
+    async def set_device_check(self, pipeline_name: str, enabled: bool) -> None:
         """Turn the cross-pipeline device-conflict check of a pipeline on or off."""
         if not isinstance(enabled, bool):
             raise TypeError("enabled must be a boolean")
@@ -236,11 +235,11 @@ class QueueControl:
 
     # --- decisions for the stages ---------------------------------------------------
 
-    def may_prepare(self, run) -> bool:
+    def may_prepare(self, run: Run) -> bool:
         """Whether the prepare stage may take run (not when its pipeline is held)."""
         return not self.states.is_held(run.pipeline_name)
 
-    def may_start_run(self, run) -> bool:
+    def may_start_run(self, run: Run) -> bool:
         """Whether the run stage may start (or resume) run now: its pipeline is not
         held (a paused run may resume), and no run of another pipeline uses its
         devices. Publishes ``blocked_by`` when that changes."""
@@ -250,23 +249,23 @@ class QueueControl:
         self._publish_blocked(run, conflicts.blocked_by(found))
         return not found
 
-    def must_wait(self, run) -> bool:
+    def must_wait(self, run: Run) -> bool:
         """Whether the run stage could not start run now (``may_start_run`` without
         publishing anything): a running run need not yield to it."""
         if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
             return True
         return bool(self._conflicts(run))
 
-    def _conflicts(self, run) -> list:
+    def _conflicts(self, run: Run) -> list[conflicts.Conflict]:
         return conflicts.conflicts(
             run, self._all_runs(), resolve=self.resolve_device or (lambda k: k),
             exempt=self.states.exempt())
 
-    def _all_runs(self):
+    def _all_runs(self) -> Iterator[Run]:
         for pipeline in list(self.scheduler.pipelines.values()):
             yield from pipeline.runs.values()
 
-    def _publish_blocked(self, run, value):
+    def _publish_blocked(self, run: Run, value: list | None) -> None:
         previous = self._blocked.get(run.rid)
         if value == previous:
             return
@@ -280,7 +279,7 @@ class QueueControl:
 
     # --- waking ---------------------------------------------------------------------
 
-    def _on_schedule_mod(self, mod):
+    def _on_schedule_mod(self, mod: Mod) -> None:
         """A run changed status or left: blocked runs elsewhere may start now."""
         if not self._blocked:
             return
@@ -290,11 +289,11 @@ class QueueControl:
         elif mod["action"] == "setitem" and mod.get("key") == "status":
             self._wake_all()
 
-    def _wake(self, pipeline_name):
+    def _wake(self, pipeline_name: str) -> None:
         pipeline = self.scheduler.pipelines.get(pipeline_name)
         if pipeline is not None:
             pipeline.state_changed.notify()
 
-    def _wake_all(self):
+    def _wake_all(self) -> None:
         for pipeline in list(self.scheduler.pipelines.values()):
             pipeline.state_changed.notify()

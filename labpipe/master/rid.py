@@ -55,7 +55,7 @@ class RIDCounter:
             self._last = rid
             return rid
 
-    def reserve_up_to(self, rid: int):
+    def reserve_up_to(self, rid: int) -> None:
         """Never give out RIDs up to rid again (used when restoring a saved schedule)."""
         self._last = max(self._last, rid)
 

@@ -5,13 +5,20 @@ A ``Run`` owns its schedule entry: setting ``run.status`` (or another published 
 flush flag also wakes the pipeline's stages. Nothing else writes the entry.
 """
 
+from __future__ import annotations
+
 import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from labpipe.master.precedence import RunStatus
+from labpipe.protocol.sync import Notifier
 from labpipe.worker.handle import Worker
+
+if TYPE_CHECKING:
+    from labpipe.master.pipeline import StateChanged
 
 __all__ = ["Run", "RunEnd", "bounded_error", "MAX_ERROR_CHARS"]
 
@@ -46,12 +53,13 @@ class Run:
     """A run in a pipeline. ``schedule`` is the scheduler's schedule Notifier."""
     rid: int
     pipeline_name: str
-    expid: dict
+    expid: dict[str, Any]
     priority: int
     due_date: float | None
     flush: bool
-    schedule: object = field(repr=False)
-    state_changed: object = field(repr=False)
+    schedule: Notifier = field(repr=False)
+    #: the pipeline's, from when the run joins it (None before)
+    state_changed: StateChanged | None = field(repr=False)
     repo_msg: str | None = None
     workdir: str | None = None
     repo_rev: str | None = None
@@ -59,11 +67,11 @@ class Run:
     worker: Worker | None = field(default=None, repr=False)
     termination_requested: bool = False
     class_name: str | None = None
-    devices: list = field(default_factory=list)
-    stage_times: dict = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
+    stage_times: dict[str, float] = field(default_factory=dict)
     #: changes being written to disk, not applied yet (``ScheduleStore.record_of``
     #: stores them with the run's fields): ``pipeline``, ``priority``, ``expid``...
-    staged: dict = field(default_factory=dict)
+    staged: dict[str, Any] = field(default_factory=dict)
     #: when a deletion was asked for (stored as the ``deleting`` stage from then on)
     deletion_asked: float | None = None
     #: when the prepare stage took it (stored as the ``preparing`` stage from then on)
@@ -72,7 +80,7 @@ class Run:
     edits: int = 0
     _status: RunStatus = RunStatus.pending
 
-    def publish(self):
+    def publish(self) -> None:
         """Put the run's entry into the schedule (once, at submission)."""
         self.schedule[self.rid] = {
             "pipeline": self.pipeline_name, "expid": self.expid,
@@ -84,14 +92,18 @@ class Run:
         return self._status
 
     @status.setter
-    def status(self, value: RunStatus):
+    def status(self, value: RunStatus) -> None:
         self._status = value
         self.stage_times.setdefault(value.value, time.time())
         if self.rid in self.schedule.raw_view:
             self.schedule[self.rid]["status"] = value.value
-        self.state_changed.notify()
+        self._wake_stages()
 
-    def set_field(self, key, value):
+    def _wake_stages(self) -> None:
+        if self.state_changed is not None:  # None: not in a pipeline yet
+            self.state_changed.notify()
+
+    def set_field(self, key: str, value: Any) -> None:
         """Change a published field of the entry (e.g. priority); the stages are woken
         only for a field they decide by (not for progress, eta, blocked_by...)."""
         deciding = key in _DECIDING_FIELDS
@@ -100,7 +112,7 @@ class Run:
         if self.rid in self.schedule.raw_view:
             self.schedule[self.rid][key] = value
         if deciding:
-            self.state_changed.notify()
+            self._wake_stages()
 
     @contextlib.contextmanager
     def editing(self) -> Iterator[None]:
@@ -110,8 +122,7 @@ class Run:
             yield
         finally:
             self.edits -= 1
-            if self.state_changed is not None:
-                self.state_changed.notify()
+            self._wake_stages()
 
     @property
     def deleting(self) -> bool:

@@ -36,8 +36,12 @@ import logging
 import os
 import struct
 import time
+from typing import Any
 
-from labpipe.master.lmdb_file import DEFAULT_MAP_SIZE, LMDBFile
+import lmdb
+
+from labpipe.master.lmdb_file import DEFAULT_MAP_SIZE, LMDBFile, Ops
+from labpipe.master.run import Run
 from labpipe.protocol import pyon
 
 __all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES", "LAST_RID_KEY"]
@@ -63,12 +67,12 @@ class ScheduleStore:
     def __init__(self, path: str | os.PathLike, map_size: int = DEFAULT_MAP_SIZE):
         self.file = LMDBFile(path, map_size, "schedule store")
         self.path = self.file.path
-        self._records: dict[int, dict] = {}
+        self._records: dict[int, dict[str, Any]] = {}
         self._noting: set[int] = set()  # RIDs with a note_stage waiting to write
         #: The highest RID ever submitted (-1 when none was), as committed with it.
         self.last_rid: int = self.file.read_now(self._read_last_rid)
 
-    def _read_last_rid(self, txn) -> int:
+    def _read_last_rid(self, txn: lmdb.Transaction) -> int:
         data = txn.get(LAST_RID_KEY)
         if data is None:
             return -1
@@ -82,10 +86,10 @@ class ScheduleStore:
         return rid
 
     @staticmethod
-    def record_of(run) -> dict:
+    def record_of(run: Run) -> dict[str, Any]:
         """The stored record of run, with the changes staged in ``run.staged`` (being
         written, not applied yet)."""
-        record = {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
+        record: dict[str, Any] = {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
                   "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
                   "submitted": run.submitted, "repo_rev": run.repo_rev,
                   "stage_times": dict(run.stage_times)}
@@ -96,14 +100,14 @@ class ScheduleStore:
             record["stage_times"].setdefault("deleting", run.deletion_asked)
         return record
 
-    async def write_record(self, run):
+    async def write_record(self, run: Run) -> None:
         """Commit the run's record now (with its staged changes), after every write
         asked for before; returns once it is on disk. Does nothing for a run no longer
         stored."""
         if run.rid not in self._records:
             return
 
-        def ops():
+        def ops() -> Ops:
             if run.rid not in self._records:  # removed meanwhile
                 return []
             record = self.record_of(run)
@@ -111,7 +115,7 @@ class ScheduleStore:
             return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
         await self.file.write(ops)
 
-    async def note_deleting(self, run):
+    async def note_deleting(self, run: Run) -> None:
         """Commit that the run is being deleted (``run.deletion_asked`` is set: every
         later record of it says so too): a restarted master ends it as ``deleted``,
         never runs it."""
@@ -119,7 +123,7 @@ class ScheduleStore:
             run.deletion_asked = time.time()
         await self.write_record(run)
 
-    async def record_submission(self, run):
+    async def record_submission(self, run: Run) -> None:
         """Commit the run's submission, and its RID as ``last_rid`` (unless a higher one
         was), in one transaction; returns once it is on disk."""
         record = self.record_of(run)
@@ -129,7 +133,7 @@ class ScheduleStore:
             (rid_key(run.rid), pyon.encode(record).encode("utf-8")),
             (LAST_RID_KEY, pyon.encode(self.last_rid).encode("utf-8"))])
 
-    async def note_stage(self, run):
+    async def note_stage(self, run: Run) -> None:
         """Record the stages the run reached (and its current priority, due date,
         flush); does nothing for a run no longer stored. Notes of one run that pile up
         behind other writes become one write, of the run's state when it is made."""
@@ -137,7 +141,7 @@ class ScheduleStore:
             return
         self._noting.add(run.rid)
 
-        def ops():
+        def ops() -> Ops:
             self._noting.discard(run.rid)
             if run.rid not in self._records:  # removed meanwhile
                 return []
@@ -145,12 +149,12 @@ class ScheduleStore:
             return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
         await self.file.write(ops)
 
-    async def remove(self, rid: int):
+    async def remove(self, rid: int) -> None:
         """The run ended: forget it."""
         self._records.pop(rid, None)
         await self.file.write([(rid_key(rid), None)])
 
-    def restore(self) -> list[dict]:
+    def restore(self) -> list[dict[str, Any]]:
         """Every stored record, in RID order (blocking; call at start)."""
         records = []
         for key, data in self.file.items_now():
@@ -170,5 +174,5 @@ class ScheduleStore:
             self._records[record["rid"]] = record
         return records
 
-    def close(self):
+    def close(self) -> None:
         self.file.close()

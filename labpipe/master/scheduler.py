@@ -22,23 +22,26 @@ per submission.
 import asyncio
 import inspect
 import logging
-import math
-import numbers
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from labpipe.master import precedence
 from labpipe.master.dry_run import validate_run
+from labpipe.master.expid import EXPID_KEYS, validate_submission
 from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
 from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run, RunEnd, bounded_error
-from labpipe.master.schedule_store import NOT_STARTED_STAGES
-from labpipe.protocol.sync import Notifier
-from labpipe.worker.handle import Worker
+from labpipe.master.schedule_store import NOT_STARTED_STAGES, ScheduleStore
+from labpipe.master.supervision import TaskSet
+from labpipe.protocol.sync import Mod, Notifier
+from labpipe.worker import messages
+from labpipe.worker.handle import Handlers, Worker
+from labpipe.worker.launcher import Launcher
 from labpipe.worker.results import results_path, write_results
 
 __all__ = ["Scheduler", "SchedulerConfig", "validate_submission", "EXPID_KEYS"]
@@ -49,8 +52,9 @@ logger = logging.getLogger(__name__)
 class SchedulerConfig:
     """Where runs write and how long the scheduler waits for a worker."""
 
-    def __init__(self, *, lab_dir=".", results_dir="results", build_timeout=60.0,
-                 term_timeout=2.0, kill_timeout=2.0):
+    def __init__(self, *, lab_dir: str = ".", results_dir: str = "results",
+                 build_timeout: float | None = 60.0, term_timeout: float = 2.0,
+                 kill_timeout: float = 2.0):
         self.lab_dir = os.path.abspath(lab_dir)
         self.results_dir = os.path.abspath(results_dir)
         self.build_timeout = build_timeout
@@ -58,66 +62,45 @@ class SchedulerConfig:
         self.kill_timeout = kill_timeout
 
 
-#: The keys an expid may have.
-EXPID_KEYS = frozenset({"file", "class_name", "arguments", "log_level", "repo_rev",
-                        "content", "devarg_override"})
-
-
-def validate_submission(pipeline_name, expid, priority, due_date, flush):
-    """Refuse a malformed submission with a clear ValueError/TypeError naming the field."""
-    if not isinstance(pipeline_name, str) or not pipeline_name:
-        raise ValueError("pipeline_name must be a non-empty string")
-    if not isinstance(expid, dict):
-        raise TypeError(f"expid must be a dict, not {type(expid).__name__}")
-    unknown = set(expid) - EXPID_KEYS
-    if unknown:
-        raise ValueError(f"unknown expid keys {sorted(unknown)}; valid: {sorted(EXPID_KEYS)}")
-    if expid.get("content") is None and not isinstance(expid.get("file"), str):
-        raise ValueError("expid needs a 'file' (a path) or a 'content' (the source text)")
-    if expid.get("content") is not None and not isinstance(expid["content"], str):
-        raise TypeError("expid 'content' must be a string")
-    if expid.get("class_name") is not None and not isinstance(expid["class_name"], str):
-        raise TypeError("expid 'class_name' must be a string or None")
-    if not isinstance(expid.get("arguments", {}), dict):
-        raise TypeError("expid 'arguments' must be a dict")
-    if not isinstance(expid.get("log_level", logging.WARNING), int):
-        raise TypeError("expid 'log_level' must be an integer")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError("priority must be an integer")
-    if due_date is not None and (isinstance(due_date, bool)
-                                 or not isinstance(due_date, numbers.Real)):
-        raise TypeError("due_date must be a UNIX time (a number) or None")
-    if due_date is not None and not math.isfinite(due_date):
-        raise ValueError(f"due_date must be a finite UNIX time or None, not {due_date}")
-    if not isinstance(flush, bool):
-        raise TypeError("flush must be a boolean")
-
-
 class Scheduler:
-    """The ``schedule`` target. ``worker_handlers(run)`` gives the handlers of the
-    master's services (datasets, devices, logs, ccb) for a run's worker; ``repository``
+    """The ``schedule`` target. ``worker_handlers(run)`` gives the ``Handlers`` of the
+    master's services (datasets, devices, logs, ccb, interactive arguments) for a run's
+    worker, ``worker_handlers(None)`` those a dry run may use (datasets, devices); a
+    run's worker gets them merged with the scheduler's own (``run_handlers``); ``repository``
     gives checkouts (``request_rev(rev) -> (workdir, commit, message)``,
     ``release_rev(commit)``) or is None for files on the master's filesystem only;
     ``await check_submission(expid) -> expid`` refuses an expid whose file
-    or class is missing, and resolves its revision to a commit id."""
+    or class is missing, and resolves its revision to a commit id. ``launcher`` starts
+    the runs' worker processes.
+
+    Besides the RPC methods and what the stages call, the master's other parts
+    (``queue_control``, ``dry_run``, the assembly) use: ``find``/``find_or_none``,
+    ``move_run``, ``checkout_rev``/``release_rev``, ``tasks`` (the scheduler's
+    supervised tasks: stage loops and background work) and ``stop``."""
 
     def __init__(self, rid_counter: RIDCounter, config: SchedulerConfig | None = None, *,
-                 worker_handlers: Callable[[Run], dict] | None = None, repository=None,
-                 check_submission=None, store=None):
+                 launcher: Launcher,
+                 worker_handlers: Callable[[Run | None], Handlers] | None = None,
+                 repository: Any = None,
+                 check_submission: Callable[..., Awaitable[dict]] | None = None,
+                 store: ScheduleStore | None = None):
         self.rid_counter = rid_counter
+        self.launcher = launcher
         self.config = config or SchedulerConfig()
-        self.worker_handlers = worker_handlers or (lambda run: {})
+        self.worker_handlers = worker_handlers or (lambda run: Handlers())
         self.repository = repository
         self.check_submission = check_submission
         #: The ``explist`` notifier, for submit_plan (set by the master's assembly).
-        self.explist = None
+        self.explist: Notifier | None = None
         self.store = store
         self.notifier = Notifier({})
         self.pipelines: dict[str, Pipeline] = {}
-        self.on_run_end: list[Callable[[Run, RunEnd], None]] = []
+        self.on_run_end: list[Callable[[Run, RunEnd], object]] = []
         #: RIDs out of the schedule whose end the listeners are still being told
         self.ending: set[int] = set()
-        self._background: set[asyncio.Task] = set()
+        #: Stage loops and background work (ends of runs, stage notes, workers
+        #: closing): a failure is logged with the RID and survived; ``stop`` ends them.
+        self.tasks = TaskSet("scheduler", logger)
         self._stopping = False
         # queue control (labpipe's additions): pipeline states kept with the schedule
         self.queue = QueueControl(self, state_path=os.path.join(
@@ -129,8 +112,11 @@ class Scheduler:
 
     # --- RPC: the ARTIQ schedule target --------------------------------------------
 
-    async def submit(self, pipeline_name, expid, priority=0, due_date=None, flush=False):
-        """Submit a run; returns its RID once the RID is on disk."""
+    async def submit(self, pipeline_name: Any, expid: Any, priority: Any = 0,
+                     due_date: Any = None, flush: Any = False) -> int:
+        """Submit a run; returns its RID once the RID is on disk. The arguments may
+        come unchecked (a worker, history's resubmit): ``validate_submission`` checks
+        them first."""
         if self._stopping:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
@@ -140,7 +126,7 @@ class Scheduler:
         # a plain file is relative to the lab directory; a repository file to its checkout
         workdir, repo_rev, repo_msg = self.config.lab_dir, None, None
         if "repo_rev" in expid:
-            workdir, repo_rev, repo_msg = await self._checkout(expid["repo_rev"])
+            workdir, repo_rev, repo_msg = await self.checkout_rev(expid["repo_rev"])
             expid["repo_rev"] = repo_rev
         try:
             # with a store, its commit below makes the RID durable (one sync per submit)
@@ -152,36 +138,36 @@ class Scheduler:
             if self.store is not None:
                 await self.store.record_submission(run)
         except BaseException:
-            self._release(repo_rev)
+            self.release_rev(repo_rev)
             raise
         self._add_run(run)
         return rid
 
-    async def delete(self, rid):
+    async def delete(self, rid: int) -> None:
         """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL).
         A RID not (or no longer) in the schedule is ignored, as ARTIQ does. Returns once
         the deletion is on disk (a restarted master ends the run as ``deleted``)."""
-        run = self._find_or_none(rid)
+        run = self.find_or_none(rid)
         if run is None or run.deleting:
             return
         if self.store is not None:
             with run.editing():  # the prepare stage leaves it alone meanwhile
                 await self.store.note_deleting(run)
-            if self._find_or_none(rid) is not run or run.deleting:
+            if self.find_or_none(rid) is not run or run.deleting:
                 return  # ended (or deleted) while the note was written
         run.status = RunStatus.deleting
-        self._spawn(self.end_run(run, RunEnd("deleted")))
+        self._spawn(self.end_run(run, RunEnd("deleted")), run)
 
-    async def request_termination(self, rid):
+    async def request_termination(self, rid: int) -> None:
         """Ask a running (or paused) run to stop at its next pause()/check_termination();
         a run in any other stage is deleted. A RID not (or no longer) in the schedule
         is ignored, as ARTIQ does."""
-        run = self._find_or_none(rid)
+        run = self.find_or_none(rid)
         if run is None:
             return
         if run.status in (RunStatus.running, RunStatus.paused):
             run.termination_requested = True
-            run.state_changed.notify()
+            self.pipelines[run.pipeline_name].state_changed.notify()
         else:
             await self.delete(rid)
 
@@ -189,9 +175,9 @@ class Scheduler:
         """The schedule: the ``schedule`` notifier's content."""
         return self.notifier.raw_view
 
-    def check_pause(self, rid) -> bool:
+    def check_pause(self, rid: int) -> bool:
         """Whether pause() in run rid would not return at once."""
-        run = self._find(rid)
+        run = self.find(rid)
         if run.status != RunStatus.running:
             return False
         if run.termination_requested:
@@ -202,12 +188,13 @@ class Scheduler:
                 if r.status != RunStatus.prepare_done or not self.queue.must_wait(r)]
         return precedence.should_yield(run, runs)
 
-    def check_termination(self, rid) -> bool:
+    def check_termination(self, rid: int) -> bool:
         """Whether termination of run rid was requested."""
-        return self._find(rid).termination_requested
+        return self.find(rid).termination_requested
 
-    async def submit_plan(self, pipeline_name, name, args=(), kwargs=None, priority=0,
-                          due_date=None, file=None):
+    async def submit_plan(self, pipeline_name: str, name: str, args: list | tuple = (),
+                          kwargs: dict | None = None, priority: int = 0,
+                          due_date: float | None = None, file: str | None = None) -> int:
         """Submit the bluesky plan ``name`` of the experiment list, queueserver style:
         ``args``/``kwargs`` as for the plan, device names as strings. Returns the RID."""
         if self.explist is None:
@@ -218,42 +205,44 @@ class Scheduler:
 
     # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
 
-    async def change(self, rid, priority=None, due_date=None, pipeline_name=None,
-                     arguments=None, flush=None):
+    async def change(self, rid: int, priority: int | None = None,
+                     due_date: float | None = None, pipeline_name: str | None = None,
+                     arguments: dict | None = None, flush: bool | None = None) -> None:
         """Edit a pending run: None leaves a field as it is, due_date=0 removes the due
         date, arguments are merged into the expid's. Refused (ValueError) once the run
         is no longer pending. Returns once the change is on disk; a refused or failed
         change changes nothing."""
         await self.queue.change(rid, priority, due_date, pipeline_name, arguments, flush)
 
-    async def hold(self, pipeline_name):
+    async def hold(self, pipeline_name: str) -> None:
         """Hold a pipeline (any name): it prepares and starts no new run until
         released; running runs finish."""
         await self.queue.hold(pipeline_name)
 
-    async def release(self, pipeline_name):
+    async def release(self, pipeline_name: str) -> None:
         """Release a held pipeline."""
         await self.queue.release(pipeline_name)
 
-    async def set_device_check(self, pipeline_name, enabled):
+    async def set_device_check(self, pipeline_name: str, enabled: bool) -> None:
         """Turn the check for devices used by other pipelines' runs on or off for a
         pipeline (on by default)."""
         await self.queue.set_device_check(pipeline_name, enabled)
 
-    async def validate(self, pipeline_name, expid) -> list:
+    async def validate(self, pipeline_name: str, expid: dict) -> list[str]:
         """A dry run: the problems that would stop this submission (file, class,
         arguments, devices), empty when it would start. Takes no RID."""
         return await validate_run(self, pipeline_name, expid)
 
     # --- internals used by the pipelines -------------------------------------------
 
-    def _find(self, rid) -> Run:
+    def find(self, rid: int) -> Run:
+        """The run of RID rid in the schedule; KeyError saying so when it is not."""
         for pipeline in self.pipelines.values():
             if rid in pipeline.runs:
                 return pipeline.runs[rid]
         raise KeyError(f"RID {rid} is not in the schedule")
 
-    def _add_run(self, run: Run):
+    def _add_run(self, run: Run) -> None:
         pipeline = self.pipelines.get(run.pipeline_name)
         if pipeline is None:
             pipeline = self.pipelines[run.pipeline_name] = Pipeline(run.pipeline_name, self)
@@ -263,28 +252,45 @@ class Scheduler:
         run.publish()
         pipeline.state_changed.notify()
 
+    def move_run(self, run: Run, pipeline_name: str) -> None:
+        """Move a pending run to another pipeline (``queue_control.change``): its entry
+        is published afresh with the new pipeline, and a pipeline left empty goes."""
+        old = self.pipelines[run.pipeline_name]
+        del old.runs[run.rid]
+        old.state_changed.notify()
+        run.pipeline_name = pipeline_name
+        self._add_run(run)
+        run.set_field("pipeline", pipeline_name)  # noted by the schedule store
+        self._drop_if_empty(old)
+
+    def _drop_if_empty(self, pipeline: Pipeline) -> None:
+        if not pipeline.runs and self.pipelines.get(pipeline.name) is pipeline:
+            del self.pipelines[pipeline.name]
+            self._spawn(pipeline.stop())
+
     def source_of(self, run: Run) -> str:
         """The log source name of a run's worker, as ARTIQ spells it."""
         return f"worker({run.rid},{run.class_name or run.expid.get('class_name') or ''})"
 
-    def _handlers(self, run: Run) -> dict:
-        handlers = dict(self.worker_handlers(run))
-        handlers.update({
-            "check_pause": lambda msg: self.check_pause(msg["rid"]),
-            "check_termination": lambda msg: self.check_termination(msg["rid"]),
-            "submit": lambda msg: self.submit(msg["pipeline_name"], msg["expid"],
-                                              msg["priority"], msg["due_date"],
-                                              msg["flush"]),
-            "delete": lambda msg: self.delete(msg["rid"]),
-            "request_termination": lambda msg: self.request_termination(msg["rid"]),
-            "get_status": lambda msg: self.get_status(),
-            "set_progress": lambda msg: self.progress.report(run, msg),
-        })
-        return handlers
+    def run_handlers(self, run: Run) -> Handlers:
+        """What a run's worker asks of the scheduler: its ``scheduler`` device's calls
+        and progress reports."""
+        return (Handlers()
+                .on(messages.CheckPause, lambda m: self.check_pause(m.rid))
+                .on(messages.CheckTermination, lambda m: self.check_termination(m.rid))
+                .on(messages.Submit, lambda m: self.submit(m.pipeline_name, m.expid,
+                                                           m.priority, m.due_date, m.flush))
+                .on(messages.Delete, lambda m: self.delete(m.rid))
+                .on(messages.RequestTermination, lambda m: self.request_termination(m.rid))
+                .on(messages.GetStatus, lambda m: self.get_status())
+                .on(messages.SetProgress, lambda m: self.progress.report(run, {
+                    "done": m.done, "total": m.total, "message": m.message,
+                    "time": m.time})))
 
-    async def build_run(self, run: Run):
+    async def build_run(self, run: Run) -> None:
         """Start the run's worker and build the experiment in it."""
-        run.worker = Worker(run.rid, self._handlers(run),
+        handlers = self.worker_handlers(run).merged(self.run_handlers(run))
+        run.worker = Worker(run.rid, handlers, launcher=self.launcher,
                             term_timeout=self.config.term_timeout,
                             kill_timeout=self.config.kill_timeout)
         outcome = await run.worker.build(
@@ -292,15 +298,15 @@ class Scheduler:
             workdir=run.workdir, lab_dir=self.config.lab_dir,
             results_dir=self.config.results_dir,
             repo_rev=run.repo_rev, timeout=self.config.build_timeout)
-        run.class_name = outcome.get("class_name")
-        run.devices = outcome.get("devices", [])
+        run.class_name = outcome.class_name
+        run.devices = outcome.devices
 
     def note_preparing(self, run: Run) -> asyncio.Task:
         """The prepare stage takes run: commit it, then publish ``preparing`` (in a
         task, returned, that the stage awaits before the run may start). From now on
         the run cannot be changed."""
         run.starting_at = time.time()
-        return self._spawn(self._note_preparing(run))
+        return self._spawn(self._note_preparing(run), run)
 
     async def _note_preparing(self, run: Run) -> None:
         if self.store is not None:
@@ -310,7 +316,7 @@ class Scheduler:
                 # the run still goes; a restart may then put it back as pending
                 logger.exception("RID %d: could not note its start on disk", run.rid)
         if (run.status in (RunStatus.pending, RunStatus.flushing)
-                and self._find_or_none(run.rid) is run):
+                and self.find_or_none(run.rid) is run):
             run.status = RunStatus.preparing
 
     def may_start_run(self, run: Run) -> bool:
@@ -323,7 +329,7 @@ class Scheduler:
         while a change or deletion of it is being written)."""
         return not run.edits and self.queue.may_prepare(run)
 
-    async def end_run(self, run: Run, end: RunEnd, worker_lost: bool = False):
+    async def end_run(self, run: Run, end: RunEnd, worker_lost: bool = False) -> None:
         """Take a run out of the schedule: close its worker, release its checkout,
         remove its entry, tell the listeners."""
         pipeline = self.pipelines.get(run.pipeline_name)
@@ -337,7 +343,7 @@ class Scheduler:
                     logger.exception("RID %d: closing the worker failed", run.rid)
             else:
                 # the worker is done: let it exit while the pipeline moves on
-                self._spawn(run.worker.close())
+                self._spawn(run.worker.close(), run)
         if worker_lost and run.worker is not None and end.results is None:
             end.results = await self._write_results_for_lost_worker(run, end)
         if pipeline.runs.get(run.rid) is not run:
@@ -346,21 +352,19 @@ class Scheduler:
         end.error = bounded_error(end.error, end.results)
         del pipeline.runs[run.rid]
         del self.notifier[run.rid]
-        self._release(run.repo_rev)
+        self.release_rev(run.repo_rev)
         pipeline.state_changed.notify()
         # what listeners return to await (history on disk), then the store, go on in
         # their own tracked task: in order, even if the stage loop that ends the run is
         # cancelled, and without holding that stage loop up (stop() awaits them)
         self._tell_run_end(run, end)
-        if not pipeline.runs and self.pipelines.get(run.pipeline_name) is pipeline:
-            del self.pipelines[run.pipeline_name]
-            self._spawn(pipeline.stop())
+        self._drop_if_empty(pipeline)
 
     def _tell_run_end(self, run: Run, end: RunEnd) -> asyncio.Task:
         """Call the on_run_end listeners now; in a task, await what they returned (e.g.
         history on disk), then forget the run's stored record. Returns the task."""
         self.ending.add(run.rid)
-        awaitables = []
+        awaitables: list[Awaitable[object]] = []
         for listener in self.on_run_end:
             try:
                 result = listener(run, end)
@@ -368,9 +372,9 @@ class Scheduler:
                     awaitables.append(result)
             except Exception:
                 logger.exception("RID %d: run-end listener failed", run.rid)
-        return self._spawn(self._finish_run_end(run, awaitables))
+        return self._spawn(self._finish_run_end(run, awaitables), run)
 
-    async def _finish_run_end(self, run: Run, awaitables: list):
+    async def _finish_run_end(self, run: Run, awaitables: list[Awaitable[object]]) -> None:
         try:
             failed = False
             for awaitable in awaitables:
@@ -393,17 +397,18 @@ class Scheduler:
         finally:
             self.ending.discard(run.rid)
 
-    def _note_stage(self, mod):
+    def _note_stage(self, mod: Mod) -> None:
         """Schedule listener: a run changed stage (or priority...): note it on disk."""
         if (mod["action"] == "setitem" and len(mod["path"]) == 1
                 and mod["key"] not in PUBLISHED_ONLY):
-            run = self._find_or_none(mod["path"][0])
-            if run is not None:
-                self._spawn(self.store.note_stage(run))
+            run = self.find_or_none(mod["path"][0])
+            if run is not None and self.store is not None:
+                self._spawn(self.store.note_stage(run), run)
 
-    def _find_or_none(self, rid) -> Run | None:
+    def find_or_none(self, rid: int) -> Run | None:
+        """The run of RID rid, or None when it is not in the schedule."""
         try:
-            return self._find(rid)
+            return self.find(rid)
         except KeyError:
             return None
 
@@ -431,7 +436,7 @@ class Scheduler:
                 await self._tell_run_end(run, RunEnd("deleted"))
                 continue
             if started:
-                last = max(run.stage_times, key=run.stage_times.get)
+                last = max(run.stage_times, key=lambda stage: run.stage_times[stage])
                 logger.warning("RID %d was %s when the master stopped: interrupted",
                                rid, last)
                 await self._tell_run_end(run, RunEnd(
@@ -439,7 +444,7 @@ class Scheduler:
                 continue
             if run.repo_rev is not None:
                 try:
-                    run.workdir, _, run.repo_msg = await self._checkout(run.repo_rev)
+                    run.workdir, _, run.repo_msg = await self.checkout_rev(run.repo_rev)
                 except Exception as e:
                     logger.error("RID %d: cannot check out %s again: %s", rid,
                                  run.repo_rev, e)
@@ -472,13 +477,13 @@ class Scheduler:
 
     # --- repository checkouts --------------------------------------------------------
 
-    async def _checkout(self, rev):
+    async def checkout_rev(self, rev: str) -> tuple[str, str, str]:
         if self.repository is None:
             raise ValueError("this master has no experiment repository")
         workdir, commit, message = await asyncio.to_thread(self.repository.request_rev, rev)
         return workdir, commit, message
 
-    def _release(self, commit):
+    def release_rev(self, commit: str | None) -> None:
         if commit is not None and self.repository is not None:
             try:
                 self.repository.release_rev(commit)
@@ -487,22 +492,14 @@ class Scheduler:
 
     # --- lifetime ------------------------------------------------------------------
 
-    def _spawn(self, coro) -> asyncio.Task:
-        """Run coro in a task that stop() waits for; an exception it ends with is logged
-        (with its traceback), never silently dropped."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-        return task
+    def _spawn(self, coro: Coroutine[Any, Any, Any], run: Run | None = None) -> asyncio.Task:
+        """Run coro in a task of ``tasks`` (stop() waits for it); an exception it ends
+        with is logged with the run's RID and its traceback, never silently dropped."""
+        return self.tasks.spawn(coro, context=None if run is None else f"RID {run.rid}")
 
-    def _background_done(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("background task %s failed", task.get_coro().__qualname__,
-                         exc_info=task.exception())
-
-    async def stop(self):
-        """Stop every pipeline and close every worker."""
+    async def stop(self) -> None:
+        """Stop every pipeline, close every worker, and wait for the background work
+        (ends of runs being written) to finish. Submissions are refused from now on."""
         self._stopping = True
         self.progress.close()
         pipelines = list(self.pipelines.values())
@@ -511,5 +508,4 @@ class Scheduler:
         workers = [run.worker for p in pipelines for run in p.runs.values()
                    if run.worker is not None]
         await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.tasks.wait()

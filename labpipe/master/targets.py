@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
-from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Int, Mapping,
+from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Check, Int, Mapping,
                                    Method, Number, OneOf, Optional, Param, Path,
                                    PyonValue, Record, Sequence, Str)
 
@@ -72,7 +73,7 @@ MOD = Record({"action": OneOf(("setitem", "delitem", "append", "insert", "pop"))
               "x": VALUE, "i": Int()}, required=("action", "path"))
 
 
-def _p(name: str, check, default: Any = REQUIRED) -> Param:
+def _p(name: str, check: Check, default: Any = REQUIRED) -> Param:
     return Param(name, check, default)
 
 
@@ -147,7 +148,7 @@ class TargetSpecError(Exception):
     """A spec does not match the method it describes (a programming error)."""
 
 
-def _check_signature(label: str, method, params: tuple[Param, ...]) -> None:
+def _check_signature(label: str, method: Callable[..., Any], params: tuple[Param, ...]) -> None:
     """The spec's names and defaults must be the method's own."""
     try:
         signature = inspect.signature(method)
@@ -161,11 +162,12 @@ def _check_signature(label: str, method, params: tuple[Param, ...]) -> None:
                               f"parameters {own}")
 
 
-def _checked(label: str, method, params: tuple[Param, ...]):
+def _checked(label: str, method: Callable[..., Any],
+             params: tuple[Param, ...]) -> Callable[..., Any]:
     spec = Method(label, params)
 
     @functools.wraps(method)
-    def call(*args, **kwargs):
+    def call(*args: Any, **kwargs: Any) -> Any:
         spec.bind(args, kwargs)
         return method(*args, **kwargs)
     return call

@@ -14,13 +14,14 @@ systems, none). For a file whose durability is ensured by some other write.
 import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 
 __all__ = ["atomic_path", "fsync_path"]
 
 _counter = itertools.count()
 
 
-def fsync_path(path: str, directory: bool = False):
+def fsync_path(path: str, directory: bool = False) -> None:
     """fsync a file or a folder by its path."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -49,7 +50,8 @@ def _create_temporary(folder: str, suffix: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix: str = ".tmp", fsync: bool = True):
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp",
+                fsync: bool = True) -> Iterator[str]:
     """Yield a temporary path next to ``path`` that replaces it atomically on success
     (file and folder fsynced unless ``fsync`` is false)."""
     path = os.fspath(path)

@@ -51,7 +51,7 @@ class Broadcaster(AsyncioServer):
     handshake_lines = 2  # the banner, then the name line
 
     def __init__(self, queue_limit: int = DEFAULT_QUEUE_LIMIT, *,
-                 queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs):
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs: Any):
         super().__init__(**kwargs)
         self.queue_limit = queue_limit
         self.queue_bytes = queue_bytes
@@ -59,7 +59,7 @@ class Broadcaster(AsyncioServer):
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
-                    ssl: _ssl.SSLContext | None = None):
+                    ssl: _ssl.SSLContext | None = None) -> None:
         """Start listening (TLS with ``ssl``, a server SSLContext)."""
         self._loop = asyncio.get_running_loop()
         await super().start(host, port, ssl=ssl)
@@ -90,7 +90,8 @@ class Broadcaster(AsyncioServer):
         for outbox in list(self._outboxes.get(channel, ())):
             outbox.put(line)
 
-    async def _handle_connection_cr(self, reader, writer):
+    async def _handle_connection_cr(self, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
         if await read_line(reader) != BANNER:
             return
         channel = await read_line(reader)
@@ -113,7 +114,8 @@ class Receiver(LineClient):
 
     _banner = BANNER
 
-    def __init__(self, channel: str, notify_cb: Callable[[Any], None] | list,
+    def __init__(self, channel: str,
+                 notify_cb: Callable[[Any], None] | list[Callable[[Any], None]],
                  disconnect_cb: Callable[[], None] | None = None):
         super().__init__(channel, disconnect_cb)
         self.channel = channel
@@ -124,7 +126,7 @@ class Receiver(LineClient):
         """Connect and start receiving (``ssl``: a client SSLContext for a TLS master)."""
         await self._connect(host, port, ssl=ssl)
 
-    def _handle(self, text):
+    def _handle(self, text: str) -> None:
         obj = pyon.decode(text, pyon.RECEIVE_LIMITS)
         for cb in self.notify_cbs:
             cb(obj)

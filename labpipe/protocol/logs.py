@@ -67,6 +67,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .server import AsyncioServer, read_line
 
@@ -162,7 +163,7 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
-def peer_label(peername) -> str:
+def peer_label(peername: Any) -> str:
     """``host:port`` (``[host]:port`` for IPv6) of a socket's peer name."""
     if isinstance(peername, (tuple, list)) and len(peername) >= 2:
         host, port = peername[0], peername[1]
@@ -203,7 +204,7 @@ def emit_remote(source: str, level: int, name: str, message: str, *,
     if peer is not None:
         extra["peer"] = peer
     record = _remote_logger.makeRecord(_bounded(str(name)), level, "(remote)", 0,
-                                       message, None, None, extra=extra)
+                                       message, (), None, extra=extra)
     if created is not None:
         record.created = created
     _remote_logger.handle(record)
@@ -226,7 +227,7 @@ class _Record:
     def complete(self) -> bool:
         return self.received >= self.expected
 
-    def add(self, text: str):
+    def add(self, text: str) -> None:
         self.received += 1
         if self.truncated:
             return
@@ -279,20 +280,21 @@ class LogServer(AsyncioServer):
 
     def __init__(self, *, max_line_length: int = 64 * 1024,
                  max_message_length: int = 1024 * 1024, max_record_lines: int = 10_000,
-                 continuation_timeout: float = 5.0, **kwargs):
+                 continuation_timeout: float = 5.0, **kwargs: Any):
         super().__init__(max_line_length=max_line_length, **kwargs)
         self.max_message_length = max_message_length
         self.max_record_lines = max_record_lines
         self.continuation_timeout = continuation_timeout
 
     @staticmethod
-    def _emit(entry: LogLine, source: str, message: str, peer: str):
+    def _emit(entry: LogLine, source: str, message: str, peer: str) -> None:
         try:
             emit_remote(source, entry.level, entry.name, message, peer=peer)
         except Exception:
             logger.exception("re-emitting a log record from %s failed", peer)
 
-    async def _handle_connection_cr(self, reader, writer):
+    async def _handle_connection_cr(self, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
         if await read_line(reader) != BANNER:
             return
         peer = peer_label(writer.get_extra_info("peername"))
@@ -304,6 +306,7 @@ class LogServer(AsyncioServer):
                             None if pending is None else self.continuation_timeout):
                         line = await _read_cut_line(reader, self.max_line_length)
                 except TimeoutError:
+                    assert pending is not None  # there is no deadline otherwise
                     self._emit(pending.entry, pending.source, pending.message(), peer)
                     pending = None
                     continue
@@ -333,10 +336,10 @@ class LogServer(AsyncioServer):
 class LogForwarder(logging.Handler):
     """Sends records to a LogServer over TCP from a daemon thread; see the module docstring."""
 
-    def __init__(self, host: str, port: int, source: str, *, level=logging.NOTSET,
+    def __init__(self, host: str, port: int, source: str, *, level: int | str = logging.NOTSET,
                  queue_limit: int = 1000, timeout: float = 1.0,
                  retry_interval: float = 2.0, flush_timeout: float = 2.0,
-                 ssl: _ssl.SSLContext | None = None):
+                 ssl: _ssl.SSLContext | None = None) -> None:
         super().__init__(level)
         if not source or ":" in source or "\n" in source or "\r" in source:
             raise ValueError(f"log source {source!r} must be non-empty, without ':' or "
@@ -354,7 +357,7 @@ class LogForwarder(logging.Handler):
         self.dropped = 0
         self._reset()
 
-    def _reset(self):
+    def _reset(self) -> None:
         """(Re)initialise the sending side; also used in a forked child."""
         self._pid = os.getpid()
         self._cond = threading.Condition()
@@ -404,7 +407,7 @@ class LogForwarder(logging.Handler):
             thread.join(self.flush_timeout)
         super().close()
 
-    def _run(self):
+    def _run(self) -> None:
         try:
             while True:
                 with self._cond:
@@ -479,10 +482,16 @@ class LogForwarder(logging.Handler):
         finally:
             sock.settimeout(timeout)
 
-    def _disconnect(self):
+    def _disconnect(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class Broadcasting(Protocol):
+    """What LogBroadcastHandler sends through (a Broadcaster, normally)."""
+
+    def broadcast(self, channel: str, obj: Any) -> None: ...
 
 
 class LogBroadcastHandler(logging.Handler):
@@ -493,7 +502,8 @@ class LogBroadcastHandler(logging.Handler):
     ``%(name)s:%(message)s``).
     """
 
-    def __init__(self, broadcaster, channel: str = "log", level=logging.NOTSET):
+    def __init__(self, broadcaster: Broadcasting, channel: str = "log",
+                 level: int | str = logging.NOTSET) -> None:
         super().__init__(level)
         self.broadcaster = broadcaster
         self.channel = channel

@@ -36,12 +36,14 @@ import binascii
 import json
 import math
 import operator
+import os
 import re
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain, compress, repeat
+from typing import Any, Callable
 
 import numpy
 
@@ -91,11 +93,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _escape(typename, args):
+def _escape(typename: str, args: list[Any]) -> dict[str, list[Any]]:
     return {_JSONCLASS: [typename, args]}
 
 
-def _to_json(obj, depth: int = 0):
+def _to_json(obj: Any, depth: int = 0) -> Any:
     """Turn obj into something json can write, escaping non-JSON types."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
@@ -158,7 +160,7 @@ def _digits(n: int) -> int:
     return max(1, math.ceil(abs(n).bit_length() * math.log10(2)))
 
 
-def encode(obj, pretty: bool = False) -> str:
+def encode(obj: Any, pretty: bool = False) -> str:
     """Encode obj as PYON v2: one line of ASCII text (indented lines with pretty).
 
     Raises TypeError for a type PYON cannot encode, ValueError for a value too deep
@@ -190,7 +192,7 @@ class _Decoder:
                                 f"(limit {self.max_int_digits})")
         return int(text)
 
-    def object_hook(self, dct: dict):
+    def object_hook(self, dct: dict[str, Any]) -> Any:
         if _JSONCLASS not in dct:
             return dct
         escape = dct[_JSONCLASS]
@@ -212,35 +214,35 @@ class _Decoder:
                              f"({type(e).__name__}: {_first_line(e)})") from None
 
     @staticmethod
-    def _one_list(typename: str, args: list) -> list:
+    def _one_list(typename: str, args: list[Any]) -> list[Any]:
         if len(args) != 1 or not isinstance(args[0], list):
             raise ValueError(f"PYON type {typename}: expected one list of items")
         return args[0]
 
-    def _tuple(self, args):
+    def _tuple(self, args: list[Any]) -> tuple[Any, ...]:
         return tuple(self._one_list("tuple", args))
 
-    def _set(self, args):
+    def _set(self, args: list[Any]) -> set[Any]:
         return set(self._one_list("set", args))
 
-    def _dict(self, args):
+    def _dict(self, args: list[Any]) -> dict[Any, Any]:
         return dict(self._pairs("dict", args))
 
-    def _ordered_dict(self, args):
+    def _ordered_dict(self, args: list[Any]) -> OrderedDict[Any, Any]:
         return OrderedDict(self._pairs("OrderedDict", args))
 
-    def _pairs(self, typename, args):
+    def _pairs(self, typename: str, args: list[Any]) -> list[tuple[Any, Any]]:
         items = self._one_list(typename, args)
         if not all(isinstance(p, list) and len(p) == 2 for p in items):
             raise ValueError(f"PYON type {typename}: expected a list of [key, value] pairs")
         return [(k, v) for k, v in items]
 
-    def _slice(self, args):
+    def _slice(self, args: list[Any]) -> slice:
         if len(args) != 3:
             raise ValueError("PYON type slice: expected [start, stop, step]")
         return slice(*args)
 
-    def _complex(self, args):
+    def _complex(self, args: list[Any]) -> complex:
         if len(args) != 2 or not all(type(x) in (int, float) for x in args):
             raise ValueError("PYON type complex: expected [real, imag], two numbers")
         try:
@@ -249,7 +251,7 @@ class _Decoder:
             raise LimitExceeded("PYON value refused: a complex number whose parts "
                                 "do not fit a float") from None
 
-    def _fraction(self, args):
+    def _fraction(self, args: list[Any]) -> Fraction:
         if len(args) != 2 or not all(type(x) is int for x in args):
             raise ValueError("PYON type Fraction: expected [numerator, denominator], "
                              "two integers")
@@ -257,7 +259,7 @@ class _Decoder:
             raise ValueError("PYON type Fraction: the denominator is 0")
         return Fraction(*args)  # the parts are bounded by parse_int
 
-    def _b64decode(self, typename: str, data) -> bytes:
+    def _b64decode(self, typename: str, data: Any) -> bytes:
         if not isinstance(data, str):
             raise ValueError(f"PYON type {typename}: the data must be a base64 string")
         try:
@@ -265,12 +267,12 @@ class _Decoder:
         except binascii.Error:
             raise ValueError(f"PYON type {typename}: the data is not valid base64") from None
 
-    def _bytes(self, args):
+    def _bytes(self, args: list[Any]) -> bytes:
         if len(args) != 1:
             raise ValueError("PYON type bytes: expected [base64 string]")
         return self._b64decode("bytes", args[0])
 
-    def _dtype(self, typename: str, text) -> numpy.dtype:
+    def _dtype(self, typename: str, text: Any) -> numpy.dtype[Any]:
         if not isinstance(text, str) or not _DTYPE.fullmatch(text):
             raise ValueError(f"PYON type {typename}: unsupported dtype {_short(text)} "
                              "(expected a plain dtype string such as '<f8')")
@@ -287,7 +289,7 @@ class _Decoder:
                                 f"bytes (limit {self.limits.max_array_bytes})")
         return dtype
 
-    def _nparray(self, args):
+    def _nparray(self, args: list[Any]) -> numpy.ndarray[Any, Any]:
         if len(args) != 3:
             raise ValueError("PYON type nparray: expected [shape, dtype, base64 data]")
         shape, dtype_text, data = args
@@ -312,7 +314,7 @@ class _Decoder:
             raise LimitExceeded(f"PYON value refused: numpy array shape {_short(shape)}") \
                 from None
 
-    def _npscalar(self, args):
+    def _npscalar(self, args: list[Any]) -> numpy.generic:
         if len(args) != 2:
             raise ValueError("PYON type npscalar: expected [dtype, base64 data]")
         dtype_text, data = args
@@ -328,7 +330,7 @@ class _Decoder:
 _DTYPE = re.compile(r"[<>|=]?[biufcSUVmM]\d{0,12}(\[\d{0,6}[a-zA-Z]{1,2}\])?")
 
 
-def _short(obj) -> str:
+def _short(obj: Any) -> str:
     text = repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -345,7 +347,7 @@ _SEQUENCE_TYPES = frozenset({list, tuple, set})
 _MAPPING_TYPES = frozenset({dict, OrderedDict})
 
 
-def _next_level(level: list) -> list:
+def _next_level(level: list[Any]) -> list[Any]:
     """The containers directly inside the containers of level.
 
     Built from C-level iterators only (no Python code per element), so that the depth
@@ -364,7 +366,7 @@ def _next_level(level: list) -> list:
 
 
 #: PYON type name -> the _Decoder method building it from the escape's arguments.
-_TYPE_DECODERS = {
+_TYPE_DECODERS: dict[str, Callable[[_Decoder, list[Any]], Any]] = {
     "tuple": _Decoder._tuple,
     "dict": _Decoder._dict,
     "set": _Decoder._set,
@@ -378,7 +380,7 @@ _TYPE_DECODERS = {
 }
 
 
-def _check_depth(value, max_depth: int) -> None:
+def _check_depth(value: Any, max_depth: int) -> None:
     """Raise LimitExceeded if containers nest deeper than max_depth in value."""
     level, depth = [value], 1
     while level:
@@ -387,7 +389,7 @@ def _check_depth(value, max_depth: int) -> None:
         level, depth = _next_level(level), depth + 1
 
 
-def decode(text: str | bytes, limits: Limits = DEFAULT_LIMITS):
+def decode(text: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Decode PYON v2 text (str or bytes) within limits.
 
     Raises LimitExceeded when the text or the value would be too big, ValueError on
@@ -434,7 +436,7 @@ def _openings(text: str | bytes) -> int:
 # --------------------------------------------------------------------------- files
 
 
-def store_file(path, obj, fsync: bool = True):
+def store_file(path: str | os.PathLike[str], obj: Any, fsync: bool = True) -> None:
     """Write obj as pretty PYON to path atomically (temp file, fsync, rename; no fsync
     with ``fsync=False``)."""
     with atomic_path(path, fsync=fsync) as tmp:
@@ -443,7 +445,7 @@ def store_file(path, obj, fsync: bool = True):
             f.write("\n")
 
 
-def load_file(path):
+def load_file(path: str | os.PathLike[str]) -> Any:
     """Read a PYON file written by store_file (or by hand)."""
     with open(path, encoding="utf-8") as f:
         return decode(f.read())

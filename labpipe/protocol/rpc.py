@@ -66,6 +66,8 @@ import socket
 import ssl as _ssl
 import threading
 import traceback
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 from labpipe.protocol import pyon
@@ -243,7 +245,7 @@ def _method_names(target: object) -> set[str]:
     return names
 
 
-def _get_method(target: object, name: Any):
+def _get_method(target: object, name: Any) -> Callable[..., Any]:
     if not isinstance(name, str):
         raise ValueError(f"method name must be a string, not {type(name).__name__}")
     if name.startswith("_"):
@@ -263,7 +265,7 @@ def _encodable(value: Any) -> Any:
         return repr(value)
 
 
-def _argspec(function) -> dict:
+def _argspec(function: Callable[..., Any]) -> dict[str, Any]:
     """A PYON-encodable argspec dict (getfullargspec's keys) without the bound self."""
     spec: dict[str, Any] = {"args": [], "varargs": None, "varkw": None, "defaults": None,
                             "kwonlyargs": [], "kwonlydefaults": {}, "annotations": {}}
@@ -353,7 +355,7 @@ class Server(AsyncioServer):
         self.description = description
 
     async def _handle_connection_cr(self, reader: asyncio.StreamReader,
-                                    writer: asyncio.StreamWriter):
+                                    writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         current_peer.set(peer)  # this connection's task only
         if await read_line(reader) != BANNER:
@@ -373,7 +375,9 @@ class Server(AsyncioServer):
         await _write_line(writer, pyon.encode(_method_names(target)))
         await self._serve_requests(target, target_name, reader, writer, peer)
 
-    async def _serve_requests(self, target, target_name, reader, writer, peer):
+    async def _serve_requests(self, target: object, target_name: str,
+                              reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              peer: Any) -> None:
         while True:
             try:
                 line = await read_line(reader)
@@ -388,12 +392,13 @@ class Server(AsyncioServer):
                 reply = await self._process(target, target_name, line, peer)
             await _write_line(writer, reply)
 
-    def _refuse(self, exc: Exception, peer) -> str:
+    def _refuse(self, exc: Exception, peer: Any) -> str:
         logger.warning("RPC request from %s refused: %s", peer, exc)
         return pyon.encode(_failure(exc))
 
-    async def _process(self, target, target_name: str, line: str, peer) -> str:
+    async def _process(self, target: object, target_name: str, line: str, peer: Any) -> str:
         """Serve one request line; return the reply line."""
+        call: Callable[[], Any]
         try:
             request = _parse_request(line)
             if request["action"] == "get_rpc_method_list":
@@ -409,7 +414,8 @@ class Server(AsyncioServer):
             if inspect.isawaitable(ret):
                 ret = await ret
         except asyncio.CancelledError as e:
-            if asyncio.current_task().cancelling():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise  # the server is stopping
             return self._call_failed(e, target_name, name, peer)  # cancelled inside the method
         except Exception as e:
@@ -417,7 +423,7 @@ class Server(AsyncioServer):
         return _encode_ok(ret, name)
 
     @staticmethod
-    def _call_failed(exc: BaseException, target_name: str, name: str, peer) -> str:
+    def _call_failed(exc: BaseException, target_name: str, name: str, peer: Any) -> str:
         logger.debug("RPC call %s.%s from %s failed", target_name, name, peer, exc_info=exc)
         return pyon.encode(_failure(exc))
 
@@ -432,7 +438,7 @@ def _encode_ok(ret: Any, name: str) -> str:
         return pyon.encode(_failure(err))
 
 
-async def _write_line(writer: asyncio.StreamWriter, line: str):
+async def _write_line(writer: asyncio.StreamWriter, line: str) -> None:
     writer.write(line.encode("utf-8") + b"\n")
     await writer.drain()
 
@@ -471,7 +477,7 @@ class Client:
             self.close_rpc()
             raise
 
-    def _send(self, line: str):
+    def _send(self, line: str) -> None:
         self._socket.sendall(line.encode("utf-8") + b"\n")
 
     def _recv_line(self) -> str | None:
@@ -501,11 +507,11 @@ class Client:
     def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
         return self._request(_call_request(name, args, kwargs))
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        def proxy(*args, **kwargs):
+        def proxy(*args: Any, **kwargs: Any) -> Any:
             return self._call(name, args, kwargs)
         proxy.__name__ = name
         return proxy
@@ -526,14 +532,15 @@ class Client:
         """The local address of the connection (the address the server sees)."""
         return self._socket.getsockname()[0]
 
-    def close_rpc(self):
+    def close_rpc(self) -> None:
         """Close the connection (idempotent)."""
         self._socket.close()
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close_rpc()
 
 
@@ -555,7 +562,7 @@ class AsyncClient:
         self._target: str | None = None
 
     async def connect_rpc(self, host: str, port: int, target_name: str | None = None,
-                          *, ssl: _ssl.SSLContext | None = None):
+                          *, ssl: _ssl.SSLContext | None = None) -> None:
         """Connect and select target_name (None: the server's only target); ``ssl``: a
         client SSLContext (``tls.client_context``) for a TLS server."""
         self.close_rpc()
@@ -571,7 +578,7 @@ class AsyncClient:
             self.close_rpc()
             raise
 
-    async def _send(self, line: str):
+    async def _send(self, line: str) -> None:
         assert self._writer is not None
         await _write_line(self._writer, line)
 
@@ -588,11 +595,11 @@ class AsyncClient:
                 raise
         return _reply_value(line)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        async def proxy(*args, **kwargs):
+        async def proxy(*args: Any, **kwargs: Any) -> Any:
             return await self._request(_call_request(name, args, kwargs))
         proxy.__name__ = name
         return proxy
@@ -614,7 +621,7 @@ class AsyncClient:
         assert self._writer is not None
         return self._writer.get_extra_info("sockname")[0]
 
-    def close_rpc(self):
+    def close_rpc(self) -> None:
         """Close the connection (idempotent, not a coroutine, like sipyco's)."""
         if self._writer is not None:
             self._writer.close()

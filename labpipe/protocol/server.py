@@ -33,6 +33,7 @@ import socket
 import ssl as _ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .tls import TLSAcceptor
 
@@ -91,7 +92,7 @@ class _RateLimitedWarning:
         self._last = -float("inf")
         self._unlogged = 0
 
-    def __call__(self, fmt: str, *args) -> None:
+    def __call__(self, fmt: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             self._unlogged += 1
@@ -114,7 +115,7 @@ def _install_accept_error_filter(loop: asyncio.AbstractEventLoop) -> None:
     if getattr(previous, "_labpipe_accept_filter", False):
         return
 
-    def handler(loop, context):
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message", "").startswith("socket.accept() out of system resource"):
             exc = context.get("exception")
             _accept_error_log("cannot accept connections: %s; retrying",
@@ -137,7 +138,9 @@ async def read_line(reader: asyncio.StreamReader) -> str | None:
     try:
         line = await reader.readline()
     except (ValueError, asyncio.LimitOverrunError):
-        raise LineTooLong(f"line longer than {reader._limit} bytes") from None
+        # asyncio keeps the limit in a private attribute, which typeshed does not declare
+        limit = reader._limit  # type: ignore[attr-defined]
+        raise LineTooLong(f"line longer than {limit} bytes") from None
     if not line:
         return None
     if not line.endswith(b"\n"):
@@ -175,7 +178,7 @@ class AsyncioServer:
             return sum(self._per_peer.values())
         return self._per_peer.get(peer_host, 0)
     async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
-                    ssl: _ssl.SSLContext | None = None):
+                    ssl: _ssl.SSLContext | None = None) -> None:
         """Bind host (an address or a list of them) on port and start serving;
         with ``ssl`` (a server SSLContext) every connection is TLS."""
         if ssl is not None:
@@ -202,7 +205,7 @@ class AsyncioServer:
         if self._tls is not None:
             self._tls.where = f"{type(self).__name__} on port {port}"
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Stop listening and close every connection; waits until all are closed."""
         for server in self._servers:
             server.close()
@@ -253,12 +256,14 @@ class AsyncioServer:
                 raise _HandlerTimeout(f"TimeoutError in the handler: {e}") from e
         # the deadline passing surfaces as TimeoutError here, at the block's exit
 
-    async def _handle_connection(self, reader, writer):
+    async def _handle_connection(self, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
         host = self._admit(writer)
         if host is None:
             writer.transport.abort()
             return
         task = asyncio.current_task()
+        assert task is not None  # a coroutine run by asyncio.start_server's task
         self._connections.add(task)
         try:
             # the TLS upgrade must come before anything reads from the connection
@@ -288,6 +293,6 @@ class AsyncioServer:
             self._release(host)
 
     async def _handle_connection_cr(self, reader: asyncio.StreamReader,
-                                    writer: asyncio.StreamWriter):
+                                    writer: asyncio.StreamWriter) -> None:
         """Serve one connection; subclasses implement their protocol here."""
         raise NotImplementedError

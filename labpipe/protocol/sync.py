@@ -82,12 +82,14 @@ import asyncio
 import logging
 import ssl as _ssl
 from collections import deque
-from typing import Any, Callable, Literal, TypedDict, Union
+from collections.abc import Hashable
+from typing import Any, Callable, Literal, TypedDict, Union, cast
 
 from . import pyon
 from .server import AsyncioServer, read_line
 
-__all__ = ["Notifier", "apply_mod", "Publisher", "Subscriber", "Mod",
+__all__ = ["Notifier", "apply_mod", "Publisher", "Subscriber", "Mod", "PathMod",
+           "InitMod", "SetItemMod", "DelItemMod", "AppendMod", "InsertMod", "PopMod",
            "Outbox", "DEFAULT_QUEUE_LIMIT", "DEFAULT_QUEUE_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -102,73 +104,87 @@ DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 CLIENT_MAX_LINE_LENGTH = 1024 * 1024 * 1024
 
 
+# The mods, one TypedDict per action (the wire shapes of the module docstring). ``path``
+# is the list of keys/indices from the root to the container that changed.
+
 class InitMod(TypedDict):
+    """The whole structure, the first line to each subscriber."""
     action: Literal["init"]
     struct: Any
 
 
 class SetItemMod(TypedDict):
+    """``container[key] = value``."""
     action: Literal["setitem"]
-    path: list
+    path: list[Any]
     key: Any
     value: Any
 
 
 class DelItemMod(TypedDict):
+    """``del container[key]``."""
     action: Literal["delitem"]
-    path: list
+    path: list[Any]
     key: Any
 
 
 class AppendMod(TypedDict):
+    """``container.append(x)``."""
     action: Literal["append"]
-    path: list
+    path: list[Any]
     x: Any
 
 
 class InsertMod(TypedDict):
+    """``container.insert(i, x)``."""
     action: Literal["insert"]
-    path: list
+    path: list[Any]
     i: int
     x: Any
 
 
 class PopMod(TypedDict):
+    """``container.pop(i)``: an index of a list, or a key of a dict."""
     action: Literal["pop"]
-    path: list
+    path: list[Any]
     i: Any
 
 
-Mod = Union[InitMod, SetItemMod, DelItemMod, AppendMod, InsertMod, PopMod]
+#: A change at a path: what ``apply_mod`` replays.
+PathMod = Union[SetItemMod, DelItemMod, AppendMod, InsertMod, PopMod]
+#: Anything a notifier publishes or a subscriber receives.
+Mod = Union[InitMod, PathMod]
 Listener = Callable[[Mod], None]
 
 
-def _traverse(obj, path):
+def _traverse(obj: Any, path: list[Any] | tuple[Any, ...]) -> Any:
     for key in path:
         obj = obj[key]
     return obj
 
 
-def apply_mod(target, mod: Mod) -> None:
+def apply_mod(target: Any, mod: Mod) -> None:
     """Apply one mod (not init) to target, a plain structure or any object with item access.
 
     The path may go through tuples; the container it ends at must be mutable.
-    Raises ValueError on an unknown action, and whatever the container raises.
+    Raises ValueError on an init or an unknown action, and whatever the container raises.
     """
-    action = mod["action"]
+    if mod["action"] == "init":
+        raise ValueError("an init mod replaces the whole structure: build a new target")
     container = _traverse(target, mod["path"])
-    if action == "setitem":
+    if mod["action"] == "setitem":
         container[mod["key"]] = mod["value"]
-    elif action == "delitem":
+    elif mod["action"] == "delitem":
         del container[mod["key"]]
-    elif action == "append":
+    elif mod["action"] == "append":
         container.append(mod["x"])
-    elif action == "insert":
+    elif mod["action"] == "insert":
         container.insert(mod["i"], mod["x"])
-    elif action == "pop":
+    elif mod["action"] == "pop":
         container.pop(mod["i"])
     else:
-        raise ValueError(f"cannot apply a mod with action {action!r}")
+        # only a mod decoded from the wire gets here: its action is not one of the above
+        raise ValueError(f"cannot apply a mod with action {mod['action']!r}")
 
 
 class Notifier:
@@ -177,20 +193,20 @@ class Notifier:
     ``Notifier(backing)`` makes a root; ``notifier[key]`` makes a view on a sub-path.
     """
 
-    def __init__(self, backing):
+    def __init__(self, backing: Any):
         self._root = self
-        self._path: tuple = ()
+        self._path: tuple[Any, ...] = ()
         self._backing = backing
         self._listeners: list[Listener] = []
 
-    def _view(self, key) -> Notifier:
+    def _view(self, key: Any) -> Notifier:
         view = object.__new__(Notifier)
         view._root = self._root
         view._path = self._path + (key,)
         return view
 
     @property
-    def raw_view(self):
+    def raw_view(self) -> Any:
         """The object at this notifier's path in the backing structure (read only)."""
         return _traverse(self._root._backing, self._path)
 
@@ -205,7 +221,7 @@ class Notifier:
         except ValueError:
             pass
 
-    def _container(self):
+    def _container(self) -> Any:
         container = self.raw_view
         if isinstance(container, tuple):
             raise TypeError(
@@ -222,31 +238,31 @@ class Notifier:
                 logger.exception("notifier listener %r failed on a %s mod at path %s",
                                  cb, mod.get("action"), mod.get("path"))
 
-    def __getitem__(self, key) -> Notifier:
+    def __getitem__(self, key: Any) -> Notifier:
         view = self._view(key)
         view.raw_view  # raises KeyError/IndexError now rather than at the first mutation
         return view
 
-    def __setitem__(self, key, value) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         self._container()[key] = value
         self._publish({"action": "setitem", "path": list(self._path),
                        "key": key, "value": value})
 
-    def __delitem__(self, key) -> None:
+    def __delitem__(self, key: Any) -> None:
         del self._container()[key]
         self._publish({"action": "delitem", "path": list(self._path), "key": key})
 
-    def append(self, x) -> None:
+    def append(self, x: Any) -> None:
         """Append x to the list at this path."""
         self._container().append(x)
         self._publish({"action": "append", "path": list(self._path), "x": x})
 
-    def insert(self, i: int, x) -> None:
+    def insert(self, i: int, x: Any) -> None:
         """Insert x before index i in the list at this path."""
         self._container().insert(i, x)
         self._publish({"action": "insert", "path": list(self._path), "i": i, "x": x})
 
-    def pop(self, i=-1):
+    def pop(self, i: Any = -1) -> Any:
         """Remove and return the item at index i (key i for a dict) at this path."""
         value = self._container().pop(i)
         self._publish({"action": "pop", "path": list(self._path), "i": i})
@@ -255,7 +271,7 @@ class Notifier:
     # Without this, Python would iterate by calling __getitem__(0), (1), ...
     __iter__ = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Notifier path={list(self._path)}>"
 
 
@@ -268,7 +284,7 @@ async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
 LAGGING_BYTES = 1 << 20
 
 
-def _root_key(mod: Mod):
+def _root_key(mod: Mod) -> tuple[Hashable | None, bool]:
     """(the root key a mod touches, whether it overwrites everything under it)."""
     path = mod.get("path")
     if not isinstance(path, list):
@@ -297,8 +313,8 @@ class Outbox:
         self._queue_bytes = queue_bytes
         self._label = f"{what} at {peer[0]}:{peer[1]}" if peer else what
         self._lines: deque[bytes] = deque()
-        self._keys: deque = deque()  # the root key of each queued line, or None
-        self._queued_per_key: dict = {}
+        self._keys: deque[Hashable | None] = deque()  # the root key of each line, or None
+        self._queued_per_key: dict[Hashable, int] = {}
         self._lagging_lines = min(64, max(1, queue_limit // 2))
         self._bytes = 0
         self._ready = asyncio.Event()
@@ -309,7 +325,8 @@ class Outbox:
         """(lines, bytes) queued and not yet handed to the socket."""
         return len(self._lines), self._bytes
 
-    def put(self, line: bytes, key=None, supersedes: bool = False) -> bool:
+    def put(self, line: bytes, key: Hashable | None = None,
+            supersedes: bool = False) -> bool:
         """Queue one line; False if the connection is (now) dropped.
 
         ``key`` is the root key the line's mod touches (None: not keyed); with
@@ -336,8 +353,9 @@ class Outbox:
         self._ready.set()
         return True
 
-    def _drop_key(self, key):
-        kept_lines, kept_keys = deque(), deque()
+    def _drop_key(self, key: Hashable) -> None:
+        kept_lines: deque[bytes] = deque()
+        kept_keys: deque[Hashable | None] = deque()
         for line, k in zip(self._lines, self._keys):
             if k == key:
                 self._bytes -= len(line)
@@ -369,7 +387,7 @@ class Outbox:
         self._ready.set()
         self._writer.transport.abort()
 
-    async def _write_loop(self):
+    async def _write_loop(self) -> None:
         while True:
             while self._lines:
                 line = self._pop()
@@ -405,7 +423,7 @@ class Publisher(AsyncioServer):
 
     def __init__(self, notifiers: dict[str, Notifier], *,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT,
-                 queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs):
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES, **kwargs: Any):
         super().__init__(**kwargs)
         self.notifiers = dict(notifiers)
         self.queue_limit = queue_limit
@@ -414,12 +432,12 @@ class Publisher(AsyncioServer):
         self._listeners = {name: self._make_listener(name) for name in self.notifiers}
 
     def _make_listener(self, name: str) -> Listener:
-        def listener(mod):
+        def listener(mod: Mod) -> None:
             self._publish(name, mod)
         return listener
 
     async def start(self, host: str | list[str] = "127.0.0.1", port: int = 0,
-                    ssl: _ssl.SSLContext | None = None):
+                    ssl: _ssl.SSLContext | None = None) -> None:
         """Start listening and publishing the notifiers' mods (TLS with ``ssl``)."""
         for name, notifier in self.notifiers.items():
             notifier.add_listener(self._listeners[name])
@@ -429,12 +447,12 @@ class Publisher(AsyncioServer):
             self._remove_listeners()
             raise
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Disconnect every subscriber and stop listening."""
         self._remove_listeners()
         await super().stop()
 
-    def _remove_listeners(self):
+    def _remove_listeners(self) -> None:
         for name, notifier in self.notifiers.items():
             notifier.remove_listener(self._listeners[name])
 
@@ -458,7 +476,8 @@ class Publisher(AsyncioServer):
         for outbox in list(outboxes):
             outbox.put(line, key, supersedes)
 
-    async def _handle_connection_cr(self, reader, writer):
+    async def _handle_connection_cr(self, reader: asyncio.StreamReader,
+                                    writer: asyncio.StreamWriter) -> None:
         if await read_line(reader) != BANNER:
             return
         name = await read_line(reader)
@@ -495,11 +514,12 @@ class LineClient:
         self._name = name
         self.disconnect_cb = disconnect_cb
         self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def _connect(self, host, port, before_receive_cb=None,
-                       ssl: _ssl.SSLContext | None = None):
+    async def _connect(self, host: str, port: int,
+                       before_receive_cb: Callable[[], None] | None = None,
+                       ssl: _ssl.SSLContext | None = None) -> None:
         if self._task is not None:
             if not self._task.done():
                 raise RuntimeError("already connected; close() first")
@@ -535,7 +555,8 @@ class LineClient:
     def _handle(self, text: str) -> None:
         raise NotImplementedError
 
-    async def _receive(self, reader, writer):
+    async def _receive(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
         try:
             while (line := await read_line(reader)) is not None:
                 self._handle(line)
@@ -560,7 +581,7 @@ class Subscriber(LineClient):
     _banner = BANNER
 
     def __init__(self, notifier_name: str, target_builder: Callable[[Any], Any],
-                 notify_cb: Callable[[Mod], None] | list | None = None,
+                 notify_cb: Callable[[Mod], None] | list[Callable[[Mod], None]] | None = None,
                  disconnect_cb: Callable[[], None] | None = None):
         super().__init__(notifier_name, disconnect_cb)
         self.notifier_name = notifier_name
@@ -568,11 +589,11 @@ class Subscriber(LineClient):
         if notify_cb is None:
             notify_cb = []
         self.notify_cbs = list(notify_cb) if isinstance(notify_cb, list) else [notify_cb]
-        self.target = None
+        self.target: Any = None
         self._got_init = False
 
     @property
-    def model(self):
+    def model(self) -> Any:
         """The local copy (same as ``target``)."""
         return self.target
 
@@ -586,12 +607,14 @@ class Subscriber(LineClient):
         self._got_init = False
         await self._connect(host, port, before_receive_cb, ssl=ssl)
 
-    def _handle(self, text):
-        mod = pyon.decode(text, pyon.RECEIVE_LIMITS)
-        if not isinstance(mod, dict):
-            raise ValueError(f"a mod must be a dict, got {type(mod).__name__}")
-        if mod.get("action") == "init":
-            self.target = self.target_builder(mod["struct"])
+    def _handle(self, text: str) -> None:
+        decoded = pyon.decode(text, pyon.RECEIVE_LIMITS)
+        if not isinstance(decoded, dict):
+            raise ValueError(f"a mod must be a dict, got {type(decoded).__name__}")
+        # from the wire: apply_mod raises on a dict that is not one of the mods
+        mod = cast(Mod, decoded)
+        if decoded.get("action") == "init":
+            self.target = self.target_builder(decoded["struct"])
             self._got_init = True
         elif not self._got_init:
             raise ValueError("received a mod before the init")

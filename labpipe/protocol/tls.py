@@ -101,7 +101,7 @@ def _check_files(files: TLSFiles) -> None:
     _read_pem("PEER", files.peer, "-----BEGIN CERTIFICATE-----", "a certificate")
 
 
-def _encrypted_key(*_args) -> str:
+def _encrypted_key(*_args: object) -> str:
     raise TLSConfigError("encrypted")
 
 
@@ -186,7 +186,7 @@ def describe_tls_error(exc: BaseException) -> str:
 class _RefusalLog:
     """One warning line per refused peer, at most MAX_REFUSAL_LINES per window."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._where = "TLS"
         self._window_start = -float("inf")
         self._lines = 0

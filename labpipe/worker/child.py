@@ -1,37 +1,37 @@
 """The worker process: one run's experiment, driven by the master over a pipe.
 
-This module is what runs in the child (its parent-side counterpart is ``handle.py``).
-The master sends one command per stage and waits for the outcome:
+This module is what runs in the child (its parent-side counterpart is ``handle.py``;
+the messages are those of ``messages.py``). The master sends one command per stage and
+waits for its outcome; ``_Child.commands`` is the worker's dispatch table:
 
-=================  ==========================================  ======================
-command            fields                                      outcome
-=================  ==========================================  ======================
-``build``          rid, pipeline_name, priority, expid,        ``completed`` +
-                   workdir, lab_dir, results_dir, repo_rev     class_name, devices,
-                                                               bluesky (imported?)
-``prepare``                                                    ``completed``
-``run``                                                        ``completed``,
-                                                               ``paused``,
-                                                               ``terminated``
-``resume``         terminate (bool): answer to ``paused``      as ``run``
-``analyze``        (then writes the results file)              ``completed`` + results
-``validate``       expid, workdir, lab_dir (instead of build:  ``completed`` + problems
-                   a dry run, see ``validate.py``)
-``terminate``      (any time) exit now                         --
-=================  ==========================================  ======================
+=============  ============================================  =============================
+command        does                                          outcome
+=============  ============================================  =============================
+``Build``      import the experiment, build it               ``Built``
+``Prepare``    ``prepare()``                                 ``Completed``
+``Run``        ``run()``                                     ``Completed``, ``Paused``,
+                                                             ``Terminated``
+``Resume``     (the answer to ``Paused``, read by            as ``Run``
+               ``scheduler.pause()`` itself)
+``Analyze``    ``analyze()``, then write the results file    ``Completed`` + its path
+``Validate``   a dry run instead of build (``validate.py``)  ``Validated`` + problems
+``Terminate``  (any time) exit now (``ipc.py``)              --
+=============  ============================================  =============================
 
-Any stage may instead end with ``{"action": "exception", "message": one line,
-"traceback": text}``; when run or analyze fails, or the run is terminated, the results
-file is written first (with the error text), so that what was collected is kept.
+Any stage may instead end with ``Failed`` (one line and the traceback); when run or
+analyze fails, or the run is terminated, the results file is written first (with the
+error text), so that what was collected is kept. A malformed or unexpected command is
+answered with ``Failed`` naming it.
 
-While a stage runs the child streams one-way messages (``log``, ``update_dataset``,
-``ccb_issue``, ``set_progress``) and makes requests (``get_device_db``, ``get_dataset``,
-``check_pause``, ``check_termination``, ``submit``, ``delete``, ``request_termination``,
-``get_status``, ``interactive``); see ``ipc.py`` for the framing. Before anything else
-the child passes the read end of its fds 1/2 pipe over the connection, and its
-``sys.stdout``/``sys.stderr`` send each line as a ``print`` log message
+While a stage runs the child streams one-way messages (``Log``, ``UpdateDataset``,
+``CCBIssue``, ``SetProgress``) and makes requests (``GetDeviceDB``, ``GetDataset``, the
+``scheduler`` device's calls, ``Interactive``); see ``ipc.py`` for the framing. Before
+anything else the child passes the read end of its fds 1/2 pipe over the connection,
+and its ``sys.stdout``/``sys.stderr`` send each line as a ``print`` log message
 (``output.py``).
 """
+
+from __future__ import annotations
 
 import logging
 import os
@@ -39,17 +39,26 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from labpipe.language.argument_managers import (ProcessArgumentManager, describe_arglist,
                                                  process_values)
 from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
+from labpipe.worker import limits
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
-from labpipe.worker import limits
 from labpipe.worker.ipc import ChildChannel
+from labpipe.worker.messages import (Analyze, Build, Built, Command, Completed, Failed,
+                                     GetDataset, GetDeviceDB, Interactive, Log,
+                                     MalformedMessage, Outcome, Prepare, Resume, Run,
+                                     Terminated, UpdateDataset, Validate, Validated, tag_of)
 from labpipe.worker.output import PrintStream, capture_fds
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 __all__ = ["main"]
 
@@ -57,19 +66,17 @@ __all__ = ["main"]
 class _PipeLogHandler(logging.Handler):
     """Sends log records to the master and keeps their lines for the results file."""
 
-    def __init__(self, channel, log_lines):
+    def __init__(self, channel: ChildChannel, log_lines: list[str]) -> None:
         super().__init__()
         self._channel = channel
         self._log_lines = log_lines
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
             if record.exc_info:
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            self._channel.send({"action": "log", "levelno": record.levelno,
-                                "name": record.name, "message": message,
-                                "created": record.created})
+            self._channel.send(Log(record.levelno, record.name, message, record.created))
             self._log_lines.append(f"{record.levelname}:{record.name}:{message}")
         except Exception:
             self.handleError(record)
@@ -78,16 +85,18 @@ class _PipeLogHandler(logging.Handler):
 class _RemoteDeviceDB(StaticDeviceDB):
     """The master's device database, fetched once, on the run's first device."""
 
-    def __init__(self, channel):
-        super().__init__(None)
+    def __init__(self, channel: ChildChannel) -> None:
+        super().__init__({})
         self._channel = channel
+        self._fetched = False
 
-    def get_device_db(self):
-        if self.device_db is None:
-            self.device_db = self._channel.request("get_device_db")
+    def get_device_db(self) -> Mapping[str, Any]:
+        if not self._fetched:
+            self.device_db = self._channel.request(GetDeviceDB())
+            self._fetched = True
         return self.device_db
 
-    def get(self, key, resolve_alias=False):
+    def get(self, key: str, resolve_alias: bool = False) -> Any:
         self.get_device_db()
         return super().get(key, resolve_alias)
 
@@ -95,28 +104,32 @@ class _RemoteDeviceDB(StaticDeviceDB):
 class _WorkerArgumentManager(ProcessArgumentManager):
     """Arguments from the expid; interactive ones asked of the users via the master."""
 
-    def __init__(self, arguments, channel):
+    def __init__(self, arguments: dict[str, Any], channel: ChildChannel) -> None:
         super().__init__(arguments)
         self._channel = channel
 
-    def get_interactive(self, arglist, title):
-        values = self._channel.request("interactive", arglist_desc=describe_arglist(arglist),
-                                       title=title)
+    def get_interactive(self, arglist: list[Any], title: str) -> dict[str, Any]:
+        values = self._channel.request(Interactive(describe_arglist(arglist), title))
         if values is None:
             raise CancelledArgsError
         return process_values(arglist, values)
 
 
 class _Child:
-    def __init__(self, channel):
-        self.channel = channel
-        self.runner = None
-        self.log_lines = []
-        self.commands = {"build": self.build, "prepare": self.prepare, "run": self.run,
-                         "resume": self.resume, "analyze": self.analyze,
-                         "validate": self.validate}
+    """The worker's side of one run: its dispatch table and the stages."""
 
-    def setup_logging(self, level):
+    def __init__(self, channel: ChildChannel) -> None:
+        self.channel = channel
+        self.runner: ExperimentRunner | None = None
+        self.log_lines: list[str] = []
+        #: The worker's dispatch table: command type -> its handler (returning the
+        #: outcome). ``Resume`` outside a pause is an error; ``Terminate`` never
+        #: gets here (``ChildChannel.recv_command`` exits).
+        self.commands: dict[type[Command], Callable[[Any], Outcome]] = {
+            Build: self.build, Prepare: self.prepare, Run: self.run, Resume: self.resume,
+            Analyze: self.analyze, Validate: self.validate}
+
+    def setup_logging(self, level: int) -> None:
         root = logging.getLogger()
         for handler in list(root.handlers):
             root.removeHandler(handler)
@@ -130,105 +143,120 @@ class _Child:
     def print_line(self, line: str) -> None:
         """A line the experiment wrote to stdout or stderr: a ``print`` record at INFO
         to the master, and a line of the results file's log."""
-        self.channel.send({"action": "log", "levelno": logging.INFO, "name": "print",
-                           "message": line, "created": time.time()})
+        self.channel.send(Log(logging.INFO, "print", line, time.time()))
         self.log_lines.append("INFO:print:" + line)
 
-    def serve(self):
+    def serve(self) -> None:
         while True:
-            command = self.channel.recv_command()
-            handler = self.commands.get(command.get("action"))
+            try:
+                command = self.channel.recv_command()
+            except MalformedMessage as exc:
+                self.channel.send(Failed(str(exc), ""))
+                continue
+            handler = self.commands.get(type(command))  # type: ignore[arg-type]
             if handler is None:
-                self.channel.send({"action": "exception", "traceback": "",
-                                   "message": f"unknown command {command.get('action')!r}"})
+                self.channel.send(Failed(f"unexpected command {tag_of(command)!r}", ""))
                 continue
             try:
                 outcome = handler(command)
             except Exception as exc:
-                self.channel.send({"action": "exception", "message": one_line(exc),
-                                   "traceback": traceback.format_exc()})
-            else:
-                self.channel.send(outcome)
+                outcome = Failed(one_line(exc), traceback.format_exc())
+            self.channel.send(outcome)
 
-    def build(self, cmd):
-        expid = cmd["expid"]
-        if cmd.get("lab_dir"):
-            os.chdir(cmd["lab_dir"])  # experiments see the lab directory, as under ARTIQ
+    def build(self, cmd: Build) -> Built:
+        expid = cmd.expid
+        if cmd.lab_dir:
+            os.chdir(cmd.lab_dir)  # experiments see the lab directory, as under ARTIQ
         self.setup_logging(expid.get("log_level", logging.WARNING))
         channel = self.channel
-        scheduler = Scheduler(channel, cmd["rid"], cmd["pipeline_name"], cmd["priority"],
-                              expid)
+        scheduler = Scheduler(channel, cmd.rid, cmd.pipeline_name, cmd.priority, expid)
         device_mgr = DeviceManager(_RemoteDeviceDB(channel),
                                    {"scheduler": scheduler, "ccb": CCB(channel)})
+        # a mod travels as the plain dict it is (the message checks only that)
         dataset_mgr = DatasetManager(
-            lambda mod: channel.send({"action": "update_dataset", "mod": mod}),
-            lambda key: channel.request("get_dataset", key=key))
+            lambda mod: channel.send(UpdateDataset(cast(dict[str, Any], mod))),
+            lambda key: channel.request(GetDataset(key)))
         argument_mgr = _WorkerArgumentManager(expid.get("arguments", {}), channel)
-        self.runner = ExperimentRunner(
-            rid=cmd["rid"], expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
-            workdir=cmd.get("workdir"), results_dir=cmd["results_dir"],
-            repo_rev=cmd.get("repo_rev"), log_lines=self.log_lines)
-        self.runner.build()
-        return {"action": "completed", "class_name": self.runner.class_name,
-                "devices": list(getattr(device_mgr, "requested", [])),
-                "bluesky": "bluesky" in sys.modules or "ophyd" in sys.modules}
+        self.runner = runner = ExperimentRunner(
+            rid=cmd.rid, expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
+            workdir=cmd.workdir, results_dir=cmd.results_dir, repo_rev=cmd.repo_rev,
+            log_lines=self.log_lines)
+        runner.build()
+        return Built(runner.class_name, list(device_mgr.requested),
+                     "bluesky" in sys.modules or "ophyd" in sys.modules)
 
-    def validate(self, cmd):
-        """A dry run: the problems that would stop ``cmd["expid"]`` (``validate.py``)."""
-        from labpipe.worker.validate import validate_command
+    def validate(self, cmd: Validate) -> Validated:
+        """A dry run: the problems that would stop ``cmd.expid`` (``validate.py``)."""
+        from labpipe.worker.validate import validate_experiment
         # user code is imported here: bound its memory (the process is single-use)
-        limits.set_memory_limit(limits.mapped_bytes(),
-                                cmd.get("memory", limits.DEFAULT_VALIDATE_MEMORY))
+        limits.set_memory_limit(limits.mapped_bytes(), cmd.memory)
         self.setup_logging(logging.WARNING)  # the master drops them: a dry run is silent
-        return validate_command(self.channel, cmd)
+        if cmd.lab_dir:
+            os.chdir(cmd.lab_dir)
+        channel = self.channel
+        device_db = channel.request(GetDeviceDB())
 
-    def prepare(self, cmd):
-        self.runner.prepare()
-        return {"action": "completed"}
+        def get_dataset(key: str) -> tuple[bool, Any, dict[str, Any]]:
+            try:
+                return channel.request(GetDataset(key))
+            except Exception as e:
+                raise KeyError(str(e)) from None
 
-    def _stage_with_results(self, stage):
+        return Validated(validate_experiment(cmd.expid, workdir=cmd.workdir,
+                                             device_db=device_db, get_dataset=get_dataset))
+
+    def _runner(self) -> ExperimentRunner:
+        if self.runner is None:
+            raise RuntimeError("no experiment was built in this worker")
+        return self.runner
+
+    def prepare(self, cmd: Prepare) -> Completed:
+        self._runner().prepare()
+        return Completed()
+
+    def _stage_with_results(self, stage: Callable[[], None]) -> Outcome:
         """Run a stage; if it fails, keep what was collected in the results file."""
         try:
             stage()
         except TerminationRequested:
             logging.getLogger("labpipe.worker").info("run terminated on request")
-            path = self._write_results_quietly("terminated on request")
-            return {"action": "terminated", "results": path}
+            return Terminated(self._write_results_quietly("terminated on request"))
         except Exception as exc:
             text = traceback.format_exc()
             path = self._write_results_quietly(f"{one_line(exc)}\n{text}")
-            return {"action": "exception", "message": one_line(exc), "traceback": text,
-                    "results": path}
-        return {"action": "completed"}
+            return Failed(one_line(exc), text, path)
+        return Completed()
 
-    def run(self, cmd):
-        return self._stage_with_results(self.runner.run)
+    def run(self, cmd: Run) -> Outcome:
+        return self._stage_with_results(self._runner().run)
 
-    def resume(self, cmd):
+    def resume(self, cmd: Resume) -> Outcome:
         raise RuntimeError("resume received while not paused")
 
-    def analyze(self, cmd):
+    def analyze(self, cmd: Analyze) -> Outcome:
         """Analyze, then write the results file; the outcome carries its path."""
-        outcome = self._stage_with_results(self.runner.analyze)
-        if outcome["action"] != "completed":
+        runner = self._runner()
+        outcome = self._stage_with_results(runner.analyze)
+        if not isinstance(outcome, Completed):
             return outcome
         try:
-            path = self.runner.write_results()
+            path = runner.write_results()
         finally:
-            self.runner.close()
-        return {"action": "completed", "results": path}
+            runner.close()
+        return Completed(path)
 
-    def _write_results_quietly(self, error):
+    def _write_results_quietly(self, error: str) -> str | None:
+        runner = self._runner()
         try:
-            return self.runner.write_results(error=error)
+            return runner.write_results(error=error)
         except Exception:
             logging.getLogger("labpipe.worker").exception("could not write the results file")
             return None
         finally:
-            self.runner.close()
+            runner.close()
 
 
-def main(conn):
+def main(conn: Connection) -> None:
     """Entry point of the worker process (started by ``launcher.start_worker``)."""
     # Ctrl-C in the master's terminal reaches the whole process group: the master
     # stops its workers itself, in order.

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy
 
+from labpipe.protocol.sync import PathMod
+
 __all__ = ["DatasetManager", "DatasetNotFoundError", "append_row", "snapshot"]
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
 class DatasetNotFoundError(KeyError):
     """A dataset key unknown both to this run and to the master."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.args[0]) if self.args else "dataset not found"
 
 
@@ -106,7 +108,7 @@ class _Own:
 class DatasetManager:
     """Datasets of one run: local values, archive records and the stream to the master."""
 
-    def __init__(self, send: Callable[[dict], None], get_remote: Callable[[str], tuple]):
+    def __init__(self, send: Callable[[PathMod], None], get_remote: Callable[[str], tuple]):
         self._send = send
         self._get_remote = get_remote
         self._own: dict[str, _Own] = {}

@@ -54,7 +54,7 @@ class DeviceError(Exception):
 class DeviceNotFoundError(DeviceError, KeyError):
     """A key (or an alias's target) that is not in the device database."""
 
-    def __str__(self):  # KeyError would show the message in quotes
+    def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else "device not found"
 
 

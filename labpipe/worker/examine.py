@@ -19,10 +19,14 @@ exist (``get_dataset`` returns its default). An exception raised by a class's ``
 propagates, with a note naming the class.
 """
 
+from __future__ import annotations
+
 import os
 from types import ModuleType
+from typing import Any
 
 from labpipe.language.argument_managers import TraceArgumentManager
+from labpipe.language.environment import DatasetManager, DeviceManager
 from labpipe.protocol import pyon
 from labpipe.worker.importer import forget_module, import_file, list_experiments
 from labpipe.worker.script import is_black_box_file
@@ -38,15 +42,15 @@ class DummyDevice:
     def __init__(self, name: str = "device"):
         self._dummy_name = name
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> DummyDevice:
         if attr.startswith("__") and attr.endswith("__"):
             raise AttributeError(attr)  # protocols (copy, pickle, numpy) see a plain object
         return DummyDevice(f"{self.__dict__.get('_dummy_name', 'device')}.{attr}")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> DummyDevice:
         return DummyDevice(f"{self._dummy_name}()")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<DummyDevice {self._dummy_name}>"
 
 
@@ -54,7 +58,7 @@ class DummyDeviceManager:
     """Gives a ``DummyDevice`` for any key; records the keys asked for. ``device_db``
     is what ``get_device_db()`` shows (e.g. the master's keys, for argument choices)."""
 
-    def __init__(self, device_db: dict | None = None):
+    def __init__(self, device_db: dict[str, Any] | None = None):
         self.requested: list[str] = []
         self._device_db = device_db or {}
 
@@ -62,27 +66,27 @@ class DummyDeviceManager:
         self.requested.append(key)
         return DummyDevice(key)
 
-    def get_device_db(self) -> dict:
+    def get_device_db(self) -> dict[str, Any]:
         return self._device_db
 
 
 class DummyDatasetManager:
     """No datasets exist; writes are ignored."""
 
-    def set(self, key, value, metadata=None, broadcast=False, persist=False,
-            archive=True):
+    def set(self, key: str, value: Any, metadata: dict[str, Any] | None = None,
+            broadcast: bool = False, persist: bool = False, archive: bool = True) -> None:
         pass
 
-    def get(self, key, archive=False):
+    def get(self, key: str, archive: bool = False) -> Any:
         raise KeyError(f"dataset {key!r} is not available while examining")
 
-    def get_metadata(self, key):
+    def get_metadata(self, key: str) -> dict[str, Any]:
         raise KeyError(f"dataset {key!r} is not available while examining")
 
-    def mutate(self, key, index, value):
+    def mutate(self, key: str, index: Any, value: Any) -> None:
         pass
 
-    def append_to(self, key, value):
+    def append_to(self, key: str, value: Any) -> None:
         pass
 
 
@@ -92,7 +96,7 @@ def _display_name(cls: type, class_name: str) -> str:
     return first.removesuffix(".") or class_name
 
 
-def _check_encodable(class_name: str, info: dict):
+def _check_encodable(class_name: str, info: dict[str, Any]) -> None:
     try:
         pyon.encode(info)
         return
@@ -107,12 +111,13 @@ def _check_encodable(class_name: str, info: dict):
     raise TypeError(f"{class_name}: the examine result is not PYON-encodable: {error}")
 
 
-def examine_class(cls: type, class_name: str | None = None, *, device_mgr=None,
-                  dataset_mgr=None) -> dict:
+def examine_class(cls: type, class_name: str | None = None, *,
+                  device_mgr: DeviceManager | None = None,
+                  dataset_mgr: DatasetManager | None = None) -> dict[str, Any]:
     """Build ``cls`` once with tracing managers; its entry of the examine result."""
     class_name = class_name or cls.__name__
     argument_mgr = TraceArgumentManager()
-    scheduler_defaults: dict = {}
+    scheduler_defaults: dict[str, Any] = {}
     managers = (device_mgr if device_mgr is not None else DummyDeviceManager(),
                 dataset_mgr if dataset_mgr is not None else DummyDatasetManager(),
                 argument_mgr, scheduler_defaults)
@@ -133,13 +138,15 @@ def examine_class(cls: type, class_name: str | None = None, *, device_mgr=None,
     return info
 
 
-def examine_module(module: ModuleType, *, device_mgr=None, dataset_mgr=None) -> dict:
+def examine_module(module: ModuleType, *, device_mgr: DeviceManager | None = None,
+                   dataset_mgr: DatasetManager | None = None) -> dict[str, dict[str, Any]]:
     """``{class_name: info}`` for every public experiment class of the module."""
     return {name: examine_class(cls, name, device_mgr=device_mgr, dataset_mgr=dataset_mgr)
             for name, cls in list_experiments(module).items()}
 
 
-def examine_file(path, *, device_mgr=None, dataset_mgr=None) -> dict:
+def examine_file(path: str | os.PathLike[str], *, device_mgr: DeviceManager | None = None,
+                 dataset_mgr: DatasetManager | None = None) -> dict[str, dict[str, Any]]:
     """Import the file (as ``importer.import_file`` does), examine it, and forget the
     module again. A black-box script (``script.py``) is not imported (that would run
     it): it holds no experiment class, ``{}``."""

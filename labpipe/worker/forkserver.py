@@ -115,7 +115,7 @@ class ForkedProcess:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
-    def _signal(self, signum) -> None:
+    def _signal(self, signum: int) -> None:
         if self.exitcode is None:
             try:
                 os.kill(self.pid, signum)
@@ -149,7 +149,7 @@ class ForkedProcess:
                 os.close(self.sentinel)
                 self.sentinel = -1
 
-    def __del__(self):  # a process dropped without close()
+    def __del__(self) -> None:  # a process dropped without close()
         if getattr(self, "sentinel", -1) >= 0:
             os.close(self.sentinel)
 
@@ -252,9 +252,12 @@ class ForkServer:
                                   "see its error output above")
 
     def _request(self, target: str, conn_fd: int, status_fd: int) -> int:
+        sock = self._sock
+        if sock is None:  # start() starts the server first: never the case there
+            raise ForkServerError("the worker template process is not running")
         try:
-            socket.send_fds(self._sock, [target.encode()], [conn_fd, status_fd])
-            reply = self._sock.recv(4096)
+            socket.send_fds(sock, [target.encode()], [conn_fd, status_fd])
+            reply = sock.recv(4096)
         except OSError as e:
             raise ForkServerError(f"worker template process unreachable: {e}") from e
         if reply.startswith(b"!"):

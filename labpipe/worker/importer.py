@@ -95,10 +95,12 @@ def _added_names(count: int, last: str | None) -> list[str]:
         if len(tail) == added + 1 and tail[-1] is last:
             return tail[-2::-1]
     names = list(sys.modules)
-    try:
-        return names[names.index(last) + 1:]
-    except ValueError:
-        return [n for n in names if sys.modules.get(n) not in _siblings]
+    if last is not None:
+        try:
+            return names[names.index(last) + 1:]
+        except ValueError:
+            pass
+    return [n for n in names if sys.modules.get(n) not in _siblings]
 
 
 def _drop_siblings(folder: str, added: list[str], keep: str) -> tuple[str, ...]:
@@ -121,7 +123,7 @@ def _drop_siblings(folder: str, added: list[str], keep: str) -> tuple[str, ...]:
     return tuple(sorted(files))
 
 
-def _invalidate_finder(folder: str):
+def _invalidate_finder(folder: str) -> None:
     """Forget the cached listing of folder only: ``importlib.invalidate_caches()`` would
     reset every finder on sys.path, which costs a fresh worker milliseconds."""
     finder = sys.path_importer_cache.get(folder)
@@ -129,23 +131,23 @@ def _invalidate_finder(folder: str):
         finder.invalidate_caches()
 
 
-def import_file(path, prefix: str = "file_import_") -> ModuleType:
+def import_file(path: str | os.PathLike[str], prefix: str = "file_import_") -> ModuleType:
     """Import the Python file ``path`` as a fresh, uniquely named module.
 
     Errors raised by the file itself (``SyntaxError``, ``ImportError``, ...) propagate
     unchanged; a missing file is a ``FileNotFoundError``.
     """
-    path = os.path.realpath(os.fspath(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"experiment file {path} does not exist")
+    real = os.path.realpath(os.fspath(path))
+    if not os.path.isfile(real):
+        raise FileNotFoundError(f"experiment file {real} does not exist")
     artiq_alias.install()
-    folder = os.path.dirname(path)
-    stem = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.dirname(real)
+    stem = os.path.splitext(os.path.basename(real))[0]
     name = f"{prefix}{stem}_{next(_counter)}"
-    loader = importlib.machinery.SourceFileLoader(name, path)
-    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    loader = importlib.machinery.SourceFileLoader(name, real)
+    spec = importlib.util.spec_from_file_location(name, real, loader=loader)
     if spec is None:
-        raise ImportError(f"cannot import {path}")
+        raise ImportError(f"cannot import {real}")
     module = importlib.util.module_from_spec(spec)
     with _lock:
         # not set(sys.modules): see _added_names
@@ -174,13 +176,13 @@ def sibling_files(module: ModuleType) -> tuple[str, ...]:
     return _siblings.get(module, ())
 
 
-def forget_module(module: ModuleType):
+def forget_module(module: ModuleType) -> None:
     """Remove a module made by ``import_file`` from ``sys.modules``."""
     if sys.modules.get(module.__name__) is module:
         del sys.modules[module.__name__]
 
 
-def _is_concrete(cls) -> bool:
+def _is_concrete(cls: type[Experiment]) -> bool:
     return not inspect.isabstract(cls) and cls.run is not Experiment.run
 
 

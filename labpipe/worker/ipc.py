@@ -1,29 +1,33 @@
 """The worker's end of the master-worker pipe.
 
-Messages are dicts with an ``action`` key, pickled over a multiprocessing ``Connection``
-(the pipe is private to the master and its own child; nothing from the network crosses
-it). The child sends *lists* of messages: a sender thread takes everything queued since
-its last send and ships it as one batch, so that a loop setting a dataset thousands of
-times costs one pipe write per batch instead of one per update, while a lone message
-still leaves at once. Messages from one thread keep their order.
+Messages are those of ``messages.py``, encoded there, pickled over a multiprocessing
+``Connection`` (the pipe is private to the master and its own child; nothing from the
+network crosses it). The child sends *lists* of messages: a sender thread takes
+everything queued since its last send and ships it as one batch, so that a loop setting
+a dataset thousands of times costs one pipe write per batch instead of one per update,
+while a lone message still leaves at once. Messages from one thread keep their order.
 
-Three kinds of child messages:
-
-- one-way (``log``, ``update_dataset``, ``ccb_issue``, ``set_progress``): no reply;
-- requests (``"request": True``): the master replies ``{"status": "ok", "data": x}`` or
-  ``{"status": "failed", "message": str}``; one request at a time (a lock);
-- stage outcomes (``completed``, ``paused``, ``terminated``, ``exception``).
-
-The master sends commands (``build``, ``prepare``, ``run``, ``resume``, ``analyze``,
-``validate``, ``terminate``) and replies. A ``terminate`` can arrive at any time,
-even while the child waits for a reply: the child then exits at once.
+The master sends single messages: a command, or the answer to the one request under
+way (requests are one at a time: a lock). A ``Terminate`` can arrive at any time, even
+while the child waits for an answer: the child then exits at once.
 """
+
+from __future__ import annotations
 
 import os
 import queue
 import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from labpipe.worker.messages import (TO_WORKER, MalformedMessage, Message, Refused, Reply,
+                                     Request, Terminate, decode, encode, tag_of)
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 __all__ = ["ChildChannel", "RequestFailed"]
+
+R = TypeVar("R")
 
 
 class RequestFailed(Exception):
@@ -31,7 +35,7 @@ class RequestFailed(Exception):
 
 
 class _Flush:
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = threading.Event()
 
 
@@ -40,53 +44,66 @@ class ChildChannel:
 
     MAX_BATCH = 4096
 
-    def __init__(self, conn):
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._outbox = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | _Flush | None] = \
+            queue.SimpleQueue()
         self._request_lock = threading.Lock()
         self._sender = threading.Thread(target=self._send_loop, name="labpipe-ipc-sender",
                                         daemon=True)
         self._sender.start()
 
-    def send(self, msg: dict):
+    def send(self, msg: Message) -> None:
         """Queue a message; it leaves in order with the next batch (thread-safe)."""
-        self._outbox.put(msg)
+        self._outbox.put(encode(msg))
 
-    def flush(self):
+    def flush(self) -> None:
         """Return once everything queued before this call has been written to the pipe."""
         marker = _Flush()
         self._outbox.put(marker)
         marker.done.wait()
 
-    def request(self, action: str, **kwargs):
-        """Ask the master something and wait for its reply (thread-safe, one at a time)."""
+    def request(self, request: Request[R]) -> R:
+        """Ask the master something and wait for its reply (thread-safe, one at a
+        time). Raises RequestFailed when the master refused it."""
         with self._request_lock:
-            self.send({"action": action, "request": True, **kwargs})
-            reply = self.recv_command()
-        if reply.get("status") == "ok":
-            return reply.get("data")
-        raise RequestFailed(reply.get("message", "the master refused the request"))
+            self.send(request)
+            try:
+                answer = self.recv_command()
+            except MalformedMessage as e:
+                raise RequestFailed(f"the master's answer to {tag_of(request)!r}: {e}") \
+                    from None
+        if isinstance(answer, Reply):
+            return answer.data
+        if isinstance(answer, Refused):
+            raise RequestFailed(answer.message)
+        raise RequestFailed(f"the master answered {tag_of(request)!r} with "
+                            f"{tag_of(answer)!r}")
 
-    def recv_command(self) -> dict:
-        """Receive the next message from the master; a ``terminate`` exits at once."""
+    def recv_command(self) -> Message:
+        """Receive the next message from the master (a command or an answer); a
+        ``Terminate`` exits at once. Raises MalformedMessage for anything else."""
         try:
-            msg = self._conn.recv()
+            wire = self._conn.recv()
         except (EOFError, OSError):
             os._exit(1)  # the master is gone: nobody is left to report to
-        if msg.get("action") == "terminate":
+        msg = decode(wire, TO_WORKER)
+        if isinstance(msg, Terminate):
             self.close()
             os._exit(0)
         return msg
 
-    def close(self):
+    def close(self) -> None:
         """Send what is queued and stop the sender thread."""
         self._outbox.put(None)
         self._sender.join(timeout=5)
 
-    def _send_loop(self):
+    def _send_loop(self) -> None:
         while True:
             item = self._outbox.get()
-            batch, markers, stop = [], [], False
+            batch: list[tuple[Any, ...]] = []
+            markers: list[_Flush] = []
+            stop = False
             while True:
                 if item is None:
                     stop = True

@@ -6,8 +6,15 @@ modules (numpy, h5py, bluesky, ophyd and labpipe's worker code). Starting a work
 costs a fork and a few milliseconds instead of hundreds of them. The repository's
 examining processes come from the same template.
 
-The template is started by ``warm_up()`` (the master calls it at start so that the first
-run is fast too) or on the first ``start_worker``; it is restarted if it dies.
+A ``Launcher`` is owned by whoever runs workers (the master, on its exit stack; tests
+own theirs) and closed explicitly by its owner: ``with Launcher() as launcher:``. Its
+template is started by ``warm_up()`` (the master calls it at start so that the first
+run is fast too) or on the first ``start_process``; it is restarted if it dies.
+``close()`` stops the spares and the template(s): a template stops serving at once and
+its process ends once the processes it started have ended (``ForkServer.stop``).
+Nothing is left to the interpreter's exit, and what the master started never outlives
+it whatever happens (``forkserver``'s watchdog pipe, ``PR_SET_PDEATHSIG``, process
+groups; ``docs/internals.md``).
 
 Even a fork from the template costs milliseconds, so ``take_worker()`` hands out a
 process that was started ahead of time and starts the next one in a background thread.
@@ -15,18 +22,19 @@ A spare is never reused: every run still gets a process no other run has touched
 spare whose master goes away sees the end of its pipe and exits.
 """
 
-import atexit
+from __future__ import annotations
+
 import collections
 import importlib.util
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import Connection
+from types import TracebackType
 
-from labpipe.worker.forkserver import ForkServer
+from labpipe.worker.forkserver import ForkedProcess, ForkServer, ForkServerError
 
-__all__ = ["PRELOAD", "BLUESKY_PRELOAD", "preload", "template", "use_bluesky",
-           "uses_bluesky", "start_process", "start_worker", "take_worker",
-           "take_ready_worker", "discard_spares", "warm_up", "on_process_started"]
+__all__ = ["PRELOAD", "BLUESKY_PRELOAD", "Launcher", "preload", "uses_bluesky"]
 
 #: Modules every template imports once. Optional ones are skipped when absent.
 PRELOAD = ["labpipe.worker.child", "labpipe.experiment", "labpipe.worker.examine",
@@ -37,24 +45,15 @@ BLUESKY_PRELOAD = ["ophyd", "bluesky", "bluesky.plans", "ophyd.sim",
                    "labpipe.bluesky.session"]
 #: Imported last: readies the template (HDF5 warm-up, ``gc.freeze``).
 TEMPLATE_MODULE = "labpipe.worker.template"
+#: The entry point of a run's worker process.
+WORKER_TARGET = "labpipe.worker.child:main"
+#: How long ``close()`` waits for each template process to end.
+CLOSE_WAIT = 2.0
 
 logger = logging.getLogger(__name__)
 
-_template: ForkServer | None = None
-_with_bluesky = False
-_template_lock = threading.Lock()
-
-#: Called with the pid of every template and process started (see the module docstring).
-on_process_started: Callable[[int], None] | None = None
-
-
-def _started(pid: int | None) -> None:
-    hook = on_process_started
-    if hook is not None and pid is not None:
-        try:
-            hook(pid)
-        except Exception as e:  # recording must never stop a run from starting
-            logger.error("could not record process %d: %s", pid, e)
+#: A started process and the parent's end of its connection.
+Started = tuple[ForkedProcess, Connection]
 
 
 def preload(bluesky: bool) -> list[str]:
@@ -63,58 +62,9 @@ def preload(bluesky: bool) -> list[str]:
     return [name for name in names if _importable(name)]
 
 
-def template() -> ForkServer:
-    """The current template process (its client), made on first use; not started yet."""
-    global _template
-    with _template_lock:
-        if _template is None:
-            _template = ForkServer(preload(_with_bluesky))
-            atexit.register(_template.stop, wait=2.0)
-        return _template
-
-
-def uses_bluesky(modules) -> bool:
+def uses_bluesky(modules: Iterable[object]) -> bool:
     """Whether bluesky or ophyd is among the module names (e.g. a device database's)."""
     return any(str(name).partition(".")[0] in ("bluesky", "ophyd") for name in modules)
-
-
-def use_bluesky(wait: bool = False) -> None:
-    """Have workers start from a template that has imported bluesky and ophyd too.
-
-    The lab uses them (its device database names ophyd devices, or a run imported
-    them): from now on they are preloaded. A new template is started in a background
-    thread (or now, with wait) and replaces the current one once it is ready; workers
-    already started keep running. Calls after the first do nothing.
-    """
-    global _with_bluesky
-    with _template_lock:
-        if _with_bluesky:
-            return
-        _with_bluesky = True
-        if _template is None:  # not made yet: it will be made with bluesky
-            return
-    if wait:
-        _replace_template()
-    else:
-        threading.Thread(target=_replace_template, name="labpipe-template-bluesky",
-                         daemon=True).start()
-
-
-def _replace_template():
-    global _template
-    new = ForkServer(preload(True))
-    try:
-        new.ensure_started()
-    except Exception as e:
-        logger.error("could not start a worker template with bluesky: %s", e)
-        return
-    _started(new.pid)
-    atexit.register(new.stop, wait=2.0)
-    with _template_lock:
-        old, _template = _template, new
-    logger.info("workers now start from a template that has imported bluesky and ophyd")
-    _spares.renew()
-    old.stop()  # it lives on until the processes it started have ended
 
 
 def _importable(name: str) -> bool:
@@ -124,53 +74,176 @@ def _importable(name: str) -> bool:
         return False
 
 
-def warm_up():
-    """Start the template now (it imports the preload list once), wait for it, and
-    start a spare worker."""
-    server = template()
-    server.ensure_started()
-    _started(server.pid)
-    _spares.restart()
+class Launcher:
+    """Worker processes forked from a warm template; see the module docstring.
 
-
-def start_process(target: str):
-    """Fork a process from the template running ``target`` (``"module:function"``),
-    called with the child's end of a duplex connection.
-
-    Returns ``(process, connection)``: a ``forkserver.ForkedProcess`` and the parent's
-    end of the connection.
+    ``on_process_started(pid)``, when set, is called with the pid of every template
+    and process started (the master records them in ``processes.pyon``). Thread-safe:
+    processes are started from threads, never on the event loop.
     """
-    server = template()
-    process, conn = server.start(target)
-    _started(server.pid)  # restarted, perhaps
-    _started(process.pid)
-    return process, conn
 
+    def __init__(self, *, spares: int = 1, bluesky: bool = False,
+                 on_process_started: Callable[[int], None] | None = None):
+        self.on_process_started = on_process_started
+        self._with_bluesky = bluesky
+        self._template: ForkServer | None = None
+        self._replacing: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._spares = _Spares(self.start_worker, spares)
 
-def start_worker():
-    """Start a worker process running ``labpipe.worker.child.main``; see
-    ``start_process``."""
-    return start_process("labpipe.worker.child:main")
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _started(self, pid: int | None) -> None:
+        hook = self.on_process_started
+        if hook is not None and pid is not None:
+            try:
+                hook(pid)
+            except Exception as e:  # recording must never stop a run from starting
+                logger.error("could not record process %d: %s", pid, e)
+
+    def template(self) -> ForkServer:
+        """The current template process (its client), made on first use; not started
+        yet."""
+        with self._lock:
+            if self._closed:
+                raise ForkServerError("the worker launcher is closed")
+            if self._template is None:
+                self._template = ForkServer(preload(self._with_bluesky))
+            return self._template
+
+    def use_bluesky(self, wait: bool = False) -> None:
+        """Have workers start from a template that has imported bluesky and ophyd too.
+
+        The lab uses them (its device database names ophyd devices, or a run imported
+        them): from now on they are preloaded. A new template is started in a
+        background thread (or now, with wait) and replaces the current one once it is
+        ready; workers already started keep running. Calls after the first do nothing.
+        """
+        with self._lock:
+            if self._with_bluesky or self._closed:
+                return
+            self._with_bluesky = True
+            if self._template is None:  # not made yet: it will be made with bluesky
+                return
+            if not wait:
+                self._replacing = threading.Thread(
+                    target=self._replace_template, name="labpipe-template-bluesky",
+                    daemon=True)
+                self._replacing.start()
+        if wait:
+            self._replace_template()
+
+    def _replace_template(self) -> None:
+        new = ForkServer(preload(True))
+        try:
+            new.ensure_started()
+        except Exception as e:
+            logger.error("could not start a worker template with bluesky: %s", e)
+            return
+        self._started(new.pid)
+        old: ForkServer | None
+        with self._lock:
+            if self._closed:  # closed while the new one started: it is not needed
+                old = new
+            else:
+                old, self._template = self._template, new
+        if old is not new:
+            logger.info("workers now start from a template that has imported bluesky "
+                        "and ophyd")
+            self._spares.renew()
+        if old is not None:
+            old.stop()  # it lives on until the processes it started have ended
+
+    def warm_up(self) -> None:
+        """Start the template now (it imports the preload list once), wait for it, and
+        start a spare worker. Blocks: call it from a thread."""
+        server = self.template()
+        server.ensure_started()
+        self._started(server.pid)
+        self._spares.restart()
+
+    def start_process(self, target: str) -> Started:
+        """Fork a process from the template running ``target`` (``"module:function"``),
+        called with the child's end of a duplex connection.
+
+        Returns ``(process, connection)``: a ``forkserver.ForkedProcess`` and the
+        parent's end of the connection. Blocks (a fork, or a template to restart).
+        """
+        server = self.template()
+        process, conn = server.start(target)
+        self._started(server.pid)  # restarted, perhaps
+        self._started(process.pid)
+        return process, conn
+
+    def start_worker(self) -> Started:
+        """Start a run's worker process (``labpipe.worker.child.main``); see
+        ``start_process``."""
+        return self.start_process(WORKER_TARGET)
+
+    def take_worker(self) -> Started:
+        """A worker process ready for its first command: ``(process, connection)``.
+        May block (a fork, or a template to restart): call it from a thread."""
+        return self._spares.take()
+
+    def take_ready_worker(self) -> Started | None:
+        """A spare worker started ahead of time, or None when none is ready; never
+        blocks (an event loop may call it)."""
+        return self._spares.take_ready()
+
+    def ready_spares(self) -> list[ForkedProcess]:
+        """The spare worker processes waiting now."""
+        return self._spares.ready()
+
+    def discard_spares(self) -> None:
+        """Stop the spare workers and start no more until the next ``warm_up`` (a
+        master that borrowed this launcher does at its exit). Blocks."""
+        self._spares.discard()
+
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Stop the spares and every template: they serve no more, and each template
+        process ends once the processes it started have ended (waited for at most
+        ``wait`` seconds each). Blocks: call it from a thread. Idempotent."""
+        with self._lock:
+            self._closed = True
+            replacing, self._replacing = self._replacing, None
+        if replacing is not None:
+            replacing.join()  # a template half started would be left running
+        self._spares.discard()
+        with self._lock:
+            template, self._template = self._template, None
+        if template is not None:
+            template.stop(wait=wait)
 
 
 class _Spares:
     """Worker processes started ahead of time, handed out once each."""
 
-    def __init__(self, count: int = 1):
+    def __init__(self, start: Callable[[], Started], count: int = 1):
+        self._start = start
         self.count = count
-        self._ready = collections.deque()
+        self._ready: collections.deque[Started] = collections.deque()
         self._lock = threading.Lock()
         self._refilling = False
         self._refill_thread: threading.Thread | None = None
-        self._stopped = False
+        self._stopped = True  # until restart()
 
-    def take(self):
+    def take(self) -> Started:
         item = self.take_ready()
         if item is None:
-            item = start_worker()
+            item = self._start()
         return item
 
-    def take_ready(self):
+    def take_ready(self) -> Started | None:
         """A spare that is ready and alive, or None (then start one: ``take``); never
         blocks."""
         with self._lock:
@@ -181,33 +254,40 @@ class _Spares:
         self._refill()
         return item
 
-    def _refill(self):
+    def ready(self) -> list[ForkedProcess]:
+        with self._lock:
+            return [process for process, _ in self._ready]
+
+    def _refill(self) -> None:
         with self._lock:
             if self._stopped or self._refilling or len(self._ready) >= self.count:
                 return
             self._refilling = True
-            self._refill_thread = threading.Thread(
+            thread = self._refill_thread = threading.Thread(
                 target=self._refill_loop, name="labpipe-spare-worker", daemon=True)
-        self._refill_thread.start()
+        thread.start()
 
-    def _refill_loop(self):
+    def _refill_loop(self) -> None:
         try:
             while True:
                 with self._lock:
                     if self._stopped or len(self._ready) >= self.count:
                         return
                 try:
-                    item = start_worker()
+                    item = self._start()
                 except Exception as e:  # take() then starts one itself, and reports
                     logger.error("could not start a spare worker: %s", e)
                     return
                 with self._lock:
+                    if self._stopped:  # discarded while it started
+                        item[1].close()
+                        return
                     self._ready.append(item)
         finally:
             with self._lock:
                 self._refilling = False
 
-    def renew(self):
+    def renew(self) -> None:
         """Replace the spares started so far (by a template that was replaced)."""
         with self._lock:
             items, self._ready = list(self._ready), collections.deque()
@@ -215,13 +295,13 @@ class _Spares:
             conn.close()  # the spare sees the end of its pipe and exits
         self._refill()
 
-    def restart(self):
+    def restart(self) -> None:
         """Keep a spare ready again (after discard)."""
         with self._lock:
             self._stopped = False
         self._refill()
 
-    def discard(self):
+    def discard(self) -> None:
         with self._lock:
             self._stopped = True
             thread = self._refill_thread
@@ -233,23 +313,3 @@ class _Spares:
         for process, conn in items:
             conn.close()  # the spare sees the end of its pipe and exits
             process.join(timeout=5)
-
-
-_spares = _Spares()
-
-
-def take_worker():
-    """A worker process ready for its first command: ``(process, connection)``. May
-    block (a fork, or a template to restart): call it from a thread."""
-    return _spares.take()
-
-
-def take_ready_worker():
-    """A spare worker started ahead of time, or None when none is ready; never blocks
-    (an event loop may call it)."""
-    return _spares.take_ready()
-
-
-def discard_spares():
-    """Stop the spare workers and start no more (at shutdown)."""
-    _spares.discard()

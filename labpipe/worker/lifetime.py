@@ -24,22 +24,22 @@ __all__ = ["load_libc", "die_with_parent", "own_group", "kill_group", "start_tim
            "process_table"]
 
 _PR_SET_PDEATHSIG = 1
-_libc = None
+_libc: ctypes.CDLL | None = None
 
 
-def load_libc() -> None:
+def load_libc() -> ctypes.CDLL:
     """Load libc for ``die_with_parent`` now (the template does, once for all forks)."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
 
 
 def die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> None:
     """Have the kernel send ``signum`` to this process when its parent ends. If
     ``parent`` (the expected parent pid) is gone already, exit now: the signal would
     never come."""
-    load_libc()
-    if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+    if load_libc().prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if parent is not None and os.getppid() != parent:
         os._exit(1)

@@ -32,6 +32,8 @@ import os
 import threading
 from collections.abc import Callable
 from multiprocessing import reduction
+from multiprocessing.connection import Connection
+from typing import TextIO
 
 __all__ = ["PrintStream", "capture_fds", "receive_output_fd", "OutputReader", "MAX_LINE"]
 
@@ -48,7 +50,7 @@ class PrintStream(io.TextIOBase):
     """
 
     def __init__(self, emit_line: Callable[[str], None], fileno: int | None = None,
-                 echo=None):
+                 echo: TextIO | None = None):
         super().__init__()
         self._emit_line = emit_line
         self._fileno = fileno
@@ -57,12 +59,13 @@ class PrintStream(io.TextIOBase):
         self._partial_length = 0
         self._lock = threading.Lock()
 
+    # read-only, as io's own are; typeshed declares them as plain attributes
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
 
     @property
-    def errors(self) -> str:
+    def errors(self) -> str:  # type: ignore[override]
         return "strict"
 
     def writable(self) -> bool:
@@ -95,7 +98,7 @@ class PrintStream(io.TextIOBase):
             self._add_partial(last)
         return len(text)
 
-    def _add_partial(self, text: str):
+    def _add_partial(self, text: str) -> None:
         if not text:
             return
         self._partial.append(text)
@@ -119,7 +122,7 @@ class PrintStream(io.TextIOBase):
                 self._emit_line(line)
 
 
-def capture_fds(conn) -> None:
+def capture_fds(conn: Connection) -> None:
     """In the worker, first thing: make fds 1 and 2 one pipe and pass its read end to
     the master over conn (``receive_output_fd`` takes it there)."""
     read_end, write_end = os.pipe()
@@ -132,7 +135,7 @@ def capture_fds(conn) -> None:
         os.close(write_end)
 
 
-def receive_output_fd(conn) -> int | None:
+def receive_output_fd(conn: Connection) -> int | None:
     """In the master, before anything else is read from a worker's conn: the read end
     of its output pipe (None when the worker ended before sending it)."""
     try:

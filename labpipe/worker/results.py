@@ -84,7 +84,7 @@ def results_path(results_dir: str | os.PathLike, rid: int, class_name: str,
                         time.strftime("%H", t), f"{int(rid):09d}-{safe_name}.h5")
 
 
-def _native(value: Any):
+def _native(value: Any) -> Any:
     """value as something h5py stores natively, or None when it must be encoded."""
     if isinstance(value, (bool, int, float, complex)):
         if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
@@ -120,7 +120,7 @@ def _write_value(group: h5py.Group, name: str, value: Any) -> h5py.Dataset:
     return dataset
 
 
-def _write_metadata(dataset: h5py.Dataset, metadata: Mapping[str, Any]):
+def _write_metadata(dataset: h5py.Dataset, metadata: Mapping[str, Any]) -> None:
     pyon_names = []
     for name, value in metadata.items():
         name = str(name)
@@ -134,7 +134,8 @@ def _write_metadata(dataset: h5py.Dataset, metadata: Mapping[str, Any]):
         dataset.attrs[PYON_ATTRS_ATTR] = numpy.array(pyon_names, dtype=_STR)
 
 
-def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any], with_metadata: bool):
+def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any],
+                 with_metadata: bool) -> None:
     """Write one group; a key that cannot be written is logged and skipped."""
     group = f.create_group(group_name)
     for key, item in items.items():
@@ -148,7 +149,7 @@ def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any], with_m
                            group_name, key, type(e).__name__, e)
 
 
-def _write_fixed(f: h5py.File, name: str, data: numpy.ndarray):
+def _write_fixed(f: h5py.File, name: str, data: numpy.ndarray[Any, Any]) -> None:
     """What ``f.create_dataset(name, data=data)`` writes (h5py's defaults: contiguous,
     no time stamps), in four low-level calls: the high-level path runs some twenty
     Python functions per dataset, and in a fresh worker forked from the template every
@@ -161,8 +162,12 @@ def _write_fixed(f: h5py.File, name: str, data: numpy.ndarray):
     dataset.write(h5s.ALL, h5s.ALL, data)
 
 
-def _write_file(f: h5py.File, *, rid, start_time, run_time, expid, repo_rev, datasets,
-                archive, log_lines, error, extra_groups):
+def _write_file(f: h5py.File, *, rid: int, start_time: float, run_time: float | None,
+                expid: dict[str, Any], repo_rev: str | None,
+                datasets: Mapping[str, tuple[Any, dict[str, Any] | None]] | None,
+                archive: Mapping[str, Any] | None, log_lines: Iterable[str] | None,
+                error: str | None,
+                extra_groups: Mapping[str, Mapping[str, Any]] | None) -> None:
     _write_group(f, "datasets", datasets or {}, with_metadata=True)
     _write_group(f, "archive", archive or {}, with_metadata=False)
     for group_name, items in (extra_groups or {}).items():

@@ -10,7 +10,12 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any
 
+from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.language.environment import Experiment
+from labpipe.worker.datasets import DatasetManager
+from labpipe.worker.devices import DeviceManager
 from labpipe.worker.importer import get_experiment, import_file
 from labpipe.worker.results import results_path, write_results
 from labpipe.worker.script import black_box_class
@@ -26,7 +31,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def source_file(expid: dict, workdir: str | None):
+def source_file(expid: dict[str, Any], workdir: str | None) -> tuple[str, bool]:
     """The file to import for expid: in the checkout workdir when from the repository,
     else the path itself; with ``content``, a temporary file holding the text (the
     caller removes it). Returns ``(path, is_temporary)``."""
@@ -43,8 +48,10 @@ def source_file(expid: dict, workdir: str | None):
 class ExperimentRunner:
     """Runs the stages of one experiment with the managers it is given."""
 
-    def __init__(self, *, rid, expid, managers, workdir=None, results_dir="results",
-                 repo_rev=None, log_lines=None):
+    def __init__(self, *, rid: int, expid: dict[str, Any],
+                 managers: tuple[DeviceManager, DatasetManager, ProcessArgumentManager],
+                 workdir: str | None = None, results_dir: str = "results",
+                 repo_rev: str | None = None, log_lines: list[str] | None = None):
         self.rid = rid
         self.expid = expid
         self.device_mgr, self.dataset_mgr, self.argument_mgr = managers
@@ -54,16 +61,16 @@ class ExperimentRunner:
         self.log_lines = log_lines if log_lines is not None else []
         self.class_name = expid.get("class_name") or "Experiment"
         self.start_time = time.time()
-        self.run_time = None
-        self.experiment = None
+        self.run_time: float | None = None
+        self.experiment: Experiment | None = None
 
-    def build(self):
+    def build(self) -> None:
         """Import the experiment and build it with its arguments (a black-box script
         is compiled instead: see ``script.py``)."""
         path, temporary = source_file(self.expid, self.workdir)
         try:
             script_cls = black_box_class(path, self.expid)
-            module = import_file(path) if script_cls is None else None
+            found = script_cls if script_cls is not None else import_file(path)
         finally:
             if temporary:
                 os.unlink(path)
@@ -71,21 +78,27 @@ class ExperimentRunner:
             # the process is the run's own: keep the experiment's folder importable, so
             # that build() and later stages can import sibling modules too
             sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-        cls = script_cls or get_experiment(module, self.expid.get("class_name"))
+        cls = (found if isinstance(found, type)
+               else get_experiment(found, self.expid.get("class_name")))
         self.class_name = cls.__name__
         self.start_time = time.time()
         self.experiment = cls((self.device_mgr, self.dataset_mgr, self.argument_mgr, {}))
         self.argument_mgr.check_unprocessed()
 
-    def prepare(self):
-        self.experiment.prepare()
+    def _built(self) -> Experiment:
+        if self.experiment is None:
+            raise RuntimeError(f"RID {self.rid}: the experiment is not built (build() first)")
+        return self.experiment
 
-    def run(self):
+    def prepare(self) -> None:
+        self._built().prepare()
+
+    def run(self) -> None:
         self.run_time = time.time()
-        self.experiment.run()
+        self._built().run()
 
-    def analyze(self):
-        self.experiment.analyze()
+    def analyze(self) -> None:
+        self._built().analyze()
 
     def write_results(self, error: str | None = None, path: str | None = None) -> str:
         """Write the results file (atomically) at path, by default where the master
@@ -101,7 +114,7 @@ class ExperimentRunner:
             log_lines=self.log_lines, error=error, extra_groups=self.extra_groups())
         return path
 
-    def extra_groups(self) -> dict:
+    def extra_groups(self) -> dict[str, Any]:
         """The extra results-file groups the dataset manager's ``result_groups`` give
         (e.g. ``bluesky/``); a group that fails is logged and left out."""
         groups = {}
@@ -112,6 +125,6 @@ class ExperimentRunner:
                 logger.exception("results group %r not written", name)
         return groups
 
-    def close(self):
+    def close(self) -> None:
         """Close the devices the experiment opened."""
         self.device_mgr.close_devices()

@@ -62,10 +62,10 @@ _STARTS_WITH_API_IMPORT = re.compile(
 
 
 def _is_api(module: str | None) -> bool:
-    return bool(module) and module.partition(".")[0] in _API_PACKAGES
+    return module is not None and module.partition(".")[0] in _API_PACKAGES
 
 
-def _base_name(node) -> str:
+def _base_name(node: ast.expr) -> str:
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
@@ -190,7 +190,7 @@ def script_experiment(path: str, source: str) -> type:
     class Script(EnvExperiment):
         """A black-box script."""
 
-        def run(self):
+        def run(self) -> None:
             namespace = {"__name__": "__main__", "__file__": path,
                          "__builtins__": builtins}
             saved_argv, saved_path = sys.argv, list(sys.path)

@@ -13,7 +13,7 @@ import h5py
 __all__ = []
 
 
-def _warm_up_hdf5():
+def _warm_up_hdf5() -> None:
     with h5py.File("labpipe-warm-up", "w", driver="core", backing_store=False) as f:
         f["x"] = 0
         f.create_dataset("s", data="x", dtype=h5py.string_dtype())

@@ -20,8 +20,8 @@ dry run reaches the schedule, the datasets or the results.
 
 A black-box script (``script.py``) is only compiled; it takes no arguments.
 
-The worker command ``validate`` (``child.py``) wraps it: ``{"action": "validate",
-"expid", "workdir", "lab_dir"}`` -> ``{"action": "completed", "problems": [...]}``.
+The worker command ``Validate`` (``messages.py``, handled in ``child.py``) wraps it:
+``Validate(expid, workdir, lab_dir)`` -> ``Validated(problems)``.
 """
 
 import contextlib
@@ -30,8 +30,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any
 
-from labpipe.language.argument_managers import ProcessArgumentManager
+from labpipe.language.argument_managers import ArgList, ProcessArgumentManager
+from labpipe.language.arguments import ArgumentProcessor
 from labpipe.language.exceptions import ArgumentError, UnknownArgumentsError
 from labpipe.worker.devices import DeviceError, follow_aliases
 from labpipe.worker.examine import DummyDevice
@@ -40,7 +42,7 @@ from labpipe.worker.runner import one_line, source_file
 from labpipe.worker.script import black_box_class
 from labpipe.worker.virtual_devices import LocalCCB, LocalScheduler
 
-__all__ = ["validate_experiment", "validate_command"]
+__all__ = ["validate_experiment"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +50,23 @@ logger = logging.getLogger(__name__)
 class _CheckingArguments(ProcessArgumentManager):
     """Processes each argument as a run would; records refusals instead of raising."""
 
-    def __init__(self, submitted: dict, problems: list):
+    def __init__(self, submitted: dict[str, Any], problems: list[str]):
         super().__init__(submitted)
         self.problems = problems
 
-    def get(self, key, processor, group=None, tooltip=None):
+    def get(self, key: str, processor: ArgumentProcessor, group: str | None = None,
+            tooltip: str | None = None) -> Any:
         try:
             return super().get(key, processor, group, tooltip)
         except ArgumentError as e:  # DefaultMissing too
             self.problems.append(str(e))
         return _default_or_none(processor)
 
-    def get_interactive(self, arglist, title):
+    def get_interactive(self, arglist: ArgList, title: str) -> dict[str, Any]:
         return {key: _default_or_none(processor) for key, processor, _g, _t in arglist}
 
 
-def _default_or_none(processor):
+def _default_or_none(processor: ArgumentProcessor) -> Any:
     try:
         return processor.default()
     except Exception:
@@ -73,16 +76,16 @@ def _default_or_none(processor):
 class _CheckingDevices:
     """Checks every requested key against the device database; gives dummies."""
 
-    def __init__(self, device_db: Mapping, problems: list):
+    def __init__(self, device_db: Mapping[str, Any], problems: list[str]):
         self.device_db = device_db
         self.problems = problems
         self.virtual = {"scheduler": LocalScheduler(rid=None), "ccb": LocalCCB()}
         self.requested: list[str] = []
 
-    def get_device_db(self):
+    def get_device_db(self) -> Mapping[str, Any]:
         return self.device_db
 
-    def get(self, key):
+    def get(self, key: str) -> Any:
         if key in self.virtual:
             return self.virtual[key]
         if key not in self.requested:
@@ -92,7 +95,7 @@ class _CheckingDevices:
                 self.problems.append(problem)
         return DummyDevice(key)
 
-    def _check(self, key) -> str | None:
+    def _check(self, key: str) -> str | None:
         try:
             final, entry = follow_aliases(self.device_db.__getitem__, key)
         except DeviceError as e:
@@ -112,41 +115,43 @@ class _CheckingDevices:
                 return f"device {final!r}: module {module!r} cannot be found"
         return None
 
-    def close_devices(self):
+    def close_devices(self) -> None:
         pass
 
 
 class _ReadOnlyDatasets:
     """Datasets read from the master (a missing one raises KeyError); writes stay local."""
 
-    def __init__(self, get_dataset: Callable | None):
+    def __init__(self, get_dataset: Callable[[str], Any] | None):
         self._get = get_dataset
-        self._local: dict = {}
+        self._local: dict[str, Any] = {}
 
-    def set(self, key, value, metadata=None, broadcast=False, persist=False, archive=True):
+    def set(self, key: str, value: Any, metadata: dict[str, Any] | None = None,
+            broadcast: bool = False, persist: bool = False, archive: bool = True) -> None:
         self._local[key] = value
 
-    def get(self, key, archive=False):
+    def get(self, key: str, archive: bool = False) -> Any:
         if key in self._local:
             return self._local[key]
         if self._get is None:
             raise KeyError(f"dataset {key!r} does not exist")
         return self._get(key)[1]
 
-    def get_metadata(self, key):
+    def get_metadata(self, key: str) -> dict[str, Any]:
         if self._get is None:
             raise KeyError(f"dataset {key!r} does not exist")
         return self._get(key)[2]
 
-    def mutate(self, key, index, value):
+    def mutate(self, key: str, index: Any, value: Any) -> None:
         pass
 
-    def append_to(self, key, value):
+    def append_to(self, key: str, value: Any) -> None:
         pass
 
 
-def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
-                        get_dataset: Callable | None = None) -> list[str]:
+def validate_experiment(expid: dict[str, Any], *, workdir: str | None,
+                        device_db: Mapping[str, Any],
+                        get_dataset: Callable[[str], Any] | None = None) -> list[str]:
     """The problems that would stop expid from starting (see the module docstring)."""
     problems: list[str] = []
     try:
@@ -200,19 +205,3 @@ def validate_experiment(expid: dict, *, workdir: str | None, device_db: Mapping,
     finally:
         forget_module(module)
 
-
-def validate_command(channel, cmd: dict) -> dict:
-    """The worker's ``validate`` command (see the module docstring)."""
-    if cmd.get("lab_dir"):
-        os.chdir(cmd["lab_dir"])
-    device_db = channel.request("get_device_db")
-
-    def get_dataset(key):
-        try:
-            return channel.request("get_dataset", key=key)
-        except Exception as e:
-            raise KeyError(str(e)) from None
-
-    problems = validate_experiment(cmd["expid"], workdir=cmd.get("workdir"),
-                                   device_db=device_db, get_dataset=get_dataset)
-    return {"action": "completed", "problems": problems}

@@ -5,10 +5,19 @@ is the stand-in used by ``labpipe-run`` (no master: it never pauses, submissions
 printed). ``CCB`` issues client control broadcasts (``ccb`` channel).
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 from labpipe.language.exceptions import TerminationRequested
+from labpipe.worker.messages import (CCBIssue, CheckPause, CheckTermination, Delete,
+                                     GetStatus, Paused, RequestTermination, Resume,
+                                     SetProgress, Submit, tag_of)
+
+if TYPE_CHECKING:
+    from labpipe.worker.ipc import ChildChannel
 
 __all__ = ["Scheduler", "LocalScheduler", "CCB", "LocalCCB"]
 
@@ -22,112 +31,113 @@ class Scheduler:
     current run.
     """
 
-    def __init__(self, channel, rid, pipeline_name, priority, expid):
+    def __init__(self, channel: ChildChannel, rid: int, pipeline_name: str, priority: int,
+                 expid: dict[str, Any]) -> None:
         self._channel = channel
         self.rid = rid
         self.pipeline_name = pipeline_name
         self.priority = priority
         self.expid = expid
 
-    def pause(self):
+    def pause(self) -> None:
         """Yield to prepared runs of higher precedence, then return.
 
         Raises TerminationRequested when termination of this run was requested.
         """
-        self._channel.send({"action": "paused"})
-        reply = self._channel.recv_command()
-        if reply.get("action") != "resume":
-            raise RuntimeError(f"unexpected command while paused: {reply.get('action')}")
-        if reply.get("terminate"):
+        self._channel.send(Paused())
+        command = self._channel.recv_command()
+        if not isinstance(command, Resume):
+            raise RuntimeError(f"unexpected command while paused: {tag_of(command)}")
+        if command.terminate:
             raise TerminationRequested
 
-    def check_pause(self, rid=None) -> bool:
+    def check_pause(self, rid: int | None = None) -> bool:
         """Whether pause() would not return at once (a higher run waits, or termination)."""
-        return self._channel.request("check_pause", rid=self.rid if rid is None else rid)
+        return self._channel.request(CheckPause(self.rid if rid is None else rid))
 
-    def check_termination(self, rid=None) -> bool:
+    def check_termination(self, rid: int | None = None) -> bool:
         """Whether termination of this run (or of rid) was requested."""
-        return self._channel.request("check_termination",
-                                     rid=self.rid if rid is None else rid)
+        return self._channel.request(CheckTermination(self.rid if rid is None else rid))
 
-    def submit(self, pipeline_name=None, expid=None, priority=None, due_date=None,
-               flush=False):
+    def submit(self, pipeline_name: str | None = None, expid: dict[str, Any] | None = None,
+               priority: int | None = None, due_date: float | None = None,
+               flush: bool = False) -> int:
         """Submit a run; pipeline, expid and priority default to the current run's."""
-        return self._channel.request(
-            "submit",
-            pipeline_name=self.pipeline_name if pipeline_name is None else pipeline_name,
-            expid=self.expid if expid is None else expid,
-            priority=self.priority if priority is None else priority,
-            due_date=due_date, flush=flush)
+        return self._channel.request(Submit(
+            self.pipeline_name if pipeline_name is None else pipeline_name,
+            self.expid if expid is None else expid,
+            self.priority if priority is None else priority, due_date, flush))
 
-    def delete(self, rid):
+    def delete(self, rid: int) -> None:
         """Delete a run (in any stage)."""
-        return self._channel.request("delete", rid=rid)
+        self._channel.request(Delete(rid))
 
-    def request_termination(self, rid):
+    def request_termination(self, rid: int) -> None:
         """Ask a run to terminate gracefully (deletes it unless it is running)."""
-        return self._channel.request("request_termination", rid=rid)
+        self._channel.request(RequestTermination(rid))
 
-    def get_status(self) -> dict:
+    def get_status(self) -> dict[int, dict[str, Any]]:
         """The schedule, as the ``schedule`` notifier holds it."""
-        return self._channel.request("get_status")
+        return self._channel.request(GetStatus())
 
-    def set_progress(self, done, total=None, message=""):
+    def set_progress(self, done: float, total: float | None = None,
+                     message: object = "") -> None:
         """Report this run's progress: ``done`` out of ``total`` steps, and a message."""
-        self._channel.send({"action": "set_progress", "done": done, "total": total,
-                            "message": str(message), "time": time.time()})
+        self._channel.send(SetProgress(done, total, str(message), time.time()))
 
 
 class LocalScheduler:
     """The ``scheduler`` device when there is no master (``labpipe-run``)."""
 
-    def __init__(self, rid=0, pipeline_name="main", priority=0, expid=None):
+    def __init__(self, rid: int | None = 0, pipeline_name: str = "main", priority: int = 0,
+                 expid: dict[str, Any] | None = None) -> None:
         self.rid = rid
         self.pipeline_name = pipeline_name
         self.priority = priority
         self.expid = expid or {}
 
-    def pause(self):
+    def pause(self) -> None:
         pass
 
-    def check_pause(self, rid=None):
+    def check_pause(self, rid: int | None = None) -> bool:
         return False
 
-    def check_termination(self, rid=None):
+    def check_termination(self, rid: int | None = None) -> bool:
         return False
 
-    def submit(self, pipeline_name=None, expid=None, priority=None, due_date=None,
-               flush=False):
+    def submit(self, pipeline_name: str | None = None, expid: dict[str, Any] | None = None,
+               priority: int | None = None, due_date: float | None = None,
+               flush: bool = False) -> None:
         logger.info("no master: would submit %r to pipeline %s", expid, pipeline_name)
         return None
 
-    def delete(self, rid):
+    def delete(self, rid: int) -> None:
         logger.info("no master: would delete RID %s", rid)
 
-    def request_termination(self, rid):
+    def request_termination(self, rid: int) -> None:
         logger.info("no master: would request termination of RID %s", rid)
 
-    def get_status(self):
+    def get_status(self) -> dict[int, dict[str, Any]]:
         return {}
 
-    def set_progress(self, done, total=None, message=""):
+    def set_progress(self, done: float, total: float | None = None,
+                     message: object = "") -> None:
         logger.info("progress: %s/%s %s", done, total, message)
 
 
 class CCB:
     """Client control broadcasts: ``issue(service, *args, **kwargs)``."""
 
-    def __init__(self, channel):
+    def __init__(self, channel: ChildChannel) -> None:
         self._channel = channel
 
-    def issue(self, service, *args, **kwargs):
+    def issue(self, service: str, *args: Any, **kwargs: Any) -> None:
         """Broadcast a request to the clients (e.g. ``create_applet``) on ``ccb``."""
-        self._channel.send({"action": "ccb_issue", "service": service,
-                            "args": list(args), "kwargs": kwargs})
+        self._channel.send(CCBIssue(service, list(args), kwargs))
 
 
 class LocalCCB:
     """``ccb`` without a master: logs what would be broadcast."""
 
-    def issue(self, service, *args, **kwargs):
+    def issue(self, service: str, *args: Any, **kwargs: Any) -> None:
         logger.info("CCB %s %r %r", service, args, kwargs)

@@ -20,6 +20,7 @@ The names below are imported lazily, so that a worker process importing
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 __all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError",
            "FilesystemBackend", "GitBackend", "RepositoryBackend", "Revision",
@@ -34,7 +35,7 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Revision", "RepositoryBackend", "EmptyRepositoryError", "NO_REVISION"]
+__all__ = ["Revision", "RepositoryBackend", "HookableBackend", "EmptyRepositoryError",
+           "NO_REVISION"]
 
 #: The revision of a store without revisions (the filesystem backend), as ARTIQ shows it.
 NO_REVISION = "N/A"
@@ -84,4 +85,16 @@ class RepositoryBackend(Protocol):
 
     def close(self) -> None:
         """Release every resource (temporary checkouts included)."""
+        ...
+
+
+@runtime_checkable
+class HookableBackend(RepositoryBackend, Protocol):
+    """A backend whose repository can run a rescan hook (``GitBackend``; ``hooks.py``)."""
+
+    #: Whether the repository is bare (a push runs the hook) or not (a commit does).
+    bare: bool
+
+    def hooks_dir(self) -> tuple[str, bool]:
+        """``(folder where Git looks for hooks, whether core.hooksPath chose it)``."""
         ...

@@ -41,13 +41,15 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labpipe.config import LabConfig
 from labpipe.master.argcheck import check_argument_values
 from labpipe.master.repository import hooks
+from labpipe.master.supervision import TaskSet
 from labpipe.protocol.rpc import current_peer
-from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION,
+from labpipe.master.repository.backend import (EmptyRepositoryError, NO_REVISION, HookableBackend,
                                                RepositoryBackend, Revision)
 from labpipe.master.repository.examiner import Examined, ExaminerPool
 from labpipe.master.repository.paths import in_subdir, is_within, repo_path
@@ -58,6 +60,7 @@ from labpipe.master.repository.submission import (SubmissionError, allowed_folde
                                                   resolve_submission)
 from labpipe.protocol.sync import Notifier
 from labpipe.protocol.tls import TLSFiles
+from labpipe.worker.launcher import Launcher
 
 __all__ = ["ExperimentDB", "ExperimentDBTarget", "ScanReport", "ExamineError", "caller"]
 
@@ -88,11 +91,15 @@ class ExperimentDB:
     (relative to the repository root) are scanned. ``workers`` and ``examine_timeout``
     (seconds per file; default ``config.examine.timeout``) configure the examining
     processes. ``config``: the lab's ``labpipe.toml`` (``[security]``, ``[examine]``).
+    ``launcher`` starts the examining processes. ``tasks``: where the scan loop runs,
+    as a fatal task (the master's; by default a set of the database's own).
     """
 
     def __init__(self, lab_dir: str, backend: RepositoryBackend, experiment_subdir: str = "",
                  *, workers: int | None = None, examine_timeout: float | None = None,
-                 device_keys=None, config: LabConfig | None = None):
+                 device_keys: Callable[[], Iterable[str]] | None = None,
+                 config: LabConfig | None = None, launcher: Launcher,
+                 tasks: TaskSet | None = None):
         self.lab_dir = os.path.abspath(lab_dir)
         self.backend = backend
         subdir = (experiment_subdir or "").strip().strip("/")
@@ -101,7 +108,9 @@ class ExperimentDB:
         limits = self.config.examine
         self.pool = ExaminerPool(
             workers, limits.timeout if examine_timeout is None else examine_timeout,
-            memory=limits.memory_mb << 20, content_memory=limits.content_memory_mb << 20)
+            memory=limits.memory_mb << 20, content_memory=limits.content_memory_mb << 20,
+            launcher=launcher)
+        self._tasks = tasks or TaskSet("experiment database", logger)
         self._file_folders = allowed_folders(self.lab_dir, backend.root,
                                              self.config.security)
         #: A callable giving the device database's keys (choices of plan arguments).
@@ -142,7 +151,9 @@ class ExperimentDB:
         if self._loop_task is not None:
             raise RuntimeError("the experiment database is already started")
         await self.pool.start()
-        self._loop_task = asyncio.create_task(self._scan_loop(), name="labpipe-scans")
+        # scans are requested through it: without it the database is of no use
+        self._loop_task = self._tasks.spawn(self._scan_loop(), "the repository scan loop",
+                                            fatal=True)
         if control_port is not None:
             self.install_hook(control_port, control_host, control_tls)
         await self.scan_repository()
@@ -150,12 +161,11 @@ class ExperimentDB:
     def install_hook(self, control_port: int, control_host: str = "127.0.0.1",
                      control_tls: TLSFiles | None = None) -> None:
         """Install or refresh the rescan hook (Git backends only; see ``hooks.py``)."""
-        hooks_dir = getattr(self.backend, "hooks_dir", None)
-        if hooks_dir is None:
+        if not isinstance(self.backend, HookableBackend):
             return
-        folder, configured = hooks_dir()
+        folder, configured = self.backend.hooks_dir()
         command = hooks.notify_command(control_port, control_host, tls=control_tls)
-        self.hook = hooks.install_hook(folder, self.backend.bare, command,  # type: ignore[attr-defined]
+        self.hook = hooks.install_hook(folder, self.backend.bare, command,
                                        configured_dir=configured)
 
     async def close(self) -> None:
@@ -166,10 +176,8 @@ class ExperimentDB:
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+            # a failure of the loop was logged (and reported) when it happened
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         for waiter in self._waiters:
             waiter.cancel()
         self._waiters.clear()
@@ -397,14 +405,15 @@ class ExperimentDB:
             return resolved  # runs as one black-box run (worker/script.py)
         check_class(examined, class_name, resolved["file"])
         if check_arguments:
-            described = examined.description[class_name or next(iter(examined.description))]
+            classes = examined.description or {}  # check_class saw at least one
+            described = classes[class_name or next(iter(classes))]
             try:
                 check_argument_values(described["arginfo"], resolved.get("arguments") or {})
             except ValueError as exc:
                 raise SubmissionError(f"{resolved['file']}: {exc}") from None
         return resolved
 
-    def _follow_device_keys(self):
+    def _follow_device_keys(self) -> None:
         """Give examinations the current device keys; when they changed, examine every
         file again (descriptions may offer them as choices)."""
         if self.device_keys is None:

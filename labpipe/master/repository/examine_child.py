@@ -1,14 +1,17 @@
 """Child side of the examiner pool: examines experiment files in a worker process.
 
-Runs in a process forked from the worker template (parent side: ``examiner.py``). Protocol
-over the duplex connection the fork server hands over (``worker/forkserver.py``): the
-child first sends ``("ready", pid)``, then serves one request at a time:
+Runs in a process forked from the worker template (parent side: ``examiner.py``). It
+speaks the messages of ``labpipe.worker.messages`` (the examiner's part, same encoding
+as the workers') over the duplex connection the fork server hands over
+(``worker/forkserver.py``): the child first sends ``ExaminerReady(pid)``, then answers
+each request with an ``Examined``, one request at a time (``_REQUESTS`` is its dispatch
+table):
 
-- request ``("examine", path, root, device_keys, memory)``: the file to examine, the
-  folder it belongs to (the repository folder or its checkout), and the device
-  database's keys (its experiments see them through ``get_device_db()``, every device
-  a dummy); reply ``("ok", description, deps, script)`` or ``("error", reason, deps,
-  False)`` where ``description`` is ``labpipe.worker.examine.examine_file(path)``
+- ``Examine(path, root, device_keys, memory)``: the file to examine, the folder it
+  belongs to (the repository folder or its checkout), and the device database's keys
+  (its experiments see them through ``get_device_db()``, every device a dummy);
+  ``Examined(description, None, deps, script)`` or ``Examined(None, reason, deps)``
+  where ``description`` is ``labpipe.worker.examine.examine_file(path)``
   (``{class_name: {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``,
   PYON-encodable), ``reason`` one line, ``deps`` the sorted paths (relative to
   ``root``, ``/``-separated) of the other Python files under ``root`` that the import
@@ -16,9 +19,10 @@ child first sends ``("ready", pid)``, then serves one request at a time:
   never imported). A file that is neither an experiment nor a Python script (no
   ``.py`` suffix and no ``python`` shebang) is an error naming the file, and is
   neither imported nor parsed as a script;
-- request ``("compile", source, memory)``: submitted content, only compiled (the
-  submission check of ``expid["content"]``); reply ``("ok", None, [], False)`` or
-  ``("error", "submitted content does not compile: ...", [], False)``.
+- ``CompileContent(source, memory)``: submitted content, only compiled (the
+  submission check of ``expid["content"]``); ``Examined(None)`` or ``Examined(None,
+  "submitted content does not compile: ...")``;
+- anything else (a malformed message): ``Examined(None, reason)`` naming it.
 
 ``memory`` (bytes, or None) bounds the address space the request may add
 (``RLIMIT_AS`` over what the process had mapped when it started): a request that needs
@@ -44,10 +48,17 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from labpipe.worker import limits
 from labpipe.worker.examine import DummyDeviceManager, examine_file
+from labpipe.worker.messages import (TO_EXAMINER, CompileContent, Examine, Examined,
+                                     ExaminerReady, MalformedMessage, decode, encode)
 from labpipe.worker.script import NotAScriptError, check_script_name
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 __all__ = ["main", "examine_one", "compile_content", "one_line"]
 
@@ -60,72 +71,83 @@ def _audit(event: str, args: tuple) -> None:
         _opened.append(args[0])
 
 
-def main(conn) -> None:
+#: The examining process's dispatch table: request type -> its handler.
+_REQUESTS: dict[type, Callable[[Any], Examined]] = {
+    Examine: lambda r: examine_one(r.path, r.root, r.device_keys),
+    CompileContent: lambda r: compile_content(r.source),
+}
+
+
+def main(conn: Connection) -> None:
     """Serve examine requests on ``conn`` until the parent closes it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.dont_write_bytecode = True
     sys.addaudithook(_audit)
     baseline = limits.mapped_bytes()
-    conn.send(("ready", os.getpid()))
+    conn.send(encode(ExaminerReady(os.getpid())))
     while True:
         try:
-            request = conn.recv()
+            wire = conn.recv()
         except (EOFError, OSError):
             return
-        kind, *fields, memory = request
-        with limits.memory_limit(baseline, memory):
-            if kind == "compile":
-                reply = compile_content(*fields)
-            else:
-                reply = examine_one(*fields)
-        conn.send(reply)
+        try:
+            request = decode(wire, TO_EXAMINER)
+        except MalformedMessage as exc:
+            conn.send(encode(Examined(None, str(exc))))
+            continue
+        assert isinstance(request, (Examine, CompileContent))
+        with limits.memory_limit(baseline, request.memory):
+            reply = _REQUESTS[type(request)](request)
+        conn.send(encode(reply))
 
 
 def _too_big(what: str) -> str:
     return f"{what} needs more memory than the examiner's limit"
 
 
-def compile_content(source: str) -> tuple:
-    """Compile submitted content (never run it); the reply tuple of the docstring."""
+def compile_content(source: str) -> Examined:
+    """Compile submitted content (never run it); the reply of the module docstring."""
     try:
         compile(source, "<submitted content>", "exec", dont_inherit=True)
     except SyntaxError as exc:
-        return ("error", f"submitted content does not compile: {exc.msg} "
-                         f"(line {exc.lineno})", [], False)
+        return Examined(None, f"submitted content does not compile: {exc.msg} "
+                              f"(line {exc.lineno})")
     except MemoryError:
-        return ("error", _too_big("compiling the submitted content"), [], False)
+        return Examined(None, _too_big("compiling the submitted content"))
     except (ValueError, RecursionError) as exc:
-        return ("error", f"submitted content does not compile: {one_line(exc, '')}",
-                [], False)
-    return ("ok", None, [], False)
+        return Examined(None, f"submitted content does not compile: {one_line(exc, '')}")
+    return Examined(None)
 
 
-def examine_one(path: str, root: str, device_keys=()) -> tuple:
+def examine_one(path: str, root: str, device_keys: Iterable[str] = ()) -> Examined:
     """Examine one file (its experiments see a device database of device_keys, every
-    device a dummy); the reply tuple of the module docstring."""
+    device a dummy); the reply of the module docstring."""
     global _opened
     root = os.path.realpath(root)
     saved_path = list(sys.path)
     before = set(sys.modules)
     _opened = []
     script = False
+    description: dict[str, Any] | None = None
+    error: str | None = None
     try:
         script = check_script_name(path)
         description = {} if script else examine_file(
             path, device_mgr=DummyDeviceManager(dict.fromkeys(device_keys)))
-        reply: tuple = ("ok", description)
     except NotAScriptError as exc:
-        reply = ("error", str(exc))
+        error = str(exc)
     except MemoryError:
-        reply = ("error", _too_big(f"importing {os.path.basename(path)}"))
+        error = _too_big(f"importing {os.path.basename(path)}")
     except BaseException as exc:  # noqa: B902 - an experiment may raise anything at import
-        reply = ("error", one_line(exc, path))
+        error = one_line(exc, path)
     finally:
         opened, _opened = _opened, None
         _forget_modules(before, root)
         sys.path[:] = saved_path
-    return reply + (_dependencies(opened, root, os.path.realpath(path)),
-                    script and reply[0] == "ok")
+    deps = tuple(_dependencies(opened or [], root, os.path.realpath(path)))
+    if error is not None:
+        return Examined(None, error, deps)
+    return Examined(description, None, deps, script)
 
 
 def one_line(exc: BaseException, path: str) -> str:
@@ -142,7 +164,7 @@ def one_line(exc: BaseException, path: str) -> str:
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON - 3] + "..."
 
 
-def _last_frame_in(exc: BaseException, folder: str):
+def _last_frame_in(exc: BaseException, folder: str) -> traceback.FrameSummary | None:
     found = None
     for frame in traceback.extract_tb(exc.__traceback__):
         if os.path.realpath(frame.filename).startswith(folder + os.sep):
@@ -167,8 +189,8 @@ def _dependencies(opened: list[str], root: str, examined: str) -> list[str]:
     return sorted(deps)
 
 
-def _module_files(module) -> list[str]:
-    files = []
+def _module_files(module: object) -> list[str]:
+    files: list[str] = []
     value = getattr(module, "__file__", None)
     if isinstance(value, str):
         files.append(value)

@@ -2,7 +2,9 @@
 
 Each worker runs ``examine_child.main`` in a process forked from the run launcher's
 template (``labpipe.worker.launcher``), which has preloaded ``labpipe.worker.examine``
-and ``examine_child``, so a worker starts in milliseconds.
+and ``examine_child``, so a worker starts in milliseconds. The pool and its workers
+speak the examiner's messages of ``labpipe.worker.messages`` (``Examine``,
+``CompileContent``; ``ExaminerReady``, ``Examined``), in the workers' encoding.
 
 Contract:
 
@@ -31,9 +33,11 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
 
-from labpipe.worker import launcher, lifetime
+from labpipe.worker import lifetime
+from labpipe.worker.launcher import Launcher
+from labpipe.worker.messages import (FROM_EXAMINER, CompileContent, Examine, Examined,
+                                     ExaminerReady, MalformedMessage, decode, encode)
 
 __all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers",
            "DEFAULT_MEMORY", "DEFAULT_CONTENT_MEMORY"]
@@ -50,24 +54,6 @@ DEFAULT_CONTENT_MEMORY = 512 << 20
 def default_workers() -> int:
     """Number of parallel examiners: one per CPU, at least two."""
     return max(2, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class Examined:
-    """What examining one file gave."""
-
-    description: dict | None
-    """``{class_name: {"name", "arginfo", "argument_ui", "scheduler_defaults"}}``, or None."""
-    error: str | None = None
-    """Why the file was skipped (one line), or None."""
-    deps: tuple[str, ...] = ()
-    """Other modules under the root that importing the file loaded (relative paths)."""
-    script: bool = False
-    """The file is a black-box script (``worker/script.py``; it was not imported)."""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def _death(exitcode: int | None) -> str:
@@ -92,44 +78,53 @@ class _Worker:
     was killed by the file it was examining.
     """
 
-    def __init__(self, start_timeout: float = 60.0):
+    def __init__(self, launcher: Launcher, start_timeout: float = 60.0) -> None:
         self.process, parent_end = launcher.start_process(
             "labpipe.master.repository.examine_child:main")
         self.conn = parent_end
         try:
             if not parent_end.poll(start_timeout):
                 raise EOFError
-            parent_end.recv()
-        except (EOFError, OSError):
+            ready = decode(parent_end.recv(), FROM_EXAMINER)
+            if not isinstance(ready, ExaminerReady):
+                raise MalformedMessage(f"it sent {type(ready).__name__} first")
+        except (EOFError, OSError, MalformedMessage) as exc:
             self.kill()
+            why = str(exc) if isinstance(exc, MalformedMessage) else \
+                _death(self.process.exitcode)
             raise WorkerStartError(
-                "an examining process could not start "
-                f"({_death(self.process.exitcode)}); see its error output") from None
+                f"an examining process could not start ({why}); see its error "
+                "output") from None
 
     @property
     def alive(self) -> bool:
         return self.process.exitcode is None and not self.conn.closed
 
-    def call(self, request: tuple, timeout: float, what: str) -> Examined:
-        """Send one request of ``examine_child``'s protocol; ``what`` (a gerund) names
-        the work in the reasons of a timeout or a death."""
+    def call(self, request: Examine | CompileContent, timeout: float,
+             what: str) -> Examined:
+        """Send one request to ``examine_child``; ``what`` (a gerund) names the work in
+        the reasons of a timeout or a death."""
+        examining = isinstance(request, Examine)
         try:
-            self.conn.send(request)
+            self.conn.send(encode(request))
             if not self.conn.poll(timeout):
                 self.kill()
                 return Examined(None, f"{what} took longer than {timeout:g} s"
                                       + (" (does the file hang at import?)"
-                                         if request[0] == "examine" else ""))
-            status, value, deps, script = self.conn.recv()
+                                         if examining else ""))
+            reply = decode(self.conn.recv(), FROM_EXAMINER)
         except (EOFError, OSError):
             self.process.join(1.0)
             self.kill()
-            doing = "importing the file" if request[0] == "examine" else what
+            doing = "importing the file" if examining else what
             return Examined(None, f"the examining process died while {doing} "
                                   f"({_death(self.process.exitcode)})")
-        if status == "ok":
-            return Examined(value, None, tuple(deps), bool(script))
-        return Examined(None, value, tuple(deps))
+        except MalformedMessage as exc:
+            return Examined(None, f"the examining process answered {what}: {exc}")
+        if not isinstance(reply, Examined):
+            return Examined(None, f"the examining process answered {what} with "
+                                  f"{type(reply).__name__}")
+        return reply
 
     def kill(self) -> None:
         """Kill the process and what it started (blocks up to 5 s: call from a thread)."""
@@ -148,11 +143,14 @@ class _Worker:
 
 class ExaminerPool:
     """Examines files in ``workers`` processes, each file with a ``timeout`` in seconds
-    and ``memory`` bytes (content: ``content_memory``) of added address space."""
+    and ``memory`` bytes (content: ``content_memory``) of added address space; the
+    processes come from ``launcher``."""
 
     def __init__(self, workers: int | None = None, timeout: float = 10.0,
                  memory: int | None = DEFAULT_MEMORY,
-                 content_memory: int | None = DEFAULT_CONTENT_MEMORY):
+                 content_memory: int | None = DEFAULT_CONTENT_MEMORY, *,
+                 launcher: Launcher):
+        self.launcher = launcher
         self.workers = workers or default_workers()
         self.timeout = timeout
         self.memory = memory
@@ -185,13 +183,13 @@ class ExaminerPool:
             logger.error("%s", failure)
 
     def _spawn(self) -> _Worker:
-        worker = _Worker()
+        worker = _Worker(self.launcher)
         self._all.add(worker)
         return worker
 
     async def examine(self, path: str, root: str, timeout: float | None = None) -> Examined:
         """Examine the file ``path`` (in folder ``root``) in a worker; see the module docstring."""
-        request = ("examine", path, root, self.device_keys, self.memory)
+        request = Examine(path, root, self.device_keys, self.memory)
         result = await self._request(request, timeout, "examining")
         self.examined += 1
         if not result.ok:
@@ -201,10 +199,11 @@ class ExaminerPool:
     async def check_content(self, source: str, timeout: float | None = None) -> Examined:
         """Compile submitted content in a worker (never run it); ``error`` says why it
         does not compile (or needs too much time or memory)."""
-        return await self._request(("compile", source, self.content_memory), timeout,
+        return await self._request(CompileContent(source, self.content_memory), timeout,
                                    "compiling the submitted content")
 
-    async def _request(self, request: tuple, timeout: float | None, what: str) -> Examined:
+    async def _request(self, request: Examine | CompileContent, timeout: float | None,
+                       what: str) -> Examined:
         if self._closed:
             raise RuntimeError("the examiner pool is closed")
         await self.start()

@@ -20,6 +20,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 from labpipe.master.repository.backend import NO_REVISION, Revision
 from labpipe.master.repository.paths import repo_path
@@ -103,7 +104,7 @@ class FilesystemBackend:
         with self._lock:
             self._ids.clear()
 
-    def _walk(self, top: str):
+    def _walk(self, top: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         stack = [top]
         while stack:
             folder = stack.pop()

@@ -5,7 +5,9 @@ Only committed content is read: the current revision is the commit HEAD points t
 copy of a non-bare repository. Revisions given by users are resolved with dulwich's
 rules: a full commit id, a ref (``HEAD``, a branch, a tag, annotated tags peeled to
 their commit, ``refs/...``, a remote branch), or a unique hex prefix of at least 4
-digits. Anything else is a ``LookupError`` naming the revision.
+digits, each optionally followed by git's ancestry suffixes ``~N`` and ``^N``
+(``HEAD~1``, ``v1^2``), which ARTIQ's master (pygit2) also takes. Anything else is a
+``LookupError`` naming the revision.
 
 Checkouts: ``request_rev(rev)`` writes the commit's tree into a temporary folder, one
 per commit id, shared and reference-counted; ``release_rev(commit)`` removes the folder
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING, cast
 
 from dulwich.errors import NotGitRepository, NotTreeError
 from dulwich.object_store import iter_tree_contents, tree_lookup_path
@@ -39,6 +43,9 @@ from dulwich.repo import Repo
 
 from labpipe.master.repository.backend import EmptyRepositoryError, NO_REVISION, Revision
 from labpipe.master.repository.paths import is_hidden, repo_path
+
+if TYPE_CHECKING:
+    from dulwich.refs import Ref  # a NewType of bytes (recent dulwich only)
 
 __all__ = ["GitBackend"]
 
@@ -55,6 +62,41 @@ class _Checkout:
         self.message = message
         self.holds = 1
         self.files = files  # tree path -> (blob id, mode) of the regular files written
+
+
+_ANCESTRY = re.compile(r"(?P<base>[^~^]+)(?P<suffixes>(?:[~^][0-9]{0,6})+)")
+
+
+def _commit(repo: Repo, sha: bytes, rev: str) -> Commit:
+    """The commit object ``sha`` (a parent of a commit ``rev`` walks through)."""
+    obj = repo[sha]
+    if not isinstance(obj, Commit):
+        raise KeyError(rev)
+    return obj
+
+
+def _parse_revision(repo: Repo, rev: str) -> Commit:
+    """The commit ``rev`` names: dulwich's ``parse_commit``, then git's ``~N`` (N-th
+    first-parent ancestor) and ``^N`` (N-th parent; ``^0`` the commit itself) suffixes;
+    KeyError when there is no such commit."""
+    match = _ANCESTRY.fullmatch(rev)
+    if match is None:
+        return parse_commit(repo, rev)
+    commit = parse_commit(repo, match["base"])
+    for operator, digits in re.findall(r"([~^])([0-9]*)", match["suffixes"]):
+        count = int(digits) if digits else 1
+        if operator == "^":
+            if count == 0:
+                continue
+            if count > len(commit.parents):
+                raise KeyError(rev)
+            commit = _commit(repo, commit.parents[count - 1], rev)
+            continue
+        for _ in range(count):
+            if not commit.parents:
+                raise KeyError(rev)
+            commit = _commit(repo, commit.parents[0], rev)
+    return commit
 
 
 class GitBackend:
@@ -95,7 +137,7 @@ class GitBackend:
                 raise LookupError(f"invalid revision {rev!r}: give a commit id, "
                                   "a branch or a tag")
             try:
-                commit = parse_commit(self._repo, rev.strip())
+                commit = _parse_revision(self._repo, rev.strip())
             except AmbiguousShortId:
                 raise LookupError(f"revision {rev!r} is ambiguous in the Git repository "
                                   f"{self.root}: give more hex digits") from None
@@ -104,12 +146,12 @@ class GitBackend:
                                   f"{self.root}: give a commit id, a branch or a tag") from None
             return commit.id.decode("ascii")
 
-    def _unborn_head(self):
+    def _unborn_head(self) -> None:
         """Raise the error for a HEAD without commit: empty repository, or wrong branch."""
-        chain, _ = self._repo.refs.follow(b"HEAD")
+        chain, _ = self._repo.refs.follow(cast("Ref", b"HEAD"))
         head = chain[-1].decode("utf-8", "replace") if chain else "HEAD"
         branches = sorted(b.decode("utf-8", "replace")
-                          for b in self._repo.refs.keys(base=b"refs/heads/"))
+                          for b in self._repo.refs.keys(base=cast("Ref", b"refs/heads/")))
         if not branches:
             raise EmptyRepositoryError(
                 f"the Git repository {self.root} has no commit yet: "
