@@ -1,12 +1,17 @@
-"""Shared fixtures: a lab directory, and a real master in the test's event loop."""
+"""Shared fixtures and helpers: a lab directory, the experiments and expids tests
+share, a real master in the test's event loop or as a process (``MasterProcess``), and
+the check every test goes through (``asyncio_hygiene.py``)."""
 
 import asyncio
 import contextlib
-import functools
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -16,6 +21,9 @@ from labpipe.worker.launcher import Launcher
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+
+# the check every test goes through (its fixtures are found here by pytest)
+from asyncio_hygiene import _loop_hygiene, asyncio_hygiene  # noqa: E402, F401
 
 
 def write_file(root, relpath, text):
@@ -46,6 +54,98 @@ class Lab:
         """Write repository/NAME.py with the experiment imports prepended."""
         return self.write(f"repository/{name}.py",
                           "from labpipe.experiment import *\n" + textwrap.dedent(body))
+
+
+# --- experiments and expids shared by the tests -------------------------------------
+
+#: Runs until the file named by its ``gate`` argument exists (at once without a gate);
+#: requests the devices listed in ``devices`` in build; sets datasets
+#: ``started_TAG`` and ``ended_TAG`` to the times its run started and ended
+#: (broadcast; persistent with ``persist=True``).
+GATED = """
+import os, time
+from labpipe.experiment import *
+
+class Gated(EnvExperiment):
+    def build(self):
+        self.setattr_argument("gate", StringValue(""))
+        self.setattr_argument("tag", StringValue(""))
+        self.setattr_argument("devices", PYONValue([]))
+        self.setattr_argument("persist", BooleanValue(False))
+        for key in self.devices:
+            self.get_device(key)
+
+    def run(self):
+        self.set_dataset("started_" + self.tag, time.time(), broadcast=True,
+                         persist=self.persist)
+        while self.gate and not os.path.exists(self.gate):
+            time.sleep(0.005)
+        self.set_dataset("ended_" + self.tag, time.time(), broadcast=True,
+                         persist=self.persist)
+"""
+
+#: Fails in its run with ``ValueError("the magnet quenched")``.
+FAILING = """
+from labpipe.experiment import *
+
+class Failing(EnvExperiment):
+    def run(self):
+        raise ValueError("the magnet quenched")
+"""
+
+#: Sets dataset ``slow.step`` to 0 .. ``steps`` - 1, 10 ms apart.
+SLOW = """
+import time
+from labpipe.experiment import *
+
+class Slow(EnvExperiment):
+    def build(self):
+        self.setattr_argument("steps", NumberValue(10, step=1, precision=0, type="int"))
+
+    def run(self):
+        for i in range(self.steps):
+            self.set_dataset("slow.step", i, broadcast=True)
+            time.sleep(0.01)
+"""
+
+#: Sets dataset ``high_ran_at`` to the time it ran.
+STAMP = """
+import time
+from labpipe.experiment import *
+
+class Stamp(EnvExperiment):
+    def run(self):
+        self.set_dataset("high_ran_at", time.time(), broadcast=True)
+"""
+
+#: Sets dataset ``terminating.started``, then pauses until it is terminated.
+TERMINATING = """
+import time
+from labpipe.experiment import *
+
+class Terminating(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("terminating.started", True, broadcast=True)
+        while True:
+            self.scheduler.pause()
+            time.sleep(0.005)
+"""
+
+
+def expid(file: str | None = None, log_level: int = 30, *, content: str | None = None,
+          **arguments) -> dict:
+    """An expid as the scheduler takes it: the only experiment of FILE (a path, relative
+    to the lab, or to the repository with ``repo_rev``), or of the source CONTENT, with
+    the arguments given."""
+    made = {"class_name": None, "arguments": arguments, "log_level": log_level}
+    if file is not None:
+        made["file"] = file
+    if content is not None:
+        made["content"] = content
+    return made
 
 
 @pytest.fixture
@@ -127,25 +227,6 @@ class ScheduleRecorder:
         return self.events.index((rid, status))
 
 
-def async_test(fn):
-    """Run an async test with asyncio.run, a time limit, and a check for leaked tasks."""
-    @functools.wraps(fn)
-    def wrapper():
-        async def main():
-            async with asyncio.timeout(20):
-                await fn()
-            # a connection task may still be in its last closing steps: give such
-            # tasks a moment, then fail on any left
-            others = lambda: asyncio.all_tasks() - {asyncio.current_task()}
-            try:
-                await wait_until(lambda: not others(), timeout=2)
-            except AssertionError:
-                pytest.fail(f"leaked tasks: {others()}")
-        asyncio.run(main())
-    del wrapper.__wrapped__  # pytest must see a plain function
-    return wrapper
-
-
 async def raw_exchange(port, payload, close_write=True):
     """Send payload on a raw connection; return what the server sent before closing."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -184,14 +265,6 @@ def drain_until_closed(sock):
     return True
 
 
-def run_async(coro, timeout=60):
-    """Run a test coroutine with a global timeout."""
-    async def guarded():
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(guarded())
-
-
 def process_alive(pid: int) -> bool:
     """Running (a zombie has ended: only its parent has not reaped it yet)."""
     try:
@@ -209,3 +282,144 @@ def wait_gone(pids, timeout):
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
+
+
+# --- labpipe-master as a process -----------------------------------------------------
+
+def wait_for(predicate, timeout=20):
+    """Poll predicate() (blocking) until it is true; fail the test after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below pid, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class StreamReader:
+    """Reads a process's output stream in a thread, so that the process never blocks
+    on a full pipe however much it writes; keeps every line."""
+
+    def __init__(self, stream, name: str):
+        self.lines: list[str] = []
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, name=name, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        with self._stream:  # the thread owns it: closed at end of file
+            for line in self._stream:
+                self.lines.append(line)
+
+    def text(self, wait: float = 0.0) -> str:
+        """What was read, after waiting up to wait seconds for the end of the stream
+        (the master's worker processes hold it open until they end too)."""
+        self._thread.join(wait)
+        return "".join(self.lines)
+
+    def tail(self, count: int) -> str:
+        return "".join(self.lines[-count:])
+
+
+#: The MasterProcesses started by the running test (their output tails go into its
+#: report when it fails).
+_started_masters: list["MasterProcess"] = []
+
+
+class MasterProcess:
+    """labpipe-master started in a lab directory with every port picked free. Its
+    output is read continuously; a failing test's report shows its tail."""
+
+    def __init__(self, lab_dir, *extra):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
+             "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
+             "--port-broadcast", "0", *extra],
+            cwd=lab_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = StreamReader(self.process.stderr, f"master-{self.process.pid}-stderr")
+        _started_masters.append(self)
+        line = self.process.stdout.readline()
+        if "ready" not in line:
+            self.process.kill()
+            self.process.wait()
+            self.process.stdout.close()
+            raise AssertionError(f"master did not start: {line!r} {self.stderr.text(10)}")
+        # after the ready line the master writes nothing to stdout, but the processes
+        # it starts might: drained too
+        self.stdout = StreamReader(self.process.stdout, f"master-{self.process.pid}-stdout")
+        ports = line.split(": ", 1)[1]
+        self.ports = {name: int(port) for name, port in
+                      (p.strip().split(" ") for p in ports.split(","))}
+
+    def client(self, target):
+        from labpipe.protocol.rpc import Client
+        return Client("127.0.0.1", self.ports["control"], target, timeout=20)
+
+    def command(self, *args):
+        """The labpipe-client command line for this master (every port given)."""
+        return [sys.executable, "-m", "labpipe.client.main",
+                "--port", str(self.ports["control"]),
+                "--port-notify", str(self.ports["notify"]),
+                "--port-broadcast", str(self.ports["broadcast"]), *args]
+
+    def cli(self, *args, check=True):
+        result = subprocess.run(self.command(*args), capture_output=True, text=True,
+                                timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args):
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def submit(self, *args):
+        """labpipe-client submit; the RID."""
+        return int(self.cli("submit", *args).stdout.split("RID: ")[1])
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def report(self, lines: int = 60) -> str:
+        """The tail of the master's error output, for a failing test's report."""
+        state = ("running" if self.process.poll() is None
+                 else f"exit code {self.process.returncode}")
+        return (f"labpipe-master pid {self.process.pid} ({state}), last {lines} lines "
+                f"of its error output:\n{self.stderr.tail(lines)}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _started_masters.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for master in _started_masters:
+            report.sections.append((f"labpipe-master {master.process.pid} stderr",
+                                    master.report()))
+    return report

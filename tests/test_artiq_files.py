@@ -10,7 +10,7 @@ import textwrap
 import h5py
 import pytest
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.protocol.rpc import AsyncClient
 
 ARTIQ_EXP = '''
@@ -58,11 +58,7 @@ class Pulse(EnvExperiment):
 '''
 
 
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
-
-
-def test_artiq_file_scanned_submitted_and_run_through_a_master(lab):
+async def test_artiq_file_scanned_submitted_and_run_through_a_master(lab):
     lab.write("repository/sweep.py", ARTIQ_EXP)
 
     async def main():
@@ -89,10 +85,10 @@ def test_artiq_file_scanned_submitted_and_run_through_a_master(lab):
                 assert f["datasets/sweep.repeats"][()] == 4
             assert m.dataset_db.get("sweep.points") == [1e6, 2e6, 3e6]
 
-    run_async(main())
+    await main()
 
 
-def test_kernel_file_is_examined_and_its_run_fails_with_one_line(lab):
+async def test_kernel_file_is_examined_and_its_run_fails_with_one_line(lab):
     lab.write("repository/pulse.py", KERNEL_EXP)
 
     async def main():
@@ -111,7 +107,7 @@ def test_kernel_file_is_examined_and_its_run_fails_with_one_line(lab):
             assert "kernel: ARTIQ kernels are not supported by labpipe " \
                    "(used by Pulse.pulse)" in error
 
-    run_async(main())
+    await main()
 
 
 def labpipe_run(cwd, *args, env=None):

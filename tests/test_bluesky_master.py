@@ -9,7 +9,7 @@ import h5py
 import numpy
 import pytest
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
+from conftest import STAMP, ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol import pyon
 from labpipe.bluesky.pausing import CHECK_INTERVAL
@@ -24,11 +24,6 @@ def example_lab(lab):
             lab.write(relpath, f.read())
 
 
-def expid(file, log_level=30, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments,
-            "log_level": log_level}
-
-
 def pyon_text(dataset):
     return pyon.decode(dataset[()].decode())
 
@@ -37,7 +32,7 @@ def live(master, key):
     return master.dataset_db.data.raw_view.get(key, (False, [], {}))[1]
 
 
-def test_example_scan_live_datasets_and_results_file(lab):
+async def test_example_scan_live_datasets_and_results_file(lab):
     example_lab(lab)
 
     async def main():
@@ -78,7 +73,7 @@ def test_example_scan_live_datasets_and_results_file(lab):
             assert any("seq_num" in line and "det" in line for line in table)
             assert sum("primary |" in line for line in table) == 1 + 5
 
-    run_async(main())
+    await main()
 
 
 LONG_COUNT = """
@@ -106,16 +101,7 @@ class LongCount(EnvExperiment):
                             per_shot=per_shot))
 """
 
-STAMP = """
-import time
-
-class Stamp(EnvExperiment):
-    def run(self):
-        self.set_dataset("high_ran_at", time.time(), broadcast=True)
-"""
-
-
-def test_long_count_pauses_for_higher_priority_and_resumes(lab):
+async def test_long_count_pauses_for_higher_priority_and_resumes(lab):
     example_lab(lab)
     long_count = lab.experiment("long_count", LONG_COUNT)
     stamp = lab.experiment("stamp", STAMP)
@@ -155,7 +141,7 @@ def test_long_count_pauses_for_higher_priority_and_resumes(lab):
             assert stop["exit_status"] == "success"
             assert len(live(m, "bluesky.primary.det")) == 6
 
-    run_async(main())
+    await main()
 
 
 async def endless_count(m, long_count):
@@ -165,7 +151,7 @@ async def endless_count(m, long_count):
     return rid
 
 
-def test_termination_mid_plan(lab):
+async def test_termination_mid_plan(lab):
     example_lab(lab)
     long_count = lab.experiment("long_count", LONG_COUNT)
 
@@ -188,10 +174,10 @@ def test_termination_mid_plan(lab):
             # (bluesky drops the reason given to abort() when the RunEngine is paused)
             assert stop["exit_status"] == "abort"
 
-    run_async(main())
+    await main()
 
 
-def test_plans_submitted_by_name_with_device_names(lab):
+async def test_plans_submitted_by_name_with_device_names(lab):
     example_lab(lab)
     with open(os.path.join(ROOT, "repository/plans.py"), encoding="utf-8") as f:
         lab.write("repository/plans.py", f.read())
@@ -239,10 +225,10 @@ def test_plans_submitted_by_name_with_device_names(lab):
             numpy.testing.assert_allclose(
                 data["peak_scan"]["det"], [1000.0 * numpy.exp(-x * x / 2) for x in (0, 1, 2)])
 
-    run_async(main())
+    await main()
 
 
-def test_delete_kills_a_running_plan(lab):
+async def test_delete_kills_a_running_plan(lab):
     example_lab(lab)
     long_count = lab.experiment("long_count", LONG_COUNT)
 
@@ -258,4 +244,4 @@ def test_delete_kills_a_running_plan(lab):
             await asyncio.sleep(0.1)
             assert len(live(m, "bluesky.primary.det")) == n
 
-    run_async(main())
+    await main()

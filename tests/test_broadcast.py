@@ -10,7 +10,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.broadcast import Broadcaster, Receiver
 
-from conftest import async_test, drain_until_closed, raw_exchange, wait_until
+from conftest import drain_until_closed, raw_exchange, wait_until
 
 HOST = "127.0.0.1"
 
@@ -39,7 +39,6 @@ async def listen(broadcaster, *channels):
     return listeners
 
 
-@async_test
 async def test_several_receivers_and_channel_isolation():
     b = Broadcaster()
     await b.start(HOST, 0)
@@ -63,7 +62,6 @@ async def test_several_receivers_and_channel_isolation():
     assert log1.disconnects == 0
 
 
-@async_test
 async def test_unencodable_object_raises_only_when_someone_listens():
     b = Broadcaster()
     await b.start(HOST, 0)
@@ -77,7 +75,6 @@ async def test_unencodable_object_raises_only_when_someone_listens():
     await b.stop()
 
 
-@async_test
 async def test_broadcast_from_another_thread():
     b = Broadcaster()
     await b.start(HOST, 0)
@@ -91,7 +88,6 @@ async def test_broadcast_from_another_thread():
     await b.stop()
 
 
-@async_test
 async def test_disconnect_cb_when_the_server_stops():
     b = Broadcaster()
     await b.start(HOST, 0)
@@ -102,7 +98,6 @@ async def test_disconnect_cb_when_the_server_stops():
     assert listener.disconnects == 1
 
 
-@async_test
 async def test_slow_receiver_is_dropped_and_others_still_receive():
     limit = 20
     b = Broadcaster(queue_limit=limit, queue_bytes=1 << 20)
@@ -134,7 +129,6 @@ async def test_slow_receiver_is_dropped_and_others_still_receive():
     await b.stop()
 
 
-@async_test
 async def test_fuzz_then_serves_a_well_behaved_receiver():
     b = Broadcaster(max_line_length=1024)
     await b.start(HOST, 0)

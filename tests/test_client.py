@@ -13,31 +13,7 @@ import time
 
 import pytest
 
-from conftest import Lab
-from test_master_process import MasterProcess, wait_for
-
-GATED = """
-import os, time
-from labpipe.experiment import *
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("done." + self.tag, True, broadcast=True)
-"""
-
-FAILING = """
-from labpipe.experiment import *
-
-class Failing(EnvExperiment):
-    def run(self):
-        raise ValueError("the magnet quenched")
-"""
+from conftest import FAILING, GATED, MasterProcess, wait_for
 
 ASK = """
 from labpipe.experiment import *
@@ -75,9 +51,9 @@ device_db = {
 """
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
+@pytest.fixture
+def master(lab):
+    """A master of its own for each test (no test sees another's runs or datasets)."""
     lab.write("device_db.py", DEVICES)
     for name, source in [("gated", GATED), ("failing", FAILING), ("ask", ASK),
                          ("chatty", CHATTY)]:
@@ -137,8 +113,8 @@ class Follower:
         return code, stderr
 
 
-def test_submit_wait_history_resubmit(shared):
-    m = shared
+def test_submit_wait_history_resubmit(master):
+    m = master
     rid = m.submit("-p", "calib", "-P", "2", "repository/gated.py", "tag=one")
     out = m.cli("wait", str(rid)).stdout
     assert f"RID:        {rid}" in out and "completed" in out and "calib" in out
@@ -172,7 +148,7 @@ def test_submit_wait_history_resubmit(shared):
     assert record["pipeline"] == "other" and record["priority"] == 2
     assert record["expid"]["arguments"] == {"tag": "two"}
     with m.client("dataset_db") as datasets:
-        assert datasets.get("done.two") is True
+        assert isinstance(datasets.get("ended_two"), float)
     assert m.json("resubmit", str(again))["rid"] > again
     assert m.json("submit", "repository/gated.py", "tag=json")["rid"] > again + 1
 
@@ -181,8 +157,8 @@ def test_submit_wait_history_resubmit(shared):
     refused(m.cli("resubmit", "99999", check=False), "99999")
 
 
-def test_wait_timeout_delete_and_graceful(shared):
-    m = shared
+def test_wait_timeout_delete_and_graceful(master):
+    m = master
     gate = m.lab.path("gate-wait")
     rid = m.submit("repository/gated.py", f"gate={json.dumps(gate)}", "tag=w")
     refused(m.cli("wait", "--timeout", "0.3", str(rid), check=False), str(rid))
@@ -203,8 +179,8 @@ def test_wait_timeout_delete_and_graceful(shared):
         assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_show_schedule_and_watch(shared):
-    m = shared
+def test_show_schedule_and_watch(master):
+    m = master
     gate = m.lab.path("gate-watch")
     watch = Follower(m.command("--json", "show", "schedule", "--watch"))
     try:
@@ -234,8 +210,8 @@ def test_show_schedule_and_watch(shared):
         watch.stop()
 
 
-def test_datasets(shared):
-    m = shared
+def test_datasets(master):
+    m = master
     m.cli("set-dataset", "--persist", "calib.gain", "1.5")
     m.cli("set-dataset", "calib.points", "[1, 2, 3]")
     m.cli("set-dataset", "calib.name", '"beam"')
@@ -256,8 +232,8 @@ def test_datasets(shared):
     assert both.returncode == 2
 
 
-def test_devices_and_scan(shared):
-    m = shared
+def test_devices_and_scan(master):
+    m = master
     assert m.json("show", "devices") == {
         "camera": {"type": "controller", "host": "::1", "port": 4000, "command": "cam"},
         "cam": "camera"}
@@ -274,8 +250,8 @@ def test_devices_and_scan(shared):
     m.cli("scan-devices")
 
 
-def test_repository_and_ls(shared):
-    m = shared
+def test_repository_and_ls(master):
+    m = master
     names = m.cli("ls").stdout.split()
     assert "repository/" in names and "device_db.py" in names
     assert m.json("ls", "repository") == sorted(
@@ -301,8 +277,8 @@ def test_repository_and_ls(shared):
     m.cli("scan-repository")
 
 
-def test_submission_refused_with_the_masters_message(shared):
-    m = shared
+def test_submission_refused_with_the_masters_message(master):
+    m = master
     refused(m.cli("submit", "repository/nothere.py", check=False), "nothere.py")
     refused(m.cli("submit", "-c", "Nope", "repository/gated.py", check=False), "Nope")
     usage = m.cli("submit", "repository/gated.py", "tag", check=False)
@@ -317,8 +293,8 @@ def test_submission_refused_with_the_masters_message(shared):
     assert m.cli(check=False).returncode == 2
 
 
-def test_interactive_arguments(shared):
-    m = shared
+def test_interactive_arguments(master):
+    m = master
     rid = m.submit("repository/ask.py")
     wait_for(lambda: str(rid) in m.json("show", "interactive-args"))
     request = m.json("show", "interactive-args")[str(rid)]
@@ -343,8 +319,8 @@ def test_interactive_arguments(shared):
     refused(m.cli("supply-interactive", str(rid), "gain=1", check=False), str(rid))
 
 
-def test_follow_log_and_ccb(shared):
-    m = shared
+def test_follow_log_and_ccb(master):
+    m = master
     log = Follower(m.command("show", "log"))
     ccb = Follower(m.command("--json", "show", "ccb"))
     try:
@@ -374,8 +350,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_unreachable_master_exit_code_4(shared):
-    m = shared
+def test_unreachable_master_exit_code_4(master):
+    m = master
     port = str(_free_port())
     for args in (["--port", port, "show", "schedule"],
                  ["--port", port, "wait", "1"],

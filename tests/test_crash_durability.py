@@ -25,8 +25,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
 
-from conftest import wait_gone
-from test_master_process import _descendants
+from conftest import descendants, expid, wait_gone
 
 FAR = 9e9  # a due date that keeps a run pending for good
 
@@ -39,11 +38,6 @@ class SetPersistent(EnvExperiment):
     def run(self):
         self.set_dataset(self.key, self.value, persist=True)
 """
-
-
-def expid(**arguments):
-    return {"file": "repository/set_persistent.py", "class_name": None,
-            "arguments": arguments, "log_level": 30}
 
 
 def assert_none_alive(pids: list[int], timeout: float = 1.0) -> None:
@@ -74,6 +68,7 @@ class CrashMaster:
              "--port-broadcast", "0"],
             cwd=lab_dir, stdout=self._out, stderr=self._err, text=True)
         self.killed_descendants: list[int] = []
+        self._clients: list[Client] = []
         wait_for(self._ready, timeout=60, what="the master's ready line")
 
     def _ready(self) -> bool:
@@ -90,11 +85,14 @@ class CrashMaster:
         return True
 
     def client(self, target: str) -> Client:
-        return Client("127.0.0.1", self.ports["control"], target, timeout=20)
+        """A client of target, closed (if the caller did not) when the master stops."""
+        client = Client("127.0.0.1", self.ports["control"], target, timeout=20)
+        self._clients.append(client)
+        return client
 
     def kill(self):
         """SIGKILL the master (its descendants noted first, for the lifetime check)."""
-        self.killed_descendants = _descendants(self.process.pid)
+        self.killed_descendants = descendants(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self._close_files()
@@ -112,6 +110,8 @@ class CrashMaster:
     def _close_files(self):
         self._out.close()
         self._err.close()
+        for client in self._clients:
+            client.close_rpc()
 
 
 class Watcher(threading.Thread):
@@ -166,7 +166,7 @@ def crash_lab(lab):
 # --- deterministic: acknowledge, kill, restart, check ---------------------------------
 
 def _pending(schedule):
-    return schedule.submit("p", expid(key="x", value=1), 0, FAR, False)
+    return schedule.submit("p", expid("repository/set_persistent.py", key="x", value=1), 0, FAR, False)
 
 
 OPERATIONS = {
@@ -239,7 +239,7 @@ def test_dataset_an_experiment_set_survives_kill(crash_lab):
     first = CrashMaster(crash_lab.root)
     try:
         watcher = Watcher(first.ports["notify"], "datasets")
-        first.client("schedule").submit("run", expid(key="d.exp", value=2126), 0, None,
+        first.client("schedule").submit("run", expid("repository/set_persistent.py", key="d.exp", value=2126), 0, None,
                                         False)
         wait_for(lambda: "d.exp" in watcher.struct, what="the dataset published")
         seen = watcher.struct["d.exp"]
@@ -291,7 +291,7 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
             op = rng.choice(["submit", "submit", "change", "change", "delete", "hold",
                              "dataset", "experiment"])
             if op == "submit" or (op in ("change", "delete") and not mine):
-                rid = schedule.submit(f"p{index}", expid(key="x", value=0),
+                rid = schedule.submit(f"p{index}", expid("repository/set_persistent.py", key="x", value=0),
                                       0, FAR, False)
                 with ledger.lock:
                     ledger.submitted.append(rid)
@@ -331,7 +331,7 @@ def _client_loop(master, ledger: Ledger, rng: random.Random, index: int, stop):
             else:
                 counter += 1
                 ledger.counters[index] = counter
-                rid = schedule.submit(f"run{index}", expid(key=f"e{index}", value=counter),
+                rid = schedule.submit(f"run{index}", expid("repository/set_persistent.py", key=f"e{index}", value=counter),
                                       0, None, False)
                 with ledger.lock:
                     ledger.submitted.append(rid)
@@ -425,7 +425,7 @@ def test_random_kills_lose_nothing_acknowledged(crash_lab):
             master = CrashMaster(crash_lab.root, generation)
             _check_after_restart(master, ledger)
         # RIDs continue after every one handed out before
-        rid = master.client("schedule").submit("p", expid(key="x", value=0), 0, FAR, False)
+        rid = master.client("schedule").submit("p", expid("repository/set_persistent.py", key="x", value=0), 0, FAR, False)
         assert rid > max(ledger.submitted)
         assert ledger.acked > 150 and ledger.deleted and ledger.fields and ledger.held
         assert any(key.startswith("e") for key in ledger.seen_datasets)  # experiments set some

@@ -15,7 +15,7 @@ import lmdb
 import numpy
 import pytest
 
-from conftest import run_async as run
+
 from labpipe.master import datasets as datasets_module
 from labpipe.master.datasets import DatasetDB, DatasetNotFoundError
 from labpipe.protocol.sync import apply_mod
@@ -88,7 +88,7 @@ PYON_VALUES = {
 }
 
 
-def test_every_pyon_type_survives_reopen(db_path):
+async def test_every_pyon_type_survives_reopen(db_path):
     async def main():
         db = DatasetDB(db_path)
         for key, value in PYON_VALUES.items():
@@ -96,7 +96,7 @@ def test_every_pyon_type_survives_reopen(db_path):
                                                              "precision": 2})
         db.close()
 
-    run(main())
+    await main()
     db, data = reopen(db_path)
     try:
         assert set(data) == set(PYON_VALUES)
@@ -111,7 +111,7 @@ def test_every_pyon_type_survives_reopen(db_path):
         db.close()
 
 
-def test_non_persistent_datasets_stay_in_memory(db_path):
+async def test_non_persistent_datasets_stay_in_memory(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.set("volatile", 1)
@@ -119,12 +119,12 @@ def test_non_persistent_datasets_stay_in_memory(db_path):
         assert db.data.raw_view == {"volatile": (False, 1, {}), "kept": (True, 2, {})}
         db.close()
 
-    run(main())
+    await main()
     data = on_disk(db_path)
     assert data == {"kept": (True, 2, {})}
 
 
-def test_persist_none_and_metadata_none_keep_the_current_ones(db_path):
+async def test_persist_none_and_metadata_none_keep_the_current_ones(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.set("x", 1, persist=True, metadata={"unit": "V"})
@@ -135,12 +135,12 @@ def test_persist_none_and_metadata_none_keep_the_current_ones(db_path):
         assert db.data.raw_view["x"] == (True, 4, {})
         db.close()
 
-    run(main())
+    await main()
     data = on_disk(db_path)
     assert data == {"x": (True, 4, {})}
 
 
-def test_turning_persist_off_deletes_from_disk(db_path):
+async def test_turning_persist_off_deletes_from_disk(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.set("x", 1, persist=True)
@@ -148,12 +148,12 @@ def test_turning_persist_off_deletes_from_disk(db_path):
         assert db.get("x") == 2
         db.close()
 
-    run(main())
+    await main()
     data = on_disk(db_path)
     assert data == {}
 
 
-def test_deleted_datasets_stay_deleted(db_path):
+async def test_deleted_datasets_stay_deleted(db_path):
     async def main():
         db = DatasetDB(db_path)
         for i in range(5):
@@ -162,13 +162,13 @@ def test_deleted_datasets_stay_deleted(db_path):
         await db.update({"action": "delitem", "path": [], "key": "k3"})
         db.close()
 
-    run(main())
+    await main()
     for _ in range(2):  # and again after a second reopen
         data = on_disk(db_path)
         assert data == {"k0": (True, 0, {}), "k2": (True, 2, {}), "k4": (True, 4, {})}
 
 
-def test_map_grows_beyond_its_initial_size(db_path):
+async def test_map_grows_beyond_its_initial_size(db_path):
     initial = 64 * 1024
     big = numpy.random.default_rng(1).random((400, 400))  # 1.28 MB, 1.7 MB in PYON
 
@@ -179,20 +179,20 @@ def test_map_grows_beyond_its_initial_size(db_path):
             await db.set(f"row{i}", big[i], persist=True)
         db.close()
 
-    run(main())
+    await main()
     assert os.path.getsize(db_path) > 20 * initial
     db, data = reopen(db_path, map_size=initial)
     try:
         assert_same(data["big"][1], big)
         assert_same(data["row49"][1], big[49])
-        run(db.set("more", big.T.copy(), persist=True))  # grows again after reopening
+        await db.set("more", big.T.copy(), persist=True)  # grows again after reopening
     finally:
         db.close()
     data = on_disk(db_path)
     assert_same(data["more"][1], big.T.copy())
 
 
-def test_mods_are_published_in_order(db_path):
+async def test_mods_are_published_in_order(db_path):
     async def main():
         db = DatasetDB(db_path)
         mods = []
@@ -210,7 +210,7 @@ def test_mods_are_published_in_order(db_path):
         db.close()
         return mods
 
-    mods = run(main())
+    mods = await main()
     assert mods == [
         {"action": "setitem", "path": [], "key": "a", "value": (True, [1, 2], {"unit": "s"})},
         {"action": "setitem", "path": [], "key": "b", "value": (False, 5, {})},
@@ -227,7 +227,7 @@ def test_mods_are_published_in_order(db_path):
     assert data == {"a": (True, [7, 2, 3], {"unit": "s", "scale": 2})}
 
 
-def test_mirror_built_from_mods_matches(db_path):
+async def test_mirror_built_from_mods_matches(db_path):
     """A subscriber applying the published mods ends with the same structure."""
     async def main():
         db = DatasetDB(db_path)
@@ -243,7 +243,7 @@ def test_mirror_built_from_mods_matches(db_path):
         db.close()
         return mirror, data
 
-    mirror, data = run(main())
+    mirror, data = await main()
     assert_same(mirror, data)
     assert_same(data["arr"][1], numpy.array([[1.0, 9.0], [3.0, 4.0]]))
     assert_same(data["nested"][1], {"pts": [numpy.array([0.0, 5.0])]})
@@ -251,7 +251,7 @@ def test_mirror_built_from_mods_matches(db_path):
     assert_same(stored["arr"], data["arr"])
 
 
-def test_append_to_numpy_array_publishes_the_new_entry(db_path):
+async def test_append_to_numpy_array_publishes_the_new_entry(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.set("arr", numpy.array([1, 2]), metadata={"unit": "Hz"})
@@ -261,14 +261,14 @@ def test_append_to_numpy_array_publishes_the_new_entry(db_path):
         db.close()
         return mods
 
-    (mod,) = run(main())
+    (mod,) = await main()
     assert mod["action"] == "setitem" and mod["path"] == [] and mod["key"] == "arr"
     persist, value, metadata = mod["value"]
     assert (persist, metadata) == (False, {"unit": "Hz"})
     assert_same(value, numpy.array([1, 2, 3]))
 
 
-def test_update_of_a_persistent_dataset_is_committed(db_path):
+async def test_update_of_a_persistent_dataset_is_committed(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.update({"action": "setitem", "path": [], "key": "p",
@@ -277,12 +277,12 @@ def test_update_of_a_persistent_dataset_is_committed(db_path):
         await db.update({"action": "setitem", "path": ["p", 1], "key": "n", "value": 1})
         db.close()
 
-    run(main())
+    await main()
     data = on_disk(db_path)
     assert data == {"p": (True, {"n": 1}, {})}
 
 
-def test_errors_are_clear_and_change_nothing(db_path):
+async def test_errors_are_clear_and_change_nothing(db_path):
     async def main():
         db = DatasetDB(db_path)
         await db.set("x", [1], persist=True)
@@ -324,10 +324,10 @@ def test_errors_are_clear_and_change_nothing(db_path):
         assert db.data.raw_view == {"x": (True, [1], {})}
         db.close()
 
-    run(main())
+    await main()
 
 
-def test_commits_run_in_the_writer_thread_batched_and_in_order(db_path, monkeypatch):
+async def test_commits_run_in_the_writer_thread_batched_and_in_order(db_path, monkeypatch):
     threads = []
     commit = datasets_module._Writer._commit
 
@@ -344,7 +344,7 @@ def test_commits_run_in_the_writer_thread_batched_and_in_order(db_path, monkeypa
         await db.set("after", 1, persist=True)
         db.close()
 
-    run(main())
+    await main()
     main_thread = threading.get_ident()
     assert threads and all(ident != main_thread for ident, _ in threads)
     assert sum(n for _, n in threads) == 301
@@ -358,7 +358,7 @@ def test_commits_run_in_the_writer_thread_batched_and_in_order(db_path, monkeypa
     assert data == {**{f"k{i}": (True, 290 + i, {}) for i in range(10)}, "after": (True, 1, {})}
 
 
-def test_a_cancelled_caller_still_gets_its_write_committed(db_path):
+async def test_a_cancelled_caller_still_gets_its_write_committed(db_path):
     async def main():
         db = DatasetDB(db_path)
         task = asyncio.create_task(db.set("x", numpy.zeros(100_000), persist=True))
@@ -367,12 +367,12 @@ def test_a_cancelled_caller_still_gets_its_write_committed(db_path):
         await asyncio.gather(task, return_exceptions=True)
         db.close()  # waits for queued commits
 
-    run(main())
+    await main()
     data = on_disk(db_path)
     assert data["x"][1].shape == (100_000,)
 
 
-def test_closed_database_refuses_persistent_writes(db_path):
+async def test_closed_database_refuses_persistent_writes(db_path):
     async def main():
         db = DatasetDB(db_path)
         db.close()
@@ -380,7 +380,7 @@ def test_closed_database_refuses_persistent_writes(db_path):
         with pytest.raises(RuntimeError, match="closed"):
             await db.set("x", 1, persist=True)
 
-    run(main())
+    await main()
 
 
 KILL_CHILD = textwrap.dedent("""

@@ -9,7 +9,7 @@ import threading
 import time
 
 from labpipe.protocol.rpc import Client
-from test_master_process import wait_for
+from conftest import StreamReader, wait_for
 
 #: labpipe-master with every event loop in debug mode, slow callbacks from 100 ms
 DEBUG_MASTER = """
@@ -54,12 +54,10 @@ def test_no_slow_callback_under_typical_traffic(lab):
          "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
          "--port-broadcast", "0"],
         cwd=lab.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stderr = []
-    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)
-    reader.start()
+    stderr = StreamReader(process.stderr, "debug-master-stderr")
     try:
         line = process.stdout.readline()
-        assert "ready" in line, "".join(stderr)
+        assert "ready" in line, stderr.text()
         ports = {name: int(port) for name, port in
                  (p.strip().split(" ") for p in line.split(": ", 1)[1].split(","))}
 
@@ -104,9 +102,9 @@ def test_no_slow_callback_under_typical_traffic(lab):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        reader.join(10)
+        stderr.text(wait=10)
         process.stdout.close()
-    slow = [line for line in stderr if "Executing" in line and " took " in line]
+    slow = [line for line in stderr.lines if "Executing" in line and " took " in line]
     assert slow == [], "".join(slow)
 
 

@@ -120,12 +120,15 @@ def test_a_dead_server_is_restarted_on_the_next_start(server):
 
 def test_stopping_the_server_leaves_children_running(server):
     process, conn = server.start("fs_targets:echo")
+    template = server.pid
     server.stop()  # returns although the child runs on (a hang here fails the suite)
     conn.send("after stop")
     assert conn.recv()[0] == "after stop"
     conn.close()
     process.join(10)
     assert process.exitcode == 0  # the server kept reaping until its last child ended
+    # and the server, once ended, was reaped in turn: no zombie left behind
+    _wait_gone(template)
 
 
 def test_an_unimportable_preload_module_is_reported_not_fatal(capfd, server):
@@ -162,6 +165,15 @@ def _wait_ended(pid, timeout=10):
         except OSError:
             return
         assert time.monotonic() < deadline, f"process {pid} outlived its fork server"
+        time.sleep(0.01)
+
+
+def _wait_gone(pid, timeout=10):
+    """Wait until pid has ended and been reaped (a zombie does not count)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"process {pid} is still there"
         time.sleep(0.01)
 
 

@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy
 
-from conftest import run_async, write_file
+from conftest import write_file
 from labpipe.master.params import Method
 from labpipe.master.targets import SPECS
 from labpipe.protocol import pyon
@@ -221,16 +221,17 @@ def rss(pid) -> int:
 
 
 def start_master(lab_dir):
-    stderr = open(os.path.join(lab_dir, "master.stderr"), "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
-         "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
-         "--port-broadcast", "0"],
-        cwd=lab_dir, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    with open(os.path.join(lab_dir, "master.stderr"), "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
+             "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
+             "--port-broadcast", "0"],
+            cwd=lab_dir, stdout=subprocess.PIPE, stderr=stderr, text=True)
     line = process.stdout.readline()
     if "ready" not in line:
         process.kill()
         process.wait()
+        process.stdout.close()
         raise AssertionError(f"master did not start: {line!r}")
     ports = dict(p.strip().split(" ") for p in line.split(": ", 1)[1].split(","))
     return process, int(ports["control"])
@@ -285,7 +286,7 @@ async def fuzz_target(rng, connection, target, as_tuple, seen, calls):
         seen["calls"] += 1
 
 
-def test_fuzz_every_method_of_every_target(tmp_path):
+async def test_fuzz_every_method_of_every_target(tmp_path):
     lab_dir = str(tmp_path)
     write_file(lab_dir, "device_db.py", "device_db = {'dev': 'dev2', 'dev2': {'type': "
                "'local', 'module': 'os', 'class': 'getcwd'}}\n")
@@ -331,7 +332,7 @@ def test_fuzz_every_method_of_every_target(tmp_path):
         assert seen["calls"] > 500 and seen["named"] > seen["refused"] * 0.8, seen
 
     try:
-        run_async(main(), timeout=55)
+        await main()
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -339,4 +340,6 @@ def test_fuzz_every_method_of_every_target(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    assert process.returncode == 0, open(os.path.join(lab_dir, "master.stderr")).read()[-3000:]
+        process.stdout.close()
+    with open(os.path.join(lab_dir, "master.stderr")) as stderr:
+        assert process.returncode == 0, stderr.read()[-3000:]

@@ -21,7 +21,7 @@ from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.server import ConnectionLimits
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber
 
-from conftest import async_test, running_master, wait_until
+from conftest import running_master, wait_until
 
 HOST = "127.0.0.1"
 LIVENESS = 1.0  # seconds another client's call may take under attack
@@ -88,10 +88,9 @@ HOSTILE_REQUESTS = {
 
 
 @pytest.mark.parametrize("name", HOSTILE_REQUESTS)
-def test_hostile_request_refused_in_one_line_and_master_stays_live(lab, name):
+async def test_hostile_request_refused_in_one_line_and_master_stays_live(lab, name):
     line, what = HOSTILE_REQUESTS[name]
 
-    @async_test
     async def main():
         async with master_client(lab) as (master, client):
             await assert_live(client)
@@ -113,7 +112,7 @@ def test_hostile_request_refused_in_one_line_and_master_stays_live(lab, name):
                 sock.close()
             await assert_live(client)
             assert rss_bytes() - rss < 64 * 1024 * 1024
-    main()
+    await main()
 
 
 async def idle_connections(port, count, sources):
@@ -133,8 +132,7 @@ async def close_all(conns):
             await writer.wait_closed()
 
 
-def test_500_idle_connections_do_not_stop_other_clients_and_are_dropped(lab):
-    @async_test
+async def test_500_idle_connections_do_not_stop_other_clients_and_are_dropped(lab):
     async def main():
         limits = ConnectionLimits(handshake_timeout=3.0)
         async with master_client(lab, connection_limits=limits) as (master, client):
@@ -161,11 +159,10 @@ def test_500_idle_connections_do_not_stop_other_clients_and_are_dropped(lab):
             await assert_live(client)
             await wait_until(lambda: open_fds() <= fds + 5)
             assert rss_bytes() - rss < 64 * 1024 * 1024
-    main()
+    await main()
 
 
-def test_per_peer_and_total_limits_refuse_with_rate_limited_log(lab, caplog):
-    @async_test
+async def test_per_peer_and_total_limits_refuse_with_rate_limited_log(lab, caplog):
     async def main():
         limits = ConnectionLimits(handshake_timeout=30.0, max_per_peer=8, max_total=20)
         async with master_client(lab, connection_limits=limits) as (master, client):
@@ -192,11 +189,10 @@ def test_per_peer_and_total_limits_refuse_with_rate_limited_log(lab, caplog):
             await close_all(held + over + others + total_over)
             await wait_until(lambda: server.connection_count() == 1)
             await assert_live(client)
-    main()
+    await main()
 
 
-def test_handshake_timeout_on_every_port_and_slow_banner_still_served(lab):
-    @async_test
+async def test_handshake_timeout_on_every_port_and_slow_banner_still_served(lab):
     async def main():
         limits = ConnectionLimits(handshake_timeout=1.5)
         async with master_client(lab, connection_limits=limits) as (master, client):
@@ -222,11 +218,10 @@ def test_handshake_timeout_on_every_port_and_slow_banner_still_served(lab):
             await wait_until(lambda: "after_timeout" in sub.target)
             await sub.close()
             await assert_live(client)
-    main()
+    await main()
 
 
-def test_unencodable_notifier_content_closes_that_subscriber_with_one_line(caplog):
-    @async_test
+async def test_unencodable_notifier_content_closes_that_subscriber_with_one_line(caplog):
     async def main():
         poisoned = Notifier({"bad": object()})
         healthy = Notifier({"ok": 1})
@@ -252,13 +247,12 @@ def test_unencodable_notifier_content_closes_that_subscriber_with_one_line(caplo
             await sub.close()
         finally:
             await publisher.stop()
-    main()
+    await main()
 
 
-def test_deepest_accepted_value_reaches_every_subscriber(lab):
+async def test_deepest_accepted_value_reaches_every_subscriber(lab):
     """A value at the door's depth limit (``params.PyonValue``, stricter than what PYON
     decodes) is accepted and can be published to a new subscriber."""
-    @async_test
     async def main():
         async with running_master(lab) as master:
             value = "leaf"
@@ -278,7 +272,7 @@ def test_deepest_accepted_value_reaches_every_subscriber(lab):
             await wait_until(lambda: got)
             assert sub.target["deep"][1] == value and "deeper" not in sub.target
             await sub.close()
-    main()
+    await main()
 
 
 EMFILE_SERVER = r"""

@@ -145,12 +145,12 @@ class Target:
         return "should never be reachable"
 
 
-def with_server(body):
+async def with_server(body):
     """Serve {"calc": Target(), "zeta": Target()}; run body(port) in a thread."""
-    return serve({"zeta": Target(), "calc": Target()}, body, description="interop")
+    return await serve({"zeta": Target(), "calc": Target()}, body, description="interop")
 
 
-def with_client(target, body):
+async def with_client(target, body):
     def run(port):
         client = IndepRPC(port)
         try:
@@ -159,10 +159,10 @@ def with_client(target, body):
             return body(client)
         finally:
             client.close()
-    return with_server(run)
+    return await with_server(run)
 
 
-def test_handshake():
+async def test_handshake():
     def body(port):
         client = IndepRPC(port)
         try:
@@ -171,7 +171,7 @@ def test_handshake():
             return hello_line, names_line
         finally:
             client.close()
-    hello_line, names_line = with_server(body)
+    hello_line, names_line = await with_server(body)
     hello = json.loads(hello_line)
     assert hello == {"targets": ["calc", "zeta"], "description": "interop",
                      "features": ["pyon_v2"]}
@@ -182,7 +182,7 @@ def test_handshake():
 
 
 @pytest.mark.parametrize("selection", ["nope pyon_v2", "calc pyon_v1", "calc", ""])
-def test_unknown_target_or_feature_closes(selection):
+async def test_unknown_target_or_feature_closes(selection):
     def body(port):
         client = IndepRPC(port)
         try:
@@ -191,10 +191,10 @@ def test_unknown_target_or_feature_closes(selection):
             return client.recv_line()
         finally:
             client.close()
-    assert with_server(body) is None
+    assert await with_server(body) is None
 
 
-def test_calls():
+async def test_calls():
     def body(client):
         return [
             client.call("add", 2, 3, scale=2),
@@ -204,7 +204,7 @@ def test_calls():
             client.call("coro_mul", 6, 7),
             client.call("array", 4),
         ]
-    replies = with_client("calc", body)
+    replies = await with_client("calc", body)
     for line in replies:
         assert line == compact_json(json.loads(line))
     decoded = [indep_decode(line) for line in replies]
@@ -219,12 +219,12 @@ def test_calls():
     assert array.tolist() == [[0.0, 1.0], [2.0, 3.0]]
 
 
-def test_failures():
+async def test_failures():
     def body(client):
         return [client.call("fail"), client.call("divide", 1, 0), client.call("_hidden"),
                 client.call("nope"), client.request({"action": "bogus"}),
                 client.call("add", 1, 2)]
-    fail, divide, hidden, nope, bogus, after = map(json.loads, with_client("calc", body))
+    fail, divide, hidden, nope, bogus, after = map(json.loads, await with_client("calc", body))
     assert set(fail) == {"status", "exception"} and fail["status"] == "failed"
     exc = fail["exception"]
     assert set(exc) == {"class", "message", "traceback"}
@@ -239,8 +239,8 @@ def test_failures():
     assert after == {"status": "ok", "ret": 3}  # the connection is still usable
 
 
-def test_method_list():
-    reply = indep_decode(with_client("zeta", lambda c: c.request(
+async def test_method_list():
+    reply = indep_decode(await with_client("zeta", lambda c: c.request(
         {"action": "get_rpc_method_list"})))
     assert reply["status"] == "ok"
     ret = reply["ret"]

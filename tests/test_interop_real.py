@@ -16,11 +16,9 @@ widgets from inside its process (DASHBOARD_DRIVER).
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -185,33 +183,20 @@ def make_transport(name, folder):
 
 class RealMaster(MasterProcess):
     """A labpipe master and the real ARTIQ clients pointed at it (127.0.0.1 only),
-    over the given transport. The master's stderr is read into ``log_lines``."""
+    over the given transport. The master's stderr lines are ``log_lines`` (MasterProcess
+    reads them)."""
 
     def __init__(self, lab, transport, *extra):
         super().__init__(lab.root, "-g", *transport.master_args(), *extra)
         self.lab, self.transport = lab, transport
-        self.log_lines = []
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
-        self._stderr_reader.start()
 
-    def _read_stderr(self):
-        for line in self.process.stderr:
-            self.log_lines.append(line.rstrip("\n"))
+    @property
+    def log_lines(self):
+        return [line.rstrip("\n") for line in self.stderr.lines]
 
     def refusals(self):
         """The master's log lines about refused TLS connections."""
         return [line for line in self.log_lines if "refused TLS connection" in line]
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._stderr_reader.join(timeout=30)  # before the pipe is closed under it
-        super().stop()
 
     def client(self, target):
         return Client("127.0.0.1", self.ports["control"], target, timeout=20,

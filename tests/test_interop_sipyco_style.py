@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from test_master_process import MasterProcess, wait_for
+from conftest import SLOW, MasterProcess, wait_for
+
 
 # --------------------------------------------------------------------------- independent side
 
@@ -105,20 +106,6 @@ def test_encoder_writes_the_documented_tuple():
 
 
 # --------------------------------------------------------------------------- against a master
-
-SLOW = """
-import time
-from labpipe.experiment import *
-
-class Slow(EnvExperiment):
-    def build(self):
-        self.setattr_argument("steps", NumberValue(100000, precision=0, step=1, type="int"))
-
-    def run(self):
-        for i in range(self.steps):
-            self.set_dataset("slow.step", i, broadcast=True)
-            time.sleep(0.01)
-"""
 
 ASK = """
 from labpipe.experiment import *

@@ -10,8 +10,7 @@ import pytest
 from labpipe.master.process_records import FILE_NAME
 from labpipe.protocol import pyon
 from labpipe.worker import lifetime
-from conftest import wait_gone
-from test_master_process import MasterProcess, _descendants, wait_for
+from conftest import MasterProcess, descendants, wait_for, wait_gone
 
 SLEEPER = """
 import time
@@ -59,7 +58,7 @@ def test_sigkill_of_the_master_ends_every_process_it_started(lab_with_experiment
         with m.client("dataset_db") as datasets:
             wait_for(lambda: _has(datasets, "spawner.child"))
             child = datasets.get("spawner.child")
-        processes = _descendants(m.process.pid)
+        processes = descendants(m.process.pid)
         assert child in processes  # the experiment's own child, below its worker
         assert len(processes) >= 4  # template, two workers, the sleep (spares, examiners)
         m.process.kill()
@@ -126,7 +125,8 @@ def test_a_group_left_by_a_previous_master_is_ended_at_start(lab):
             assert leftover.wait(timeout=10) == -signal.SIGTERM
             assert bystander.poll() is None
             m.process.send_signal(signal.SIGTERM)
-            _, err = m.process.communicate(timeout=30)
+            m.process.wait(timeout=30)
+            err = m.stderr.text(wait=10)
         finally:
             m.stop()
         ended = [line for line in err.splitlines() if "ended process group" in line]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import raw_exchange, run_async, running_master, wait_until
+from conftest import raw_exchange, running_master, wait_until
 from labpipe.protocol.broadcast import Receiver
 from labpipe.protocol.logs import REMOTE_LOGGER
 
@@ -38,7 +38,7 @@ def remote_at_info():
     remote.setLevel(saved)
 
 
-def test_multi_line_records_and_print_lines_reach_the_broadcast_whole(lab, remote_at_info):
+async def test_multi_line_records_and_print_lines_reach_the_broadcast_whole(lab, remote_at_info):
     async def main():
         async with running_master(lab) as m:
             receiver, messages = await log_receiver(m)
@@ -57,7 +57,7 @@ def test_multi_line_records_and_print_lines_reach_the_broadcast_whole(lab, remot
             await receiver.close()
             return messages
 
-    messages = run_async(main())
+    messages = await main()
     assert [(level, source.partition("@")[0], text)
             for level, source, _, text in messages[:5]] == [
         (40, "ctl_a", 'ctl_a.driver:call failed\nTraceback (most recent call last):\n'
@@ -75,7 +75,7 @@ def test_multi_line_records_and_print_lines_reach_the_broadcast_whole(lab, remot
     assert not any(source == "master" for _, source, _, _ in messages)
 
 
-def test_hostile_names_lengths_and_line_counts_keep_memory_flat(lab):
+async def test_hostile_names_lengths_and_line_counts_keep_memory_flat(lab):
     async def main():
         async with running_master(lab) as m:
             port = m.port("logging")
@@ -109,10 +109,10 @@ def test_hostile_names_lengths_and_line_counts_keep_memory_flat(lab):
             finally:
                 logging.getLogger(REMOTE_LOGGER).removeHandler(counter)
 
-    run_async(main(), timeout=120)
+    await main()
 
 
-def test_labpipe_forwarder_traceback_arrives_whole(lab):
+async def test_labpipe_forwarder_traceback_arrives_whole(lab):
     from labpipe.protocol.logs import LogForwarder
 
     async def main():
@@ -135,7 +135,7 @@ def test_labpipe_forwarder_traceback_arrives_whole(lab):
             await receiver.close()
             return messages
 
-    (level, source, _, text), = run_async(main())
+    (level, source, _, text), = await main()
     assert (level, source) == (40, "ctlmgr(lab1)")
     assert text.startswith("lpctl:read failed\nTraceback (most recent call last):\n")
     assert text.endswith("KeyError: 'no such channel'")

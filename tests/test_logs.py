@@ -15,7 +15,7 @@ from labpipe.protocol.logs import (MAX_FIELD_LENGTH, REMOTE_LOGGER, LogBroadcast
                                    LogForwarder, LogLine, LogServer, format_lines,
                                    parse_line, peer_label, peer_source)
 
-from conftest import async_test, raw_exchange, wait_until
+from conftest import raw_exchange, wait_until
 
 HOST = "127.0.0.1"
 
@@ -109,7 +109,6 @@ def test_peer_sources():
 
 # --- LogServer --------------------------------------------------------------------------
 
-@async_test
 async def test_lines_become_records_with_source():
     server = LogServer()
     await server.start(HOST, 0)
@@ -143,7 +142,6 @@ async def test_lines_become_records_with_source():
     await server.stop()
 
 
-@async_test
 async def test_a_record_whose_lines_never_come_is_emitted_after_a_timeout():
     server = LogServer(continuation_timeout=0.05)
     await server.start(HOST, 0)
@@ -161,7 +159,6 @@ async def test_a_record_whose_lines_never_come_is_emitted_after_a_timeout():
     await server.stop()
 
 
-@async_test
 async def test_bounds_on_lines_messages_and_announced_lines():
     server = LogServer(max_line_length=1024, max_message_length=100, max_record_lines=3)
     await server.start(HOST, 0)
@@ -185,7 +182,6 @@ async def test_bounds_on_lines_messages_and_announced_lines():
     await server.stop()
 
 
-@async_test
 async def test_fuzz_then_serves_a_well_behaved_client():
     server = LogServer(max_line_length=1024)
     await server.start(HOST, 0)
@@ -216,7 +212,6 @@ def make_record(name, level, msg, exc_info=None):
     return logging.LogRecord(name, level, __file__, 1, msg, (), exc_info)
 
 
-@async_test
 async def test_forwarder_round_trip():
     server = LogServer()
     await server.start(HOST, 0)
@@ -241,7 +236,6 @@ async def test_forwarder_round_trip():
     await server.stop()
 
 
-@async_test
 async def test_forwarder_drops_while_the_server_is_down_and_reconnects():
     server = LogServer()
     await server.start(HOST, 0)
@@ -310,7 +304,6 @@ def test_forwarder_drops_when_it_cannot_connect():
 
 # --- LogBroadcastHandler ----------------------------------------------------------------
 
-@async_test
 async def test_broadcast_handler_to_receiver():
     broadcaster = Broadcaster()
     await broadcaster.start(HOST, 0)
@@ -384,7 +377,6 @@ def test_broadcast_handler_never_raises_nor_recurses(monkeypatch):
         target.removeHandler(handler)
 
 
-@async_test
 async def test_dropping_a_slow_receiver_does_not_loop():
     # Dropping a receiver logs a warning, which reaches the handler while it is
     # broadcasting: it must be logged locally and not broadcast again.

@@ -9,12 +9,11 @@ import socket
 
 import pytest
 
-from conftest import (master_options, run_async, run_ends, running_master, wait_gone,
+from conftest import (descendants, master_options, run_ends, running_master, wait_gone,
                       wait_until)
 from labpipe.master.assembly import Master, MasterFailed
 from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
 from labpipe.protocol import pyon
-from test_master_process import _descendants
 
 FAR = 9e9  # a due date that keeps a run pending for good
 
@@ -52,10 +51,10 @@ def assert_closed(port):
 
 def started_since(before):
     """The processes below this one that were not there before."""
-    return set(_descendants(os.getpid())) - before
+    return set(descendants(os.getpid())) - before
 
 
-def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
+async def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
     """The control port is taken: the parts started before it (launcher with its
     template and spare, databases, the other three ports, the scheduler with a restored
     pipeline's stage loops) are stopped, in reverse order, and the lab is free again."""
@@ -67,7 +66,7 @@ def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        before = set(_descendants(os.getpid()))
+        before = set(descendants(os.getpid()))
         master = Master(master_options(lab, port_control=taken.getsockname()[1]))
         try:
             with pytest.raises(OSError):
@@ -86,10 +85,10 @@ def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
         # the lock is released and the restored run is still pending
         async with running_master(lab) as m:
             assert m.scheduler.notifier.raw_view[rid]["status"] == "pending"
-    run_async(main())
+    await main()
 
 
-def test_a_failing_task_is_logged_with_its_context_and_survived(lab, caplog):
+async def test_a_failing_task_is_logged_with_its_context_and_survived(lab, caplog):
     """A supervised task of the scheduler that raises is logged with the component,
     the RID and the traceback; the master goes on running runs."""
     lab.experiment("quick", QUICK)
@@ -108,14 +107,14 @@ def test_a_failing_task_is_logged_with_its_context_and_survived(lab, caplog):
             await wait_until(lambda: rid in ends, timeout=30)
             assert ends[rid].status == "completed"
     with caplog.at_level(logging.ERROR):
-        run_async(main())
+        await main()
     [record] = [r for r in caplog.records if "task boom" in str(r.exc_info)]
     assert record.name == "labpipe.master.scheduler"
     assert record.getMessage() == "RID 41: closing the worker failed"
     assert record.exc_info[1].args == ("task boom",)
 
 
-def test_the_stage_loops_are_named_by_their_pipeline(lab):
+async def test_the_stage_loops_are_named_by_their_pipeline(lab):
     lab.experiment("quick", QUICK)
 
     async def main():
@@ -124,10 +123,10 @@ def test_the_stage_loops_are_named_by_their_pipeline(lab):
             names = {t.get_name() for t in m.scheduler.tasks.tasks}
             assert {"pipeline side: _prepare_loop", "pipeline side: _run_loop",
                     "pipeline side: _analyze_loop"} <= names
-    run_async(main())
+    await main()
 
 
-def test_a_fatal_task_failing_stops_the_master_in_order(lab, caplog):
+async def test_a_fatal_task_failing_stops_the_master_in_order(lab, caplog):
     """A task the master cannot run without fails: the block inside ``async with`` is
     cancelled, the master stops (its running run's worker closed, every process ended)
     and ``MasterFailed`` names the task."""
@@ -138,7 +137,7 @@ def test_a_fatal_task_failing_stops_the_master_in_order(lab, caplog):
         raise RuntimeError("loop boom")
 
     async def main():
-        before = set(_descendants(os.getpid()))
+        before = set(descendants(os.getpid()))
         with pytest.raises(MasterFailed, match="the test loop failed: loop boom"):
             async with running_master(lab, own_launcher=True) as m:
                 ends = run_ends(m.scheduler)
@@ -155,21 +154,21 @@ def test_a_fatal_task_failing_stops_the_master_in_order(lab, caplog):
         for name in ("control", "notify", "logging", "broadcast"):
             assert_closed(m.port(name))
     with caplog.at_level(logging.ERROR):
-        run_async(main())
+        await main()
     [failure] = [r for r in caplog.records if r.getMessage() == "master: the test loop failed"]
     assert failure.exc_info[1].args == ("loop boom",)
     assert any(r.levelno == logging.CRITICAL and "the master stops" in r.getMessage()
                for r in caplog.records)
 
 
-def test_the_exit_ends_every_task_port_and_process(lab):
+async def test_the_exit_ends_every_task_port_and_process(lab):
     """A master with its own launcher, a run running and examiners up: leaving the
     block leaves no task, no listening port and no process it started; its process
     records are cleared and the lab lock released."""
     lab.experiment("sleeper", SLEEPER)
 
     async def main():
-        before = set(_descendants(os.getpid()))
+        before = set(descendants(os.getpid()))
         async with running_master(lab, own_launcher=True) as m:
             await m.scheduler.submit("main", expid("sleeper"))
             await wait_until(lambda: "sleeper.up" in m.dataset_db.data.raw_view,
@@ -187,4 +186,4 @@ def test_the_exit_ends_every_task_port_and_process(lab):
         assert pyon.load_file(lab.path(PROCESSES_FILE)) == []
         async with running_master(lab):  # the lock was released
             pass
-    run_async(main())
+    await main()

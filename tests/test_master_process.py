@@ -1,87 +1,18 @@
 """labpipe-master as a real process: ready line, CLI client, hostile input, shutdown."""
 
-import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
+from conftest import SLOW, MasterProcess, descendants, wait_for
 from labpipe.protocol import pyon
-from labpipe.protocol.rpc import Client
-
-SLOW = """
-import time
-from labpipe.experiment import *
-
-class Slow(EnvExperiment):
-    def build(self):
-        self.setattr_argument("steps", NumberValue(10, step=1, precision=0, type="int"))
-
-    def run(self):
-        for i in range(self.steps):
-            self.set_dataset("slow.step", i, broadcast=True)
-            time.sleep(0.01)
-"""
-
-
-class MasterProcess:
-    """labpipe-master started in a lab directory with every port picked free."""
-
-    def __init__(self, lab_dir, *extra):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
-             "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
-             "--port-broadcast", "0", *extra],
-            cwd=lab_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        if "ready" not in line:
-            self.process.kill()
-            raise AssertionError(f"master did not start: {line!r} "
-                                 f"{self.process.stderr.read()}")
-        ports = line.split(": ", 1)[1]
-        self.ports = {name: int(port) for name, port in
-                      (p.strip().split(" ") for p in ports.split(","))}
-
-    def client(self, target):
-        return Client("127.0.0.1", self.ports["control"], target, timeout=20)
-
-    def command(self, *args):
-        """The labpipe-client command line for this master (every port given)."""
-        return [sys.executable, "-m", "labpipe.client.main",
-                "--port", str(self.ports["control"]),
-                "--port-notify", str(self.ports["notify"]),
-                "--port-broadcast", str(self.ports["broadcast"]), *args]
-
-    def cli(self, *args, check=True):
-        result = subprocess.run(self.command(*args), capture_output=True, text=True,
-                                timeout=60)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    def json(self, *args):
-        return json.loads(self.cli("--json", *args).stdout)
-
-    def submit(self, *args):
-        """labpipe-client submit; the RID."""
-        return int(self.cli("submit", *args).stdout.split("RID: ")[1])
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
-        self.process.stderr.close()
-
 
 @pytest.fixture
 def master(lab):
@@ -89,32 +20,6 @@ def master(lab):
     m = MasterProcess(lab.root)
     yield m
     m.stop()
-
-
-def _descendants(pid):
-    """All processes below pid, from /proc."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def wait_for(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_client_submit_show_delete(master, lab):
@@ -188,6 +93,76 @@ def test_hostile_input_on_every_port_while_running(master, lab):
         assert datasets.get("slow.step") == 2
 
 
+CHATTY = """
+import logging
+from labpipe.experiment import *
+
+class Chatty(EnvExperiment):
+    def build(self):
+        self.setattr_argument("lines", NumberValue(10, step=1, precision=0, type="int"))
+
+    def run(self):
+        for i in range(self.lines):
+            logging.getLogger("chatty").warning("line %d %s", i, "x" * 200)
+"""
+
+
+def test_a_chatty_master_never_blocks_on_its_output(lab):
+    # some 4 MB of log lines on the master's stderr, far more than a pipe holds
+    lab.experiment("chatty", CHATTY)
+    m = MasterProcess(lab.root)
+    try:
+        rid = m.submit("repository/chatty.py", "lines=20000")
+        with m.client("history") as history:
+            assert history.wait(rid, 60)["status"] == "completed"
+        wait_for(lambda: "chatty:line 19999 " in m.stderr.tail(1))
+        assert "chatty:line 19999 " in m.report()
+    finally:
+        m.stop()
+
+
+#: This suite's conftest, loaded under another name in a separate pytest run
+SUITE_CONFTEST = """
+import importlib.util, sys
+sys.path.insert(0, {here!r})
+spec = importlib.util.spec_from_file_location("suite_conftest", {here!r} + "/conftest.py")
+suite = sys.modules["suite_conftest"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(suite)
+pytest_runtest_setup, pytest_runtest_makereport = (suite.pytest_runtest_setup,
+                                                   suite.pytest_runtest_makereport)
+"""
+
+FAILING_WITH_A_MASTER = """
+import suite_conftest as suite
+
+def test_fails(tmp_path):
+    lab = suite.Lab(tmp_path)
+    lab.experiment("chatty", {chatty!r})
+    m = suite.MasterProcess(lab.root)
+    try:
+        rid = m.submit("repository/chatty.py", "lines=3")
+        with m.client("history") as history:
+            assert history.wait(rid, 60)["status"] == "completed"
+        suite.wait_for(lambda: "chatty:line 2 " in m.stderr.tail(1))
+    finally:
+        m.stop()
+    assert False, "failing on purpose"
+"""
+
+
+def test_a_failing_test_report_shows_the_masters_output_tail(pytester):
+    here = os.path.dirname(os.path.abspath(__file__))
+    pytester.makeconftest(SUITE_CONFTEST.format(here=here))
+    pytester.makepyfile(test_inner=FAILING_WITH_A_MASTER.format(chatty=CHATTY))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "failing on purpose" in output
+    section = output[output.index(" stderr -"):]
+    assert "(exit code 0), last 60 lines of its error output" in section
+    assert "chatty:line 0 " in section and "chatty:line 2 " in section
+
+
 def test_sigterm_stops_running_workers(lab):
     lab.experiment("slow", SLOW)
     m = MasterProcess(lab.root)
@@ -195,12 +170,12 @@ def test_sigterm_stops_running_workers(lab):
         rid = m.submit("repository/slow.py", "steps=100000")
         with m.client("schedule") as schedule:
             wait_for(lambda: schedule.get_status()[rid]["status"] == "running")
-        descendants = _descendants(m.process.pid)
-        assert descendants  # the forkserver and the running worker at least
+        started = descendants(m.process.pid)
+        assert started  # the forkserver and the running worker at least
         m.process.send_signal(signal.SIGTERM)
         assert m.process.wait(timeout=30) == 0
         # every process the master started is gone
-        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in descendants))
+        wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in started))
     finally:
         m.stop()
     assert pyon.load_file(os.path.join(lab.root, "last_rid.pyon")) == rid

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 
 STAGES = """
 import os, time
@@ -34,20 +34,15 @@ class Stages(EnvExperiment):
 """
 
 
-def expid(die_in=""):
-    return {"file": "repository/stages.py", "class_name": None,
-            "arguments": {"die_in": die_in}, "log_level": 30}
-
-
 @pytest.mark.parametrize("stage", ["prepare", "run", "analyze"])
-def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab, stage):
+async def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab, stage):
     lab.experiment("stages", STAGES)
 
     async def scenario():
         async with running_master(lab) as m:
             ends = run_ends(m.scheduler)
-            victim = await m.scheduler.submit("main", expid(stage))
-            after = await m.scheduler.submit("main", expid())
+            victim = await m.scheduler.submit("main", expid("repository/stages.py", die_in=stage))
+            after = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             datasets = m.dataset_db.data.raw_view
             await wait_until(lambda: "fault.pid" in datasets, timeout=30)
             os.kill(datasets["fault.pid"][1], signal.SIGKILL)
@@ -60,26 +55,26 @@ def test_a_worker_killed_in_any_stage_ends_its_run_and_the_pipeline_goes_on(lab,
             assert datasets["fault.ran"][1] == ""
             await wait_until(lambda: victim in m.history.notifier.raw_view)
             assert m.history.notifier.raw_view[victim]["error"] == end.error
-    run_async(scenario())
+    await scenario()
 
 
-def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
+async def test_the_template_killed_while_spares_wait_the_next_run_runs(lab):
     lab.experiment("stages", STAGES)
 
     async def scenario():
         async with running_master(lab) as m:
             ends = run_ends(m.scheduler)
-            first = await m.scheduler.submit("main", expid())
+            first = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             await wait_until(lambda: first in ends, timeout=30)
             await wait_until(lambda: m.launcher.ready_spares())  # a spare waits
             template = m.launcher.template()
             spare = m.launcher.ready_spares()[0]
             os.kill(template.pid, signal.SIGKILL)
             await wait_until(lambda: not spare.is_alive(), timeout=10)  # died with it
-            second = await m.scheduler.submit("main", expid())
+            second = await m.scheduler.submit("main", expid("repository/stages.py", die_in=""))
             await wait_until(lambda: second in ends, timeout=30)
             assert ends[second].status == "completed", ends[second].error
-    run_async(scenario())
+    await scenario()
 
 
 WRITER = """
@@ -137,7 +132,7 @@ def _fill(folder):
     return path
 
 
-def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, tmp_path):
+async def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, tmp_path):
     from conftest import Lab
     lab = Lab(small_disk)
     lab.experiment("writer", WRITER)
@@ -197,5 +192,5 @@ def test_a_full_disk_gives_clear_errors_loses_nothing_acknowledged(small_disk, t
             # could not be written while the disk was full)
             await wait_until(lambda: set(acked_rids) <= set(m.history.notifier.raw_view),
                              timeout=30)
-    run_async(while_full(), timeout=120)
-    run_async(after_restart())
+    await while_full()
+    await after_restart()

@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy
 import pytest
 
-from conftest import async_test, running_master
+from conftest import running_master
 from labpipe.master import params
 from labpipe.master.targets import SPECS, Target, TargetSpecError
 from labpipe.protocol.rpc import AsyncClient
@@ -58,8 +58,7 @@ async def _refused(call, cls, *fragments):
     return message
 
 
-def test_every_exposed_method_has_a_spec_and_only_documented_ones_are_exposed(lab):
-    @async_test
+async def test_every_exposed_method_has_a_spec_and_only_documented_ones_are_exposed(lab):
     async def main():
         async with running_master(lab) as m:
             assert set(m.targets) == set(DOCUMENTED) == set(SPECS)
@@ -70,11 +69,10 @@ def test_every_exposed_method_has_a_spec_and_only_documented_ones_are_exposed(la
                 finally:
                     client.close_rpc()
                 assert listed == DOCUMENTED[name] == set(SPECS[name]), name
-    main()
+    await main()
 
 
-def test_method_list_keeps_the_artiq_signatures(lab):
-    @async_test
+async def test_method_list_keeps_the_artiq_signatures(lab):
     async def main():
         async with running_master(lab) as m:
             client = await _client(m, "schedule")
@@ -86,13 +84,12 @@ def test_method_list_keeps_the_artiq_signatures(lab):
             assert spec["args"] == ["pipeline_name", "expid", "priority", "due_date", "flush"]
             assert spec["defaults"] == (0, None, False)
             assert methods["submit"][1]  # the docstring came along
-    main()
+    await main()
 
 
-def test_rids_are_ints_only(lab):
+async def test_rids_are_ints_only(lab):
     lab.experiment("exp", EXP)
 
-    @async_test
     async def main():
         async with running_master(lab) as m:
             schedule = await _client(m, "schedule")
@@ -119,15 +116,14 @@ def test_rids_are_ints_only(lab):
             finally:
                 schedule.close_rpc()
                 history.close_rpc()
-    main()
+    await main()
 
 
-def test_due_dates_and_timeouts_must_be_finite(lab):
+async def test_due_dates_and_timeouts_must_be_finite(lab):
     lab.experiment("exp", EXP)
     expid = {"file": "repository/exp.py", "class_name": "Exp", "arguments": {},
              "log_level": 30}
 
-    @async_test
     async def main():
         async with running_master(lab) as m:
             schedule = await _client(m, "schedule")
@@ -158,11 +154,10 @@ def test_due_dates_and_timeouts_must_be_finite(lab):
             finally:
                 schedule.close_rpc()
                 history.close_rpc()
-    main()
+    await main()
 
 
-def test_paths_strings_and_expid_shape(lab):
-    @async_test
+async def test_paths_strings_and_expid_shape(lab):
     async def main():
         async with running_master(lab) as m:
             experiment_db = await _client(m, "experiment_db")
@@ -205,13 +200,12 @@ def test_paths_strings_and_expid_shape(lab):
             finally:
                 experiment_db.close_rpc()
                 schedule.close_rpc()
-    main()
+    await main()
 
 
-def test_values_must_round_trip(lab):
+async def test_values_must_round_trip(lab):
     lab.experiment("exp", EXP)
 
-    @async_test
     async def main():
         async with running_master(lab) as m:
             datasets = await _client(m, "dataset_db")
@@ -252,11 +246,10 @@ def test_values_must_round_trip(lab):
             finally:
                 datasets.close_rpc()
                 schedule.close_rpc()
-    main()
+    await main()
 
 
-def test_interactive_devices_history_management(lab):
-    @async_test
+async def test_interactive_devices_history_management(lab):
     async def main():
         async with running_master(lab, name="lab1") as m:
             clients = {name: await _client(m, name) for name in
@@ -284,7 +277,7 @@ def test_interactive_devices_history_management(lab):
             finally:
                 for client in clients.values():
                     client.close_rpc()
-    main()
+    await main()
 
 
 # --- the check vocabulary on its own ---------------------------------------------------

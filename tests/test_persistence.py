@@ -8,56 +8,15 @@ import time
 import pytest
 
 from labpipe.protocol import pyon
-from test_master_process import MasterProcess, _descendants, wait_for
-
-GATED = """
-import os, time
-from labpipe.experiment import *
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        self.set_dataset("started." + self.tag, True, broadcast=True, persist=True)
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("done." + self.tag, True, broadcast=True, persist=True)
-"""
-
-FAILING = """
-from labpipe.experiment import *
-
-class Failing(EnvExperiment):
-    def run(self):
-        raise ValueError("the magnet quenched")
-"""
-
-TERMINATING = """
-import time
-from labpipe.experiment import *
-
-class Terminating(EnvExperiment):
-    def build(self):
-        self.setattr_device("scheduler")
-
-    def run(self):
-        self.set_dataset("terminating.started", True, broadcast=True)
-        while True:
-            self.scheduler.pause()
-            time.sleep(0.005)
-"""
-
+from conftest import FAILING, GATED, TERMINATING, MasterProcess, descendants, expid, wait_for
 
 def gated(tag, gate=""):
-    return {"file": "repository/gated.py", "class_name": None,
-            "arguments": {"tag": tag, "gate": gate}, "log_level": 30}
+    return expid("repository/gated.py", tag=tag, gate=gate, persist=True)
 
 
 def _kill(master):
     """SIGKILL the master, then the processes it left (workers, forkserver)."""
-    orphans = _descendants(master.process.pid)
+    orphans = descendants(master.process.pid)
     master.process.send_signal(signal.SIGKILL)
     master.process.wait(timeout=10)
     for pid in orphans:
@@ -131,7 +90,7 @@ def test_sigkill_restores_pending_runs_and_interrupts_the_running_one(lab):
             assert history.wait(again, 30)["status"] == "completed"
         with m.client("dataset_db") as datasets:
             for tag in ("p1", "p2", "s1", "s2", "repo", "new"):
-                assert datasets.get("done." + tag) is True
+                assert isinstance(datasets.get("ended_" + tag), float)
     finally:
         m.stop()
 
@@ -239,8 +198,7 @@ def _run(rid, **fields):
                flush=False, schedule=Notifier({}), state_changed=None)
 
 
-def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
-    import asyncio
+async def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
     from labpipe.master.schedule_store import ScheduleStore
 
     path = str(tmp_path / "schedule.mdb")
@@ -255,7 +213,7 @@ def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
         await store.remove(5)
         await store.note_stage(_run(5))  # gone: not written again
         store.close()
-    asyncio.run(fill())
+    await fill()
     store = ScheduleStore(path)
     records = store.restore()
     store.close()
@@ -265,8 +223,7 @@ def test_schedule_store_grows_its_map_and_restores_in_rid_order(tmp_path):
         == 100_000
 
 
-def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
-    import asyncio
+async def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
     from labpipe.master import history as history_module
     from labpipe.master.history import History
     from labpipe.master.run import RunEnd
@@ -307,11 +264,10 @@ def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
         h = History(str(tmp_path / "history.mdb"), str(tmp_path))
         assert len(h.notifier.raw_view) == 12 and (await h.get(0))["status"] == "completed"
         h.close()
-    asyncio.run(main())
+    await main()
 
 
-def test_history_without_a_scheduler_refuses_resubmit_saying_why(tmp_path):
-    import asyncio
+async def test_history_without_a_scheduler_refuses_resubmit_saying_why(tmp_path):
     from labpipe.master.history import History
     from labpipe.master.run import RunEnd
 
@@ -323,10 +279,10 @@ def test_history_without_a_scheduler_refuses_resubmit_saying_why(tmp_path):
                 await h.resubmit(1)
         finally:
             h.close()
-    asyncio.run(main())
+    await main()
 
 
-def test_stage_notes_piling_up_become_one_write(tmp_path):
+async def test_stage_notes_piling_up_become_one_write(tmp_path):
     import asyncio
     import threading
     from labpipe.master.schedule_store import ScheduleStore, rid_key
@@ -368,4 +324,4 @@ def test_stage_notes_piling_up_become_one_write(tmp_path):
         assert [r["rid"] for r in records] == [1]
         assert set(records[0]["stage_times"]) == {"preparing", "prepare_done", "running"}
         store.close()
-    asyncio.run(main())
+    await main()

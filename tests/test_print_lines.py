@@ -8,7 +8,7 @@ import sys
 
 import h5py
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import run_ends, running_master, wait_until
 from labpipe.protocol.broadcast import Receiver
 
 HOST = "127.0.0.1"
@@ -44,7 +44,7 @@ def results_log(path):
         return [line.decode() for line in f["log"][()]]
 
 
-def test_prints_reach_the_broadcast_and_the_results_file_at_the_default_level(lab):
+async def test_prints_reach_the_broadcast_and_the_results_file_at_the_default_level(lab):
     lab.experiment("printer", PRINTER)
 
     async def main():
@@ -64,7 +64,7 @@ def test_prints_reach_the_broadcast_and_the_results_file_at_the_default_level(la
             await receiver.close()
             return rid, ends[rid], texts()
 
-    rid, end, texts = run_async(main())
+    rid, end, texts = await main()
     assert end.status == "completed"
     python_lines = [t for t in texts if not t[1].startswith("print:fd ")]
     assert python_lines == (
@@ -81,7 +81,7 @@ def test_prints_reach_the_broadcast_and_the_results_file_at_the_default_level(la
     assert not any("filtered" in line for line in log)
 
 
-def test_a_crashing_worker_output_and_a_script_output_are_logged(lab):
+async def test_a_crashing_worker_output_and_a_script_output_are_logged(lab):
     lab.experiment("crasher", """
 import os, sys
 
@@ -115,7 +115,7 @@ print("script error", file=sys.stderr)
             await receiver.close()
             return ends[script], texts_of(messages, script, "Script")
 
-    script_end, script_texts = run_async(main())
+    script_end, script_texts = await main()
     assert script_end.status == "completed"
     assert script_texts == [(20, "print:script says hi"), (20, "print:script error")]
     assert results_log(script_end.results) == ["INFO:print:script says hi",

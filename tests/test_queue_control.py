@@ -12,25 +12,7 @@ import time
 
 import pytest
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
-
-GATED = """
-import os, time
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-        self.setattr_argument("devices", PYONValue([]))
-        for key in self.devices:
-            self.get_device(key)
-
-    def run(self):
-        self.set_dataset("started_" + self.tag, time.time(), broadcast=True)
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-        self.set_dataset("ended_" + self.tag, time.time(), broadcast=True)
-"""
+from conftest import GATED, ScheduleRecorder, expid, run_ends, running_master, wait_until
 
 DEVICE_DB = """
 device_db = {
@@ -45,10 +27,6 @@ class Dev:
     def __init__(self, dmgr):
         pass
 """
-
-
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
 
 
 def cli(*argv):
@@ -86,7 +64,7 @@ while True:
 """
 
 
-def test_black_box_script_runs_as_one_run_with_its_output_logged(lab, caplog):
+async def test_black_box_script_runs_as_one_run_with_its_output_logged(lab, caplog):
     script = lab.write("repository/plain.py", SCRIPT)
     gate = lab.path("repository/script_gate")
 
@@ -105,14 +83,14 @@ def test_black_box_script_runs_as_one_run_with_its_output_logged(lab, caplog):
             assert os.path.basename(ends[rid].results).endswith("-Script.h5")
 
     caplog.set_level(logging.INFO)
-    run_async(main())
+    await main()
     lines = [(getattr(r, "source", None), r.getMessage()) for r in caplog.records]
     said = [src for src, msg in lines if msg == "script says hello from plain.py __main__"]
     assert said and said[0].endswith(",Script)")
     assert any(msg == "script done" for _, msg in lines)
 
 
-def test_black_box_script_can_be_deleted(lab, caplog):
+async def test_black_box_script_can_be_deleted(lab, caplog):
     script = lab.write("repository/long.py", LONG_SCRIPT)
 
     async def main():
@@ -129,10 +107,10 @@ def test_black_box_script_can_be_deleted(lab, caplog):
             assert not m.scheduler.pipelines or rid not in m.scheduler.get_status()
 
     caplog.set_level(logging.INFO)
-    run_async(main())
+    await main()
 
 
-def test_examination_never_runs_a_script(lab):
+async def test_examination_never_runs_a_script(lab):
     marker = lab.path("ran")
     lab.write("repository/touch.py", f"open({marker!r}, 'w').close()\n")
 
@@ -141,7 +119,7 @@ def test_examination_never_runs_a_script(lab):
             assert "touch" not in str(m.experiment_db.explist.raw_view)
             assert not os.path.exists(marker)
 
-    run_async(main())
+    await main()
 
 
 # --- dry runs ------------------------------------------------------------------------
@@ -159,7 +137,7 @@ class Checked(EnvExperiment):
 """
 
 
-def test_validate_catches_each_problem_and_leaves_no_trace(lab):
+async def test_validate_catches_each_problem_and_leaves_no_trace(lab):
     _lab_with_devices(lab)
     checked = lab.experiment("checked", CHECKED)
     script = lab.write("repository/plain.py", "print('hi')\n")
@@ -207,12 +185,12 @@ def test_validate_catches_each_problem_and_leaves_no_trace(lab):
             assert s.rid_counter.last == rid_before
             assert await s.submit("main", expid(checked)) == rid_before + 1
 
-    run_async(main())
+    await main()
 
 
 # --- change ------------------------------------------------------------------------------
 
-def test_change_pending_runs_and_the_order_follows(lab):
+async def test_change_pending_runs_and_the_order_follows(lab):
     gated = _lab_with_devices(lab)
     gate = lab.path("gate")
 
@@ -259,12 +237,12 @@ def test_change_pending_runs_and_the_order_follows(lab):
             assert started == [blocker, low2, low1]
             assert m.dataset_db.get("started_low2b") < m.dataset_db.get("started_low1")
 
-    run_async(main())
+    await main()
 
 
 # --- hold / release --------------------------------------------------------------------
 
-def test_hold_and_release(lab):
+async def test_hold_and_release(lab):
     gated = _lab_with_devices(lab)
     gate = lab.path("gate")
 
@@ -305,7 +283,7 @@ def test_hold_and_release(lab):
             assert {rid: (e["status"], e["priority"])
                     for rid, e in m.scheduler.get_status().items()} == {waiting: ("pending", 3)}
 
-    run_async(main())
+    await main()
 
 
 # --- progress and ETA ----------------------------------------------------------------------
@@ -348,7 +326,7 @@ class EntryRecorder:
         return [(t, v) for t, r, k, v in self.events if r == rid and k == key]
 
 
-def test_progress_and_eta_published_and_rate_limited(lab):
+async def test_progress_and_eta_published_and_rate_limited(lab):
     progressing = lab.experiment("progressing", PROGRESSING)
     gate1, gate2 = lab.path("gate1"), lab.path("gate2")
 
@@ -401,12 +379,12 @@ def test_progress_and_eta_published_and_rate_limited(lab):
             assert abs(entry["eta"] - entry["started"] - statistics.median(earlier)) < 0.01
             await wait_until(lambda: (silent, "removed") in rec.events)
 
-    run_async(main())
+    await main()
 
 
 # --- device conflicts -----------------------------------------------------------------
 
-def test_shared_devices_never_run_together_disjoint_ones_overlap(lab):
+async def test_shared_devices_never_run_together_disjoint_ones_overlap(lab):
     gated = _lab_with_devices(lab)
     gate_a, gate_c = lab.path("gate_a"), lab.path("gate_c")
 
@@ -437,10 +415,10 @@ def test_shared_devices_never_run_together_disjoint_ones_overlap(lab):
             assert d.get("started_c") < d.get("ended_a")  # disjoint devices overlapped
             assert rec.index(c, "running") < rec.index(a, "removed")
 
-    run_async(main())
+    await main()
 
 
-def test_device_check_can_be_turned_off_per_pipeline(lab):
+async def test_device_check_can_be_turned_off_per_pipeline(lab):
     gated = _lab_with_devices(lab)
     gate = lab.path("gate")
 
@@ -461,12 +439,12 @@ def test_device_check_can_be_turned_off_per_pipeline(lab):
             await s.set_device_check("free", True)
             assert m.notifiers["pipelines"].raw_view == {}
 
-    run_async(main())
+    await main()
 
 
 # --- the command-line client ------------------------------------------------------------
 
-def test_client_dry_run(lab, capsys):
+async def test_client_dry_run(lab, capsys):
     import asyncio
     checked = lab.experiment("checked", CHECKED)
     _lab_with_devices(lab)
@@ -483,12 +461,12 @@ def test_client_dry_run(lab, capsys):
             assert code == 3 and len(out) == 2 and all(o.startswith("problem: ") for o in out)
             assert m.scheduler.get_status() == {}
 
-    run_async(main())
+    await main()
 
 
 # --- over the wire ------------------------------------------------------------------------
 
-def test_queue_control_over_rpc_and_notify(lab):
+async def test_queue_control_over_rpc_and_notify(lab):
     from labpipe.protocol.rpc import AsyncClient
     from labpipe.protocol.sync import Subscriber
     gated = _lab_with_devices(lab)
@@ -532,7 +510,7 @@ def test_queue_control_over_rpc_and_notify(lab):
                 c.close_rpc()
                 await sub.close()
 
-    run_async(main())
+    await main()
 
 
 YIELDING = """
@@ -556,7 +534,7 @@ class Yielding(EnvExperiment):
 """
 
 
-def test_no_yield_to_a_run_that_waits_for_devices(lab):
+async def test_no_yield_to_a_run_that_waits_for_devices(lab):
     gated = _lab_with_devices(lab)
     yielding = lab.experiment("yielding", YIELDING)
     gate_a, gate_low = lab.path("gate_a"), lab.path("gate_low")
@@ -583,10 +561,10 @@ def test_no_yield_to_a_run_that_waits_for_devices(lab):
                 < d.get("ended_h") < d.get("resumed_at")
             assert rec.statuses(low).count("paused") == 1
 
-    run_async(main())
+    await main()
 
 
-def test_client_change_hold_release(lab):
+async def test_client_change_hold_release(lab):
     import asyncio
     gated = _lab_with_devices(lab)
 
@@ -609,4 +587,4 @@ def test_client_change_hold_release(lab):
             assert m.dataset_db.get("ended_b")
             assert m.notifiers["pipelines"].raw_view == {}
 
-    run_async(main())
+    await main()

@@ -1,7 +1,6 @@
 """Queue control's decisions and helpers without a master: device conflicts, time
 estimates, change checks, pipeline states, black-box detection, dry-run validation."""
 
-import asyncio
 import os
 import textwrap
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ def test_check_change_validates_every_field():
             check_change(**kwargs)
 
 
-def test_pipeline_states_published_and_kept(tmp_path):
+async def test_pipeline_states_published_and_kept(tmp_path):
     path = str(tmp_path / "pipelines.pyon")
 
     async def main():
@@ -130,7 +129,7 @@ def test_pipeline_states_published_and_kept(tmp_path):
         assert "nobody-yet" not in PipelineStates(path).notifier.raw_view
         assert [m["action"] for m in mods] == ["setitem", "setitem"]
 
-    asyncio.run(main())
+    await main()
 
 
 def test_unreadable_pipeline_states_start_empty(tmp_path):

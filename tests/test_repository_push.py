@@ -18,16 +18,12 @@ from labpipe.master.repository import hooks
 from labpipe.master.repository.db import ExperimentDB
 from labpipe.master.repository.git import GitBackend
 from labpipe.protocol.rpc import Server
-from conftest import run_async, session_launcher, write_file as write
+from conftest import session_launcher, write_file as write
 from test_repository_scan import Watch
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Lab", "GIT_AUTHOR_EMAIL": "lab@example.org",
            "GIT_COMMITTER_NAME": "Lab", "GIT_COMMITTER_EMAIL": "lab@example.org",
            "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-
-
-def run(coro):
-    return run_async(coro, timeout=90)
 
 
 def git(cwd, *args):
@@ -91,7 +87,7 @@ def bare(tmp_path):
     return path
 
 
-def test_push_to_a_bare_repository_rescans_through_the_installed_hook(tmp_path, bare):
+async def test_push_to_a_bare_repository_rescans_through_the_installed_hook(tmp_path, bare):
     clone = str(tmp_path / "clone")
 
     async def main():
@@ -138,10 +134,10 @@ def test_push_to_a_bare_repository_rescans_through_the_installed_hook(tmp_path, 
             resolved = await db.check_submission(dict(expid, repo_rev=None))
             assert resolved["repo_rev"] == second
             assert m.backend.get_message(second) == "change one experiment"
-    run(main())
+    await main()
 
 
-def test_runs_hold_checkouts_of_two_revisions_while_the_list_moves_on(tmp_path, bare):
+async def test_runs_hold_checkouts_of_two_revisions_while_the_list_moves_on(tmp_path, bare):
     clone = str(tmp_path / "clone")
 
     async def main():
@@ -167,10 +163,10 @@ def test_runs_hold_checkouts_of_two_revisions_while_the_list_moves_on(tmp_path, 
             assert not os.path.exists(run_a.workdir)
             m.backend.release_rev(second)
             assert os.path.isdir(run_b.workdir)          # still the current revision
-    run(main())
+    await main()
 
 
-def test_commit_in_a_non_bare_repository_rescans_through_post_commit(tmp_path):
+async def test_commit_in_a_non_bare_repository_rescans_through_post_commit(tmp_path):
     work = str(tmp_path / "repository")
     git(tmp_path, "init", "-q", work)
     write(work, "helper.py", "OFFSET = 0\n")
@@ -191,10 +187,10 @@ def test_commit_in_a_non_bare_repository_rescans_through_post_commit(tmp_path):
             head = git(work, "rev-parse", "HEAD").stdout.strip()
             await m.watch.until(lambda: m.db.cur_rev == head)
             assert m.default("Exp") == 2 and "Draft" not in m.db.explist.raw_view
-    run(main())
+    await main()
 
 
-def test_an_existing_user_hook_is_never_overwritten(tmp_path, bare, caplog):
+async def test_an_existing_user_hook_is_never_overwritten(tmp_path, bare, caplog):
     hook = os.path.join(bare, "hooks", "post-receive")
     user_hook = "#!/bin/sh\necho 'deploying the docs'\n"
     with open(hook, "w") as f:
@@ -221,10 +217,10 @@ def test_an_existing_user_hook_is_never_overwritten(tmp_path, bare, caplog):
             master.backend.close()
         assert master.db.hook.status is hooks.HookStatus.FOREIGN
         assert not [r for r in caplog.records if "not labpipe's" in r.getMessage()]
-    run(main())
+    await main()
 
 
-def test_restarting_on_another_port_rewrites_our_hook_only(tmp_path, bare):
+async def test_restarting_on_another_port_rewrites_our_hook_only(tmp_path, bare):
     async def main():
         async with Master(str(tmp_path), bare) as first:
             assert first.db.hook.status is hooks.HookStatus.INSTALLED
@@ -235,7 +231,7 @@ def test_restarting_on_another_port_rewrites_our_hook_only(tmp_path, bare):
                 assert f"--port {second.server.port}" in f.read()
             second.db.install_hook(second.server.port)
             assert second.db.hook.status is hooks.HookStatus.UNCHANGED
-    run(main())
+    await main()
 
 
 def test_notify_with_the_master_down_prints_one_line_and_succeeds():

@@ -18,13 +18,9 @@ from labpipe.master.repository.git import GitBackend
 from labpipe.master.repository.scan import build_explist, cache_entry, plan
 from labpipe.master.repository.submission import SubmissionError
 from labpipe.protocol.sync import Notifier
-from conftest import run_async, session_launcher, write_file as write
+from conftest import session_launcher, write_file as write
 
 EXAMINE_TIMEOUT = 1.5
-
-
-def run(coro):
-    return run_async(coro, timeout=60)
 
 
 def experiment(cls, title, default=1, extra=""):
@@ -133,7 +129,7 @@ def test_plan_reexamines_changed_files_and_files_whose_imports_changed():
 # -- scans in worker processes ---------------------------------------------------------
 
 
-def test_scan_lists_experiments_and_publishes_every_skipped_file(lab):
+async def test_scan_lists_experiments_and_publishes_every_skipped_file(lab):
     lab.write("good.py", experiment("Good", "Good experiment") + textwrap.dedent('''
         class Second(EnvExperiment):
             def run(self):
@@ -177,10 +173,10 @@ def test_scan_lists_experiments_and_publishes_every_skipped_file(lab):
             assert (await db.examine("zz_last.py"))["Last"]["name"] == "Last one"
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_rescan_examines_only_what_changed_and_publishes_minimal_mods(lab):
+async def test_rescan_examines_only_what_changed_and_publishes_minimal_mods(lab):
     for i in range(12):
         lab.write(f"e{i:02}.py", experiment(f"E{i}", f"Experiment {i}", default=i))
     lab.write("lib/helper.py", "DEFAULT = 5\n")
@@ -228,10 +224,10 @@ def test_rescan_examines_only_what_changed_and_publishes_minimal_mods(lab):
             assert [m["key"] for m in watch.mods["errors"]] == ["broken.py"]
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_fixing_a_broken_helper_reexamines_its_importer(lab):
+async def test_fixing_a_broken_helper_reexamines_its_importer(lab):
     lab.write("helper.py", "DEFAULT = (\n")
     lab.write("exp.py", experiment("Exp", "Exp", default="helper.DEFAULT", extra="import helper"))
 
@@ -246,7 +242,7 @@ def test_fixing_a_broken_helper_reexamines_its_importer(lab):
             assert db.explist.raw_view["Exp"]["arginfo"]["x"][0]["default"] == 4
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
 class SignallingBackend(FilesystemBackend):
@@ -262,7 +258,7 @@ class SignallingBackend(FilesystemBackend):
         return listing
 
 
-def test_requests_during_a_scan_merge_into_one_more_scan(lab):
+async def test_requests_during_a_scan_merge_into_one_more_scan(lab):
     lab.write("first.py", experiment("First", "First"))
 
     async def main():
@@ -292,10 +288,10 @@ def test_requests_during_a_scan_merge_into_one_more_scan(lab):
             assert db.last_scan.examined == ("late.py",)
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_scan_repository_async_returns_at_once(lab):
+async def test_scan_repository_async_returns_at_once(lab):
     lab.write("a.py", experiment("A", "A"))
 
     async def main():
@@ -309,10 +305,10 @@ def test_scan_repository_async_returns_at_once(lab):
             await watch.until(lambda: "B" in db.explist.raw_view)
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_experiment_subdir_and_sibling_imports(lab):
+async def test_experiment_subdir_and_sibling_imports(lab):
     lab.write("outside.py", experiment("Outside", "Outside"))
     lab.write("exps/calib/helper.py", "DEFAULT = 11\n")
     lab.write("exps/calib/rabi.py", experiment("Rabi", "Rabi", default="helper.DEFAULT",
@@ -328,10 +324,10 @@ def test_experiment_subdir_and_sibling_imports(lab):
             assert entry["arginfo"]["x"][0]["default"] == 11
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_git_backend_scan_imports_siblings_from_the_checkout(tmp_path):
+async def test_git_backend_scan_imports_siblings_from_the_checkout(tmp_path):
     work = str(tmp_path / "work")
     env = {**os.environ, "GIT_AUTHOR_NAME": "L", "GIT_AUTHOR_EMAIL": "l@x",
            "GIT_COMMITTER_NAME": "L", "GIT_COMMITTER_EMAIL": "l@x",
@@ -359,7 +355,7 @@ def test_git_backend_scan_imports_siblings_from_the_checkout(tmp_path):
         assert backend.holds() == {}
         assert not os.path.exists(workdir)
         backend.close()
-    run(main())
+    await main()
 
 
 # -- RPC methods -----------------------------------------------------------------------
@@ -383,7 +379,7 @@ def test_list_directory_is_limited_to_the_lab_and_the_repository(lab, tmp_path_f
     assert not hasattr(db.rpc_target, "close") and not hasattr(db.rpc_target, "start")
 
 
-def test_examine_repository_and_raw_files(lab):
+async def test_examine_repository_and_raw_files(lab):
     lab.write("exp.py", experiment("Exp", "Exp", default=2))
     write(lab.root, "drafts/draft.py", experiment("Draft", "Draft", default=3))
     lab.write("bad.py", "x = (\n")
@@ -403,10 +399,10 @@ def test_examine_repository_and_raw_files(lab):
                 await db.examine("../drafts/draft.py")
         finally:
             await db.close()
-    run(main())
+    await main()
 
 
-def test_check_submission_refuses_bad_expids_at_once(lab):
+async def test_check_submission_refuses_bad_expids_at_once(lab):
     lab.write("exp.py", experiment("Exp", "Exp"))
     lab.write("two.py", experiment("Alpha", "Alpha") + experiment("Beta", "Beta"))
     write(lab.root, "drafts/draft.py", experiment("Draft", "Draft"))
@@ -440,4 +436,4 @@ def test_check_submission_refuses_bad_expids_at_once(lab):
                 assert message in str(info.value) and "\n" not in str(info.value)
         finally:
             await db.close()
-    run(main())
+    await main()

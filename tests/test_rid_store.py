@@ -3,14 +3,13 @@ submitted (``meta/last_rid``) in the submission's transaction, ``last_rid.pyon``
 written atomically but not fsynced, and a restarted master resumes after both. Real
 LMDB files; a real master in the test's event loop."""
 
-import asyncio
 import logging
 import os
 import time
 
 import pytest
 
-from conftest import running_master, run_async, wait_until
+from conftest import running_master, wait_until
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import LAST_RID_KEY, ScheduleStore
 from labpipe.protocol import atomic, pyon
@@ -48,7 +47,7 @@ async def _delete_all(master, rids):
                      and not master.scheduler.ending)
 
 
-def test_rid_counter_fsyncs_only_when_durable(tmp_path, monkeypatch):
+async def test_rid_counter_fsyncs_only_when_durable(tmp_path, monkeypatch):
     synced = []
     real = atomic.fsync_path
     monkeypatch.setattr(atomic, "fsync_path",
@@ -67,11 +66,11 @@ def test_rid_counter_fsyncs_only_when_durable(tmp_path, monkeypatch):
         assert pyon.load_file(path) == 1  # written (atomically) all the same
         # no temporary file left behind
         assert sorted(os.listdir(tmp_path)) == ["last_rid.pyon"]
-    run_async(main())
+    await main()
     assert RIDCounter(path).last == 1
 
 
-def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
+async def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
     lab.experiment("noop", NOOP)
     writes = []  # (path, fsync) of every pyon.store_file
     real = pyon.store_file
@@ -93,7 +92,7 @@ def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
             # removing the runs' records keeps the meta entry
             await _delete_all(m, rids)
             return rids
-    rids = run_async(main())
+    rids = await main()
     # the store's commit made each RID durable: last_rid.pyon was not fsynced
     assert [w for w in writes if w[0] == "last_rid.pyon"] == [("last_rid.pyon", False)] * 3
     store = ScheduleStore(lab.path("schedule.mdb"))
@@ -105,7 +104,7 @@ def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
 
 
 @pytest.mark.parametrize("lost", ["smaller", "deleted"])
-def test_restart_resumes_after_the_store_when_last_rid_pyon_lost_writes(lab, lost,
+async def test_restart_resumes_after_the_store_when_last_rid_pyon_lost_writes(lab, lost,
                                                                          caplog):
     """No run left in the store: only its meta entry knows the RIDs given out."""
     lab.experiment("noop", NOOP)
@@ -116,7 +115,7 @@ def test_restart_resumes_after_the_store_when_last_rid_pyon_lost_writes(lab, los
                     for _ in range(4)]
             await _delete_all(m, rids)
             return rids
-    given = run_async(first())
+    given = await first()
     store = ScheduleStore(lab.path("schedule.mdb"))
     try:
         assert store.restore() == []  # nothing for restore() to reserve RIDs from
@@ -132,13 +131,13 @@ def test_restart_resumes_after_the_store_when_last_rid_pyon_lost_writes(lab, los
         caplog.set_level(logging.INFO)
         async with running_master(lab) as m:
             return await m.scheduler.submit("main", noop(), due_date=time.time() + LATER)
-    rid = run_async(second())
+    rid = await second()
     assert rid > max(given)
     assert pyon.load_file(lab.path("last_rid.pyon")) == rid
     assert _unreadable_record_errors(caplog) == []
 
 
-def test_restore_skips_the_meta_entry_and_keeps_it(tmp_path, caplog):
+async def test_restore_skips_the_meta_entry_and_keeps_it(tmp_path, caplog):
     from test_persistence import _run
     path = str(tmp_path / "schedule.mdb")
 
@@ -149,7 +148,7 @@ def test_restore_skips_the_meta_entry_and_keeps_it(tmp_path, caplog):
         assert store.last_rid == 7
         await store.remove(7)
         store.close()
-    asyncio.run(fill())
+    await fill()
     caplog.set_level(logging.DEBUG)
     store = ScheduleStore(path)
     try:

@@ -1,6 +1,6 @@
 """RPC (labpipe.protocol.rpc) over real sockets on 127.0.0.1, port 0.
 
-The server always runs in an asyncio event loop (``asyncio.run`` in the test). The
+The server always runs in an asyncio event loop (the async test's own loop). The
 blocking ``Client`` is used from a worker thread (``asyncio.to_thread``) so that the
 loop keeps serving; ``AsyncClient`` runs in the loop itself. Nothing waits on a fixed
 sleep: slow calls wait on ``asyncio.Event``s that the test sets.
@@ -19,10 +19,10 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import AsyncClient, Client, IncompatibleServer, RemoteError, Server
 
-from conftest import drain_until_closed, run_async
+from conftest import drain_until_closed
 
 HOST = "127.0.0.1"
-TIMEOUT = 10  # upper bound on any one test's asyncio part, seconds
+TIMEOUT = 10  # seconds a raw connection's socket waits at most
 
 
 class CustomError(Exception):
@@ -87,11 +87,6 @@ class Other:
         return "pong"
 
 
-def run(coro):
-    """Run an async test body with a time bound."""
-    return run_async(coro, TIMEOUT)
-
-
 @contextlib.asynccontextmanager
 async def serving(targets, **kwargs):
     server = Server(targets, **kwargs)
@@ -102,12 +97,12 @@ async def serving(targets, **kwargs):
         await server.stop()
 
 
-def with_server(targets, blocking_fn, **kwargs):
+async def with_server(targets, blocking_fn, **kwargs):
     """Serve targets in an event loop and run blocking_fn(port) in a thread."""
     async def main():
         async with serving(targets, **kwargs) as server:
             return await asyncio.to_thread(blocking_fn, server.port)
-    return run(main())
+    return await main()
 
 
 class RawConnection:
@@ -154,7 +149,7 @@ def raw(port):
 # --------------------------------------------------------------------------- blocking client
 
 
-def test_calls_with_args_and_kwargs():
+async def test_calls_with_args_and_kwargs():
     def body(port):
         with Client(HOST, port, "calc") as c:
             assert c.add(2, 3) == 5
@@ -169,10 +164,10 @@ def test_calls_with_args_and_kwargs():
             assert c.get_selected_target() == "calc"
             assert c.get_local_host() == HOST
             assert c.get_rpc_id() == (["calc", "other"], "test master")
-    with_server({"calc": Calc(), "other": Other()}, body, description="test master")
+    await with_server({"calc": Calc(), "other": Other()}, body, description="test master")
 
 
-def test_subclass_of_a_builtin_is_sent_as_that_builtin():
+async def test_subclass_of_a_builtin_is_sent_as_that_builtin():
     class Lookup:
         def find(self, key):
             raise NotFound(f"{key} does not exist")
@@ -183,17 +178,17 @@ def test_subclass_of_a_builtin_is_sent_as_that_builtin():
                 c.find("x")
             assert type(info.value) is KeyError  # rebuilt from the wire's "KeyError"
             assert "NotFound" in info.value.remote_traceback
-    with_server({"lookup": Lookup()}, body)
+    await with_server({"lookup": Lookup()}, body)
 
 
-def test_coroutine_method_is_awaited():
+async def test_coroutine_method_is_awaited():
     def body(port):
         with Client(HOST, port, "calc") as c:
             assert c.async_add(40, 2) == 42
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_builtin_exception_class_is_preserved():
+async def test_builtin_exception_class_is_preserved():
     def body(port):
         with Client(HOST, port, "calc") as c:
             with pytest.raises(ValueError, match="bad value 42") as info:
@@ -205,10 +200,10 @@ def test_builtin_exception_class_is_preserved():
             with pytest.raises(KeyError):
                 c.fail_keyerror()
             assert c.add(1, 1) == 2  # still usable
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_custom_exception_becomes_remote_error():
+async def test_custom_exception_becomes_remote_error():
     def body(port):
         with Client(HOST, port, "calc") as c:
             with pytest.raises(RemoteError, match="custom boom") as info:
@@ -216,10 +211,10 @@ def test_custom_exception_becomes_remote_error():
             assert "CustomError: custom boom" in info.value.remote_traceback
             assert "fail_custom" in info.value.remote_traceback
             assert c.add(1, 1) == 2
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_private_names_refused():
+async def test_private_names_refused():
     calc = Calc()
 
     def body(port):
@@ -230,11 +225,11 @@ def test_private_names_refused():
                 with pytest.raises(AttributeError, match="private"):
                     c._call(name, (), {})  # bypass the local check: the server refuses
             assert c.add(1, 2) == 3
-    with_server({"calc": calc}, body)
+    await with_server({"calc": calc}, body)
     assert not calc.private_called
 
 
-def test_unknown_and_non_callable_methods_refused():
+async def test_unknown_and_non_callable_methods_refused():
     def body(port):
         with Client(HOST, port, "calc") as c:
             with pytest.raises(AttributeError, match="no method 'nope'"):
@@ -244,23 +239,23 @@ def test_unknown_and_non_callable_methods_refused():
             with pytest.raises(TypeError):
                 c.add()  # wrong arguments: the remote TypeError comes back
             assert c.add(1, 2) == 3
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_unencodable_return_value_is_a_type_error():
+async def test_unencodable_return_value_is_a_type_error():
     def body(port):
         with Client(HOST, port, "calc") as c:
             with pytest.raises(TypeError, match="unencodable"):
                 c.unencodable()
             assert c.add(1, 2) == 3
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_get_rpc_method_list():
+async def test_get_rpc_method_list():
     def body(port):
         with Client(HOST, port, "calc") as c:
             return c.get_rpc_method_list()
-    doc = with_server({"calc": Calc()}, body)
+    doc = await with_server({"calc": Calc()}, body)
     assert doc["docstring"] == "A calculator target."
     methods = doc["methods"]
     assert set(methods) == {"add", "echo", "async_add", "wait_gate", "fast", "fail_builtin",
@@ -278,12 +273,12 @@ def test_get_rpc_method_list():
     assert type(spec["defaults"][1]) is numpy.ndarray
 
 
-def test_target_selection():
+async def test_target_selection():
     def body(port):
         with Client(HOST, port) as c:  # the only target
             assert c.get_selected_target() == "calc"
             assert c.add(1, 1) == 2
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
     def body2(port):
         with pytest.raises(ValueError, match="calc.*other"):
@@ -294,10 +289,10 @@ def test_target_selection():
             assert c.ping() == "pong"
             with pytest.raises(AttributeError):
                 c.add(1, 2)
-    with_server({"calc": Calc(), "other": Other()}, body2)
+    await with_server({"calc": Calc(), "other": Other()}, body2)
 
 
-def test_handshake_on_the_wire():
+async def test_handshake_on_the_wire():
     def body(port):
         with raw(port) as conn:
             ident, names = conn.handshake("calc")
@@ -307,7 +302,7 @@ def test_handshake_on_the_wire():
             assert "value" not in names
             assert conn.request(b'{"action":"call","name":"add","args":[1,2],"kwargs":{}}') \
                 == {"status": "ok", "ret": 3}
-    with_server({"calc": Calc(), "a": Other()}, body)
+    await with_server({"calc": Calc(), "a": Other()}, body)
 
 
 @pytest.mark.parametrize("first_lines", [
@@ -318,17 +313,17 @@ def test_handshake_on_the_wire():
     [b"ARTIQ sync_struct"],
     [b"\xff\xfe"],
 ])
-def test_bad_handshake_closes_the_connection(first_lines):
+async def test_bad_handshake_closes_the_connection(first_lines):
     def body(port):
         with raw(port) as conn:
             conn.send(b"".join(line + b"\n" for line in first_lines))
             assert conn.closed_by_peer()
         with Client(HOST, port, "calc") as c:  # others are not affected
             assert c.add(1, 1) == 2
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_client_refuses_incompatible_server():
+async def test_client_refuses_incompatible_server():
     """A server without the pyon_v2 feature (an old PYON v1 master, say)."""
     async def main():
         handled = asyncio.Queue()
@@ -352,10 +347,10 @@ def test_client_refuses_incompatible_server():
                 await client.connect_rpc(HOST, port, "x")
             # both clients hung up without selecting a target
             assert [await handled.get(), await handled.get()] == [b"", b""]
-    run(main())
+    await main()
 
 
-def test_client_timeout_closes_the_connection():
+async def test_client_timeout_closes_the_connection():
     def body(port):
         c = Client(HOST, port, "calc", timeout=0.2)
         with pytest.raises(TimeoutError):
@@ -364,10 +359,10 @@ def test_client_timeout_closes_the_connection():
             c.add(1, 2)  # the connection was closed: a late reply cannot be mistaken
         c.close_rpc()
         c.close_rpc()  # idempotent
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
 
 
-def test_failed_calls_are_logged(caplog):
+async def test_failed_calls_are_logged(caplog):
     caplog.set_level(logging.DEBUG, logger="labpipe.protocol.rpc")
 
     def body(port):
@@ -376,7 +371,7 @@ def test_failed_calls_are_logged(caplog):
                 c.fail_builtin()
             with pytest.raises(AttributeError):
                 c._call("_private", (), {})
-    with_server({"calc": Calc()}, body)
+    await with_server({"calc": Calc()}, body)
     messages = [r.getMessage() for r in caplog.records if r.name == "labpipe.protocol.rpc"]
     assert any("calc.fail_builtin" in m for m in messages)
     assert any("_private" in m for m in messages)
@@ -385,7 +380,7 @@ def test_failed_calls_are_logged(caplog):
 # --------------------------------------------------------------------------- asyncio client
 
 
-def test_async_client_calls_and_failures():
+async def test_async_client_calls_and_failures():
     async def main():
         async with serving({"calc": Calc()}) as server:
             c = AsyncClient()
@@ -407,10 +402,10 @@ def test_async_client_calls_and_failures():
                 assert c.get_selected_target() == "calc"
             finally:
                 c.close_rpc()
-    run(main())
+    await main()
 
 
-def test_async_client_serialises_concurrent_calls():
+async def test_async_client_serialises_concurrent_calls():
     async def main():
         async with serving({"calc": Calc()}) as server:
             c = AsyncClient()
@@ -420,10 +415,10 @@ def test_async_client_serialises_concurrent_calls():
                 assert results == [((i,), {}) for i in range(50)]
             finally:
                 c.close_rpc()
-    run(main())
+    await main()
 
 
-def test_slow_call_does_not_block_other_connections():
+async def test_slow_call_does_not_block_other_connections():
     async def main():
         calc = Calc()
         async with serving({"calc": calc}) as server:
@@ -442,7 +437,7 @@ def test_slow_call_does_not_block_other_connections():
             finally:
                 slow.close_rpc()
                 fast.close_rpc()
-    run(main())
+    await main()
 
 
 def blocking_fast_call(port):
@@ -450,7 +445,7 @@ def blocking_fast_call(port):
         return c.fast()
 
 
-def test_cancelled_async_call_closes_the_connection():
+async def test_cancelled_async_call_closes_the_connection():
     async def main():
         calc = Calc()
         async with serving({"calc": calc}) as server:
@@ -463,10 +458,10 @@ def test_cancelled_async_call_closes_the_connection():
                 await task
             with pytest.raises(ConnectionError):
                 await c.fast()
-    run(main())
+    await main()
 
 
-def test_stop_with_a_call_in_progress():
+async def test_stop_with_a_call_in_progress():
     async def main():
         calc = Calc()
         server = Server({"calc": calc})
@@ -481,7 +476,7 @@ def test_stop_with_a_call_in_progress():
                 await task
         finally:
             c.close_rpc()
-    run(main())
+    await main()
 
 
 # --------------------------------------------------------------------------- fuzz
@@ -521,7 +516,7 @@ GOOD_CALL = b'{"action":"call","name":"add","args":[2,3],"kwargs":{}}'
 LIMIT = 64 * 1024
 
 
-def test_fuzz_malformed_lines():
+async def test_fuzz_malformed_lines():
     calc = Calc()
 
     def body(port):
@@ -578,14 +573,14 @@ def test_fuzz_malformed_lines():
             assert fresh.async_add(1, 2) == 3
         return True
 
-    assert with_server({"calc": calc}, body, max_line_length=LIMIT)
+    assert await with_server({"calc": calc}, body, max_line_length=LIMIT)
     assert not calc.private_called
 
 
 # --------------------------------------------------------------------------- args as sipyco sends them
 
 
-def test_args_as_pyon_tuple_or_list_on_the_wire():
+async def test_args_as_pyon_tuple_or_list_on_the_wire():
     def body(port):
         with raw(port) as conn:
             conn.handshake()
@@ -606,10 +601,10 @@ def test_args_as_pyon_tuple_or_list_on_the_wire():
                 message = reply["exception"]["message"]
                 assert "'args' must be a tuple or a list" in message and "\n" not in message
         return True
-    assert with_server({"calc": Calc()}, body)
+    assert await with_server({"calc": Calc()}, body)
 
 
-def _capture_request(call):
+async def _capture_request(call):
     """The request line one labpipe client sends for call(client), read by a fake server."""
     async def main():
         got = asyncio.get_running_loop().create_future()
@@ -632,10 +627,10 @@ def _capture_request(call):
         finally:
             server.close()
             await server.wait_closed()
-    return run(main())
+    return await main()
 
 
-def test_own_clients_send_args_as_a_tuple():
+async def test_own_clients_send_args_as_a_tuple():
     expected = b'{"action":"call","name":"add","args":{"__jsonclass__":["tuple",[[5,[1]]]]},' \
                b'"kwargs":{"b":2}}\n'
 
@@ -652,5 +647,5 @@ def test_own_clients_send_args_as_a_tuple():
             await c.add(5, [1], b=2)
         finally:
             c.close_rpc()
-    assert _capture_request(blocking) == expected
-    assert _capture_request(asynchronous) == expected
+    assert await _capture_request(blocking) == expected
+    assert await _capture_request(asynchronous) == expected

@@ -6,7 +6,7 @@ import signal
 
 import h5py
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
+from conftest import ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.protocol import pyon
 
 RECORDS = """
@@ -34,26 +34,22 @@ class Records(EnvExperiment):
 """
 
 
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 20}
-
-
-def test_results_on_every_exit_path(lab):
+async def test_results_on_every_exit_path(lab):
     records = lab.experiment("records", RECORDS)
 
     async def main():
         async with running_master(lab) as m:
             await m.dataset_db.set("calib.offset", 0.5, persist=True)
             ends = run_ends(m.scheduler)
-            ok = await m.scheduler.submit("main", expid(records))
-            failed = await m.scheduler.submit("main", expid(records, fail="run"))
-            killed = await m.scheduler.submit("main", expid(records, fail="kill"))
+            ok = await m.scheduler.submit("main", expid(records, log_level=20))
+            failed = await m.scheduler.submit("main", expid(records, log_level=20, fail="run"))
+            killed = await m.scheduler.submit("main", expid(records, log_level=20, fail="kill"))
             await wait_until(lambda: "rec.pid" in m.dataset_db.data.raw_view, timeout=20)
             os.kill(m.dataset_db.get("rec.pid"), signal.SIGKILL)
             await wait_until(lambda: killed in ends, timeout=20)
             return ends, ok, failed, killed
 
-    ends, ok, failed, killed = run_async(main())
+    ends, ok, failed, killed = await main()
     assert [ends[r].status for r in (ok, failed, killed)] == ["completed", "failed", "failed"]
 
     with h5py.File(ends[ok].results) as f:
@@ -78,22 +74,22 @@ def test_results_on_every_exit_path(lab):
         assert "died" in f["error"][()].decode()
 
 
-def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
+async def test_persistent_dataset_from_an_experiment_survives_a_restart(lab):
     records = lab.experiment("records", RECORDS)
 
     async def first():
         async with running_master(lab) as m:
             await m.dataset_db.set("calib.offset", 0.5, persist=True)
             rec = ScheduleRecorder(m.scheduler.notifier)
-            rid = await m.scheduler.submit("main", expid(records))
+            rid = await m.scheduler.submit("main", expid(records, log_level=20))
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=20)
 
     async def second():
         async with running_master(lab) as m:
             return dict(m.dataset_db.data.raw_view)
 
-    run_async(first())
-    data = run_async(second())
+    await first()
+    data = await second()
     assert data["rec.saved"][:2] == (True, 42)
     assert "rec.trace" not in data  # broadcast only: not persistent
 
@@ -112,7 +108,7 @@ class Ask(EnvExperiment):
 """
 
 
-def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
+async def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
     ask = lab.experiment("ask", INTERACTIVE)
 
     async def main():
@@ -121,7 +117,7 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             requests = m.interactive_db.notifier
             datasets = m.dataset_db.data.raw_view
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             request = requests.raw_view[rid]
             assert request["title"] == "Calibration"
@@ -133,25 +129,25 @@ def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
 
             # a value its argument refuses fails the run with the argument's name
             ends = run_ends(m.scheduler)
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             m.interactive_db.supply(rid, {"gain": 99.0})
             await wait_until(lambda: rid in ends)
             assert ends[rid].status == "failed" and "'gain'" in ends[rid].error
             await wait_until(lambda: rid not in requests.raw_view)
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             m.interactive_db.cancel(rid)
             await wait_until(lambda: datasets["ask.result"][1] == "cancelled")
 
-            rid = await m.scheduler.submit("main", expid(ask))
+            rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
             await m.scheduler.delete(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
             assert rid not in requests.raw_view
 
-    run_async(main())
+    await main()
 
 
 OPHYD = """
@@ -168,7 +164,7 @@ class MoveAndRead(EnvExperiment):
 """
 
 
-def test_ophyd_devices_from_the_example_device_db(lab):
+async def test_ophyd_devices_from_the_example_device_db(lab):
     with open(os.path.join(os.path.dirname(__file__), "..", "device_db.py")) as f:
         lab.write("device_db.py", f.read())
     exp = lab.experiment("ophyd_exp", OPHYD)
@@ -176,10 +172,10 @@ def test_ophyd_devices_from_the_example_device_db(lab):
     async def main():
         async with running_master(lab) as m:
             rec = ScheduleRecorder(m.scheduler.notifier)
-            rid = await m.scheduler.submit("main", expid(exp))
+            rid = await m.scheduler.submit("main", expid(exp, log_level=20))
             await wait_until(lambda: (rid, "removed") in rec.events, timeout=30)
             return dict(m.dataset_db.data.raw_view)
 
-    data = run_async(main())
+    data = await main()
     assert data["ophyd.motor"][1] == 0.0
     assert data["ophyd.det_keys"][1] and all(k.startswith("det") for k in data["ophyd.det_keys"][1])

@@ -9,20 +9,8 @@ import time
 
 import h5py
 
-from conftest import ScheduleRecorder, run_async, run_ends, running_master, wait_until
-
-GATED = """
-import os, time
-
-class Gated(EnvExperiment):
-    def build(self):
-        self.setattr_argument("gate", StringValue(""))
-        self.setattr_argument("tag", StringValue(""))
-
-    def run(self):
-        while self.gate and not os.path.exists(self.gate):
-            time.sleep(0.005)
-"""
+from conftest import (GATED, STAMP, TERMINATING, ScheduleRecorder, expid, run_ends,
+                      running_master, wait_until)
 
 STAGES = """
 import time
@@ -44,11 +32,7 @@ class Stages(EnvExperiment):
 """
 
 
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
-
-
-def test_runs_in_precedence_order(lab):
+async def test_runs_in_precedence_order(lab):
     gated = lab.experiment("gated", GATED)
     gate1, gate2 = lab.path("gate1"), lab.path("gate2")
 
@@ -80,10 +64,10 @@ def test_runs_in_precedence_order(lab):
             assert started[:4] == [blocker, high, high_later, low]
             assert set(started[4:]) == {early_due, future}
 
-    run_async(main())
+    await main()
 
 
-def test_due_date_holds_a_run_back(lab):
+async def test_due_date_holds_a_run_back(lab):
     gated = lab.experiment("gated", GATED)
 
     async def main():
@@ -94,10 +78,10 @@ def test_due_date_holds_a_run_back(lab):
             await wait_until(lambda: (rid, "running") in rec.events)
             assert time.time() >= due
 
-    run_async(main())
+    await main()
 
 
-def test_flush_waits_for_earlier_runs(lab):
+async def test_flush_waits_for_earlier_runs(lab):
     gated = lab.experiment("gated", GATED)
     gate = lab.path("gate")
 
@@ -113,10 +97,10 @@ def test_flush_waits_for_earlier_runs(lab):
             # the flushing run prepared only once the first run had left
             assert rec.index(first, "removed") < rec.index(flushed, "preparing")
 
-    run_async(main())
+    await main()
 
 
-def test_stages_overlap(lab):
+async def test_stages_overlap(lab):
     stages = lab.experiment("stages", STAGES)
 
     async def main():
@@ -136,7 +120,7 @@ def test_stages_overlap(lab):
                 assert rec.statuses(r) == ["pending", "preparing", "prepare_done", "running",
                                            "run_done", "analyzing", "removed"]
 
-    run_async(main())
+    await main()
 
 
 PAUSING = """
@@ -158,16 +142,7 @@ class Pausing(EnvExperiment):
         self.set_dataset("resumed_at", time.time(), broadcast=True)
 """
 
-STAMP = """
-import time
-
-class Stamp(EnvExperiment):
-    def run(self):
-        self.set_dataset("high_ran_at", time.time(), broadcast=True)
-"""
-
-
-def test_pause_yields_to_higher_priority_and_resumes(lab):
+async def test_pause_yields_to_higher_priority_and_resumes(lab):
     pausing = lab.experiment("pausing", PAUSING)
     stamp = lab.experiment("stamp", STAMP)
     gate = lab.path("gate")
@@ -189,25 +164,10 @@ def test_pause_yields_to_higher_priority_and_resumes(lab):
             d = m.dataset_db
             assert d.get("paused_at") < d.get("high_ran_at") < d.get("resumed_at")
 
-    run_async(main())
+    await main()
 
 
-TERMINATING = """
-import time
-
-class Terminating(EnvExperiment):
-    def build(self):
-        self.setattr_device("scheduler")
-
-    def run(self):
-        self.set_dataset("started", True, broadcast=True)
-        while True:
-            self.scheduler.pause()
-            time.sleep(0.005)
-"""
-
-
-def test_graceful_termination(lab):
+async def test_graceful_termination(lab):
     terminating = lab.experiment("terminating", TERMINATING)
 
     async def main():
@@ -216,7 +176,7 @@ def test_graceful_termination(lab):
             ends = []
             m.scheduler.on_run_end.append(lambda run, end: ends.append((run.rid, end)))
             rid = await m.scheduler.submit("main", expid(terminating))
-            await wait_until(lambda: m.dataset_db.data.raw_view.get("started"))
+            await wait_until(lambda: m.dataset_db.data.raw_view.get("terminating.started"))
             assert m.scheduler.check_termination(rid) is False
             await m.scheduler.request_termination(rid)
             await wait_until(lambda: (rid, "removed") in rec.events)
@@ -226,10 +186,10 @@ def test_graceful_termination(lab):
             assert end.results and os.path.exists(end.results)
             with h5py.File(end.results) as f:  # what it collected, and why it ended
                 assert f["rid"][()] == rid
-                assert f["datasets/started"][()]
+                assert f["datasets/terminating.started"][()]
                 assert "terminated" in f["error"][()].decode()
 
-    run_async(main())
+    await main()
 
 
 HUNG = """
@@ -251,7 +211,7 @@ class Hung(EnvExperiment):
 """
 
 
-def test_delete_hung_run_in_build_and_run(lab, caplog):
+async def test_delete_hung_run_in_build_and_run(lab, caplog):
     hung = lab.experiment("hung", HUNG)
     lab.experiment("gated", GATED)
 
@@ -270,7 +230,7 @@ def test_delete_hung_run_in_build_and_run(lab, caplog):
             await wait_until(lambda: (ok, "removed") in rec.events)
             assert "analyzing" in rec.statuses(ok)
 
-    run_async(main())
+    await main()
     messages = [r.getMessage() for r in caplog.records]
     assert any("SIGTERM" in msg for msg in messages)
     assert any("SIGKILL" in msg for msg in messages)
@@ -314,7 +274,7 @@ class BadArg(EnvExperiment):
 }
 
 
-def test_failures_are_contained(lab):
+async def test_failures_are_contained(lab):
     files = {name: lab.experiment(name, body) for name, body in FAILURES.items()}
     lab.write("repository/broken_helper.py", "def f(:\n    pass\n")
     lab.experiment("gated", GATED)
@@ -344,10 +304,10 @@ def test_failures_are_contained(lab):
             assert os.path.exists(ends[rids["raises"]].results)
             assert os.path.exists(ends[rids["exits"]].results)
 
-    run_async(main())
+    await main()
 
 
-def test_two_pipelines_run_in_parallel(lab):
+async def test_two_pipelines_run_in_parallel(lab):
     gated = lab.experiment("gated", GATED)
     gate_a, gate_b = lab.path("gate_a"), lab.path("gate_b")
 
@@ -366,10 +326,10 @@ def test_two_pipelines_run_in_parallel(lab):
             open(gate_a, "w").close()
             await wait_until(lambda: not m.scheduler.pipelines)
 
-    run_async(main())
+    await main()
 
 
-def test_invalid_submissions_refused(lab):
+async def test_invalid_submissions_refused(lab):
     lab.experiment("syntax", "class Broken(EnvExperiment)\n    pass\n")
     lab.experiment("ok", GATED)
 
@@ -397,10 +357,10 @@ def test_invalid_submissions_refused(lab):
                     raise AssertionError(f"{args} was accepted")
             assert m.scheduler.get_status() == {}
 
-    run_async(main())
+    await main()
 
 
-def test_argument_values_refused_at_submission(lab):
+async def test_argument_values_refused_at_submission(lab):
     lab.experiment("args", """
 class Args(EnvExperiment):
     def build(self):
@@ -430,10 +390,10 @@ class Args(EnvExperiment):
                                                         mode="slow", on=False))
             assert m.scheduler.get_status()[ok]["status"]
 
-    run_async(main())
+    await main()
 
 
-def test_build_timeout_contains_a_hang_at_import(lab):
+async def test_build_timeout_contains_a_hang_at_import(lab):
     # outside the repository, so that the master's scans do not examine it
     hangs = lab.write("elsewhere/hangs.py", """
 from labpipe.experiment import *
@@ -459,7 +419,7 @@ class Never(EnvExperiment):
             assert "build timeout" in ends[rid].error and "0.5 s" in ends[rid].error
             assert ends[ok].status == "completed"
 
-    run_async(main())
+    await main()
 
 
 SELF_SUBMITTING = """
@@ -483,7 +443,7 @@ class Again(EnvExperiment):
 """
 
 
-def test_scheduler_device_inside_a_run(lab):
+async def test_scheduler_device_inside_a_run(lab):
     again = lab.experiment("again", SELF_SUBMITTING)
 
     async def main():
@@ -499,4 +459,4 @@ def test_scheduler_device_inside_a_run(lab):
             entry = [e for r, e in rec.events if r == follow_up]
             assert entry[0] == "pending"
 
-    run_async(main())
+    await main()

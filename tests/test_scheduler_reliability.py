@@ -9,7 +9,7 @@ import os
 import h5py
 import pytest
 
-from conftest import (ScheduleRecorder, run_async, run_ends, running_master,
+from conftest import (ScheduleRecorder, expid, run_ends, running_master,
                       session_launcher, wait_until)
 from labpipe.master.run import MAX_ERROR_CHARS
 from labpipe.worker.forkserver import ForkServerError
@@ -30,13 +30,9 @@ class Raises(EnvExperiment):
 """
 
 
-def expid(file, **arguments):
-    return {"file": file, "class_name": None, "arguments": arguments, "log_level": 30}
-
-
 @pytest.mark.parametrize("error", [OSError(11, "Resource temporarily unavailable"),
                                    ForkServerError("the fork server is gone")])
-def test_worker_that_cannot_start_ends_the_run(lab, monkeypatch, error):
+async def test_worker_that_cannot_start_ends_the_run(lab, monkeypatch, error):
     """An exception other than WorkerError while starting a worker fails that run
     (its error in history) and a later flush run is not blocked."""
     quick = lab.experiment("quick", QUICK)
@@ -68,10 +64,10 @@ def test_worker_that_cannot_start_ends_the_run(lab, monkeypatch, error):
             assert record["status"] == "failed" and str(error) in record["error"]
             assert m.scheduler.notifier.raw_view == {}
 
-    run_async(main())
+    await main()
 
 
-def test_raising_listener_leaves_no_run_half_ended(lab):
+async def test_raising_listener_leaves_no_run_half_ended(lab):
     """A schedule listener that raises on every mod: runs still end with a history
     record, and a restarted master does not report them interrupted."""
     quick = lab.experiment("quick", QUICK)
@@ -92,10 +88,10 @@ def test_raising_listener_leaves_no_run_half_ended(lab):
                 assert (await m.history.get(rid))["status"] == "completed"
             assert m.scheduler.notifier.raw_view == {}
 
-    run_async(main())
+    await main()
 
 
-def test_delete_and_terminate_ignore_rids_not_in_the_schedule(lab):
+async def test_delete_and_terminate_ignore_rids_not_in_the_schedule(lab):
     """ARTIQ semantics: the dashboard deletes rows that may have just left."""
     quick = lab.experiment("quick", QUICK)
 
@@ -108,10 +104,10 @@ def test_delete_and_terminate_ignore_rids_not_in_the_schedule(lab):
                 assert await m.scheduler.request_termination(target) is None
             assert (await m.history.get(rid))["status"] == "completed"
 
-    run_async(main())
+    await main()
 
 
-def test_long_error_text_is_cut_in_history_and_kept_in_results(lab):
+async def test_long_error_text_is_cut_in_history_and_kept_in_results(lab):
     raises = lab.experiment("raises", RAISES)
 
     async def main():
@@ -126,10 +122,10 @@ def test_long_error_text_is_cut_in_history_and_kept_in_results(lab):
                 full = f["error"][()].decode()
             assert "x" * 100_000 + "END" in full
 
-    run_async(main())
+    await main()
 
 
-def test_failed_change_changes_nothing_and_nan_is_refused(lab):
+async def test_failed_change_changes_nothing_and_nan_is_refused(lab):
     quick = lab.experiment("quick", QUICK)
 
     async def main():
@@ -159,10 +155,10 @@ def test_failed_change_changes_nothing_and_nan_is_refused(lab):
             assert entry["priority"] == 2 and entry["due_date"] == 9e9
             assert entry["expid"]["arguments"] == {"tag": "b"}
 
-    run_async(main())
+    await main()
 
 
-def test_mods_are_published_only_once_on_disk(lab):
+async def test_mods_are_published_only_once_on_disk(lab):
     """At the moment a subscriber could see a change (the notifier's listeners run), the
     LMDB file already holds it: priority changes, deletions, persistent datasets."""
     from labpipe.master.schedule_store import rid_key
@@ -211,10 +207,10 @@ def test_mods_are_published_only_once_on_disk(lab):
                 else:
                     assert on_disk is not None and on_disk >= value, (key, value, on_disk)
 
-    run_async(main())
+    await main()
 
 
-def test_a_background_task_that_fails_is_logged_with_its_traceback(lab, caplog):
+async def test_a_background_task_that_fails_is_logged_with_its_traceback(lab, caplog):
     """What the scheduler runs in the background (ends of runs, stage notes) never fails
     silently: the exception is logged, with its traceback."""
     async def fails():
@@ -226,7 +222,7 @@ def test_a_background_task_that_fails_is_logged_with_its_traceback(lab, caplog):
             await asyncio.wait([task])
             await asyncio.sleep(0)  # done callbacks run on the next loop iteration
     with caplog.at_level(logging.ERROR, logger="labpipe.master.scheduler"):
-        run_async(main())
+        await main()
     failures = [r for r in caplog.records if "background task" in r.getMessage()]
     assert len(failures) == 1 and "fails" in failures[0].getMessage()
     assert failures[0].exc_info[1].args == ("background boom",)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.config import (ConfigError, ExamineConfig, LabConfig, SecurityConfig,
                             config_from_dict, load_config)
 from labpipe.protocol.rpc import AsyncClient
@@ -27,10 +27,6 @@ class Hello(EnvExperiment):
 """
 
 
-def expid(**fields):
-    return dict({"class_name": None, "arguments": {}, "log_level": 30}, **fields)
-
-
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -42,7 +38,7 @@ async def rpc(master, target):
     return client
 
 
-def test_pathological_content_is_compiled_outside_the_master(lab):
+async def test_pathological_content_is_compiled_outside_the_master(lab):
     # ~2 MB that takes CPython seconds and ~700 MB to compile (measured: 4 MB of
     # such source froze a master that compiled it itself for 11 s, +2.1 GiB)
     source = "x = [" + "1," * 1_000_000 + "]\n"
@@ -75,10 +71,10 @@ def test_pathological_content_is_compiled_outside_the_master(lab):
                 submitter.close_rpc()
                 watcher.close_rpc()
 
-    run_async(main(), timeout=120)
+    await main()
 
 
-def test_non_python_file_is_refused_without_running_it(lab):
+async def test_non_python_file_is_refused_without_running_it(lab):
     lab.write("secret.txt", "sk_live_0123456789abcdef\n")
     lab.write("notes", "token = sk_live_0123456789abcdef\n")
     lab.write("tool", "#!/usr/bin/env python3\nprint('tool ran')\n")
@@ -98,10 +94,10 @@ def test_non_python_file_is_refused_without_running_it(lab):
                 await wait_until(lambda: rid in ends, timeout=30)
                 assert ends[rid].status == "completed", ends[rid].error
 
-    run_async(main())
+    await main()
 
 
-def test_raw_files_only_in_allowed_folders(lab, tmp_path_factory):
+async def test_raw_files_only_in_allowed_folders(lab, tmp_path_factory):
     outside = tmp_path_factory.mktemp("elsewhere")
     (outside / "exp.py").write_text(EXP)
     os.symlink(outside / "exp.py", lab.path("link.py"))
@@ -122,7 +118,7 @@ def test_raw_files_only_in_allowed_folders(lab, tmp_path_factory):
                     await examiner.examine(str(outside / "exp.py"), False)
             finally:
                 examiner.close_rpc()
-    run_async(main())
+    await main()
 
     for toml in ("[security]\nallow_files_anywhere = true\n",
                  f"[security]\nfile_folders = [{str(outside)!r}]\n"):
@@ -136,10 +132,10 @@ def test_raw_files_only_in_allowed_folders(lab, tmp_path_factory):
                 assert ends[rid].status == "completed", ends[rid].error
                 assert "Hello" in await m.experiment_db.examine(
                     str(outside / "exp.py"), use_repository=False)
-        run_async(allowed())
+        await allowed()
 
 
-def test_content_submission_can_be_turned_off(lab):
+async def test_content_submission_can_be_turned_off(lab):
     lab.write("labpipe.toml", "[security]\nallow_content = false\n")
 
     async def main():
@@ -147,10 +143,10 @@ def test_content_submission_can_be_turned_off(lab):
             assert m.config.security == SecurityConfig(allow_content=False)
             with pytest.raises(ValueError, match=r"allow_content = false"):
                 await m.scheduler.submit("main", expid(content=EXP))
-    run_async(main())
+    await main()
 
 
-def test_content_runs_with_its_fingerprint_in_the_history(lab):
+async def test_content_runs_with_its_fingerprint_in_the_history(lab):
     async def main():
         async with running_master(lab) as m:
             ends = run_ends(m.scheduler)
@@ -165,10 +161,10 @@ def test_content_runs_with_its_fingerprint_in_the_history(lab):
             other = await m.scheduler.submit("main", expid(content=EXP + "# 2\n"))
             await wait_until(lambda: other in m.history.notifier.raw_view, timeout=30)
             assert (await m.history.get(other))["content"]["size"] == len(data) + 4
-    run_async(main())
+    await main()
 
 
-def test_examine_and_validate_log_the_callers_address(lab, caplog):
+async def test_examine_and_validate_log_the_callers_address(lab, caplog):
     lab.write("repository/hello.py", EXP)
 
     async def main():
@@ -189,7 +185,7 @@ def test_examine_and_validate_log_the_callers_address(lab, caplog):
             assert any(line.startswith("validate('main'") and "with content" in line
                        for line in lines), lines
             assert {int(line.rsplit(":", 1)[1]) for line in lines} == ports
-    run_async(main())
+    await main()
 
 
 # labpipe.toml itself --------------------------------------------------------------
@@ -245,7 +241,7 @@ def test_master_refuses_a_bad_labpipe_toml_with_one_line(lab):
     assert line.startswith("labpipe-master: labpipe.toml: not valid TOML")
 
 
-def test_examination_has_a_memory_limit(lab):
+async def test_examination_has_a_memory_limit(lab):
     lab.write("hog.py", """
         from labpipe.experiment import *
 
@@ -266,4 +262,4 @@ def test_examination_has_a_memory_limit(lab):
                     in str(refused.value)
             problems = await m.scheduler.validate("main", expid(file="hog.py"))
             assert any("needs more memory" in p for p in problems), problems
-    run_async(main())
+    await main()

@@ -12,7 +12,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.sync import Notifier, Publisher, Subscriber, apply_mod
 
-from conftest import async_test, drain_until_closed, raw_exchange, wait_until
+from conftest import drain_until_closed, raw_exchange, wait_until
 from test_interop import indep_decode
 
 HOST = "127.0.0.1"
@@ -168,7 +168,6 @@ def test_apply_mod_refuses_an_init_with_a_reason():
 
 # --- Publisher and Subscriber over TCP --------------------------------------------------
 
-@async_test
 async def test_late_joiner_gets_the_full_state():
     n = Notifier(dataset_struct())
     pub = Publisher({"datasets": n})
@@ -189,7 +188,6 @@ async def test_late_joiner_gets_the_full_state():
     assert late.disconnects == 0  # close() is not a disconnection
 
 
-@async_test
 async def test_nested_mods_follow_exactly_over_the_wire():
     n = Notifier(dataset_struct())
     pub = Publisher({"datasets": n, "other": Notifier([])})
@@ -240,7 +238,6 @@ async def test_nested_mods_follow_exactly_over_the_wire():
     await pub.stop()
 
 
-@async_test
 async def test_disconnect_cb_and_reconnect():
     n = Notifier({"a": 1})
     pub = Publisher({"n": n})
@@ -260,7 +257,6 @@ async def test_disconnect_cb_and_reconnect():
     assert sub.disconnects == 1
 
 
-@async_test
 async def test_unencodable_mod_disconnects_instead_of_diverging():
     n = Notifier({"a": 1})
     pub = Publisher({"n": n})
@@ -277,7 +273,6 @@ async def test_unencodable_mod_disconnects_instead_of_diverging():
     await pub.stop()
 
 
-@async_test
 async def test_bad_banner_and_unknown_notifier_close_the_connection():
     pub = Publisher({"n": Notifier({})})
     await pub.start(HOST, 0)
@@ -286,7 +281,6 @@ async def test_bad_banner_and_unknown_notifier_close_the_connection():
     await pub.stop()
 
 
-@async_test
 async def test_slow_subscriber_is_dropped_and_memory_stays_bounded():
     n = Notifier({"v": None})
     limit = 50
@@ -324,7 +318,6 @@ async def test_slow_subscriber_is_dropped_and_memory_stays_bounded():
     await pub.stop()
 
 
-@async_test
 async def test_fuzz_then_serves_a_well_behaved_client():
     n = Notifier({"a": [1, 2]})
     pub = Publisher({"n": n}, max_line_length=1024)
@@ -402,7 +395,6 @@ def independent_subscriber(port, name, n_mods, subscribed):
         return state
 
 
-@async_test
 async def test_independent_subscriber_follows_nested_mods():
     n = Notifier(dataset_struct())
     pub = Publisher({"datasets": n})
@@ -433,7 +425,6 @@ async def test_independent_subscriber_follows_nested_mods():
     await pub.stop()
 
 
-@async_test
 async def test_lagging_subscriber_gets_latest_value_per_key_not_a_backlog():
     n = Notifier({"other": 0})
     limit = 50

@@ -20,7 +20,7 @@ from labpipe.protocol.broadcast import Receiver
 from labpipe.protocol.logs import LogForwarder
 from labpipe.protocol.rpc import AsyncClient, Client
 from labpipe.protocol.sync import Subscriber
-from conftest import run_async, running_master, wait_until
+from conftest import running_master, wait_until
 from tls_certs import make_certs
 
 HOST = "127.0.0.1"
@@ -109,7 +109,7 @@ def test_an_encrypted_key_is_refused_without_a_prompt(certs, tmp_path):
 # --- a master with every port in TLS --------------------------------------------------
 
 
-def test_trusted_client_on_all_four_ports_refused_peers_logged(lab, certs, caplog):
+async def test_trusted_client_on_all_four_ports_refused_peers_logged(lab, certs, caplog):
     async def main():
         lab.experiment("hello", EXPERIMENT)
         trusted = tls.client_context(certs.client_files())
@@ -211,7 +211,7 @@ def test_trusted_client_on_all_four_ports_refused_peers_logged(lab, certs, caplo
             finally:
                 await schedule.close()
                 await receiver.close()
-    run_async(main(), timeout=120)
+    await main()
 
 
 def refusal_lines(caplog):
@@ -219,7 +219,7 @@ def refusal_lines(caplog):
             if r.name == "labpipe.protocol.tls" and "refused TLS" in r.getMessage()]
 
 
-def test_a_client_refuses_a_server_it_does_not_trust(lab, certs):
+async def test_a_client_refuses_a_server_it_does_not_trust(lab, certs):
     async def main():
         wrong_peer = tls.client_context(tls.TLSFiles(certs.client.cert, certs.client.key,
                                                      certs.untrusted.cert))
@@ -230,10 +230,10 @@ def test_a_client_refuses_a_server_it_does_not_trust(lab, certs):
             with pytest.raises(ssl.SSLCertVerificationError):
                 await Subscriber("schedule", dict).connect(HOST, master.port("notify"),
                                                            ssl=wrong_peer)
-    run_async(main(), timeout=120)
+    await main()
 
 
-def test_a_flood_of_refusals_is_rate_limited_and_counted(certs, caplog, monkeypatch):
+async def test_a_flood_of_refusals_is_rate_limited_and_counted(certs, caplog, monkeypatch):
     from labpipe.protocol.rpc import Server
     monkeypatch.setattr(tls, "MAX_REFUSAL_LINES", 3)
     monkeypatch.setattr(tls, "REFUSAL_WINDOW", 600.0)  # the whole flood in one window
@@ -254,7 +254,7 @@ def test_a_flood_of_refusals_is_rate_limited_and_counted(certs, caplog, monkeypa
             assert b'"targets"' in got
         finally:
             await server.stop()   # logs the count not yet logged
-    run_async(main(), timeout=120)
+    await main()
     messages = [r.getMessage() for r in caplog.records if r.name == "labpipe.protocol.tls"]
     singles = [m for m in messages if "refused TLS connection" in m]
     summaries = [m for m in messages if "more TLS connections refused" in m]
@@ -280,7 +280,7 @@ def test_master_refuses_to_start_with_bad_tls_files(lab, certs):
 
 
 def test_labpipe_client_submit_and_show_schedule_over_tls(lab, certs):
-    from test_master_process import MasterProcess
+    from conftest import MasterProcess
     lab.experiment("hello", EXPERIMENT)
     master = MasterProcess(lab.root, "--ssl", certs.server.cert, certs.server.key,
                            certs.trusted_clients)
@@ -317,7 +317,7 @@ def test_labpipe_client_submit_and_show_schedule_over_tls(lab, certs):
         master.stop()
 
 
-def test_git_push_rescans_through_the_hook_over_tls(lab, certs):
+async def test_git_push_rescans_through_the_hook_over_tls(lab, certs):
     async def main():
         from test_repository_push import git, push
         from conftest import write_file
@@ -335,11 +335,11 @@ def test_git_push_rescans_through_the_hook_over_tls(lab, certs):
             status = master.experiment_db.explist_status
             await wait_until(lambda: status.raw_view["cur_rev"] == rev, timeout=60)
             assert "Hello" in master.experiment_db.explist.raw_view
-    run_async(main(), timeout=120)
+    await main()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_certificates_made_as_artiqs_manual_says(tmp_path):
+async def test_certificates_made_as_artiqs_manual_says(tmp_path):
     """``openssl req -x509 -newkey rsa -keyout N.key -nodes -out N.pem -sha256 -subj /``"""
     from labpipe.protocol.rpc import Server
     for name in ("master", "client"):
@@ -367,4 +367,4 @@ def test_certificates_made_as_artiqs_manual_says(tmp_path):
             assert await asyncio.to_thread(call) == 5
         finally:
             await server.stop()
-    run_async(main(), timeout=60)
+    await main()

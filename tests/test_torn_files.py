@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_async, run_ends, running_master, wait_until
+from conftest import expid, run_ends, running_master, wait_until
 from labpipe.master import process_records
 from labpipe.master.repository import hooks
 from labpipe.master.rid import RIDCounter
@@ -45,14 +45,9 @@ def warnings_about(caplog, name):
             if r.levelno == logging.WARNING and name in r.getMessage()]
 
 
-def expid():
-    return {"file": "repository/quick.py", "class_name": None, "arguments": {},
-            "log_level": 30}
-
-
 async def _submit_and_finish(m, count):
     ends = run_ends(m.scheduler)
-    rids = [await m.scheduler.submit("main", expid()) for _ in range(count)]
+    rids = [await m.scheduler.submit("main", expid("repository/quick.py")) for _ in range(count)]
     await wait_until(lambda: all(rid in ends for rid in rids), timeout=30)
     await wait_until(lambda: all(rid in m.history.notifier.raw_view for rid in rids))
     return rids
@@ -63,7 +58,7 @@ KINDS = ["empty", "truncated", "garbage", "wrong type"]
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("lost_schedule", [False, True])
-def test_torn_last_rid_is_recovered_from_the_stores(lab, caplog, kind, lost_schedule):
+async def test_torn_last_rid_is_recovered_from_the_stores(lab, caplog, kind, lost_schedule):
     lab.experiment("quick", QUICK)
 
     async def scenario():
@@ -81,7 +76,7 @@ def test_torn_last_rid_is_recovered_from_the_stores(lab, caplog, kind, lost_sche
             after = await _submit_and_finish(m, 1)
         assert after[0] > max(before)
         assert len(warnings_about(caplog, "last_rid.pyon")) == expected_warnings
-    run_async(scenario())
+    await scenario()
 
 
 def _is_int_file(path):
@@ -103,7 +98,7 @@ def test_torn_rid_file_alone_gives_one_warning(tmp_path, caplog, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_torn_pipeline_states_start_with_none_held(lab, caplog, kind):
+async def test_torn_pipeline_states_start_with_none_held(lab, caplog, kind):
     lab.experiment("quick", QUICK)
 
     async def scenario():
@@ -118,11 +113,11 @@ def test_torn_pipeline_states_start_with_none_held(lab, caplog, kind):
         lines = [r for r in caplog.records if r.levelno >= logging.WARNING
                  and "pipelines.pyon" in r.getMessage()]
         assert len(lines) == 1 and "\n" not in lines[0].getMessage()
-    run_async(scenario())
+    await scenario()
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_torn_process_records_give_one_warning(lab, caplog, kind):
+async def test_torn_process_records_give_one_warning(lab, caplog, kind):
     lab.experiment("quick", QUICK)
     path = lab.path(process_records.FILE_NAME)
     pyon.store_file(path, [{"pgid": 999999, "start": 1}])
@@ -132,7 +127,7 @@ def test_torn_process_records_give_one_warning(lab, caplog, kind):
         async with running_master(lab) as m:
             await _submit_and_finish(m, 1)
     caplog.clear()
-    run_async(scenario())
+    await scenario()
     assert len(warnings_about(caplog, process_records.FILE_NAME)) == 1
     assert isinstance(pyon.load_file(path), list)  # rewritten whole
 
@@ -155,7 +150,7 @@ def test_torn_hook_of_ours_is_rewritten(tmp_path, caplog, kind):
     assert os.access(path, os.X_OK)
 
 
-def test_every_small_state_file_is_written_atomically(lab):
+async def test_every_small_state_file_is_written_atomically(lab):
     """No state file is ever written in place: each write goes to a temporary file
     that replaces it (a crash leaves the old content or the new one)."""
     import labpipe.protocol.atomic as atomic
@@ -184,7 +179,7 @@ def test_every_small_state_file_is_written_atomically(lab):
             async with running_master(lab) as m:
                 await m.scheduler.queue.hold("other")
                 await _submit_and_finish(m, 2)
-        run_async(scenario())
+        await scenario()
     finally:
         atomic.os.replace = original
         builtins.open = real_open

@@ -1,6 +1,5 @@
 """The worker's DatasetManager: the mods it streams, its local and archive records."""
 
-import asyncio
 import copy
 
 import numpy
@@ -143,7 +142,7 @@ def test_bad_arguments(dmgr):
         dmgr.set("k", 2, metadata="ms")
 
 
-def test_streamed_mods_reproduce_the_run_in_the_master(tmp_path):
+async def test_streamed_mods_reproduce_the_run_in_the_master(tmp_path):
     """The worker's mods applied by a real DatasetDB, and a subscriber mirror of it."""
     async def main():
         db = DatasetDB(str(tmp_path / "dataset_db.mdb"))
@@ -168,7 +167,7 @@ def test_streamed_mods_reproduce_the_run_in_the_master(tmp_path):
         db.close()
         return dmgr, data, mirror
 
-    dmgr, data, mirror = asyncio.run(main())
+    dmgr, data, mirror = await main()
     assert set(data) == {"calib", "trace", "image", "rows"}
     assert data["trace"] == (False, dmgr.get("trace"), {})
     assert numpy.array_equal(data["image"][1], dmgr.get("image"))

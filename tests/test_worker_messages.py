@@ -16,7 +16,7 @@ import typing
 
 import pytest
 
-from conftest import Lab, async_test, run_ends, running_master, session_launcher, wait_until
+from conftest import Lab, run_ends, running_master, session_launcher, wait_until
 from labpipe.protocol import pyon
 from labpipe.worker import messages
 from labpipe.worker.handle import Handlers
@@ -153,7 +153,6 @@ def test_tables_compose_explicitly():
     assert not any(issubclass(k, messages.Outcome) for k in merged.missing())
 
 
-@async_test
 async def test_the_master_answers_everything_a_run_and_a_dry_run_may_send():
     from labpipe.master.dry_run import _handlers as dry_run_handlers
     from labpipe.master.run import Run
@@ -224,7 +223,6 @@ class Hostile(EnvExperiment):
 """
 
 
-@async_test
 async def test_a_master_refuses_malformed_worker_messages_and_the_run_goes_on():
     with tempfile.TemporaryDirectory() as root:
         lab = Lab(root)

@@ -207,12 +207,19 @@ class ForkServer:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
-            if self._process is not None and wait > 0:
-                try:
-                    self._process.wait(wait)
-                except subprocess.TimeoutExpired:
-                    pass
-            self._process = None
+            process, self._process = self._process, None
+        if process is None:
+            return
+        if wait > 0:
+            try:
+                process.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+        if process.poll() is None:
+            # reaped once its last child has ended: never a zombie, and never a
+            # Popen dropped while its process runs
+            threading.Thread(target=process.wait, name=f"labpipe-reap-{process.pid}",
+                             daemon=True).start()
 
     def _start(self) -> None:
         if self._sock is not None:
