@@ -313,6 +313,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def terminate(process: subprocess.Popen, timeout: float = 30) -> None:
+    """End process as a person would: SIGTERM (if it still runs), then SIGKILL after
+    timeout seconds; returns once it has been reaped."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class StreamReader:
     """Reads a process's output stream in a thread, so that the process never blocks
     on a full pipe however much it writes; keeps every line."""
@@ -394,13 +406,7 @@ class MasterProcess:
         return int(self.cli("submit", *args).stdout.split("RID: ")[1])
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def report(self, lines: int = 60) -> str:
         """The tail of the master's error output, for a failing test's report."""

@@ -25,7 +25,7 @@ import pytest
 from labpipe.protocol import pyon
 from labpipe.protocol.rpc import Client
 
-from conftest import descendants, expid, wait_gone
+from conftest import descendants, expid, terminate, wait_gone
 
 FAR = 9e9  # a due date that keeps a run pending for good
 
@@ -98,13 +98,7 @@ class CrashMaster:
         self._close_files()
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self._close_files()
 
     def _close_files(self):

@@ -9,7 +9,7 @@ import threading
 import time
 
 from labpipe.protocol.rpc import Client
-from conftest import StreamReader, wait_for
+from conftest import StreamReader, terminate, wait_for
 
 #: labpipe-master with every event loop in debug mode, slow callbacks from 100 ms
 DEBUG_MASTER = """
@@ -95,13 +95,7 @@ def test_no_slow_callback_under_typical_traffic(lab):
         poller.join(30)
         assert gaps and max(gaps) < 1.0  # get_status always answered within 1 s
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         stderr.text(wait=10)
         process.stdout.close()
     slow = [line for line in stderr.lines if "Executing" in line and " took " in line]

@@ -13,7 +13,6 @@ import asyncio
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from fractions import Fraction
 
 import numpy
 
-from conftest import write_file
+from conftest import terminate, write_file
 from labpipe.master.params import Method
 from labpipe.master.targets import SPECS
 from labpipe.protocol import pyon
@@ -334,12 +333,7 @@ async def test_fuzz_every_method_of_every_target(tmp_path):
     try:
         await main()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         process.stdout.close()
     with open(os.path.join(lab_dir, "master.stderr")) as stderr:
         assert process.returncode == 0, stderr.read()[-3000:]
