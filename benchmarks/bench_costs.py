@@ -271,6 +271,7 @@ def template_start(floor: dict) -> None:
             t0 = time.perf_counter()
             server.ensure_started()
             times.append(time.perf_counter() - t0)
+            assert server.pid is not None  # started
             memory.append(resident_memory(server.pid))
             server.stop(wait=10)
         print(floors.beside(f"template start {label} ({len(modules)} modules), median "
@@ -284,10 +285,11 @@ async def in_process_submit(floor: dict, count: int = 50) -> None:
     from labpipe.master.rid import RIDCounter
     from labpipe.master.schedule_store import ScheduleStore
     from labpipe.master.scheduler import Scheduler, SchedulerConfig
-    with tempfile.TemporaryDirectory() as lab:
+    # the pipeline is held: no worker is ever started, the launcher stays idle
+    with tempfile.TemporaryDirectory() as lab, launcher.Launcher(spares=0) as idle:
         store = ScheduleStore(os.path.join(lab, "schedule.lmdb"))
         scheduler = Scheduler(RIDCounter(os.path.join(lab, "last_rid.pyon")),
-                              SchedulerConfig(lab_dir=lab), store=store)
+                              SchedulerConfig(lab_dir=lab), launcher=idle, store=store)
         try:
             await scheduler.hold("main")
             for _ in range(5):  # warm-up

@@ -95,6 +95,7 @@ def start_master(lab):
          "--port-notify", "0", "--port-logging", "0", "--port-broadcast", "0",
          "--bind", "127.0.0.1", "-q"],
         cwd=lab, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
     line = process.stdout.readline()
     if "ready" not in line:
         process.kill()
@@ -133,7 +134,7 @@ def measure_floors() -> dict[str, floors.Floor]:
             "fork": fresh["fork"], "hdf5": fresh["hdf5_second"]}
 
 
-TRIVIAL_EXPID = {"file": "repository/trivial.py", "class_name": None, "arguments": {},
+TRIVIAL_EXPID: dict[str, object] = {"file": "repository/trivial.py", "class_name": None, "arguments": {},
                  "log_level": 30}
 
 

@@ -170,11 +170,11 @@ async def bench(name, lab, backend, count, workers, change_one, floor, file_floo
         for k in range(10):
             await asyncio.to_thread(change_one, (k * 37) % count, k + 1)
             changed.append(await timed(db.scan_repository()))
-            assert len(db.last_scan.examined) == 1, db.last_scan
+            assert db.last_scan is not None and len(db.last_scan.examined) == 1, db.last_scan
         unchanged = []
         for _ in range(20):
             unchanged.append(await timed(db.scan_repository()))
-            assert db.last_scan.examined == ()
+            assert db.last_scan is not None and db.last_scan.examined == ()
         print_figures(name, db, pool_start, cold, changed, unchanged,
                       {**floor, **file_floor(db.pool.workers)})
     finally:
