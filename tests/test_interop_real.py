@@ -1025,13 +1025,10 @@ def test_artiq_client_with_an_expired_untrusted_or_no_certificate_is_refused(tmp
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_artiq_client_with_certificates_made_as_the_readme_says(tmp_path):
     """``openssl req -x509 -newkey rsa -keyout N.key -nodes -out N.pem -sha256 -subj /``"""
-    for name in ("master", "client"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa", "-keyout",
-                        str(tmp_path / f"{name}.key"), "-nodes", "-out",
-                        str(tmp_path / f"{name}.pem"), "-sha256", "-subj", "/"],
-                       check=True, capture_output=True, timeout=120)
-    master, client = (str(tmp_path / "master.pem"), str(tmp_path / "master.key")), \
-        (str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+    from tls_certs import openssl_identity
+    made = {name: openssl_identity(str(tmp_path), name) for name in ("master", "client")}
+    master, client = ((made["master"].cert, made["master"].key),
+                      (made["client"].cert, made["client"].key))
     m = RealMaster(make_lab(tmp_path / "lab"), Transport("plain"),
                    "--ssl", *master, client[0])
     try:

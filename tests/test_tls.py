@@ -21,7 +21,7 @@ from labpipe.protocol.logs import LogForwarder
 from labpipe.protocol.rpc import AsyncClient, Client
 from labpipe.protocol.sync import Subscriber
 from conftest import running_master, wait_until
-from tls_certs import make_certs
+from tls_certs import make_certs, openssl_identity
 
 HOST = "127.0.0.1"
 
@@ -342,15 +342,10 @@ async def test_git_push_rescans_through_the_hook_over_tls(lab, certs):
 async def test_certificates_made_as_artiqs_manual_says(tmp_path):
     """``openssl req -x509 -newkey rsa -keyout N.key -nodes -out N.pem -sha256 -subj /``"""
     from labpipe.protocol.rpc import Server
-    for name in ("master", "client"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa", "-keyout",
-                        str(tmp_path / f"{name}.key"), "-nodes", "-out",
-                        str(tmp_path / f"{name}.pem"), "-sha256", "-subj", "/"],
-                       check=True, capture_output=True, timeout=120)
-    server_files = tls.TLSFiles(str(tmp_path / "master.pem"), str(tmp_path / "master.key"),
-                                str(tmp_path / "client.pem"))
-    client_files = tls.TLSFiles(str(tmp_path / "client.pem"), str(tmp_path / "client.key"),
-                                str(tmp_path / "master.pem"))
+    master = openssl_identity(str(tmp_path), "master")
+    client_id = openssl_identity(str(tmp_path), "client")
+    server_files = tls.TLSFiles(master.cert, master.key, client_id.cert)
+    client_files = tls.TLSFiles(client_id.cert, client_id.key, master.cert)
 
     class Adder:
         def add(self, a, b):

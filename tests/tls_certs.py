@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -86,3 +87,14 @@ def make_certs(folder: str) -> Certs:
             with open(identity.cert, "rb") as f:
                 out.write(f.read())
     return Certs(server, client, untrusted, expired, trusted)
+
+
+def openssl_identity(folder: str, name: str) -> Identity:
+    """A self-signed certificate and key made by the ``openssl`` command exactly as
+    ARTIQ's manual (and labpipe's README) says: ``openssl req -x509 -newkey rsa -keyout
+    NAME.key -nodes -out NAME.pem -sha256 -subj /``."""
+    cert, key = os.path.join(folder, f"{name}.pem"), os.path.join(folder, f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa", "-keyout", key, "-nodes",
+                    "-out", cert, "-sha256", "-subj", "/"],
+                   check=True, capture_output=True, timeout=120)
+    return Identity(cert, key)
