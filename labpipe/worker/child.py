@@ -257,7 +257,7 @@ class _Child:
 
 
 def main(conn: Connection) -> None:
-    """Entry point of the worker process (started by ``launcher.start_worker``)."""
+    """Entry point of the worker process (started by a ``Launcher``'s ``start_worker``)."""
     # Ctrl-C in the master's terminal reaches the whole process group: the master
     # stops its workers itself, in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
