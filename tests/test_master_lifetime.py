@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from conftest import (descendants, master_options, run_ends, running_master, wait_gone,
-                      wait_until)
+from conftest import (descendants, expid, master_options, run_ends, running_master,
+                      wait_gone, wait_until)
 from labpipe.master.assembly import Master, MasterFailed
 from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
 from labpipe.protocol import pyon
@@ -32,11 +32,6 @@ class Quick(EnvExperiment):
     def run(self):
         self.set_dataset("quick.done", True, broadcast=True)
 """
-
-
-def expid(name):
-    return {"file": f"repository/{name}.py", "class_name": None, "arguments": {},
-            "log_level": 30}
 
 
 def other_tasks():
@@ -62,7 +57,7 @@ async def test_a_part_that_fails_to_start_leaves_nothing_running(lab):
 
     async def main():
         async with running_master(lab) as m:
-            rid = await m.scheduler.submit("main", expid("quick"), due_date=FAR)
+            rid = await m.scheduler.submit("main", expid("repository/quick.py"), due_date=FAR)
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -103,7 +98,7 @@ async def test_a_failing_task_is_logged_with_its_context_and_survived(lab, caplo
             await asyncio.wait([task])
             with pytest.raises(RuntimeError):
                 task.result()  # the exception stays with the task for its awaiter
-            rid = await m.scheduler.submit("main", expid("quick"))
+            rid = await m.scheduler.submit("main", expid("repository/quick.py"))
             await wait_until(lambda: rid in ends, timeout=30)
             assert ends[rid].status == "completed"
     with caplog.at_level(logging.ERROR):
@@ -119,7 +114,7 @@ async def test_the_stage_loops_are_named_by_their_pipeline(lab):
 
     async def main():
         async with running_master(lab) as m:
-            await m.scheduler.submit("side", expid("quick"), due_date=FAR)
+            await m.scheduler.submit("side", expid("repository/quick.py"), due_date=FAR)
             names = {t.get_name() for t in m.scheduler.tasks.tasks}
             assert {"pipeline side: _prepare_loop", "pipeline side: _run_loop",
                     "pipeline side: _analyze_loop"} <= names
@@ -141,7 +136,7 @@ async def test_a_fatal_task_failing_stops_the_master_in_order(lab, caplog):
         with pytest.raises(MasterFailed, match="the test loop failed: loop boom"):
             async with running_master(lab, own_launcher=True) as m:
                 ends = run_ends(m.scheduler)
-                rid = await m.scheduler.submit("main", expid("sleeper"))
+                rid = await m.scheduler.submit("main", expid("repository/sleeper.py"))
                 await wait_until(lambda: "sleeper.up" in m.dataset_db.data.raw_view,
                                  timeout=30)
                 m.tasks.spawn(fails(), "the test loop", fatal=True)
@@ -170,7 +165,7 @@ async def test_the_exit_ends_every_task_port_and_process(lab):
     async def main():
         before = set(descendants(os.getpid()))
         async with running_master(lab, own_launcher=True) as m:
-            await m.scheduler.submit("main", expid("sleeper"))
+            await m.scheduler.submit("main", expid("repository/sleeper.py"))
             await wait_until(lambda: "sleeper.up" in m.dataset_db.data.raw_view,
                              timeout=30)
             started = started_since(before)
