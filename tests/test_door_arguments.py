@@ -429,3 +429,42 @@ def test_unit_values_are_shown_in_their_unit():
     assert format_value(5000) == "5000" and format_value(2.5) == "2.5"
     assert format_value("x", "MHz", 1e6) == "'x'"
     assert format_value(math.inf, "ms", 1e-3) == "inf ms"
+
+
+@pytest.mark.parametrize("desc", [
+    {"ty": "NoScan", "value": 3.5, "repetitions": 4},
+    {"ty": "NoScan", "value": 3.5, "repetitions": 0},
+    {"ty": "RangeScan", "start": 2.0, "stop": -1.0, "npoints": 7, "randomize": True,
+     "seed": 3},
+    {"ty": "RangeScan", "start": 0.1, "stop": 0.7, "npoints": 1},
+    {"ty": "RangeScan", "start": 0.1, "stop": 0.7, "npoints": 0},
+    {"ty": "CenterScan", "center": 0.5, "span": 0.6, "step": 0.2},
+    {"ty": "CenterScan", "center": 0.5, "span": 0.6, "step": -0.2, "randomize": True},
+    {"ty": "CenterScan", "center": 1.0, "span": 0.1, "step": 0.2},
+    {"ty": "CenterScan", "center": 1.0, "span": 1.0, "step": 0},
+    {"ty": "ExplicitScan", "sequence": [3, -2, 9.5]},
+])
+def test_extreme_points_bound_the_scan_without_making_it(desc):
+    from labpipe.language.scans import extreme_points, scan_from_description
+    points = list(scan_from_description(desc))
+    extremes = extreme_points(desc)
+    if points:
+        assert (min(extremes), max(extremes)) == (min(points), max(points))
+    else:
+        assert extremes == []
+
+
+@pytest.mark.parametrize("desc, words", [
+    ({"ty": "RangeScan", "start": 0, "stop": "x", "npoints": 3}, "stop must be a number"),
+    ({"ty": "RangeScan", "start": 0, "stop": 1, "npoints": -3}, "npoints must be"),
+    ({"ty": "CenterScan", "center": 0, "span": -1, "step": 1}, "span must be >= 0"),
+    ({"ty": "CenterScan", "center": 0, "span": 1e308, "step": 1e-308}, "too many points"),
+    ({"ty": "ExplicitScan", "sequence": 5}, "sequence must be a list"),
+    ({"ty": "NoScan"}, "NoScan needs 'value'"),
+    ("RangeScan", "a scan description is a dict"),
+])
+def test_scan_descriptions_refused_by_the_check(desc, words):
+    from labpipe.language.arguments import Scannable
+    from labpipe.language.exceptions import ArgumentError
+    with pytest.raises(ArgumentError, match=words):
+        Scannable(global_min=-10, global_max=10).check(desc)

@@ -121,3 +121,17 @@ def test_stage_times_are_the_times_really_spent(master):
     assert paused["spent"] >= high_running["spent"]
     for stage in stages.values():
         assert 0 <= stage["spent"] <= stage["end"] - stage["start"] + 1e-6
+
+
+def test_stage_clock_adds_up_the_visits_of_a_stage():
+    from labpipe.master.stage_clock import StageClock
+    clock = StageClock()
+    assert not clock.visited and clock.summary(5.0) == {}
+    for stage, at in (("preparing", 1.0), ("running", 2.0), ("running", 2.5),
+                      ("paused", 3.0), ("running", 7.0), ("run_done", 8.0)):
+        clock.enter(stage, at)
+    assert clock.summary(9.0) == {
+        "preparing": {"start": 1.0, "end": 2.0, "spent": 1.0},
+        "running": {"start": 2.0, "end": 8.0, "spent": 2.0},
+        "paused": {"start": 3.0, "end": 7.0, "spent": 4.0},
+        "run_done": {"start": 8.0, "end": 9.0, "spent": 1.0}}
