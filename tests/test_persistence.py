@@ -249,7 +249,7 @@ async def test_history_notifier_keeps_the_newest_and_list_pages(tmp_path):
         record = await h.get(3)  # from the file, not the notifier
         assert record["status"] == "failed" and record["error"] == "boom"
         assert record["results"] == os.path.join("results", "3.h5")
-        assert record["stages"]["preparing"] == {"start": 4.0, "end": 5.0}
+        assert record["stages"]["preparing"] == {"start": 4.0, "end": 5.0, "spent": 1.0}
         assert record["stages"]["running"]["start"] == 5.0
         try:
             await h.wait(99, 0.1)

@@ -5,6 +5,7 @@ import os
 import signal
 
 import h5py
+import pytest
 
 from conftest import ScheduleRecorder, expid, run_ends, running_master, wait_until
 from labpipe.protocol import pyon
@@ -127,13 +128,16 @@ async def test_interactive_arguments_supplied_cancelled_and_deleted(lab):
             await wait_until(lambda: "ask.result" in datasets)
             assert datasets["ask.result"][1] == (2.5, "none")
 
-            # a value its argument refuses fails the run with the argument's name
-            ends = run_ends(m.scheduler)
+            # a value its argument refuses is refused when supplied, naming the
+            # argument; the run still waits for values
             rid = await m.scheduler.submit("main", expid(ask, log_level=20))
             await wait_until(lambda: rid in requests.raw_view)
-            m.interactive_db.supply(rid, {"gain": 99.0})
-            await wait_until(lambda: rid in ends)
-            assert ends[rid].status == "failed" and "'gain'" in ends[rid].error
+            with pytest.raises(ValueError, match=f"RID {rid}: gain: 99.0 is above the "
+                                                 "maximum 10.0"):
+                m.interactive_db.supply(rid, {"gain": 99.0})
+            assert rid in requests.raw_view
+            m.interactive_db.supply(rid, {"gain": 3.0})
+            await wait_until(lambda: datasets["ask.result"][1] == (3.0, "none"))
             await wait_until(lambda: rid not in requests.raw_view)
 
             rid = await m.scheduler.submit("main", expid(ask, log_level=20))

@@ -268,6 +268,8 @@ class NoDevice(EnvExperiment):
 class BadArg(EnvExperiment):
     def build(self):
         self.setattr_argument("n", NumberValue(1, min=0, max=10, step=1, precision=0, type="int"))
+        if self.n == 1:  # examined with the default: "m" is in its argument list
+            self.setattr_argument("m", NumberValue(0))
     def run(self):
         pass
 """,
@@ -284,8 +286,9 @@ async def test_failures_are_contained(lab):
             ends = run_ends(m.scheduler)
             rids = {}
             for name, file in files.items():
-                # a name build() never asks for: only the worker can tell (values out of
-                # range are refused at submission: test_argument_values_refused...)
+                # a name build() asks for only with other values: only the worker can
+                # tell (names the examination did not see, and values out of range, are
+                # refused at submission: test_argument_values_refused...)
                 arguments = {"badarg": {"n": 5, "m": 1},
                              "syntax": {"load": True}}.get(name, {})
                 rids[name] = await m.scheduler.submit("main", expid(file, **arguments))
@@ -373,10 +376,10 @@ class Args(EnvExperiment):
 
     async def main():
         async with running_master(lab) as m:
-            for arguments, words in [({"n": 11}, ("'n'", "maximum")),
-                                     ({"n": "three"}, ("'n'",)),
-                                     ({"mode": "medium"}, ("'mode'",)),
-                                     ({"on": "yes"}, ("'on'",))]:
+            for arguments, words in [({"n": 11}, ("n: ", "maximum")),
+                                     ({"n": "three"}, ("n: ",)),
+                                     ({"mode": "medium"}, ("mode: ",)),
+                                     ({"on": "yes"}, ("on: ",))]:
                 try:
                     await m.scheduler.submit("main", expid("repository/args.py",
                                                            **arguments))
@@ -398,9 +401,12 @@ async def test_build_timeout_contains_a_hang_at_import(lab):
     hangs = lab.write("elsewhere/hangs.py", """
 from labpipe.experiment import *
 import time
-time.sleep(3600)  # hangs at import
 
 class Never(EnvExperiment):
+    def build(self):
+        self.setattr_argument("hang", BooleanValue(False))
+        if self.hang:  # not when examined (with the default): only in the run's build
+            time.sleep(3600)
     def run(self):
         pass
 """)
@@ -410,9 +416,11 @@ class Never(EnvExperiment):
         async with running_master(lab, build_timeout=0.5, term_timeout=0.2,
                                   kill_timeout=0.2) as m:
             ends = run_ends(m.scheduler)
-            # submitted by content: a file that hangs at import cannot pass the check
+            # submitted by content, examined at submission with its defaults: it
+            # passes the check and hangs in the worker's build
             with open(lab.path(hangs)) as f:
-                rid = await m.scheduler.submit("main", {"content": f.read()})
+                rid = await m.scheduler.submit("main", {"content": f.read(),
+                                                        "arguments": {"hang": True}})
             ok = await m.scheduler.submit("main", expid("repository/gated.py"))
             await wait_until(lambda: ok in ends, timeout=20)
             assert ends[rid].status == "failed"

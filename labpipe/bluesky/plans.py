@@ -27,9 +27,11 @@ is the positional order):
 - a device parameter (annotated with a device protocol or class such as ``Readable``,
   ``Movable``, ``Device``, ``Signal``; or, unannotated, named ``detector``/``det``/
   ``motor``): ``EnumerationValue`` of the device database keys when the device manager
-  gives the database, else ``StringValue``; the value is a device key;
+  gives the database, else ``StringValue``; the value is a device key, and the procdesc
+  says so with ``"device_db": "key"``;
 - a list of devices (``Sequence[Readable]``, ``list[...]``, or named ``detectors``/
-  ``dets``/``motors``): ``PYONValue``, a list of device keys;
+  ``dets``/``motors``): ``PYONValue``, a list of device keys (``"device_db": "keys"``
+  in its procdesc);
 - ``bool``/``int``/``float``/``str`` (annotation or default; not Optional):
   ``BooleanValue``/``NumberValue``/``StringValue``;
 - anything else: ``PYONValue`` (with the default, if any);
@@ -57,8 +59,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard, cast, overload
 
-from labpipe.language.arguments import (ArgumentProcessor, BooleanValue, EnumerationValue,
-                                        NoDefault, NumberValue, PYONValue, StringValue)
+from labpipe.language.arguments import (DEVICE_DB, ArgumentProcessor, BooleanValue,
+                                        EnumerationValue, NoDefault, NumberValue, PYONValue,
+                                        StringValue)
 from labpipe.language.environment import EnvExperiment, HasEnvironment
 
 __all__ = ["plan_experiment", "experiments_from_plans", "plan_arguments",
@@ -115,6 +118,27 @@ def _classify(param: inspect.Parameter) -> str:
     return "pyon"
 
 
+class _DeviceChoice(EnumerationValue):
+    """A device key, one of the device database's when examined."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), DEVICE_DB: "key"}
+
+
+class _DeviceName(StringValue):
+    """A device key, when the device database's keys are not known."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), DEVICE_DB: "key"}
+
+
+class _DeviceList(PYONValue):
+    """A list of device keys, as PYON text."""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), DEVICE_DB: "keys"}
+
+
 def _processor(kind: str, default: Any, device_keys: list[str] | None) -> ArgumentProcessor:
     if default is inspect.Parameter.empty:
         default = NoDefault
@@ -122,8 +146,10 @@ def _processor(kind: str, default: Any, device_keys: list[str] | None) -> Argume
         if device_keys:
             if default is not NoDefault and default not in device_keys:
                 default = NoDefault
-            return EnumerationValue(device_keys, default)
-        return StringValue(default)
+            return _DeviceChoice(device_keys, default)
+        return _DeviceName(default)
+    if kind == "devices":
+        return _DeviceList(default)
     if kind == "bool":
         return BooleanValue(default)
     if kind == "int":

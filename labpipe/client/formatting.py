@@ -153,7 +153,7 @@ def format_record(r: dict) -> str:
     for stage, times in sorted((r.get("stages") or {}).items(),
                                key=lambda kv: kv[1]["start"]):
         lines.append(f"  {stage + ':':<13} {_clock(times['start'])} "
-                     f"({_took(times['end'] - times['start'])})")
+                     f"({_took(times.get('spent', times['end'] - times['start']))})")
     lines.append(f"Ended:      {_clock(r.get('ended'))}")
     lines.append(f"Results:    {r.get('results') or ''}")
     if r.get("error"):

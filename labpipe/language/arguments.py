@@ -13,8 +13,15 @@ Every processor has three methods:
   which dashboards use to draw their widgets.
 
 Values are in SI units: ``NumberValue(5*MHz, unit="MHz")`` has the default 5e6 and the
-dashboard shows 5 MHz. Defaults are processed when the processor is made, so a bad
-default fails at once.
+dashboard shows 5 MHz; refusals give values in the unit too (``12 MHz is above the
+maximum 10 MHz``). Defaults are processed when the processor is made, so a bad default
+fails at once. ``Scannable.check`` refuses what ``process`` refuses without making the
+scan's points (the master checks submitted scans so).
+
+A procdesc may carry one key of labpipe's besides wire-compat.md's: ``DEVICE_DB``
+(``"device_db"``), ``"key"`` when the value is a key of the device database,
+``"keys"`` when it is a list of them (plan arguments, ``labpipe.bluesky.plans``), so
+that the master can refuse a device it does not have. ARTIQ's dashboard ignores it.
 
 Integer or float, as ARTIQ decides it: a ``NumberValue`` of type ``"auto"`` (the
 default) is an integer when its precision is 0, its scale 1 and its step an integer (the
@@ -39,12 +46,15 @@ from typing import Any, Protocol
 import numpy
 
 from labpipe.language.exceptions import ArgumentError, DefaultMissing
-from labpipe.language.scans import ScanObject, scan_from_description
-from labpipe.language.units import unit_scale
+from labpipe.language.scans import ScanObject, extreme_points, scan_from_description
+from labpipe.language.units import format_value, unit_scale
 from labpipe.protocol import pyon
 
 __all__ = ["NoDefault", "NumberValue", "StringValue", "BooleanValue",
            "EnumerationValue", "PYONValue", "Scannable", "ArgumentProcessor"]
+
+#: The procdesc key saying that a value names devices (see the module docstring).
+DEVICE_DB = "device_db"
 
 
 class ArgumentProcessor(Protocol):
@@ -65,16 +75,22 @@ def _type_name(x: object) -> str:
     return type(x).__name__
 
 
-def _check_range(value: Any, low: Any, high: Any, what: str = "") -> None:
-    """Refuse value outside [low, high] (either bound may be None)."""
+def _check_range(value: Any, low: Any, high: Any, what: str = "", unit: str = "",
+                 scale: Any = 1.0) -> None:
+    """Refuse value outside [low, high] (either bound may be None); the message gives
+    the values in the argument's unit (``12 MHz``), as users typed them."""
     if low is None and high is None:
         return
+
+    def shown(x: Any) -> str:
+        return format_value(x, unit, scale)
     if value != value:
-        raise ArgumentError(f"nan is not within the {what}range [{low}, {high}]")
+        raise ArgumentError(f"nan is not within the {what}range "
+                            f"[{shown(low)}, {shown(high)}]")
     if low is not None and not value >= low:
-        raise ArgumentError(f"{value!r} is below the {what}minimum {low!r}")
+        raise ArgumentError(f"{shown(value)} is below the {what}minimum {shown(low)}")
     if high is not None and not value <= high:
-        raise ArgumentError(f"{value!r} is above the {what}maximum {high!r}")
+        raise ArgumentError(f"{shown(value)} is above the {what}maximum {shown(high)}")
 
 
 def _deprecated_ndecimals(precision: int, ndecimals: int | None) -> int:
@@ -184,7 +200,7 @@ class NumberValue(_Processor):
             value = int(float(x))
         else:
             raise ArgumentError(f"expected an integer, got {x!r}")
-        _check_range(value, self.min, self.max)
+        _check_range(value, self.min, self.max, unit=self.unit, scale=self.scale)
         return value
 
     def describe(self) -> dict[str, Any]:
@@ -339,14 +355,32 @@ class Scannable:
         """A scan object from its description (a scan object or a list of
         descriptions is accepted too, the first entry of a list being the selected
         scan), with every point within [global_min, global_max]."""
-        scan = _as_scan(x)
-        if self.global_min is not None or self.global_max is not None:
-            for point in scan:
-                try:
-                    _check_range(point, self.global_min, self.global_max, "global ")
-                except TypeError:
-                    raise ArgumentError(f"scan point {point!r} is not a number") from None
-        return scan
+        self.check(x)  # first: a scan out of range is refused before its points are made
+        return _as_scan(x)
+
+    def check(self, x: Any) -> None:
+        """Refuse what ``process`` refuses, without making the scan's points (how the
+        master checks a submitted scan: ``scans.extreme_points``); values in the
+        messages are in the argument's unit."""
+        if isinstance(x, list):
+            if not x:
+                raise ArgumentError("an empty list is not a scan")
+            x = x[0]
+        if isinstance(x, ScanObject):
+            points = list(x)
+        else:
+            try:
+                points = extreme_points(x)
+            except (TypeError, ValueError) as e:
+                raise ArgumentError(str(e)) from None
+        if self.global_min is None and self.global_max is None:
+            return
+        for point in points:
+            try:
+                _check_range(point, self.global_min, self.global_max, "global ",
+                             self.unit, self.scale)
+            except TypeError:
+                raise ArgumentError(f"scan point {point!r} is not a number") from None
 
     def describe(self) -> dict[str, Any]:
         """The procdesc of wire-compat.md."""

@@ -19,7 +19,9 @@ With ``randomize=True`` the points are shuffled once, at construction, by
 ``random.Random(seed)``: the same seed gives the same order, ``seed=None`` a fresh one.
 
 ``scan_from_description(desc)`` builds a scan object back from its description (the
-``Scannable`` argument processor uses it). ``MultiScanManager`` iterates over the
+``Scannable`` argument processor uses it); ``extreme_points(desc)`` checks a description
+the same way and gives the points that decide whether the scan lies within a range,
+without making its points (how a master checks a submitted scan). ``MultiScanManager`` iterates over the
 product of several named scans.
 """
 
@@ -147,12 +149,9 @@ _SCAN_TYPES: dict[str, type[ScanObject]] = {
     cls.__name__: cls for cls in (NoScan, RangeScan, CenterScan, ExplicitScan)}
 
 
-def scan_from_description(desc: Any) -> ScanObject:
-    """Build a scan object from its description (``{"ty": "RangeScan", ...}``).
-
-    Keys the scan type does not take are ignored (as ARTIQ does); an unknown ``ty`` or a
-    missing parameter raises ``ValueError`` saying what is expected.
-    """
+def _scan_call(desc: Any) -> tuple[type[ScanObject], dict[str, Any]]:
+    """The scan class and keyword arguments a description names; ValueError as
+    ``scan_from_description`` says."""
     if not isinstance(desc, dict):
         raise ValueError(f"a scan description is a dict with a 'ty' key, not {desc!r:.80}")
     ty = desc.get("ty")
@@ -165,7 +164,60 @@ def scan_from_description(desc: Any) -> ScanObject:
                if p.default is inspect.Parameter.empty and name not in desc]
     if missing:
         raise ValueError(f"{ty} needs {', '.join(repr(m) for m in missing)}")
-    return cls(**{name: desc[name] for name in params if name in desc})
+    return cls, {name: desc[name] for name in params if name in desc}
+
+
+def scan_from_description(desc: Any) -> ScanObject:
+    """Build a scan object from its description (``{"ty": "RangeScan", ...}``).
+
+    Keys the scan type does not take are ignored (as ARTIQ does); an unknown ``ty`` or a
+    missing parameter raises ``ValueError`` saying what is expected.
+    """
+    cls, kwargs = _scan_call(desc)
+    return cls(**kwargs)
+
+
+def _number(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, not {value!r:.80}")
+    return value
+
+
+def extreme_points(desc: Any) -> list[Any]:
+    """The points of the scan a description gives that decide whether all of them lie
+    within a range, without making the scan's points (a ``RangeScan`` of 10**9 points
+    costs nothing): its lowest and highest point for ``NoScan``, ``RangeScan`` and
+    ``CenterScan`` (none for a scan of no points), every point of an ``ExplicitScan``.
+    The description is checked as ``scan_from_description`` checks it (ValueError)."""
+    cls, kwargs = _scan_call(desc)
+    if cls is NoScan:
+        repetitions = _check_count("repetitions", kwargs.get("repetitions", 1))
+        return [kwargs["value"]] if repetitions else []
+    if cls is RangeScan:
+        npoints = _check_count("npoints", kwargs["npoints"])
+        start = kwargs["start"]
+        if npoints <= 1:
+            return [start] * npoints
+        stop = _number("stop", kwargs["stop"])
+        return [_number("start", start), float(stop)]
+    if cls is CenterScan:
+        center = _number("center", kwargs["center"])
+        span = _number("span", kwargs["span"])
+        step = abs(_number("step", kwargs["step"]))
+        if span < 0:
+            raise ValueError(f"span must be >= 0, not {span!r}")
+        if step == 0:
+            return []
+        half = span / (2 * step) + _CENTER_TOLERANCE
+        if not math.isfinite(half):
+            raise ValueError(f"a CenterScan of span {span!r} and step {step!r} has too "
+                             "many points")
+        n = math.floor(half)
+        return [center + k * step for k in (-n, n)]
+    sequence = kwargs["sequence"]
+    if isinstance(sequence, (str, bytes, dict)) or not isinstance(sequence, Iterable):
+        raise ValueError(f"sequence must be a list of points, not {sequence!r:.80}")
+    return list(sequence)
 
 
 class MultiScanManager:

@@ -1,12 +1,17 @@
 """SI unit constants for experiment code, and the scale of a unit name.
 
-The same names (and the same set) as ARTIQ's units, so that ``100*MHz`` or ``5*us`` read the same. Values
-are plain floats: ``MHz == 1e6``.
+The same names (and the same set) as ARTIQ's units (``__all__`` holds only them), so
+that ``100*MHz`` or ``5*us`` read the same. Values are plain floats: ``MHz == 1e6``.
 
 ``unit_scale(unit)`` gives the scale an argument processor uses when only the unit is
 given (``"MHz"`` -> 1e6); an unknown unit is a ``KeyError`` with ARTIQ's message
-("Unit xyz is unknown, you must specify the scale manually").
+("Unit xyz is unknown, you must specify the scale manually"). ``format_value(value,
+unit, scale)`` writes a value as users read it, in the argument's unit (``12 MHz`` for
+12e6 in MHz, never the SI number), for messages about argument values.
 """
+
+import numbers
+from typing import Any
 
 __all__ = ["ps", "ns", "us", "ms", "s",
            "mHz", "Hz", "kHz", "MHz", "GHz",
@@ -59,3 +64,17 @@ def unit_scale(unit: str) -> float:
     except KeyError:
         raise KeyError(f"Unit {unit} is unknown, you must specify the scale "
                        "manually") from None
+
+
+def format_value(value: Any, unit: str = "", scale: Any = 1.0) -> str:
+    """value as a user reads it: ``12 MHz`` for 12e6 with unit ``"MHz"`` and scale 1e6
+    (twelve significant digits, so that the division's rounding does not show), the
+    value's ``repr`` without a unit (``5000``, ``2.5``) or when it is not a number."""
+    if (not unit or isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale):
+        return repr(value)
+    try:
+        shown = float(value) / float(scale)
+    except (OverflowError, ZeroDivisionError):
+        return repr(value)
+    return f"{shown:.12g} {unit}"

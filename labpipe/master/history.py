@@ -5,7 +5,7 @@ in the lab directory, ``subdir=False``, the map growing by itself), keyed by the
 bytes big-endian), valued by the PYON text of the record:
 
 ``{"rid", "expid", "pipeline", "class_name", "priority", "due_date", "flush", "status",
-"repo_rev", "submitted", "stages": {stage: {"start": t, "end": t}}, "ended", "error",
+"repo_rev", "submitted", "stages": {stage: {"start", "end", "spent"}}, "ended", "error",
 "results", "content"}`` (``class_name``: the class that ran, when known; ``content``:
 ``{"sha256": hex, "size": bytes}`` of the UTF-8 text of a run submitted by content,
 else None)
@@ -13,8 +13,12 @@ else None)
 - ``status``: ``completed``, ``failed``, ``terminated``, ``deleted`` or ``interrupted``
   (the master stopped while the run was past pending);
 - ``stages``: each stage the run reached (``flushing``, ``preparing``, ``prepare_done``,
-  ``running``, ``paused``, ``run_done``, ``analyzing``, ``deleting``), from the time it
-  got there to the time it got to the next one (the last ends at ``ended``);
+  ``running``, ``paused``, ``run_done``, ``analyzing``, ``deleting``):
+  ``{"start": t, "end": t, "spent": s}``, from the time it first got there to the time
+  it last left (the last ends at ``ended``), and the seconds it really spent there
+  (``stage_clock.py``): a run that yielded to another is ``running``, ``paused``,
+  ``running`` again, and ``spent`` counts each visit; a ``pause()`` that returned at
+  once (nothing waiting) is no pause, and shows as running;
 - ``error``: the error text of a failed run, else None; ``results``: the results file
   path relative to the lab directory (absolute when outside it), or None.
 
@@ -68,12 +72,17 @@ def content_fingerprint(expid: Any) -> dict[str, Any] | None:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def _stages(stage_times: dict[str, float], ended: float) -> dict[str, dict[str, float]]:
-    ordered = sorted(stage_times.items(), key=lambda kv: kv[1])
+def _stages(run: Run, ended: float) -> dict[str, dict[str, float]]:
+    """The record's ``stages``: the run's stage clock; for a run this master only
+    restored (it knows when the run got to each stage, from the schedule store), each
+    stage until the next one began."""
+    if run.clock.visited:
+        return run.clock.summary(ended)
+    ordered = sorted(run.stage_times.items(), key=lambda kv: kv[1])
     stages = {}
     for i, (stage, start) in enumerate(ordered):
         end = ordered[i + 1][1] if i + 1 < len(ordered) else ended
-        stages[stage] = {"start": start, "end": end}
+        stages[stage] = {"start": start, "end": end, "spent": max(0.0, end - start)}
     return stages
 
 
@@ -119,7 +128,7 @@ class History:
                 "class_name": run.class_name or run.expid.get("class_name"),
                 "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
                 "status": end.status, "repo_rev": run.repo_rev,
-                "submitted": run.submitted, "stages": _stages(run.stage_times, ended),
+                "submitted": run.submitted, "stages": _stages(run, ended),
                 "ended": ended, "error": end.error,
                 "results": self._relative(end.results),
                 "content": content_fingerprint(run.expid)}

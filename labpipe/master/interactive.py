@@ -3,12 +3,16 @@
 A worker's ``interactive`` request appears in the ``interactive_args`` notifier
 (``{rid: {"title", "arglist_desc"}}``) and waits until a client calls ``supply(rid,
 values)`` or ``cancel(rid)`` on the ``interactive_arg_db`` target. Deleting or
-terminating the run cancels its request.
+terminating the run cancels its request. Supplied values are checked against the
+request's descriptions before the run gets them (``argcheck.check_interactive``: names,
+values in the argument's unit, arguments without default left out); refused values
+leave the request waiting.
 """
 
 import asyncio
 from typing import Any
 
+from labpipe.master.argcheck import ArgumentRefused, check_interactive
 from labpipe.protocol.sync import Notifier
 
 __all__ = ["InteractiveArgDB"]
@@ -36,15 +40,15 @@ class InteractiveArgDB:
             del self.notifier[rid]
 
     def supply(self, rid: int, values: dict[str, Any]) -> None:
-        """Give run rid the values of its interactive arguments ({key: value})."""
+        """Give run rid the values of its interactive arguments ({key: value}); values
+        its request refuses are refused (ValueError), and it keeps waiting."""
         if not isinstance(values, dict):
             raise TypeError("values must be a dict {argument: value}")
         future = self._pending(rid)
-        expected = {desc[0] for desc in self.notifier.raw_view[rid]["arglist_desc"]}
-        unknown = set(values) - expected
-        if unknown:
-            raise ValueError(f"RID {rid} did not ask for {sorted(unknown)}; "
-                             f"it asks for {sorted(expected)}")
+        try:
+            check_interactive(self.notifier.raw_view[rid]["arglist_desc"], values)
+        except ArgumentRefused as e:
+            raise ValueError(f"RID {rid}: {e}") from None
         future.set_result(values)
 
     def cancel(self, rid: int) -> None:

@@ -2,7 +2,9 @@
 
 Per pipeline, a prepare loop (build + prepare, one run at a time), a run loop (one run
 at a time) and an analyze loop (analyze + results) overlap: while run N runs, run N+1
-prepares and run N-1 analyzes. Each loop asks ``precedence`` which run is next and
+prepares and run N-1 analyzes. A run's ``pause()`` yields only when a prepared run that
+could start now outranks it (``Scheduler.must_yield``); otherwise it is answered at
+once and the run never shows as ``paused``. Each loop asks ``precedence`` which run is next and
 otherwise waits for the pool to change. A run that fails, is terminated or deleted leaves
 through ``Scheduler.end_run``; stage loops never die of a run's failure.
 """
@@ -19,7 +21,7 @@ from labpipe.master import precedence
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
 from labpipe.worker.handle import Worker, WorkerClosed, WorkerError, WorkerFailed
-from labpipe.worker.messages import Paused, Terminated
+from labpipe.worker.messages import Completed, Paused, Terminated
 
 if TYPE_CHECKING:
     from labpipe.master.scheduler import Scheduler
@@ -134,10 +136,13 @@ class Pipeline:
                 self.scheduler.progress.run_started(run)
             try:
                 if resuming:
-                    terminate, run.termination_requested = run.termination_requested, False
-                    outcome = await _worker_of(run).resume(terminate)
+                    outcome = await self._resume(run)
                 else:
                     outcome = await _worker_of(run).run()
+                while isinstance(outcome, Paused) and not self.scheduler.must_yield(run):
+                    # nothing that could start now outranks it: pause() returns at once
+                    # and the run was never paused (no "paused" status, nor in history)
+                    outcome = await self._resume(run)
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await self._stage_failed(run, "run", exc)
                 continue
@@ -149,6 +154,13 @@ class Pipeline:
                                                          results=outcome.results))
             else:
                 run.status = RunStatus.run_done
+
+    @staticmethod
+    async def _resume(run: Run) -> Completed | Paused | Terminated:
+        """Answer the run's pause: go on, raising TerminationRequested in it if its
+        termination was asked for meanwhile."""
+        terminate, run.termination_requested = run.termination_requested, False
+        return await _worker_of(run).resume(terminate)
 
     async def _analyze_loop(self) -> None:
         while True:

@@ -143,11 +143,12 @@ class ProgressTracker:
                     continue
                 if experiment_key(record.get("expid") or {}) != key:
                     continue
-                stages = record.get("stages") or {}
-                start = (stages.get("running") or {}).get("start")
-                end = (stages.get("run_done") or {}).get("start")
-                if start is not None and end is not None and end >= start:
-                    out.append(end - start)
+                running = (record.get("stages") or {}).get("running") or {}
+                spent = running.get("spent")  # records before it: the stage's span
+                if spent is None and "start" in running and "end" in running:
+                    spent = running["end"] - running["start"]
+                if isinstance(spent, (int, float)) and spent >= 0:
+                    out.append(spent)
                 if len(out) >= KEEP_DURATIONS:
                     break
         except Exception:  # history is optional: a strange record never breaks a run
@@ -200,9 +201,11 @@ class ProgressTracker:
             timer.cancel()
         self._latest.pop(run.rid, None)
         self._last_published.pop(run.rid, None)
-        start, done = run.stage_times.get("running"), run.stage_times.get("run_done")
-        if end.status == "completed" and start is not None and done is not None:
-            self._durations[experiment_key(run.expid)].append(done - start)
+        if end.status != "completed":
+            return
+        running = run.clock.summary(time.time()).get("running")
+        if running is not None:  # the time it ran: pauses left out
+            self._durations[experiment_key(run.expid)].append(running["spent"])
 
     def close(self) -> None:
         for timer in self._timers.values():

@@ -5,10 +5,12 @@ shapes are unchanged):
 
 - ``change(rid, priority=None, due_date=None, pipeline_name=None, arguments=None,
   flush=None)``: edits a *pending* run; None leaves a field as it is (``due_date=0``
-  removes the due date). ``arguments`` are merged into the expid's arguments. The new
-  order is whatever ``precedence`` decides from the new priority and due date. Every
-  value is checked before anything changes; a run that is not pending (or not in the
-  schedule) is refused with a ``ValueError`` (``KeyError``) saying so.
+  removes the due date). ``arguments`` are merged into the expid's arguments, and the
+  result is checked as ``submit`` checks a submission (names, values, scans, devices
+  against the examined descriptions of the run's file at its revision). The new order
+  is whatever ``precedence`` decides from the new priority and due date. Every value is
+  checked before anything changes; a run that is not pending (or not in the schedule)
+  is refused with a ``ValueError`` (``KeyError``) saying so.
 - ``hold(pipeline_name)`` / ``release(pipeline_name)``: a held pipeline prepares and
   starts no new run; a running run finishes, a paused one may resume. Any name can be
   held, with or without runs.
@@ -176,6 +178,8 @@ class QueueControl:
                 except (TypeError, ValueError, RecursionError) as e:
                     raise ValueError(f"RID {rid}: the new arguments cannot be stored: "
                                      f"{e}") from None
+                await self._check_arguments(run, expid)
+                run = self._pending_run(rid)  # it may have been deleted meanwhile
                 staged["expid"] = expid
             if "pipeline_name" in changes:
                 staged["pipeline"] = changes["pipeline_name"]
@@ -192,6 +196,21 @@ class QueueControl:
             self._apply(run, staged)
         logger.info("RID %d changed: %s", rid,
                     ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+
+    async def _check_arguments(self, run: Run, expid: dict[str, Any]) -> None:
+        """Check the run's new arguments as ``submit`` checks a submission (its file
+        or content, class and arguments, at its revision); the prepare stage leaves the
+        run alone meanwhile. ValueError naming the RID when they are refused."""
+        check = self.scheduler.check_submission
+        if check is None:
+            return
+        with run.editing():
+            try:
+                await check(expid)
+            except (LookupError, ValueError, TypeError, OSError) as e:
+                text = str(e).strip().splitlines()
+                raise ValueError(f"RID {run.rid}: "
+                                 f"{text[0] if text else type(e).__name__}") from None
 
     def _pending_run(self, rid: int) -> Run:
         run = self.scheduler.find(rid)

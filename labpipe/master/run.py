@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labpipe.master.precedence import RunStatus
+from labpipe.master.stage_clock import StageClock
 from labpipe.protocol.sync import Notifier
 from labpipe.worker.handle import Worker
 
@@ -68,7 +69,11 @@ class Run:
     termination_requested: bool = False
     class_name: str | None = None
     devices: list[str] = field(default_factory=list)
+    #: when the run first got to each stage (stored with the schedule: what a restarted
+    #: master knows of a run's stages)
     stage_times: dict[str, float] = field(default_factory=dict)
+    #: the time really spent in each stage, for the history record
+    clock: StageClock = field(default_factory=StageClock, repr=False)
     #: changes being written to disk, not applied yet (``ScheduleStore.record_of``
     #: stores them with the run's fields): ``pipeline``, ``priority``, ``expid``...
     staged: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +99,9 @@ class Run:
     @status.setter
     def status(self, value: RunStatus) -> None:
         self._status = value
-        self.stage_times.setdefault(value.value, time.time())
+        now = time.time()
+        self.stage_times.setdefault(value.value, now)
+        self.clock.enter(value.value, now)
         if self.rid in self.schedule.raw_view:
             self.schedule[self.rid]["status"] = value.value
         self._wake_stages()

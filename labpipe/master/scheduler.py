@@ -182,8 +182,12 @@ class Scheduler:
             return False
         if run.termination_requested:
             return True
-        # a prepared run that could not start (held pipeline, devices in use elsewhere)
-        # is no reason to yield
+        return self.must_yield(run)
+
+    def must_yield(self, run: Run) -> bool:
+        """Whether the running run's pause() should yield: a prepared run of its
+        pipeline outranks it and could start now (one that could not, in a held
+        pipeline or waiting for devices in use elsewhere, is no reason to yield)."""
         runs = [r for r in self.pipelines[run.pipeline_name].runs.values()
                 if r.status != RunStatus.prepare_done or not self.queue.must_wait(r)]
         return precedence.should_yield(run, runs)

@@ -22,6 +22,11 @@ table):
 - ``CompileContent(source, memory)``: submitted content, only compiled (the
   submission check of ``expid["content"]``); ``Examined(None)`` or ``Examined(None,
   "submitted content does not compile: ...")``;
+- ``ExamineContent(source, device_keys, memory)``: submitted content examined as a
+  file of its own folder (a fresh temporary one) is: compiled, then, unless it is a
+  black-box script (``script=True``, never run), imported and examined; the reply of
+  ``Examine`` without ``deps`` (the submission check of the content's classes and
+  arguments);
 - anything else (a malformed message): ``Examined(None, reason)`` naming it.
 
 ``memory`` (bytes, or None) bounds the address space the request may add
@@ -47,20 +52,25 @@ import importlib.util
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from labpipe.worker import limits
 from labpipe.worker.examine import DummyDeviceManager, examine_file
-from labpipe.worker.messages import (TO_EXAMINER, CompileContent, Examine, Examined,
-                                     ExaminerReady, MalformedMessage, decode, encode)
+from labpipe.worker.messages import (TO_EXAMINER, CompileContent, Examine, ExamineContent,
+                                     Examined, ExaminerReady, MalformedMessage, decode,
+                                     encode)
 from labpipe.worker.script import NotAScriptError, check_script_name
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-__all__ = ["main", "examine_one", "compile_content", "one_line"]
+__all__ = ["main", "examine_one", "compile_content", "examine_content", "one_line"]
+
+#: The name submitted content is examined under (in a temporary folder of its own).
+CONTENT_FILE = "submitted_content.py"
 
 _MAX_REASON = 400
 _opened: list[str] | None = None  # files opened during the current examination
@@ -75,6 +85,7 @@ def _audit(event: str, args: tuple) -> None:
 _REQUESTS: dict[type, Callable[[Any], Examined]] = {
     Examine: lambda r: examine_one(r.path, r.root, r.device_keys),
     CompileContent: lambda r: compile_content(r.source),
+    ExamineContent: lambda r: examine_content(r.source, r.device_keys),
 }
 
 
@@ -95,7 +106,7 @@ def main(conn: Connection) -> None:
         except MalformedMessage as exc:
             conn.send(encode(Examined(None, str(exc))))
             continue
-        assert isinstance(request, (Examine, CompileContent))
+        assert isinstance(request, (Examine, CompileContent, ExamineContent))
         with limits.memory_limit(baseline, request.memory):
             reply = _REQUESTS[type(request)](request)
         conn.send(encode(reply))
@@ -117,6 +128,19 @@ def compile_content(source: str) -> Examined:
     except (ValueError, RecursionError) as exc:
         return Examined(None, f"submitted content does not compile: {one_line(exc, '')}")
     return Examined(None)
+
+
+def examine_content(source: str, device_keys: Iterable[str] = ()) -> Examined:
+    """Examine submitted content (see the module docstring)."""
+    compiled = compile_content(source)
+    if not compiled.ok:
+        return compiled
+    with tempfile.TemporaryDirectory(prefix="labpipe_content_") as folder:
+        path = os.path.join(folder, CONTENT_FILE)
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(source)
+        examined = examine_one(path, folder, device_keys)
+    return Examined(examined.description, examined.error, (), examined.script)
 
 
 def examine_one(path: str, root: str, device_keys: Iterable[str] = ()) -> Examined:

@@ -15,8 +15,8 @@ Directions (a ``Catalogue`` each; a receiver decodes only its own):
   ``SetProgress``: no answer), a ``Request`` (answered by ``Reply`` or ``Refused``;
   ``Request[R]`` replies with an ``R``), and the ``Outcome`` that ends a command
   (``Built``, ``Completed``, ``Paused``, ``Terminated``, ``Validated``, ``Failed``).
-- ``TO_EXAMINER``: ``Examine`` or ``CompileContent``; ``FROM_EXAMINER``:
-  ``ExaminerReady`` once, then an ``Examined`` per request.
+- ``TO_EXAMINER``: ``Examine``, ``CompileContent`` or ``ExamineContent``;
+  ``FROM_EXAMINER``: ``ExaminerReady`` once, then an ``Examined`` per request.
 
 The encoding: a message is the tuple ``(tag, field, ...)``: its tag (a short name,
 e.g. ``"get_dataset"``) and its field values in declaration order, plain data that
@@ -53,7 +53,7 @@ __all__ = [
     "GetDeviceDB", "GetDataset", "CheckPause", "CheckTermination", "Submit", "Delete",
     "RequestTermination", "GetStatus", "Interactive",
     "Built", "Completed", "Paused", "Terminated", "Validated", "Failed",
-    "Examine", "CompileContent", "ExaminerReady", "Examined",
+    "Examine", "CompileContent", "ExamineContent", "ExaminerReady", "Examined",
     "Catalogue", "TO_WORKER", "FROM_WORKER", "TO_EXAMINER", "FROM_EXAMINER",
     "MalformedMessage", "encode", "decode", "tag_of", "registered",
 ]
@@ -441,6 +441,16 @@ class Examine(ExaminerRequest):
 class CompileContent(ExaminerRequest):
     """Compile submitted content (never run it), within ``memory`` added bytes."""
     source: str
+    memory: int | None
+
+
+@_wire("examine_content")
+@dataclass(frozen=True, slots=True)
+class ExamineContent(ExaminerRequest):
+    """Examine submitted content as a file is examined (``Examine``; a black-box
+    script is not imported), within ``memory`` added bytes."""
+    source: str
+    device_keys: tuple[str, ...]
     memory: int | None
 
 

@@ -27,8 +27,11 @@ Clients reach the database through ``rpc_target`` (only the wire methods of
 ``root`` work in the lab directory and the repository only.
 
 User code is never compiled or imported in the master's process: examinations and the
-check of submitted content run in the examiner pool's processes, with a time and a
-memory limit (``labpipe.toml`` ``[examine]``). ``labpipe.toml`` ``[security]`` limits raw
+check of submitted content (compiled, then examined as a file) run in the examiner
+pool's processes, with a time and a memory limit (``labpipe.toml`` ``[examine]``).
+``check_submission`` checks everything a submission says before a RID is taken: the
+file or content, the class, and the arguments against the examined descriptions
+(``argcheck.py``). ``labpipe.toml`` ``[security]`` limits raw
 files (submitted without ``repo_rev``, or examined with ``use_repository=False``) to
 the lab directory, the repository and ``file_folders`` unless ``allow_files_anywhere``,
 and may refuse content (``allow_content = false``). ``examine`` calls are logged with
@@ -38,6 +41,7 @@ the caller's address.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -45,7 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from labpipe.config import LabConfig
-from labpipe.master.argcheck import check_argument_values
+from labpipe.master import argcheck
 from labpipe.master.repository import hooks
 from labpipe.master.supervision import TaskSet
 from labpipe.protocol.rpc import current_peer
@@ -129,6 +133,7 @@ class ExperimentDB:
         self._cache: dict[tuple[str, str], CacheEntry] = {}
         self._results: dict[str, Examined] = {}
         self._plain_files: dict[str, tuple[tuple, Examined]] = {}
+        self._contents: dict[tuple[bytes, tuple[str, ...]], Examined] = {}
         self._waiters: list[asyncio.Future] = []
         self._next_rev: str | None = None
         self._wake = asyncio.Event()
@@ -367,10 +372,11 @@ class ExperimentDB:
         Resolves ``repo_rev`` to a full commit id, checks that the file exists (and, for
         ``content``, that it compiles), then that the class exists (exactly one
         experiment when ``class_name`` is None): from the last scan when the file is
-        part of it, otherwise by examining the file in a worker process; then, with
-        check_arguments, the argument values against their descriptions
-        (``argcheck.py``). Raises ``SubmissionError`` (a ValueError) with a one-line
-        message.
+        part of it, otherwise by examining the file (or the content) in a worker
+        process; then, with check_arguments, the arguments against the examined
+        descriptions of that file at that revision (``argcheck.py``: names, values,
+        scans, devices; a black-box script takes none). Raises ``SubmissionError`` (a
+        ValueError) with a one-line message.
         """
         args = (expid, self.backend, self.lab_dir, self.cur_rev)
         if isinstance(expid, dict) and "repo_rev" in expid:
@@ -379,15 +385,14 @@ class ExperimentDB:
         else:  # a stat: cheaper than a hop to a thread
             resolved, source = resolve_submission(*args)
         class_name = resolved.get("class_name")
+        shown = resolved.get("file") or "the submitted content"
         if source.kind == "content":
             if not self.config.security.allow_content:
                 raise SubmissionError("submission by content is turned off in this lab "
                                       "(labpipe.toml [security] allow_content = false)")
-            checked = await self.pool.check_content(resolved["content"])
-            if not checked.ok:
-                raise SubmissionError(checked.error)
-            return resolved
-        if source.kind == "file":
+            examined = await self._examine_content(resolved["content"])
+            shown = "the submitted content"
+        elif source.kind == "file":
             assert source.path is not None
             check_file_allowed(source.path, self._file_folders, self.config.security,
                                resolved["file"])
@@ -401,17 +406,52 @@ class ExperimentDB:
                     os.path.join(hold.workdir, source.path or ""), hold.workdir)
             finally:
                 await asyncio.to_thread(self.backend.release_rev, hold.commit)
+        submitted = resolved.get("arguments") or {}
         if class_name is None and examined.ok and examined.script:
+            if check_arguments and submitted:
+                raise SubmissionError(
+                    f"{shown} is a plain script, which takes no arguments (given: "
+                    f"{', '.join(map(str, submitted))})")
             return resolved  # runs as one black-box run (worker/script.py)
-        check_class(examined, class_name, resolved["file"])
+        check_class(examined, class_name, shown)
         if check_arguments:
             classes = examined.description or {}  # check_class saw at least one
-            described = classes[class_name or next(iter(classes))]
+            name = class_name or next(iter(classes))
             try:
-                check_argument_values(described["arginfo"], resolved.get("arguments") or {})
-            except ValueError as exc:
-                raise SubmissionError(f"{resolved['file']}: {exc}") from None
+                argcheck.check_arguments(classes[name]["arginfo"], submitted,
+                                         self._device_key_set(), experiment=name)
+            except argcheck.ArgumentRefused as exc:
+                raise SubmissionError(f"{shown}: {exc}") from None
         return resolved
+
+    async def _examine_content(self, content: str) -> Examined:
+        """Compile submitted content (its memory limit), then examine it (the
+        examination's), in examining processes; the last examinations are reused for
+        the same text, while the device keys are the same."""
+        key = (hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest(),
+               self.pool.device_keys)
+        cached = self._contents.get(key)
+        if cached is not None:
+            return cached
+        checked = await self.pool.check_content(content)
+        if not checked.ok:
+            raise SubmissionError(checked.error)
+        examined = await self.pool.examine_content(content)
+        if examined.ok:  # a failure may be the examiner's (a time limit under load)
+            if len(self._contents) >= 100:
+                self._contents.clear()
+            self._contents[key] = examined
+        return examined
+
+    def _device_key_set(self) -> frozenset[str] | None:
+        """The device database's keys now (None when unknown: devices go unchecked)."""
+        if self.device_keys is None:
+            return None
+        try:
+            return frozenset(self.device_keys())
+        except Exception:
+            logger.exception("cannot read the device keys to check a submission")
+            return None
 
     def _follow_device_keys(self) -> None:
         """Give examinations the current device keys; when they changed, examine every

@@ -11,8 +11,9 @@ Contract:
 - ``await pool.examine(path, root)`` returns an ``Examined``: the description (and
   whether the file is a black-box script), or the one-line reason the file was
   skipped. ``await pool.check_content(source)`` compiles submitted content the same
-  way (an ``Examined`` with no description, or the reason it does not compile): no
-  user code is ever compiled or imported in the master's process.
+  way (an ``Examined`` with no description, or the reason it does not compile), and
+  ``await pool.examine_content(source)`` then examines it as a file: no user code is
+  ever compiled or imported in the master's process.
 - Every request has a time limit (``timeout`` seconds: the worker is killed) and a
   memory limit (``memory`` bytes of address space the request may add,
   ``content_memory`` for content; RLIMIT_AS in the worker, see ``worker/examine_child.py``). It never raises for a bad file: a file that
@@ -36,8 +37,9 @@ import signal
 
 from labpipe.worker import lifetime
 from labpipe.worker.launcher import Launcher
-from labpipe.worker.messages import (FROM_EXAMINER, CompileContent, Examine, Examined,
-                                     ExaminerReady, MalformedMessage, decode, encode)
+from labpipe.worker.messages import (FROM_EXAMINER, CompileContent, Examine, ExamineContent,
+                                     Examined, ExaminerReady, MalformedMessage, decode,
+                                     encode)
 
 __all__ = ["Examined", "ExaminerPool", "WorkerStartError", "default_workers",
            "DEFAULT_MEMORY", "DEFAULT_CONTENT_MEMORY"]
@@ -100,11 +102,11 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.exitcode is None and not self.conn.closed
 
-    def call(self, request: Examine | CompileContent, timeout: float,
+    def call(self, request: Examine | CompileContent | ExamineContent, timeout: float,
              what: str) -> Examined:
         """Send one request to ``examine_child``; ``what`` (a gerund) names the work in
         the reasons of a timeout or a death."""
-        examining = isinstance(request, Examine)
+        examining = isinstance(request, (Examine, ExamineContent))
         try:
             self.conn.send(encode(request))
             if not self.conn.poll(timeout):
@@ -116,7 +118,8 @@ class _Worker:
         except (EOFError, OSError):
             self.process.join(1.0)
             self.kill()
-            doing = "importing the file" if examining else what
+            doing = ("importing the file" if isinstance(request, Examine) else
+                     "importing the submitted content" if examining else what)
             return Examined(None, f"the examining process died while {doing} "
                                   f"({_death(self.process.exitcode)})")
         except MalformedMessage as exc:
@@ -202,8 +205,15 @@ class ExaminerPool:
         return await self._request(CompileContent(source, self.content_memory), timeout,
                                    "compiling the submitted content")
 
-    async def _request(self, request: Examine | CompileContent, timeout: float | None,
-                       what: str) -> Examined:
+    async def examine_content(self, source: str, timeout: float | None = None) -> Examined:
+        """Examine submitted content as a file (its classes and their arguments); a
+        black-box script is not imported (``script``). Compile it with
+        ``check_content`` first: this request has the examination's memory limit."""
+        return await self._request(ExamineContent(source, self.device_keys, self.memory),
+                                   timeout, "examining the submitted content")
+
+    async def _request(self, request: Examine | CompileContent | ExamineContent,
+                       timeout: float | None, what: str) -> Examined:
         if self._closed:
             raise RuntimeError("the examiner pool is closed")
         await self.start()
