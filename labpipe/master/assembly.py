@@ -145,6 +145,9 @@ class Master:
         self.scheduler.progress.history = self.history
         self.scheduler.queue.resolve_device = lambda key: follow_aliases(
             self.device_db.data.raw_view.__getitem__, key)[0]
+        # labpipe.toml [master] hold: held before a restored run could start
+        for pipeline in self.config.master.hold:
+            await self.scheduler.queue.hold(pipeline)
         # the saved schedule comes back before anyone can submit
         await self.scheduler.restore()
 
