@@ -1,6 +1,6 @@
 """The experiment list as people read it (``show explist``): each experiment with each
 of its arguments, the argument's type, default and range or choices, in the form the
-client reads them back (``2.5MHz``, ``-2mm:2mm:21``, ``10MHz±2MHz/0.5MHz``)."""
+client reads them back (``2.5MHz``, ``-2mm:2mm:21``, ``10MHz±1MHz/0.5MHz``)."""
 
 from typing import Any
 
@@ -46,7 +46,7 @@ def _scan_text(scan: Any, unit: str, scale: float) -> str:
     if ty == "RangeScan":
         return f"{q(scan['start'])}:{q(scan['stop'])}:{scan['npoints']}"
     if ty == "CenterScan":
-        return f"{q(scan['center'])}±{q(scan['span'])}/{q(scan['step'])}"
+        return f"{q(scan['center'])}±{q(scan['span'] / 2)}/{q(scan['step'])}"
     if ty == "ExplicitScan":
         return ",".join(q(v) for v in scan.get("sequence", []))
     if ty == "NoScan":

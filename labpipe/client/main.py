@@ -39,8 +39,8 @@ argument values (NAME=VALUE) are read by the argument's type, which the master k
              (a plain number only where the argument is not in scaled units)
   choices    one of the choices: mode=fast
   strings    as typed, no quotes needed: note=new alignment
-  scans      start:stop:npoints (-2mm:2mm:21), center±span/step or center+-span/step
-             (10MHz+-2MHz/0.5MHz: points within span/2 of center), a,b,c, or one value
+  scans      start:stop:npoints (-2mm:2mm:21), center±half/step or center+-half/step
+             (10MHz+-1MHz/0.5MHz: 9 to 11 MHz in steps of 0.5 MHz), a,b,c, or one value
   PYON       for PYONValue arguments, and for any argument the master cannot describe
 
 exit codes: 0 success, 1 a local error (-v: traceback) or wait on a run that did not

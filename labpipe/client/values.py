@@ -11,10 +11,11 @@ examination of the file), a value is read by the argument's processor type:
 - ``StringValue``: the text as typed, no quotes needed (a JSON string ``"..."`` is
   read as its content, as before);
 - ``PYONValue``: PYON text (``[1, 2]``, ``{"a": 1}``);
-- ``Scannable``: ``start:stop:npoints`` (RangeScan), ``center±span/step`` or
-  ``center+-span/step`` (CenterScan: points within span/2 of center), ``a,b,c``
-  (ExplicitScan), a single value (NoScan), or a scan description in PYON; every value
-  with the argument's unit (a value without one takes the unit of the others).
+- ``Scannable``: ``start:stop:npoints`` (RangeScan), ``center±half/step`` or
+  ``center+-half/step`` (CenterScan from center - half to center + half, as ``±``
+  reads: ARTIQ's span is twice ``half``), ``a,b,c`` (ExplicitScan), a single value
+  (NoScan), or a scan description in PYON; every value with the argument's unit (a
+  value without one takes the unit of the others).
 
 A value that does not parse is a ``ValueError`` of one line naming the argument and
 what was expected. Without a description (a file the master cannot examine, content,
@@ -137,11 +138,11 @@ def _scan(text: str, desc: dict[str, Any]) -> Any:
         return _pyon(stripped, desc)
     center = _CENTER.fullmatch(stripped)
     if center:
-        middle, span, step = _scan_values(list(center.groups()), desc)
-        if span < 0 or step <= 0:
-            raise ValueError(f"expected center±span/step with a span >= 0 and a step "
+        middle, half, step = _scan_values(list(center.groups()), desc)
+        if half < 0 or step <= 0:
+            raise ValueError(f"expected center±half/step with half >= 0 and a step "
                              f"> 0, got {text!r}")
-        return {"ty": "CenterScan", "center": middle, "span": span, "step": step,
+        return {"ty": "CenterScan", "center": middle, "span": 2 * half, "step": step,
                 "randomize": False, "seed": None}
     if ":" in stripped:
         parts = stripped.split(":")
@@ -169,7 +170,7 @@ _READERS = {"BooleanValue": _boolean, "NumberValue": _number,
             "Scannable": _scan}
 
 _EXPECTED = {"NumberValue": "a number", "Scannable": "a scan (start:stop:npoints, "
-             "center±span/step, a,b,c or one value)"}
+             "center±half/step, a,b,c or one value)"}
 
 
 def parse_value(name: str, text: str, procdesc: dict[str, Any] | None) -> Any:
