@@ -231,12 +231,13 @@ def format_log(message: tuple[int, str, float, str], screen: Screen | None = Non
 
 # --- the schedule ---------------------------------------------------------------------
 
+#: Dropped first on a narrow screen: Revision, Elapsed, Due date, Prio, ETA, Class.
 SCHEDULE_COLUMNS = (
-    Column("RID", justify="right"), Column("Pipeline", 1, min_width=6),
-    Column("Status"), Column("Prio", 3, justify="right", keep_empty=True),
+    Column("RID", justify="right"), Column("Pipeline", 1, min_width=8),
+    Column("Status"), Column("Prio", 4, justify="right", keep_empty=True),
     Column("Due date", 4), Column("Revision", 5), Column("File", 1, min_width=12,
                                                          elide="left"),
-    Column("Class", 2, min_width=8), Column("Progress", 1, min_width=12),
+    Column("Class", 2, min_width=8), Column("Progress", 1, min_width=18),
     Column("Elapsed", 4, justify="right"), Column("ETA", 3))
 
 

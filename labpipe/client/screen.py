@@ -9,6 +9,7 @@ plain text of any width (nothing is cut, no colour, no spinner), as scripts and
 import contextlib
 import io
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,7 +66,12 @@ def render(renderable: RenderableType, screen: Screen | None = None) -> str:
                       highlight=False, emoji=False, markup=False, soft_wrap=False,
                       legacy_windows=False)
     console.print(renderable)
-    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").split("\n"))
+    return "\n".join(_TRAILING.sub(r"\1", line)
+                     for line in out.getvalue().rstrip("\n").split("\n"))
+
+
+#: Spaces at the end of a line, before the escape codes that may close it.
+_TRAILING = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$")
 
 
 class Status(Protocol):
