@@ -100,13 +100,22 @@ class Connection:
             raise self._unreachable(port, exc) from None
         return sock
 
-    def _lines(self, port: int, banner: str, name: str, answers: bool) -> Iterator[Any]:
-        """Connect to a line channel; yields its PYON-decoded lines. ``answers``: the
-        channel sends a line at once (a notifier's init), within the connect timeout."""
+    def _open(self, port: int, banner: str, name: str) -> socket.socket:
+        """A connection to a line channel, its banner and channel name sent."""
         sock = self._connect(port)
+        try:
+            sock.sendall(f"{banner}\n{name}\n".encode())
+        except OSError as exc:
+            sock.close()
+            raise self._unreachable(port, exc) from None
+        return sock
+
+    def _lines(self, sock: socket.socket, port: int, name: str, answers: bool
+               ) -> Generator[Any, None, None]:
+        """The PYON-decoded lines of an open channel. ``answers``: the channel sends a
+        line at once (a notifier's init), within the connect timeout."""
         connected = time.monotonic()
         with sock, sock.makefile("rb") as f:
-            sock.sendall(f"{banner}\n{name}\n".encode())
             if not answers:
                 sock.settimeout(None)
             first = True
@@ -136,32 +145,45 @@ class Connection:
                 yield pyon.decode(line.decode("utf-8"), pyon.RECEIVE_LIMITS)
 
     def notifier(self, name: str, lock: AbstractContextManager[Any] | None = None
-                 ) -> Generator[Any, None, None]:
-        """Yields the notifier's content now, then after each change (the same object,
-        changed in place; with ``lock``, each change is made holding it)."""
+                 ) -> Iterator[Any]:
+        """Connects (``Unreachable`` at once when it cannot), then yields the
+        notifier's content, then again after each change (the same object, changed in
+        place; with ``lock``, each change is made holding it)."""
         from labpipe.protocol.sync import BANNER
+        port = self.settings.port_notify
+        return self._contents(self._lines(self._open(port, BANNER, name), port, name,
+                                          True), lock)
+
+    @staticmethod
+    def _contents(mods: Generator[Any, None, None], lock: AbstractContextManager[Any] | None
+                  ) -> Generator[Any, None, None]:
         guard = contextlib.nullcontext() if lock is None else lock
         struct: Any = None
-        for mod in self._lines(self.settings.port_notify, BANNER, name, True):
-            with guard:
-                if mod["action"] == "init":
-                    struct = mod["struct"]
-                else:
-                    apply_mod(struct, mod)
-            yield struct
+        with contextlib.closing(mods):
+            for mod in mods:
+                with guard:
+                    if mod["action"] == "init":
+                        struct = mod["struct"]
+                    else:
+                        apply_mod(struct, mod)
+                yield struct
 
     def snapshot(self, name: str) -> Any:
         """The notifier's content now."""
-        lines = self.notifier(name)
+        contents = self.notifier(name)
         try:
-            return next(lines)
+            return next(contents)
         finally:
-            lines.close()
+            close = getattr(contents, "close", None)
+            if close is not None:
+                close()
 
     def broadcasts(self, channel: str) -> Iterator[Any]:
-        """Yields the messages broadcast on channel from now on."""
+        """Connects (``Unreachable`` at once when it cannot), then yields the
+        messages broadcast on channel."""
         from labpipe.protocol.broadcast import BANNER
-        return self._lines(self.settings.port_broadcast, BANNER, channel, False)
+        port = self.settings.port_broadcast
+        return self._lines(self._open(port, BANNER, channel), port, channel, False)
 
     def close(self) -> None:
         """Close the RPC connections."""

@@ -1,9 +1,10 @@
 """Monitors that survive the master: streams that reconnect by themselves.
 
-``reconnecting(open_stream, where, say)`` yields what ``open_stream()`` yields; when the
-master ends the stream (it stopped, crashed or restarted), it says so through ``say``,
-waits (0.5 s, then twice as long each time up to 10 s) and opens the stream again, and
-says when it is back. A notifier starts again with its whole content (its ``init``),
+``reconnecting(open_stream, where, say)`` yields what ``open_stream()`` yields
+(``open_stream`` connects, or raises ``Unreachable``); when the master ends the stream
+(it stopped, crashed or restarted), it says so through ``say``, waits (0.5 s, then
+twice as long each time up to 10 s) and opens the stream again, and says when it is
+connected again. A notifier starts again with its whole content (its ``init``),
 so a watch shows the master's new state at once. Only a first connection that fails is
 an error (``Unreachable``, exit code 4): a monitor never starts against nothing.
 
@@ -44,14 +45,14 @@ def reconnecting(open_stream: Callable[[], Iterator[T]], where: str,
     lost_since: float | None = None
     while True:
         try:
-            stream = open_stream()
+            stream = open_stream()  # connected, or Unreachable
+            if lost_since is not None:
+                if say:
+                    say(f"reconnected to the master at {where} "
+                        f"(after {time.monotonic() - lost_since:.0f} s)")
+                lost_since = None
+                delay = first
             for item in stream:
-                if lost_since is not None:
-                    if say:
-                        say(f"reconnected to the master at {where} "
-                            f"(after {time.monotonic() - lost_since:.0f} s)")
-                    lost_since = None
-                    delay = first
                 ever_connected = True
                 yield item
             raise Lost(f"the master at {where} closed the connection")
