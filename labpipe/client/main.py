@@ -38,7 +38,7 @@ argument values (NAME=VALUE) are read by the argument's type, which the master k
   numbers    with the argument's unit or another prefix of it: freq=2.5MHz, delay=20ms
              (a plain number only where the argument is not in scaled units)
   choices    one of the choices: mode=fast
-  strings    as typed, no quotes needed: note=new alignment
+  strings    as typed, no quotes needed: note=aligned, "note=new alignment"
   scans      start:stop:npoints (-2mm:2mm:21), center±half/step or center+-half/step
              (10MHz+-1MHz/0.5MHz: 9 to 11 MHz in steps of 0.5 MHz), a,b,c, or one value
   PYON       for PYONValue arguments, and for any argument the master cannot describe
@@ -122,7 +122,7 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0, help="worker log level up")
     p.add_argument("file", help="experiment file")
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
-                   help="experiment arguments, read by their type (see below)")
+                   help="experiment arguments, read by their type (labpipe-client --help)")
 
     p = sub.add_parser("delete", help="delete a run")
     p.add_argument("-g", "--graceful", action="store_true",
