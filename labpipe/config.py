@@ -127,8 +127,8 @@ class PortsConfig:
 class MasterConfig:
     """``[master]``: see the module docstring (None: not in the file)."""
 
-    bind: tuple[str, ...] | None = None
-    hold: tuple[str, ...] = ()
+    bind: tuple[str, ...] | None = field(default=None, metadata={"nonempty": True})
+    hold: tuple[str, ...] = field(default=(), metadata={"nonempty": True})
     tls: TLSConfig | None = None
 
 
@@ -203,6 +203,9 @@ def _section(cls: type[_Section], table: Any, name: str, source: str) -> _Sectio
         values[key] = (_section(nested, value, f"{name}.{key}", source) if nested
                        else _convert(value, hints[key], f"{source}: [{name}] {key}"))
     for key, value in values.items():
+        if fields[key].metadata.get("nonempty") and isinstance(value, tuple) and "" in value:
+            raise ConfigError(f"{source}: [{name}] {key}: names must not be empty, "
+                              f"not {list(value)!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high = fields[key].metadata.get("range", (None, None))
             if low is not None and not low <= value <= high:

@@ -260,6 +260,7 @@ def test_master_flags_win_over_the_file():
     for data, words in (({"ports": {"control": 0}}, "[ports] control: must be from 1"),
                         ({"master": {"tls": {"cert": "a"}}}, "[master.tls] needs the key"),
                         ({"master": {"hold": "calib"}}, "[master] hold: expected a list"),
+                        ({"master": {"hold": [""]}}, "[master] hold: names must not be"),
                         ({"client": {"port": 1}}, "[client] unknown key 'port'")):
         with pytest.raises(ConfigError) as info:
             config_from_dict(data)

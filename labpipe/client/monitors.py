@@ -38,7 +38,7 @@ def _reason(exc: BaseException) -> str:
 def reconnecting(open_stream: Callable[[], Iterator[T]], where: str,
                  say: Callable[[str], None] | None,
                  sleep: Callable[[float], None] = time.sleep) -> Iterator[T]:
-    """See the module docstring. ``say(None-able)``: where notices go (None: silent)."""
+    """See the module docstring. ``say``: where notices go (None: nowhere)."""
     first, factor, longest = BACKOFF
     delay = first
     ever_connected = False
