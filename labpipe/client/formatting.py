@@ -1,17 +1,48 @@
-"""How ``labpipe-client`` shows things to people: aligned tables, durations, progress
-bars, log lines; and ``--json`` output for scripts (keys as strings, tuples as lists,
-bytes as base64)."""
+"""How ``labpipe-client`` shows things to people: tables that fit the screen
+(``tables.fit_table``, drawn by ``rich``), durations, progress bars, log lines; and
+``--json`` output for scripts (keys as strings, tuples as lists, bytes as base64).
+
+Every ``format_*`` function returns text for a ``screen.Screen`` (by default plain and
+of unlimited width); the experiment list is in ``explist_view.py``.
+
+The schedule (``format_schedule``): highest precedence first (priority, then due date,
+then RID). A running run shows its progress bar, elapsed time and ETA (labpipe's
+``progress``, ``started`` and ``eta`` keys; an ETA that has passed shows how late it
+is, never "in 0s"); a run waiting for another pipeline's devices ``blocked by RID
+...``; a run waiting for interactive arguments the title it asks under. Held
+pipelines are named above the table and their pending runs say ``(held)``. Revisions
+are cut to 10 characters, columns empty in every row are left out, and on a narrow
+terminal the least useful columns go first (``tables.fit_table``). An ARTIQ master's
+entries (no labpipe keys) show too.
+"""
 
 import base64
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from rich.text import Text
+
+from labpipe.client.screen import Screen, render
+from labpipe.client.tables import Cell, Column, fit_table
 from labpipe.protocol import pyon
 
-__all__ = ['format_duration', 'format_progress', 'format_schedule', 'jsonable', 'print_json', 'format_table', 'format_history', 'format_record', 'format_datasets', 'format_explist', 'format_devices', 'format_interactive', 'format_log']
+__all__ = ["format_duration", "format_progress", "jsonable", "print_json", "table_text",
+           "format_history", "format_record", "format_datasets", "format_devices",
+           "format_interactive", "format_log", "short_revision", "STATUS_STYLES",
+           "format_schedule", "SCHEDULE_COLUMNS"]
+
+#: Colours of run statuses (schedule and history).
+STATUS_STYLES = {"running": "green", "paused": "yellow", "preparing": "cyan",
+                 "prepare_done": "cyan", "flushing": "magenta", "deleting": "red",
+                 "analyzing": "blue", "run_done": "blue", "analyze_done": "blue",
+                 "completed": "green", "failed": "bold red", "terminated": "yellow",
+                 "deleted": "yellow", "interrupted": "magenta"}
+
+_LEVEL_STYLES = {logging.DEBUG: "dim", logging.WARNING: "yellow", logging.ERROR: "red",
+                 logging.CRITICAL: "bold red"}
 
 
 def format_duration(seconds: float) -> str:
@@ -39,42 +70,12 @@ def format_progress(progress: dict | None, width: int = 10) -> str:
     return f"{text} {message}".rstrip()
 
 
-def _timing(run: dict, now: float) -> tuple[str, str]:
-    """(elapsed, eta) cells of a running run (labpipe's ``started``/``eta`` keys)."""
-    started, eta = run.get("started"), run.get("eta")
-    if started is None or run.get("status") not in ("running", "paused"):
-        return "", ""
-    elapsed = format_duration(now - started)
-    if eta is None:
-        return elapsed, "?"
-    clock = time.strftime("%H:%M:%S", time.localtime(eta))
-    return elapsed, f"{clock} (in {format_duration(eta - now)})"
-
-
-def format_schedule(status: dict, now: float | None = None) -> str:
-    """The schedule as an aligned table, highest precedence first; progress, elapsed
-    time and ETA for running runs (runs waiting for another pipeline's devices show
-    ``blocked by RID ...``)."""
-    if not status:
-        return "Schedule is empty"
-    now = time.time() if now is None else now
-    header = ("RID", "Pipeline", "Status", "Prio", "Due date", "Revision", "File", "Class",
-              "Progress", "Elapsed", "ETA")
-    rows = []
-    order = sorted(status.items(), key=lambda kv: (-kv[1]["priority"],
-                                                   kv[1]["due_date"] or 0, kv[0]))
-    for rid, run in order:
-        expid = run["expid"]
-        due = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["due_date"]))
-               if run["due_date"] else "")
-        progress = format_progress(run.get("progress"))
-        if run.get("blocked_by"):
-            progress = "blocked by RID " + ", ".join(str(b["rid"]) for b in run["blocked_by"])
-        rows.append((str(rid), run["pipeline"], run["status"], str(run["priority"]), due,
-                     str(expid.get("repo_rev") or ""),
-                     expid.get("file") or "<content>", str(expid.get("class_name") or ""),
-                     progress) + _timing(run, now))
-    return format_table(header, rows)
+def short_revision(revision: Any) -> str:
+    """A revision as shown in tables: a full commit id cut to 10 characters."""
+    text = "" if revision is None else str(revision)
+    if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+        return text[:10]
+    return text
 
 
 def jsonable(obj: Any) -> Any:
@@ -96,15 +97,15 @@ def jsonable(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
+    """obj as one line of JSON on stdout."""
     print(json.dumps(jsonable(obj), sort_keys=True), flush=True)
 
 
-def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Rows of strings as columns aligned on the widest cell."""
-    cells = [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(r[i]) for r in cells + [tuple(header)]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in [tuple(header)] + cells)
+def table_text(columns: Sequence[Column], rows: Sequence[Sequence[Cell | str]],
+               screen: Screen | None = None) -> str:
+    """A table fitted to the screen, as text."""
+    screen = screen or Screen()
+    return render(fit_table(columns, rows, screen.width), screen)
 
 
 def _clock(t: float | None) -> str:
@@ -120,7 +121,11 @@ def _took(seconds: float) -> str:
     return f"{seconds:.2f}s" if seconds < 10 else format_duration(seconds)
 
 
-def format_history(records: list) -> str:
+def _status(status: str) -> Cell:
+    return Cell(status, STATUS_STYLES.get(status, ""))
+
+
+def format_history(records: list, screen: Screen | None = None) -> str:
     """History records as a table, in the order given."""
     if not records:
         return "History is empty"
@@ -130,15 +135,20 @@ def format_history(records: list) -> str:
         stages = r.get("stages") or {}
         start = min((s["start"] for s in stages.values()), default=None)
         duration = "" if start is None else _took(r["ended"] - start)
-        rows.append((r["rid"], r["status"], r["pipeline"], r["priority"],
-                     _clock(r["submitted"]), duration, expid.get("file") or "<content>",
+        rows.append((str(r["rid"]), _status(r["status"]), r["pipeline"],
+                     str(r["priority"]), _clock(r["submitted"]), duration,
+                     expid.get("file") or "<content>",
                      r.get("class_name") or expid.get("class_name") or "",
-                     _short(r.get("error") or "", 40)))
-    return format_table(("RID", "Status", "Pipeline", "Prio", "Submitted", "Took", "File",
-                         "Class", "Error"), rows)
+                     Cell(_short(r.get("error") or "", 200), "red")))
+    columns = (Column("RID", justify="right"), Column("Status"),
+               Column("Pipeline", 1, min_width=6), Column("Prio", 4, justify="right"),
+               Column("Submitted", 3), Column("Took", 2, justify="right"),
+               Column("File", 1, min_width=12, elide="left"),
+               Column("Class", 2, min_width=8), Column("Error", 1, min_width=12))
+    return table_text(columns, rows, screen)
 
 
-def format_record(r: dict) -> str:
+def format_record(r: dict, screen: Screen | None = None) -> str:
     """One history record in full."""
     expid = r["expid"]
     lines = [f"RID:        {r['rid']}", f"Status:     {r['status']}",
@@ -158,35 +168,27 @@ def format_record(r: dict) -> str:
     lines.append(f"Results:    {r.get('results') or ''}")
     if r.get("error"):
         lines.append(f"Error:      {r['error']}")
-    return "\n".join(lines)
+    text = Text("\n".join(lines))
+    text.highlight_regex(r"(?m)(?<=^Status:     )\w+", STATUS_STYLES.get(r["status"], ""))
+    text.highlight_regex(r"(?m)^Error:.*", "red")
+    # a record is read whole: its lines wrap at the screen's edge rather than being cut
+    return render(text, screen)
 
 
-def format_datasets(datasets: dict) -> str:
+def format_datasets(datasets: dict, screen: Screen | None = None) -> str:
+    """The datasets as a table of key, persistence, value and unit."""
     if not datasets:
         return "No datasets"
     rows = [(key, "yes" if persist else "no", _short(value, 60),
              (metadata or {}).get("unit", ""))
             for key, (persist, value, metadata) in sorted(datasets.items())]
-    return format_table(("Key", "Persist", "Value", "Unit"), rows)
+    columns = (Column("Key", 0, min_width=16, elide="left"), Column("Persist", 2),
+               Column("Value", 0, min_width=12), Column("Unit", 1, keep_empty=True))
+    return table_text(columns, rows, screen)
 
 
-def format_explist(snapshot: dict) -> str:
-    """The experiment list, its revision, and the files that could not be examined."""
-    explist, status, errors = snapshot["explist"], snapshot["status"], snapshot["errors"]
-    lines = [f"Revision: {status.get('cur_rev')}"
-             + ("  (scanning)" if status.get("scanning") else "")]
-    if explist:
-        rows = [(name, entry["file"], entry["class_name"], ", ".join(entry["arginfo"]))
-                for name, entry in sorted(explist.items())]
-        lines.append(format_table(("Experiment", "File", "Class", "Arguments"), rows))
-    else:
-        lines.append("No experiments")
-    for file, reason in sorted(errors.items()):
-        lines.append(f"skipped {file}: {reason}")
-    return "\n".join(lines)
-
-
-def format_devices(ddb: dict) -> str:
+def format_devices(ddb: dict, screen: Screen | None = None) -> str:
+    """The device database: key, type and the details of each entry."""
     if not ddb:
         return "No devices"
     rows = []
@@ -199,18 +201,116 @@ def format_devices(ddb: dict) -> str:
             rows.append((key, "controller", f"{desc.get('host')}:{desc.get('port')}"))
         else:
             rows.append((key, str(desc.get("type")), ""))
-    return format_table(("Key", "Type", "Details"), rows)
+    columns = (Column("Key", min_width=12), Column("Type"),
+               Column("Details", min_width=12, keep_empty=True))
+    return table_text(columns, rows, screen)
 
 
-def format_interactive(requests: dict) -> str:
+def format_interactive(requests: dict, screen: Screen | None = None) -> str:
+    """The runs waiting for interactive arguments, and what they ask."""
     if not requests:
         return "No run waits for interactive arguments"
-    rows = [(rid, req["title"], ", ".join(d[0] for d in req["arglist_desc"]))
+    rows = [(str(rid), req["title"], ", ".join(d[0] for d in req["arglist_desc"]))
             for rid, req in sorted(requests.items())]
-    return format_table(("RID", "Title", "Arguments"), rows)
+    columns = (Column("RID", justify="right"), Column("Title", min_width=10),
+               Column("Arguments", min_width=12))
+    return table_text(columns, rows, screen)
 
 
-def format_log(message: tuple[int, str, float, str]) -> str:
+def format_log(message: tuple[int, str, float, str], screen: Screen | None = None) -> str:
+    """One log broadcast as ``HH:MM:SS LEVEL:source:text``."""
     levelno, source, created, text = message
-    return (f"{time.strftime('%H:%M:%S', time.localtime(created))} "
+    line = (f"{time.strftime('%H:%M:%S', time.localtime(created))} "
             f"{logging.getLevelName(levelno)}:{source}:{text}")
+    if screen is None or not screen.color:
+        return line
+    style = _LEVEL_STYLES.get(levelno, "")
+    return render(Text(line, style=style), Screen(width=max(screen.width, len(line)),
+                                                  color=True))
+
+
+# --- the schedule ---------------------------------------------------------------------
+
+#: Dropped first on a narrow screen: Revision, Elapsed, Due date, Prio, ETA, Class.
+SCHEDULE_COLUMNS = (
+    Column("RID", justify="right"), Column("Pipeline", 1, min_width=8),
+    Column("Status"), Column("Prio", 4, justify="right", keep_empty=True),
+    Column("Due date", 4), Column("Revision", 5), Column("File", 1, min_width=12,
+                                                         elide="left"),
+    Column("Class", 2, min_width=8), Column("Progress", 1, min_width=18),
+    Column("Elapsed", 4, justify="right"), Column("ETA", 3))
+
+
+def _timing(run: dict, now: float) -> tuple[str, str]:
+    """(elapsed, eta) cells of a running run (labpipe's ``started``/``eta`` keys)."""
+    started, eta = run.get("started"), run.get("eta")
+    if started is None or run.get("status") not in ("running", "paused"):
+        return "", ""
+    elapsed = format_duration(now - started)
+    if eta is None:
+        return elapsed, "?"
+    clock = time.strftime("%H:%M:%S", time.localtime(eta))
+    if eta - now >= 0.5:
+        return elapsed, f"{clock} (in {format_duration(eta - now)})"
+    return elapsed, f"{clock} (late {format_duration(now - eta)})"
+
+
+def _due(due_date: float | None, now: float) -> str:
+    if not due_date:
+        return ""
+    local, today = time.localtime(due_date), time.localtime(now)
+    if local[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", local)
+    return time.strftime("%Y-%m-%d %H:%M", local)
+
+
+def _row(rid: Any, run: dict, now: float, held: set[str], waiting: dict) -> list[Cell]:
+    expid = run["expid"]
+    status = run["status"]
+    status_cell = Cell(status, STATUS_STYLES.get(status, ""))
+    if status == "pending" and run["pipeline"] in held:
+        status_cell = Cell("pending (held)", "yellow")
+    progress = Cell(format_progress(run.get("progress")))
+    if run.get("blocked_by"):
+        progress = Cell("blocked by RID " + ", ".join(str(b["rid"])
+                                                      for b in run["blocked_by"]),
+                        "yellow")
+    request = waiting.get(rid)
+    if request is not None:
+        progress = Cell(f"waits for input: {request.get('title') or 'arguments'}",
+                        "bold yellow")
+    elapsed, eta = _timing(run, now)
+    return [Cell(str(rid)), Cell(run["pipeline"]), status_cell, Cell(str(run["priority"])),
+            Cell(_due(run.get("due_date"), now)),
+            Cell(short_revision(expid.get("repo_rev"))),
+            Cell(expid.get("file") or "<content>"), Cell(str(expid.get("class_name") or "")),
+            progress, Cell(elapsed), Cell(eta, "dim" if "late" in eta else "")]
+
+
+def format_schedule(status: dict, now: float | None = None, *,
+                    screen: Screen | None = None, pipelines: dict | None = None,
+                    waiting: dict | None = None) -> str:
+    """The schedule (see the module docstring). ``pipelines``: the ``pipelines``
+    notifier (held pipelines), ``waiting``: the ``interactive_args`` notifier."""
+    now = time.time() if now is None else now
+    held = {name for name, state in (pipelines or {}).items() if state.get("held")}
+    waiting = waiting or {}
+    lines = []
+    if held:
+        lines.append(render(Text("Held pipelines: " + ", ".join(sorted(held)),
+                                 style="yellow"), screen))
+    if not status:
+        lines.append("Schedule is empty")
+        return "\n".join(lines)
+    order = sorted(status.items(), key=lambda kv: (-kv[1]["priority"],
+                                                   kv[1]["due_date"] or 0, kv[0]))
+    rows = [_row(rid, run, now, held, waiting) for rid, run in order]
+    lines.append(table_text(SCHEDULE_COLUMNS, rows, screen))
+    asking = [rid for rid, _ in order if rid in waiting]
+    if asking:
+        lines.append(render(Text(
+            f"RID {', '.join(str(r) for r in asking)} "
+            f"{'waits' if len(asking) == 1 else 'wait'} for interactive arguments: see "
+            "show interactive-args, answer with supply-interactive RID NAME=VALUE",
+            style="yellow"), screen))
+    return "\n".join(lines)

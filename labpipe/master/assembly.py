@@ -303,6 +303,9 @@ class Master:
                               ssl_context)
         # the saved schedule comes back before anyone can submit
         stack.push_async_callback(self.scheduler.stop)
+        # labpipe.toml [master] hold: held before a restored run could start
+        for pipeline in self.config.master.hold:
+            await self.scheduler.queue.hold(pipeline)
         await self.scheduler.restore()
         await self._open_port(stack, "control", Server(
             self.targets, description="labpipe master", limits=o.connection_limits),

@@ -117,7 +117,8 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         repository=args.repository, git=args.git, experiment_subdir=args.experiment_subdir,
         device_db=args.device_db, dataset_db=args.dataset_db, name=args.name,
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
-        kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl))
+        kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl),
+        config=getattr(args, "lab_config", None))
 
 
 async def _serve(options: MasterOptions) -> None:
@@ -139,7 +140,14 @@ async def _serve(options: MasterOptions) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the master until SIGINT, SIGTERM or ``master_management.terminate()``."""
-    args = get_argparser().parse_args(argv)
+    from labpipe.config import ConfigError, load_config
+    from labpipe.master.settings import parse_args
+    try:
+        config = load_config(".")  # the lab's file gives the defaults; flags win
+    except ConfigError as exc:
+        print(f"labpipe-master: {exc}", file=sys.stderr)
+        sys.exit(1)
+    args = parse_args(get_argparser(), argv, config)
     try:
         _setup_logging(args)
         asyncio.run(_serve(_options(args)))
