@@ -270,7 +270,6 @@ def test_what_artiqs_dashboard_submits_is_accepted(door):
 CLIENT_REFUSALS = [
     (["door.py", "points=5000"], "points: 5000 is above the maximum 1000"),
     (["door.py", "nosuch=1"], "nosuch: not an argument of Door"),
-    (["door.py", "mode=medium"], "mode: "),
     (["door.py", "freq=12MHz"], "freq: "),
     (["door.py", "sweep=" + json.dumps(SCAN_OUT_OF_RANGE)],
      "sweep: 12 MHz is above the global maximum 10 MHz"),
@@ -286,6 +285,12 @@ def test_submit_refusals_through_the_client(door):
     for args, words in CLIENT_REFUSALS:
         line = refused_line(master.cli("submit", "-R", *args))
         assert words in line, line
+    # a value the client reads by its argument's type is refused before it is sent:
+    # a usage error (exit 2) naming the argument and what it takes
+    result = master.cli("submit", "-R", "door.py", "mode=medium")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert result.stderr.strip().splitlines() == [
+        "labpipe-client: mode: expected one of fast, slow, got 'medium'"], result.stderr
     line = refused_line(master.cli("submit", "--content", "repository/two.py"))
     assert "holds several experiments (First, Second): give the class name" in line
     with master.client("schedule") as schedule:
