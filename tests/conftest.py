@@ -313,16 +313,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def terminate(process: subprocess.Popen, timeout: float = 30) -> None:
-    """End process as a person would: SIGTERM (if it still runs), then SIGKILL after
-    timeout seconds; returns once it has been reaped."""
+def terminate(process: subprocess.Popen, timeout: float = 30,
+              sig: int = signal.SIGTERM) -> int:
+    """End process as a person would: sig (SIGTERM; SIGINT is Ctrl-C) if it still runs,
+    then SIGKILL after timeout seconds; its exit code, once it has been reaped."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
     try:
-        process.wait(timeout=timeout)
+        return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait()
+        return process.wait()
 
 
 class StreamReader:

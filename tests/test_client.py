@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import FAILING, GATED, MasterProcess, wait_for
+from conftest import FAILING, GATED, MasterProcess, terminate, wait_for
 
 ASK = """
 from labpipe.experiment import *
@@ -101,12 +101,7 @@ class Follower:
         raise AssertionError(f"no such line within {timeout} s; got {seen}")
 
     def stop(self):
-        self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = terminate(self.process, 10, signal.SIGINT)
         stderr = self.process.stderr.read()
         self.process.stdout.close()
         self.process.stderr.close()

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import Lab
+from conftest import Lab, terminate
 from terminal import Terminal
 from test_master_process import MasterProcess
 
@@ -70,12 +70,7 @@ class Watched:
         raise AssertionError(f"no such {which} line within {timeout} s: {self.seen}")
 
     def stop(self):
-        self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = terminate(self.process, 10, signal.SIGINT)
         for stream in (self.process.stdout, self.process.stderr):
             stream.close()
         return code
