@@ -121,6 +121,27 @@ def test_a_chatty_master_never_blocks_on_its_output(lab):
         m.stop()
 
 
+def test_start_says_what_it_is_doing_unless_quiet(lab):
+    """The slow steps of a start (the worker template: seconds with bluesky; the
+    repository scan) are said on stderr before the ready line; -q says nothing."""
+    lab.experiment("hello", "class Hello(EnvExperiment):\n    def run(self): pass\n")
+    m = MasterProcess(lab.root)
+    try:
+        wait_for(lambda: sum("labpipe-master:" in line for line in m.stderr.lines) >= 2,
+                 timeout=10)  # said before "ready": read by now, or about to be
+        said = [line.rstrip("\n") for line in m.stderr.lines]
+    finally:
+        m.stop()
+    assert said[:2] == [
+        "labpipe-master: starting the worker template (it imports numpy, h5py)...",
+        "labpipe-master: scanning the experiment repository..."], said
+    quiet = MasterProcess(lab.root, "-q")
+    try:
+        assert not [line for line in quiet.stderr.lines if "labpipe-master:" in line]
+    finally:
+        quiet.stop()
+
+
 #: This suite's conftest, loaded under another name in a separate pytest run
 SUITE_CONFTEST = """
 import importlib.util, sys

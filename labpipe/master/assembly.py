@@ -93,6 +93,9 @@ class MasterOptions:
     tls: TLSFiles | None = None
     #: Handshake timeout and connection limits of every port (None: the defaults).
     connection_limits: ConnectionLimits | None = None
+    #: Told what the start is doing, in a few words, before each of its slow steps
+    #: (``labpipe-master`` prints them; the worker template takes seconds with bluesky).
+    on_progress: Callable[[str], None] | None = None
 
 
 class MasterFailed(RuntimeError):
@@ -216,6 +219,10 @@ class Master:
             return None  # cancelled by someone else too, or another error: that goes on
         return self.failure
 
+    def _progress(self, doing: str) -> None:
+        if self.options.on_progress is not None:
+            self.options.on_progress(doing)
+
     async def _start(self, stack: AsyncExitStack) -> None:
         o = self.options
         # bad TLS files stop the master before anything else starts
@@ -229,6 +236,8 @@ class Master:
             # before the first run
             await asyncio.to_thread(self.launcher.use_bluesky, True)
         stack.push_async_callback(asyncio.to_thread, self.launcher.discard_spares)
+        self._progress("starting the worker template (it imports "
+                       + ", ".join(self.launcher.preloaded_packages()) + ")")
         await asyncio.to_thread(self.launcher.warm_up)
         self.dataset_db = await asyncio.to_thread(DatasetDB, self._path(o.dataset_db))
         # closing waits for a commit under way (or joins a writer thread): in threads
@@ -312,6 +321,7 @@ class Master:
             o.port_control, ssl_context)
         # the push hook needs the control port, so the repository comes after the ports
         stack.push_async_callback(self.experiment_db.close)
+        self._progress("scanning the experiment repository")
         await self.experiment_db.start(
             control_port=self.port("control"), control_host=o.bind[0],
             control_tls=None if self.tls is None else self.tls.for_own_server())

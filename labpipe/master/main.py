@@ -118,7 +118,13 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         device_db=args.device_db, dataset_db=args.dataset_db, name=args.name,
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
         kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl),
-        config=getattr(args, "lab_config", None))
+        config=getattr(args, "lab_config", None),
+        on_progress=None if args.quiet else _say)
+
+
+def _say(doing: str) -> None:
+    """What the start is doing, on stderr (stdout's first line is the ready line)."""
+    print(f"labpipe-master: {doing}...", file=sys.stderr, flush=True)
 
 
 async def _serve(options: MasterOptions) -> None:

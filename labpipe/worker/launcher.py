@@ -164,6 +164,14 @@ class Launcher:
         if old is not None:
             old.stop()  # it lives on until the processes it started have ended
 
+    def preloaded_packages(self) -> list[str]:
+        """The top-level packages the template imports (for people: ``numpy``, ...),
+        labpipe's own left out."""
+        packages = dict.fromkeys(name.partition(".")[0]
+                                 for name in preload(self._with_bluesky))
+        packages.pop("labpipe", None)
+        return list(packages)
+
     def warm_up(self) -> None:
         """Start the template now (it imports the preload list once), wait for it, and
         start a spare worker. Blocks: call it from a thread."""
