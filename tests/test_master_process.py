@@ -11,6 +11,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+import terminal
 from conftest import SLOW, MasterProcess, descendants, wait_for
 from labpipe.protocol import pyon
 
@@ -121,25 +122,26 @@ def test_a_chatty_master_never_blocks_on_its_output(lab):
         m.stop()
 
 
-def test_start_says_what_it_is_doing_unless_quiet(lab):
-    """The slow steps of a start (the worker template: seconds with bluesky; the
-    repository scan) are said on stderr before the ready line; -q says nothing."""
+def test_start_says_what_it_is_doing_on_a_terminal(lab):
+    """On a terminal, the slow steps of a start (the worker template: seconds with
+    bluesky; the repository scan) are said before the ready line; with -q, or piped
+    (every other test here), nothing but the ready line."""
     lab.experiment("hello", "class Hello(EnvExperiment):\n    def run(self): pass\n")
-    m = MasterProcess(lab.root)
-    try:
-        wait_for(lambda: sum("labpipe-master:" in line for line in m.stderr.lines) >= 2,
-                 timeout=10)  # said before "ready": read by now, or about to be
-        said = [line.rstrip("\n") for line in m.stderr.lines]
-    finally:
-        m.stop()
-    assert said[:2] == [
-        "labpipe-master: starting the worker template (it imports numpy, h5py)...",
-        "labpipe-master: scanning the experiment repository..."], said
-    quiet = MasterProcess(lab.root, "-q")
-    try:
-        assert not [line for line in quiet.stderr.lines if "labpipe-master:" in line]
-    finally:
-        quiet.stop()
+    command = [sys.executable, "-m", "labpipe.master", "--bind", "127.0.0.1",
+               "--port-control", "0", "--port-notify", "0", "--port-logging", "0",
+               "--port-broadcast", "0"]
+    for extra, said in (([], [
+            "labpipe-master: starting the worker template (it imports numpy, h5py)...",
+            "labpipe-master: scanning the experiment repository..."]), (["-q"], [])):
+        master = terminal.Terminal(command + extra, cwd=lab.root)
+        try:
+            text = master.until(lambda text: " ready on 127.0.0.1" in text)
+        finally:
+            master.interrupt()
+            assert master.wait(30) == 0
+        lines = text.splitlines()
+        assert lines[:-1] == said and lines[-1].startswith("labpipe-master ready on"), \
+            text
 
 
 #: This suite's conftest, loaded under another name in a separate pytest run

@@ -119,11 +119,12 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
         kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl),
         config=getattr(args, "lab_config", None),
-        on_progress=None if args.quiet else _say)
+        on_progress=_say if sys.stderr.isatty() and not args.quiet else None)
 
 
 def _say(doing: str) -> None:
-    """What the start is doing, on stderr (stdout's first line is the ready line)."""
+    """What the start is doing, on a terminal's stderr (stdout's first line is the
+    ready line; piped, stderr holds only what went wrong)."""
     print(f"labpipe-master: {doing}...", file=sys.stderr, flush=True)
 
 
