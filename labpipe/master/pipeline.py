@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from labpipe.master import precedence
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
+from labpipe.master.run_pool import RunPool
 from labpipe.worker.handle import Worker, WorkerClosed, WorkerError, WorkerFailed
 from labpipe.worker.messages import Completed, Paused, Terminated
 
@@ -64,7 +65,7 @@ class Pipeline:
     def __init__(self, name: str, scheduler: Scheduler):
         self.name = name
         self.scheduler = scheduler
-        self.runs: dict[int, Run] = {}
+        self.runs = RunPool()
         self.state_changed = StateChanged()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,11 +95,14 @@ class Pipeline:
 
     async def _prepare_loop(self) -> None:
         while True:
-            candidate = precedence.next_to_prepare(self.runs.values(), time.time())
+            if self.scheduler.queue.states.is_held(self.name):
+                await self.state_changed.wait()
+                continue
+            candidate = self.runs.next_to_prepare(time.time())
             if not isinstance(candidate, Run):
                 await self.state_changed.wait(candidate)
                 continue
-            if not self.scheduler.may_prepare(candidate):  # held
+            if not self.scheduler.may_prepare(candidate):
                 await self.state_changed.wait()
                 continue
             run = candidate
@@ -126,7 +130,7 @@ class Pipeline:
 
     async def _run_loop(self) -> None:
         while True:
-            run = precedence.next_to_run(self.runs.values())
+            run = self.runs.next_to_run()
             if run is None or not self.scheduler.may_start_run(run):
                 await self.state_changed.wait()
                 continue
@@ -164,7 +168,7 @@ class Pipeline:
 
     async def _analyze_loop(self) -> None:
         while True:
-            run = precedence.next_to_analyze(self.runs.values())
+            run = self.runs.next_to_analyze()
             if run is None:
                 await self.state_changed.wait()
                 continue

@@ -20,6 +20,7 @@ from labpipe.worker.handle import Worker
 
 if TYPE_CHECKING:
     from labpipe.master.pipeline import StateChanged
+    from labpipe.master.run_pool import RunPool
 
 __all__ = ["Run", "RunEnd", "bounded_error", "MAX_ERROR_CHARS"]
 
@@ -83,6 +84,8 @@ class Run:
     starting_at: float | None = None
     #: how many edits (change, delete) are being written; the prepare stage waits
     edits: int = 0
+    #: the pipeline's index of its runs, told of status and rank changes (None outside)
+    pool: RunPool | None = field(default=None, repr=False)
     _status: RunStatus = RunStatus.pending
 
     def publish(self) -> None:
@@ -98,7 +101,9 @@ class Run:
 
     @status.setter
     def status(self, value: RunStatus) -> None:
-        self._status = value
+        old, self._status = self._status, value
+        if self.pool is not None:
+            self.pool.status_changed(self, old)
         now = time.time()
         self.stage_times.setdefault(value.value, now)
         self.clock.enter(value.value, now)
@@ -116,6 +121,8 @@ class Run:
         deciding = key in _DECIDING_FIELDS
         if deciding:
             setattr(self, key, value)
+            if self.pool is not None:
+                self.pool.rank_changed(self)
         if self.rid in self.schedule.raw_view:
             self.schedule[self.rid][key] = value
         if deciding:

@@ -188,9 +188,9 @@ class Scheduler:
         """Whether the running run's pause() should yield: a prepared run of its
         pipeline outranks it and could start now (one that could not, in a held
         pipeline or waiting for devices in use elsewhere, is no reason to yield)."""
-        runs = [r for r in self.pipelines[run.pipeline_name].runs.values()
-                if r.status != RunStatus.prepare_done or not self.queue.must_wait(r)]
-        return precedence.should_yield(run, runs)
+        prepared = self.pipelines[run.pipeline_name].runs.in_status(RunStatus.prepare_done)
+        return precedence.should_yield(run, [r for r in prepared
+                                             if not self.queue.must_wait(r)])
 
     def check_termination(self, rid: int) -> bool:
         """Whether termination of run rid was requested."""
@@ -252,7 +252,7 @@ class Scheduler:
             pipeline = self.pipelines[run.pipeline_name] = Pipeline(run.pipeline_name, self)
             pipeline.start()
         run.state_changed = pipeline.state_changed
-        pipeline.runs[run.rid] = run
+        pipeline.runs.add(run)
         run.publish()
         pipeline.state_changed.notify()
 
@@ -260,7 +260,7 @@ class Scheduler:
         """Move a pending run to another pipeline (``queue_control.change``): its entry
         is published afresh with the new pipeline, and a pipeline left empty goes."""
         old = self.pipelines[run.pipeline_name]
-        del old.runs[run.rid]
+        old.runs.remove(run)
         old.state_changed.notify()
         run.pipeline_name = pipeline_name
         self._add_run(run)
@@ -354,7 +354,7 @@ class Scheduler:
             return  # ended by someone else while the worker closed
         # the full text is in the results file; history and subscribers get a bound
         end.error = bounded_error(end.error, end.results)
-        del pipeline.runs[run.rid]
+        pipeline.runs.remove(run)
         del self.notifier[run.rid]
         self.release_rev(run.repo_rev)
         pipeline.state_changed.notify()
