@@ -62,8 +62,9 @@ async def test_rid_counter_fsyncs_only_when_durable(tmp_path, monkeypatch):
         assert pyon.load_file(path) == 0
         del synced[:]
         assert await counter.next(durable=False) == 1
+        await counter.flush()  # written behind, (atomically) all the same
         assert synced == []
-        assert pyon.load_file(path) == 1  # written (atomically) all the same
+        assert pyon.load_file(path) == 1
         # no temporary file left behind
         assert sorted(os.listdir(tmp_path)) == ["last_rid.pyon"]
     await main()
@@ -85,8 +86,10 @@ async def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
             for i in range(3):
                 rids.append(await m.scheduler.submit("main", noop(),
                                                      due_date=time.time() + LATER))
-                # on disk, with the record, when submit returns; last_rid.pyon too
+                # on disk, with the record, when submit returns; last_rid.pyon
+                # follows behind
                 assert _stored_last_rid(store) == store.last_rid == rids[-1]
+                await m.scheduler.rid_counter.flush()
                 assert pyon.load_file(lab.path("last_rid.pyon")) == rids[-1]
             assert rids == sorted(set(rids))
             # removing the runs' records keeps the meta entry
@@ -101,6 +104,22 @@ async def test_submits_commit_the_last_rid_with_the_record(lab, monkeypatch):
         assert store.last_rid == _stored_last_rid(store) == rids[-1]
     finally:
         store.close()
+
+
+async def test_a_burst_of_rids_costs_one_write_behind(tmp_path, monkeypatch):
+    """RIDs made durable by the store: last_rid.pyon is written behind them, the
+    latest RID once per write, not once per RID."""
+    writes = []
+    real = pyon.store_file
+    monkeypatch.setattr(pyon, "store_file", lambda path, obj, fsync=True: (
+        writes.append((obj, fsync)), real(path, obj, fsync))[1])
+    path = str(tmp_path / "last_rid.pyon")
+    counter = RIDCounter(path)
+    assert [await counter.next(durable=False) for _ in range(100)] == list(range(100))
+    await counter.flush()
+    assert pyon.load_file(path) == 99
+    assert 1 <= len(writes) <= 2 and writes[-1] == (99, False)
+    assert RIDCounter(path).last == 99
 
 
 @pytest.mark.parametrize("lost", ["smaller", "deleted"])

@@ -3,7 +3,8 @@
 ``LMDBFile(path)`` opens ``path`` as a single file (``subdir=False``). ``write_now(ops)``
 commits puts and deletes in one transaction, doubling the map and retrying when it is
 full (LMDB's default ``sync=True``: the transaction is on disk when it returns);
-``read_now(fn)`` runs ``fn(txn)`` in a read transaction. Both block: call them from a
+a failed commit raises an ``OSError`` naming the file (ENOSPC when the file system is
+full); ``read_now(fn)`` runs ``fn(txn)`` in a read transaction. Both block: call them from a
 thread. ``await write(ops)`` commits in a thread, in call order, and returns once its
 ops are on disk; writes asked for while a commit runs share the next transaction (a
 group commit: one sync for all of them; if that transaction fails, each write is retried
@@ -12,6 +13,7 @@ thread. Used by the dataset database, the schedule store and the history.
 """
 
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -80,9 +82,25 @@ class LMDBFile:
                     size = self.env.info()["map_size"] * 2
                     logger.info("%s: map full, growing it to %d bytes", self.label, size)
                     self.env.set_mapsize(size)
+                except lmdb.Error as e:
+                    txn.abort()
+                    raise self._disk_error(e) from e
                 except BaseException:
                     txn.abort()
                     raise
+
+    def _disk_error(self, error: lmdb.Error) -> OSError:
+        """A failed commit as one line naming the file; a full file system said so
+        (after a first ENOSPC, LMDB reports later commits as I/O errors)."""
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            full = stat.f_bavail * stat.f_frsize < (1 << 20)
+        except OSError:
+            full = False
+        if full:
+            return OSError(errno.ENOSPC, f"cannot write the {self.label} {self.path}: "
+                                         "no space left on the device")
+        return OSError(errno.EIO, f"cannot write the {self.label} {self.path}: {error}")
 
     def read_now(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """fn(txn) in a read transaction."""

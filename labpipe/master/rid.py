@@ -5,9 +5,12 @@ a crash of the master. The file is always replaced atomically (temporary file, r
 a reader sees the old RID or the new one, never a torn file.
 
 ``next()`` also fsyncs it (file and folder): the RID is durable on its own. A scheduler
-with a schedule store uses ``next(durable=False)`` instead: the file is written but not
-fsynced, and the RID becomes durable with the submission's commit to the store, which
-keeps the highest RID given out (``ScheduleStore.last_rid``). At start the scheduler
+with a schedule store uses ``next(durable=False)`` instead: the RID becomes durable with
+the submission's commit to the store, which keeps the highest RID given out
+(``ScheduleStore.last_rid``), and the file is only kept up to date, behind: one
+background write of the latest RID at a time, never fsynced, so a burst of submits
+costs one file write, not one each (``flush()`` waits for it; the scheduler's ``stop``
+calls it). At start the scheduler
 reserves RIDs up to that value too (``reserve_up_to``), so a ``last_rid.pyon`` that lost
 its last writes (power loss), is older, or is missing does not make RIDs repeat.
 
@@ -35,6 +38,8 @@ class RIDCounter:
         self.path = path
         self._last = _load(path)
         self._lock = asyncio.Lock()
+        self._written = self._last
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def last(self) -> int:
@@ -45,6 +50,12 @@ class RIDCounter:
         """The next RID, written (atomically) before it is returned; the write runs in a
         thread. ``durable``: fsync it too. Without it the caller must make the RID
         durable itself (the schedule store's commit) before acknowledging it."""
+        if not durable:
+            self._last += 1
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_behind(),
+                                                   name="last_rid.pyon")
+            return self._last
         async with self._lock:
             rid = self._last + 1
             try:
@@ -54,6 +65,22 @@ class RIDCounter:
                                        f"{e.strerror or e}") from None
             self._last = rid
             return rid
+
+    async def _write_behind(self) -> None:
+        while self._written != self._last:
+            rid = self._last
+            try:
+                await asyncio.to_thread(pyon.store_file, self.path, rid, False)
+            except OSError as e:  # not fatal: the schedule store holds the last RID
+                logger.warning("cannot write the last RID to %s: %s", self.path,
+                               e.strerror or e)
+                return
+            self._written = rid
+
+    async def flush(self) -> None:
+        """Wait for the write of the latest RID given out without ``durable``."""
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
 
     def reserve_up_to(self, rid: int) -> None:
         """Never give out RIDs up to rid again (used when restoring a saved schedule)."""

@@ -513,3 +513,4 @@ class Scheduler:
                    if run.worker is not None]
         await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
         await self.tasks.wait()
+        await self.rid_counter.flush()
