@@ -129,9 +129,10 @@ class LMDBFile:
                     prepared.append((ops() if callable(ops) else ops, future))
                 except Exception as e:
                     _settle(future, e)
+            merged = [op for ops, _ in prepared for op in ops or ()]
             try:
-                await asyncio.to_thread(
-                    self.write_now, [op for ops, _ in prepared for op in ops or ()])
+                if merged:  # else: the earlier batches, committed, were what they waited for
+                    await asyncio.to_thread(self.write_now, merged)
             except Exception:
                 if len(prepared) > 1:
                     await self._commit_one_by_one(prepared)

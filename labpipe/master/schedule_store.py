@@ -18,7 +18,8 @@ Durability: ``record_submission(run)`` commits (LMDB syncs on commit) before it 
 and the scheduler awaits it before ``submit`` returns the RID. ``note_stage`` and
 ``remove`` are ordered after it: every change goes through ``LMDBFile.write`` (changes
 commit in the order they were asked for; those asked for while a commit runs share the
-next transaction), and the commit itself runs in a thread (``asyncio.to_thread``): the
+next transaction; a note that would write the record as it was last written writes
+nothing), and the commit itself runs in a thread (``asyncio.to_thread``): the
 event loop never waits for the disk. ``write_record(run)`` commits a run's record now
 (its staged changes included: ``change`` awaits it before applying them) and
 ``note_deleting(run)`` the start of its deletion, before either is published. Stage notes of
@@ -145,7 +146,12 @@ class ScheduleStore:
             self._noting.discard(run.rid)
             if run.rid not in self._records:  # removed meanwhile
                 return []
-            record = self._records[run.rid] = self.record_of(run)
+            record = self.record_of(run)
+            if record == self._records[run.rid]:
+                # already written (by this batch's transaction or an earlier one,
+                # which commits before this write returns): nothing to add
+                return []
+            self._records[run.rid] = record
             return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
         await self.file.write(ops)
 
