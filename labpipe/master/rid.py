@@ -7,9 +7,10 @@ a reader sees the old RID or the new one, never a torn file.
 ``next()`` also fsyncs it (file and folder): the RID is durable on its own. A scheduler
 with a schedule store uses ``next(durable=False)`` instead: the RID becomes durable with
 the submission's commit to the store, which keeps the highest RID given out
-(``ScheduleStore.last_rid``), and the file is only kept up to date, behind: one
-background write of the latest RID at a time, never fsynced, so a burst of submits
-costs one file write, not one each (``flush()`` waits for it; the scheduler's ``stop``
+(``ScheduleStore.last_rid``), and the file is only kept up to date, behind: a
+background write of the latest RID at most once every ``WRITE_BEHIND`` seconds, never
+fsynced, so that submits pay no file write (on ext4 a rename beside each synced commit
+doubled its cost); ``flush()`` writes at once and waits (the scheduler's ``stop``
 calls it). At start the scheduler
 reserves RIDs up to that value too (``reserve_up_to``), so a ``last_rid.pyon`` that lost
 its last writes (power loss), is older, or is missing does not make RIDs repeat.
@@ -20,6 +21,7 @@ the highest in ``schedule.mdb`` (``meta/last_rid``) and ``history.mdb``.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 
@@ -28,6 +30,9 @@ from labpipe.protocol import pyon
 __all__ = ["RIDCounter"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between writes of last_rid.pyon behind RIDs made durable by the store.
+WRITE_BEHIND = 1.0
 
 
 class RIDCounter:
@@ -40,6 +45,7 @@ class RIDCounter:
         self._lock = asyncio.Lock()
         self._written = self._last
         self._writer: asyncio.Task[None] | None = None
+        self._flush_now = asyncio.Event()
 
     @property
     def last(self) -> int:
@@ -68,6 +74,8 @@ class RIDCounter:
 
     async def _write_behind(self) -> None:
         while self._written != self._last:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), WRITE_BEHIND)
             rid = self._last
             try:
                 await asyncio.to_thread(pyon.store_file, self.path, rid, False)
@@ -80,7 +88,11 @@ class RIDCounter:
     async def flush(self) -> None:
         """Wait for the write of the latest RID given out without ``durable``."""
         if self._writer is not None:
-            await asyncio.shield(self._writer)
+            self._flush_now.set()
+            try:
+                await asyncio.shield(self._writer)
+            finally:
+                self._flush_now.clear()
 
     def reserve_up_to(self, rid: int) -> None:
         """Never give out RIDs up to rid again (used when restoring a saved schedule)."""
