@@ -22,6 +22,9 @@ __all__ = ["get_argparser", "main"]
 
 logger = logging.getLogger("labpipe.master")
 
+#: seconds a thread holds the GIL before another may take it (Python's default: 0.005)
+SWITCH_INTERVAL = 0.0005
+
 
 def get_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(get_argparser(), argv, config)
     try:
         _setup_logging(args)
+        # The event loop shares the GIL with threads (commits, worker pipes' readers,
+        # the spare-worker refill): at the default 5 ms switch interval, each of its
+        # system calls could wait that long to get the GIL back from a busy thread.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         asyncio.run(_serve(_options(args)))
     except KeyboardInterrupt:
         pass
