@@ -15,8 +15,11 @@ commit (the submission is on disk before its RID is returned):
   arrived together, so the floor printed is per-submission cost of one round trip + one
   commit divided by the 10 clients.
 - a submit at 10,000 pending runs against one at 0 pending (medians of 100).
+- the master's RSS (``/proc/PID/status`` VmRSS) idle, and after each of 10 rounds of
+  1,000 submits and 1,000 deletes: what the rounds left behind from round 1 to round 10
+  (target: flat, within 2 MiB).
 
-Usage: python benchmarks/bench_submit.py [--pending N]  (N: the long queue, 10,000)
+Usage: python benchmarks/bench_submit.py [--pending N] [--rounds R]  (10,000 and 10)
 """
 
 import argparse
@@ -28,7 +31,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import floors  # noqa: E402
-from bench_master import TRIVIAL, TRIVIAL_EXPID, ScheduleWatch, master_in_temporary_lab  # noqa: E402
+from bench_master import (TRIVIAL, TRIVIAL_EXPID, ScheduleWatch,  # noqa: E402
+                          master_process_in_temporary_lab)
 
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.sync import Subscriber
@@ -73,7 +77,27 @@ async def keep_busy(schedule: AsyncClient, watch: ScheduleWatch, stop: asyncio.E
     return done
 
 
-async def bench(ports: dict[str, int], floor: dict[str, floors.Floor], pending: int) -> None:
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def rss_rounds(schedule: AsyncClient, pid: int, rounds: int) -> None:
+    idle = rss_mib(pid)
+    after = []
+    for _ in range(rounds):
+        await delete_all(schedule, (await timed_submits(schedule, 1000))[1])
+        after.append(rss_mib(pid))
+    print(f"master RSS: idle {idle:.1f} MiB; after {rounds} rounds of 1,000 submits and "
+          f"deletes {after[-1]:.1f} MiB; round 1 -> {rounds}: {after[-1] - after[0]:+.1f} MiB "
+          f"(per round: {', '.join(f'{a:.1f}' for a in after)})")
+
+
+async def bench(ports: dict[str, int], floor: dict[str, floors.Floor], pending: int,
+                pid: int, rounds: int) -> None:
     schedule = await connect(ports)
     await schedule.hold(HELD)
     watch = ScheduleWatch()
@@ -123,6 +147,7 @@ async def bench(ports: dict[str, int], floor: dict[str, floors.Floor], pending: 
         print(f"submit at {pending:,} pending: median {statistics.median(at_many) * 1e3:.2f} ms, "
               f"at 0 pending {statistics.median(at_zero) * 1e3:.2f} ms (x{ratio:.2f})")
         await delete_all(schedule, rids + filler)
+        await rss_rounds(schedule, pid, rounds)
     finally:
         await subscriber.close()
         schedule.close_rpc()
@@ -131,11 +156,12 @@ async def bench(ports: dict[str, int], floor: dict[str, floors.Floor], pending: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pending", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     floors.header("bench_submit.py")
     floor = {"loopback": floors.loopback_round_trip(), "lmdb": floors.synced_lmdb_commit()}
-    with master_in_temporary_lab({"trivial": TRIVIAL}) as ports:
-        asyncio.run(bench(ports, floor, args.pending))
+    with master_process_in_temporary_lab({"trivial": TRIVIAL}) as (process, ports):
+        asyncio.run(bench(ports, floor, args.pending, process.pid, args.rounds))
     floors.load_average("end")
 
 
