@@ -20,7 +20,7 @@ class BufferClient:
     def __init__(self, address: str, timeout: float = 5.0) -> None:
         self.address = address
         self.timeout_ms = int(timeout * 1000)
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[Any] = zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
 
     def _request(self, body: dict[str, Any]) -> list[bytes]:

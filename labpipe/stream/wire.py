@@ -214,7 +214,7 @@ def _bitshuffle() -> _Bitshuffle:
     global _codec
     if _codec is None:
         try:
-            import bitshuffle  # type: ignore[import-not-found]
+            import bitshuffle
         except ImportError:
             raise WireError("compression bitshuffle_lz4 needs the bitshuffle package"
                             " (pip install bitshuffle), which is not installed") from None
