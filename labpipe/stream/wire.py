@@ -14,6 +14,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,11 +41,16 @@ class Channel:
     encoding: str = "little"
     compression: str = "none"
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype[Any]:
         """The numpy dtype of one value, byte order included."""
         order = ">" if self.encoding == "big" else "<"
         return np.dtype(order + TYPES[self.type])
+
+    @cached_property
+    def nbytes(self) -> int:
+        """The bytes of one uncompressed value."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def to_json(self) -> dict[str, Any]:
         """The channel as the data header's JSON lists it."""
@@ -86,10 +92,14 @@ def compress(value: np.ndarray[Any, Any], compression: str) -> bytes:
 
 def decompress(part: bytes, channel: Channel) -> np.ndarray[Any, Any]:
     """A value part back to an array of the channel's type and shape."""
-    count = int(np.prod(channel.shape)) if channel.shape else 1
     if channel.compression == "none":
-        value = np.frombuffer(part, dtype=channel.dtype)
-    elif channel.compression == "bitshuffle_lz4":
+        if len(part) != channel.nbytes:
+            raise WireError(f"channel {channel.name}: {len(part)} bytes where its type"
+                            f" {channel.type} and shape {list(channel.shape)} need"
+                            f" {channel.nbytes}")
+        return np.frombuffer(part, dtype=channel.dtype).reshape(channel.shape)
+    count = channel.nbytes // channel.dtype.itemsize
+    if channel.compression == "bitshuffle_lz4":
         value = _bitshuffle().decompress(part, channel.dtype)
     else:
         raise WireError(f"channel {channel.name}: compression {channel.compression!r}"
@@ -183,6 +193,10 @@ def _channels(header: dict[str, Any]) -> list[Channel]:
                 from None
         if channel.type not in TYPES:
             raise WireError(f"channel {channel.name}: type {channel.type!r} unknown")
+        if channel.compression not in COMPRESSIONS:
+            raise WireError(f"channel {channel.name}: compression"
+                            f" {channel.compression!r} is not one of"
+                            f" {', '.join(COMPRESSIONS)}")
         channels.append(channel)
     return channels
 
