@@ -374,3 +374,16 @@ def test_an_experiment_captures_a_window_into_its_results_file(lab):
         with h5py.File(lab.path("capture_now.h5")) as f:
             rows = f["datasets/rows"][()]
             assert rows > 5 and len(f["streams/camera/data/SIM:SCALAR0/data"]) == rows
+
+
+def test_a_bitshuffle_lz4_stream_is_buffered_uncompressed():
+    pytest.importorskip("bitshuffle", reason="the [stream] extra is not installed")
+    with processes() as started:
+        chain = Chain(started, sim_args=("--compression", "bitshuffle_lz4"))
+        chain.wait_buffered(3)
+        message = chain.client.last(1)[0]
+        image = message.values[[c.name for c in message.channels].index("SIM:IMAGE")]
+        expected = np.arange(12, dtype=np.uint16).reshape(3, 4)
+        expected[0, 0] = message.pulse_id & 0xFFFF
+        assert (image == expected).all()
+        assert chain.status()["malformed"] == 0
