@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, 100)
+    socket.setsockopt(zmq.SNDHWM, 10000)
     try:
         socket.bind(f"tcp://127.0.0.1:{args.port}")
     except zmq.ZMQError as error:

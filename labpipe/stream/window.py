@@ -21,6 +21,7 @@ from labpipe.stream.client import BufferClient
 
 CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 4096
+READ_LIMIT = 2000  # messages per read (the buffer bounds a reply's bytes too)
 
 
 class _Column:
@@ -181,7 +182,7 @@ class Capture:
                                               self._start_seq)
                 if seq is None:
                     if start is not None:
-                        meta, messages = self.client.read(from_pulse=start)
+                        meta, messages = self.client.read(from_pulse=start, limit=READ_LIMIT)
                         oldest = meta["oldest_pulse"]
                         if oldest is not None and oldest > start:
                             self.errors.append(
@@ -191,9 +192,9 @@ class Capture:
                         self.window.first_pulse = (start if oldest is None
                                                    or oldest <= start else oldest)
                     else:
-                        meta, messages = self.client.read(from_seq=start_seq)
+                        meta, messages = self.client.read(from_seq=start_seq, limit=READ_LIMIT)
                 else:
-                    meta, messages = self.client.read(from_seq=seq)
+                    meta, messages = self.client.read(from_seq=seq, limit=READ_LIMIT)
                     if meta["oldest_seq"] > seq:
                         self.errors.append(f"{meta['oldest_seq'] - seq} message(s)"
                                            " left the ring before they were written")
