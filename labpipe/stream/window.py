@@ -215,5 +215,11 @@ class Capture:
                         return
                     time.sleep(idle)
         finally:
+            with self._lock:
+                stop = self.stop_pulse
+            first = self.window.first_pulse
+            if stop is not None and first is not None:
+                # a stop given after the window had passed it: cut the rows beyond
+                self.window.rows = max(0, min(self.window.rows, stop - first + 1))
             self.window.close()
             self.finished.set()
