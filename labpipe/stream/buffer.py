@@ -112,7 +112,7 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
     buffer = Buffer(length, analyzer)
     context = zmq.Context()
     source = context.socket(zmq.PULL)
-    source.setsockopt(zmq.RCVHWM, 10000)  # absorbs a stall of ~1 s at 10 kHz
+    source.setsockopt(zmq.RCVHWM, 1000)  # bounded: a queue of images is memory too
     source.setsockopt(zmq.LINGER, 0)
     source.connect(stream)
     output = context.socket(zmq.ROUTER)

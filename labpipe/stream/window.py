@@ -132,6 +132,7 @@ class Capture:
         self._start_seq: int | None = None
         self._stop_now = False
         self.errors: list[str] = []
+        self.overrun = 0  # messages that left the ring before they were read
         self.finished = threading.Event()
         self.started = threading.Event()
         self._lock = threading.Lock()
@@ -196,8 +197,7 @@ class Capture:
                 else:
                     meta, messages = self.client.read(from_seq=seq, limit=READ_LIMIT)
                     if meta["oldest_seq"] > seq:
-                        self.errors.append(f"{meta['oldest_seq'] - seq} message(s)"
-                                           " left the ring before they were written")
+                        self.overrun += meta["oldest_seq"] - seq
                 seq = meta["next_seq"]
                 for parts in messages:
                     message = decoder.decode(parts)
@@ -215,6 +215,9 @@ class Capture:
                         return
                     time.sleep(idle)
         finally:
+            if self.overrun:
+                self.errors.append(f"{self.overrun} message(s) left the ring before"
+                                   " they were written (the writer fell behind)")
             with self._lock:
                 stop = self.stop_pulse
             first = self.window.first_pulse
