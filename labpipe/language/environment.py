@@ -211,6 +211,17 @@ class HasEnvironment:
         setattr(self, key, self.get_device(key))
         self._add_kernel_invariant(key)
 
+    def setattr_stream(self, key: str) -> None:
+        """Set the stream device ``key`` (a ``stream`` entry of the device database,
+        naming a ``labpipe-buffer``) as the attribute ``key``: its ``capture(start,
+        stop)``, ``capture_now()``...``stop()`` write a window into the run's results
+        file under ``streams/KEY/``; ``last(n)`` gives the newest messages."""
+        device = self.get_device(key)
+        if not callable(getattr(device, "capture", None)):
+            raise TypeError(f"device {key!r} is not a stream (a device_db entry of"
+                            f" type 'stream'), but a {type(device).__name__}")
+        setattr(self, key, device)
+
     def _add_kernel_invariant(self, key: str) -> None:
         # Kept for experiments written for ARTIQ that read kernel_invariants.
         self.kernel_invariants = getattr(self, "kernel_invariants", set()) | {key}

@@ -89,8 +89,12 @@ def _check_entry(key: Any, entry: Any) -> str | None:
             return f"device {key!r}: a controller entry needs an integer 'port'"
         if entry.get("target") is not None and not isinstance(entry["target"], str):
             return f"device {key!r}: 'target' must be a string"
+    elif kind == "stream":  # a labpipe-buffer's output (labpipe.stream)
+        if not isinstance(entry.get("buffer"), str):
+            return f"device {key!r}: a stream entry needs a 'buffer' string" \
+                   " (the buffer's output, tcp://HOST:PORT)"
     else:
-        return f"device {key!r}: type {kind!r} is not 'local' or 'controller'"
+        return f"device {key!r}: type {kind!r} is not 'local', 'controller' or 'stream'"
     return None
 
 

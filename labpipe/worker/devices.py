@@ -133,6 +133,7 @@ class DeviceManager:
         self.requested: list[str] = []
         self._active: dict[str, Any] = {}  # final key -> device, in order of creation
         self._creating: list[str] = []
+        self._streams: dict[str, Any] = {}  # stream devices: their windows' files
 
     def _resolve(self, key: str) -> tuple[str, Any]:
         return follow_aliases(lambda k: self.ddb.get(k, resolve_alias=False), key)
@@ -176,6 +177,14 @@ class DeviceManager:
         kind = desc.get("type")
         if kind == "local":
             return self._create_local(key, desc)
+        if kind == "stream":  # a labpipe-buffer's output (labpipe.stream.device)
+            if not isinstance(desc.get("buffer"), str):
+                raise DeviceError(f"device {key!r}: a stream entry needs 'buffer', the"
+                                  " buffer's output address (tcp://HOST:PORT)")
+            from labpipe.stream.device import Stream
+            stream = Stream(key, desc["buffer"], float(desc.get("timeout", 60.0)))
+            self._streams[key] = stream  # its window outlives close_devices
+            return stream
         if kind == "controller":
             try:
                 return Client(desc["host"], desc["port"], desc.get("target"))
@@ -186,7 +195,7 @@ class DeviceManager:
                                   f"{desc.get('host')}:{desc.get('port')}: "
                                   f"{type(e).__name__}: {e}") from e
         raise DeviceError(f"device {key!r}: unsupported type {kind!r} "
-                          f"(expected 'local' or 'controller')")
+                          f"(expected 'local', 'controller' or 'stream')")
 
     def _create_local(self, key: str, desc: dict) -> Any:
         module_name, class_name = desc.get("module"), desc.get("class")
@@ -216,6 +225,15 @@ class DeviceManager:
         except Exception as e:
             raise DeviceError(f"device {key!r}: {where}(...) failed: "
                               f"{type(e).__name__}: {e}") from e
+
+    def stream_spools(self) -> dict[str, str]:
+        """{stream name: the file holding its window} of the run's stream devices."""
+        spools = {}
+        for key, stream in self._streams.items():
+            path = stream.spool()
+            if path is not None:
+                spools[key] = path
+        return spools
 
     def close_devices(self) -> None:
         """Close the devices created so far, newest first; errors are logged only."""

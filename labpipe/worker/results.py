@@ -16,6 +16,8 @@ h5py::
       log                1-D array of variable-length UTF-8 strings (may be empty)
       error              str, when the run failed
       GROUP/KEY          for each extra group given (e.g. bluesky documents)
+      streams/NAME/data/CHANNEL/{data,pulse_id,timestamp,is_data_present}
+                         the window a stream device captured (labpipe.stream)
 
 How a value is stored (the same rules for ``datasets/``, ``archive/`` and extra groups):
 
@@ -67,7 +69,7 @@ PYON_ATTRS_ATTR = "labpipe_pyon_attrs"
 
 _NATIVE_KINDS = "biufc"
 _STANDARD_NAMES = {"datasets", "archive", "rid", "start_time", "run_time", "expid",
-                   "repo_rev", "labpipe_version", "log", "error"}
+                   "repo_rev", "labpipe_version", "log", "error", "streams"}
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -190,12 +192,14 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                   datasets: Mapping[str, tuple[Any, dict | None]] | None = None,
                   archive: Mapping[str, Any] | None = None,
                   log_lines: Iterable[str] | None = None, error: str | None = None,
-                  extra_groups: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+                  extra_groups: Mapping[str, Mapping[str, Any]] | None = None,
+                  stream_files: Mapping[str, str] | None = None) -> None:
     """Write a run's results file at ``path`` atomically (layout in the module docstring).
 
     ``datasets`` maps key -> (value, metadata) (the worker's ``DatasetManager.local``),
     ``archive`` maps key -> value (``DatasetManager.archive``), ``extra_groups`` maps a
-    group name -> {key: value}. A single value that cannot be written is logged and
+    group name -> {key: value}, ``stream_files`` a stream name -> the HDF5 file its
+    window was spooled to (its groups are copied under ``streams/NAME``). A single value that cannot be written is logged and
     skipped, so that the rest of the results is kept; any other failure raises, and
     leaves neither the destination nor a temporary file behind.
     """
@@ -211,6 +215,12 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                             expid=expid, repo_rev=repo_rev, datasets=datasets,
                             archive=archive, log_lines=log_lines, error=error,
                             extra_groups=extra_groups)
+                for name, spool in (stream_files or {}).items():
+                    with h5py.File(spool, "r") as source:
+                        for item in source:
+                            source.copy(item, f, f"streams/{name}/{item}")
+                        for attr, value in source.attrs.items():
+                            f.require_group(f"streams/{name}").attrs[attr] = value
     except OSError as e:
         if e.errno is None:
             raise

@@ -111,7 +111,8 @@ class ExperimentRunner:
             run_time=self.run_time if self.run_time is not None else self.start_time,
             expid=self.expid, repo_rev=self.repo_rev,
             datasets=self.dataset_mgr.local, archive=self.dataset_mgr.archive,
-            log_lines=self.log_lines, error=error, extra_groups=self.extra_groups())
+            log_lines=self.log_lines, error=error, extra_groups=self.extra_groups(),
+            stream_files=self.device_mgr.stream_spools())
         return path
 
     def extra_groups(self) -> dict[str, Any]:
