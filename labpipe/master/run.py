@@ -83,6 +83,9 @@ class Run:
     starting_at: float | None = None
     #: how many edits (change, delete) are being written; the prepare stage waits
     edits: int = 0
+    #: who submitted it (``access.caller``), kept with the run and in history
+    user: str | None = None
+    group: str | None = None
     _status: RunStatus = RunStatus.pending
 
     def publish(self) -> None:

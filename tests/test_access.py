@@ -1,0 +1,101 @@
+"""The lock and the permissions over the wire, against real labpipe-master processes
+(docs/access.md)."""
+
+import os
+import signal
+
+import pytest
+
+from conftest import MasterProcess, expid
+
+HELLO = "from labpipe.experiment import *\nclass Hello(EnvExperiment):\n    def run(self):\n        pass\n"
+
+
+def _lab(tmp_path, toml=""):
+    (tmp_path / "repository").mkdir()
+    (tmp_path / "repository" / "hello.py").write_text(HELLO)
+    (tmp_path / "repository" / "danger").mkdir()
+    (tmp_path / "repository" / "danger" / "fire.py").write_text(HELLO)
+    (tmp_path / "device_db.py").write_text(
+        'device_db = {"motor": {"type": "local", "module": "ophyd.sim", "class": "SynAxis"},'
+        ' "laser": {"type": "local", "module": "ophyd.sim", "class": "SynAxis"}}\n')
+    (tmp_path / "labpipe.toml").write_text(toml)
+    return tmp_path
+
+
+def test_lock_refuses_without_key_and_survives_kill(tmp_path):
+    lab = _lab(tmp_path, '[lock]\nemergency_key = "sos"\n[master]\nhold = ["main"]\n')
+    master = MasterProcess(str(lab))
+    try:
+        with master.client("lock") as lock:
+            info = lock.lock("k1", note="calibration", user="alice")
+            assert info["locked"] and info["user"] == "alice"
+        with master.client("schedule") as schedule:
+            with pytest.raises(PermissionError) as refused:
+                schedule.submit("main", expid("repository/hello.py"))
+            message = str(refused.value)
+            assert "alice" in message and "calibration" in message and "\n" not in message
+            rid = schedule.submit("main", expid("repository/hello.py"), lock_key="k1")
+            assert rid in schedule.get_status()  # reads need no key
+            with pytest.raises(PermissionError):
+                schedule.delete(rid, lock_key="wrong")
+        with master.client("dataset_db") as datasets:
+            with pytest.raises(PermissionError):
+                datasets.set("x", 1)
+        master.process.send_signal(signal.SIGKILL)
+        master.process.wait()
+    finally:
+        master.stop()
+    master = MasterProcess(str(lab))
+    try:
+        with master.client("lock") as lock:
+            assert lock.info()["locked"]
+            with pytest.raises(PermissionError):
+                lock.unlock("nope")
+            assert not lock.unlock("sos")["locked"]  # the emergency key
+        with master.client("schedule") as schedule:
+            schedule.submit("main", expid("repository/hello.py"))
+    finally:
+        master.stop()
+
+
+PERMISSIONS = """
+[permissions]
+enabled = true
+default_group = "observers"
+[permissions.users]
+carol = "operators"
+[permissions.groups.observers]
+[permissions.groups.operators]
+edit_queue = true
+forbidden_experiments = ["repository/danger/*"]
+forbidden_devices = ["laser"]
+[master]
+hold = ["main"]
+"""
+
+
+def test_permissions_refuse_by_rule(tmp_path):
+    master = MasterProcess(str(_lab(tmp_path, PERMISSIONS)))
+    try:
+        with master.client("schedule") as schedule:
+            with pytest.raises(PermissionError, match="edit_queue"):
+                schedule.submit("main", expid("repository/hello.py"))
+            rid = schedule.submit("main", expid("repository/hello.py"), user="carol")
+            with pytest.raises(PermissionError, match="forbidden_experiments"):
+                schedule.submit("main", expid("repository/danger/fire.py"), user="carol")
+            with pytest.raises(PermissionError, match="forbidden_devices 'laser'"):
+                schedule.submit("main", {**expid("repository/hello.py"),
+                                         "devarg_override": {"laser": {}}}, user="carol")
+            with pytest.raises(PermissionError, match="submit_content"):
+                schedule.submit("main", expid(content=HELLO), group="operators")
+            schedule.delete(rid, group="operators")
+        with master.client("master_management") as management:
+            with pytest.raises(PermissionError, match="terminate"):
+                management.terminate(group="operators")
+        with master.client("permissions") as permissions:
+            allowed = permissions.allowed("operators")
+            assert allowed["devices"] == ["motor"] and allowed["rights"]["edit_queue"]
+    finally:
+        master.stop()
+    assert os.path.exists(tmp_path / "labpipe.toml")
