@@ -99,3 +99,20 @@ def test_permissions_refuse_by_rule(tmp_path):
     finally:
         master.stop()
     assert os.path.exists(tmp_path / "labpipe.toml")
+
+
+def test_client_lock_commands_and_key(tmp_path):
+    master = MasterProcess(str(_lab(tmp_path, '[master]\nhold = ["main"]\n')))
+    try:
+        out = master.cli("--user", "dora", "lock", "k9", "--note", "alignment").stdout
+        assert "Locked" in out and "dora" in out and "alignment" in out
+        assert "alignment" in master.cli("lock-info").stdout
+        refused = master.cli("submit", "repository/hello.py", check=False)
+        assert refused.returncode == 3 and "dora" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        rid = int(master.cli("--lock-key", "k9", "--user", "erin", "submit", "repository/hello.py").stdout.split("RID: ")[1])
+        with master.client("schedule") as schedule:
+            assert rid in schedule.get_status()
+        assert "Not locked" in master.cli("unlock", "k9").stdout
+    finally:
+        master.stop()
