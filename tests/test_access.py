@@ -12,7 +12,7 @@ HELLO = "from labpipe.experiment import *\nclass Hello(EnvExperiment):\n    def 
 
 
 def _lab(tmp_path, toml=""):
-    (tmp_path / "repository").mkdir()
+    (tmp_path / "repository").mkdir(parents=True)
     (tmp_path / "repository" / "hello.py").write_text(HELLO)
     (tmp_path / "repository" / "danger").mkdir()
     (tmp_path / "repository" / "danger" / "fire.py").write_text(HELLO)
@@ -21,6 +21,11 @@ def _lab(tmp_path, toml=""):
         ' "laser": {"type": "local", "module": "ophyd.sim", "class": "SynAxis"}}\n')
     (tmp_path / "labpipe.toml").write_text(toml)
     return tmp_path
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def test_lock_refuses_without_key_and_survives_kill(tmp_path):
@@ -114,5 +119,47 @@ def test_client_lock_commands_and_key(tmp_path):
         with master.client("schedule") as schedule:
             assert rid in schedule.get_status()
         assert "Not locked" in master.cli("unlock", "k9").stdout
+    finally:
+        master.stop()
+
+
+def test_tls_group_comes_from_the_certificate(tmp_path):
+    from labpipe.protocol.rpc import Client
+    from labpipe.protocol.tls import client_context
+    from tls_certs import group_identity, make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    operator = group_identity(str(tmp_path / "certs"), "op", "operators")
+    observer = group_identity(str(tmp_path / "certs"), "obs", "observers")
+    peers = tmp_path / "certs" / "peers.pem"
+    peers.write_text("".join(_read(i.cert)
+                             for i in (operator, observer)))
+    lab = _lab(tmp_path / "lab", PERMISSIONS.replace("default_group = \"observers\"\n", ""))
+    master = MasterProcess(str(lab), "--ssl", certs.server.cert, certs.server.key, str(peers))
+
+    def client(identity, target):
+        from labpipe.protocol.tls import TLSFiles
+        return Client("127.0.0.1", master.ports["control"], target, timeout=20,
+                      ssl=client_context(TLSFiles(identity.cert, identity.key,
+                                                  certs.server.cert)))
+    try:
+        with client(operator, "schedule") as schedule:
+            rid = schedule.submit("main", expid("repository/hello.py"))
+            with pytest.raises(PermissionError, match="forbidden_experiments"):
+                schedule.submit("main", expid("repository/danger/fire.py"))
+            with pytest.raises(PermissionError, match="submit_content"):
+                schedule.submit("main", expid(content=HELLO))
+        with client(observer, "schedule") as schedule:
+            with pytest.raises(PermissionError, match="observers"):
+                schedule.delete(rid)
+            # the client's word does not change its certificate's group
+            with pytest.raises(PermissionError, match="certificate"):
+                schedule.delete(rid, group="operators")
+        with client(operator, "master_management") as management:
+            with pytest.raises(PermissionError, match="terminate"):
+                management.terminate()
+        with client(operator, "history") as history, client(operator, "schedule") as s:
+            s.delete(rid)
+            record = history.wait(rid, 20)
+            assert record["user"] == "labpipe test op" and record["group"] == "operators"
     finally:
         master.stop()
