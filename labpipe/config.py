@@ -43,6 +43,24 @@ client.toml``, which may hold only ``[client]`` and ``[ports]``):
 - ``server`` (host name or address of the master, default 127.0.0.1).
 - ``[client.tls]`` ``cert``, ``key``, ``peer``: as the client's ``--ssl CERT KEY PEER``
   (relative paths are relative to the file's folder).
+- ``lock_key``, ``user``, ``group``: as the client's ``--lock-key``, ``--user``,
+  ``--group`` (``docs/access.md``).
+
+``[lock]`` (the master's queue lock, ``docs/access.md``):
+
+- ``emergency_key`` (string) or ``emergency_key_file`` (a file whose first line is the
+  key; relative to the lab directory): a key that unlocks any lock and passes any lock.
+
+``[permissions]`` (users, groups and what each may do, ``docs/access.md``; off unless
+``enabled = true``):
+
+- ``enabled`` (bool, default false), ``default_group`` (the group of a client that
+  states none), ``tls_group_field`` (the certificate subject field naming the group,
+  default ``organizationalUnitName``), ``users`` (a table: user name -> group).
+- ``[permissions.groups.NAME]``: ``allowed_experiments``, ``forbidden_experiments``,
+  ``allowed_plans``, ``forbidden_plans``, ``allowed_devices``, ``forbidden_devices``
+  (lists of patterns), and the rights ``edit_queue``, ``write_datasets``,
+  ``terminate``, ``submit_content``, ``call_functions`` (bools, default false).
 
 A key that the file leaves out is None in the dataclass ("not said"): the programs
 fill in their defaults, so that settings from several places (flags, environment,
@@ -68,7 +86,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG_FILE", "ConfigError", "LabConfig", "SecurityConfig", "ExamineConfig",
            "PortsConfig", "MasterConfig", "ClientConfig", "TLSConfig", "load_config",
-           "config_from_dict", "load_file", "CLIENT_SECTIONS"]
+           "config_from_dict", "load_file", "CLIENT_SECTIONS", "LockConfig",
+           "PermissionsConfig", "GroupConfig"]
 
 #: The file's name in the lab directory.
 CONFIG_FILE = "labpipe.toml"
@@ -138,6 +157,45 @@ class ClientConfig:
 
     server: str | None = None
     tls: TLSConfig | None = None
+    lock_key: str | None = None
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class LockConfig:
+    """``[lock]``: see the module docstring."""
+
+    emergency_key: str | None = field(default=None, metadata={"nonempty": True})
+    emergency_key_file: str | None = field(default=None, metadata={"nonempty": True})
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """``[permissions.groups.NAME]``: what one group may run and do."""
+
+    allowed_experiments: tuple[str, ...] = ("*",)
+    forbidden_experiments: tuple[str, ...] = ()
+    allowed_plans: tuple[str, ...] = ("*",)
+    forbidden_plans: tuple[str, ...] = ()
+    allowed_devices: tuple[str, ...] = ("*",)
+    forbidden_devices: tuple[str, ...] = ()
+    edit_queue: bool = False
+    write_datasets: bool = False
+    terminate: bool = False
+    submit_content: bool = False
+    call_functions: bool = False
+
+
+@dataclass(frozen=True)
+class PermissionsConfig:
+    """``[permissions]``: see the module docstring."""
+
+    enabled: bool = False
+    default_group: str | None = field(default=None, metadata={"nonempty": True})
+    tls_group_field: str = "organizationalUnitName"
+    users: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +207,8 @@ class LabConfig:
     ports: PortsConfig = field(default_factory=PortsConfig)
     master: MasterConfig = field(default_factory=MasterConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
 
 
 _DESCRIPTIONS = {bool: "true or false", int: "an integer", float: "a number",
@@ -199,10 +259,15 @@ def _section(cls: type[_Section], table: Any, name: str, source: str) -> _Sectio
                           f"(keys: {', '.join(fields)})")
     values = {}
     for key, value in table.items():
+        if typing.get_origin(hints[key]) is dict:
+            values[key] = _table(hints[key], value, f"{name}.{key}", source)
+            continue
         nested = _table_type(hints[key])
         values[key] = (_section(nested, value, f"{name}.{key}", source) if nested
                        else _convert(value, hints[key], f"{source}: [{name}] {key}"))
     for key, value in values.items():
+        if fields[key].metadata.get("nonempty") and value == "":
+            raise ConfigError(f"{source}: [{name}] {key}: must not be empty")
         if fields[key].metadata.get("nonempty") and isinstance(value, tuple) and "" in value:
             raise ConfigError(f"{source}: [{name}] {key}: names must not be empty, "
                               f"not {list(value)!r}")
@@ -215,6 +280,22 @@ def _section(cls: type[_Section], table: Any, name: str, source: str) -> _Sectio
                 raise ConfigError(f"{source}: [{name}] {key}: must be positive, "
                                   f"not {value!r}")
     return cls(**values)
+
+
+def _table(annotation: Any, table: Any, name: str, source: str) -> dict[str, Any]:
+    """A table of any keys (``dict[str, X]``): each value an X, or a sub-table when X
+    is a dataclass."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table, not {table!r}")
+    _key, item = typing.get_args(annotation)
+    nested = _table_type(item)
+    result: dict[str, Any] = {}
+    for key, value in table.items():
+        if not key:
+            raise ConfigError(f"{source}: [{name}] names must not be empty")
+        result[key] = (_section(nested, value, f"{name}.{key}", source) if nested
+                       else _convert(value, item, f"{source}: [{name}] {key}"))
+    return result
 
 
 def _table_type(annotation: Any) -> Any:

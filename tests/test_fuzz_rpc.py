@@ -306,6 +306,8 @@ async def test_fuzz_every_method_of_every_target(tmp_path):
     write_file(lab_dir, "device_db.py", "device_db = {'dev': 'dev2', 'dev2': {'type': "
                "'local', 'module': 'os', 'class': 'getcwd'}}\n")
     write_file(lab_dir, "repository/exp.py", EXP)
+    # the fuzz may lock the master (lock.lock with any key): the end opens it with this
+    write_file(lab_dir, "labpipe.toml", '[lock]\nemergency_key = "fuzz-emergency"\n')
     process, port = start_master(lab_dir)
 
     async def main():
@@ -336,6 +338,7 @@ async def test_fuzz_every_method_of_every_target(tmp_path):
         assert process.poll() is None, "the master died"
         # still serving: a valid submission runs and is recorded
         schedule = connections["schedule"]
+        await connections["lock"].request(call_line("unlock", ["fuzz-emergency"], {}, False))
         await schedule.request(call_line("release", ["main"], {}, False))
         reply = pyon.decode(await schedule.request(call_line(
             "submit", ["fuzz-end", {"file": "repository/exp.py", "class_name": "Exp",

@@ -48,9 +48,12 @@ class Certs:
 
 
 def _identity(folder: str, name: str, not_before: datetime.datetime,
-              not_after: datetime.datetime) -> Identity:
+              not_after: datetime.datetime, group: str | None = None) -> Identity:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"labpipe test {name}")])
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, f"labpipe test {name}")]
+    if group is not None:  # the OU: the group labpipe's permissions take (docs/access.md)
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, group))
+    subject = x509.Name(attributes)
     cert = (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject)
             .public_key(key.public_key())
@@ -87,6 +90,13 @@ def make_certs(folder: str) -> Certs:
             with open(identity.cert, "rb") as f:
                 out.write(f.read())
     return Certs(server, client, untrusted, expired, trusted)
+
+
+def group_identity(folder: str, name: str, group: str) -> Identity:
+    """A valid self-signed certificate whose subject's OU is group."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return _identity(folder, name, now - datetime.timedelta(days=1),
+                     now + datetime.timedelta(days=30), group)
 
 
 def openssl_identity(folder: str, name: str) -> Identity:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -259,7 +260,33 @@ def _cancel_interactive(args: argparse.Namespace, master: Connection) -> None:
     master.rpc("interactive_arg_db").cancel(args.rid)
 
 
+def _print_lock(args: argparse.Namespace, info: dict) -> None:
+    if args.json:
+        print_json(info)
+    elif not info.get("locked"):
+        print("Not locked")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["time"])) \
+            if isinstance(info.get("time"), (int, float)) else "an unknown time"
+        print(f"Locked ({', '.join(info['scope'])}) by {info.get('user') or 'an unnamed user'}"
+              f" since {when}" + (f": {info['note']}" if info.get("note") else ""))
+
+
+def _lock(args: argparse.Namespace, master: Connection) -> None:
+    scope = tuple(args.scope) if args.scope else ("queue", "environment")
+    _print_lock(args, master.rpc("lock").lock(args.key, scope, args.note))
+
+
+def _unlock(args: argparse.Namespace, master: Connection) -> None:
+    _print_lock(args, master.rpc("lock").unlock(args.key))
+
+
+def _lock_info(args: argparse.Namespace, master: Connection) -> None:
+    _print_lock(args, master.rpc("lock").info())
+
+
 COMMANDS: dict[str, Command] = {
+    "lock": _lock, "unlock": _unlock, "lock-info": _lock_info,
     "submit": _submit, "delete": _delete, "change": _change, "hold": _hold,
     "release": _release, "resubmit": _resubmit, "wait": _wait,
     "set-dataset": _set_dataset, "del-dataset": _del_dataset,

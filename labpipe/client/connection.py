@@ -38,6 +38,16 @@ class Lost(EOFError):
     """The master ended a stream that had been established."""
 
 
+class _AccessClient(Client):
+    """An RPC client sending the lock key, user and group with every call
+    (``docs/access.md``; a call's own keyword arguments win)."""
+
+    access: dict[str, str] = {}
+
+    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        return super()._call(name, args, {**self.access, **kwargs})
+
+
 class Connection:
     """The master's channels, opened on first use and closed at the end."""
 
@@ -76,8 +86,11 @@ class Connection:
         if client is None:
             port = self.settings.port_control
             try:
-                client = Client(self.settings.server, port, target, timeout=timeout,
-                                ssl=self._ssl)
+                client = _AccessClient(self.settings.server, port, target,
+                                       timeout=timeout, ssl=self._ssl)
+                client.access = {name: value for name, value in (
+                    ("lock_key", self.settings.lock_key), ("user", self.settings.user),
+                    ("group", self.settings.group)) if value is not None}
             except IncompatibleServer as exc:
                 if "closed the connection during the handshake" in str(exc):
                     raise self._closed_at_once(port) from None

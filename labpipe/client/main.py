@@ -94,6 +94,12 @@ def get_argparser() -> argparse.ArgumentParser:
                              "CERT and KEY are this client's certificate and key, PEER "
                              "the master's certificate (default: labpipe.toml "
                              "[client.tls])")
+    parser.add_argument("--lock-key", default=None, metavar="KEY",
+                        help="the key of the master's lock, sent with every call")
+    parser.add_argument("--user", default=None, help="your user name (kept in history)")
+    parser.add_argument("--group", default=None,
+                        help="your group, for the lab's permissions (with TLS the "
+                             "certificate says)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON (one document, or one line per update) for scripts")
     parser.add_argument("-v", "--verbose", action="store_true", dest="traceback",
@@ -145,6 +151,15 @@ def get_argparser() -> argparse.ArgumentParser:
                        ("release", "release held pipelines")):
         p = sub.add_parser(name, help=text)
         p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+
+    p = sub.add_parser("lock", help="lock the queue and/or the environment with a key")
+    p.add_argument("key", help="the key (give it as --lock-key to pass the lock)")
+    p.add_argument("--scope", action="append", choices=("queue", "environment"),
+                   default=None, help="what to lock (repeatable; default: both)")
+    p.add_argument("--note", default=None, help="why (shown in every refusal)")
+    p = sub.add_parser("unlock", help="unlock with the lock's key or the emergency key")
+    p.add_argument("key", help="the lock's key or the lab's emergency key")
+    sub.add_parser("lock-info", help="whether the master is locked, by whom, why")
 
     p = sub.add_parser("show", help="show the schedule, history, datasets, devices, "
                                     "interactive arguments, or follow the log or ccb")

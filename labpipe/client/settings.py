@@ -3,11 +3,13 @@
 Each setting is taken from the first place that gives it:
 
 1. the command line (``-s/--server``, ``--port``, ``--port-notify``,
-   ``--port-broadcast``, ``--ssl CERT KEY PEER``);
+   ``--port-broadcast``, ``--ssl CERT KEY PEER``, ``--lock-key``, ``--user``,
+   ``--group``);
 2. the environment: ``LABPIPE_SERVER``, ``LABPIPE_PORT_CONTROL``,
-   ``LABPIPE_PORT_NOTIFY``, ``LABPIPE_PORT_BROADCAST``;
+   ``LABPIPE_PORT_NOTIFY``, ``LABPIPE_PORT_BROADCAST``, ``LABPIPE_LOCK_KEY``,
+   ``LABPIPE_USER``, ``LABPIPE_GROUP``;
 3. the lab's ``labpipe.toml`` (in the current folder or the nearest folder above it):
-   ``[client] server``, ``[ports]``, ``[client.tls]``;
+   ``[client] server``, ``lock_key``, ``user``, ``group``, ``[ports]``, ``[client.tls]``;
 4. the user's ``client.toml`` (``$XDG_CONFIG_HOME/labpipe/client.toml``, by default
    ``~/.config/labpipe/client.toml``), which may hold only ``[client]`` and ``[ports]``;
 5. ARTIQ's defaults: 127.0.0.1, ports 3251, 3250 and 1067, plain TCP.
@@ -32,7 +34,10 @@ DEFAULTS = {"server": "127.0.0.1", "control": 3251, "notify": 3250, "broadcast":
 
 #: The environment variable of each setting.
 ENVIRONMENT = {"server": "LABPIPE_SERVER", "control": "LABPIPE_PORT_CONTROL",
-               "notify": "LABPIPE_PORT_NOTIFY", "broadcast": "LABPIPE_PORT_BROADCAST"}
+               "notify": "LABPIPE_PORT_NOTIFY", "broadcast": "LABPIPE_PORT_BROADCAST",
+               "lock_key": "LABPIPE_LOCK_KEY", "user": "LABPIPE_USER",
+               "group": "LABPIPE_GROUP"}
+_WORDS = ("lock_key", "user", "group")
 
 
 class SettingsError(ValueError):
@@ -48,6 +53,10 @@ class ConnectionSettings:
     port_notify: int
     port_broadcast: int
     tls: TLSFiles | None = None
+    #: sent with every call (``docs/access.md``): the lock's key, who the client is
+    lock_key: str | None = None
+    user: str | None = None
+    group: str | None = None
 
 
 def user_config_path(environ: Mapping[str, str] = os.environ) -> str:
@@ -86,6 +95,9 @@ def _from_file(config: LabConfig, folder: str) -> dict[str, object]:
     given: dict[str, object] = {}
     if config.client.server is not None:
         given["server"] = config.client.server
+    for name in _WORDS:
+        if getattr(config.client, name) is not None:
+            given[name] = getattr(config.client, name)
     for name in ("control", "notify", "broadcast"):
         port = getattr(config.ports, name)
         if port is not None:
@@ -112,12 +124,14 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
     """The settings for the command line args (see the module docstring)."""
     flags: dict[str, object] = {
         "server": args.server, "control": args.port, "notify": args.port_notify,
-        "broadcast": args.port_broadcast, "tls": TLSFiles.from_args(args.ssl)}
+        "broadcast": args.port_broadcast, "tls": TLSFiles.from_args(args.ssl),
+        **{name: getattr(args, name, None) for name in _WORDS}}
     env: dict[str, object] = {}
     for name, variable in ENVIRONMENT.items():
         text = environ.get(variable)
         if text:
-            env[name] = text.strip() if name == "server" else _port(text, variable)
+            env[name] = (text.strip() if name in ("server", *_WORDS)
+                         else _port(text, variable))
     places = [{k: v for k, v in flags.items() if v is not None}, env,
               _load(find_lab_config(cwd or os.getcwd()), None),
               _load(user_config_path(environ), CLIENT_SECTIONS), DEFAULTS]
@@ -130,4 +144,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
     assert isinstance(server, str) and isinstance(control, int)
     assert isinstance(notify, int) and isinstance(broadcast, int)
     assert tls is None or isinstance(tls, TLSFiles)
-    return ConnectionSettings(server, control, notify, broadcast, tls)
+    words = [first(name) for name in _WORDS]
+    assert all(w is None or isinstance(w, str) for w in words)
+    return ConnectionSettings(server, control, notify, broadcast, tls,
+                              *words)  # type: ignore[arg-type]

@@ -37,6 +37,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
+from labpipe.master.access.gate import Gate
+from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
+from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
+from labpipe.master.access.permissions import Permissions, PermissionsTarget
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
@@ -96,6 +100,9 @@ class MasterOptions:
     #: Told what the start is doing, in a few words, before each of its slow steps
     #: (``labpipe-master`` prints them; the worker template takes seconds with bluesky).
     on_progress: Callable[[str], None] | None = None
+    #: ``--emergency-lock-key-file``: its first line unlocks any lock (None: the
+    #: lab's ``[lock]`` emergency key, if any).
+    emergency_lock_key_file: str | None = None
 
 
 class MasterFailed(RuntimeError):
@@ -281,7 +288,13 @@ class Master:
         log_handler = LogBroadcastHandler(self.broadcaster)
         logging.getLogger().addHandler(log_handler)
         stack.callback(logging.getLogger().removeHandler, log_handler)
+        # docs/access.md: the lock and the permissions every call passes
+        self.permissions = Permissions(self.config.permissions)
+        self.lock = QueueLock(self._path(LOCK_FILE), self._emergency_key())
+        self.gate = Gate(self.lock, self.permissions)
+        self.scheduler.check_access = self._check_access
         self.notifiers = {
+            "lock": self.lock.notifier,
             "schedule": self.scheduler.notifier,
             "devices": self.device_db.data,
             "datasets": self.dataset_db.data,
@@ -300,10 +313,16 @@ class Master:
             "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
+            "lock": LockTarget(self.lock),
+            "permissions": PermissionsTarget(
+                self.permissions, lambda: self.experiment_db.explist.raw_view,
+                lambda: self.device_db.get_device_db().keys()),
         }
-        # every argument of every method is checked (targets.SPECS) before it runs
-        self.targets: dict[str, object] = {name: Target(obj, name, SPECS[name])
-                                           for name, obj in exposed.items()}
+        # every argument of every method is checked (targets.SPECS) before it runs,
+        # then the call passes the gate (the lock, the caller's permissions)
+        self.targets: dict[str, object] = {
+            name: Target(obj, name, SPECS[name], gate=self.gate)
+            for name, obj in exposed.items()}
         await self._open_port(stack, "notify", Publisher(
             self.notifiers, limits=o.connection_limits), o.port_notify, ssl_context)
         await self._open_port(stack, "logging", LogServer(limits=o.connection_limits),
@@ -328,6 +347,21 @@ class Master:
         self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
         # the first thing at exit: no new requests while the rest stops
         stack.push_async_callback(self._close_port, "control")
+
+    def _emergency_key(self) -> str | None:
+        """The emergency lock key: ``--emergency-lock-key-file``, else ``[lock]``."""
+        path = self.options.emergency_lock_key_file or self.config.lock.emergency_key_file
+        if path is not None:
+            return read_emergency_key(self._path(path))
+        return self.config.lock.emergency_key
+
+    def _check_access(self, expid: dict, what: str) -> None:
+        """The caller's group may run this submission (experiment, plan, devices,
+        content): ``Scheduler.submit``'s and ``change(arguments=)``'s check."""
+        from labpipe.master.access.caller import current_caller
+        self.permissions.check_submission(
+            current_caller.get(), expid, self.experiment_db.explist.raw_view,
+            self.device_db.get_device_db().keys(), what)
 
     async def _claim_lab(self, stack: AsyncExitStack) -> ProcessRecords:
         """Lock the lab (before any state is touched), end what a previous master left

@@ -131,7 +131,8 @@ class History:
                 "submitted": run.submitted, "stages": _stages(run, ended),
                 "ended": ended, "error": end.error,
                 "results": self._relative(end.results),
-                "content": content_fingerprint(run.expid)}
+                "content": content_fingerprint(run.expid),
+                "user": run.user, "group": run.group}
 
     async def on_run_end(self, run: Run, end: RunEnd) -> None:
         """A run left the schedule: its record goes to disk, then to the notifier."""

@@ -58,6 +58,9 @@ def get_argparser() -> argparse.ArgumentParser:
                      help="device database file (default: %(default)s)")
     lab.add_argument("--dataset-db", default="dataset_db.mdb",
                      help="dataset database file (default: %(default)s)")
+    lab.add_argument("--emergency-lock-key-file", default=None, metavar="FILE",
+                     help="a file whose first line is the emergency key, which opens any "
+                          "lock (default: [lock] of labpipe.toml)")
     lab.add_argument("--name", default=None, help="the master's name, shown to clients")
     workers = parser.add_argument_group("workers")
     workers.add_argument("--build-timeout", type=float, default=60.0, metavar="SECONDS",
@@ -122,6 +125,7 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         build_timeout=args.build_timeout or None, term_timeout=args.term_timeout,
         kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl),
         config=getattr(args, "lab_config", None),
+        emergency_lock_key_file=args.emergency_lock_key_file,
         on_progress=_say if sys.stderr.isatty() and not args.quiet else None)
 
 

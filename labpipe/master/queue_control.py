@@ -178,6 +178,8 @@ class QueueControl:
                 except (TypeError, ValueError, RecursionError) as e:
                     raise ValueError(f"RID {rid}: the new arguments cannot be stored: "
                                      f"{e}") from None
+                if self.scheduler.check_access is not None:
+                    self.scheduler.check_access(expid, "schedule.change")
                 await self._check_arguments(run, expid)
                 run = self._pending_run(rid)  # it may have been deleted meanwhile
                 staged["expid"] = expid

@@ -86,6 +86,9 @@ class Run:
     edits: int = 0
     #: the pipeline's index of its runs, told of status and rank changes (None outside)
     pool: RunPool | None = field(default=None, repr=False)
+    #: who submitted it (``access.caller``), kept with the run and in history
+    user: str | None = None
+    group: str | None = None
     _status: RunStatus = RunStatus.pending
 
     def publish(self) -> None:

@@ -93,7 +93,8 @@ class ScheduleStore:
         record: dict[str, Any] = {"rid": run.rid, "pipeline": run.pipeline_name, "expid": run.expid,
                   "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
                   "submitted": run.submitted, "repo_rev": run.repo_rev,
-                  "stage_times": dict(run.stage_times)}
+                  "stage_times": dict(run.stage_times),
+                  "user": getattr(run, "user", None), "group": getattr(run, "group", None)}
         record.update(getattr(run, "staged", None) or {})
         if getattr(run, "starting_at", None) is not None:
             record["stage_times"].setdefault("preparing", run.starting_at)

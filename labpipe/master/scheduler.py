@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from labpipe.master import precedence
+from labpipe.master.access.caller import Caller, current_caller
 from labpipe.master.dry_run import validate_run
 from labpipe.master.expid import EXPID_KEYS, validate_submission
 from labpipe.master.pipeline import Pipeline
@@ -106,6 +107,9 @@ class Scheduler:
         self.queue = QueueControl(self, state_path=os.path.join(
             self.config.lab_dir, "pipelines.pyon") if store is not None else None)
         self.progress = ProgressTracker()
+        #: ``check_access(expid, what)``: refuses (PermissionError) a submission the
+        #: caller's group may not run (``access.permissions``; set by the assembly).
+        self.check_access: Callable[[dict, str], None] | None = None
         self.on_run_end.append(self.progress.note_run_end)
         if store is not None:
             self.notifier.add_listener(self._note_stage)
@@ -121,6 +125,9 @@ class Scheduler:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
         expid = dict(expid)
+        caller = current_caller.get()
+        if self.check_access is not None:
+            self.check_access(expid, "schedule.submit")
         if self.check_submission is not None:
             expid = await self.check_submission(expid)
         # a plain file is relative to the lab directory; a repository file to its checkout
@@ -134,7 +141,8 @@ class Scheduler:
             run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
                       due_date=None if due_date is None else float(due_date),
                       flush=flush, schedule=self.notifier, state_changed=None,
-                      repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev)
+                      repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev,
+                      user=caller.user, group=caller.group)
             if self.store is not None:
                 await self.store.record_submission(run)
         except BaseException:
@@ -282,14 +290,18 @@ class Scheduler:
         return (Handlers()
                 .on(messages.CheckPause, lambda m: self.check_pause(m.rid))
                 .on(messages.CheckTermination, lambda m: self.check_termination(m.rid))
-                .on(messages.Submit, lambda m: self.submit(m.pipeline_name, m.expid,
-                                                           m.priority, m.due_date, m.flush))
+                .on(messages.Submit, lambda m: self._submit_from_run(run, m))
                 .on(messages.Delete, lambda m: self.delete(m.rid))
                 .on(messages.RequestTermination, lambda m: self.request_termination(m.rid))
                 .on(messages.GetStatus, lambda m: self.get_status())
                 .on(messages.SetProgress, lambda m: self.progress.report(run, {
                     "done": m.done, "total": m.total, "message": m.message,
                     "time": m.time})))
+
+    async def _submit_from_run(self, run: Run, m: messages.Submit) -> int:
+        """A run's own submission, made as the run's user and group."""
+        current_caller.set(Caller.of_run(run.user, run.group))
+        return await self.submit(m.pipeline_name, m.expid, m.priority, m.due_date, m.flush)
 
     async def build_run(self, run: Run) -> None:
         """Start the run's worker and build the experiment in it."""
@@ -433,7 +445,8 @@ class Scheduler:
                       priority=record["priority"], due_date=record["due_date"],
                       flush=record["flush"], schedule=self.notifier, state_changed=None,
                       workdir=self.config.lab_dir, repo_rev=record.get("repo_rev"),
-                      submitted=record["submitted"],
+                      submitted=record["submitted"], user=record.get("user"),
+                      group=record.get("group"),
                       stage_times=dict(record.get("stage_times") or {}))
             started = set(run.stage_times) - NOT_STARTED_STAGES
             if "deleting" in started:

@@ -27,11 +27,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Check, Int, Mapping,
                                    Method, Number, OneOf, Optional, Param, Path,
                                    PyonValue, Record, Sequence, Str)
+
+if TYPE_CHECKING:
+    from labpipe.master.access.gate import Gate
 
 __all__ = ["Target", "SPECS", "TargetSpecError"]
 
@@ -140,6 +143,19 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
         "get_name": (),
         "terminate": (),
     },
+    # docs/access.md
+    "lock": {
+        "lock": (_p("key", Str(NAME_MAX, 1)),
+                 _p("scope", Sequence(OneOf(("queue", "environment")), 2),
+                    ("queue", "environment")),
+                 _p("note", Optional(Str(4096)), None), _p("user", Optional(NAME), None)),
+        "unlock": (_p("key", Str(NAME_MAX, 1)),),
+        "info": (),
+    },
+    "permissions": {
+        "allowed": (_p("group", Optional(NAME), None),),
+        "groups": (),
+    },
     "history": {
         "get": (_p("rid", RID),),
         "list": (_p("limit", Int(0, 10_000), 100), _p("before_rid", Optional(RID), None)),
@@ -167,13 +183,17 @@ def _check_signature(label: str, method: Callable[..., Any], params: tuple[Param
                               f"parameters {own}")
 
 
-def _checked(label: str, method: Callable[..., Any],
-             params: tuple[Param, ...]) -> Callable[..., Any]:
+def _checked(label: str, method: Callable[..., Any], params: tuple[Param, ...],
+             gate: Gate | None) -> Callable[..., Any]:
     spec = Method(label, params)
+    own = {p.name for p in params}
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
+        access = None if gate is None else gate.take(label, kwargs, own)
         spec.bind(args, kwargs)
+        if gate is not None and access is not None:
+            gate.admit(label, access)
         return method(*args, **kwargs)
     return call
 
@@ -182,13 +202,16 @@ class Target:
     """An RPC target forwarding exactly the methods of ``specs`` (name -> params) of
     ``obj`` (with their signatures and docstrings, for ``get_rpc_method_list``), each
     call's arguments checked first. ``name`` prefixes refusals (``schedule.submit:
-    ...``). Refuses to be built if a spec does not match its method's signature."""
+    ...``). Refuses to be built if a spec does not match its method's signature.
+    ``gate`` (``access.gate.Gate``): every call passes it after its arguments are
+    checked (the lock, the caller's permissions); its keyword arguments ``lock_key``,
+    ``user`` and ``group`` are the gate's, not the method's."""
 
     def __init__(self, obj: object, name: str, specs: dict[str, tuple[Param, ...]],
-                 doc: str | None = None):
+                 doc: str | None = None, gate: Gate | None = None):
         for method_name, params in specs.items():
             label = f"{name}.{method_name}"
             method = getattr(obj, method_name)
             _check_signature(label, method, params)
-            setattr(self, method_name, _checked(label, method, params))
+            setattr(self, method_name, _checked(label, method, params, gate))
         self.__doc__ = doc if doc is not None else type(obj).__doc__

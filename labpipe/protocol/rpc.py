@@ -75,11 +75,16 @@ from labpipe.protocol.server import (MAX_LINE_LENGTH, AsyncioServer, ConnectionL
                                      LineTooLong, read_line)
 
 __all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
-           "current_peer"]
+           "current_peer", "current_peer_certificate"]
 
 #: The peer address (``writer.get_extra_info("peername")``) of the RPC connection whose
 #: call is running, for a target method that logs its caller; None outside a call.
 current_peer: contextvars.ContextVar = contextvars.ContextVar("rpc_peer", default=None)
+#: The client certificate of that connection as ``ssl`` decodes it
+#: (``getpeercert()``: a dict with ``subject``...), None without TLS; the master's access
+#: gate takes the caller's group from its subject.
+current_peer_certificate: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "rpc_peer_certificate", default=None)
 
 logger = logging.getLogger(__name__)
 
@@ -358,6 +363,7 @@ class Server(AsyncioServer):
                                     writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         current_peer.set(peer)  # this connection's task only
+        current_peer_certificate.set(writer.get_extra_info("peercert") or None)
         if await read_line(reader) != BANNER:
             return
         await _write_line(writer, pyon.encode({
