@@ -54,7 +54,7 @@ class QServer:
         self.exit_status: dict[int, str] = {}  # rid -> stopped/aborted/halted asked
         self.queue_uid = str(uuid.uuid4())
         self.history_uid = str(uuid.uuid4())
-        self.history_from_rid = 0  # history_clear: the view starts after this RID
+        self.history_from_rid = -1  # history_clear: the view starts after this RID
         self.environment_open = True
         self.lock: dict[str, Any] = {"environment": False, "queue": False, "user": None,
                                      "note": None, "time": None, "time_str": ""}
