@@ -189,6 +189,8 @@ class Scheduler:
         """Whether the running run's pause() should yield: a prepared run of its
         pipeline outranks it and could start now (one that could not, in a held
         pipeline or waiting for devices in use elsewhere, is no reason to yield)."""
+        if run.pause_requested:  # asked by a client (request_pause): until resumed
+            return True
         runs = [r for r in self.pipelines[run.pipeline_name].runs.values()
                 if r.status != RunStatus.prepare_done or not self.queue.must_wait(r)]
         return precedence.should_yield(run, runs)

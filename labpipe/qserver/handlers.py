@@ -106,7 +106,7 @@ class QServer:
         environment = name.startswith(("environment_", "re_", "script_", "function_",
                                        "permissions_"))
         locked = self.lock["environment"] if environment else self.lock["queue"]
-        if name in ("lock", "unlock") or not locked:
+        if name in ("lock", "unlock", "lock_info") or not locked:
             return
         if key != self.lock_key:
             raise Refused(f"Invalid lock key: RE Manager is locked by {self.lock['user']}"
@@ -640,7 +640,7 @@ async def lock(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("lock_info", "lock_key")
 async def lock_info(qs: QServer, p: dict[str, Any]) -> Reply:
-    if "lock_key" in p and p["lock_key"] != qs.lock_key:
+    if p.get("lock_key") is not None and p["lock_key"] != qs.lock_key:
         raise Refused("Invalid lock key")
     return _lock_info(qs)
 
