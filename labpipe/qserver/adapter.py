@@ -121,4 +121,4 @@ class Adapter:
         method = getattr(self.master.scheduler, name, None)
         if method is None:
             raise NotAvailable(f"schedule.{name} is not available in this labpipe master")
-        return method  # type: ignore[no-any-return]
+        return method
