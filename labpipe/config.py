@@ -37,6 +37,13 @@ connect to them): ``control`` (3251), ``notify`` (3250), ``broadcast`` (1067),
 - ``[master.tls]`` ``cert``, ``key``, ``peer``: mutual TLS on every port, as ``--ssl
   CERT KEY PEER`` (relative paths are relative to the lab directory).
 
+``[qserver]`` (bluesky-queueserver's 0MQ API, ``labpipe.qserver``; off by default):
+
+- ``enabled`` (bool, default false): serve it (as ``labpipe-master --qserver``).
+- ``control_addr`` (default ``tcp://127.0.0.1:60615``), ``info_addr`` (default
+  ``tcp://127.0.0.1:60625``): the 0MQ addresses; ``pipeline`` (default ``main``): the
+  pipeline that is "the queue".
+
 ``[client]`` (for ``labpipe-client`` run in this lab, or in ``~/.config/labpipe/
 client.toml``, which may hold only ``[client]`` and ``[ports]``):
 
@@ -85,8 +92,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = ["CONFIG_FILE", "ConfigError", "LabConfig", "SecurityConfig", "ExamineConfig",
-           "PortsConfig", "MasterConfig", "ClientConfig", "TLSConfig", "load_config",
-           "config_from_dict", "load_file", "CLIENT_SECTIONS", "LockConfig",
+           "PortsConfig", "MasterConfig", "ClientConfig", "QServerConfig", "TLSConfig",
+           "load_config", "config_from_dict", "load_file", "CLIENT_SECTIONS", "LockConfig",
            "PermissionsConfig", "GroupConfig"]
 
 #: The file's name in the lab directory.
@@ -152,6 +159,16 @@ class MasterConfig:
 
 
 @dataclass(frozen=True)
+class QServerConfig:
+    """``[qserver]``: see the module docstring (None: not in the file)."""
+
+    enabled: bool = False
+    control_addr: str | None = None
+    info_addr: str | None = None
+    pipeline: str | None = None
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """``[client]``: see the module docstring (None: not in the file)."""
 
@@ -209,6 +226,7 @@ class LabConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     lock: LockConfig = field(default_factory=LockConfig)
     permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+    qserver: QServerConfig = field(default_factory=QServerConfig)
 
 
 _DESCRIPTIONS = {bool: "true or false", int: "an integer", float: "a number",

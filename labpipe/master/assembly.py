@@ -32,7 +32,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -103,6 +103,11 @@ class MasterOptions:
     #: ``--emergency-lock-key-file``: its first line unlocks any lock (None: the
     #: lab's ``[lock]`` emergency key, if any).
     emergency_lock_key_file: str | None = None
+    #: More endpoints of the master (``labpipe-master --qserver``): each is called with
+    #: the started master and gives an async context manager, entered once the master
+    #: serves and left first at its stop (the assembly imports none of them).
+    endpoints: list[Callable[[Master], AbstractAsyncContextManager[object]]] = field(
+        default_factory=list)
 
 
 class MasterFailed(RuntimeError):
@@ -345,6 +350,8 @@ class Master:
             control_port=self.port("control"), control_host=o.bind[0],
             control_tls=None if self.tls is None else self.tls.for_own_server())
         self._lab_lock.describe(o.bind, {name: self.port(name) for name in self.servers})
+        for endpoint in o.endpoints:
+            await stack.enter_async_context(endpoint(self))
         # the first thing at exit: no new requests while the rest stops
         stack.push_async_callback(self._close_port, "control")
 

@@ -17,6 +17,7 @@ from labpipe import __version__
 
 if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
     from labpipe.master.assembly import MasterOptions
+    from labpipe.qserver.endpoint import QServerSettings
 
 __all__ = ["get_argparser", "main"]
 
@@ -68,6 +69,16 @@ def get_argparser() -> argparse.ArgumentParser:
     workers.add_argument("--term-timeout", type=float, default=2.0, metavar="SECONDS",
                          help="wait this long for a worker asked to exit before SIGTERM, "
                               "and as long again before SIGKILL (default: %(default)s)")
+    qs = parser.add_argument_group("bluesky-queueserver API (labpipe.qserver)")
+    qs.add_argument("--qserver", action="store_true", default=None,
+                    help="serve the RE Manager 0MQ API (qserver, REManagerAPI)")
+    qs.add_argument("--qserver-control-addr", default=None, metavar="ADDR",
+                    help="its control address (default: tcp://127.0.0.1:60615; "
+                         "port * picks a free one)")
+    qs.add_argument("--qserver-info-addr", default=None, metavar="ADDR",
+                    help="its info/console address (default: tcp://127.0.0.1:60625)")
+    qs.add_argument("--qserver-pipeline", default=None, metavar="NAME",
+                    help="the pipeline that is the queue (default: main)")
     log = parser.add_argument_group("logging")
     log.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     log.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
@@ -114,6 +125,7 @@ class _SourceLevel:
 def _options(args: argparse.Namespace) -> MasterOptions:
     from labpipe.master.assembly import MasterOptions
     from labpipe.protocol.tls import TLSFiles
+    qserver = _qserver(args)
     bind = args.bind or ["127.0.0.1", "::1"]
     if "*" in bind:
         bind = ["0.0.0.0", "::"]
@@ -126,7 +138,24 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         kill_timeout=args.term_timeout, tls=TLSFiles.from_args(args.ssl),
         config=getattr(args, "lab_config", None),
         emergency_lock_key_file=args.emergency_lock_key_file,
-        on_progress=_say if sys.stderr.isatty() and not args.quiet else None)
+        on_progress=_say if sys.stderr.isatty() and not args.quiet else None,
+        endpoints=[] if qserver is None else [qserver.endpoint])
+
+
+def _qserver(args: argparse.Namespace) -> QServerSettings | None:
+    """The queueserver endpoint's settings, when asked by a flag or ``[qserver]``."""
+    config = getattr(args, "lab_config", None)
+    section = None if config is None else config.qserver
+    if not (args.qserver or (section is not None and section.enabled)):
+        return None
+    from labpipe.qserver.endpoint import QServerSettings
+    settings = QServerSettings()
+    for key in ("control_addr", "info_addr", "pipeline"):
+        value = getattr(args, f"qserver_{key}") or (
+            None if section is None else getattr(section, key))
+        if value is not None:
+            setattr(settings, key, value)
+    return settings
 
 
 def _say(doing: str) -> None:
@@ -146,6 +175,10 @@ async def _serve(options: MasterOptions) -> None:
     async with master:
         ports = ", ".join(f"{name} {master.port(name)}"
                           for name in ("control", "notify", "broadcast", "logging"))
+        for endpoint in options.endpoints:  # the qserver's: its ports, parsed alike
+            bound = getattr(getattr(endpoint, "__self__", None), "bound", {})
+            ports += "".join(f", qserver-{name} {addr.rpartition(':')[2]}"
+                             for name, addr in bound.items())
         tls = " with TLS" if options.tls is not None else ""
         print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
         await master.terminate_requested.wait()

@@ -264,6 +264,8 @@ class QueueControl:
         """Whether the run stage may start (or resume) run now: its pipeline is not
         held (a paused run may resume), and no run of another pipeline uses its
         devices. Publishes ``blocked_by`` when that changes."""
+        if run.pause_requested:
+            return False  # paused by a client until resumed
         if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
             return False
         found = self._conflicts(run)

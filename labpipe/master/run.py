@@ -68,6 +68,8 @@ class Run:
     submitted: float = field(default_factory=time.time)
     worker: Worker | None = field(default=None, repr=False)
     termination_requested: bool = False
+    #: a client asked the run to pause at its next check (``Scheduler.request_pause``)
+    pause_requested: bool = False
     class_name: str | None = None
     devices: list[str] = field(default_factory=list)
     #: when the run first got to each stage (stored with the schedule: what a restarted

@@ -175,6 +175,7 @@ class Scheduler:
             return
         if run.status in (RunStatus.running, RunStatus.paused):
             run.termination_requested = True
+            run.pause_requested = False
             self.pipelines[run.pipeline_name].state_changed.notify()
         else:
             await self.delete(rid)
@@ -188,7 +189,7 @@ class Scheduler:
         run = self.find(rid)
         if run.status != RunStatus.running:
             return False
-        if run.termination_requested:
+        if run.termination_requested or run.pause_requested:
             return True
         return self.must_yield(run)
 
@@ -196,9 +197,26 @@ class Scheduler:
         """Whether the running run's pause() should yield: a prepared run of its
         pipeline outranks it and could start now (one that could not, in a held
         pipeline or waiting for devices in use elsewhere, is no reason to yield)."""
+        if run.pause_requested:  # asked by a client (request_pause): until resumed
+            return True
         prepared = self.pipelines[run.pipeline_name].runs.in_status(RunStatus.prepare_done)
         return precedence.should_yield(run, [r for r in prepared
                                              if not self.queue.must_wait(r)])
+
+    def request_pause(self, rid: int) -> None:
+        """Ask the running run rid to pause at its next ``pause()`` check (a bluesky
+        plan: its next checkpoint) and to stay paused until ``resume(rid)``."""
+        run = self.find(rid)
+        if run.status not in (RunStatus.running, RunStatus.paused):
+            raise ValueError(f"RID {rid} is {run.status.value}: only a running run "
+                             f"can be paused")
+        run.pause_requested = True
+
+    def resume(self, rid: int) -> None:
+        """Let a run paused by ``request_pause`` go on."""
+        run = self.find(rid)
+        run.pause_requested = False
+        self.pipelines[run.pipeline_name].state_changed.notify()
 
     def check_termination(self, rid: int) -> bool:
         """Whether termination of run rid was requested."""

@@ -1,0 +1,124 @@
+"""Every call of the queueserver endpoint onto the labpipe master, in one place.
+
+``Adapter(master, pipeline)`` reads the master's state (the schedule of one pipeline,
+history, the experiment list, the device database) and calls its methods: submit a
+plan, delete, change, hold/release, pause/resume/terminate. What needs methods a master
+may lack (queue positions: ``schedule.move``/``move_batch``/``clear``/
+``execute_now``; functions: ``call_function``/``task_status``/``task_result``) goes
+through ``optional(name)``, which raises ``NotAvailable`` ("... not available in this
+labpipe master") when the scheduler has no such method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from labpipe.master.precedence import RunStatus, priority_key
+from labpipe.master.run import Run
+
+if TYPE_CHECKING:
+    from labpipe.master.assembly import Master
+
+__all__ = ["Adapter", "NotAvailable", "QUEUED", "RUNNING"]
+
+#: Statuses of runs still in the queue (not started).
+QUEUED = (RunStatus.pending, RunStatus.flushing, RunStatus.preparing,
+          RunStatus.prepare_done)
+#: Statuses of the running item.
+RUNNING = (RunStatus.running, RunStatus.paused, RunStatus.run_done, RunStatus.analyzing)
+
+
+class NotAvailable(RuntimeError):
+    """The master lacks what a request needs; the message says which method."""
+
+
+class Adapter:
+    """The queueserver's view of one pipeline of a master."""
+
+    def __init__(self, master: Master, pipeline: str):
+        self.master = master
+        self.pipeline = pipeline
+
+    # --- reading --------------------------------------------------------------------
+
+    def _runs(self) -> list[Run]:
+        p = self.master.scheduler.pipelines.get(self.pipeline)
+        return [] if p is None else list(p.runs.values())
+
+    def queued(self) -> list[Run]:
+        """The runs of the queue, first to go first."""
+        runs = [r for r in self._runs() if r.status in QUEUED]
+        return sorted(runs, key=priority_key, reverse=True)
+
+    def running(self) -> Run | None:
+        """The running (or paused, or finishing) run, if any."""
+        runs = [r for r in self._runs() if r.status in RUNNING]
+        return min(runs, key=lambda r: RUNNING.index(r.status), default=None)
+
+    def find(self, rid: int) -> Run | None:
+        return self.master.scheduler.find_or_none(rid)
+
+    def held(self) -> bool:
+        return self.master.scheduler.queue.states.is_held(self.pipeline)
+
+    async def history(self, limit: int) -> list[dict[str, Any]]:
+        """This pipeline's history records, oldest first."""
+        records = await self.master.history.list(limit)
+        return [r for r in reversed(records) if r.get("pipeline") == self.pipeline]
+
+    def history_size(self) -> int:
+        return sum(1 for r in self.master.history.notifier.raw_view.values()
+                   if r.get("pipeline") == self.pipeline)
+
+    def explist(self) -> dict[str, dict[str, Any]]:
+        return dict(self.master.experiment_db.explist.raw_view)
+
+    def device_db(self) -> dict[str, Any]:
+        return dict(self.master.device_db.get_device_db())
+
+    def add_listener(self, on_change: Callable[[str], None]) -> None:
+        """on_change("queue") on every change of the schedule, ("history") of history."""
+        self.master.scheduler.notifier.add_listener(lambda mod: on_change("queue"))
+        self.master.history.notifier.add_listener(lambda mod: on_change("history"))
+
+    # --- changing -------------------------------------------------------------------
+
+    async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+        return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs)
+
+    async def delete(self, rid: int) -> None:
+        await self.master.scheduler.delete(rid)
+
+    async def change_arguments(self, rid: int, name: str, args: list[Any],
+                               kwargs: dict[str, Any]) -> None:
+        from labpipe.bluesky.plans import plan_expid
+        expid = plan_expid(self.explist(), name, args, kwargs)
+        await self.master.scheduler.change(rid, arguments=expid["arguments"])
+
+    async def hold(self) -> None:
+        await self.master.scheduler.hold(self.pipeline)
+
+    async def release(self) -> None:
+        await self.master.scheduler.release(self.pipeline)
+
+    def pause(self, rid: int) -> None:
+        self.master.scheduler.request_pause(rid)
+
+    def resume(self, rid: int) -> None:
+        self.master.scheduler.resume(rid)
+
+    async def terminate(self, rid: int) -> None:
+        await self.master.scheduler.request_termination(rid)
+
+    async def rescan(self) -> None:
+        """Scan the repository and the device database again."""
+        await self.master.experiment_db.scan_repository()
+        self.master.device_db.scan()
+
+    def optional(self, name: str) -> Callable[..., Any]:
+        """A scheduler method of the queue-control issue, or NotAvailable."""
+        method = getattr(self.master.scheduler, name, None)
+        if method is None:
+            raise NotAvailable(f"schedule.{name} is not available in this labpipe master")
+        return method

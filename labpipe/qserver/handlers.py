@@ -1,0 +1,656 @@
+"""The RE Manager's methods, one function each, over the ``Adapter``.
+
+``METHODS`` maps a method name to its accepted parameters and its handler; ``QServer
+.execute(request)`` checks the request (a dict with ``method`` and optional ``params``,
+no other keys, no unknown parameter: the refusal lists the accepted ones) before the
+handler runs, and turns any refusal into ``{"success": False, "msg": ...}``. A handler
+returns the reply's other keys; ``Refused`` is a refusal the user reads as it is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from labpipe import __version__
+from labpipe.qserver.adapter import Adapter, NotAvailable
+from labpipe.qserver.items import history_item, run_item, uid_of
+
+__all__ = ["QServer", "METHODS", "Refused"]
+
+Reply = dict[str, Any]
+Handler = Callable[["QServer", dict[str, Any]], Awaitable[Reply]]
+
+#: name -> (accepted parameters, handler)
+METHODS: dict[str, tuple[tuple[str, ...], Handler]] = {}
+
+
+class Refused(ValueError):
+    """A request refused; its message is the reply's ``msg``."""
+
+
+def method(name: str, *params: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        METHODS[name] = (params, handler)
+        return handler
+    return register
+
+
+def _not_here(what: str) -> Handler:
+    async def refuse(qs: QServer, p: dict[str, Any]) -> Reply:
+        raise Refused(f"{what} is not available in this labpipe master")
+    return refuse
+
+
+class QServer:
+    """The endpoint's state (what labpipe has no place for: lock, item metadata,
+    the uids that change with the queue and the history) and the dispatch."""
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self.meta: dict[int, dict[str, Any]] = {}  # rid -> the item as a client gave it
+        self.exit_status: dict[int, str] = {}  # rid -> stopped/aborted/halted asked
+        self.queue_uid = str(uuid.uuid4())
+        self.history_uid = str(uuid.uuid4())
+        self.history_from_rid = -1  # history_clear: the view starts after this RID
+        self.environment_open = True
+        self.lock: dict[str, Any] = {"environment": False, "queue": False, "user": None,
+                                     "note": None, "time": None, "time_str": ""}
+        self.lock_key: str | None = None
+        self.lock_uid = str(uuid.uuid4())
+        self.task_results_uid = str(uuid.uuid4())
+        adapter.add_listener(self._changed)
+
+    def _changed(self, what: str) -> None:
+        if what == "queue":
+            self.queue_uid = str(uuid.uuid4())
+        else:
+            self.history_uid = str(uuid.uuid4())
+
+    async def execute(self, request: object) -> Reply:
+        """The reply to one decoded request; never raises."""
+        try:
+            if not isinstance(request, dict):
+                raise Refused(f"Incorrect request type: {type(request).__name__}. "
+                              f"Dictionary is expected")
+            extra = sorted(set(request) - {"method", "params"})
+            if extra:
+                raise Refused(f"Request contains unexpected keys {extra}. Allowed keys: "
+                              f"('method', 'params')")
+            name = request.get("method")
+            if not isinstance(name, str):
+                raise Refused(f"Invalid request format: method is not specified: "
+                              f"{request!r}"[:300])
+            if name not in METHODS:
+                raise Refused(f"Unknown method {name!r}")
+            params = request.get("params") or {}
+            if not isinstance(params, dict):
+                raise Refused("'params' must be a dictionary")
+            accepted, handler = METHODS[name]
+            unknown = [k for k in params if k not in accepted]
+            if unknown:
+                raise Refused(f"API request contains unsupported parameters: "
+                              f"{unknown[0]!r}. Supported parameters: {list(accepted)}")
+            if "lock_key" in accepted:
+                self._check_lock(name, params.get("lock_key"))
+            reply = await handler(self, params)
+            return {"success": True, "msg": "", **reply}
+        except (Refused, NotAvailable, ValueError, TypeError, KeyError) as exc:
+            text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            return {"success": False, "msg": text.strip().splitlines()[0] if text.strip()
+                    else type(exc).__name__}
+
+    def _check_lock(self, name: str, key: object) -> None:
+        environment = name.startswith(("environment_", "re_", "script_", "function_",
+                                       "permissions_"))
+        locked = self.lock["environment"] if environment else self.lock["queue"]
+        if name in ("lock", "unlock", "lock_info") or not locked:
+            return
+        if key != self.lock_key:
+            raise Refused(f"Invalid lock key: RE Manager is locked by {self.lock['user']}"
+                          f" ({'environment' if environment else 'queue'})")
+
+    # --- helpers --------------------------------------------------------------------
+
+    def item_of_rid(self, rid: int) -> dict[str, Any]:
+        run = self.adapter.find(rid)
+        expid = run.expid if run is not None else {}
+        return run_item(rid, expid, self.meta.get(rid))
+
+    def rid_of(self, uid: object) -> int:
+        if not isinstance(uid, str):
+            raise Refused(f"item_uid must be a string, not {uid!r}")
+        for run in [*self.adapter.queued(), *filter(None, [self.adapter.running()])]:
+            if uid_of(run.rid) == uid:
+                return run.rid
+        raise Refused(f"Item with UID {uid!r} is not in the queue")
+
+    def rid_at(self, pos: object) -> int:
+        queued = self.adapter.queued()
+        if pos in ("front", "back"):
+            index = 0 if pos == "front" else -1
+        elif isinstance(pos, int) and not isinstance(pos, bool):
+            index = pos
+        else:
+            raise Refused(f"Parameter 'pos' has incorrect type: {pos!r} "
+                          f"(an integer, 'front' or 'back')")
+        try:
+            return queued[index].rid
+        except IndexError:
+            raise Refused(f"Index {pos!r} is out of range (the queue has "
+                          f"{len(queued)} items)") from None
+
+    def target_rid(self, p: dict[str, Any]) -> int:
+        if "uid" in p and "pos" in p:
+            raise Refused("Ambiguous parameters: both 'pos' and 'uid' are specified")
+        return self.rid_of(p["uid"]) if "uid" in p else self.rid_at(p.get("pos", "back"))
+
+    def manager_state(self) -> str:
+        running = self.adapter.running()
+        if running is not None and running.pause_requested and running.status.value == "paused":
+            return "paused"
+        if running is not None:
+            return "executing_queue"
+        return "idle"
+
+    def re_state(self) -> str:
+        running = self.adapter.running()
+        if running is None:
+            return "idle"
+        return "paused" if running.status.value == "paused" else "running"
+
+    def status(self) -> Reply:
+        running = self.adapter.running()
+        held = self.adapter.held()
+        return {
+            "msg": f"RE Manager (labpipe {__version__})",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "items_in_queue": len(self.adapter.queued()),
+            "items_in_history": self.adapter.history_size(),
+            "running_item_uid": None if running is None else uid_of(running.rid),
+            "manager_state": self.manager_state(),
+            "queue_stop_pending": held and running is not None,
+            "queue_autostart_enabled": not held,
+            "worker_environment_exists": self.environment_open,
+            "worker_environment_state": "idle" if self.environment_open else "closed",
+            "worker_background_tasks": 0,
+            "re_state": self.re_state() if self.environment_open else None,
+            "ip_kernel_state": None, "ip_kernel_captured": None,
+            "pause_pending": running is not None and running.pause_requested
+            and running.status.value != "paused",
+            "status_uid": str(uuid.uuid4()),
+            "run_list_uid": self.queue_uid,
+            "plan_queue_uid": self.queue_uid,
+            "plan_history_uid": self.history_uid,
+            "devices_existing_uid": "labpipe-devices", "plans_existing_uid": "labpipe-plans",
+            "devices_allowed_uid": "labpipe-devices", "plans_allowed_uid": "labpipe-plans",
+            "plan_queue_mode": {"loop": False, "ignore_failures": True},
+            "task_results_uid": self.task_results_uid,
+            "lock_info_uid": self.lock_uid,
+            "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
+        }
+
+    async def add_item(self, item: object, user: object, group: object) -> Reply:
+        if not isinstance(item, dict):
+            raise Refused("Incorrect request format: 'item' must be a dictionary")
+        item_type = item.get("item_type", "plan")
+        if item_type != "plan":
+            raise Refused(f"item type {item_type!r} is not available in this labpipe "
+                          f"master (only plans)")
+        name, args, kwargs = item.get("name"), item.get("args", []), item.get("kwargs", {})
+        if not isinstance(name, str) or not name:
+            raise Refused("Plan name is not specified: the item needs 'name'")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise Refused("'args' must be a list and 'kwargs' a dictionary")
+        meta = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
+                "user": user, "user_group": group}
+        rid = await self.adapter.submit_plan(name, args, kwargs)
+        self.meta[rid] = meta
+        return {"item": self.item_of_rid(rid), "rid": rid}
+
+    async def history_items(self) -> list[dict[str, Any]]:
+        records = await self.adapter.history(1000)
+        return [history_item(r, self.meta.get(r["rid"]), self.exit_status.get(r["rid"]))
+                for r in records if r["rid"] > self.history_from_rid]
+
+
+def _user(p: dict[str, Any]) -> tuple[Any, Any]:
+    if "user" not in p or "user_group" not in p:
+        raise Refused("the request needs 'user' and 'user_group'")
+    return p["user"], p["user_group"]
+
+
+def _placement(p: dict[str, Any]) -> None:
+    """Positions other than the back need schedule.move (the queue-control issue)."""
+    if p.get("pos", "back") not in ("back", -1) or p.get("before_uid") or p.get("after_uid"):
+        raise NotAvailable("positions in the queue (pos, before_uid, after_uid) need "
+                           "schedule.move, which is not available in this labpipe master")
+
+
+# --- status ---------------------------------------------------------------------------
+
+@method("status")
+async def status(qs: QServer, p: dict[str, Any]) -> Reply:
+    return qs.status()
+
+
+@method("ping")
+async def ping(qs: QServer, p: dict[str, Any]) -> Reply:
+    return qs.status()
+
+
+@method("config_get")
+async def config_get(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"config": {"ip_connect_info": {}}}
+
+
+# --- queue ----------------------------------------------------------------------------
+
+@method("queue_get")
+async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
+    running = qs.adapter.running()
+    return {"items": [qs.item_of_rid(r.rid) for r in qs.adapter.queued()],
+            "running_item": {} if running is None else qs.item_of_rid(running.rid),
+            "plan_queue_uid": qs.queue_uid}
+
+
+@method("queue_item_add", "user_group", "user", "item", "pos", "before_uid",
+        "after_uid", "lock_key")
+async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
+    user, group = _user(p)
+    _placement(p)
+    added = await qs.add_item(p.get("item"), user, group)
+    return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
+
+
+@method("queue_item_add_batch", "user_group", "user", "items", "pos", "before_uid",
+        "after_uid", "lock_key")
+async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
+    user, group = _user(p)
+    _placement(p)
+    items = p.get("items")
+    if not isinstance(items, list):
+        raise Refused("'items' must be a list")
+    added, results = [], []
+    for item in items:
+        try:
+            added.append((await qs.add_item(item, user, group))["item"])
+            results.append({"success": True, "msg": ""})
+        except (Refused, ValueError, TypeError) as exc:
+            added.append(item)
+            results.append({"success": False, "msg": str(exc)})
+    ok = all(r["success"] for r in results)
+    return {"success": ok, "msg": "" if ok else "some items were not added",
+            "qsize": len(qs.adapter.queued()), "items": added, "results": results}
+
+
+@method("queue_item_get", "pos", "uid")
+async def queue_item_get(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"item": qs.item_of_rid(qs.target_rid(p))}
+
+
+@method("queue_item_remove", "pos", "uid", "lock_key")
+async def queue_item_remove(qs: QServer, p: dict[str, Any]) -> Reply:
+    rid = qs.target_rid(p)
+    running = qs.adapter.running()
+    if running is not None and running.rid == rid:
+        raise Refused("the running item cannot be removed (stop it with re_stop)")
+    item = qs.item_of_rid(rid)
+    await qs.adapter.delete(rid)
+    return {"item": item, "qsize": len(qs.adapter.queued()) - 1}
+
+
+@method("queue_item_remove_batch", "uids", "ignore_missing", "lock_key")
+async def queue_item_remove_batch(qs: QServer, p: dict[str, Any]) -> Reply:
+    uids = p.get("uids")
+    if not isinstance(uids, list):
+        raise Refused("'uids' must be a list")
+    rids = []
+    for uid in uids:
+        try:
+            rids.append(qs.rid_of(uid))
+        except Refused:
+            if not p.get("ignore_missing", True):
+                raise
+    items = [qs.item_of_rid(rid) for rid in rids]
+    for rid in rids:
+        await qs.adapter.delete(rid)
+    return {"items": items, "qsize": len(qs.adapter.queued())}
+
+
+@method("queue_item_update", "user_group", "user", "item", "replace", "lock_key")
+async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
+    user, group = _user(p)
+    item = p.get("item")
+    if not isinstance(item, dict) or "item_uid" not in item:
+        raise Refused("'item' must be a dictionary with 'item_uid'")
+    rid = qs.rid_of(item["item_uid"])
+    old = qs.item_of_rid(rid)
+    name = item.get("name", old["name"])
+    if name != old["name"]:
+        raise Refused("a queued plan keeps its name in labpipe: remove the item and "
+                      "add the new plan instead")
+    args, kwargs = item.get("args", []), item.get("kwargs", {})
+    await qs.adapter.change_arguments(rid, name, args, kwargs)
+    qs.meta[rid] = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
+                    "user": user, "user_group": group}
+    return {"qsize": len(qs.adapter.queued()), "item": qs.item_of_rid(rid)}
+
+
+@method("queue_item_move", "pos", "uid", "pos_dest", "before_uid", "after_uid",
+        "lock_key")
+async def queue_item_move(qs: QServer, p: dict[str, Any]) -> Reply:
+    rid = qs.target_rid(p)
+    move = qs.adapter.optional("move")
+    dest = p.get("pos_dest")
+    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
+    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
+    await move(rid, position=dest, before=before, after=after)
+    return {"item": qs.item_of_rid(rid), "qsize": len(qs.adapter.queued())}
+
+
+@method("queue_item_move_batch", "uids", "pos_dest", "before_uid", "after_uid",
+        "reorder", "lock_key")
+async def queue_item_move_batch(qs: QServer, p: dict[str, Any]) -> Reply:
+    move_batch = qs.adapter.optional("move_batch")
+    rids = [qs.rid_of(u) for u in p.get("uids") or []]
+    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
+    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
+    await move_batch(rids, position=p.get("pos_dest"), before=before, after=after)
+    return {"items": [qs.item_of_rid(r) for r in rids], "qsize": len(qs.adapter.queued())}
+
+
+@method("queue_item_execute", "item", "user_group", "user", "lock_key")
+async def queue_item_execute(qs: QServer, p: dict[str, Any]) -> Reply:
+    execute_now = qs.adapter.optional("execute_now")
+    user, group = _user(p)
+    added = await qs.add_item(p.get("item"), user, group)
+    await execute_now(added["rid"])
+    return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
+
+
+@method("queue_clear", "lock_key")
+async def queue_clear(qs: QServer, p: dict[str, Any]) -> Reply:
+    for run in qs.adapter.queued():
+        await qs.adapter.delete(run.rid)
+    return {}
+
+
+@method("queue_start", "lock_key")
+async def queue_start(qs: QServer, p: dict[str, Any]) -> Reply:
+    if not qs.environment_open:
+        raise Refused("RE Worker environment does not exist (environment_open first)")
+    await qs.adapter.release()
+    return {}
+
+
+@method("queue_stop", "lock_key")
+async def queue_stop(qs: QServer, p: dict[str, Any]) -> Reply:
+    await qs.adapter.hold()
+    return {}
+
+
+@method("queue_stop_cancel", "lock_key")
+async def queue_stop_cancel(qs: QServer, p: dict[str, Any]) -> Reply:
+    if qs.adapter.running() is not None:
+        await qs.adapter.release()
+    return {}
+
+
+@method("queue_autostart", "enable", "lock_key")
+async def queue_autostart(qs: QServer, p: dict[str, Any]) -> Reply:
+    if not isinstance(p.get("enable"), bool):
+        raise Refused("'enable' must be true or false")
+    await (qs.adapter.release() if p["enable"] else qs.adapter.hold())
+    return {}
+
+
+@method("queue_mode_set", "mode", "lock_key")
+async def queue_mode_set(qs: QServer, p: dict[str, Any]) -> Reply:
+    mode = p.get("mode")
+    if mode == "default" or (isinstance(mode, dict) and not mode.get("loop", False)
+                             and mode.get("ignore_failures", True)):
+        return {}
+    raise Refused("a labpipe pipeline runs each plan once and goes on after a failure: "
+                  "only {'loop': False, 'ignore_failures': True} is available")
+
+
+# --- history --------------------------------------------------------------------------
+
+@method("history_get")
+async def history_get(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"items": await qs.history_items(), "plan_history_uid": qs.history_uid}
+
+
+@method("history_clear", "lock_key", "size", "item_uid")
+async def history_clear(qs: QServer, p: dict[str, Any]) -> Reply:
+    records = await qs.adapter.history(1000)
+    if records:
+        qs.history_from_rid = max(r["rid"] for r in records)
+    qs.history_uid = str(uuid.uuid4())
+    return {}
+
+
+# --- plans, devices, permissions ------------------------------------------------------
+
+def _plans(qs: QServer) -> dict[str, Any]:
+    plans = {}
+    for entry in qs.adapter.explist().values():
+        name = entry.get("class_name")
+        if not name:
+            continue
+        parameters = [{"name": key, "kind": {"name": "POSITIONAL_OR_KEYWORD", "value": 1},
+                       "description": str(desc.get("desc") or "")}
+                      for key, desc in (entry.get("arginfo") or {}).items()]
+        plans[name] = {"name": name, "module": entry.get("file"),
+                       "description": entry.get("name", name), "parameters": parameters,
+                       "properties": {"is_generator": True}}
+    return plans
+
+
+def _devices(qs: QServer) -> dict[str, Any]:
+    return {key: {"classname": d.get("class", ""), "module": d.get("module", ""),
+                  "is_readable": True, "is_movable": True, "is_flyable": False}
+            for key, d in qs.adapter.device_db().items() if isinstance(d, dict)}
+
+
+@method("plans_allowed", "user_group")
+async def plans_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"plans_allowed": _plans(qs), "plans_allowed_uid": "labpipe-plans"}
+
+
+@method("plans_existing")
+async def plans_existing(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"plans_existing": _plans(qs), "plans_existing_uid": "labpipe-plans"}
+
+
+@method("devices_allowed", "user_group")
+async def devices_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"devices_allowed": _devices(qs), "devices_allowed_uid": "labpipe-devices"}
+
+
+@method("devices_existing")
+async def devices_existing(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"devices_existing": _devices(qs), "devices_existing_uid": "labpipe-devices"}
+
+
+@method("permissions_get")
+async def permissions_get(qs: QServer, p: dict[str, Any]) -> Reply:
+    every = {"allowed_plans": [None], "forbidden_plans": [None],
+             "allowed_devices": [None], "forbidden_devices": [None],
+             "allowed_functions": [None], "forbidden_functions": [None]}
+    return {"user_group_permissions": {"user_groups": {
+        "root": every, "primary": {**every, "forbidden_plans": [], "forbidden_devices": [],
+                                   "forbidden_functions": []}}}}
+
+
+@method("permissions_reload", "restore_plans_devices", "restore_permissions", "lock_key")
+async def permissions_reload(qs: QServer, p: dict[str, Any]) -> Reply:
+    await qs.adapter.rescan()
+    return {}
+
+
+METHODS["permissions_set"] = (("user_group_permissions", "lock_key"),
+                              _not_here("permissions_set (user groups)"))
+
+
+# --- environment ----------------------------------------------------------------------
+
+@method("environment_open", "lock_key")
+async def environment_open(qs: QServer, p: dict[str, Any]) -> Reply:
+    qs.environment_open = True
+    return {}
+
+
+@method("environment_close", "lock_key")
+async def environment_close(qs: QServer, p: dict[str, Any]) -> Reply:
+    if qs.adapter.running() is not None:
+        raise Refused("Queue execution is in progress: the environment cannot be closed")
+    await qs.adapter.hold()
+    qs.environment_open = False
+    return {}
+
+
+@method("environment_destroy", "lock_key")
+async def environment_destroy(qs: QServer, p: dict[str, Any]) -> Reply:
+    running = qs.adapter.running()
+    await qs.adapter.hold()
+    if running is not None:
+        await qs.adapter.delete(running.rid)
+    qs.environment_open = False
+    return {}
+
+
+@method("environment_update", "run_in_background", "lock_key")
+async def environment_update(qs: QServer, p: dict[str, Any]) -> Reply:
+    await qs.adapter.rescan()
+    return {"task_uid": str(uuid.uuid4())}
+
+
+# --- the RunEngine --------------------------------------------------------------------
+
+def _running_rid(qs: QServer) -> int:
+    running = qs.adapter.running()
+    if running is None:
+        raise Refused("Run Engine is idle: no plan is running")
+    return running.rid
+
+
+@method("re_pause", "option", "lock_key")
+async def re_pause(qs: QServer, p: dict[str, Any]) -> Reply:
+    if p.get("option", "deferred") not in ("deferred", "immediate"):
+        raise Refused(f"Option {p.get('option')!r} is not supported: 'deferred' or "
+                      f"'immediate'")
+    qs.adapter.pause(_running_rid(qs))
+    return {}
+
+
+@method("re_resume", "lock_key")
+async def re_resume(qs: QServer, p: dict[str, Any]) -> Reply:
+    qs.adapter.resume(_running_rid(qs))
+    return {}
+
+
+def _ending(exit_status: str) -> Handler:
+    async def end(qs: QServer, p: dict[str, Any]) -> Reply:
+        rid = _running_rid(qs)
+        qs.exit_status[rid] = exit_status
+        await qs.adapter.terminate(rid)
+        return {}
+    return end
+
+
+METHODS["re_stop"] = (("lock_key",), _ending("stopped"))
+METHODS["re_abort"] = (("lock_key",), _ending("aborted"))
+METHODS["re_halt"] = (("lock_key",), _ending("halted"))
+
+
+@method("re_runs", "option")
+async def re_runs(qs: QServer, p: dict[str, Any]) -> Reply:
+    return {"run_list": [], "run_list_uid": qs.queue_uid}
+
+
+# --- functions and scripts (the queue-control issue) ----------------------------------
+
+@method("function_execute", "item", "user_group", "user", "run_in_background",
+        "lock_key")
+async def function_execute(qs: QServer, p: dict[str, Any]) -> Reply:
+    call_function = qs.adapter.optional("call_function")
+    item = p.get("item")
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise Refused("'item' must be a function item with 'name'")
+    task_uid = await call_function(item["name"], item.get("args", []),
+                                   item.get("kwargs", {}))
+    return {"item": item, "task_uid": str(task_uid)}
+
+
+@method("task_status", "task_uid")
+async def task_status(qs: QServer, p: dict[str, Any]) -> Reply:
+    status_of = qs.adapter.optional("task_status")
+    return {"task_uid": p.get("task_uid"), "status": await status_of(p.get("task_uid"))}
+
+
+@method("task_result", "task_uid")
+async def task_result(qs: QServer, p: dict[str, Any]) -> Reply:
+    result_of = qs.adapter.optional("task_result")
+    result = await result_of(p.get("task_uid"))
+    return {"task_uid": p.get("task_uid"), "status": "completed", "result": result}
+
+
+METHODS["script_upload"] = (("script", "update_lists", "update_re", "run_in_background",
+                             "lock_key"),
+                            _not_here("script_upload (labpipe runs the repository's "
+                                      "experiments; commit the script there)"))
+METHODS["kernel_interrupt"] = (("lock_key", "interrupt_task", "interrupt_plan"),
+                               _not_here("kernel_interrupt (no IPython kernel)"))
+METHODS["re_metadata"] = (("metadata", "lock_key"), _not_here("re_metadata"))
+METHODS["manager_stop"] = (("option",), _not_here(
+    "manager_stop (stop the labpipe master itself)"))
+METHODS["manager_kill"] = ((), _not_here("manager_kill"))
+METHODS["manager_test"] = (("test_name",), _not_here("manager_test"))
+
+
+# --- lock -----------------------------------------------------------------------------
+
+def _lock_info(qs: QServer) -> Reply:
+    return {"lock_info": {**qs.lock, "emergency_lock_key_is_set": False},
+            "lock_info_uid": qs.lock_uid}
+
+
+@method("lock", "lock_key", "note", "environment", "queue", "user")
+async def lock(qs: QServer, p: dict[str, Any]) -> Reply:
+    key = p.get("lock_key")
+    if not isinstance(key, str) or not key:
+        raise Refused("Lock key is not specified ('lock_key')")
+    if (qs.lock["environment"] or qs.lock["queue"]) and key != qs.lock_key:
+        raise Refused(f"Invalid lock key: RE Manager is locked by {qs.lock['user']}")
+    environment, queue = bool(p.get("environment")), bool(p.get("queue"))
+    if not (environment or queue):
+        raise Refused("Invalid request: select 'environment' and/or 'queue' to lock")
+    now = time.time()
+    qs.lock = {"environment": environment, "queue": queue, "user": p.get("user"),
+               "note": p.get("note"), "time": now,
+               "time_str": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))}
+    qs.lock_key = key
+    qs.lock_uid = str(uuid.uuid4())
+    return _lock_info(qs)
+
+
+@method("lock_info", "lock_key")
+async def lock_info(qs: QServer, p: dict[str, Any]) -> Reply:
+    if p.get("lock_key") is not None and p["lock_key"] != qs.lock_key:
+        raise Refused("Invalid lock key")
+    return _lock_info(qs)
+
+
+@method("unlock", "lock_key")
+async def unlock(qs: QServer, p: dict[str, Any]) -> Reply:
+    if (qs.lock["environment"] or qs.lock["queue"]) and p.get("lock_key") != qs.lock_key:
+        raise Refused("Invalid lock key: the lock key does not match")
+    qs.lock = {"environment": False, "queue": False, "user": None, "note": None,
+               "time": None, "time_str": ""}
+    qs.lock_key = None
+    qs.lock_uid = str(uuid.uuid4())
+    return _lock_info(qs)

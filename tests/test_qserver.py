@@ -1,0 +1,205 @@
+"""bluesky-queueserver's own clients against a real labpipe master (``--qserver``):
+the ``qserver`` command line and ``REManagerAPI`` (0MQ), installed from PyPI; the same
+runs seen by labpipe's ARTIQ-side ``schedule`` and ``history``."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+zmq = pytest.importorskip("zmq")
+pytest.importorskip("bluesky_queueserver")
+api = pytest.importorskip("bluesky_queueserver_api.zmq")
+from bluesky_queueserver_api import BPlan  # noqa: E402
+from bluesky_queueserver_api.comm_base import (  # noqa: E402
+    RequestFailedError, RequestTimeoutError)
+
+from conftest import MasterProcess  # noqa: E402
+
+# REManagerAPI (the peer's client) leaves its own 0MQ contexts to the garbage collector
+pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QSERVER = os.path.join(os.path.dirname(sys.executable), "qserver")
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qslab")
+    shutil.copy(os.path.join(ROOT, "device_db.py"), root)
+    os.makedirs(root / "repository")
+    shutil.copy(os.path.join(ROOT, "repository", "plans.py"), root / "repository")
+    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
+                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
+    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
+    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def rm(master):
+    client = api.REManagerAPI(zmq_control_addr=master.control, zmq_info_addr=master.info,
+                              timeout_recv=10)
+    client.queue_clear()
+    client.queue_stop()  # the queue stopped: items stay queued until queue_start
+    yield client
+    client.close()
+
+
+def qserver(master, *args):
+    result = subprocess.run([QSERVER, "--zmq-control-addr", master.control, *args],
+                            capture_output=True, text=True, timeout=60)
+    return result
+
+
+def wait(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def test_cli_status_add_start_history_and_artiq_side(master, rm):
+    out = qserver(master, "status")
+    assert out.returncode == 0, out.stderr
+    assert "'manager_state': 'idle'" in out.stdout
+    out = qserver(master, "queue", "add", "plan",
+                  '{"name": "count", "args": [["det"]], "kwargs": {"num": 5}}')
+    assert out.returncode == 0 and "'success': True" in out.stdout, out.stdout
+    queue = rm.queue_get()
+    (item,) = queue["items"]
+    assert item["name"] == "count" and item["kwargs"] == {"num": 5}
+    rid = item["properties"]["labpipe_rid"]
+    assert "'name': 'count'" in qserver(master, "queue", "get").stdout
+    # the ARTIQ side sees the same run in its schedule
+    with master.client("schedule") as schedule:
+        entry = schedule.get_status()[rid]
+    assert entry["pipeline"] == "main" and entry["expid"]["class_name"] == "count"
+    history_uid = rm.status()["plan_history_uid"]
+    assert qserver(master, "queue", "start").returncode == 0
+    wait(lambda: rm.status()["plan_history_uid"] != history_uid
+         and rm.status()["manager_state"] == "idle")
+    done = [h for h in rm.history_get()["items"] if h["item_uid"] == item["item_uid"]]
+    assert done and done[0]["result"]["exit_status"] == "completed"
+    assert item["item_uid"] in qserver(master, "history", "get").stdout
+    with master.client("history") as history:
+        assert history.get(rid)["status"] == "completed"
+
+
+def test_api_add_get_remove_and_the_uids(master, rm):
+    uid0 = rm.status()["plan_queue_uid"]
+    first = rm.item_add(BPlan("count", ["det"], num=3))["item"]
+    second = rm.item_add(BPlan("count", ["det"], num=4))["item"]
+    assert rm.status()["plan_queue_uid"] != uid0
+    assert [i["item_uid"] for i in rm.queue_get()["items"]] == [first["item_uid"],
+                                                               second["item_uid"]]
+    assert rm.item_get(uid=second["item_uid"])["item"]["kwargs"] == {"num": 4}
+    updated = dict(second, kwargs={"num": 7})
+    rm.item_update(updated)
+    assert rm.item_get(pos="back")["item"]["kwargs"] == {"num": 7}
+    removed = rm.item_remove(uid=first["item_uid"])
+    assert removed["item"]["item_uid"] == first["item_uid"]
+    assert rm.status()["items_in_queue"] == 1
+    with pytest.raises(RequestFailedError, match="some items were not added"):
+        rm.item_add_batch([BPlan("count", ["det"]), BPlan("no_such_plan")])
+    assert rm.status()["items_in_queue"] == 2
+    rm.queue_clear()
+    assert rm.queue_get()["items"] == []
+
+
+def test_api_positions_need_the_queue_control_issue(master, rm):
+    item = rm.item_add(BPlan("count", ["det"]))["item"]
+    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
+        rm.item_add(BPlan("count", ["det"]), pos="front")
+    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
+        rm.item_move(uid=item["item_uid"], pos_dest="front")
+    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
+        rm.function_execute({"item_type": "function", "name": "f"})
+
+
+def test_api_pause_resume_stop_a_running_count(master, rm):
+    item = rm.item_add(BPlan("count", ["det"], num=200, delay=0.05))["item"]
+    rm.queue_start()
+    wait(lambda: rm.status()["running_item_uid"] == item["item_uid"]
+         and rm.status()["re_state"] == "running")
+    rm.re_pause(option="immediate")
+    wait(lambda: rm.status()["manager_state"] == "paused")
+    assert rm.status()["re_state"] == "paused"
+    rm.re_resume()
+    wait(lambda: rm.status()["re_state"] == "running")
+    out = qserver(master, "re", "pause", "deferred")
+    assert out.returncode == 0, out.stdout
+    wait(lambda: rm.status()["manager_state"] == "paused")
+    rm.re_stop()
+    rm.wait_for_idle(timeout=30)
+    (done,) = [h for h in rm.history_get()["items"] if h["item_uid"] == item["item_uid"]]
+    assert done["result"]["exit_status"] == "stopped"
+    with master.client("history") as history:
+        assert history.get(item["properties"]["labpipe_rid"])["status"] == "terminated"
+
+
+def test_lock_refuses_without_the_key(master, rm):
+    out = qserver(master, "lock", "queue", "-k", "K1")
+    assert out.returncode == 0, out.stdout
+    try:
+        assert rm.lock_info()["lock_info"]["queue"] is True
+        with pytest.raises(RequestFailedError, match="lock"):
+            rm.item_add(BPlan("count", ["det"]))
+        rm.item_add(BPlan("count", ["det"]), lock_key="K1")
+        rm.queue_clear(lock_key="K1")
+    finally:
+        assert qserver(master, "unlock", "-k", "K1").returncode == 0
+    assert rm.lock_info()["lock_info"]["queue"] is False
+
+
+def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10000)
+    sock.connect(master.control)
+    try:
+        for request, words in ((b"not json", "Failed to decode"),
+                               (b'{"method": "no_such"}', "Unknown method"),
+                               (b'{"method": "queue_get", "params": {"x": 1}}',
+                                "unsupported parameters"),
+                               (b'[1, 2]', "Dictionary is expected"),
+                               (b'{"method": "queue_item_add", "params": {"item": 5, '
+                                b'"user": "u", "user_group": "primary"}}', "dictionary")):
+            sock.send(request)
+            reply = json.loads(sock.recv())
+            assert reply["success"] is False and words in reply["msg"], reply
+            assert "\n" not in reply["msg"]
+    finally:
+        sock.close()
+        ctx.term()
+    with pytest.raises(RequestFailedError, match="no plan 'nope'"):
+        rm.item_add(BPlan("nope"))
+    assert rm.status()["manager_state"] == "idle"
+
+
+def test_console_monitor_shows_the_master_log(master, rm):
+    rm.console_monitor.enable()
+    try:
+        item = rm.item_add(BPlan("count", ["det"]))["item"]
+        rm.queue_start()
+        assert item["name"] == "count"
+        rm.wait_for_idle(timeout=30)
+        text = ""
+        deadline = time.monotonic() + 10
+        while "pipeline main released" not in text and time.monotonic() < deadline:
+            try:
+                text += rm.console_monitor.next_msg(timeout=1)["msg"]
+            except RequestTimeoutError:
+                pass
+        assert "pipeline main released" in text
+    finally:
+        rm.console_monitor.disable()
