@@ -49,9 +49,9 @@ def write_db(lab, entries):
     lab.write("device_db.py", f"device_db = {entries!r}\n")
 
 
-async def rpc(port, target, method, *args):
+async def rpc(port, target, method, *args, ssl=None):
     client = AsyncClient()
-    await client.connect_rpc(HOST, port, target)
+    await client.connect_rpc(HOST, port, target, ssl=ssl)
     try:
         return await getattr(client, method)(*args)
     finally:
@@ -279,3 +279,36 @@ def test_loopback_entries_count_as_this_host_when_the_master_is_local():
           for name in ("::1", "localhost", "127.0.0.1", "192.0.2.1")}
     assert set(select(db, "127.0.0.1")[0]) == {"::1", "localhost", "127.0.0.1"}
     assert set(select(db, "192.0.2.1")[0]) == {"192.0.2.1"}
+
+
+async def test_with_ssl_the_manager_speaks_tls_to_the_master_and_on_its_own_port(
+        lab, tmp_path, remote_at_info):
+    from labpipe.protocol.tls import TLSFiles, client_context
+    from tls_certs import make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    files = certs.client_files()
+    (a,) = free_ports(1)
+    write_db(lab, {"ctl_a": controller(a, extra="--tag T")})
+    async with running_master(lab, tls=certs.server_files()) as m:
+        trusted = client_context(files)
+        messages = []
+        receiver = Receiver("log", messages.append)
+        await receiver.connect(HOST, m.port("broadcast"), ssl=trusted)
+        try:
+            async with Manager(m, "--ssl", files.cert, files.key, files.peer) as mgr:
+                own = client_context(TLSFiles(files.cert, files.key, files.cert))
+                for _ in range(300):
+                    listed = {c["name"]: c for c in
+                              await rpc(mgr.port, "ctlmgr", "list", ssl=own)}
+                    if listed.get("ctl_a", {}).get("pid"):
+                        break
+                    await asyncio.sleep(0.05)
+                assert listed["ctl_a"]["state"] == "running"
+                await wait_until(lambda: any(src == "controller(ctl_a)" and "serving T" in t
+                                             for _, src, _, t in messages))
+                with pytest.raises(Exception):  # its own port is TLS only
+                    await asyncio.wait_for(rpc(mgr.port, "ctlmgr", "list"), 5)
+                code, err = await mgr.stop()
+                assert code == 0, err
+        finally:
+            await receiver.close()

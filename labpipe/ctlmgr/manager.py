@@ -145,7 +145,7 @@ class ControllerManager:
             await asyncio.gather(*(self._remove(name) for name in gone))
         for name, spec in wanted.items():
             if name not in self.controllers:
-                controller = Controller(spec, self._sink(name), ssl=self._ssl)
+                controller = Controller(spec, self._sink(name))  # controllers: plain TCP
                 self.controllers[name] = controller
                 controller.start()
 
