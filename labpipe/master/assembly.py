@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
+from labpipe.master.console import ConsoleBuffers, ConsoleTarget, console_text_of
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
@@ -278,6 +279,7 @@ class Master:
             self.device_db.data.raw_view.__getitem__, key)[0]
 
         self.broadcaster = Broadcaster(limits=o.connection_limits)
+        self.console = ConsoleBuffers(self.broadcaster.broadcast)
         log_handler = LogBroadcastHandler(self.broadcaster)
         logging.getLogger().addHandler(log_handler)
         stack.callback(logging.getLogger().removeHandler, log_handler)
@@ -300,6 +302,7 @@ class Master:
             "interactive_arg_db": self.interactive_db,
             "master_management": MasterManagement(o.name, self.terminate_requested.set),
             "history": HistoryTarget(self.history),
+            "console": ConsoleTarget(self.console),
         }
         # every argument of every method is checked (targets.SPECS) before it runs
         self.targets: dict[str, object] = {name: Target(obj, name, SPECS[name])
@@ -388,7 +391,11 @@ class Master:
             return handlers
         source = self.scheduler.source_of
 
+        console = self.console
+
         def log(msg: messages.Log) -> None:
+            console.add(run.rid, msg.created, console_text_of(msg.levelno, msg.name,
+                                                              msg.message))
             # one logger for every name the experiment chose (none created per name);
             # the run's log_level filtered these already
             emit_remote(source(run), msg.levelno, msg.name or "worker", msg.message,
