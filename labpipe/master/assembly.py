@@ -41,6 +41,7 @@ from labpipe.master.access.gate import Gate
 from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
 from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
 from labpipe.master.access.permissions import Permissions, PermissionsTarget
+from labpipe.master.console import ConsoleBuffers, ConsoleTarget, console_text_of
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.history import History, HistoryTarget
@@ -290,6 +291,7 @@ class Master:
             self.device_db.data.raw_view.__getitem__, key)[0]
 
         self.broadcaster = Broadcaster(limits=o.connection_limits)
+        self.console = ConsoleBuffers(self.broadcaster.broadcast)
         log_handler = LogBroadcastHandler(self.broadcaster)
         logging.getLogger().addHandler(log_handler)
         stack.callback(logging.getLogger().removeHandler, log_handler)
@@ -322,6 +324,7 @@ class Master:
             "permissions": PermissionsTarget(
                 self.permissions, lambda: self.experiment_db.explist.raw_view,
                 lambda: self.device_db.get_device_db().keys()),
+            "console": ConsoleTarget(self.console),
         }
         # every argument of every method is checked (targets.SPECS) before it runs,
         # then the call passes the gate (the lock, the caller's permissions)
@@ -429,7 +432,11 @@ class Master:
             return handlers
         source = self.scheduler.source_of
 
+        console = self.console
+
         def log(msg: messages.Log) -> None:
+            console.add(run.rid, msg.created, console_text_of(msg.levelno, msg.name,
+                                                              msg.message))
             # one logger for every name the experiment chose (none created per name);
             # the run's log_level filtered these already
             emit_remote(source(run), msg.levelno, msg.name or "worker", msg.message,

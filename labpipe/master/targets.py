@@ -162,6 +162,11 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
         "resubmit": (_p("rid", RID), _p("overrides", Optional(OVERRIDES), None)),
         "wait": (_p("rid", RID), _p("timeout", Optional(TIMEOUT), None)),
     },
+    # labpipe's (docs/console.md)
+    "console": {
+        "text": (_p("rid", RID), _p("since_line", Int(0, INT64_MAX), 0)),
+        "runs": (),
+    },
 }
 
 

@@ -53,7 +53,7 @@ from labpipe.worker.messages import (Analyze, Build, Built, Command, Completed, 
                                      GetDataset, GetDeviceDB, Interactive, Log,
                                      MalformedMessage, Outcome, Prepare, Resume, Run,
                                      Terminated, UpdateDataset, Validate, Validated, tag_of)
-from labpipe.worker.output import PrintStream, capture_fds
+from labpipe.worker.output import PrintStream, capture_fds, console_text_of
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
 
@@ -66,10 +66,12 @@ __all__ = ["main"]
 class _PipeLogHandler(logging.Handler):
     """Sends log records to the master and keeps their lines for the results file."""
 
-    def __init__(self, channel: ChildChannel, log_lines: list[str]) -> None:
+    def __init__(self, channel: ChildChannel, log_lines: list[str],
+                 console: list[tuple[float, str]]) -> None:
         super().__init__()
         self._channel = channel
         self._log_lines = log_lines
+        self._console = console
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -78,6 +80,8 @@ class _PipeLogHandler(logging.Handler):
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
             self._channel.send(Log(record.levelno, record.name, message, record.created))
             self._log_lines.append(f"{record.levelname}:{record.name}:{message}")
+            self._console.append((record.created,
+                                  console_text_of(record.levelno, record.name, message)))
         except Exception:
             self.handleError(record)
 
@@ -122,6 +126,8 @@ class _Child:
         self.channel = channel
         self.runner: ExperimentRunner | None = None
         self.log_lines: list[str] = []
+        #: (time, text) of each console line, for the results file's ``console``
+        self.console: list[tuple[float, str]] = []
         #: The worker's dispatch table: command type -> its handler (returning the
         #: outcome). ``Resume`` outside a pause is an error; ``Terminate`` never
         #: gets here (``ChildChannel.recv_command`` exits).
@@ -133,7 +139,7 @@ class _Child:
         root = logging.getLogger()
         for handler in list(root.handlers):
             root.removeHandler(handler)
-        root.addHandler(_PipeLogHandler(self.channel, self.log_lines))
+        root.addHandler(_PipeLogHandler(self.channel, self.log_lines, self.console))
         root.setLevel(level)
         # print lines bypass logging: the log level filters only logging calls
         if not isinstance(sys.stdout, PrintStream):
@@ -143,8 +149,10 @@ class _Child:
     def print_line(self, line: str) -> None:
         """A line the experiment wrote to stdout or stderr: a ``print`` record at INFO
         to the master, and a line of the results file's log."""
-        self.channel.send(Log(logging.INFO, "print", line, time.time()))
+        now = time.time()
+        self.channel.send(Log(logging.INFO, "print", line, now))
         self.log_lines.append("INFO:print:" + line)
+        self.console.append((now, line))
 
     def serve(self) -> None:
         while True:
@@ -180,7 +188,7 @@ class _Child:
         self.runner = runner = ExperimentRunner(
             rid=cmd.rid, expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
             workdir=cmd.workdir, results_dir=cmd.results_dir, repo_rev=cmd.repo_rev,
-            log_lines=self.log_lines)
+            log_lines=self.log_lines, console=self.console)
         runner.build()
         return Built(runner.class_name, list(device_mgr.requested),
                      "bluesky" in sys.modules or "ophyd" in sys.modules)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -35,10 +36,19 @@ from multiprocessing import reduction
 from multiprocessing.connection import Connection
 from typing import TextIO
 
-__all__ = ["PrintStream", "capture_fds", "receive_output_fd", "OutputReader", "MAX_LINE"]
+__all__ = ["PrintStream", "capture_fds", "receive_output_fd", "OutputReader", "MAX_LINE",
+           "console_text_of"]
 
 #: A line longer than this (characters; bytes for the fd path) is cut into pieces.
 MAX_LINE = 64 * 1024
+
+
+def console_text_of(levelno: int, name: str, message: str) -> str:
+    """A run's console line for one of its log messages: a ``print`` line as it is, a
+    log record as ``LEVEL:logger:message`` (``labpipe.master.console``)."""
+    if name == "print":
+        return message
+    return f"{logging.getLevelName(levelno)}:{name}:{message}"
 
 
 class PrintStream(io.TextIOBase):

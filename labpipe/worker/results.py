@@ -14,6 +14,9 @@ h5py::
       repo_rev           str, when the experiment came from the repository
       labpipe_version    str
       log                1-D array of variable-length UTF-8 strings (may be empty)
+      console/text       (a run's file) the run's console lines in order (print lines as written, log
+                         records as LEVEL:logger:message), UTF-8 strings
+      console/time       float64, the Unix time each console line was written
       error              str, when the run failed
       GROUP/KEY          for each extra group given (e.g. bluesky documents)
       streams/NAME/data/CHANNEL/{data,pulse_id,timestamp,is_data_present}
@@ -47,7 +50,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -69,7 +72,7 @@ PYON_ATTRS_ATTR = "labpipe_pyon_attrs"
 
 _NATIVE_KINDS = "biufc"
 _STANDARD_NAMES = {"datasets", "archive", "rid", "start_time", "run_time", "expid",
-                   "repo_rev", "labpipe_version", "log", "error", "streams"}
+                   "repo_rev", "labpipe_version", "log", "error", "streams", "console"}
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -151,7 +154,7 @@ def _write_group(f: h5py.File, group_name: str, items: Mapping[str, Any],
                            group_name, key, type(e).__name__, e)
 
 
-def _write_fixed(f: h5py.File, name: str, data: numpy.ndarray[Any, Any]) -> None:
+def _write_fixed(f: h5py.Group, name: str, data: numpy.ndarray[Any, Any]) -> None:
     """What ``f.create_dataset(name, data=data)`` writes (h5py's defaults: contiguous,
     no time stamps), in four low-level calls: the high-level path runs some twenty
     Python functions per dataset, and in a fresh worker forked from the template every
@@ -169,7 +172,8 @@ def _write_file(f: h5py.File, *, rid: int, start_time: float, run_time: float | 
                 datasets: Mapping[str, tuple[Any, dict[str, Any] | None]] | None,
                 archive: Mapping[str, Any] | None, log_lines: Iterable[str] | None,
                 error: str | None,
-                extra_groups: Mapping[str, Mapping[str, Any]] | None) -> None:
+                extra_groups: Mapping[str, Mapping[str, Any]] | None,
+                console: Sequence[tuple[float, str]] | None) -> None:
     _write_group(f, "datasets", datasets or {}, with_metadata=True)
     _write_group(f, "archive", archive or {}, with_metadata=False)
     for group_name, items in (extra_groups or {}).items():
@@ -183,6 +187,12 @@ def _write_file(f: h5py.File, *, rid: int, start_time: float, run_time: float | 
         _write_fixed(f, "repo_rev", numpy.array(str(repo_rev), dtype=_STR))
     _write_fixed(f, "labpipe_version", numpy.array(labpipe.__version__, dtype=_STR))
     _write_fixed(f, "log", numpy.array([str(line) for line in (log_lines or [])], dtype=_STR))
+    if console is not None:  # a run's file always has it (maybe empty)
+        group = f.create_group("console")
+        _write_fixed(group, "text", numpy.array([str(text) for _, text in console],
+                                                dtype=_STR))
+        _write_fixed(group, "time", numpy.array([float(t) for t, _ in console],
+                                                dtype=numpy.float64))
     if error is not None:
         _write_fixed(f, "error", numpy.array(str(error), dtype=_STR))
 
@@ -193,7 +203,8 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                   archive: Mapping[str, Any] | None = None,
                   log_lines: Iterable[str] | None = None, error: str | None = None,
                   extra_groups: Mapping[str, Mapping[str, Any]] | None = None,
-                  stream_files: Mapping[str, str] | None = None) -> None:
+                  stream_files: Mapping[str, str] | None = None,
+                  console: Sequence[tuple[float, str]] | None = None) -> None:
     """Write a run's results file at ``path`` atomically (layout in the module docstring).
 
     ``datasets`` maps key -> (value, metadata) (the worker's ``DatasetManager.local``),
@@ -214,7 +225,7 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                 _write_file(f, rid=rid, start_time=start_time, run_time=run_time,
                             expid=expid, repo_rev=repo_rev, datasets=datasets,
                             archive=archive, log_lines=log_lines, error=error,
-                            extra_groups=extra_groups)
+                            extra_groups=extra_groups, console=console)
                 for name, spool in (stream_files or {}).items():
                     with h5py.File(spool, "r") as source:
                         for item in source:

@@ -51,7 +51,8 @@ class ExperimentRunner:
     def __init__(self, *, rid: int, expid: dict[str, Any],
                  managers: tuple[DeviceManager, DatasetManager, ProcessArgumentManager],
                  workdir: str | None = None, results_dir: str = "results",
-                 repo_rev: str | None = None, log_lines: list[str] | None = None):
+                 repo_rev: str | None = None, log_lines: list[str] | None = None,
+                 console: list[tuple[float, str]] | None = None):
         self.rid = rid
         self.expid = expid
         self.device_mgr, self.dataset_mgr, self.argument_mgr = managers
@@ -59,6 +60,8 @@ class ExperimentRunner:
         self.results_dir = results_dir
         self.repo_rev = repo_rev
         self.log_lines = log_lines if log_lines is not None else []
+        #: (time, text) of each console line (results file ``console/``)
+        self.console = console if console is not None else []
         self.class_name = expid.get("class_name") or "Experiment"
         self.start_time = time.time()
         self.run_time: float | None = None
@@ -112,7 +115,8 @@ class ExperimentRunner:
             expid=self.expid, repo_rev=self.repo_rev,
             datasets=self.dataset_mgr.local, archive=self.dataset_mgr.archive,
             log_lines=self.log_lines, error=error, extra_groups=self.extra_groups(),
-            stream_files=self.device_mgr.stream_spools())
+            stream_files=self.device_mgr.stream_spools(),
+            console=self.console)
         return path
 
     def extra_groups(self) -> dict[str, Any]:
