@@ -80,7 +80,7 @@ READS: frozenset[str] = frozenset({
     "history.get", "history.list", "history.wait",
     "lock.unlock", "lock.info",
     "permissions.allowed", "permissions.groups",
-    "console.text",
+    "console.text", "console.runs",
 })
 
 #: The keyword arguments of labpipe's own that any call may carry.
