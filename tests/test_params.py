@@ -29,6 +29,9 @@ DOCUMENTED = {
     "interactive_arg_db": {"supply", "cancel"},
     "master_management": {"get_name", "terminate"},
     "history": {"get", "list", "resubmit", "wait"},
+    "lock": {"lock", "unlock", "info"},                # docs/access.md
+    "permissions": {"allowed", "groups"},              # docs/access.md
+    "console": {"text", "runs"},                       # docs/console.md
 }
 
 EXP = """

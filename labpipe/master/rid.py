@@ -8,7 +8,8 @@ a reader sees the old RID or the new one, never a torn file.
 with a schedule store uses ``next(durable=False)`` instead: the RID becomes durable with
 the submission's commit to the store, which keeps the highest RID given out
 (``ScheduleStore.last_rid``), and the file is only kept up to date, behind: a
-background write of the latest RID at most once every ``WRITE_BEHIND`` seconds, never
+background write of the latest RID (at once, then at most once every ``WRITE_BEHIND``
+seconds), never
 fsynced, so that submits pay no file write (on ext4 a rename beside each synced commit
 doubled its cost); ``flush()`` writes at once and waits (the scheduler's ``stop``
 calls it). At start the scheduler
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 from labpipe.protocol import pyon
 
@@ -46,6 +48,7 @@ class RIDCounter:
         self._written = self._last
         self._writer: asyncio.Task[None] | None = None
         self._flush_now = asyncio.Event()
+        self._wrote_at = -WRITE_BEHIND  # monotonic time of the last write behind
 
     @property
     def last(self) -> int:
@@ -74,8 +77,10 @@ class RIDCounter:
 
     async def _write_behind(self) -> None:
         while self._written != self._last:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), WRITE_BEHIND)
+            wait = self._wrote_at + WRITE_BEHIND - time.monotonic()
+            if wait > 0:  # written less than WRITE_BEHIND ago: let more RIDs come
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_now.wait(), wait)
             rid = self._last
             try:
                 await asyncio.to_thread(pyon.store_file, self.path, rid, False)
@@ -84,6 +89,7 @@ class RIDCounter:
                                e.strerror or e)
                 return
             self._written = rid
+            self._wrote_at = time.monotonic()
 
     async def flush(self) -> None:
         """Wait for the write of the latest RID given out without ``durable``."""
