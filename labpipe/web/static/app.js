@@ -162,7 +162,7 @@ async function submit(dryRun) {
   try {
     for (const e of $("exp-form").querySelectorAll("[data-arg]")) if (e.parentElement.closest("[data-arg]") === null) args[e.dataset.arg] = readArg(e);
   } catch (err) { out.textContent = "bad value: " + err.message; return; }
-  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30};
+  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: null};
   const pipeline = $("sub-pipeline").value; const due = $("sub-due").value;
   try {
     if (dryRun) {
