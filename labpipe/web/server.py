@@ -17,7 +17,6 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from labpipe.protocol.rpc import RemoteError
 from labpipe.web.bridge import Bridge, Event, MasterAddress
 from labpipe.web.jsonable import jsonable
 
@@ -132,12 +131,17 @@ class WebServer:
                     "error": "args must be a list and kwargs an object"}
         try:
             result = await self.bridge.call(target, method, args, kwargs)
-        except RemoteError as exc:
-            return {"type": "reply", "id": rid, "ok": False,
-                    "error": str(exc).strip().splitlines()[-1] if str(exc).strip() else "refused"}
-        except ValueError as exc:
-            return {"type": "reply", "id": rid, "ok": False, "error": str(exc)}
         except (OSError, EOFError) as exc:
             return {"type": "reply", "id": rid, "ok": False,
                     "error": f"the master is not reachable: {exc}"}
+        except Exception as exc:
+            # the master's refusal (re-raised as its type: TypeError, KeyError,
+            # RemoteError...) or the bridge's own: one line for the page
+            return {"type": "reply", "id": rid, "ok": False, "error": _one_line(exc)}
         return {"type": "reply", "id": rid, "ok": True, "result": result}
+
+
+def _one_line(exc: BaseException) -> str:
+    """The last non-empty line of an error's text (a remote traceback's message)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
