@@ -5,7 +5,7 @@ From the browser: ``{"type": "rpc", "id": N, "target": T, "method": M, "args": [
 "kwargs": {...}}``, answered ``{"type": "reply", "id": N, "ok": true, "result": R}`` or
 ``{"type": "reply", "id": N, "ok": false, "error": "one line"}``; anything else is
 answered ``{"type": "error", "error": "one line"}`` and the connection stays open.
-To the browser: on connecting ``connection`` and an ``init`` per notifier, then every
+To the browser: on connecting an ``init`` per notifier and ``connection``, then every
 ``mod``, ``log`` record and ``connection`` change (see ``bridge.Bridge``)."""
 
 import asyncio
@@ -83,11 +83,12 @@ class WebServer:
         await ws.prepare(request)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         b = self.bridge
-        queue.put_nowait(json.dumps({"type": "connection", "connected": b.connected,
-                                     "name": b.name}))
+        # the copies first, then the state: "connected" comes after every init
         for name, struct in b.models.items():
             queue.put_nowait(json.dumps(jsonable({"type": "init", "notifier": name,
                                                   "struct": struct})))
+        queue.put_nowait(json.dumps({"type": "connection", "connected": b.connected,
+                                     "name": b.name}))
         self._sockets[ws] = queue
         writer = asyncio.create_task(self._writer(ws, queue))
         tasks: set[asyncio.Task[None]] = set()
