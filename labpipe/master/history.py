@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from labpipe.master.lmdb_file import LMDBFile, Stored
+from labpipe.master.results_reader import read_results
 from labpipe.master.schedule_store import rid_key
 from labpipe.master.scheduler import EXPID_KEYS
 from labpipe.protocol import pyon
@@ -282,3 +283,12 @@ class HistoryTarget:
     async def wait(self, rid: int, timeout: float | None = None) -> Record:
         """Wait until run rid has ended; returns its record."""
         return await self._history.wait(rid, timeout)
+
+    async def read_results(self, rid: int) -> dict[str, dict[str, Any]]:
+        """The ``datasets`` and ``archive`` of run rid's results file (KeyError when it
+        has no record, ValueError when it has no results file or it cannot be read)."""
+        record = await self._history.get(rid)
+        if not record.get("results"):
+            raise ValueError(f"RID {rid} has no results file")
+        path = os.path.join(self._history.lab_dir, record["results"])
+        return await asyncio.to_thread(read_results, path)

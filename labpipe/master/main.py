@@ -9,14 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 from labpipe import __version__
 
 if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
-    from labpipe.master.assembly import MasterOptions
+    from labpipe.master.assembly import Master, MasterOptions
     from labpipe.qserver.endpoint import QServerSettings
 
 __all__ = ["get_argparser", "main"]
@@ -79,6 +81,8 @@ def get_argparser() -> argparse.ArgumentParser:
                     help="its info/console address (default: tcp://127.0.0.1:60625)")
     qs.add_argument("--qserver-pipeline", default=None, metavar="NAME",
                     help="the pipeline that is the queue (default: main)")
+    net.add_argument("--web", type=int, default=None, metavar="PORT",
+                     help="also start labpipe-web on localhost:PORT, stopped with the master")
     log = parser.add_argument_group("logging")
     log.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     log.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
@@ -164,7 +168,21 @@ def _say(doing: str) -> None:
     print(f"labpipe-master: {doing}...", file=sys.stderr, flush=True)
 
 
-async def _serve(options: MasterOptions) -> None:
+def _start_web(port: int, master: "Master", tls: list[str] | None) -> subprocess.Popen[bytes]:
+    """labpipe-web beside the master, as its own process (the console script next to
+    this Python: the master never imports the web package)."""
+    script = os.path.join(os.path.dirname(sys.executable), "labpipe-web")
+    command = [script, "--web-port", str(port), "--server", master.options.bind[0],
+               "--port", str(master.port("control")),
+               "--port-notify", str(master.port("notify")),
+               "--port-broadcast", str(master.port("broadcast"))]
+    if tls:
+        command += ["--ssl", *tls]
+    return subprocess.Popen(command)
+
+
+async def _serve(options: MasterOptions, web: int | None = None,
+                 tls_files: list[str] | None = None) -> None:
     from labpipe.master.assembly import Master
     master = Master(options)
     loop = asyncio.get_running_loop()
@@ -181,8 +199,18 @@ async def _serve(options: MasterOptions) -> None:
                              for name, addr in bound.items())
         tls = " with TLS" if options.tls is not None else ""
         print(f"labpipe-master ready on {', '.join(options.bind)}{tls}: {ports}", flush=True)
-        await master.terminate_requested.wait()
-        logger.info("shutting down")
+        web_process = None if web is None else _start_web(web, master, tls_files)
+        try:
+            await master.terminate_requested.wait()
+            logger.info("shutting down")
+        finally:
+            if web_process is not None:
+                web_process.terminate()
+                try:
+                    await asyncio.to_thread(web_process.wait, 10)
+                except subprocess.TimeoutExpired:
+                    web_process.kill()
+                    web_process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         # the spare-worker refill): at the default 5 ms switch interval, each of its
         # system calls could wait that long to get the GIL back from a busy thread.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        asyncio.run(_serve(_options(args)))
+        asyncio.run(_serve(_options(args), args.web, args.ssl))
     except KeyboardInterrupt:
         pass
     except Exception as exc:

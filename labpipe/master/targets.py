@@ -161,6 +161,7 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
         "list": (_p("limit", Int(0, 10_000), 100), _p("before_rid", Optional(RID), None)),
         "resubmit": (_p("rid", RID), _p("overrides", Optional(OVERRIDES), None)),
         "wait": (_p("rid", RID), _p("timeout", Optional(TIMEOUT), None)),
+        "read_results": (_p("rid", RID),),
     },
     # labpipe's (docs/console.md)
     "console": {

@@ -1,0 +1,131 @@
+"""labpipe-web's own JSON/WebSocket API, against a real master: the notifier copies
+it sends, RPC through it, bad input from the browser side, and reconnection."""
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from conftest import MasterProcess
+from web_fixtures import WebProcess, master, web, web_lab  # noqa: F401  (fixtures)
+
+pytest.importorskip("aiohttp")
+
+
+class Page:
+    """One browser's WebSocket: the notifier copies and the replies."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse):
+        self.ws = ws
+        self.messages: list[dict] = []
+        self.inits: dict[str, object] = {}
+        self.next_id = 1
+
+    async def receive(self) -> dict:
+        msg = json.loads((await self.ws.receive(timeout=20)).data)
+        self.messages.append(msg)
+        if msg.get("type") == "init":
+            self.inits[msg["notifier"]] = msg["struct"]
+        return msg
+
+    async def until(self, predicate, timeout: float = 20) -> dict:
+        async def wait() -> dict:
+            while True:
+                msg = await self.receive()
+                if predicate(msg):
+                    return msg
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def rpc(self, target, method, *args, **kwargs) -> dict:
+        rid = self.next_id
+        self.next_id += 1
+        await self.ws.send_str(json.dumps({"type": "rpc", "id": rid, "target": target,
+                                           "method": method, "args": list(args),
+                                           "kwargs": kwargs}))
+        return await self.until(lambda m: m.get("type") == "reply" and m.get("id") == rid)
+
+
+async def open_page(session, web) -> Page:
+    page = Page(await session.ws_connect(web.url + "ws"))
+    # "connected" comes after every notifier's init
+    await page.until(lambda m: m.get("type") == "connection" and m["connected"])
+    return page
+
+
+async def test_page_and_static_files_are_served(web):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(web.url) as r:
+            assert r.status == 200 and "labpipe" in await r.text()
+        async with s.get(web.url + "static/app.js") as r:
+            assert r.status == 200 and "WebSocket" in await r.text()
+
+
+async def test_notifiers_and_rpc_through_the_websocket(web, master):
+    async with aiohttp.ClientSession() as s:
+        page = await open_page(s, web)
+        assert "scanner.py" in json.dumps(page.inits["explist"])
+        expid = {"file": "scanner.py", "class_name": "Scanner", "log_level": 30, "repo_rev": None,
+                 "arguments": {"freqs": {"ty": "ExplicitScan", "sequence": [1e6, 2e6]},
+                               "amplitude": 0.25}}
+        ok = await page.rpc("schedule", "validate", "main", expid)
+        assert ok["ok"] and ok["result"] == []
+        reply = await page.rpc("schedule", "submit", "main", expid, 0, None, False)
+        assert reply["ok"], reply
+        rid = reply["result"]
+        ended = await page.until(lambda m: m.get("notifier") == "history"
+                                 and m["type"] == "mod" and m["mod"].get("key") == rid)
+        assert ended["mod"]["value"]["status"] == "completed", ended
+        results = await page.rpc("history", "read_results", rid)
+        assert results["ok"], results
+        assert results["result"]["datasets"]["scan.y"] == [0.0, 0.25]
+
+
+async def test_bad_input_gets_one_clear_error_and_the_server_lives(web):
+    async with aiohttp.ClientSession() as s:
+        page = await open_page(s, web)
+        await page.ws.send_str("{not json")
+        assert "not JSON" in (await page.until(lambda m: m["type"] == "error"))["error"]
+        await page.ws.send_str(json.dumps([1, 2]))
+        assert "expected" in (await page.until(lambda m: m["type"] == "error"))["error"]
+        await page.ws.send_bytes(b"\x00\x01")
+        assert "text" in (await page.until(lambda m: m["type"] == "error"))["error"]
+        r = await page.rpc("nonexistent", "x")
+        assert not r["ok"] and "unknown target 'nonexistent'" in r["error"]
+        r = await page.rpc("schedule", "_private")
+        assert not r["ok"] and "names" in r["error"]
+        r = await page.rpc("schedule", "submit", "main", {"file": 3})
+        assert not r["ok"] and "\n" not in r["error"] and r["error"]
+        r = await page.rpc("schedule", "delete", "not a rid")
+        assert not r["ok"] and r["error"]
+        r = await page.rpc("history", "read_results", 999999)
+        assert not r["ok"] and r["error"]
+        r = await page.rpc("schedule", "get_status")
+        assert r["ok"]
+        # a message over the size limit closes that connection only
+        await page.ws.send_str("x" * (2 << 20))
+        msg = await page.ws.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING)
+        again = await open_page(s, web)
+        assert (await again.rpc("schedule", "get_status"))["ok"]
+
+
+async def test_reconnects_after_a_master_restart(web_lab):  # noqa: F811
+    m = MasterProcess(web_lab.root)
+    w = WebProcess(m)
+    try:
+        async with aiohttp.ClientSession() as s:
+            page = await open_page(s, w)
+            ports = m.ports
+            m.stop()
+            await page.until(lambda msg: msg.get("type") == "connection"
+                             and not msg["connected"])
+            extra = [f"--port-{n}={ports[n]}" for n in ("control", "notify", "broadcast")]
+            m = MasterProcess(web_lab.root, *extra)
+            await page.until(lambda msg: msg.get("type") == "connection" and msg["connected"],
+                             timeout=30)
+            assert (await page.rpc("schedule", "get_status"))["ok"]
+    finally:
+        w.stop()
+        m.stop()
