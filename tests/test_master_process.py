@@ -215,7 +215,7 @@ def test_control_port_exposes_only_the_documented_methods(master):
         "device_db": {"scan", "get_device_db", "get"},
         "experiment_db": {"scan_repository", "scan_repository_async", "examine",
                           "list_directory", "root"},
-        "history": {"get", "list", "resubmit", "wait"},
+        "history": {"get", "list", "resubmit", "wait", "read_results"},
     }
     for target, methods in expected.items():
         with master.client(target) as client:

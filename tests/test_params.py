@@ -28,7 +28,7 @@ DOCUMENTED = {
     "device_db": {"scan", "get_device_db", "get"},
     "interactive_arg_db": {"supply", "cancel"},
     "master_management": {"get_name", "terminate"},
-    "history": {"get", "list", "resubmit", "wait"},
+    "history": {"get", "list", "resubmit", "wait", "read_results"},  # README: labpipe-web
     "lock": {"lock", "unlock", "info"},                # docs/access.md
     "permissions": {"allowed", "groups"},              # docs/access.md
     "console": {"text", "runs"},                       # docs/console.md

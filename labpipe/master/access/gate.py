@@ -77,7 +77,7 @@ READS: frozenset[str] = frozenset({
     "dataset_db.get", "dataset_db.get_metadata",
     "device_db.get_device_db", "device_db.get",
     "master_management.get_name",
-    "history.get", "history.list", "history.wait",
+    "history.get", "history.list", "history.wait", "history.read_results",
     "lock.unlock", "lock.info",
     "permissions.allowed", "permissions.groups",
     "console.text", "console.runs",
