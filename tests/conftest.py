@@ -62,6 +62,22 @@ class Lab:
 #: requests the devices listed in ``devices`` in build; sets datasets
 #: ``started_TAG`` and ``ended_TAG`` to the times its run started and ended
 #: (broadcast; persistent with ``persist=True``).
+#: an experiment asking for interactive arguments (``gain``), reporting what it got
+ASK = """
+from labpipe.experiment import *
+
+class Ask(EnvExperiment):
+    def run(self):
+        try:
+            with self.interactive("Calibration") as ia:
+                ia.setattr_argument("gain", NumberValue(1.0))
+        except CancelledArgsError:
+            self.set_dataset("ask.result", "cancelled", broadcast=True)
+        else:
+            self.set_dataset("ask.result", ia.gain, broadcast=True)
+"""
+
+
 GATED = """
 import os, time
 from labpipe.experiment import *

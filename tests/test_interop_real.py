@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import Lab
+from conftest import ASK, Lab
 from labpipe.protocol.rpc import Client
 from test_client import Follower
 from test_master_process import MasterProcess, wait_for
@@ -103,19 +103,6 @@ class Two(EnvExperiment):
         self.set_dataset("two.which", "two", broadcast=True)
 """
 
-ASK = """
-from labpipe.experiment import *
-
-class Ask(EnvExperiment):
-    def run(self):
-        try:
-            with self.interactive("Calibration") as ia:
-                ia.setattr_argument("gain", NumberValue(1.0))
-        except CancelledArgsError:
-            self.set_dataset("ask.result", "cancelled", broadcast=True)
-        else:
-            self.set_dataset("ask.result", ia.gain, broadcast=True)
-"""
 
 FORM = """
 from labpipe.experiment import *

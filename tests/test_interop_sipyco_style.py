@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SLOW, MasterProcess, wait_for
+from conftest import ASK, SLOW, MasterProcess, wait_for
 
 
 # --------------------------------------------------------------------------- independent side
@@ -107,19 +107,6 @@ def test_encoder_writes_the_documented_tuple():
 
 # --------------------------------------------------------------------------- against a master
 
-ASK = """
-from labpipe.experiment import *
-
-class Ask(EnvExperiment):
-    def run(self):
-        try:
-            with self.interactive("Calibration") as ia:
-                ia.setattr_argument("gain", NumberValue(1.0))
-        except CancelledArgsError:
-            self.set_dataset("ask.result", "cancelled", broadcast=True)
-        else:
-            self.set_dataset("ask.result", ia.gain, broadcast=True)
-"""
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import MasterProcess, StreamReader, terminate
+from conftest import ASK, MasterProcess, StreamReader, terminate
 
 #: Scans a frequency, sets a growing 1-D array (broadcast) point by point and waits
 #: for the file named by ``gate`` between points (at once without a gate).
@@ -35,19 +35,6 @@ class Scanner(EnvExperiment):
             self.scheduler.set_progress(i + 1, len(points))
 """
 
-ASK = """
-from labpipe.experiment import *
-
-class Ask(EnvExperiment):
-    def run(self):
-        try:
-            with self.interactive("Calibration") as ia:
-                ia.setattr_argument("gain", NumberValue(1.0))
-        except CancelledArgsError:
-            self.set_dataset("ask.result", "cancelled", broadcast=True)
-        else:
-            self.set_dataset("ask.result", ia.gain, broadcast=True)
-"""
 
 
 class WebProcess:
