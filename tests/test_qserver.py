@@ -160,6 +160,22 @@ def test_lock_refuses_without_the_key(master, rm):
     assert rm.lock_info()["lock_info"]["queue"] is False
 
 
+def test_the_masters_lock_holds_for_queueserver_clients_too(master, rm):
+    """The labpipe lock (the `lock` target, as labpipe-client lock) refuses the
+    endpoint's changes as it refuses any client without the key."""
+    with master.client("lock") as lock:
+        lock.lock("K2", note="calibrating")
+        try:
+            with pytest.raises(RequestFailedError, match="calibrating"):
+                rm.item_add(BPlan("count", ["det"]))
+            assert rm.status()["items_in_queue"] == 0
+        finally:
+            lock.unlock("K2")
+    rm.item_add(BPlan("count", ["det"]))
+    assert rm.status()["items_in_queue"] == 1
+    rm.queue_clear()
+
+
 def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)

@@ -7,6 +7,12 @@ may lack (queue positions: ``schedule.move``/``move_batch``/``clear``/
 ``execute_now``; functions: ``call_function``/``task_status``/``task_result``) goes
 through ``optional(name)``, which raises ``NotAvailable`` ("... not available in this
 labpipe master") when the scheduler has no such method.
+
+Every call that changes the queue or the environment first passes the master's access
+gate (``labpipe.master.access``) as the labpipe method it maps to, as a caller that said
+no lock key, user or group: while the master is locked it is refused, as any other
+client without the key, and with permissions on it has the default group's rights. The
+endpoint is no way around the lock.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from labpipe.master.access.gate import Access
 from labpipe.master.precedence import RunStatus, priority_key
 from labpipe.master.run import Run
 
@@ -85,36 +92,50 @@ class Adapter:
     # --- changing -------------------------------------------------------------------
 
     async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+        self._admit("schedule.submit_plan")
         return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs)
 
     async def delete(self, rid: int) -> None:
+        self._admit("schedule.delete")
         await self.master.scheduler.delete(rid)
 
     async def change_arguments(self, rid: int, name: str, args: list[Any],
                                kwargs: dict[str, Any]) -> None:
         from labpipe.bluesky.plans import plan_expid
         expid = plan_expid(self.explist(), name, args, kwargs)
+        self._admit("schedule.change")
         await self.master.scheduler.change(rid, arguments=expid["arguments"])
 
     async def hold(self) -> None:
+        self._admit("schedule.hold")
         await self.master.scheduler.hold(self.pipeline)
 
     async def release(self) -> None:
+        self._admit("schedule.release")
         await self.master.scheduler.release(self.pipeline)
 
     def pause(self, rid: int) -> None:
+        self._admit("schedule.request_termination")
         self.master.scheduler.request_pause(rid)
 
     def resume(self, rid: int) -> None:
+        self._admit("schedule.request_termination")
         self.master.scheduler.resume(rid)
 
     async def terminate(self, rid: int) -> None:
+        self._admit("schedule.request_termination")
         await self.master.scheduler.request_termination(rid)
 
     async def rescan(self) -> None:
         """Scan the repository and the device database again."""
+        self._admit("experiment_db.scan_repository")
+        self._admit("device_db.scan")
         await self.master.experiment_db.scan_repository()
         self.master.device_db.scan()
+
+    def _admit(self, label: str) -> None:
+        """Refuse (PermissionError, one line) what the lock or permissions refuse."""
+        self.master.gate.admit(label, Access())
 
     def optional(self, name: str) -> Callable[..., Any]:
         """A scheduler method of the queue-control issue, or NotAvailable."""
