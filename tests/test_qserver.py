@@ -3,6 +3,7 @@ the ``qserver`` command line and ``REManagerAPI`` (0MQ), installed from PyPI; th
 runs seen by labpipe's ARTIQ-side ``schedule`` and ``history``."""
 
 import json
+import gc
 import os
 import shutil
 import subprocess
@@ -49,6 +50,12 @@ def rm(master):
     client.queue_stop()  # the queue stopped: items stay queued until queue_start
     yield client
     client.close()
+    # REManagerAPI leaves its 0MQ contexts open (the garbage collector would warn of
+    # them in whatever test runs then): end them here. This process has no other
+    # 0MQ context open between tests.
+    for obj in gc.get_objects():
+        if isinstance(obj, zmq.Context) and not obj.closed:
+            obj.destroy(linger=0)
 
 
 def qserver(master, *args):
