@@ -239,8 +239,12 @@ async def test_the_manager_survives_the_master_going_away_and_back(lab):
                                                  "broadcast")}
         mgr = Manager(m)
         await mgr.__aenter__()
+        try:  # the manager has the master's controllers before the master goes away
+            before = await mgr.wait_running("ctl_a")
+        except BaseException:
+            await mgr.__aexit__(None, None, None)
+            raise
     try:
-        before = await mgr.wait_running("ctl_a")
         await asyncio.sleep(0.5)  # the master is away; its controllers keep running
         assert (await mgr.list())["ctl_a"]["pid"] == before["ctl_a"]["pid"]
         write_db(lab, {"ctl_a": controller(a), "ctl_b": controller(b)})
