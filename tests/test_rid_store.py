@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import running_master, wait_until
+from conftest import MasterProcess, running_master, wait_until
 from labpipe.master.rid import RIDCounter
 from labpipe.master.schedule_store import LAST_RID_KEY, ScheduleStore
 from labpipe.protocol import atomic, pyon
@@ -176,3 +176,35 @@ async def test_restore_skips_the_meta_entry_and_keeps_it(tmp_path, caplog):
     finally:
         store.close()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_stopping_master_writes_the_last_rid_behind_it(lab, monkeypatch):
+    """However long the write behind waits, a master that stops leaves the last RID
+    it gave out in last_rid.pyon (SIGTERM, Ctrl-C: the scheduler's stop flushes)."""
+    from labpipe.master import rid as rid_module
+    monkeypatch.setattr(rid_module, "WRITE_BEHIND", 3600.0)
+    lab.experiment("noop", NOOP)
+    async with running_master(lab) as m:
+        rids = [await m.scheduler.submit("main", noop(), due_date=time.time() + LATER)
+                for _ in range(5)]
+        # the first was written at once, the rest wait behind it
+        await wait_until(lambda: os.path.exists(lab.path("last_rid.pyon")))
+        assert pyon.load_file(lab.path("last_rid.pyon")) < rids[-1]
+        for rid in rids:
+            await m.scheduler.delete(rid)
+    assert pyon.load_file(lab.path("last_rid.pyon")) == rids[-1]
+
+
+def test_sigterm_leaves_the_last_rid_of_a_burst_in_the_file(lab):
+    """A burst of submits over the wire, then SIGTERM at once: the writes behind
+    the burst are flushed before the master exits."""
+    lab.experiment("noop", NOOP)
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule:
+            schedule.hold("main")
+            rids = [schedule.submit("main", noop()) for _ in range(20)]
+    finally:
+        m.stop()
+    assert m.process.returncode == 0, m.report()
+    assert pyon.load_file(lab.path("last_rid.pyon")) == rids[-1]

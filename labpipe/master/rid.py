@@ -38,8 +38,9 @@ WRITE_BEHIND = 1.0
 
 
 class RIDCounter:
-    """Gives out increasing RIDs, each written to ``last_rid.pyon`` before it is
-    returned."""
+    """Gives out increasing RIDs: each written to ``last_rid.pyon`` (and fsynced)
+    before it is returned, or, for a caller that makes RIDs durable itself, written
+    behind (module docstring)."""
 
     def __init__(self, path: str = "last_rid.pyon"):
         self.path = path
@@ -56,9 +57,10 @@ class RIDCounter:
         return self._last
 
     async def next(self, durable: bool = True) -> int:
-        """The next RID, written (atomically) before it is returned; the write runs in a
-        thread. ``durable``: fsync it too. Without it the caller must make the RID
-        durable itself (the schedule store's commit) before acknowledging it."""
+        """The next RID. ``durable``: written (atomically) and fsynced before it is
+        returned, in a thread. Without it the RID is returned at once and written
+        behind, and the caller must make it durable itself (the schedule store's
+        commit) before acknowledging it."""
         if not durable:
             self._last += 1
             if self._writer is None or self._writer.done():
