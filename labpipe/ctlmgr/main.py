@@ -14,6 +14,7 @@ import platform
 import signal
 import sys
 
+from labpipe.protocol.ports import tcp_port
 from labpipe import __version__
 from labpipe.ctlmgr.manager import ControllerManager, CtlMgrTarget
 from labpipe.protocol.logs import LogForwarder
@@ -31,9 +32,9 @@ def get_argparser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"labpipe {__version__}")
     parser.add_argument("-s", "--server", default="localhost",
                         help="host name or address of the master (default: %(default)s)")
-    parser.add_argument("--port-notify", type=int, default=3250, metavar="PORT",
+    parser.add_argument("--port-notify", type=tcp_port, default=3250, metavar="PORT",
                         help="the master's notify port (default: %(default)s)")
-    parser.add_argument("--port-logging", type=int, default=1066, metavar="PORT",
+    parser.add_argument("--port-logging", type=tcp_port, default=1066, metavar="PORT",
                         help="the master's logging port (default: %(default)s)")
     parser.add_argument("--retry-master", type=float, default=5.0, metavar="SECONDS",
                         help="seconds between attempts to reach the master "
@@ -44,7 +45,7 @@ def get_argparser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", action="append", default=None, metavar="ADDR",
                         help="address of the manager's own RPC port (repeatable; "
                              "default: 127.0.0.1)")
-    parser.add_argument("-p", "--port", type=int, default=3249,
+    parser.add_argument("-p", "--port", type=tcp_port, default=3249,
                         help="the manager's own RPC port, target ctlmgr "
                              "(default: %(default)s)")
     parser.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
@@ -56,10 +57,6 @@ def get_argparser() -> argparse.ArgumentParser:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("port_notify", "port_logging", "port"):
-        value = getattr(args, name)
-        if not 0 <= value < 65536:
-            parser.error(f"--{name.replace('_', '-')} {value}: not a TCP port")
     if args.retry_master <= 0:
         parser.error(f"--retry-master {args.retry_master}: must be > 0")
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
+from labpipe.master.access.caller import current_caller
 from labpipe.master.access.gate import Gate
 from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
 from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
@@ -368,7 +369,6 @@ class Master:
     def _check_access(self, expid: dict, what: str) -> None:
         """The caller's group may run this submission (experiment, plan, devices,
         content): ``Scheduler.submit``'s and ``change(arguments=)``'s check."""
-        from labpipe.master.access.caller import current_caller
         self.permissions.check_submission(
             current_caller.get(), expid, self.experiment_db.explist.raw_view,
             self.device_db.get_device_db().keys(), what)

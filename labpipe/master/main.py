@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from labpipe.protocol.ports import tcp_port
 from labpipe import __version__
 
 if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
@@ -38,13 +39,13 @@ def get_argparser() -> argparse.ArgumentParser:
     net.add_argument("--bind", action="append", default=None, metavar="ADDR",
                      help="address to listen on (repeatable; default: 127.0.0.1 and ::1); "
                           "'*' for all interfaces")
-    net.add_argument("--port-notify", type=int, default=3250, metavar="PORT",
+    net.add_argument("--port-notify", type=tcp_port, default=3250, metavar="PORT",
                      help="sync (notifier) port (default: %(default)s; 0 picks a free port)")
-    net.add_argument("--port-control", type=int, default=3251, metavar="PORT",
+    net.add_argument("--port-control", type=tcp_port, default=3251, metavar="PORT",
                      help="RPC port (default: %(default)s)")
-    net.add_argument("--port-logging", type=int, default=1066, metavar="PORT",
+    net.add_argument("--port-logging", type=tcp_port, default=1066, metavar="PORT",
                      help="logging port (default: %(default)s)")
-    net.add_argument("--port-broadcast", type=int, default=1067, metavar="PORT",
+    net.add_argument("--port-broadcast", type=tcp_port, default=1067, metavar="PORT",
                      help="broadcast port (default: %(default)s)")
     net.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
                      help="mutual TLS on every port: CERT and KEY are the master's "

@@ -189,9 +189,7 @@ class Scheduler:
         run = self.find(rid)
         if run.status != RunStatus.running:
             return False
-        if run.termination_requested or run.pause_requested:
-            return True
-        return self.must_yield(run)
+        return run.termination_requested or self.must_yield(run)
 
     def must_yield(self, run: Run) -> bool:
         """Whether the running run's pause() should yield: a prepared run of its

@@ -196,9 +196,11 @@ def _checked(label: str, method: Callable[..., Any], params: tuple[Param, ...],
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
-        access = None if gate is None else gate.take(label, kwargs, own)
-        spec.bind(args, kwargs)
-        if gate is not None and access is not None:
+        if gate is None:
+            spec.bind(args, kwargs)
+        else:
+            access = gate.take(label, kwargs, own)  # lock_key, user, group: the gate's
+            spec.bind(args, kwargs)
             gate.admit(label, access)
         return method(*args, **kwargs)
     return call

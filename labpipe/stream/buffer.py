@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from labpipe.protocol.ports import tcp_port
 from labpipe.stream import wire
 from labpipe.stream.ring import Ring
 
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="labpipe-buffer", description=__doc__
                                      and __doc__.splitlines()[0])
     parser.add_argument("stream", help="stream source, e.g. tcp://127.0.0.1:9999")
-    parser.add_argument("-o", "--output_port", type=int, required=True,
+    parser.add_argument("-o", "--output_port", type=tcp_port, required=True,
                         help="port to serve buffered and live messages on")
     parser.add_argument("-b", "--buffer_length", type=int, required=True,
                         help="messages to keep")

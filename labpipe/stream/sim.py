@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from labpipe.protocol.ports import tcp_port
 from labpipe.stream import wire
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script."""
     parser = argparse.ArgumentParser(prog="labpipe-stream-sim",
                                      description="a simulated bsread source")
-    parser.add_argument("-p", "--port", type=int, required=True,
+    parser.add_argument("-p", "--port", type=tcp_port, required=True,
                         help="port to bind the PUSH socket to")
     parser.add_argument("--rate", type=float, default=10.0, help="messages per second")
     parser.add_argument("--image", type=_shape, default=None, metavar="ROWSxCOLS")

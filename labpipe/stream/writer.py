@@ -30,6 +30,7 @@ from typing import Any
 import h5py
 from aiohttp import web
 
+from labpipe.protocol.ports import tcp_port
 from labpipe.stream.client import BufferClient, BufferError
 from labpipe.stream.window import Capture
 
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stream", help="the buffer's output, tcp://HOST:PORT")
     parser.add_argument("output_file")
     parser.add_argument("user_id", type=int, help="-1: the current user")
-    parser.add_argument("rest_port", type=int)
+    parser.add_argument("rest_port", type=tcp_port)
     args = parser.parse_args(argv)
     if args.user_id != -1:
         try:

@@ -6,6 +6,7 @@ import signal
 import ssl
 import sys
 
+from labpipe.protocol.ports import tcp_port
 from labpipe.protocol.tls import TLSConfigError, TLSFiles, client_context
 from labpipe.web.bridge import MasterAddress
 from labpipe.web.server import WebServer
@@ -15,11 +16,11 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(prog="labpipe-web", description=__doc__)
     p.add_argument("-s", "--server", default="127.0.0.1", help="the master's host")
-    p.add_argument("--port", type=int, default=3251, help="the master's control port")
-    p.add_argument("--port-notify", type=int, default=3250)
-    p.add_argument("--port-broadcast", type=int, default=1067)
+    p.add_argument("--port", type=tcp_port, default=3251, help="the master's control port")
+    p.add_argument("--port-notify", type=tcp_port, default=3250)
+    p.add_argument("--port-broadcast", type=tcp_port, default=1067)
     p.add_argument("--bind", default="localhost", help="address to serve on")
-    p.add_argument("--web-port", type=int, default=8000, help="port to serve on (0: free)")
+    p.add_argument("--web-port", type=tcp_port, default=8000, help="port to serve on (0: free)")
     p.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
                    help="TLS to the master, and HTTPS with the same certificate")
     return p
