@@ -34,6 +34,18 @@ def write_file(root, relpath, text):
         f.write(text)
 
 
+def free_ports(n: int) -> list[int]:
+    """n TCP ports on 127.0.0.1 free just now (for a process that binds them itself)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class Lab:
     """A temporary lab directory: ``repository/``, ``device_db.py``, results."""
 

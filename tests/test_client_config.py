@@ -7,12 +7,12 @@ variables, variables over files, the lab's file over the user's."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from conftest import free_ports
 from labpipe.client.main import get_argparser as client_argparser
 from labpipe.client.settings import SettingsError, resolve
 from labpipe.config import ConfigError, config_from_dict
@@ -32,16 +32,6 @@ class Gated(EnvExperiment):
         while self.gate and not os.path.exists(self.gate):
             time.sleep(0.005)
 """
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class ConfiguredMaster:

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import process_alive, running_master, wait_until
+from conftest import free_ports, process_alive, running_master, wait_until
 from labpipe.ctlmgr.entries import EntryError, command_line, select
 from labpipe.protocol.broadcast import Receiver
 from labpipe.protocol.logs import REMOTE_LOGGER
@@ -21,18 +21,6 @@ from labpipe.protocol.rpc import AsyncClient
 
 HOST = "127.0.0.1"
 CONTROLLER = os.path.join(os.path.dirname(__file__), "ctlmgr_controller.py")
-
-
-def free_ports(n):
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def controller(port, host="localhost", extra="", **timers):

@@ -3,7 +3,6 @@ real ZMQ and HTTP on 127.0.0.1; an experiment capturing a window with labpipe-ru
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,19 +12,9 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import terminate, wait_for
+from conftest import free_ports, terminate, wait_for
 from labpipe.stream import wire
 from labpipe.stream.client import BufferClient
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start(module, *args):
