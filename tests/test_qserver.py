@@ -36,6 +36,7 @@ def master(tmp_path_factory):
     shutil.copy(os.path.join(ROOT, "repository", "plans.py"), root / "repository")
     m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
                       "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
+    m.lab_dir = str(root)
     m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
     m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
     yield m
@@ -181,6 +182,28 @@ def test_the_masters_lock_holds_for_queueserver_clients_too(master, rm):
     rm.item_add(BPlan("count", ["det"]))
     assert rm.status()["items_in_queue"] == 1
     rm.queue_clear()
+
+
+def test_the_plans_and_devices_uids_change_with_a_rescan(master, rm):
+    """A client reloads the lists when their uids change (REManagerAPI's status):
+    a rescan that changes the experiment list renews the plans' uid."""
+    before = rm.status(reload=True)
+    assert rm.plans_allowed()["plans_allowed_uid"] == before["plans_allowed_uid"]
+    path = os.path.join(master.lab_dir, "repository", "uid_probe.py")
+    with open(path, "w") as f:
+        f.write("from labpipe.experiment import *\n\nclass UidProbe(EnvExperiment):\n"
+                "    def run(self):\n        pass\n")
+    try:
+        with master.client("experiment_db") as experiment_db:
+            experiment_db.scan_repository()
+        wait(lambda: rm.status(reload=True)["plans_allowed_uid"]
+             != before["plans_allowed_uid"])
+        after = rm.status(reload=True)
+        assert after["plans_existing_uid"] == after["plans_allowed_uid"] \
+            == rm.plans_existing()["plans_existing_uid"]
+        assert after["devices_allowed_uid"] == before["devices_allowed_uid"]
+    finally:
+        os.remove(path)
 
 
 def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):

@@ -85,9 +85,12 @@ class Adapter:
         return dict(self.master.device_db.get_device_db())
 
     def add_listener(self, on_change: Callable[[str], None]) -> None:
-        """on_change("queue") on every change of the schedule, ("history") of history."""
+        """on_change("queue") on every change of the schedule, ("history") of history,
+        ("plans") of the experiment list, ("devices") of the device database."""
         self.master.scheduler.notifier.add_listener(lambda mod: on_change("queue"))
         self.master.history.notifier.add_listener(lambda mod: on_change("history"))
+        self.master.experiment_db.explist.add_listener(lambda mod: on_change("plans"))
+        self.master.device_db.data.add_listener(lambda mod: on_change("devices"))
 
     # --- changing -------------------------------------------------------------------
 

@@ -44,6 +44,11 @@ def _not_here(what: str) -> Handler:
     return refuse
 
 
+#: which uid a change of the adapter's ("queue", "history", "plans", "devices") renews
+_UID_OF = {"queue": "queue_uid", "history": "history_uid", "plans": "plans_uid",
+           "devices": "devices_uid"}
+
+
 class QServer:
     """The endpoint's state (what labpipe has no place for: lock, item metadata,
     the uids that change with the queue and the history) and the dispatch."""
@@ -61,13 +66,14 @@ class QServer:
         self.lock_key: str | None = None
         self.lock_uid = str(uuid.uuid4())
         self.task_results_uid = str(uuid.uuid4())
+        #: the plans' and devices' lists change with rescans: clients reload them when
+        #: these uids change (a constant uid would keep their first copy for good)
+        self.plans_uid = str(uuid.uuid4())
+        self.devices_uid = str(uuid.uuid4())
         adapter.add_listener(self._changed)
 
     def _changed(self, what: str) -> None:
-        if what == "queue":
-            self.queue_uid = str(uuid.uuid4())
-        else:
-            self.history_uid = str(uuid.uuid4())
+        setattr(self, _UID_OF[what], str(uuid.uuid4()))
 
     async def execute(self, request: object) -> Reply:
         """The reply to one decoded request; never raises."""
@@ -184,8 +190,8 @@ class QServer:
             "run_list_uid": self.queue_uid,
             "plan_queue_uid": self.queue_uid,
             "plan_history_uid": self.history_uid,
-            "devices_existing_uid": "labpipe-devices", "plans_existing_uid": "labpipe-plans",
-            "devices_allowed_uid": "labpipe-devices", "plans_allowed_uid": "labpipe-plans",
+            "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
+            "devices_allowed_uid": self.devices_uid, "plans_allowed_uid": self.plans_uid,
             "plan_queue_mode": {"loop": False, "ignore_failures": True},
             "task_results_uid": self.task_results_uid,
             "lock_info_uid": self.lock_uid,
@@ -441,9 +447,10 @@ def _plans(qs: QServer) -> dict[str, Any]:
         name = entry.get("class_name")
         if not name:
             continue
+        # arginfo: {arg: [procdesc, group, tooltip]} (wire-compat.md, explist)
         parameters = [{"name": key, "kind": {"name": "POSITIONAL_OR_KEYWORD", "value": 1},
-                       "description": str(desc.get("desc") or "")}
-                      for key, desc in (entry.get("arginfo") or {}).items()]
+                       "description": str(info[2] or "") if len(info) > 2 else ""}
+                      for key, info in (entry.get("arginfo") or {}).items()]
         plans[name] = {"name": name, "module": entry.get("file"),
                        "description": entry.get("name", name), "parameters": parameters,
                        "properties": {"is_generator": True}}
@@ -458,22 +465,22 @@ def _devices(qs: QServer) -> dict[str, Any]:
 
 @method("plans_allowed", "user_group")
 async def plans_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"plans_allowed": _plans(qs), "plans_allowed_uid": "labpipe-plans"}
+    return {"plans_allowed": _plans(qs), "plans_allowed_uid": qs.plans_uid}
 
 
 @method("plans_existing")
 async def plans_existing(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"plans_existing": _plans(qs), "plans_existing_uid": "labpipe-plans"}
+    return {"plans_existing": _plans(qs), "plans_existing_uid": qs.plans_uid}
 
 
 @method("devices_allowed", "user_group")
 async def devices_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"devices_allowed": _devices(qs), "devices_allowed_uid": "labpipe-devices"}
+    return {"devices_allowed": _devices(qs), "devices_allowed_uid": qs.devices_uid}
 
 
 @method("devices_existing")
 async def devices_existing(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"devices_existing": _devices(qs), "devices_existing_uid": "labpipe-devices"}
+    return {"devices_existing": _devices(qs), "devices_existing_uid": qs.devices_uid}
 
 
 @method("permissions_get")
