@@ -7,7 +7,7 @@ import json
 import aiohttp
 import pytest
 
-from conftest import MasterProcess
+from conftest import MasterProcess, descendants, free_ports, process_alive, wait_for
 from web_fixtures import WebProcess, master, web, web_lab  # noqa: F401  (fixtures)
 
 pytest.importorskip("aiohttp")
@@ -129,3 +129,28 @@ async def test_reconnects_after_a_master_restart(web_lab):  # noqa: F811
     finally:
         w.stop()
         m.stop()
+
+
+def test_the_masters_web_process_dies_with_a_killed_master(web_lab):
+    """labpipe-master --web: the dashboard's process never outlives the master, not
+    even a kill -9 of it."""
+    m = MasterProcess(web_lab.root, "--web", str(free_ports(1)[0]))
+    try:
+        def web_pids():
+            return [pid for pid in descendants(m.process.pid)
+                    if "labpipe-web" in _cmdline(pid)]
+        wait_for(lambda: web_pids())
+        (pid,) = web_pids()
+        m.process.kill()
+        m.process.wait()
+        wait_for(lambda: not process_alive(pid), timeout=10)
+    finally:
+        m.stop()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -242,7 +242,7 @@ class Master:
         # bad TLS files stop the master before anything else starts
         self.tls = None if o.tls is None else o.tls.relative_to(o.lab_dir)
         ssl_context = None if self.tls is None else server_context(self.tls)
-        records = await self._claim_lab(stack)
+        records = self.process_records = await self._claim_lab(stack)
         self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.launcher = self._take_launcher(stack, records)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))

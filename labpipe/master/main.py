@@ -171,15 +171,20 @@ def _say(doing: str) -> None:
 
 def _start_web(port: int, master: "Master", tls: list[str] | None) -> subprocess.Popen[bytes]:
     """labpipe-web beside the master, as its own process (the console script next to
-    this Python: the master never imports the web package)."""
+    this Python: the master never imports the web package). It leads its own process
+    group, recorded with the master's processes (a master started after a kill -9 of
+    this one ends it), and exits by itself when the master dies (``--parent-pid``)."""
     script = os.path.join(os.path.dirname(sys.executable), "labpipe-web")
-    command = [script, "--web-port", str(port), "--server", master.options.bind[0],
+    command = [script, "--parent-pid", str(os.getpid()), "--web-port", str(port),
+               "--server", master.options.bind[0],
                "--port", str(master.port("control")),
                "--port-notify", str(master.port("notify")),
                "--port-broadcast", str(master.port("broadcast"))]
     if tls:
         command += ["--ssl", *tls]
-    return subprocess.Popen(command)
+    process = subprocess.Popen(command, process_group=0)
+    master.process_records.add(process.pid)
+    return process
 
 
 async def _serve(options: MasterOptions, web: int | None = None,

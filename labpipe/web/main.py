@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import signal
 import ssl
 import sys
@@ -23,7 +24,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=tcp_port, default=8000, help="port to serve on (0: free)")
     p.add_argument("--ssl", nargs=3, metavar=("CERT", "KEY", "PEER"), default=None,
                    help="TLS to the master, and HTTPS with the same certificate")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="exit once process PID, which started this one, has died "
+                        "(labpipe-master --web passes its own)")
     return p
+
+
+async def _parent_gone(parent: int, stop: asyncio.Event, every: float = 0.5) -> None:
+    """Set stop once this process's parent, PID parent, has died (this process is
+    re-parented then; also when it died before this one got here)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(every)
+    stop.set()
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -45,7 +57,11 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch = (None if args.parent_pid is None
+             else asyncio.create_task(_parent_gone(args.parent_pid, stop)))
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     await web.stop()
 
 
