@@ -21,7 +21,9 @@ from labpipe.protocol.rpc import AsyncClient
 DOCUMENTED = {
     "schedule": {"submit", "delete", "request_termination", "get_status", "check_pause",
                  "check_termination",
-                 "submit_plan", "change", "hold", "release", "set_device_check", "validate"},
+                 "submit_plan", "change", "hold", "release", "set_device_check", "validate",
+                 # docs/queue-control.md "Queue positions", "Immediate runs"
+                 "move", "move_batch", "clear", "execute_now", "set_stop_on_failure"},
     "experiment_db": {"scan_repository", "scan_repository_async", "examine",
                       "list_directory", "root"},
     "dataset_db": {"get", "get_metadata", "set", "update", "delete"},

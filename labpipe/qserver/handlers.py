@@ -177,7 +177,7 @@ class QServer:
             "items_in_history": self.adapter.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
             "manager_state": self.manager_state(),
-            "queue_stop_pending": held and running is not None,
+            "queue_stop_pending": self.adapter.stop_pending(),
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
@@ -198,7 +198,9 @@ class QServer:
             "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
         }
 
-    async def add_item(self, item: object, user: object, group: object) -> Reply:
+    async def add_item(self, item: object, user: object, group: object,
+                       immediate: bool = False) -> Reply:
+        """Submit a plan item (``immediate``: run it at once, queue_item_execute)."""
         if not isinstance(item, dict):
             raise Refused("Incorrect request format: 'item' must be a dictionary")
         item_type = item.get("item_type", "plan")
@@ -212,7 +214,10 @@ class QServer:
             raise Refused("'args' must be a list and 'kwargs' a dictionary")
         meta = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
                 "user": user, "user_group": group}
-        rid = await self.adapter.submit_plan(name, args, kwargs)
+        if immediate:
+            rid = await self.adapter.execute_plan(name, args, kwargs)
+        else:
+            rid = await self.adapter.submit_plan(name, args, kwargs)
         self.meta[rid] = meta
         return {"item": self.item_of_rid(rid), "rid": rid}
 
@@ -349,38 +354,45 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
         "lock_key")
 async def queue_item_move(qs: QServer, p: dict[str, Any]) -> Reply:
     rid = qs.target_rid(p)
-    move = qs.adapter.optional("move")
-    dest = p.get("pos_dest")
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move(rid, position=dest, before=before, after=after)
+    await qs.adapter.move([rid], **_destination(qs, p))
     return {"item": qs.item_of_rid(rid), "qsize": len(qs.adapter.queued())}
+
+
+def _destination(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where a move goes: pos_dest, before_uid or after_uid (exactly one)."""
+    given = [key for key in ("pos_dest", "before_uid", "after_uid") if key in p]
+    if len(given) != 1:
+        raise Refused("give one of 'pos_dest', 'before_uid' and 'after_uid'"
+                      if given else "the destination is not specified: give 'pos_dest', "
+                      "'before_uid' or 'after_uid'")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    return {"pos": p["pos_dest"]}
 
 
 @method("queue_item_move_batch", "uids", "pos_dest", "before_uid", "after_uid",
         "reorder", "lock_key")
 async def queue_item_move_batch(qs: QServer, p: dict[str, Any]) -> Reply:
-    move_batch = qs.adapter.optional("move_batch")
-    rids = [qs.rid_of(u) for u in p.get("uids") or []]
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move_batch(rids, position=p.get("pos_dest"), before=before, after=after)
+    uids = p.get("uids")
+    if not isinstance(uids, list) or not uids:
+        raise Refused("'uids' must be a non-empty list")
+    rids = [qs.rid_of(u) for u in uids]
+    await qs.adapter.move(rids, **_destination(qs, p))
     return {"items": [qs.item_of_rid(r) for r in rids], "qsize": len(qs.adapter.queued())}
 
 
 @method("queue_item_execute", "item", "user_group", "user", "lock_key")
 async def queue_item_execute(qs: QServer, p: dict[str, Any]) -> Reply:
-    execute_now = qs.adapter.optional("execute_now")
     user, group = _user(p)
-    added = await qs.add_item(p.get("item"), user, group)
-    await execute_now(added["rid"])
+    added = await qs.add_item(p.get("item"), user, group, immediate=True)
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
 @method("queue_clear", "lock_key")
 async def queue_clear(qs: QServer, p: dict[str, Any]) -> Reply:
-    for run in qs.adapter.queued():
-        await qs.adapter.delete(run.rid)
+    await qs.adapter.clear()
     return {}
 
 
@@ -394,13 +406,13 @@ async def queue_start(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("queue_stop", "lock_key")
 async def queue_stop(qs: QServer, p: dict[str, Any]) -> Reply:
-    await qs.adapter.hold()
+    await qs.adapter.hold(after_current=True)
     return {}
 
 
 @method("queue_stop_cancel", "lock_key")
 async def queue_stop_cancel(qs: QServer, p: dict[str, Any]) -> Reply:
-    if qs.adapter.running() is not None:
+    if qs.adapter.stop_pending():
         await qs.adapter.release()
     return {}
 
