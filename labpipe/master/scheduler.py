@@ -246,14 +246,18 @@ class Scheduler:
 
     async def submit_plan(self, pipeline_name: str, name: str, args: list | tuple = (),
                           kwargs: dict | None = None, priority: int = 0,
-                          due_date: float | None = None, file: str | None = None) -> int:
+                          due_date: float | None = None, file: str | None = None, *,
+                          before: int | None = None, after: int | None = None,
+                          pos: str | int | None = None) -> int:
         """Submit the bluesky plan ``name`` of the experiment list, queueserver style:
-        ``args``/``kwargs`` as for the plan, device names as strings. Returns the RID."""
+        ``args``/``kwargs`` as for the plan, device names as strings; placed in the
+        queue as ``submit`` places a run. Returns the RID."""
         if self.explist is None:
             raise ValueError("this master has no experiment list to take plans from")
         from labpipe.bluesky.plans import plan_expid
         expid = plan_expid(self.explist.raw_view, name, args, kwargs, file=file)
-        return await self.submit(pipeline_name, expid, priority, due_date)
+        return await self.submit(pipeline_name, expid, priority, due_date, before=before,
+                                 after=after, pos=pos)
 
     # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
 
