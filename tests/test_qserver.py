@@ -171,9 +171,24 @@ def test_api_moves_execute_clear_and_stop_pending(master, rm):
     assert status["queue_autostart_enabled"] is False
 
 
-def test_api_positions_at_add_need_the_queue_control_issue(master, rm):
-    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
-        rm.item_add(BPlan("count", ["det"]), pos="front")
+def test_api_adds_at_positions(master, rm):
+    def uids():
+        return [i["item_uid"] for i in rm.queue_get()["items"]]
+
+    a = rm.item_add(BPlan("count", ["det"], num=1))["item"]["item_uid"]
+    b = rm.item_add(BPlan("count", ["det"], num=2), pos="front")["item"]["item_uid"]
+    assert uids() == [b, a]
+    c = rm.item_add(BPlan("count", ["det"], num=3), after_uid=b)["item"]["item_uid"]
+    d = rm.item_add(BPlan("count", ["det"], num=4), before_uid=b)["item"]["item_uid"]
+    e = rm.item_add(BPlan("count", ["det"], num=5), pos=1)["item"]["item_uid"]
+    assert uids() == [d, e, b, c, a]
+    batch = rm.item_add_batch([BPlan("count", ["det"], num=6),
+                               BPlan("count", ["det"], num=7)], after_uid=d)["items"]
+    assert uids() == [d, *[i["item_uid"] for i in batch], e, b, c, a]
+    with pytest.raises(RequestFailedError, match="Ambiguous parameters"):
+        rm.item_add(BPlan("count", ["det"]), pos="front", after_uid=a)
+    with pytest.raises(RequestFailedError, match="is not in the queue"):
+        rm.item_add(BPlan("count", ["det"]), before_uid="no-such-uid")
     with pytest.raises(RequestFailedError, match="not available in this labpipe"):
         rm.function_execute({"item_type": "function", "name": "f"})
 

@@ -97,9 +97,12 @@ class Adapter:
 
     # --- changing -------------------------------------------------------------------
 
-    async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+    async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any],
+                          place: dict[str, Any] | None = None) -> int:
+        """Queue a plan; place: ``before``/``after`` (RIDs) or ``pos``, or the back."""
         self._admit("schedule.submit_plan")
-        return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs)
+        return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs,
+                                                       **(place or {}))
 
     async def delete(self, rid: int) -> None:
         self._admit("schedule.delete")

@@ -199,8 +199,9 @@ class QServer:
         }
 
     async def add_item(self, item: object, user: object, group: object,
-                       immediate: bool = False) -> Reply:
-        """Submit a plan item (``immediate``: run it at once, queue_item_execute)."""
+                       immediate: bool = False, place: dict[str, Any] | None = None) -> Reply:
+        """Submit a plan item at place (``schedule.submit``'s before/after/pos; the
+        back by default), or run it at once (``immediate``: queue_item_execute)."""
         if not isinstance(item, dict):
             raise Refused("Incorrect request format: 'item' must be a dictionary")
         item_type = item.get("item_type", "plan")
@@ -217,7 +218,7 @@ class QServer:
         if immediate:
             rid = await self.adapter.execute_plan(name, args, kwargs)
         else:
-            rid = await self.adapter.submit_plan(name, args, kwargs)
+            rid = await self.adapter.submit_plan(name, args, kwargs, place or {})
         self.meta[rid] = meta
         return {"item": self.item_of_rid(rid), "rid": rid}
 
@@ -233,11 +234,21 @@ def _user(p: dict[str, Any]) -> tuple[Any, Any]:
     return p["user"], p["user_group"]
 
 
-def _placement(p: dict[str, Any]) -> None:
-    """Positions other than the back need schedule.move (the queue-control issue)."""
-    if p.get("pos", "back") not in ("back", -1) or p.get("before_uid") or p.get("after_uid"):
-        raise NotAvailable("positions in the queue (pos, before_uid, after_uid) need "
-                           "schedule.move, which is not available in this labpipe master")
+def _placement(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where new items go: ``pos`` ("front", "back" or an index), ``before_uid`` or
+    ``after_uid`` (at most one), as ``schedule.submit`` places a run."""
+    given = [key for key in ("pos", "before_uid", "after_uid") if key in p]
+    if len(given) > 1:
+        raise Refused(f"Ambiguous parameters: {' and '.join(given)} are both specified")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    pos = p.get("pos", "back")
+    if pos not in ("front", "back") and (isinstance(pos, bool) or not isinstance(pos, int)):
+        raise Refused(f"Parameter 'pos' has incorrect type: {pos!r} (a position: "
+                      f"'front', 'back' or an integer)")
+    return {} if pos in ("back", -1) else {"pos": pos}
 
 
 # --- status ---------------------------------------------------------------------------
@@ -271,8 +282,7 @@ async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
-    added = await qs.add_item(p.get("item"), user, group)
+    added = await qs.add_item(p.get("item"), user, group, place=_placement(qs, p))
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
@@ -280,14 +290,17 @@ async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
+    place = _placement(qs, p)
     items = p.get("items")
     if not isinstance(items, list):
         raise Refused("'items' must be a list")
     added, results = [], []
     for item in items:
         try:
-            added.append((await qs.add_item(item, user, group))["item"])
+            done = await qs.add_item(item, user, group, place=place)
+            added.append(done["item"])
+            if place:  # the next item goes right after this one: the batch in order
+                place = {"after": done["rid"]}
             results.append({"success": True, "msg": ""})
         except (Refused, ValueError, TypeError) as exc:
             added.append(item)
