@@ -171,6 +171,23 @@ def test_api_moves_execute_clear_and_stop_pending(master, rm):
     assert status["queue_autostart_enabled"] is False
 
 
+def test_api_queue_mode_maps_to_stop_on_failure(master, rm):
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": True}
+    rm.queue_mode_set(ignore_failures=False)
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": False}
+    from labpipe.protocol import pyon  # labpipe's own pipeline state, on disk
+    stored = pyon.load_file(os.path.join(master.lab_dir, "pipelines.pyon"))
+    assert stored["main"]["stop_on_failure"] is True
+    with pytest.raises(RequestFailedError, match="loop mode is not available"):
+        rm.queue_mode_set(loop=True)
+    with pytest.raises(RequestFailedError, match="Unsupported plan queue mode"):
+        rm.send_request(method="queue_mode_set", params={"mode": {"speed": 2}})
+    rm.queue_mode_set(mode="default")  # the RE Manager's default: stop on a failure
+    assert rm.status()["plan_queue_mode"]["ignore_failures"] is False
+    rm.queue_mode_set(ignore_failures=True)
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": True}
+
+
 def test_api_adds_at_positions(master, rm):
     def uids():
         return [i["item_uid"] for i in rm.queue_get()["items"]]

@@ -72,6 +72,13 @@ class Adapter:
     def stop_pending(self) -> bool:
         return self.master.scheduler.queue.states.state(self.pipeline)["stop_pending"]
 
+    def stop_on_failure(self) -> bool:
+        return self.master.scheduler.queue.states.state(self.pipeline)["stop_on_failure"]
+
+    async def set_stop_on_failure(self, enabled: bool) -> None:
+        self._admit("schedule.set_stop_on_failure")
+        await self.master.scheduler.set_stop_on_failure(self.pipeline, enabled)
+
     async def history(self, limit: int) -> list[dict[str, Any]]:
         """This pipeline's history records, oldest first."""
         records = await self.master.history.list(limit)

@@ -192,7 +192,8 @@ class QServer:
             "plan_history_uid": self.history_uid,
             "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
             "devices_allowed_uid": self.devices_uid, "plans_allowed_uid": self.plans_uid,
-            "plan_queue_mode": {"loop": False, "ignore_failures": True},
+            "plan_queue_mode": {"loop": False,
+                                "ignore_failures": not self.adapter.stop_on_failure()},
             "task_results_uid": self.task_results_uid,
             "lock_info_uid": self.lock_uid,
             "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
@@ -441,11 +442,22 @@ async def queue_autostart(qs: QServer, p: dict[str, Any]) -> Reply:
 @method("queue_mode_set", "mode", "lock_key")
 async def queue_mode_set(qs: QServer, p: dict[str, Any]) -> Reply:
     mode = p.get("mode")
-    if mode == "default" or (isinstance(mode, dict) and not mode.get("loop", False)
-                             and mode.get("ignore_failures", True)):
-        return {}
-    raise Refused("a labpipe pipeline runs each plan once and goes on after a failure: "
-                  "only {'loop': False, 'ignore_failures': True} is available")
+    if mode == "default":  # the RE Manager's default: the queue stops on a failure
+        mode = {"loop": False, "ignore_failures": False}
+    if not isinstance(mode, dict):
+        raise Refused(f"'mode' must be a dictionary or 'default', not {mode!r}")
+    unknown = set(mode) - {"loop", "ignore_failures"}
+    if unknown:
+        raise Refused(f"Unsupported plan queue mode parameter {sorted(unknown)[0]!r}: "
+                      f"supported parameters ['loop', 'ignore_failures']")
+    if not all(isinstance(v, bool) for v in mode.values()):
+        raise Refused("plan queue mode parameters must be true or false")
+    if mode.get("loop", False):
+        raise Refused("the loop mode is not available in labpipe: a pipeline runs each "
+                      "plan once")
+    if "ignore_failures" in mode:
+        await qs.adapter.set_stop_on_failure(not mode["ignore_failures"])
+    return {}
 
 
 # --- history --------------------------------------------------------------------------
