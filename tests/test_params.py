@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy
 import pytest
 
-from conftest import running_master
+from conftest import one_line_refusal, running_master
 from labpipe.master import params
 from labpipe.master.targets import SPECS, Target, TargetSpecError
 from labpipe.protocol.rpc import AsyncClient
@@ -52,15 +52,7 @@ async def _client(master, target):
     return client
 
 
-async def _refused(call, cls, *fragments):
-    """The one-line message of the exception call raises, which must be cls."""
-    with pytest.raises(cls) as info:
-        await call
-    message = str(info.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
+_refused = one_line_refusal
 
 
 async def test_every_exposed_method_has_a_spec_and_only_documented_ones_are_exposed(lab):

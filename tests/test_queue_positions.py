@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from conftest import (FAILING, GATED, MasterProcess, ScheduleRecorder, expid, run_ends,
-                      running_master, wait_for, wait_until)
+from conftest import (FAILING, GATED, MasterProcess, ScheduleRecorder, expid,
+                      one_line_refusal, run_ends, running_master, wait_for, wait_until)
 from labpipe.protocol.rpc import AsyncClient
 
 HELD_ENTRY = {"held": True, "device_check": True, "stop_pending": False,
@@ -30,6 +30,12 @@ async def schedule_client(m):
         c.close_rpc()
 
 
+def kill_9(m):
+    """kill -9 the master process right after the replies it gave."""
+    m.process.kill()
+    m.process.wait()
+
+
 def queue_order(status, pipeline="main"):
     """The RIDs of a pipeline's pending runs in the order the master will take them,
     from the published entries alone (as a client sorts them)."""
@@ -40,13 +46,7 @@ def queue_order(status, pipeline="main"):
     return [rid for rid, _ in runs]
 
 
-async def refused(call, cls, *fragments):
-    with pytest.raises(cls) as info:
-        await call
-    message = str(info.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
+refused = one_line_refusal
 
 
 async def test_moves_reorder_equal_runs_and_priority_still_goes_first(lab):
@@ -147,8 +147,7 @@ async def test_positions_survive_a_kill_9(lab):
         order = queue_order(s.get_status())
         assert order == [r[2], r[3], r[0], r[1]]
         s.close_rpc()
-        m.process.kill()  # right after the replies
-        m.process.wait()
+        kill_9(m)
     finally:
         m.stop()
     again = MasterProcess(lab.root)
@@ -193,8 +192,7 @@ async def test_clear_is_on_disk_before_it_returns(lab):
         rids = [s.submit("main", expid(gated, tag=str(i))) for i in range(20)]
         assert s.clear("main") == rids
         s.close_rpc()
-        m.process.kill()
-        m.process.wait()
+        kill_9(m)
     finally:
         m.stop()
     again = MasterProcess(lab.root)
