@@ -130,6 +130,8 @@ async def test_refusals_name_what_was_wrong_and_change_nothing(lab):
             await refused(s.move_batch([a, a], pos="front"), ValueError, "twice")
             await refused(s.submit("main", expid(gated), before=999), KeyError, "RID 999")
             assert await s.get_status() == before
+            # the refused submission took no RID
+            assert await s.submit("main", expid(gated, tag="n"), due_date=9e9) == other + 1
             open(gate, "w").close()
 
     await main()

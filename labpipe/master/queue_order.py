@@ -113,12 +113,13 @@ class QueueOrder:
         self.last = positions[-1]
         return positions
 
-    async def for_submission(self, run: Run, place: Place) -> None:
-        """Set the queue position of a new run (not in its pipeline yet)."""
+    async def for_submission(self, pipeline_name: str, place: Place) -> float | None:
+        """The queue position of a new run of the pipeline at place; None for the back
+        (``back(1, rid)`` once its RID is known). Refuses a place that names no run of
+        the pipeline before a RID is taken for it."""
         if place == ("back", None):
-            run.queue_position = self.back(1, run.rid)[0]
-            return
-        run.queue_position = (await self._placed(run.pipeline_name, [], place))[0]
+            return None
+        return (await self._placed(pipeline_name, [], place))[0]
 
     # --- RPC ----------------------------------------------------------------------------
 

@@ -147,14 +147,16 @@ class Scheduler:
             workdir, repo_rev, repo_msg = await self.checkout_rev(expid["repo_rev"])
             expid["repo_rev"] = repo_rev
         try:
+            position = await self.order.for_submission(pipeline_name, place)
             # with a store, its commit below makes the RID durable (one sync per submit)
             rid = await self.rid_counter.next(durable=self.store is None)
             run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
                       due_date=None if due_date is None else float(due_date),
                       flush=flush, schedule=self.notifier, state_changed=None,
                       repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev,
-                      user=caller.user, group=caller.group, immediate=immediate)
-            await self.order.for_submission(run, place)
+                      user=caller.user, group=caller.group, immediate=immediate,
+                      queue_position=(self.order.back(1, rid)[0] if position is None
+                                      else position))
             if self.store is not None:
                 await self.store.record_submission(run)
         except BaseException:
