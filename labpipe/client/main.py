@@ -18,6 +18,8 @@ import sys
 import traceback
 from typing import NoReturn
 
+from labpipe.client.call import add_parser as add_call_parser
+from labpipe.client.call import call_command
 from labpipe.client.commands import COMMANDS
 from labpipe.client.connection import Connection, Lost, Unreachable
 from labpipe.client.due_dates import DUE_DATE_FORMS
@@ -148,6 +150,8 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("file", help="experiment file")
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
                    help="experiment arguments, read by their type (labpipe-client --help)")
+
+    add_call_parser(sub)
 
     p = sub.add_parser("delete", help="delete a run")
     p.add_argument("-g", "--graceful", action="store_true",
@@ -282,6 +286,8 @@ def _run(args: argparse.Namespace, master: Connection) -> None:
         SHOW[args.what](args, master)
     elif args.action == "history":
         history_command(args, master)
+    elif args.action == "call":
+        call_command(args, master)
     else:
         COMMANDS[args.action](args, master)
 

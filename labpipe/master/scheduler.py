@@ -32,6 +32,7 @@ from labpipe.master import precedence
 from labpipe.master.access.caller import Caller, current_caller
 from labpipe.master.dry_run import validate_run
 from labpipe.master.expid import EXPID_KEYS, validate_submission
+from labpipe.master.functions import FunctionCalls
 from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
@@ -331,6 +332,33 @@ class Scheduler:
         """A dry run: the problems that would stop this submission (file, class,
         arguments, devices), empty when it would start. Takes no RID."""
         return await validate_run(self, pipeline_name, expid)
+
+    #: labpipe's function calls (``functions.py``; set by the master's assembly)
+    functions: FunctionCalls | None = None
+
+    def _functions(self) -> FunctionCalls:
+        if self.functions is None:
+            raise ValueError("this master runs no functions")
+        return self.functions
+
+    async def call_function(self, pipeline_name: str, name: str, args: list | tuple = (),
+                            kwargs: dict | None = None,
+                            run_in_background: bool = False) -> str:
+        """Call the function ``name`` of the lab's functions module with args and
+        kwargs in a fresh worker of the pipeline: a run of its queue, or with
+        run_in_background at once, beside its run. Returns the task id; the value
+        comes from ``task_result`` (``docs/functions.md``)."""
+        return await self._functions().call(pipeline_name, name, list(args),
+                                            dict(kwargs or {}), run_in_background)
+
+    async def task_status(self, task: str) -> str:
+        """A function call's status: queued, running, completed or not_found."""
+        return await self._functions().status(task)
+
+    async def task_result(self, task: str) -> dict:
+        """A function call's record: status, success, return_value, msg (one line
+        when it failed), rid (a foreground call's run)... (``docs/functions.md``)."""
+        return await self._functions().result(task)
 
     # --- internals used by the pipelines -------------------------------------------
 
