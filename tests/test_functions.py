@@ -170,6 +170,12 @@ async def test_background_call_runs_beside_the_pipelines_run(lab):
             assert m.scheduler.find(rid).status.value == "running"
             assert await schedule.task_status(queued) == "queued"
             assert (await schedule.task_result(queued))["return_value"] is None
+            # deleting a queued call's run ends the call
+            dropped = await schedule.call_function("main", "add", [1])
+            await schedule.delete((await schedule.task_result(dropped))["rid"])
+            result = await _result(schedule, dropped)
+            assert result["success"] is False
+            assert result["msg"] == "add: the call was deleted"
             with open(gate, "w"):
                 pass
             result = await _result(schedule, queued)
@@ -222,6 +228,12 @@ async def test_refusals_without_a_module_and_a_module_that_cannot_import(lab, tm
                                      "ModuleNotFoundError: No module named "
                                      "'no_such_module_here'")
             assert (await m.history.get(result["rid"]))["status"] == "failed"
+            # a module in the repository (the lab directory has none of that name)
+            lab.write("repository/repo_functions.py", "def where():\n"
+                      "    import os\n    return os.path.basename(__file__)\n")
+            m.functions.module = "repo_functions"
+            task = await schedule.call_function("main", "where")
+            assert (await _result(schedule, task))["return_value"] == "repo_functions.py"
             m.functions.module = "syntax"
             with pytest.raises(Exception, match="cannot import the functions module "
                                "'syntax': SyntaxError"):

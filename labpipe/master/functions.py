@@ -349,10 +349,12 @@ class FunctionCalls:
             if task.success is None:
                 task.success = False
                 task.msg = f"{task.name}: the call ended {messages.tag_of(outcome)}"
-        except WorkerError as exc:
+        except Exception as exc:  # WorkerError; OSError, ForkServerError: no worker
             if task.success is None or task.success:
                 task.success, task.return_value = False, None
-                task.msg = _strip_rid(str(exc))
+                task.msg = (_strip_rid(str(exc)) if isinstance(exc, WorkerError) else
+                            f"{task.name}: no worker could run it: "
+                            f"{type(exc).__name__}: {exc}")
         finally:
             await worker.close()
             scheduler.release_rev(where.repo_rev)
