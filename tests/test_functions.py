@@ -4,10 +4,11 @@ side (``REManagerAPI.function_execute``) is in ``test_qserver.py``."""
 
 import asyncio
 import os
+import time
 
 import pytest
 
-from conftest import GATED, expid, running_master, wait_until
+from conftest import GATED, Lab, MasterProcess, expid, running_master, wait_until
 
 from labpipe.config import config_from_dict
 from labpipe.master.functions import defined_names
@@ -332,3 +333,40 @@ def test_defined_names_and_the_bounded_store(tmp_path):
     assert again.read(ids[4]) == {"task": ids[4], "status": "completed",
                                   "success": False,
                                   "msg": "the master stopped while the function ran"}
+
+
+def test_a_reported_result_survives_a_kill(tmp_path):
+    """labpipe-master and labpipe-client as processes; SIGKILL after the result was
+    reported: the restarted master reports it the same."""
+    lab = Lab(tmp_path)
+    _functions_lab(lab)
+    first = MasterProcess(lab.root)
+    try:
+        assert first.cli("call", "add", "20", "b=22").stdout == "42\n"
+        task = first.cli("call", "--no-wait", "add", "[1]", "b=[2]").stdout.strip()
+        schedule = first.client("schedule")
+        try:
+            deadline = time.monotonic() + 20
+            while schedule.task_status(task) != "completed":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            result = schedule.task_result(task)
+        finally:
+            schedule.close_rpc()
+        assert result["return_value"] == [1, 2]
+    finally:
+        first.process.kill()
+        first.process.wait()
+    second = MasterProcess(lab.root)
+    try:
+        schedule = second.client("schedule")
+        try:
+            assert schedule.task_result(task) == result
+        finally:
+            schedule.close_rpc()
+        failed = second.cli("call", "fail", "2", check=False)
+        assert failed.returncode == 1 and failed.stdout == ""
+        assert failed.stderr == ("labpipe-client: lab_functions.fail raised ValueError: "
+                                 "bad value 2\n")
+    finally:
+        second.stop()
