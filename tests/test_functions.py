@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 
+import h5py
 import pytest
 
 from conftest import GATED, Lab, MasterProcess, expid, running_master, wait_until
@@ -112,6 +113,8 @@ async def test_calls_return_values_errors_and_devices_over_rpc(lab):
             assert record["status"] == "completed"
             assert record["expid"]["class_name"] == "add"
             assert record["expid"]["function"]["task"] == task
+            with h5py.File(lab.path(record["results"]), "r") as f:  # and in its results file
+                assert f["datasets/function_return"][()].decode() == "5"
 
             task = await schedule.call_function("main", "fail", [3])
             result = await _result(schedule, task)
@@ -199,6 +202,9 @@ async def test_a_running_task_shows_as_running(lab):
             assert await schedule.task_status(fg) == "running"
             assert await schedule.task_status(bg) == "running"
             assert (await schedule.task_result(bg))["success"] is None
+            m.functions.max_background = 1
+            with pytest.raises(Exception, match="1 background functions run already"):
+                await schedule.call_function("other", "add", [1], None, True)
             with open(gate, "w"):
                 pass
             assert (await _result(schedule, fg))["return_value"] == "opened"
@@ -245,6 +251,14 @@ async def test_refusals_without_a_module_and_a_module_that_cannot_import(lab, tm
                 await schedule.call_function("main", "f")
         finally:
             schedule.close_rpc()
+
+
+async def test_a_bad_module_name_stops_the_master_at_start(lab):
+    from labpipe.config import ConfigError
+    with pytest.raises(ConfigError, match="'not a module' is not a module name"):
+        async with running_master(lab, config=config_from_dict(
+                {"functions": "not a module"})):
+            pass
 
 
 async def test_a_locked_master_refuses_calls_without_the_key(lab):
