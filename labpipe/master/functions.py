@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from labpipe.config import ConfigError
 from labpipe.master.access.caller import current_caller
 from labpipe.master.precedence import RunStatus
+from labpipe.master.queue_order import check_place
 from labpipe.master.run import Run, RunEnd
 from labpipe.master.supervision import TaskSet
 from labpipe.master.task_store import TaskStore, is_task_id
@@ -259,14 +260,17 @@ class FunctionCalls:
 
     async def _queue(self, task: TaskRecord, expid: dict[str, Any],
                      where: _Located) -> None:
-        """A foreground call: a run of the pipeline, as ``Scheduler.submit`` makes one
-        (its RID and record on disk first)."""
+        """A foreground call: a run of the pipeline, as ``Scheduler._submit`` makes one
+        (its RID, queue position and record on disk first; the checks of a
+        submission's expid are not for this one)."""
         scheduler = self.scheduler
         rid = await scheduler.rid_counter.next(durable=scheduler.store is None)
         run = Run(rid=rid, pipeline_name=task.pipeline, expid=expid, priority=0,
                   due_date=None, flush=False, schedule=scheduler.notifier,
                   state_changed=None, repo_msg=where.repo_msg, workdir=where.workdir,
                   repo_rev=where.repo_rev, user=task.user, group=task.group)
+        # at the back of the pipeline's queue (queue_order), as a submission goes
+        await scheduler.order.for_submission(run, check_place(None, None, None))
         if scheduler.store is not None:
             await scheduler.store.record_submission(run)
         task.rid = rid
