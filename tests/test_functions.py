@@ -174,6 +174,13 @@ async def test_background_call_runs_beside_the_pipelines_run(lab):
             assert m.scheduler.find(rid).status.value == "running"
             assert await schedule.task_status(queued) == "queued"
             assert (await schedule.task_result(queued))["return_value"] is None
+            # a queue item like any other: it has a queue position, it can be moved
+            queued_rid = (await schedule.task_result(queued))["rid"]
+            later = await schedule.submit("main", expid(gated, tag="b"))
+            await schedule.move(later, pos="front")
+            order = sorted((e["queue_position"], r) for r, e in
+                           m.scheduler.get_status().items() if r != rid)
+            assert [r for _, r in order] == [later, queued_rid]
             # deleting a queued call's run ends the call
             dropped = await schedule.call_function("main", "add", [1])
             await schedule.delete((await schedule.task_result(dropped))["rid"])
