@@ -283,6 +283,19 @@ async def test_a_locked_master_refuses_calls_without_the_key(lab):
             assert (await _result(schedule, task))["return_value"] == 1
             # reading needs no key
             assert await schedule.task_status(task) == "completed"
+            await lock.unlock("sesame")
+            # with the queue locked, a foreground call (a queue item) is refused, a
+            # background one (not in the queue) goes
+            await lock.lock("sesame", ["queue"], "overnight scan", "bo")
+            with pytest.raises(Exception) as info:
+                await schedule.call_function("main", "add", [1])
+            line = str(info.value).splitlines()[0]
+            assert line.startswith("schedule.call_function: refused, the queue is locked")
+            assert "overnight scan" in line
+            task = await schedule.call_function("main", "add", [2], None, True)
+            assert (await _result(schedule, task))["return_value"] == 2
+            task = await schedule.call_function("main", "add", [3], lock_key="sesame")
+            assert (await _result(schedule, task))["return_value"] == 3
         finally:
             schedule.close_rpc()
             lock.close_rpc()

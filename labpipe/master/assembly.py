@@ -38,7 +38,7 @@ from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
 from labpipe.master.access.caller import current_caller
-from labpipe.master.access.gate import Gate
+from labpipe.master.access.gate import Gate, current_lock_key
 from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
 from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
 from labpipe.master.access.permissions import Permissions, PermissionsTarget
@@ -294,7 +294,9 @@ class Master:
         self.functions = FunctionCalls(
             self.scheduler, self.config.functions.module, store=task_store,
             max_background=self.config.functions.max_background,
-            background_handlers=self._background_handlers)
+            background_handlers=self._background_handlers,
+            check_queue_lock=lambda what: self.lock.check("queue", what,
+                                                          current_lock_key.get()))
         self.scheduler.functions = self.functions
         self.scheduler.on_run_end.append(self.functions.on_run_end)
         # never a RID again that history holds (last_rid.pyon may be torn, or older)

@@ -154,11 +154,14 @@ class FunctionCalls:
     ``module``: the functions module's name (None: not configured); ``store``: where
     finished records go (None: memory only); ``background_handlers(source)``: the
     master's services for a background call's worker (datasets, devices, logs under
-    ``source``)."""
+    ``source``); ``check_queue_lock(what)``: refuses (PermissionError) a foreground
+    call, which changes the queue, while the queue is locked and the call gave no key
+    (the environment lock is the gate's, as for any ``call_function``)."""
 
     def __init__(self, scheduler: Scheduler, module: str | None, *,
                  store: TaskStore | None = None, max_background: int = 4,
-                 background_handlers: Callable[[str], Handlers] | None = None):
+                 background_handlers: Callable[[str], Handlers] | None = None,
+                 check_queue_lock: Callable[[str], None] | None = None):
         if module is not None and not all(p.isidentifier() for p in module.split(".")):
             raise ConfigError(f"labpipe.toml: [functions] module: {module!r} is not a "
                               f"module name (such as lab_functions)")
@@ -167,6 +170,7 @@ class FunctionCalls:
         self.store = store
         self.max_background = max_background
         self.background_handlers = background_handlers or (lambda source: Handlers())
+        self.check_queue_lock = check_queue_lock
         #: tasks in flight: queued or running
         self._live: dict[str, TaskRecord] = {}
         self._recent: collections.OrderedDict[str, TaskRecord] = collections.OrderedDict()
@@ -188,6 +192,8 @@ class FunctionCalls:
                              "(functions = \"lab_functions\", docs/functions.md)")
         if not name.isidentifier() or name.startswith("_"):
             raise ValueError(f"{name!r} is not the name of a public function")
+        if not background and self.check_queue_lock is not None:
+            self.check_queue_lock("schedule.call_function")
         running = sum(1 for t in self._live.values() if t.background)
         if background and running >= self.max_background:
             raise ValueError(f"{running} background functions run already (at most "
