@@ -194,7 +194,7 @@ class FunctionCalls:
             raise ValueError(f"{name!r} is not the name of a public function")
         if not background and self.check_queue_lock is not None:
             self.check_queue_lock("schedule.call_function")
-        running = sum(1 for t in self._live.values() if t.background)
+        running = self.background_running()
         if background and running >= self.max_background:
             raise ValueError(f"{running} background functions run already (at most "
                              f"{self.max_background}: [functions] max_background)")
@@ -232,8 +232,13 @@ class FunctionCalls:
             if os.path.isfile(os.path.join(lab_dir, relpath)):
                 return _Located(relpath, lab_dir, None, None)
         repository = self.scheduler.repository
+        rev = None
         if repository is not None:
-            rev = await asyncio.to_thread(repository.resolve, None)
+            try:
+                rev = await asyncio.to_thread(repository.resolve, None)
+            except LookupError:  # a Git repository without a commit yet
+                rev = None
+        if repository is not None and rev is not None:
             for relpath in candidates:
                 if await asyncio.to_thread(repository.exists, relpath, rev):
                     workdir, commit, message = await self.scheduler.checkout_rev(rev)
@@ -254,6 +259,8 @@ class FunctionCalls:
             return  # too big to check here: the worker will say
         try:
             names = defined_names(source.decode("utf-8", errors="replace"))
+        except (RecursionError, MemoryError):
+            return  # too deep to check here: the worker will say
         except SyntaxError as exc:
             raise ValueError(f"cannot import the functions module {self.module!r}: "
                              f"SyntaxError: {exc.msg} ({where.relpath}, line "
@@ -328,10 +335,18 @@ class FunctionCalls:
 
     async def _start_background(self, task: TaskRecord, expid: dict[str, Any],
                                 where: _Located) -> None:
+        running = self.background_running()
+        if running >= self.max_background:  # again: calls may have started meanwhile
+            raise ValueError(f"{running} background functions run already (at most "
+                             f"{self.max_background}: [functions] max_background)")
         task.status, task.time_start = "running", time.time()
-        if self.store is not None:  # a restarted master then knows it was cut short
-            await asyncio.to_thread(self.store.write, task.as_dict())
-        self._live[task.task] = task
+        self._live[task.task] = task  # counted from now on
+        try:
+            if self.store is not None:  # a restarted master then knows it was cut short
+                await asyncio.to_thread(self.store.write, task.as_dict())
+        except BaseException:
+            self._live.pop(task.task, None)
+            raise
         self._background.spawn(self._run_background(task, expid, where),
                                f"function {task.name}", context=f"task {task.task}")
         logger.info("task %s: %s(...) runs in the background", task.task, task.name)
