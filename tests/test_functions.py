@@ -207,6 +207,7 @@ async def test_a_running_task_shows_as_running(lab):
                 r.status.value == "running" for r in m.scheduler.pipelines["main"].runs
                 .values()))
             assert await schedule.task_status(fg) == "running"
+            assert (await schedule.task_result(fg))["time_start"] > 0
             assert await schedule.task_status(bg) == "running"
             assert (await schedule.task_result(bg))["success"] is None
             m.functions.max_background = 1

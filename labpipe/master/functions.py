@@ -446,6 +446,9 @@ class FunctionCalls:
             return {"task": task, "status": "not_found"}
         shown = dict(record) if isinstance(record, dict) else record.as_dict()
         shown["status"] = self._status_of(record)
+        if shown["status"] == "running" and shown.get("time_start") is None:
+            run = self.scheduler.find_or_none(shown["rid"])  # a foreground call's run
+            shown["time_start"] = None if run is None else run.stage_times.get("running")
         if shown["status"] != "completed":
             for key in ("success", "return_value", "msg", "traceback", "time_stop"):
                 shown[key] = None if key != "msg" else ""
