@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 from labpipe.config import ConfigError
 from labpipe.master.access.caller import current_caller
 from labpipe.master.precedence import RunStatus
-from labpipe.master.queue_order import check_place
 from labpipe.master.run import Run, RunEnd
 from labpipe.master.supervision import TaskSet
 from labpipe.master.task_store import TaskStore, is_task_id
@@ -278,12 +277,12 @@ class FunctionCalls:
         submission's expid are not for this one)."""
         scheduler = self.scheduler
         rid = await scheduler.rid_counter.next(durable=scheduler.store is None)
+        # at the back of the pipeline's queue (queue_order), as a submission goes
         run = Run(rid=rid, pipeline_name=task.pipeline, expid=expid, priority=0,
                   due_date=None, flush=False, schedule=scheduler.notifier,
                   state_changed=None, repo_msg=where.repo_msg, workdir=where.workdir,
-                  repo_rev=where.repo_rev, user=task.user, group=task.group)
-        # at the back of the pipeline's queue (queue_order), as a submission goes
-        await scheduler.order.for_submission(run, check_place(None, None, None))
+                  repo_rev=where.repo_rev, user=task.user, group=task.group,
+                  queue_position=scheduler.order.back(1, rid)[0])
         if scheduler.store is not None:
             await scheduler.store.record_submission(run)
         task.rid = rid
