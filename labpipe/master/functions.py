@@ -272,24 +272,18 @@ class FunctionCalls:
 
     async def _queue(self, task: TaskRecord, expid: dict[str, Any],
                      where: _Located) -> None:
-        """A foreground call: a run of the pipeline, as ``Scheduler._submit`` makes one
-        (its RID, queue position and record on disk first; the checks of a
-        submission's expid are not for this one)."""
-        scheduler = self.scheduler
-        rid = await scheduler.rid_counter.next(durable=scheduler.store is None)
-        # at the back of the pipeline's queue (queue_order), as a submission goes
-        run = Run(rid=rid, pipeline_name=task.pipeline, expid=expid, priority=0,
-                  due_date=None, flush=False, schedule=scheduler.notifier,
-                  state_changed=None, repo_msg=where.repo_msg, workdir=where.workdir,
-                  repo_rev=where.repo_rev, user=task.user, group=task.group,
-                  queue_position=scheduler.order.back(1, rid)[0])
-        if scheduler.store is not None:
-            await scheduler.store.record_submission(run)
-        task.rid = rid
-        self._live[task.task] = task
-        scheduler._add_run(run)  # noqa: SLF001 (submit's last step, shared)
+        """A foreground call: a run of the pipeline, by ``Scheduler.enqueue`` as a
+        submission's (its RID, queue position and record on disk first; the checks of
+        a submission's expid are not for this one)."""
+        def recorded(run: Run) -> None:
+            task.rid = run.rid
+            self._live[task.task] = task
+        await self.scheduler.enqueue(
+            task.pipeline, expid, workdir=where.workdir, repo_rev=where.repo_rev,
+            repo_msg=where.repo_msg, user=task.user, group=task.group,
+            on_recorded=recorded)
         logger.info("task %s: %s(...) queued in pipeline %s as RID %d", task.task,
-                    task.name, task.pipeline, rid)
+                    task.name, task.pipeline, task.rid)
 
     # --- foreground: what the run's worker and end say --------------------------------
 

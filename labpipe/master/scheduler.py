@@ -149,22 +149,40 @@ class Scheduler:
             expid["repo_rev"] = repo_rev
         try:
             position = await self.order.for_submission(pipeline_name, place)
-            # with a store, its commit below makes the RID durable (one sync per submit)
-            rid = await self.rid_counter.next(durable=self.store is None)
-            run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
-                      due_date=None if due_date is None else float(due_date),
-                      flush=flush, schedule=self.notifier, state_changed=None,
-                      repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev,
-                      user=caller.user, group=caller.group, immediate=immediate,
-                      queue_position=(self.order.back(1, rid)[0] if position is None
-                                      else position))
-            if self.store is not None:
-                await self.store.record_submission(run)
+            run = await self.enqueue(
+                pipeline_name, expid, priority=priority,
+                due_date=None if due_date is None else float(due_date), flush=flush,
+                workdir=workdir, repo_rev=repo_rev, repo_msg=repo_msg, user=caller.user,
+                group=caller.group, immediate=immediate, position=position)
         except BaseException:
             self.release_rev(repo_rev)
             raise
+        return run.rid
+
+    async def enqueue(self, pipeline_name: str, expid: dict[str, Any], *, workdir: str,
+                      repo_rev: str | None = None, repo_msg: str | None = None,
+                      user: str | None = None, group: str | None = None, priority: int = 0,
+                      due_date: float | None = None, flush: bool = False,
+                      immediate: bool = False, position: float | None = None,
+                      on_recorded: Callable[[Run], None] | None = None) -> Run:
+        """The last steps of a submission whose expid was checked: take a RID, commit
+        the run's record (which makes the RID durable: one sync), put it into its
+        pipeline. ``position``: its queue position (None: the back);
+        ``on_recorded(run)`` is called once it is on disk, before it joins its
+        pipeline (``functions``: the task learns its RID)."""
+        rid = await self.rid_counter.next(durable=self.store is None)
+        run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
+                  due_date=due_date, flush=flush, schedule=self.notifier,
+                  state_changed=None, repo_msg=repo_msg, workdir=workdir,
+                  repo_rev=repo_rev, user=user, group=group, immediate=immediate,
+                  queue_position=(self.order.back(1, rid)[0] if position is None
+                                  else position))
+        if self.store is not None:
+            await self.store.record_submission(run)
+        if on_recorded is not None:
+            on_recorded(run)
         self._add_run(run)
-        return rid
+        return run
 
     async def delete(self, rid: int) -> None:
         """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL).
