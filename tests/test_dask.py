@@ -49,6 +49,14 @@ class Offloading(EnvExperiment):
         self.set_dataset("total", self.total.result())
 
 
+class OffloadingTwice(Offloading):
+    # its analyze, on the cluster, waits for what its run offloaded
+
+    @offload_analyze
+    def analyze(self):
+        self.set_dataset("total", self.total.result())
+
+
 class Failing(EnvExperiment):
     def build(self):
         self.setattr_device("scheduler")
@@ -151,6 +159,13 @@ async def test_an_offloaded_functions_result_in_a_dataset(dask_lab, cluster):
         assert list(m.dataset_db.data.raw_view["square"][1]) == [0, 1, 4, 9]
         record = await m.history.get(rid)
         assert record["analyzed_on"] is None  # analyze itself ran in the worker
+        # an offloaded analyze may use what its run offloaded
+        rid = await m.scheduler.submit("main", expid("OffloadingTwice"))
+        await wait_until(lambda: rid in ends, timeout=30)
+        assert ends[rid].status == "completed", ends[rid].error
+        values, _, _ = datasets_of(ends[rid].results)
+        assert values["total"] == 5 and list(values["square"]) == [0, 1, 4, 9]
+        assert (await m.history.get(rid))["analyzed_on"]["dask_scheduler"] == cluster
 
 
 async def test_offloaded_analyze_frees_the_stage_and_writes_the_same_file(dask_lab,

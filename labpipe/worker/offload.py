@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from distributed import Client, Future
 
 __all__ = ["Offloaded", "OffloadError", "Offloader", "LocalOffloader", "describe_failure",
-           "send_by_value", "wrap_future", "check_result", "call_pickled",
+           "send_by_value", "wrap_future", "check_result", "call_pickled", "future_of",
+           "ready",
            "CONNECT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,16 @@ class _DaskOffloaded(Offloaded):
             except TypeError as exc:
                 raise OffloadError(f"{self.what}: {exc}") from None
         return value
+
+
+def future_of(offloaded: Offloaded) -> Future | None:
+    """The Dask future of an ``Offloaded`` (None: computed here)."""
+    return offloaded.future if isinstance(offloaded, _DaskOffloaded) else None
+
+
+def ready(what: str, value: Any) -> Offloaded:
+    """An ``Offloaded`` whose result is value (an offloaded analysis's inputs)."""
+    return _Ready(what, value)
 
 
 def wrap_future(future: Future, what: str, scheduler: str, check: bool = True

@@ -8,8 +8,10 @@ stage is free meanwhile (``docs/dask.md``). Three steps:
   the argument manager and every device the run was given (``scheduler`` and ``ccb``
   included) become stand-ins that raise one clear error when used on the cluster, and
   the dataset manager a fresh one holding the datasets the run set and read
-  (``export_state``, ``archive``). An attribute that cannot be pickled fails here,
-  naming it.
+  (``export_state``, ``archive``). The run's own offloaded results it holds are inputs
+  of the analysis's task: Dask starts it once they are there, and they are ready
+  ``Offloaded`` on the cluster. An attribute that cannot be pickled fails here, naming
+  it.
 - ``analyze_on_cluster(...)`` (on a Dask worker): loads the experiment, calls its
   ``analyze``, and returns the datasets it set or changed, the dataset mods it made (in
   order), its log records (those of its own thread, at the run's log level), the error
@@ -29,10 +31,12 @@ import logging
 import pickle
 import threading
 import traceback
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from labpipe.worker.datasets import DatasetManager, DatasetNotFoundError
-from labpipe.worker.offload import Offloaded, Offloader, send_by_value, wrap_future
+from labpipe.worker.offload import (Offloaded, Offloader, future_of, ready, send_by_value,
+                                    wrap_future)
 from labpipe.worker.runner import one_line
 
 if TYPE_CHECKING:
@@ -104,25 +108,43 @@ def _pickler_class() -> type:
     import cloudpickle
 
     class Pickler(cloudpickle.Pickler):
-        """Leaves out the run's managers and devices (``persistent_id``)."""
+        """Leaves out the run's managers and devices, and its offloaded results
+        (``persistent_id``)."""
 
         def __init__(self, file: io.BytesIO, left_out: dict[int, tuple[str, ...]]):
             super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
             self._left_out = left_out
+            #: the Dask futures of the offloaded results met: the analysis's inputs
+            self.futures: list[Any] = []
+            self._future_ids: dict[int, int] = {}
 
-        def persistent_id(self, obj: Any) -> tuple[str, ...] | None:
+        def persistent_id(self, obj: Any) -> tuple[Any, ...] | None:
+            if isinstance(obj, Offloaded):
+                # a Dask future unpickles only where Dask deserializes it: it is an
+                # input of the analysis's task, which Dask gives as its result
+                future = future_of(obj)
+                if future is None:
+                    return None  # computed here: it travels as itself
+                index = self._future_ids.setdefault(id(obj), len(self.futures))
+                if index == len(self.futures):
+                    self.futures.append(future)
+                return ("offloaded", index, obj.what)
             return self._left_out.get(id(obj))
 
     return Pickler
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, datasets: DatasetManager) -> None:
+    def __init__(self, file: io.BytesIO, datasets: DatasetManager,
+                 inputs: list[Any]) -> None:
         super().__init__(file)
         self._datasets = datasets
+        self._inputs = inputs
 
     def persistent_load(self, pid: Any) -> Any:
         kind = pid[0]
+        if kind == "offloaded":
+            return ready(pid[2], self._inputs[pid[1]])
         if kind == "dataset_mgr":
             return self._datasets
         if kind == "device":
@@ -132,7 +154,8 @@ class _Unpickler(pickle.Unpickler):
         return NotOnCluster("the argument manager")
 
 
-def _dumps(runner: ExperimentRunner) -> bytes:
+def _dumps(runner: ExperimentRunner) -> tuple[bytes, list[Any]]:
+    """The pickled experiment, and the Dask futures it holds (as ``Offloaded``)."""
     experiment = runner.experiment
     left_out: dict[int, tuple[str, ...]] = {
         id(runner.device_mgr): ("device_mgr",), id(runner.dataset_mgr): ("dataset_mgr",),
@@ -142,14 +165,15 @@ def _dumps(runner: ExperimentRunner) -> bytes:
     for cls in type(experiment).__mro__:
         send_by_value(cls)
     buffer = io.BytesIO()
+    pickler = _pickler_class()(buffer, left_out)
     try:
-        _pickler_class()(buffer, left_out).dump(experiment)
+        pickler.dump(experiment)
     except Exception as exc:
         culprit = _unpicklable_attribute(experiment, left_out)
         raise TypeError(f"analyze cannot be sent to the Dask cluster: "
                         f"{culprit or 'the experiment'} cannot be pickled "
                         f"({one_line(exc)})") from None
-    return buffer.getvalue()
+    return buffer.getvalue(), pickler.futures
 
 
 def _unpicklable_attribute(experiment: object, left_out: dict[int, tuple[str, ...]]
@@ -166,13 +190,13 @@ def _unpicklable_attribute(experiment: object, left_out: dict[int, tuple[str, ..
 def send_analysis(runner: ExperimentRunner, offloader: Offloader) -> Offloaded:
     """Send the run's analyze to the cluster; its pending result (a dict for
     ``take_analysis``)."""
-    payload = _dumps(runner)
     client = offloader.client()
+    payload, inputs = _dumps(runner)
     assert offloader.address is not None
     future = client.submit(
         analyze_on_cluster, payload, runner.dataset_mgr.export_state(),
         dict(runner.dataset_mgr.archive), int(runner.expid.get("log_level", logging.WARNING)),
-        pure=False, key=f"labpipe-analyze-RID{runner.rid}-{id(payload):x}")
+        inputs, pure=False, key=f"labpipe-analyze-RID{runner.rid}-{uuid.uuid4().hex}")
     return wrap_future(future, "analyze()", offloader.address, check=False)
 
 
@@ -202,7 +226,8 @@ def _worker_address() -> str:
 
 
 def analyze_on_cluster(payload: bytes, state: dict[str, tuple[Any, dict, bool, bool]],
-                       archive: dict[str, Any], log_level: int) -> dict[str, Any]:
+                       archive: dict[str, Any], log_level: int,
+                       inputs: list[Any]) -> dict[str, Any]:
     """Runs on a Dask worker: the experiment's ``analyze``; what ``take_analysis``
     takes back (an error of analyze is returned, not raised, with what it set)."""
     mods: list[PathMod] = []
@@ -218,7 +243,7 @@ def analyze_on_cluster(payload: bytes, state: dict[str, tuple[Any, dict, bool, b
     error = None
     try:
         try:
-            experiment = _Unpickler(io.BytesIO(payload), datasets).load()
+            experiment = _Unpickler(io.BytesIO(payload), datasets, inputs).load()
         except Exception as exc:
             raise RuntimeError(f"the experiment cannot be loaded on the Dask worker: "
                                f"{one_line(exc)}") from exc
