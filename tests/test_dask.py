@@ -230,6 +230,29 @@ async def test_a_function_raising_on_the_cluster(dask_lab, cluster):
         assert record["analyzed_on"]["dask_scheduler"] == cluster
 
 
+async def test_an_offloaded_analysis_deleted_or_left_by_a_stopping_master(dask_lab, cluster,
+                                                                         caplog):
+    started = dask_lab.path("started")
+    async with running_master(dask_lab, dask_scheduler=cluster) as m:
+        ends = run_ends(m.scheduler)
+        rid = await m.scheduler.submit(
+            "main", expid("OffloadedAnalysis", gate=dask_lab.path("never"),
+                          started=started))
+        await wait_until(lambda: os.path.exists(started), timeout=30)
+        await m.scheduler.delete(rid)
+        await wait_until(lambda: rid in ends, timeout=30)
+        assert ends[rid].status == "deleted"
+        os.unlink(started)
+        pending = await m.scheduler.submit(
+            "main", expid("OffloadedAnalysis", gate=dask_lab.path("never"),
+                          started=started))
+        await wait_until(lambda: os.path.exists(started), timeout=30)
+    # the waiting worker heard the master's Terminate: no SIGTERM was needed
+    assert "did not exit when asked" not in caplog.text
+    async with running_master(dask_lab, dask_scheduler=cluster) as m:
+        assert (await m.history.get(pending))["status"] == "interrupted"
+
+
 async def test_the_scheduler_killed_mid_analysis(dask_lab):
     started = dask_lab.path("started")
     async with running_master(dask_lab, dask_scheduler="local",

@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -170,7 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         while not stop and (args.parent_pid is None or os.getppid() == args.parent_pid):
             time.sleep(0.2)
     finally:
-        cluster.close(timeout=5)
+        # closing waits for the tasks still running in the cluster's threads (an
+        # analysis whose run was deleted): give it a moment, then go, workers and all
+        closing = threading.Thread(target=cluster.close, kwargs={"timeout": 2},
+                                   daemon=True)
+        closing.start()
+        closing.join(3)
+        sys.stdout.flush()
+        if os.getpgid(0) == os.getpid():  # the group the master made: its Dask workers
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(0)
 
 
 if __name__ == "__main__":

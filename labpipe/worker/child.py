@@ -58,7 +58,7 @@ from labpipe.worker.messages import (Analyze, AnalysisDone, AnalysisOffloaded, B
                                      GetDataset, GetDeviceDB, Interactive, Log,
                                      MalformedMessage, Outcome, Prepare, Resume, Run,
                                      Terminated, UpdateDataset, Validate, Validated, tag_of)
-from labpipe.worker.offload import Offloader, OffloadError
+from labpipe.worker.offload import Offloaded, Offloader, OffloadError
 from labpipe.worker.output import PrintStream, capture_fds, console_text_of
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
@@ -287,7 +287,7 @@ class _Child:
         assert self.offloader.address is not None
         self.channel.send(AnalysisOffloaded(self.offloader.address))
         try:
-            error, worker = take_analysis(runner, pending.result())
+            error, worker = take_analysis(runner, self._wait_listening(pending))
         except Exception as exc:  # OffloadError: the cluster failed it
             message = f"offloaded analyze failed: {exc}"
             logging.getLogger("labpipe.worker").error("%s", message)
@@ -297,6 +297,22 @@ class _Child:
             message, text = error
             return Failed(message, text, self._write_results_quietly(f"{message}\n{text}"))
         return AnalysisDone(runner.write_results(), worker)
+
+    def _wait_listening(self, pending: Offloaded) -> Any:
+        """pending's result; meanwhile the master may end the run (``Terminate``:
+        exits at once, as in every other stage)."""
+        while True:
+            try:
+                return pending.result(timeout=0.1)
+            except TimeoutError:
+                pass
+            if self.channel.poll():
+                try:
+                    ignored = tag_of(self.channel.recv_command())  # Terminate: exits
+                except MalformedMessage as exc:
+                    ignored = str(exc)
+                logging.getLogger("labpipe.worker").warning(
+                    "during the offloaded analysis, ignored: %s", ignored)
 
     def _write_results_quietly(self, error: str) -> str | None:
         runner = self._runner()

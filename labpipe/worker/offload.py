@@ -112,14 +112,21 @@ class _DaskOffloaded(Offloaded):
     def done(self) -> bool:
         return bool(self.future.done())
 
+    def _settled(self) -> Any:
+        """The result of the done future (any exception is the cluster's)."""
+        try:
+            return self.future.result()
+        except Exception as exc:
+            raise OffloadError(describe_failure(exc, self.what, self.scheduler)) from exc
+
     def result(self, timeout: float | None = None) -> Any:
         from distributed.client import TimeoutError as DaskTimeout
         try:
             value = self.future.result(timeout=timeout)
         except (TimeoutError, DaskTimeout):
-            if self.future.done():
-                raise OffloadError(f"{self.what}: no result") from None
-            raise TimeoutError(f"{self.what}: no result within {timeout} s") from None
+            if not self.future.done():
+                raise TimeoutError(f"{self.what}: no result within {timeout} s") from None
+            value = self._settled()  # it came as the wait ended, or the function's own
         except Exception as exc:
             raise OffloadError(describe_failure(exc, self.what, self.scheduler)) from exc
         if self._check:
