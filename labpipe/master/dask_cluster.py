@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import re
@@ -87,6 +88,9 @@ class DaskCluster:
         await self.stop()
 
     async def _start_local(self) -> None:
+        if importlib.util.find_spec("distributed") is None:
+            raise RuntimeError("dask_scheduler = \"local\" needs the distributed package "
+                               "(pip install 'labpipe[dask]')")
         command = [sys.executable, "-m", "labpipe.master.dask_cluster",
                    "--parent-pid", str(os.getpid())]
         if not self._processes:

@@ -206,7 +206,12 @@ class Offloader:
         """The connected client (connecting now, at most ``CONNECT_TIMEOUT`` s)."""
         if self._client is None:
             address = self._get_address()
-            from distributed import Client
+            try:
+                from distributed import Client
+            except ImportError:
+                raise OffloadError(f"offload needs the distributed package (pip install "
+                                   f"'labpipe[dask]'), which this worker cannot import "
+                                   f"(the Dask scheduler is {address})") from None
             try:
                 self._client = Client(address, timeout=CONNECT_TIMEOUT,
                                       set_as_default=False)
