@@ -36,6 +36,10 @@ def bad_fit(x):
     raise ValueError("bad fit of " + str(x))
 
 
+def crash():
+    os._exit(3)  # takes its Dask worker process down
+
+
 class Offloading(EnvExperiment):
     def build(self):
         self.setattr_device("scheduler")
@@ -64,6 +68,14 @@ class Failing(EnvExperiment):
     def run(self):
         self.set_dataset("kept", 1.5)
         self.set_dataset("fit", self.scheduler.offload(bad_fit, 7))
+
+
+class Crashing(EnvExperiment):
+    def build(self):
+        self.setattr_device("scheduler")
+
+    def run(self):
+        self.set_dataset("fit", self.scheduler.offload(crash))
 
 
 class Analysis(EnvExperiment):
@@ -251,6 +263,35 @@ async def test_an_offloaded_analysis_deleted_or_left_by_a_stopping_master(dask_l
     assert "did not exit when asked" not in caplog.text
     async with running_master(dask_lab, dask_scheduler=cluster) as m:
         assert (await m.history.get(pending))["status"] == "interrupted"
+
+
+async def test_a_dask_worker_lost(dask_lab):
+    """A cluster of worker processes that gives a task up at the first worker it took
+    down: the run fails saying its Dask worker was lost."""
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labpipe.master.dask_cluster", "--workers", "1",
+         "--parent-pid", str(os.getpid())], stdout=subprocess.PIPE, text=True, env=env,
+        process_group=0)
+    try:
+        address = process.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:"), address
+        async with running_master(dask_lab, dask_scheduler=address) as m:
+            ends = run_ends(m.scheduler)
+            rid = await m.scheduler.submit("main", expid("Crashing"))
+            await wait_until(lambda: rid in ends, timeout=60)
+            end = ends[rid]
+            assert end.status == "failed"
+            assert "dataset 'fit'" in end.error
+            assert "the Dask worker running it was lost" in end.error, end.error
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
 
 
 async def test_the_scheduler_killed_mid_analysis(dask_lab):

@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID")
     p.add_argument("--threads", action="store_true",
                    help="one worker of threads in this process (processes=False)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="N worker processes (default: LocalCluster's, one per core)")
     return p
 
 
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     kwargs: dict[str, object] = (
         {"processes": False, "n_workers": 1, "threads_per_worker": 4}
         if args.threads else {})
+    if args.workers is not None and not args.threads:
+        kwargs["n_workers"] = args.workers
     cluster = LocalCluster(host="127.0.0.1", scheduler_port=0, dashboard_address=None,
                            protocol="tcp", **kwargs)
     try:
