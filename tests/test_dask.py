@@ -29,6 +29,7 @@ def square(x):
 
 
 def add(a, b):
+    print("-" * 70000)  # more than a pipe holds: the cluster's stdout is not one
     return a + b
 
 

@@ -109,6 +109,9 @@ class DaskCluster:
             await self.stop()
             raise RuntimeError(f"the local Dask cluster did not start within "
                                f"{START_TIMEOUT:g} s") from None
+        except BaseException:  # cancelled: the exit stack will not call our __aexit__
+            await asyncio.shield(self.stop())
+            raise
         if not _ADDRESS.fullmatch(line):
             await self.stop()
             raise RuntimeError("the local Dask cluster did not start (its log above "
@@ -166,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
         stop = True
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master stops it, in order
+    # the master reads one line, the address, from stdout: what the cluster and its
+    # tasks print goes to stderr (the master's), never into a pipe nobody reads (the
+    # copy of the pipe is not inherited by the Dask worker processes)
+    address_fd = os.dup(1)
+    os.dup2(2, 1)
     from distributed import LocalCluster
     kwargs: dict[str, object] = (
         {"processes": False, "n_workers": 1, "threads_per_worker": 4}
@@ -175,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     cluster = LocalCluster(host="127.0.0.1", scheduler_port=0, dashboard_address=None,
                            protocol="tcp", **kwargs)
     try:
-        print(cluster.scheduler_address, flush=True)
+        with os.fdopen(address_fd, "w") as out:
+            print(cluster.scheduler_address, file=out, flush=True)
         while not stop and (args.parent_pid is None or os.getppid() == args.parent_pid):
             time.sleep(0.2)
     finally:
