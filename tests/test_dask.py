@@ -386,3 +386,40 @@ def test_offload_without_a_master_runs_here():
     with pytest.raises(OffloadError, match="raised ValueError"):
         failed.result()
 
+
+
+def test_a_killed_master_leaves_no_cluster_behind(dask_lab):
+    """labpipe-master with labpipe.toml's dask_scheduler = "local": its LocalCluster
+    (worker processes and all) serves the runs, and is gone soon after a kill -9 of
+    the master."""
+    from conftest import MasterProcess, descendants, wait_for, wait_gone
+    dask_lab.write("labpipe.toml", """
+        [master]
+        dask_scheduler = "local"
+    """)
+    master = MasterProcess(dask_lab.root)
+    try:
+        def cluster_pids():
+            found = []
+            for pid in descendants(master.process.pid):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if b"labpipe.master.dask_cluster" in f.read():
+                            found.append(pid)
+                except OSError:
+                    pass
+            return found
+        wait_for(lambda: len(cluster_pids()) == 1, timeout=30)
+        cluster = cluster_pids()[0]
+        with master.client("schedule") as schedule:
+            rid = schedule.submit("main", expid("Offloading"), 0, None, False)
+        with master.client("history") as history:
+            record = history.wait(rid, 60)
+        assert record["status"] == "completed", record["error"]
+        ours = [cluster, *descendants(cluster)]
+        assert len(ours) > 1  # the LocalCluster's Dask worker processes
+        master.process.kill()
+        master.process.wait()
+        assert wait_gone(ours, 20) == []
+    finally:
+        master.stop()

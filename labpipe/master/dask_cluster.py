@@ -189,11 +189,13 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.2)
     finally:
         # closing waits for the tasks still running in the cluster's threads (an
-        # analysis whose run was deleted): give it a moment, then go, workers and all
-        closing = threading.Thread(target=cluster.close, kwargs={"timeout": 2},
-                                   daemon=True)
-        closing.start()
-        closing.join(3)
+        # analysis whose run was deleted): give it a moment, then go, workers and all;
+        # with the master gone, nobody waits for a tidy close
+        if stop:
+            closing = threading.Thread(target=cluster.close, kwargs={"timeout": 2},
+                                       daemon=True)
+            closing.start()
+            closing.join(3)
         sys.stdout.flush()
         if os.getpgid(0) == os.getpid():  # the group the master made: its Dask workers
             os.killpg(os.getpid(), signal.SIGKILL)
