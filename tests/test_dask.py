@@ -423,3 +423,35 @@ def test_a_killed_master_leaves_no_cluster_behind(dask_lab):
         assert wait_gone(ours, 20) == []
     finally:
         master.stop()
+
+
+def test_datasets_set_to_offloaded_results(cluster):
+    """The dataset manager keeps an offloaded result as the value-to-be: nothing is
+    sent until it is collected (by reading it, or all at once), a results file written
+    before holds a line saying why it is not there."""
+    import time
+    from labpipe.worker.datasets import DatasetManager
+    from labpipe.worker.offload import Offloader, OffloadError
+    def no_master(key):
+        raise KeyError(key)
+    mods = []
+    datasets = DatasetManager(mods.append, no_master)
+    offloader = Offloader(lambda: cluster)
+    try:
+        datasets.set("sum", offloader.submit(sum, [1, 2, 3]), broadcast=True)
+        datasets.set("slow", offloader.submit(time.sleep, 3), broadcast=True)
+        datasets.set("bad", offloader.submit(int, "x"))
+        assert mods == []
+        assert datasets.get("sum") == 6  # reading it collects it
+        assert mods == [{"action": "setitem", "path": [], "key": "sum",
+                         "value": (False, 6, {})}]
+        local = datasets.local
+        assert local["slow"][0].startswith("not collected: offloaded sleep() had not")
+        with pytest.raises(OffloadError, match=r"dataset 'bad': offloaded int\(\) raised "
+                                               r"ValueError"):
+            datasets.collect_offloaded()
+        assert datasets.get("slow") is None  # collected too, the failure aside
+        assert [mod["key"] for mod in mods] == ["sum", "slow"]
+        assert "bad" not in datasets.local
+    finally:
+        offloader.close()
