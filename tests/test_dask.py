@@ -170,7 +170,7 @@ async def test_an_offloaded_functions_result_in_a_dataset(dask_lab, cluster):
         assert values["total"] == 5
         # a broadcast dataset set to an offloaded result reaches the master collected
         assert list(m.dataset_db.data.raw_view["square"][1]) == [0, 1, 4, 9]
-        record = await m.history.get(rid)
+        record = await m.history.wait(rid, 30)
         assert record["analyzed_on"] is None  # analyze itself ran in the worker
         # an offloaded analyze may use what its run offloaded
         rid = await m.scheduler.submit("main", expid("OffloadingTwice"))
@@ -178,7 +178,7 @@ async def test_an_offloaded_functions_result_in_a_dataset(dask_lab, cluster):
         assert ends[rid].status == "completed", ends[rid].error
         values, _, _ = datasets_of(ends[rid].results)
         assert values["total"] == 5 and list(values["square"]) == [0, 1, 4, 9]
-        assert (await m.history.get(rid))["analyzed_on"]["dask_scheduler"] == cluster
+        assert (await m.history.wait(rid, 30))["analyzed_on"]["dask_scheduler"] == cluster
 
 
 async def test_offloaded_analyze_frees_the_stage_and_writes_the_same_file(dask_lab,
@@ -213,11 +213,11 @@ async def test_offloaded_analyze_frees_the_stage_and_writes_the_same_file(dask_l
         # what the cluster's analyze broadcast reached the master
         assert m.dataset_db.data.raw_view["fit"][1] == 2.5
         assert m.dataset_db.data.raw_view["points"][1][0] == -1.0
-        record = await m.history.get(offloaded)
+        record = await m.history.wait(offloaded, 30)
         assert record["status"] == "completed"
         assert record["analyzed_on"]["dask_scheduler"] == cluster
         assert record["analyzed_on"]["dask_worker"].startswith("tcp://127.0.0.1:")
-        assert (await m.history.get(local))["analyzed_on"] is None
+        assert (await m.history.wait(local, 30))["analyzed_on"] is None
 
 
 async def test_a_function_raising_on_the_cluster(dask_lab, cluster):
@@ -238,7 +238,7 @@ async def test_a_function_raising_on_the_cluster(dask_lab, cluster):
         assert values["fit"] == 2.5  # what it set before it raised is kept
         assert "ValueError: no convergence" in error
         assert "in analyze" in error  # the cluster's traceback
-        record = await m.history.get(analysis)
+        record = await m.history.wait(analysis, 30)
         assert "ValueError: no convergence" in record["error"]
         assert record["analyzed_on"]["dask_scheduler"] == cluster
 
@@ -263,7 +263,7 @@ async def test_an_offloaded_analysis_deleted_or_left_by_a_stopping_master(dask_l
     # the waiting worker heard the master's Terminate: no SIGTERM was needed
     assert "did not exit when asked" not in caplog.text
     async with running_master(dask_lab, dask_scheduler=cluster) as m:
-        assert (await m.history.get(pending))["status"] == "interrupted"
+        assert (await m.history.wait(pending, 30))["status"] == "interrupted"
 
 
 async def test_a_dask_worker_lost(dask_lab):
@@ -313,7 +313,7 @@ async def test_the_scheduler_killed_mid_analysis(dask_lab):
         assert "Dask scheduler" in end.error and "is gone" in end.error, end.error
         _, error, _ = datasets_of(end.results)
         assert "is gone" in error
-        record = await m.history.get(rid)
+        record = await m.history.wait(rid, 30)
         assert record["status"] == "failed" and "is gone" in record["error"]
         # the master goes on: a run analyzed in its worker still completes
         after = await m.scheduler.submit("main", expid("Analysis"))
