@@ -262,6 +262,7 @@ async def test_an_offloaded_analysis_deleted_or_left_by_a_stopping_master(dask_l
         await wait_until(lambda: os.path.exists(started), timeout=30)
     # the waiting worker heard the master's Terminate: no SIGTERM was needed
     assert "did not exit when asked" not in caplog.text
+    open(dask_lab.path("never"), "w").close()  # the cluster's threads are free again
     async with running_master(dask_lab, dask_scheduler=cluster) as m:
         assert (await m.history.wait(pending, 30))["status"] == "interrupted"
 
