@@ -8,7 +8,8 @@ running: no task, no port, no process (``docs/internals.md``, "Lifetimes"). The 
 of the start is chosen so that the stop is orderly:
 
 - start: the lab lock, the process records, the worker launcher, the lab's Dask
-  cluster when it is ``local`` (``dask_cluster.py``), the worker template warmed up, the device, dataset and schedule databases, the repository, history; the
+  cluster when it is ``local`` (``dask_cluster.py``), the worker template warmed up,
+  the device, dataset and schedule databases, the repository, history; the
   notify, logging and broadcast ports; the scheduler (the saved schedule restored);
   the control port; the repository scans (the push hook needs the control port);
 - stop, the reverse, except that the control port closes first of all (no new
