@@ -36,6 +36,10 @@ connect to them): ``control`` (3251), ``notify`` (3250), ``broadcast`` (1067),
   the restored schedule can start (released as usual with ``release``).
 - ``[master.tls]`` ``cert``, ``key``, ``peer``: mutual TLS on every port, as ``--ssl
   CERT KEY PEER`` (relative paths are relative to the lab directory).
+- ``dask_scheduler`` (string): the lab's Dask cluster for ``scheduler.offload`` and
+  ``@offload_analyze`` (``docs/dask.md``): a scheduler's address (``tcp://host:8786``),
+  or ``"local"``: the master starts a ``distributed.LocalCluster`` and stops it with
+  itself. As ``--dask-scheduler``.
 
 ``[qserver]`` (bluesky-queueserver's 0MQ API, ``labpipe.qserver``; off by default):
 
@@ -163,6 +167,7 @@ class MasterConfig:
     bind: tuple[str, ...] | None = field(default=None, metadata={"nonempty": True})
     hold: tuple[str, ...] = field(default=(), metadata={"nonempty": True})
     tls: TLSConfig | None = None
+    dask_scheduler: str | None = field(default=None, metadata={"nonempty": True})
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ stops exactly the parts started before it, in reverse order, and nothing is left
 running: no task, no port, no process (``docs/internals.md``, "Lifetimes"). The order
 of the start is chosen so that the stop is orderly:
 
-- start: the lab lock, the process records, the worker launcher (its template warmed
-  up), the device, dataset and schedule databases, the repository, history; the
+- start: the lab lock, the process records, the worker launcher, the lab's Dask
+  cluster when it is ``local`` (``dask_cluster.py``), the worker template warmed up,
+  the device, dataset and schedule databases, the repository, history; the
   notify, logging and broadcast ports; the scheduler (the saved schedule restored);
   the control port; the repository scans (the push hook needs the control port);
 - stop, the reverse, except that the control port closes first of all (no new
@@ -43,6 +44,7 @@ from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
 from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
 from labpipe.master.access.permissions import Permissions, PermissionsTarget
 from labpipe.master.console import ConsoleBuffers, ConsoleTarget, console_text_of
+from labpipe.master.dask_cluster import DaskCluster
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
 from labpipe.master.functions import FunctionCalls
@@ -115,6 +117,11 @@ class MasterOptions:
     #: serves and left first at its stop (the assembly imports none of them).
     endpoints: list[Callable[[Master], AbstractAsyncContextManager[object]]] = field(
         default_factory=list)
+    #: ``--dask-scheduler``: ``"local"`` or a scheduler's address (None: the lab's
+    #: ``[master] dask_scheduler``, if any; ``docs/dask.md``).
+    dask_scheduler: str | None = None
+    #: A ``"local"`` cluster's workers are processes (False: threads of one process).
+    dask_local_processes: bool = True
 
 
 class MasterFailed(RuntimeError):
@@ -250,6 +257,12 @@ class Master:
         records = self.process_records = await self._claim_lab(stack)
         self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.launcher = self._take_launcher(stack, records)
+        # the lab's Dask cluster (docs/dask.md): stopped after the scheduler's runs
+        self.dask = DaskCluster(
+            o.dask_scheduler if o.dask_scheduler is not None
+            else self.config.master.dask_scheduler, records,
+            processes=o.dask_local_processes)
+        await stack.enter_async_context(self.dask)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
         if uses_bluesky(_device_modules(self.device_db.get_device_db())):
             # before the first run
@@ -467,11 +480,13 @@ class Master:
                 .on(messages.Interactive, lambda m: self.interactive_db.request(
                     run.rid, m.title, m.arglist_desc))
                 .on(messages.FunctionOutcome,
-                    lambda m: self.functions.note_outcome(run, m)))
+                    lambda m: self.functions.note_outcome(run, m))
+                .on(messages.GetDaskScheduler, lambda m: self.dask.address()))
 
     def _background_handlers(self, source: str) -> Handlers:
         """The master's services for a background function call's worker: datasets
-        (read and written), the device database, logs (under ``source``), CCBs."""
+        (read and written), the device database, logs (under ``source``), CCBs, the
+        Dask scheduler's address."""
         def log(msg: messages.Log) -> None:
             emit_remote(source, msg.levelno, msg.name or "worker", msg.message,
                         created=msg.created, check_level=False)
@@ -480,7 +495,8 @@ class Master:
                 .on(messages.Log, log)
                 .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
                 .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
-                    "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs})))
+                    "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
+                .on(messages.GetDaskScheduler, lambda m: self.dask.address()))
 
     def _get_dataset(self, msg: messages.GetDataset) -> tuple:
         try:

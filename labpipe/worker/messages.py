@@ -51,8 +51,9 @@ __all__ = [
     "Reply", "Refused",
     "Log", "UpdateDataset", "CCBIssue", "SetProgress", "FunctionOutcome",
     "GetDeviceDB", "GetDataset", "CheckPause", "CheckTermination", "Submit", "Delete",
-    "RequestTermination", "GetStatus", "Interactive",
+    "RequestTermination", "GetStatus", "Interactive", "GetDaskScheduler",
     "Built", "Completed", "Paused", "Terminated", "Validated", "Failed",
+    "AnalysisOffloaded", "AnalysisDone",
     "Examine", "CompileContent", "ExamineContent", "ExaminerReady", "Examined",
     "Catalogue", "TO_WORKER", "FROM_WORKER", "TO_EXAMINER", "FROM_EXAMINER",
     "MalformedMessage", "encode", "decode", "tag_of", "registered",
@@ -384,6 +385,13 @@ class Interactive(Request[dict[str, Any] | None]):
     title: str
 
 
+@_wire("get_dask_scheduler")
+@dataclass(frozen=True, slots=True)
+class GetDaskScheduler(Request[str]):
+    """The address of the lab's Dask scheduler (``docs/dask.md``); refused when the
+    master has none."""
+
+
 # --- worker -> master: outcomes ------------------------------------------------------
 
 @_wire("built")
@@ -403,6 +411,24 @@ class Completed(Outcome):
     """``Prepare``, ``Run`` or ``Analyze`` completed (``results``: the results file
     ``Analyze`` wrote)."""
     results: str | None = None
+
+
+@_wire("analysis_offloaded")
+@dataclass(frozen=True, slots=True)
+class AnalysisOffloaded(Outcome):
+    """``Analyze`` of an ``@offload_analyze`` experiment: the analysis was sent to the
+    Dask cluster at ``scheduler``, and the pipeline's analyze stage is free. A second
+    outcome follows, without a command: ``AnalysisDone`` or ``Failed``."""
+    scheduler: str
+
+
+@_wire("analysis_done")
+@dataclass(frozen=True, slots=True)
+class AnalysisDone(Outcome):
+    """The offloaded analysis returned and ``results`` was written; ``worker``: the
+    Dask worker that ran it."""
+    results: str | None
+    worker: str
 
 
 @_wire("paused")

@@ -111,6 +111,8 @@ class ExperimentRunner:
         self._built().run()
 
     def analyze(self) -> None:
+        """Collect the datasets set to offloaded results, then ``analyze()``."""
+        self.dataset_mgr.collect_offloaded()
         self._built().analyze()
 
     def write_results(self, error: str | None = None, path: str | None = None) -> str:
