@@ -327,3 +327,147 @@ def test_console_monitor_shows_the_master_log(master, rm):
         assert "pipeline main released" in text
     finally:
         rm.console_monitor.disable()
+
+
+def _qserver_lab(root, toml):
+    shutil.copy(os.path.join(ROOT, "device_db.py"), root)
+    os.makedirs(root / "repository", exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "repository", "plans.py"), root / "repository")
+    (root / "labpipe.toml").write_text(toml)
+
+
+def _start(root):
+    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
+                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
+    m.lab_dir = str(root)
+    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
+    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
+    return m
+
+
+def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):
+    """qserver's lock is labpipe's lock (lock.pyon): both sides see it, it holds for
+    both, a restart keeps it, lock_key goes to labpipe's gate, and the lab's emergency
+    key opens it."""
+    _qserver_lab(tmp_path, '[lock]\nemergency_key = "EMERGENCY"\n')
+    m = _start(tmp_path)
+    try:
+        out = qserver(m, "lock", "all", "calibrating the laser", "-k", "K1")
+        assert out.returncode == 0 and "'success': True" in out.stdout, out.stdout
+        with m.client("lock") as lock:
+            assert lock.info()["scope"] == ["queue", "environment"]
+            assert lock.info()["note"] == "calibrating the laser"
+    finally:
+        m.stop()
+    m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
+    try:
+        info = rm.lock_info()["lock_info"]
+        assert (info["environment"], info["queue"], info["note"], info["user"]) == (
+            True, True, "calibrating the laser", "qserver-cli")
+        assert info["emergency_lock_key_is_set"] is True
+        assert rm.status()["lock"] == {"environment": True, "queue": True}
+        for call in (lambda: rm.item_add(BPlan("count", ["det"]), lock_key="wrong"),
+                     lambda: rm.item_add(BPlan("count", ["det"])),
+                     lambda: rm.environment_close(), lambda: rm.queue_stop(),
+                     lambda: rm.lock_info(lock_key="wrong"),
+                     lambda: rm.lock("K9", environment=True, note="mine")):
+            with pytest.raises(RequestFailedError, match="lock"):
+                call()
+        assert rm.status()["items_in_queue"] == 0
+        rm.queue_stop(lock_key="K1")
+        rm.item_add(BPlan("count", ["det"]), lock_key="K1")
+        assert rm.status()["items_in_queue"] == 1
+        # labpipe's own clients are refused too, and pass with the same key
+        assert m.cli("submit", "repository/plans.py", check=False).returncode != 0
+        out = qserver(m, "unlock", "-k", "EMERGENCY")
+        assert out.returncode == 0 and "'success': True" in out.stdout, out.stdout
+        with m.client("lock") as lock:
+            assert lock.info()["locked"] is False
+            # a lock taken by labpipe-client: a qserver request passes it with its key
+            lock.lock("K3", ["queue"], "labpipe side")
+        with pytest.raises(RequestFailedError, match="labpipe side"):
+            rm.item_remove(pos="back")
+        rm.item_remove(pos="back", lock_key="K3")
+        rm.environment_update()  # the environment is not locked
+        with pytest.raises(RequestFailedError, match="schedule.hold: refused"):
+            rm.environment_close()  # but it holds the queue, which is
+        assert qserver(m, "unlock", "-k", "K3").returncode == 0
+        assert rm.lock_info()["lock_info"]["queue"] is False
+    finally:
+        rm.close()
+        m.stop()
+
+
+_PERMISSIONS = """
+[permissions]
+enabled = true
+default_group = "primary"
+[permissions.groups.primary]
+edit_queue = true
+forbidden_plans = ["{forbidden}"]
+forbidden_devices = ["shutter"]
+[permissions.groups.observers]
+"""
+
+
+def test_user_groups_are_labpipes_groups(tmp_path):
+    """user_group is labpipe's group: its plans and devices, its rules refusing a
+    plan (with the rule's message), its rights; permissions_get shows labpipe's groups,
+    permissions_reload reads labpipe.toml again, permissions_set is refused."""
+    _qserver_lab(tmp_path, _PERMISSIONS.format(forbidden="scan"))
+    m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
+    try:
+        rm.queue_stop()
+        assert set(rm.plans_existing()["plans_existing"]) >= {"count", "scan"}
+        allowed = rm.plans_allowed()["plans_allowed"]
+        assert "count" in allowed and "scan" not in allowed
+        devices = rm.devices_allowed()["devices_allowed"]
+        assert "det" in devices and "shutter" not in devices
+        with pytest.raises(RequestFailedError, match="Unknown user group: 'nobody'"):
+            rm.send_request(method="plans_allowed", params={"user_group": "nobody"})
+        with pytest.raises(RequestFailedError,
+                           match="plan 'scan' matches forbidden_plans 'scan' of "
+                                 r"\[permissions.groups.primary\]"):
+            rm.item_add(BPlan("scan", ["det"], "motor", -1, 1, 3))
+        with pytest.raises(RequestFailedError, match="forbidden_devices 'shutter'"):
+            rm.item_add(BPlan("count", ["shutter"]))
+        out = qserver(m, "queue", "add", "plan",
+                      '{"name": "scan", "args": [["det"], "motor", -1, 1, 3]}')
+        assert "'success': False" in out.stdout and "forbidden_plans" in out.stdout
+        rm.user, rm.user_group = "alice", "primary"
+        item = rm.item_add(BPlan("count", ["det"]))["item"]
+        assert (item["user"], item["user_group"]) == ("alice", "primary")
+        with m.client("schedule") as schedule:
+            run = schedule.get_status()[item["properties"]["labpipe_rid"]]
+        assert run["expid"]["class_name"] == "count"
+        rm.user_group = "observers"
+        # a group that may not edit the queue may put no plan, no device in it
+        assert rm.plans_allowed()["plans_allowed"] == {}
+        assert rm.devices_allowed()["devices_allowed"] == {}
+        with pytest.raises(RequestFailedError, match="group observers.*may not edit "
+                                                     "the queue"):
+            rm.item_add(BPlan("count", ["det"]))
+        groups = rm.permissions_get()["user_group_permissions"]["user_groups"]
+        assert set(groups) == {"primary", "observers"}
+        assert groups["primary"]["forbidden_plans"] == ["scan"]
+        assert groups["primary"]["allowed_plans"] == [None]
+        with pytest.raises(RequestFailedError, match="labpipe.toml"):
+            rm.permissions_set(groups)
+        # labpipe.toml edited: permissions_reload takes it
+        (tmp_path / "labpipe.toml").write_text(_PERMISSIONS.format(forbidden="count"))
+        uid = rm.status()["plans_allowed_uid"]
+        rm.permissions_reload()
+        assert rm.status()["plans_allowed_uid"] != uid
+        rm.user_group = "primary"
+        assert "count" not in rm.plans_allowed()["plans_allowed"]
+        with pytest.raises(RequestFailedError, match="forbidden_plans 'count'"):
+            rm.item_add(BPlan("count", ["det"]))
+        (tmp_path / "labpipe.toml").write_text("[permissions]\ndefault_group = 5\n")
+        with pytest.raises(RequestFailedError, match="default_group"):
+            rm.permissions_reload()
+        assert "scan" in rm.plans_allowed()["plans_allowed"]  # as they were
+    finally:
+        rm.close()
+        m.stop()
