@@ -216,6 +216,12 @@ def test_api_pause_resume_stop_a_running_count(master, rm):
     rm.queue_start()
     wait(lambda: rm.status()["running_item_uid"] == item["item_uid"]
          and rm.status()["re_state"] == "running")
+    # re_runs: the running plan's bluesky run, as its worker reported it
+    (run,) = wait(lambda: rm.re_runs(reload=True)["run_list"])
+    assert run["is_open"] is True and run["exit_status"] is None
+    assert len(run["uid"]) == 36
+    assert rm.re_runs("open", reload=True)["run_list"] == [run]
+    assert rm.re_runs("closed", reload=True)["run_list"] == []
     rm.re_pause(option="immediate")
     wait(lambda: rm.status()["manager_state"] == "paused")
     assert rm.status()["re_state"] == "paused"
@@ -228,6 +234,7 @@ def test_api_pause_resume_stop_a_running_count(master, rm):
     rm.wait_for_idle(timeout=30)
     (done,) = [h for h in rm.history_get()["items"] if h["item_uid"] == item["item_uid"]]
     assert done["result"]["exit_status"] == "stopped"
+    assert rm.re_runs(reload=True)["run_list"] == []  # nothing runs
     with master.client("history") as history:
         assert history.get(item["properties"]["labpipe_rid"])["status"] == "terminated"
 

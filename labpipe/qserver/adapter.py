@@ -24,6 +24,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from labpipe.bluesky.runs import RUNS_KEY
 from labpipe.config import CONFIG_FILE, ConfigError, load_config
 from labpipe.master.access.gate import Access
 from labpipe.master.access.permissions import Permissions
@@ -69,6 +70,10 @@ class Adapter:
         runs = [r for r in self._runs() if r.status in QUEUED and not r.immediate]
         return sorted(runs, key=priority_key, reverse=True)
 
+    def queue_size(self) -> int:
+        """How many runs the queue has (``len(queued())`` without sorting them)."""
+        return sum(1 for r in self._runs() if r.status in QUEUED)
+
     def running(self) -> Run | None:
         """The running (or paused, or finishing) run, if any."""
         runs = [r for r in self._runs() if r.status in RUNNING]
@@ -96,12 +101,22 @@ class Adapter:
         records = await self.master.history.list(limit)
         return [r for r in reversed(records) if r.get("pipeline") == self.pipeline]
 
-    def history_size(self) -> int:
-        return sum(1 for r in self.master.history.notifier.raw_view.values()
-                   if r.get("pipeline") == self.pipeline)
+    def history_size(self, after_rid: int = -1) -> int:
+        """How many of this pipeline's history records have a RID above after_rid."""
+        return sum(1 for rid, r in self.master.history.notifier.raw_view.items()
+                   if rid > after_rid and r.get("pipeline") == self.pipeline)
 
     def explist(self) -> dict[str, dict[str, Any]]:
         return dict(self.master.experiment_db.explist.raw_view)
+
+    def bluesky_runs(self, rid: int) -> list[dict[str, Any]]:
+        """The bluesky runs of run rid as its worker reported them (``bluesky.runs``,
+        ``labpipe.bluesky.runs``): ``[{"uid", "is_open", "exit_status"}]``."""
+        entry = self.master.dataset_db.data.raw_view.get(RUNS_KEY)
+        value = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else None
+        if not isinstance(value, dict) or value.get("rid") != rid:
+            return []
+        return [dict(r) for r in value.get("runs", []) if isinstance(r, dict)]
 
     def device_db(self) -> dict[str, Any]:
         return dict(self.master.device_db.get_device_db())

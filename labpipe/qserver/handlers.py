@@ -79,6 +79,7 @@ class QServer:
         self.history_from_rid = -1  # history_clear: the view starts after this RID
         self.environment_open = True
         self.lock_uid = str(uuid.uuid4())
+        self._history_size: int | None = None
         self.task_results_uid = str(uuid.uuid4())
         #: the plans' and devices' lists change with rescans: clients reload them when
         #: these uids change (a constant uid would keep their first copy for good)
@@ -88,6 +89,15 @@ class QServer:
 
     def _changed(self, what: str) -> None:
         setattr(self, _UID_OF[what], str(uuid.uuid4()))
+        if what == "history":
+            self._history_size = None
+
+    def history_size(self) -> int:
+        """The pipeline's history records (counted again only after history changed:
+        a status request costs the same with a long history)."""
+        if self._history_size is None:
+            self._history_size = self.adapter.history_size(self.history_from_rid)
+        return self._history_size
 
     async def execute(self, request: object) -> Reply:
         """The reply to one decoded request; never raises. The request's lock key,
@@ -192,8 +202,8 @@ class QServer:
         return {
             "msg": f"RE Manager (labpipe {__version__})",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "items_in_queue": len(self.adapter.queued()),
-            "items_in_history": self.adapter.history_size(),
+            "items_in_queue": self.adapter.queue_size(),
+            "items_in_history": self.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
             "manager_state": self.manager_state(),
             "queue_stop_pending": self.adapter.stop_pending(),
@@ -206,7 +216,8 @@ class QServer:
             "pause_pending": running is not None and running.pause_requested
             and running.status.value != "paused",
             "status_uid": str(uuid.uuid4()),
-            "run_list_uid": self.queue_uid,
+            "run_list_uid": _run_list_uid(
+                [] if running is None else self.adapter.bluesky_runs(running.rid)),
             "plan_queue_uid": self.queue_uid,
             "plan_history_uid": self.history_uid,
             "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
@@ -304,7 +315,7 @@ async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
 async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
     added = await qs.add_item(p.get("item"), user, group, place=_placement(qs, p))
-    return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
+    return {"qsize": qs.adapter.queue_size(), "item": added["item"]}
 
 
 @method("queue_item_add_batch", "user_group", "user", "items", "pos", "before_uid",
@@ -328,7 +339,7 @@ async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
             results.append({"success": False, "msg": str(exc)})
     ok = all(r["success"] for r in results)
     return {"success": ok, "msg": "" if ok else "some items were not added",
-            "qsize": len(qs.adapter.queued()), "items": added, "results": results}
+            "qsize": qs.adapter.queue_size(), "items": added, "results": results}
 
 
 @method("queue_item_get", "pos", "uid")
@@ -344,7 +355,7 @@ async def queue_item_remove(qs: QServer, p: dict[str, Any]) -> Reply:
         raise Refused("the running item cannot be removed (stop it with re_stop)")
     item = qs.item_of_rid(rid)
     await qs.adapter.delete(rid)
-    return {"item": item, "qsize": len(qs.adapter.queued()) - 1}
+    return {"item": item, "qsize": qs.adapter.queue_size() - 1}
 
 
 @method("queue_item_remove_batch", "uids", "ignore_missing", "lock_key")
@@ -362,7 +373,7 @@ async def queue_item_remove_batch(qs: QServer, p: dict[str, Any]) -> Reply:
     items = [qs.item_of_rid(rid) for rid in rids]
     for rid in rids:
         await qs.adapter.delete(rid)
-    return {"items": items, "qsize": len(qs.adapter.queued())}
+    return {"items": items, "qsize": qs.adapter.queue_size()}
 
 
 @method("queue_item_update", "user_group", "user", "item", "replace", "lock_key")
@@ -381,7 +392,7 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
     await qs.adapter.change_arguments(rid, name, args, kwargs)
     _remember(qs.meta, rid, {"item_type": "plan", "name": name, "args": args,
                              "kwargs": kwargs, "user": user, "user_group": group})
-    return {"qsize": len(qs.adapter.queued()), "item": qs.item_of_rid(rid)}
+    return {"qsize": qs.adapter.queue_size(), "item": qs.item_of_rid(rid)}
 
 
 @method("queue_item_move", "pos", "uid", "pos_dest", "before_uid", "after_uid",
@@ -492,7 +503,7 @@ async def history_clear(qs: QServer, p: dict[str, Any]) -> Reply:
     records = await qs.adapter.history(1000)
     if records:
         qs.history_from_rid = max(r["rid"] for r in records)
-    qs.history_uid = str(uuid.uuid4())
+    qs.history_uid, qs._history_size = str(uuid.uuid4()), None
     return {}
 
 
@@ -665,9 +676,27 @@ METHODS["re_abort"] = (("lock_key",), _ending("aborted"))
 METHODS["re_halt"] = (("lock_key",), _ending("halted"))
 
 
+def _run_list(qs: QServer) -> list[dict[str, Any]]:
+    running = qs.adapter.running()
+    return [] if running is None else qs.adapter.bluesky_runs(running.rid)
+
+
+def _run_list_uid(runs: list[dict[str, Any]]) -> str:
+    """The same for the same list (clients ask ``re_runs`` again when it changes)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, repr(runs)))
+
+
 @method("re_runs", "option")
 async def re_runs(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"run_list": [], "run_list_uid": qs.queue_uid}
+    """The bluesky runs of the running plan: ``active`` all of them, ``open``,
+    ``closed``."""
+    option = p.get("option", "active")
+    if option not in ("active", "open", "closed"):
+        raise Refused(f"Option {option!r} is not supported: 'active', 'open' or "
+                      f"'closed'")
+    runs = _run_list(qs)
+    listed = [r for r in runs if option == "active" or r["is_open"] == (option == "open")]
+    return {"run_list": listed, "run_list_uid": _run_list_uid(runs)}
 
 
 # --- functions and scripts (the queue-control issue) ----------------------------------
