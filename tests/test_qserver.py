@@ -358,17 +358,44 @@ def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):
     key opens it."""
     _qserver_lab(tmp_path, '[lock]\nemergency_key = "EMERGENCY"\n')
     m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
     try:
+        # what the endpoint keeps beside labpipe's own records: the history_clear
+        # mark, the end asked (re_stop), and each item's user and group
+        rm.item_add(BPlan("count", ["det"]))
+        rm.queue_start()
+        rm.wait_for_idle(timeout=30)
+        rm.history_clear()
+        assert rm.status()["items_in_history"] == 0 and rm.history_get()["items"] == []
+        rm.queue_stop()
+        rm.user = "bob"
+        stopped = rm.item_add(BPlan("count", ["det"], num=200, delay=0.05))["item"]
+        rm.queue_start()
+        wait(lambda: rm.status()["running_item_uid"] == stopped["item_uid"])
+        rm.queue_stop()
+        rm.re_stop()
+        rm.wait_for_idle(timeout=30)
+        rm.user, rm.user_group = "carol", "admin"
+        queued = rm.item_add(BPlan("count", ["det"], num=2))["item"]
         out = qserver(m, "lock", "all", "calibrating the laser", "-k", "K1")
         assert out.returncode == 0 and "'success': True" in out.stdout, out.stdout
         with m.client("lock") as lock:
             assert lock.info()["scope"] == ["queue", "environment"]
             assert lock.info()["note"] == "calibrating the laser"
     finally:
+        rm.close()
         m.stop()
     m = _start(tmp_path)
     rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
     try:
+        (done,) = rm.history_get()["items"]
+        assert done["item_uid"] == stopped["item_uid"] and done["user"] == "bob"
+        assert done["result"]["exit_status"] == "stopped"
+        assert rm.status()["items_in_history"] == 1
+        (item,) = rm.queue_get()["items"]
+        assert (item["item_uid"], item["user"], item["user_group"], item["name"]) == (
+            queued["item_uid"], "carol", "admin", "count")
+        assert item["kwargs"]["num"] == 2
         info = rm.lock_info()["lock_info"]
         assert (info["environment"], info["queue"], info["note"], info["user"]) == (
             True, True, "calibrating the laser", "qserver-cli")
@@ -381,10 +408,10 @@ def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):
                      lambda: rm.lock("K9", environment=True, note="mine")):
             with pytest.raises(RequestFailedError, match="lock"):
                 call()
-        assert rm.status()["items_in_queue"] == 0
+        assert rm.status()["items_in_queue"] == 1
         rm.queue_stop(lock_key="K1")
         rm.item_add(BPlan("count", ["det"]), lock_key="K1")
-        assert rm.status()["items_in_queue"] == 1
+        assert rm.status()["items_in_queue"] == 2
         # labpipe's own clients are refused too, and pass with the same key
         assert m.cli("submit", "repository/plans.py", check=False).returncode != 0
         out = qserver(m, "unlock", "-k", "EMERGENCY")

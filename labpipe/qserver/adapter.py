@@ -118,6 +118,10 @@ class Adapter:
             return []
         return [dict(r) for r in value.get("runs", []) if isinstance(r, dict)]
 
+    def lab_path(self, name: str) -> str:
+        """The path of a file of the lab directory."""
+        return os.path.join(self.master.options.lab_dir, name)
+
     def device_db(self) -> dict[str, Any]:
         return dict(self.master.device_db.get_device_db())
 

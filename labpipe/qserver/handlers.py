@@ -19,6 +19,8 @@ from labpipe.master.access.caller import ANONYMOUS, current_caller
 from labpipe.qserver import access
 from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
 from labpipe.qserver.items import history_item, run_item, uid_of
+from labpipe.qserver.state import FILE_NAME as STATE_FILE
+from labpipe.qserver.state import EndpointState
 
 __all__ = ["QServer", "METHODS", "Refused"]
 
@@ -73,10 +75,10 @@ class QServer:
         #: its arguments in the expid: after a restart, or past REMEMBERED, the item is
         #: described from them)
         self.meta: dict[int, dict[str, Any]] = {}
-        self.exit_status: dict[int, str] = {}  # rid -> stopped/aborted/halted asked
+        #: the history_clear mark and the ends asked (qserver.pyon, state.py)
+        self.state = EndpointState(adapter.lab_path(STATE_FILE))
         self.queue_uid = str(uuid.uuid4())
         self.history_uid = str(uuid.uuid4())
-        self.history_from_rid = -1  # history_clear: the view starts after this RID
         self.environment_open = True
         self.lock_uid = str(uuid.uuid4())
         self._history_size: int | None = None
@@ -96,7 +98,7 @@ class QServer:
         """The pipeline's history records (counted again only after history changed:
         a status request costs the same with a long history)."""
         if self._history_size is None:
-            self._history_size = self.adapter.history_size(self.history_from_rid)
+            self._history_size = self.adapter.history_size(self.state.history_from_rid)
         return self._history_size
 
     async def execute(self, request: object) -> Reply:
@@ -256,8 +258,9 @@ class QServer:
 
     async def history_items(self) -> list[dict[str, Any]]:
         records = await self.adapter.history(1000)
-        return [history_item(r, self.meta.get(r["rid"]), self.exit_status.get(r["rid"]))
-                for r in records if r["rid"] > self.history_from_rid]
+        ends, mark = self.state.exit_status, self.state.history_from_rid
+        return [history_item(r, self.meta.get(r["rid"]), ends.get(r["rid"]))
+                for r in records if r["rid"] > mark]
 
 
 def _user(p: dict[str, Any]) -> tuple[Any, Any]:
@@ -502,7 +505,8 @@ async def history_get(qs: QServer, p: dict[str, Any]) -> Reply:
 async def history_clear(qs: QServer, p: dict[str, Any]) -> Reply:
     records = await qs.adapter.history(1000)
     if records:
-        qs.history_from_rid = max(r["rid"] for r in records)
+        qs.state.history_from_rid = max(r["rid"] for r in records)
+        await qs.state.save()
     qs.history_uid, qs._history_size = str(uuid.uuid4()), None
     return {}
 
@@ -665,8 +669,9 @@ async def re_resume(qs: QServer, p: dict[str, Any]) -> Reply:
 def _ending(exit_status: str) -> Handler:
     async def end(qs: QServer, p: dict[str, Any]) -> Reply:
         rid = _running_rid(qs)
-        _remember(qs.exit_status, rid, exit_status)
         await qs.adapter.terminate(rid)
+        qs.state.note_end(rid, exit_status)
+        await qs.state.save()
         return {}
     return end
 
