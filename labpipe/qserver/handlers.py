@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labpipe import __version__
+from labpipe.master.run import Run
 from labpipe.master.access.caller import ANONYMOUS, current_caller
 from labpipe.qserver import access
 from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
@@ -184,18 +185,10 @@ class QServer:
         return self.rid_of(p["uid"]) if "uid" in p else self.rid_at(p.get("pos", "back"))
 
     def manager_state(self) -> str:
-        running = self.adapter.running()
-        if running is not None and running.pause_requested and running.status.value == "paused":
-            return "paused"
-        if running is not None:
-            return "executing_queue"
-        return "idle"
+        return _manager_state(self.adapter.running())
 
     def re_state(self) -> str:
-        running = self.adapter.running()
-        if running is None:
-            return "idle"
-        return "paused" if running.status.value == "paused" else "running"
+        return _re_state(self.adapter.running())
 
     def status(self) -> Reply:
         running = self.adapter.running()
@@ -207,13 +200,13 @@ class QServer:
             "items_in_queue": self.adapter.queue_size(),
             "items_in_history": self.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
-            "manager_state": self.manager_state(),
+            "manager_state": _manager_state(running),
             "queue_stop_pending": self.adapter.stop_pending(),
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
             "worker_background_tasks": self.adapter.background_tasks(),
-            "re_state": self.re_state() if self.environment_open else None,
+            "re_state": _re_state(running) if self.environment_open else None,
             "ip_kernel_state": None, "ip_kernel_captured": None,
             "pause_pending": running is not None and running.pause_requested
             and running.status.value != "paused",
@@ -261,6 +254,18 @@ class QServer:
         ends, mark = self.state.exit_status, self.state.history_from_rid
         return [history_item(r, self.meta.get(r["rid"]), ends.get(r["rid"]))
                 for r in records if r["rid"] > mark]
+
+
+def _manager_state(running: Run | None) -> str:
+    if running is not None and running.pause_requested and running.status.value == "paused":
+        return "paused"
+    return "idle" if running is None else "executing_queue"
+
+
+def _re_state(running: Run | None) -> str:
+    if running is None:
+        return "idle"
+    return "paused" if running.status.value == "paused" else "running"
 
 
 def _user(p: dict[str, Any]) -> tuple[Any, Any]:
