@@ -243,8 +243,13 @@ def test_lock_refuses_without_the_key(master, rm):
     out = qserver(master, "lock", "queue", "-k", "K1")
     assert out.returncode == 0, out.stdout
     try:
-        assert rm.lock_info()["lock_info"]["queue"] is True
-        with pytest.raises(RequestFailedError, match="lock"):
+        info = rm.lock_info()["lock_info"]
+        assert info["queue"] is True and info["environment"] is False
+        assert info["emergency_lock_key_is_set"] is False  # this lab has none
+        with master.client("lock") as lock:  # labpipe's own lock
+            assert lock.info()["scope"] == ["queue"]
+        with pytest.raises(RequestFailedError, match="queue_item_add: refused, the queue "
+                                                     "is locked by qserver-cli"):
             rm.item_add(BPlan("count", ["det"]))
         rm.item_add(BPlan("count", ["det"]), lock_key="K1")
         rm.queue_clear(lock_key="K1")
