@@ -309,7 +309,17 @@ def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
                                 "unsupported parameters"),
                                (b'[1, 2]', "Dictionary is expected"),
                                (b'{"method": "queue_item_add", "params": {"item": 5, '
-                                b'"user": "u", "user_group": "primary"}}', "dictionary")):
+                                b'"user": "u", "user_group": "primary"}}', "dictionary"),
+                               (b'{"method": "lock", "params": {"lock_key": 5, '
+                                b'"queue": true, "user": "u"}}',
+                                "Lock key must be a non-empty string"),
+                               (b'{"method": "queue_item_add", "params": {"item": {"name":'
+                                b' "count"}, "user": 7, "user_group": "primary"}}',
+                                "User name must be a non-empty string"),
+                               (b'{"method": "re_runs", "params": {"option": "all"}}',
+                                "'active', 'open' or 'closed'"),
+                               (b'{"method": "unlock", "params": {}}',
+                                "Lock key must be a non-empty string")):
             sock.send(request)
             reply = json.loads(sock.recv())
             assert reply["success"] is False and words in reply["msg"], reply
@@ -319,6 +329,8 @@ def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
         ctx.term()
     with pytest.raises(RequestFailedError, match="no plan 'nope'"):
         rm.item_add(BPlan("nope"))
+    rm.permissions_reload()  # no labpipe.toml, permissions off: nothing to change
+    assert rm.lock_info()["lock_info"]["queue"] is False
     assert rm.status()["manager_state"] == "idle"
 
 

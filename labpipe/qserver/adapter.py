@@ -170,12 +170,16 @@ class Adapter:
         return self.master.permissions
 
     def reload_permissions(self) -> None:
-        """Read ``[permissions]`` of the lab's labpipe.toml again (ConfigError when
-        there is no such file or it is not valid: the permissions stay as they were)."""
+        """Read ``[permissions]`` of the lab's labpipe.toml again (ConfigError when it
+        is not valid: the permissions stay as they were). Without the file there is
+        nothing to read: fine while permissions are off (the defaults), refused when
+        they are on (they came from elsewhere, and stay)."""
         lab_dir = self.master.options.lab_dir
         if not os.path.exists(os.path.join(lab_dir, CONFIG_FILE)):
-            raise ConfigError(f"no {CONFIG_FILE} in the lab directory: the permissions "
-                              "stay as they are")
+            if self.master.permissions.enabled:
+                raise ConfigError(f"no {CONFIG_FILE} in the lab directory to read "
+                                  "[permissions] from: the permissions stay as they are")
+            return
         self.master.permissions.reload(load_config(lab_dir).permissions)
 
     # --- changing -------------------------------------------------------------------
