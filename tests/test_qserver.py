@@ -484,6 +484,12 @@ def test_user_groups_are_labpipes_groups(tmp_path):
             rm.item_add(BPlan("scan", ["det"], "motor", -1, 1, 3))
         with pytest.raises(RequestFailedError, match="forbidden_devices 'shutter'"):
             rm.item_add(BPlan("count", ["shutter"]))
+        with pytest.raises(RequestFailedError, match="some items were not added") as e:
+            rm.item_add_batch([BPlan("count", ["det"]),
+                               BPlan("scan", ["det"], "motor", -1, 1, 3)])
+        assert [r["success"] for r in e.value.response["results"]] == [True, False]
+        assert "forbidden_plans 'scan'" in e.value.response["results"][1]["msg"]
+        rm.queue_clear()
         out = qserver(m, "queue", "add", "plan",
                       '{"name": "scan", "args": [["det"], "motor", -1, 1, 3]}')
         assert "'success': False" in out.stdout and "forbidden_plans" in out.stdout
