@@ -72,7 +72,7 @@ class Adapter:
 
     def queue_size(self) -> int:
         """How many runs the queue has (``len(queued())`` without sorting them)."""
-        return sum(1 for r in self._runs() if r.status in QUEUED)
+        return sum(1 for r in self._runs() if r.status in QUEUED and not r.immediate)
 
     def running(self) -> Run | None:
         """The running (or paused, or finishing) run, if any."""
