@@ -248,8 +248,8 @@ def test_lock_refuses_without_the_key(master, rm):
         assert info["emergency_lock_key_is_set"] is False  # this lab has none
         with master.client("lock") as lock:  # labpipe's own lock
             assert lock.info()["scope"] == ["queue"]
-        with pytest.raises(RequestFailedError, match="queue_item_add: refused, the queue "
-                                                     "is locked by qserver-cli"):
+        with pytest.raises(RequestFailedError, match="schedule.submit_plan: refused, the "
+                                                     "queue is locked by qserver-cli"):
             rm.item_add(BPlan("count", ["det"]))
         rm.item_add(BPlan("count", ["det"]), lock_key="K1")
         rm.queue_clear(lock_key="K1")
@@ -445,6 +445,14 @@ def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):
             rm.environment_close()  # but it holds the queue, which is
         rm.unlock("K3")
         assert rm.lock_info()["lock_info"]["queue"] is False
+        # the environment alone: what the RE Manager counts as the environment's is
+        # refused though labpipe maps it onto a queue method; the queue stays open
+        rm.lock("K4", environment=True, note="alignment")
+        with pytest.raises(RequestFailedError, match="queue_start: refused, the "
+                                                     "environment is locked"):
+            rm.queue_start()
+        rm.item_add(BPlan("count", ["det"]))
+        rm.unlock("K4")
     finally:
         rm.close()
         m.stop()

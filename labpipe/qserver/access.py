@@ -1,11 +1,16 @@
 """The queueserver's lock, users and groups as labpipe's own (``docs/qserver.md``).
 
-- ``SCOPE_OF``: the lock scope of each RE Manager method that its lock covers (as the
-  RE Manager classifies them: editing the queue and the history is ``queue``; the
-  environment, running it, the RunEngine, functions and scripts are ``environment``).
-  A request passes this scope of the master's lock first, then each labpipe method it
-  maps onto passes the master's gate: it is refused when either scope it touches is
-  locked and its ``lock_key`` does not open the lock.
+- ``SCOPE_OF``: the lock scope the RE Manager's lock gives a method (editing the
+  queue and the history is ``queue``; the environment, starting and stopping the queue,
+  the RunEngine are ``environment``), for the methods whose labpipe mapping does not
+  already pass the master's gate in that scope: the endpoint's own state
+  (``environment_open``, ``history_clear``, ``permissions_reload``) and methods that
+  map onto queue methods (``queue_start`` is ``schedule.release``, ``re_pause`` is
+  ``request_termination``). A request passes this check first, then each labpipe
+  method it maps onto passes the gate: it is refused when either scope it touches is
+  locked and its ``lock_key`` does not open the lock. The others (``queue_item_add``
+  is ``schedule.submit_plan``, ``function_execute`` is ``schedule.call_function``, ...)
+  are refused by the gate, naming the labpipe method.
 - ``request_access(params)``: a request's ``lock_key``, ``user`` and ``user_group`` as
   labpipe's ``Access`` (lock key, user, group), checked first.
 - ``lock_info(state, emergency)``: the master's lock as the RE Manager's ``lock_info``.
@@ -23,15 +28,13 @@ from labpipe.master.access.permissions import RIGHTS, Permissions
 
 __all__ = ["SCOPE_OF", "request_access", "lock_info", "user_group_permissions"]
 
-_QUEUE = ("queue_item_add", "queue_item_add_batch", "queue_item_update",
-          "queue_item_remove", "queue_item_remove_batch", "queue_item_move",
-          "queue_item_move_batch", "queue_clear", "queue_mode_set", "history_clear",
-          "permissions_reload", "permissions_set")
+# the RE Manager's queue-scope methods that map onto no queue method of labpipe
+_QUEUE = ("history_clear", "permissions_reload", "permissions_set")
+# its environment-scope methods that map onto no environment method of labpipe
 _ENVIRONMENT = ("queue_item_execute", "queue_start", "queue_stop", "queue_stop_cancel",
                 "queue_autostart", "environment_open", "environment_close",
-                "environment_destroy", "environment_update", "script_upload",
-                "function_execute", "kernel_interrupt", "re_pause", "re_resume",
-                "re_stop", "re_abort", "re_halt", "re_metadata")
+                "environment_destroy", "re_pause", "re_resume", "re_stop", "re_abort",
+                "re_halt")
 
 #: RE Manager method -> the scope of the lock that covers it.
 SCOPE_OF: dict[str, str] = {**{m: "queue" for m in _QUEUE},

@@ -17,6 +17,7 @@ from typing import Any
 from labpipe import __version__
 from labpipe.master.run import Run
 from labpipe.master.access.caller import ANONYMOUS, current_caller
+from labpipe.master.access.gate import current_lock_key
 from labpipe.qserver import access
 from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
 from labpipe.qserver.items import history_item, run_item, uid_of
@@ -107,9 +108,11 @@ class QServer:
         user and group hold for every call it makes onto the master (and no longer)."""
         said = request_access.set(request_access.get())
         caller = current_caller.set(ANONYMOUS)
+        key = current_lock_key.set(None)
         try:
             return await self._execute(request)
         finally:
+            current_lock_key.reset(key)
             current_caller.reset(caller)
             request_access.reset(said)
 
