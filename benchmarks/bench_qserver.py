@@ -6,8 +6,9 @@ own client: ``status`` round trip and ``queue_item_add`` per call, each beside i
 - status: ``REManagerAPI.status(reload=True)`` (not its cache) (bluesky-queueserver-api, 0MQ), median of 300, and
   a raw 0MQ REQ of the same request (no client library); floor: a loopback round trip.
 - queue_item_add: ``REManagerAPI.item_add(BPlan("count", ["det"]))`` into a held
-  queue, median of 100; each is a labpipe submission (the run on disk before the
-  reply); floor: a loopback round trip + a synced LMDB commit.
+  queue, median of 100, and a raw 0MQ REQ of the same request (median of 100 more);
+  each is a labpipe submission (the run on disk before the reply); floor: a loopback
+  round trip + a synced LMDB commit.
 
 Usage: python benchmarks/bench_qserver.py (needs the test extra's
 bluesky-queueserver-api).
@@ -78,9 +79,17 @@ def main():
                 sock.send(request)
                 sock.recv()
             raw = timed(raw_status, 300)
+            add = timed(lambda: rm.item_add(BPlan("count", ["det"])), 100)
+            add_request = json.dumps({"method": "queue_item_add", "params": {
+                "item": {"item_type": "plan", "name": "count", "args": [["det"]]},
+                "user": "bench", "user_group": "primary"}}).encode()
+
+            def raw_add():
+                sock.send(add_request)
+                assert json.loads(sock.recv())["success"]
+            raw_add_time = timed(raw_add, 100)
             sock.close(0)
             context.term()
-            add = timed(lambda: rm.item_add(BPlan("count", ["det"])), 100)
             rm.queue_clear()
             rm.close()
         finally:
@@ -92,6 +101,8 @@ def main():
     print(floors.beside("queue_item_add (REManagerAPI)", add,
                         floors.total(loopback, commit)),
           f"[RE Manager: {floors.duration(RE_MANAGER['queue_item_add'])}]")
+    print(floors.beside("queue_item_add (raw 0MQ REQ)", raw_add_time,
+                        floors.total(loopback, commit)))
     floors.load_average("end")
 
 

@@ -216,6 +216,12 @@ def test_api_pause_resume_stop_a_running_count(master, rm):
     rm.queue_start()
     wait(lambda: rm.status()["running_item_uid"] == item["item_uid"]
          and rm.status()["re_state"] == "running")
+    # re_runs: the running plan's bluesky run, as its worker reported it
+    (run,) = wait(lambda: rm.re_runs(reload=True)["run_list"])
+    assert run["is_open"] is True and run["exit_status"] is None
+    assert len(run["uid"]) == 36
+    assert rm.re_runs("open", reload=True)["run_list"] == [run]
+    assert rm.re_runs("closed", reload=True)["run_list"] == []
     rm.re_pause(option="immediate")
     wait(lambda: rm.status()["manager_state"] == "paused")
     assert rm.status()["re_state"] == "paused"
@@ -228,6 +234,7 @@ def test_api_pause_resume_stop_a_running_count(master, rm):
     rm.wait_for_idle(timeout=30)
     (done,) = [h for h in rm.history_get()["items"] if h["item_uid"] == item["item_uid"]]
     assert done["result"]["exit_status"] == "stopped"
+    assert rm.re_runs(reload=True)["run_list"] == []  # nothing runs
     with master.client("history") as history:
         assert history.get(item["properties"]["labpipe_rid"])["status"] == "terminated"
 
@@ -236,8 +243,13 @@ def test_lock_refuses_without_the_key(master, rm):
     out = qserver(master, "lock", "queue", "-k", "K1")
     assert out.returncode == 0, out.stdout
     try:
-        assert rm.lock_info()["lock_info"]["queue"] is True
-        with pytest.raises(RequestFailedError, match="lock"):
+        info = rm.lock_info()["lock_info"]
+        assert info["queue"] is True and info["environment"] is False
+        assert info["emergency_lock_key_is_set"] is False  # this lab has none
+        with master.client("lock") as lock:  # labpipe's own lock
+            assert lock.info()["scope"] == ["queue"]
+        with pytest.raises(RequestFailedError, match="schedule.submit_plan: refused, the "
+                                                     "queue is locked by qserver-cli"):
             rm.item_add(BPlan("count", ["det"]))
         rm.item_add(BPlan("count", ["det"]), lock_key="K1")
         rm.queue_clear(lock_key="K1")
@@ -297,7 +309,17 @@ def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
                                 "unsupported parameters"),
                                (b'[1, 2]', "Dictionary is expected"),
                                (b'{"method": "queue_item_add", "params": {"item": 5, '
-                                b'"user": "u", "user_group": "primary"}}', "dictionary")):
+                                b'"user": "u", "user_group": "primary"}}', "dictionary"),
+                               (b'{"method": "lock", "params": {"lock_key": 5, '
+                                b'"queue": true, "user": "u"}}',
+                                "Lock key must be a non-empty string"),
+                               (b'{"method": "queue_item_add", "params": {"item": {"name":'
+                                b' "count"}, "user": 7, "user_group": "primary"}}',
+                                "User name must be a non-empty string"),
+                               (b'{"method": "re_runs", "params": {"option": "all"}}',
+                                "'active', 'open' or 'closed'"),
+                               (b'{"method": "unlock", "params": {}}',
+                                "Lock key must be a non-empty string")):
             sock.send(request)
             reply = json.loads(sock.recv())
             assert reply["success"] is False and words in reply["msg"], reply
@@ -307,6 +329,8 @@ def test_bad_input_is_refused_in_one_line_and_the_master_lives(master, rm):
         ctx.term()
     with pytest.raises(RequestFailedError, match="no plan 'nope'"):
         rm.item_add(BPlan("nope"))
+    rm.permissions_reload()  # no labpipe.toml, permissions off: nothing to change
+    assert rm.lock_info()["lock_info"]["queue"] is False
     assert rm.status()["manager_state"] == "idle"
 
 
@@ -327,3 +351,188 @@ def test_console_monitor_shows_the_master_log(master, rm):
         assert "pipeline main released" in text
     finally:
         rm.console_monitor.disable()
+
+
+def _qserver_lab(root, toml):
+    shutil.copy(os.path.join(ROOT, "device_db.py"), root)
+    os.makedirs(root / "repository", exist_ok=True)
+    shutil.copy(os.path.join(ROOT, "repository", "plans.py"), root / "repository")
+    (root / "labpipe.toml").write_text(toml)
+
+
+def _start(root):
+    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
+                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
+    m.lab_dir = str(root)
+    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
+    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
+    return m
+
+
+def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):
+    """qserver's lock is labpipe's lock (lock.pyon): both sides see it, it holds for
+    both, a restart keeps it, lock_key goes to labpipe's gate, and the lab's emergency
+    key opens it."""
+    _qserver_lab(tmp_path, '[lock]\nemergency_key = "EMERGENCY"\n')
+    m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
+    try:
+        # what the endpoint keeps beside labpipe's own records: the history_clear
+        # mark, the end asked (re_stop), and each item's user and group
+        rm.item_add(BPlan("count", ["det"]))
+        rm.queue_start()
+        rm.wait_for_idle(timeout=30)
+        rm.history_clear()
+        assert rm.status()["items_in_history"] == 0 and rm.history_get()["items"] == []
+        rm.queue_stop()
+        rm.user = "bob"
+        stopped = rm.item_add(BPlan("count", ["det"], num=200, delay=0.05))["item"]
+        rm.queue_start()
+        wait(lambda: rm.status()["running_item_uid"] == stopped["item_uid"])
+        rm.queue_stop()
+        rm.re_stop()
+        rm.wait_for_idle(timeout=30)
+        rm.user, rm.user_group = "carol", "admin"
+        queued = rm.item_add(BPlan("count", ["det"], num=2))["item"]
+        rm.lock("K1", environment=True, queue=True, note="calibrating the laser")
+        with m.client("lock") as lock:
+            assert lock.info()["scope"] == ["queue", "environment"]
+            assert lock.info()["note"] == "calibrating the laser"
+    finally:
+        rm.close()
+        m.stop()
+    m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
+    try:
+        (done,) = rm.history_get()["items"]
+        assert done["item_uid"] == stopped["item_uid"] and done["user"] == "bob"
+        assert done["result"]["exit_status"] == "stopped"
+        assert rm.status()["items_in_history"] == 1
+        (item,) = rm.queue_get()["items"]
+        assert (item["item_uid"], item["user"], item["user_group"], item["name"]) == (
+            queued["item_uid"], "carol", "admin", "count")
+        assert item["kwargs"]["num"] == 2
+        info = rm.lock_info()["lock_info"]
+        assert (info["environment"], info["queue"], info["note"], info["user"]) == (
+            True, True, "calibrating the laser", "carol")
+        assert info["emergency_lock_key_is_set"] is True
+        assert rm.status()["lock"] == {"environment": True, "queue": True}
+        for call in (lambda: rm.item_add(BPlan("count", ["det"]), lock_key="wrong"),
+                     lambda: rm.item_add(BPlan("count", ["det"])),
+                     lambda: rm.environment_close(), lambda: rm.queue_stop(),
+                     lambda: rm.lock_info(lock_key="wrong"),
+                     lambda: rm.lock("K9", environment=True, note="mine")):
+            with pytest.raises(RequestFailedError, match="lock"):
+                call()
+        assert rm.status()["items_in_queue"] == 1
+        rm.queue_stop(lock_key="K1")
+        rm.item_add(BPlan("count", ["det"]), lock_key="K1")
+        assert rm.status()["items_in_queue"] == 2
+        # labpipe's own clients are refused too
+        with m.client("schedule") as schedule:
+            with pytest.raises(Exception, match="calibrating the laser"):
+                schedule.submit_plan("main", "count", [["det"]])
+        rm.unlock("EMERGENCY")  # the lab's emergency key
+        with m.client("lock") as lock:
+            assert lock.info()["locked"] is False
+            # a lock taken by labpipe-client: a qserver request passes it with its key
+            lock.lock("K3", ["queue"], "labpipe side")
+        with pytest.raises(RequestFailedError, match="labpipe side"):
+            rm.item_remove(pos="back")
+        rm.item_remove(pos="back", lock_key="K3")
+        rm.environment_update()  # the environment is not locked
+        with pytest.raises(RequestFailedError, match="schedule.hold: refused"):
+            rm.environment_close()  # but it holds the queue, which is
+        rm.unlock("K3")
+        assert rm.lock_info()["lock_info"]["queue"] is False
+        # the environment alone: what the RE Manager counts as the environment's is
+        # refused though labpipe maps it onto a queue method; the queue stays open
+        rm.lock("K4", environment=True, note="alignment")
+        with pytest.raises(RequestFailedError, match="queue_start: refused, the "
+                                                     "environment is locked"):
+            rm.queue_start()
+        rm.item_add(BPlan("count", ["det"]))
+        rm.unlock("K4")
+    finally:
+        rm.close()
+        m.stop()
+
+
+_PERMISSIONS = """
+[permissions]
+enabled = true
+default_group = "primary"
+[permissions.groups.primary]
+edit_queue = true
+forbidden_plans = ["{forbidden}"]
+forbidden_devices = ["shutter"]
+[permissions.groups.observers]
+"""
+
+
+def test_user_groups_are_labpipes_groups(tmp_path):
+    """user_group is labpipe's group: its plans and devices, its rules refusing a
+    plan (with the rule's message), its rights; permissions_get shows labpipe's groups,
+    permissions_reload reads labpipe.toml again, permissions_set is refused."""
+    _qserver_lab(tmp_path, _PERMISSIONS.format(forbidden="scan"))
+    m = _start(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, timeout_recv=10)
+    try:
+        rm.queue_stop()
+        assert set(rm.plans_existing()["plans_existing"]) >= {"count", "scan"}
+        allowed = rm.plans_allowed()["plans_allowed"]
+        assert "count" in allowed and "scan" not in allowed
+        devices = rm.devices_allowed()["devices_allowed"]
+        assert "det" in devices and "shutter" not in devices
+        with pytest.raises(RequestFailedError, match="Unknown user group: 'nobody'"):
+            rm.send_request(method="plans_allowed", params={"user_group": "nobody"})
+        with pytest.raises(RequestFailedError,
+                           match="plan 'scan' matches forbidden_plans 'scan' of "
+                                 r"\[permissions.groups.primary\]"):
+            rm.item_add(BPlan("scan", ["det"], "motor", -1, 1, 3))
+        with pytest.raises(RequestFailedError, match="forbidden_devices 'shutter'"):
+            rm.item_add(BPlan("count", ["shutter"]))
+        with pytest.raises(RequestFailedError, match="some items were not added") as e:
+            rm.item_add_batch([BPlan("count", ["det"]),
+                               BPlan("scan", ["det"], "motor", -1, 1, 3)])
+        assert [r["success"] for r in e.value.response["results"]] == [True, False]
+        assert "forbidden_plans 'scan'" in e.value.response["results"][1]["msg"]
+        rm.queue_clear()
+        out = qserver(m, "queue", "add", "plan",
+                      '{"name": "scan", "args": [["det"], "motor", -1, 1, 3]}')
+        assert "'success': False" in out.stdout and "forbidden_plans" in out.stdout
+        rm.user, rm.user_group = "alice", "primary"
+        item = rm.item_add(BPlan("count", ["det"]))["item"]
+        assert (item["user"], item["user_group"]) == ("alice", "primary")
+        with m.client("schedule") as schedule:
+            run = schedule.get_status()[item["properties"]["labpipe_rid"]]
+        assert run["expid"]["class_name"] == "count"
+        rm.user_group = "observers"
+        # a group that may not edit the queue may put no plan, no device in it
+        assert rm.plans_allowed()["plans_allowed"] == {}
+        assert rm.devices_allowed()["devices_allowed"] == {}
+        with pytest.raises(RequestFailedError, match="group observers.*may not edit "
+                                                     "the queue"):
+            rm.item_add(BPlan("count", ["det"]))
+        groups = rm.permissions_get()["user_group_permissions"]["user_groups"]
+        assert set(groups) == {"primary", "observers"}
+        assert groups["primary"]["forbidden_plans"] == ["scan"]
+        assert groups["primary"]["allowed_plans"] == [None]
+        with pytest.raises(RequestFailedError, match="labpipe.toml"):
+            rm.permissions_set(groups)
+        # labpipe.toml edited: permissions_reload takes it
+        (tmp_path / "labpipe.toml").write_text(_PERMISSIONS.format(forbidden="count"))
+        uid = rm.status()["plans_allowed_uid"]
+        rm.permissions_reload()
+        assert rm.status()["plans_allowed_uid"] != uid
+        rm.user_group = "primary"
+        assert "count" not in rm.plans_allowed()["plans_allowed"]
+        with pytest.raises(RequestFailedError, match="forbidden_plans 'count'"):
+            rm.item_add(BPlan("count", ["det"]))
+        (tmp_path / "labpipe.toml").write_text("[permissions]\ndefault_group = 5\n")
+        with pytest.raises(RequestFailedError, match="default_group"):
+            rm.permissions_reload()
+        assert "scan" in rm.plans_allowed()["plans_allowed"]  # as they were
+    finally:
+        rm.close()
+        m.stop()

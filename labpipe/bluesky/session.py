@@ -7,6 +7,7 @@ making it on first use:
 - ``engine``: the RunEngine of ``engine.make_run_engine`` for the run's ``scheduler``
   device (install suspenders on it, subscribe more callbacks to it);
 - subscribed callbacks: ``LiveDatasets`` (broadcast datasets ``bluesky.<stream>.<field>``),
+  ``RunList`` (the broadcast dataset ``bluesky.runs``: the runs' uids and states),
   ``LogTable`` (a line per event in the run's log) and ``DocumentArchive`` (the results
   file's ``bluesky/`` group, registered in the dataset manager's ``result_groups``);
 - ``run(plan, **metadata)``: runs the plan to its end, yielding to the scheduler at
@@ -26,6 +27,7 @@ from labpipe.bluesky.archive import DocumentArchive
 from labpipe.bluesky.engine import make_run_engine
 from labpipe.bluesky.live import LiveDatasets
 from labpipe.bluesky.pausing import run_until_done
+from labpipe.bluesky.runs import RunList
 from labpipe.bluesky.table import LogTable
 
 __all__ = ["PlanSession", "session_for", "RESULTS_GROUP"]
@@ -55,7 +57,8 @@ class PlanSession:
         self.archive = DocumentArchive()
         self.live = LiveDatasets(environment)
         self.table = LogTable()
-        for callback in (self.live, self.table, self.archive):
+        self.runs = RunList(environment, getattr(self.scheduler, "rid", None))
+        for callback in (self.live, self.runs, self.table, self.archive):
             self.engine.subscribe(callback)
         result_groups = getattr(dataset_mgr, "result_groups", None)
         if result_groups is not None:

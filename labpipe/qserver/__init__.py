@@ -9,5 +9,7 @@ drive the master. One pipeline (default ``main``) is "the queue".
 
 Modules: ``endpoint`` (the sockets and their lifetime), ``handlers`` (one function
 per method, its parameters checked first), ``adapter`` (every call onto the master, in
-one place), ``items`` (labpipe runs and history records as queue items).
+one place), ``access`` (the lock, users and groups: the master's own), ``items``
+(labpipe runs and history records as queue items), ``state`` (the little the endpoint
+keeps on disk itself).
 """

@@ -8,31 +8,44 @@ What needs methods a master may lack (functions: ``call_function``/``task_status
 labpipe master") when the scheduler has no such method.
 
 Every call that changes the queue or the environment first passes the master's access
-gate (``labpipe.master.access``) as the labpipe method it maps to, as a caller that said
-no lock key, user or group: while the master is locked it is refused, as any other
-client without the key, and with permissions on it has the default group's rights. The
-endpoint is no way around the lock.
+gate (``labpipe.master.access``) as the labpipe method it maps to, with what the
+request being served said (``request_access``: its ``lock_key``, ``user`` and
+``user_group`` as labpipe's lock key, user and group): while the master is locked it is
+refused without the key, as any other client, and with permissions on the group's rights
+and rules apply. The endpoint is no way around the lock. The lock itself and the
+permissions are the master's (``lock``, ``unlock``, ``lock_state``; ``permissions``,
+``reload_permissions``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from labpipe.bluesky.runs import RUNS_KEY
+from labpipe.config import CONFIG_FILE, ConfigError, load_config
 from labpipe.master.access.gate import Access
+from labpipe.master.access.permissions import Permissions
 from labpipe.master.precedence import RunStatus, priority_key
 from labpipe.master.run import Run
 
 if TYPE_CHECKING:
     from labpipe.master.assembly import Master
 
-__all__ = ["Adapter", "NotAvailable", "QUEUED", "RUNNING"]
+__all__ = ["Adapter", "NotAvailable", "QUEUED", "RUNNING", "request_access"]
 
 #: Statuses of runs still in the queue (not started).
 QUEUED = (RunStatus.pending, RunStatus.flushing, RunStatus.preparing,
           RunStatus.prepare_done)
 #: Statuses of the running item.
 RUNNING = (RunStatus.running, RunStatus.paused, RunStatus.run_done, RunStatus.analyzing)
+
+
+#: What the request being served said about itself: its lock key, user and group.
+request_access: ContextVar[Access] = ContextVar("qserver_request_access",
+                                                default=Access())
 
 
 class NotAvailable(RuntimeError):
@@ -56,6 +69,10 @@ class Adapter:
         """The runs of the queue, first to go first."""
         runs = [r for r in self._runs() if r.status in QUEUED and not r.immediate]
         return sorted(runs, key=priority_key, reverse=True)
+
+    def queue_size(self) -> int:
+        """How many runs the queue has (``len(queued())`` without sorting them)."""
+        return sum(1 for r in self._runs() if r.status in QUEUED and not r.immediate)
 
     def running(self) -> Run | None:
         """The running (or paused, or finishing) run, if any."""
@@ -84,12 +101,26 @@ class Adapter:
         records = await self.master.history.list(limit)
         return [r for r in reversed(records) if r.get("pipeline") == self.pipeline]
 
-    def history_size(self) -> int:
-        return sum(1 for r in self.master.history.notifier.raw_view.values()
-                   if r.get("pipeline") == self.pipeline)
+    def history_size(self, after_rid: int = -1) -> int:
+        """How many of this pipeline's history records have a RID above after_rid."""
+        return sum(1 for rid, r in self.master.history.notifier.raw_view.items()
+                   if rid > after_rid and r.get("pipeline") == self.pipeline)
 
     def explist(self) -> dict[str, dict[str, Any]]:
         return dict(self.master.experiment_db.explist.raw_view)
+
+    def bluesky_runs(self, rid: int) -> list[dict[str, Any]]:
+        """The bluesky runs of run rid as its worker reported them (``bluesky.runs``,
+        ``labpipe.bluesky.runs``): ``[{"uid", "is_open", "exit_status"}]``."""
+        entry = self.master.dataset_db.data.raw_view.get(RUNS_KEY)
+        value = entry[1] if isinstance(entry, (list, tuple)) and len(entry) > 1 else None
+        if not isinstance(value, dict) or value.get("rid") != rid:
+            return []
+        return [dict(r) for r in value.get("runs", []) if isinstance(r, dict)]
+
+    def lab_path(self, name: str) -> str:
+        """The path of a file of the lab directory."""
+        return os.path.join(self.master.options.lab_dir, name)
 
     def device_db(self) -> dict[str, Any]:
         return dict(self.master.device_db.get_device_db())
@@ -105,6 +136,51 @@ class Adapter:
         functions = getattr(self.master, "functions", None)
         if functions is not None:  # a function call finished
             functions.listeners.append(lambda: on_change("tasks"))
+        self.master.lock.notifier.add_listener(lambda mod: on_change("lock"))
+
+    # --- the lock and the permissions (the master's own) ------------------------------
+
+    def lock_state(self) -> dict[str, Any]:
+        """``{"locked", "scope", "note", "user", "time"}`` of the master's lock."""
+        return self.master.lock.info()
+
+    def emergency_key_set(self) -> bool:
+        return self.master.lock.emergency_key_set
+
+    def lock_opens(self, key: str) -> bool:
+        """Whether key passes the lock (its key or the emergency key)."""
+        return self.master.lock.opens(key)
+
+    def check_lock(self, scope: str, what: str) -> None:
+        """Refuse (LockRefused) what while scope is locked and the request's key does
+        not open the lock."""
+        self.master.lock.check(scope, what, request_access.get().lock_key)
+
+    async def lock(self, key: str, scope: list[str], note: str | None,
+                   user: str | None) -> None:
+        self._admit("lock.lock")
+        await self.master.lock.lock(key, scope, note, user)
+
+    async def unlock(self, key: str) -> None:
+        self._admit("lock.unlock")
+        await self.master.lock.unlock(key)
+
+    @property
+    def permissions(self) -> Permissions:
+        return self.master.permissions
+
+    def reload_permissions(self) -> None:
+        """Read ``[permissions]`` of the lab's labpipe.toml again (ConfigError when it
+        is not valid: the permissions stay as they were). Without the file there is
+        nothing to read: fine while permissions are off (the defaults), refused when
+        they are on (they came from elsewhere, and stay)."""
+        lab_dir = self.master.options.lab_dir
+        if not os.path.exists(os.path.join(lab_dir, CONFIG_FILE)):
+            if self.master.permissions.enabled:
+                raise ConfigError(f"no {CONFIG_FILE} in the lab directory to read "
+                                  "[permissions] from: the permissions stay as they are")
+            return
+        self.master.permissions.reload(load_config(lab_dir).permissions)
 
     # --- changing -------------------------------------------------------------------
 
@@ -190,7 +266,7 @@ class Adapter:
 
     def _admit(self, label: str) -> None:
         """Refuse (PermissionError, one line) what the lock or permissions refuse."""
-        self.master.gate.admit(label, Access())
+        self.master.gate.admit(label, request_access.get())
 
     def optional(self, name: str) -> Callable[..., Any]:
         """A scheduler method of the queue-control issue, or NotAvailable."""

@@ -15,8 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from labpipe import __version__
-from labpipe.qserver.adapter import Adapter, NotAvailable
+from labpipe.master.run import Run
+from labpipe.master.access.caller import ANONYMOUS, current_caller
+from labpipe.master.access.gate import current_lock_key
+from labpipe.qserver import access
+from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
 from labpipe.qserver.items import history_item, run_item, uid_of
+from labpipe.qserver.state import FILE_NAME as STATE_FILE
+from labpipe.qserver.state import EndpointState
 
 __all__ = ["QServer", "METHODS", "Refused"]
 
@@ -44,27 +50,40 @@ def _not_here(what: str) -> Handler:
     return refuse
 
 
-#: which uid a change of the adapter's ("queue", "history", "plans", "devices") renews
+#: which uid a change of the adapter's ("queue", "history", "plans", "devices",
+#: "lock") renews
 _UID_OF = {"queue": "queue_uid", "history": "history_uid", "plans": "plans_uid",
-           "devices": "devices_uid", "tasks": "task_results_uid"}
+           "devices": "devices_uid", "tasks": "task_results_uid",
+           "lock": "lock_uid"}
+
+#: how many runs' client spellings (``meta``) and asked ends are remembered
+REMEMBERED = 10000
+
+
+def _remember(table: dict[int, Any], rid: int, value: Any) -> None:
+    table[rid] = value
+    while len(table) > REMEMBERED:
+        del table[next(iter(table))]
 
 
 class QServer:
-    """The endpoint's state (what labpipe has no place for: lock, item metadata,
-    the uids that change with the queue and the history) and the dispatch."""
+    """The endpoint's state (what labpipe has no place for: the items as the clients
+    spelled them, the uids that change with the queue and the history) and the
+    dispatch. The lock, users, groups and permissions are the master's own."""
 
     def __init__(self, adapter: Adapter):
         self.adapter = adapter
-        self.meta: dict[int, dict[str, Any]] = {}  # rid -> the item as a client gave it
-        self.exit_status: dict[int, str] = {}  # rid -> stopped/aborted/halted asked
+        #: rid -> the item as a client gave it (the run keeps its user and group, and
+        #: its arguments in the expid: after a restart, or past REMEMBERED, the item is
+        #: described from them)
+        self.meta: dict[int, dict[str, Any]] = {}
+        #: the history_clear mark and the ends asked (qserver.pyon, state.py)
+        self.state = EndpointState(adapter.lab_path(STATE_FILE))
         self.queue_uid = str(uuid.uuid4())
         self.history_uid = str(uuid.uuid4())
-        self.history_from_rid = -1  # history_clear: the view starts after this RID
         self.environment_open = True
-        self.lock: dict[str, Any] = {"environment": False, "queue": False, "user": None,
-                                     "note": None, "time": None, "time_str": ""}
-        self.lock_key: str | None = None
         self.lock_uid = str(uuid.uuid4())
+        self._history_size: int | None = None
         self.task_results_uid = str(uuid.uuid4())
         #: the plans' and devices' lists change with rescans: clients reload them when
         #: these uids change (a constant uid would keep their first copy for good)
@@ -74,9 +93,30 @@ class QServer:
 
     def _changed(self, what: str) -> None:
         setattr(self, _UID_OF[what], str(uuid.uuid4()))
+        if what == "history":
+            self._history_size = None
+
+    def history_size(self) -> int:
+        """The pipeline's history records (counted again only after history changed:
+        a status request costs the same with a long history)."""
+        if self._history_size is None:
+            self._history_size = self.adapter.history_size(self.state.history_from_rid)
+        return self._history_size
 
     async def execute(self, request: object) -> Reply:
-        """The reply to one decoded request; never raises."""
+        """The reply to one decoded request; never raises. The request's lock key,
+        user and group hold for every call it makes onto the master (and no longer)."""
+        said = request_access.set(request_access.get())
+        caller = current_caller.set(ANONYMOUS)
+        key = current_lock_key.set(None)
+        try:
+            return await self._execute(request)
+        finally:
+            current_lock_key.reset(key)
+            current_caller.reset(caller)
+            request_access.reset(said)
+
+    async def _execute(self, request: object) -> Reply:
         try:
             if not isinstance(request, dict):
                 raise Refused(f"Incorrect request type: {type(request).__name__}. "
@@ -99,31 +139,25 @@ class QServer:
             if unknown:
                 raise Refused(f"API request contains unsupported parameters: "
                               f"{unknown[0]!r}. Supported parameters: {list(accepted)}")
-            if "lock_key" in accepted:
-                self._check_lock(name, params.get("lock_key"))
+            request_access.set(access.request_access(params))
+            scope = access.SCOPE_OF.get(name)
+            if scope is not None:
+                self.adapter.check_lock(scope, name)
             reply = await handler(self, params)
             return {"success": True, "msg": "", **reply}
-        except (Refused, NotAvailable, ValueError, TypeError, KeyError) as exc:
+        except (Refused, NotAvailable, PermissionError, ValueError, TypeError,
+                KeyError) as exc:
             text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             return {"success": False, "msg": text.strip().splitlines()[0] if text.strip()
                     else type(exc).__name__}
-
-    def _check_lock(self, name: str, key: object) -> None:
-        environment = name.startswith(("environment_", "re_", "script_", "function_",
-                                       "permissions_"))
-        locked = self.lock["environment"] if environment else self.lock["queue"]
-        if name in ("lock", "unlock", "lock_info") or not locked:
-            return
-        if key != self.lock_key:
-            raise Refused(f"Invalid lock key: RE Manager is locked by {self.lock['user']}"
-                          f" ({'environment' if environment else 'queue'})")
 
     # --- helpers --------------------------------------------------------------------
 
     def item_of_rid(self, rid: int) -> dict[str, Any]:
         run = self.adapter.find(rid)
-        expid = run.expid if run is not None else {}
-        return run_item(rid, expid, self.meta.get(rid))
+        if run is None:
+            return run_item(rid, {}, self.meta.get(rid))
+        return run_item(rid, run.expid, self.meta.get(rid), run.user, run.group)
 
     def rid_of(self, uid: object) -> int:
         if not isinstance(uid, str):
@@ -154,40 +188,34 @@ class QServer:
         return self.rid_of(p["uid"]) if "uid" in p else self.rid_at(p.get("pos", "back"))
 
     def manager_state(self) -> str:
-        running = self.adapter.running()
-        if running is not None and running.pause_requested and running.status.value == "paused":
-            return "paused"
-        if running is not None:
-            return "executing_queue"
-        return "idle"
+        return _manager_state(self.adapter.running())
 
     def re_state(self) -> str:
-        running = self.adapter.running()
-        if running is None:
-            return "idle"
-        return "paused" if running.status.value == "paused" else "running"
+        return _re_state(self.adapter.running())
 
     def status(self) -> Reply:
         running = self.adapter.running()
         held = self.adapter.held()
+        lock_scope = self.adapter.lock_state()["scope"]
         return {
             "msg": f"RE Manager (labpipe {__version__})",
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "items_in_queue": len(self.adapter.queued()),
-            "items_in_history": self.adapter.history_size(),
+            "items_in_queue": self.adapter.queue_size(),
+            "items_in_history": self.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
-            "manager_state": self.manager_state(),
+            "manager_state": _manager_state(running),
             "queue_stop_pending": self.adapter.stop_pending(),
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
             "worker_background_tasks": self.adapter.background_tasks(),
-            "re_state": self.re_state() if self.environment_open else None,
+            "re_state": _re_state(running) if self.environment_open else None,
             "ip_kernel_state": None, "ip_kernel_captured": None,
             "pause_pending": running is not None and running.pause_requested
             and running.status.value != "paused",
             "status_uid": str(uuid.uuid4()),
-            "run_list_uid": self.queue_uid,
+            "run_list_uid": _run_list_uid(
+                [] if running is None else self.adapter.bluesky_runs(running.rid)),
             "plan_queue_uid": self.queue_uid,
             "plan_history_uid": self.history_uid,
             "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
@@ -196,7 +224,8 @@ class QServer:
                                 "ignore_failures": not self.adapter.stop_on_failure()},
             "task_results_uid": self.task_results_uid,
             "lock_info_uid": self.lock_uid,
-            "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
+            "lock": {"environment": "environment" in lock_scope,
+                     "queue": "queue" in lock_scope},
         }
 
     async def add_item(self, item: object, user: object, group: object,
@@ -220,13 +249,26 @@ class QServer:
             rid = await self.adapter.execute_plan(name, args, kwargs)
         else:
             rid = await self.adapter.submit_plan(name, args, kwargs, place or {})
-        self.meta[rid] = meta
+        _remember(self.meta, rid, meta)
         return {"item": self.item_of_rid(rid), "rid": rid}
 
     async def history_items(self) -> list[dict[str, Any]]:
         records = await self.adapter.history(1000)
-        return [history_item(r, self.meta.get(r["rid"]), self.exit_status.get(r["rid"]))
-                for r in records if r["rid"] > self.history_from_rid]
+        ends, mark = self.state.exit_status, self.state.history_from_rid
+        return [history_item(r, self.meta.get(r["rid"]), ends.get(r["rid"]))
+                for r in records if r["rid"] > mark]
+
+
+def _manager_state(running: Run | None) -> str:
+    if running is not None and running.pause_requested and running.status.value == "paused":
+        return "paused"
+    return "idle" if running is None else "executing_queue"
+
+
+def _re_state(running: Run | None) -> str:
+    if running is None:
+        return "idle"
+    return "paused" if running.status.value == "paused" else "running"
 
 
 def _user(p: dict[str, Any]) -> tuple[Any, Any]:
@@ -284,7 +326,7 @@ async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
 async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
     added = await qs.add_item(p.get("item"), user, group, place=_placement(qs, p))
-    return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
+    return {"qsize": qs.adapter.queue_size(), "item": added["item"]}
 
 
 @method("queue_item_add_batch", "user_group", "user", "items", "pos", "before_uid",
@@ -303,12 +345,12 @@ async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
             if place:  # the next item goes right after this one: the batch in order
                 place = {"after": done["rid"]}
             results.append({"success": True, "msg": ""})
-        except (Refused, ValueError, TypeError) as exc:
+        except (Refused, PermissionError, ValueError, TypeError) as exc:
             added.append(item)
             results.append({"success": False, "msg": str(exc)})
     ok = all(r["success"] for r in results)
     return {"success": ok, "msg": "" if ok else "some items were not added",
-            "qsize": len(qs.adapter.queued()), "items": added, "results": results}
+            "qsize": qs.adapter.queue_size(), "items": added, "results": results}
 
 
 @method("queue_item_get", "pos", "uid")
@@ -324,7 +366,7 @@ async def queue_item_remove(qs: QServer, p: dict[str, Any]) -> Reply:
         raise Refused("the running item cannot be removed (stop it with re_stop)")
     item = qs.item_of_rid(rid)
     await qs.adapter.delete(rid)
-    return {"item": item, "qsize": len(qs.adapter.queued()) - 1}
+    return {"item": item, "qsize": qs.adapter.queue_size() - 1}
 
 
 @method("queue_item_remove_batch", "uids", "ignore_missing", "lock_key")
@@ -342,7 +384,7 @@ async def queue_item_remove_batch(qs: QServer, p: dict[str, Any]) -> Reply:
     items = [qs.item_of_rid(rid) for rid in rids]
     for rid in rids:
         await qs.adapter.delete(rid)
-    return {"items": items, "qsize": len(qs.adapter.queued())}
+    return {"items": items, "qsize": qs.adapter.queue_size()}
 
 
 @method("queue_item_update", "user_group", "user", "item", "replace", "lock_key")
@@ -359,9 +401,9 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
                       "add the new plan instead")
     args, kwargs = item.get("args", []), item.get("kwargs", {})
     await qs.adapter.change_arguments(rid, name, args, kwargs)
-    qs.meta[rid] = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
-                    "user": user, "user_group": group}
-    return {"qsize": len(qs.adapter.queued()), "item": qs.item_of_rid(rid)}
+    _remember(qs.meta, rid, {"item_type": "plan", "name": name, "args": args,
+                             "kwargs": kwargs, "user": user, "user_group": group})
+    return {"qsize": qs.adapter.queue_size(), "item": qs.item_of_rid(rid)}
 
 
 @method("queue_item_move", "pos", "uid", "pos_dest", "before_uid", "after_uid",
@@ -471,8 +513,9 @@ async def history_get(qs: QServer, p: dict[str, Any]) -> Reply:
 async def history_clear(qs: QServer, p: dict[str, Any]) -> Reply:
     records = await qs.adapter.history(1000)
     if records:
-        qs.history_from_rid = max(r["rid"] for r in records)
-    qs.history_uid = str(uuid.uuid4())
+        qs.state.history_from_rid = max(r["rid"] for r in records)
+        await qs.state.save()
+    qs.history_uid, qs._history_size = str(uuid.uuid4()), None
     return {}
 
 
@@ -500,9 +543,33 @@ def _devices(qs: QServer) -> dict[str, Any]:
             for key, d in qs.adapter.device_db().items() if isinstance(d, dict)}
 
 
+def _allowed(qs: QServer, p: dict[str, Any]) -> dict[str, Any] | None:
+    """What user_group may put in the queue (``Permissions.allowed``: none at all
+    without the right to edit the queue), None with permissions off (every group may
+    use everything)."""
+    group = p.get("user_group")
+    if not isinstance(group, str):
+        raise Refused("Incorrect request format: user group is not specified")
+    permissions = qs.adapter.permissions
+    if not permissions.enabled:
+        return None
+    if group not in permissions.groups:
+        raise Refused(f"Unknown user group: {group!r} (labpipe.toml [permissions.groups]:"
+                      f" {', '.join(sorted(permissions.groups)) or 'none'})")
+    allowed = permissions.allowed(group, qs.adapter.explist(),
+                                  qs.adapter.device_db().keys())
+    if not allowed["rights"]["edit_queue"]:
+        allowed["plans"], allowed["devices"] = [], []
+    return allowed
+
+
 @method("plans_allowed", "user_group")
 async def plans_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"plans_allowed": _plans(qs), "plans_allowed_uid": qs.plans_uid}
+    allowed, plans = _allowed(qs, p), _plans(qs)
+    if allowed is not None:
+        names = set(allowed["plans"])
+        plans = {name: plan for name, plan in plans.items() if name in names}
+    return {"plans_allowed": plans, "plans_allowed_uid": qs.plans_uid}
 
 
 @method("plans_existing")
@@ -512,7 +579,11 @@ async def plans_existing(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("devices_allowed", "user_group")
 async def devices_allowed(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"devices_allowed": _devices(qs), "devices_allowed_uid": qs.devices_uid}
+    allowed, devices = _allowed(qs, p), _devices(qs)
+    if allowed is not None:
+        keys = set(allowed["devices"])
+        devices = {key: device for key, device in devices.items() if key in keys}
+    return {"devices_allowed": devices, "devices_allowed_uid": qs.devices_uid}
 
 
 @method("devices_existing")
@@ -522,22 +593,28 @@ async def devices_existing(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("permissions_get")
 async def permissions_get(qs: QServer, p: dict[str, Any]) -> Reply:
-    every = {"allowed_plans": [None], "forbidden_plans": [None],
-             "allowed_devices": [None], "forbidden_devices": [None],
-             "allowed_functions": [None], "forbidden_functions": [None]}
-    return {"user_group_permissions": {"user_groups": {
-        "root": every, "primary": {**every, "forbidden_plans": [], "forbidden_devices": [],
-                                   "forbidden_functions": []}}}}
+    return {"user_group_permissions": access.user_group_permissions(
+        qs.adapter.permissions)}
 
 
 @method("permissions_reload", "restore_plans_devices", "restore_permissions", "lock_key")
 async def permissions_reload(qs: QServer, p: dict[str, Any]) -> Reply:
-    await qs.adapter.rescan()
+    """restore_permissions (default true): [permissions] of labpipe.toml read again;
+    restore_plans_devices (default false): the repository and devices scanned again.
+    The allowed lists' uids change either way, as the RE Manager's do."""
+    if p.get("restore_permissions", True):
+        qs.adapter.reload_permissions()
+    if p.get("restore_plans_devices", False):
+        await qs.adapter.rescan()
+    qs.plans_uid, qs.devices_uid = str(uuid.uuid4()), str(uuid.uuid4())
     return {}
 
 
-METHODS["permissions_set"] = (("user_group_permissions", "lock_key"),
-                              _not_here("permissions_set (user groups)"))
+@method("permissions_set", "user_group_permissions", "lock_key")
+async def permissions_set(qs: QServer, p: dict[str, Any]) -> Reply:
+    raise Refused("permissions_set is not available in this labpipe master: its user "
+                  "groups are [permissions] of labpipe.toml (edit it, then "
+                  "permissions_reload)")
 
 
 # --- environment ----------------------------------------------------------------------
@@ -600,8 +677,9 @@ async def re_resume(qs: QServer, p: dict[str, Any]) -> Reply:
 def _ending(exit_status: str) -> Handler:
     async def end(qs: QServer, p: dict[str, Any]) -> Reply:
         rid = _running_rid(qs)
-        qs.exit_status[rid] = exit_status
         await qs.adapter.terminate(rid)
+        qs.state.note_end(rid, exit_status)
+        await qs.state.save()
         return {}
     return end
 
@@ -611,9 +689,27 @@ METHODS["re_abort"] = (("lock_key",), _ending("aborted"))
 METHODS["re_halt"] = (("lock_key",), _ending("halted"))
 
 
+def _run_list(qs: QServer) -> list[dict[str, Any]]:
+    running = qs.adapter.running()
+    return [] if running is None else qs.adapter.bluesky_runs(running.rid)
+
+
+def _run_list_uid(runs: list[dict[str, Any]]) -> str:
+    """The same for the same list (clients ask ``re_runs`` again when it changes)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, repr(runs)))
+
+
 @method("re_runs", "option")
 async def re_runs(qs: QServer, p: dict[str, Any]) -> Reply:
-    return {"run_list": [], "run_list_uid": qs.queue_uid}
+    """The bluesky runs of the running plan: ``active`` all of them, ``open``,
+    ``closed``."""
+    option = p.get("option", "active")
+    if option not in ("active", "open", "closed"):
+        raise Refused(f"Option {option!r} is not supported: 'active', 'open' or "
+                      f"'closed'")
+    runs = _run_list(qs)
+    listed = [r for r in runs if option == "active" or r["is_open"] == (option == "open")]
+    return {"run_list": listed, "run_list_uid": _run_list_uid(runs)}
 
 
 # --- functions and scripts (the queue-control issue) ----------------------------------
@@ -713,8 +809,10 @@ async def task_result(qs: QServer, p: dict[str, Any]) -> Reply:
 
 METHODS["script_upload"] = (("script", "update_lists", "update_re", "run_in_background",
                              "lock_key"),
-                            _not_here("script_upload (labpipe runs the repository's "
-                                      "experiments; commit the script there)"))
+                            _not_here("script_upload (a labpipe worker runs the "
+                                      "experiments of the lab's repository, each run in "
+                                      "a fresh process: commit the script's plans there; "
+                                      "environment_update rescans it)"))
 METHODS["kernel_interrupt"] = (("lock_key", "interrupt_task", "interrupt_plan"),
                                _not_here("kernel_interrupt (no IPython kernel)"))
 METHODS["re_metadata"] = (("metadata", "lock_key"), _not_here("re_metadata"))
@@ -724,45 +822,49 @@ METHODS["manager_kill"] = ((), _not_here("manager_kill"))
 METHODS["manager_test"] = (("test_name",), _not_here("manager_test"))
 
 
-# --- lock -----------------------------------------------------------------------------
+# --- lock: the master's own (labpipe-client lock, the lock target) -------------------
 
 def _lock_info(qs: QServer) -> Reply:
-    return {"lock_info": {**qs.lock, "emergency_lock_key_is_set": False},
+    return {"lock_info": access.lock_info(qs.adapter.lock_state(),
+                                          qs.adapter.emergency_key_set()),
             "lock_info_uid": qs.lock_uid}
+
+
+def _key(p: dict[str, Any]) -> str:
+    key = p.get("lock_key")
+    if not isinstance(key, str) or not key:
+        raise Refused(f"Lock key must be a non-empty string: lock_key = {key!r}"[:300])
+    return key
 
 
 @method("lock", "lock_key", "note", "environment", "queue", "user")
 async def lock(qs: QServer, p: dict[str, Any]) -> Reply:
-    key = p.get("lock_key")
-    if not isinstance(key, str) or not key:
-        raise Refused("Lock key is not specified ('lock_key')")
-    if (qs.lock["environment"] or qs.lock["queue"]) and key != qs.lock_key:
-        raise Refused(f"Invalid lock key: RE Manager is locked by {qs.lock['user']}")
-    environment, queue = bool(p.get("environment")), bool(p.get("queue"))
-    if not (environment or queue):
+    """The master's lock, for both scopes asked: on disk before the reply; it holds for
+    labpipe's own clients too, and across restarts."""
+    key = _key(p)
+    note, user = p.get("note"), p.get("user")
+    if not isinstance(note, (str, type(None))) or not isinstance(user, (str, type(None))):
+        raise Refused("'note' and 'user' must be strings")
+    scope = [s for s in ("queue", "environment") if p.get(s)]
+    if not scope:
         raise Refused("Invalid request: select 'environment' and/or 'queue' to lock")
-    now = time.time()
-    qs.lock = {"environment": environment, "queue": queue, "user": p.get("user"),
-               "note": p.get("note"), "time": now,
-               "time_str": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))}
-    qs.lock_key = key
-    qs.lock_uid = str(uuid.uuid4())
+    await qs.adapter.lock(key, scope, note, user)
     return _lock_info(qs)
 
 
 @method("lock_info", "lock_key")
 async def lock_info(qs: QServer, p: dict[str, Any]) -> Reply:
-    if p.get("lock_key") is not None and p["lock_key"] != qs.lock_key:
-        raise Refused("Invalid lock key")
+    """With lock_key: refused unless the master is unlocked or the key opens it."""
+    if p.get("lock_key") is not None:
+        key = _key(p)
+        if qs.adapter.lock_state()["locked"] and not qs.adapter.lock_opens(key):
+            raise Refused("Invalid lock key: it does not open the lock of "
+                          f"{qs.adapter.lock_state()['user'] or 'an unnamed user'}")
     return _lock_info(qs)
 
 
 @method("unlock", "lock_key")
 async def unlock(qs: QServer, p: dict[str, Any]) -> Reply:
-    if (qs.lock["environment"] or qs.lock["queue"]) and p.get("lock_key") != qs.lock_key:
-        raise Refused("Invalid lock key: the lock key does not match")
-    qs.lock = {"environment": False, "queue": False, "user": None, "note": None,
-               "time": None, "time_str": ""}
-    qs.lock_key = None
-    qs.lock_uid = str(uuid.uuid4())
+    """With the lock's key or the lab's emergency key."""
+    await qs.adapter.unlock(_key(p))
     return _lock_info(qs)

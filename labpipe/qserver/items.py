@@ -24,9 +24,11 @@ def uid_of(rid: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"labpipe run {rid}"))
 
 
-def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None) -> dict[str, Any]:
+def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None,
+             user: str | None = None, group: str | None = None) -> dict[str, Any]:
     """The queue item of a run: what the qserver client gave (``meta``), or else what
-    its expid says."""
+    its expid says (every named argument in ``kwargs``) with the run's user and group
+    (labpipe keeps them with the run: they survive a restart)."""
     if meta is not None:
         item = dict(meta)
     else:
@@ -34,7 +36,7 @@ def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None) -> di
         item = {"item_type": "plan", "name": expid.get("class_name") or expid.get("file"),
                 "args": list(arguments.pop("*args", [])),
                 "kwargs": {**arguments.pop("**kwargs", {}), **arguments},
-                "user": "labpipe", "user_group": "primary"}
+                "user": user or "labpipe", "user_group": group or "primary"}
     item["item_uid"] = uid_of(rid)
     item.setdefault("properties", {})["labpipe_rid"] = rid
     return item
@@ -43,7 +45,8 @@ def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None) -> di
 def history_item(record: dict[str, Any], meta: dict[str, Any] | None,
                  exit_status: str | None = None) -> dict[str, Any]:
     """The history item of a labpipe history record."""
-    item = run_item(record["rid"], record.get("expid") or {}, meta)
+    item = run_item(record["rid"], record.get("expid") or {}, meta, record.get("user"),
+                    record.get("group"))
     stages = record.get("stages") or {}
     started = (stages.get("running") or stages.get("preparing") or {}).get("start")
     item["result"] = {

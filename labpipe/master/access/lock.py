@@ -123,6 +123,11 @@ class QueueLock:
         return (stored is not None and stored["key_sha256"] is not None
                 and hmac.compare_digest(_digest(stored["salt"], key), stored["key_sha256"]))
 
+    @property
+    def emergency_key_set(self) -> bool:
+        """Whether the lab has an emergency key."""
+        return self._emergency is not None
+
     def check(self, scope: str, what: str, key: str | None) -> None:
         """Refuse (``LockRefused``) what (``schedule.submit``...) of scope while that
         scope is locked and key does not open the lock."""

@@ -140,21 +140,32 @@ class Permissions:
     def __init__(self, config: PermissionsConfig):
         self.config = config
         self.enabled = config.enabled
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, _Group] = self._groups(config)
+
+    def reload(self, config: PermissionsConfig) -> None:
+        """Take new ``[permissions]`` (bluesky-queueserver's ``permissions_reload``):
+        ConfigError, and nothing changed, when they are not valid."""
+        groups = self._groups(config)
+        self.config, self.enabled, self.groups = config, config.enabled, groups
+
+    @staticmethod
+    def _groups(config: PermissionsConfig) -> dict[str, _Group]:
+        groups: dict[str, _Group] = {}
         for name, group in config.groups.items():
             where = f"[permissions.groups.{name}]"
             allowed = {k: tuple(_Pattern(p, f"{where} allowed_{k}")
                                 for p in getattr(group, f"allowed_{k}")) for k in _KINDS}
             forbidden = {k: tuple(_Pattern(p, f"{where} forbidden_{k}")
                                   for p in getattr(group, f"forbidden_{k}")) for k in _KINDS}
-            self.groups[name] = _Group(name, group, allowed, forbidden)
+            groups[name] = _Group(name, group, allowed, forbidden)
         for user, group_name in config.users.items():
-            if group_name not in self.groups:
+            if group_name not in groups:
                 raise ConfigError(f"labpipe.toml: [permissions.users] {user}: no group "
                                   f"{group_name!r} in [permissions.groups]")
-        if config.default_group is not None and config.default_group not in self.groups:
+        if config.default_group is not None and config.default_group not in groups:
             raise ConfigError(f"labpipe.toml: [permissions] default_group: no group "
                               f"{config.default_group!r} in [permissions.groups]")
+        return groups
 
     # --- who is calling ---------------------------------------------------------------
 
