@@ -273,7 +273,7 @@ class Worker:
         if handler is None:  # nobody wants its log (a dry run): still drain the pipe
             handler = _ignore
         self._output = output.OutputReader(fd, lambda line: handler(
-            messages.Log(logging.INFO, "print", line, time.time())))
+            messages.Log(logging.INFO, "print", line, time.time(), "fd")))
 
     async def _consume(self) -> None:
         while True:
