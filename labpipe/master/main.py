@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from labpipe.protocol.ports import tcp_port
 from labpipe import __version__
+from labpipe.master.log_output import TurnBufferedHandler
 
 if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
     from labpipe.master.assembly import Master, MasterOptions
@@ -96,7 +97,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
-    handlers: list[tuple[logging.Handler, int]] = [(logging.StreamHandler(sys.stderr), level)]
+    handlers: list[tuple[logging.Handler, int]] = [(TurnBufferedHandler(sys.stderr), level)]
     if args.log_file:
         try:
             handlers.append((logging.FileHandler(args.log_file), min(level, logging.INFO)))
