@@ -1,0 +1,242 @@
+"""Benchmark the master's other work while one run floods its console.
+
+Starts ``labpipe-master`` in a temporary lab (ports picked free) and measures, idle and
+then while a run on pipeline ``main`` prints ``--rate`` lines a second (100,000 by
+default) for ``--seconds``, each figure beside its floor (``floors.py``, measured in
+the same run; the ratio after it):
+
+- RPC round trip: median (and 99th percentile) of ``schedule.get_status()`` calls, one
+  every 2 ms. Floor: a loopback round trip.
+- submit RPC: median of submits to a held pipeline (then deleted; nothing runs).
+  Floor: a loopback round trip + a synced LMDB commit.
+- the flood: the lines a second the run printed and the master kept (every line
+  numbered, in order: ``console.text`` checked at the end), the master's CPU a second
+  meanwhile (``/proc/PID/stat``), its CPU per line, and how long after the run's last
+  line the master had it.
+
+"Its own pipe's share": the master serves the flooding run's pipe as one source among
+its others; what a request waits for is at most what the master does with one batch
+of that pipe (``labpipe.worker.handle``), so the RPC and submit figures under flood
+should stay within a small factor of the idle ones, not grow with the rate. The
+slow-down (flood / idle) is printed for each.
+
+The load average is printed at start and at end. Linux only (``floors.py``).
+
+Usage: python benchmarks/bench_console.py [--rate LINES_PER_S] [--seconds S]
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import floors  # noqa: E402
+from bench_master import (TRIVIAL, TRIVIAL_EXPID, ScheduleWatch,  # noqa: E402
+                          master_process_in_temporary_lab)
+
+from labpipe.protocol.rpc import AsyncClient
+from labpipe.protocol.sync import Subscriber
+
+HELD = "held"
+END = 2 ** 62
+
+FLOOD = """
+import time
+from labpipe.experiment import *
+
+class Flood(EnvExperiment):
+    def build(self):
+        self.setattr_argument("rate", NumberValue(100000, precision=0, step=1, type="int"))
+        self.setattr_argument("seconds", NumberValue(5.0))
+
+    def run(self):
+        total = int(self.rate * self.seconds)
+        chunk = max(1, self.rate // 1000)  # a millisecond's lines at a time
+        t0 = time.monotonic()
+        n = 0
+        while n < total:
+            for i in range(n, min(n + chunk, total)):
+                print("flood line", i)
+            n = min(n + chunk, total)
+            ahead = t0 + n / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        self.set_dataset("flood.seconds", time.monotonic() - t0, archive=True)
+"""
+
+HOG = """
+import time
+from labpipe.experiment import *
+
+class Hog(EnvExperiment):
+    def build(self):
+        self.setattr_argument("seconds", NumberValue(5.0))
+
+    def run(self):
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            pass
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process pid."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def connect(ports: dict[str, int], target: str) -> AsyncClient:
+    client = AsyncClient()
+    await client.connect_rpc("127.0.0.1", ports["control"], target)
+    return client
+
+
+async def round_trips(schedule: AsyncClient, count: int) -> list[float]:
+    """count get_status calls, one every 2 ms: their times."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await schedule.get_status()
+        times.append(time.perf_counter() - t0)
+        await asyncio.sleep(0.002)
+    return times
+
+
+async def submits(schedule: AsyncClient, count: int) -> list[float]:
+    """count submits to the held pipeline, each deleted after: the submits' times."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        rid = await schedule.submit(HELD, TRIVIAL_EXPID)
+        times.append(time.perf_counter() - t0)
+        await schedule.delete(rid)
+    return times
+
+
+def p99(times: list[float]) -> float:
+    return sorted(times)[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+async def measure(schedule: AsyncClient, rounds: int) -> tuple[list[float], list[float]]:
+    rpc, sub = [], []
+    for _ in range(rounds):
+        rpc += await round_trips(schedule, 50)
+        sub += await submits(schedule, 10)
+    return rpc, sub
+
+
+async def under(schedule: AsyncClient, watch: ScheduleWatch, pid: int, expid: dict,
+                seconds: float, started: Callable[[int], Awaitable[bool]]
+                ) -> tuple[int, list[float], list[float], float]:
+    """Submit expid to pipeline main; once started() says it is under way, measure for
+    most of its time. Its RID, the RPC and submit times, the master's CPU a second."""
+    rid = await schedule.submit("main", expid)
+    while not await started(rid):
+        await asyncio.sleep(0.01)
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    rpc, sub = [], []
+    while time.perf_counter() - t0 < seconds * 0.7:
+        more_rpc, more_sub = await measure(schedule, 1)
+        rpc += more_rpc
+        sub += more_sub
+    cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+    await watch.wait((rid, "removed"))
+    return rid, rpc, sub, cpu
+
+
+def report(label: str, times: list[float], floor: floors.Floor,
+           idle: list[float] | None = None, hog: list[float] | None = None) -> None:
+    for name, pick in (("median", statistics.median), ("99th percentile", p99)):
+        line = floors.beside(f"{label}, {name} of {len(times)}", pick(times), floor)
+        if idle:
+            line += f"; x{pick(times) / pick(idle):.2f} idle"
+        if hog:
+            line += f", x{pick(times) / pick(hog):.2f} beside the busy run"
+        print(line)
+
+
+async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
+                rate: int, seconds: float) -> None:
+    schedule = await connect(ports, "schedule")
+    console = await connect(ports, "console")
+    await schedule.hold(HELD)
+    watch = ScheduleWatch()
+    subscriber = Subscriber("schedule", lambda init: init, watch.on_mod)
+    await subscriber.connect("127.0.0.1", ports["notify"])
+    one_submit = floors.total(floor["loopback"], floor["lmdb"])
+
+    async def running(rid: int) -> bool:
+        return (rid, "running") in watch.times
+
+    async def printing(rid: int) -> bool:
+        return (await console.text(rid, END))["next"] > 0
+
+    try:
+        await measure(schedule, 1)  # warm-up
+        t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
+        idle_rpc, idle_sub = await measure(schedule, 6)
+        idle_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+        hog = {"file": "repository/hog.py", "class_name": None, "log_level": 30,
+               "arguments": {"seconds": seconds}}
+        _, hog_rpc, hog_sub, hog_cpu = await under(schedule, watch, pid, hog, seconds,
+                                                   running)
+        flood = {"file": "repository/flood.py", "class_name": None, "log_level": 30,
+                 "arguments": {"rate": rate, "seconds": seconds}}
+        rid, flood_rpc, flood_sub, flood_cpu = await under(schedule, watch, pid, flood,
+                                                           seconds, printing)
+
+        total = int(rate * seconds)
+        text = await console.text(rid, END)
+        tail = (await console.text(rid, max(0, text["next"] - 10_000)))["lines"]
+        first_n = text["next"] - len(tail)
+        in_order = [line[1] for line in tail] == [f"flood line {i}" for i in
+                                                    range(first_n, text["next"])]
+        # the printing rate from the times of the last lines (the first are dropped)
+        per_line = (tail[-1][0] - tail[0][0]) / max(1, len(tail) - 1)
+
+        print("idle (nothing runs):")
+        report("  RPC round trip (get_status)", idle_rpc, floor["loopback"])
+        report("  submit RPC", idle_sub, one_submit)
+        print(f"  master CPU {idle_cpu * 100:.0f} % of a core")
+        print("beside a busy run (one that spins the CPU, printing nothing):")
+        report("  RPC round trip (get_status)", hog_rpc, floor["loopback"], idle_rpc)
+        report("  submit RPC", hog_sub, one_submit, idle_sub)
+        print(f"  master CPU {hog_cpu * 100:.0f} % of a core")
+        print(f"beside a run printing {rate:,} lines a second:")
+        report("  RPC round trip (get_status)", flood_rpc, floor["loopback"], idle_rpc,
+               hog_rpc)
+        report("  submit RPC", flood_sub, one_submit, idle_sub, hog_sub)
+        print(f"  master CPU {flood_cpu * 100:.0f} % of a core, "
+              f"{floors.duration(max(0.0, flood_cpu - idle_cpu) / rate)} per line")
+        print(f"  {total:,} lines asked; the master kept {text['next']:,} "
+              f"({'all' if text['next'] == total else 'NOT all'}; the last 10,000 "
+              f"{'in order' if in_order else 'NOT in order'}); the run printed "
+              f"{1 / per_line if per_line > 0 else float('inf'):,.0f} lines/s at its end")
+    finally:
+        await subscriber.close()
+        schedule.close_rpc()
+        console.close_rpc()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    floors.header("bench_console.py")
+    floor = {"loopback": floors.loopback_round_trip(), "lmdb": floors.synced_lmdb_commit()}
+    with master_process_in_temporary_lab({"trivial": TRIVIAL, "flood": FLOOD,
+                                          "hog": HOG}) as (
+            process, ports):
+        print(f"master PID {process.pid}", flush=True)
+        asyncio.run(bench(ports, process.pid, floor, args.rate, args.seconds))
+    floors.load_average("end")
+
+
+if __name__ == "__main__":
+    main()
