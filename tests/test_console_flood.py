@@ -14,7 +14,7 @@ from labpipe.protocol.broadcast import Receiver
 from labpipe.worker.handle import INBOX_BATCHES, TURN_MESSAGES
 
 HOST = "127.0.0.1"
-LINES = 60_000
+LINES = 30_000
 
 FLOODER = f"""
 import sys
@@ -83,3 +83,38 @@ async def test_a_flood_is_kept_whole_and_in_order_and_shares_the_loop(lab):
     assert max(growth) <= TURN_MESSAGES, max(growth)
     assert sum(growth) > 0.9 * len(expected)  # the sampler saw the flood go by
     assert max(inbox) <= INBOX_BATCHES
+
+
+def test_the_workers_outbox_is_bounded_and_keeps_every_message():
+    """A sender faster than the reader waits once MAX_QUEUED messages are queued; once
+    the other end reads, every message arrives, in order."""
+    import multiprocessing
+    import threading
+
+    from labpipe.worker.ipc import ChildChannel
+    from labpipe.worker.messages import FROM_WORKER, Log, decode
+
+    ours, theirs = multiprocessing.Pipe()
+    channel = ChildChannel(theirs)
+    channel.MAX_QUEUED, channel.MAX_BATCH = 100, 50
+    count = 10_000
+    sent = []
+
+    def flood():
+        for i in range(count):
+            channel.send(Log(20, "print", f"line {i}", 0.0))
+            sent.append(i)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    sender.join(timeout=1.0)  # nobody reads: it cannot finish
+    assert sender.is_alive() and len(sent) < count
+    assert channel._outbox.qsize() <= channel.MAX_QUEUED + 1
+    received = []
+    while len(received) < count:
+        received += [decode(wire, FROM_WORKER).message for wire in ours.recv()]
+    sender.join(timeout=30)
+    assert not sender.is_alive()
+    assert received == [f"line {i}" for i in range(count)]
+    channel.close()
+    ours.close()
