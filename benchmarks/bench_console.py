@@ -131,13 +131,16 @@ async def measure(schedule: AsyncClient, rounds: int) -> tuple[list[float], list
 
 
 async def under(schedule: AsyncClient, watch: ScheduleWatch, pid: int, expid: dict,
-                seconds: float, started: Callable[[int], Awaitable[bool]]
-                ) -> tuple[int, list[float], list[float], float]:
+                seconds: float, started: Callable[[int], Awaitable[bool]],
+                lines: Callable[[int], Awaitable[int]] | None = None
+                ) -> tuple[int, list[float], list[float], float, float]:
     """Submit expid to pipeline main; once started() says it is under way, measure for
-    most of its time. Its RID, the RPC and submit times, the master's CPU a second."""
+    most of its time. Its RID, the RPC and submit times, the master's CPU a second,
+    and the lines a second the master kept meanwhile (with lines(rid), the count)."""
     rid = await schedule.submit("main", expid)
     while not await started(rid):
         await asyncio.sleep(0.01)
+    kept0 = await lines(rid) if lines else 0
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     rpc, sub = [], []
     while time.perf_counter() - t0 < seconds * 0.7:
@@ -145,8 +148,9 @@ async def under(schedule: AsyncClient, watch: ScheduleWatch, pid: int, expid: di
         rpc += more_rpc
         sub += more_sub
     cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+    kept = ((await lines(rid) if lines else 0) - kept0) / (time.perf_counter() - t0)
     await watch.wait((rid, "removed"))
-    return rid, rpc, sub, cpu
+    return rid, rpc, sub, cpu, kept
 
 
 def report(label: str, times: list[float], floor: floors.Floor,
@@ -173,8 +177,11 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
     async def running(rid: int) -> bool:
         return (rid, "running") in watch.times
 
+    async def kept(rid: int) -> int:
+        return int((await console.text(rid, END))["next"])
+
     async def printing(rid: int) -> bool:
-        return (await console.text(rid, END))["next"] > 0
+        return await kept(rid) > 0
 
     try:
         await measure(schedule, 1)  # warm-up
@@ -183,12 +190,12 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
         idle_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
         hog = {"file": "repository/hog.py", "class_name": None, "log_level": 30,
                "arguments": {"seconds": seconds}}
-        _, hog_rpc, hog_sub, hog_cpu = await under(schedule, watch, pid, hog, seconds,
-                                                   running)
+        _, hog_rpc, hog_sub, hog_cpu, _ = await under(schedule, watch, pid, hog,
+                                                      seconds, running)
         flood = {"file": "repository/flood.py", "class_name": None, "log_level": 30,
                  "arguments": {"rate": rate, "seconds": seconds}}
-        rid, flood_rpc, flood_sub, flood_cpu = await under(schedule, watch, pid, flood,
-                                                           seconds, printing)
+        rid, flood_rpc, flood_sub, flood_cpu, rate_kept = await under(
+            schedule, watch, pid, flood, seconds, printing, kept)
 
         total = int(rate * seconds)
         text = await console.text(rid, END)
@@ -211,8 +218,10 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
         report("  RPC round trip (get_status)", flood_rpc, floor["loopback"], idle_rpc,
                hog_rpc)
         report("  submit RPC", flood_sub, one_submit, idle_sub, hog_sub)
-        print(f"  master CPU {flood_cpu * 100:.0f} % of a core, "
-              f"{floors.duration(max(0.0, flood_cpu - idle_cpu) / rate)} per line")
+        print(f"  master CPU {flood_cpu * 100:.0f} % of a core while it kept "
+              f"{rate_kept:,.0f} lines/s: "
+              f"{floors.duration(max(0.0, flood_cpu - idle_cpu) / max(rate_kept, 1))} "
+              "per line above idle")
         print(f"  {total:,} lines asked; the master kept {text['next']:,} "
               f"({'all' if text['next'] == total else 'NOT all'}; the last 10,000 "
               f"{'in order' if in_order else 'NOT in order'}); the run printed "

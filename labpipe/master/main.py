@@ -93,6 +93,9 @@ def get_argparser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    # a record per print line of every run: no thread, process or multiprocessing
+    # names looked up for each (no format of the master uses them)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     level = max(logging.DEBUG, logging.WARNING - 10 * args.verbose + 10 * args.quiet)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
