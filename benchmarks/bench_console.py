@@ -178,7 +178,8 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
         return (rid, "running") in watch.times
 
     async def kept(rid: int) -> int:
-        return int((await console.text(rid, END))["next"])
+        count = int((await console.text(rid, END))["next"])
+        return 0 if count == END else count  # END: no line yet
 
     async def printing(rid: int) -> bool:
         return await kept(rid) > 0
