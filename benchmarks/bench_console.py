@@ -1,24 +1,26 @@
 """Benchmark the master's other work while one run floods its console.
 
-Starts ``labpipe-master`` in a temporary lab (ports picked free) and measures, idle and
-then while a run on pipeline ``main`` prints ``--rate`` lines a second (100,000 by
-default) for ``--seconds``, each figure beside its floor (``floors.py``, measured in
-the same run; the ratio after it):
+Starts ``labpipe-master`` in a temporary lab (ports picked free) and measures three
+times: idle; while a run on pipeline ``main`` spins the CPU for ``--seconds`` printing
+nothing (the share any busy run takes of the machine); while a run there prints
+``--rate`` lines a second (100,000 by default) for ``--seconds``. Each figure is
+printed beside its floor (``floors.py``, measured in the same run; the ratio after
+it) and, under a run, as a multiple of the idle figure and of the busy-run figure:
 
-- RPC round trip: median (and 99th percentile) of ``schedule.get_status()`` calls, one
+- RPC round trip: median and 99th percentile of ``schedule.get_status()`` calls, one
   every 2 ms. Floor: a loopback round trip.
-- submit RPC: median of submits to a held pipeline (then deleted; nothing runs).
-  Floor: a loopback round trip + a synced LMDB commit.
-- the flood: the lines a second the run printed and the master kept (every line
-  numbered, in order: ``console.text`` checked at the end), the master's CPU a second
-  meanwhile (``/proc/PID/stat``), its CPU per line, and how long after the run's last
-  line the master had it.
+- submit RPC: median and 99th percentile of submits to a held pipeline (each then
+  deleted; nothing runs). Floor: a loopback round trip + a synced LMDB commit.
+- the flood: the master's CPU (``/proc/PID/stat``) and the lines a second it kept
+  while measured, its CPU per line above idle; whether it kept every line (the count,
+  and the last 10,000 in order, from ``console.text``); the rate the run printed at
+  its end (from the lines' times: slower than asked when the master holds it back);
+  the master's resident memory idle and its peak (VmHWM).
 
-"Its own pipe's share": the master serves the flooding run's pipe as one source among
-its others; what a request waits for is at most what the master does with one batch
-of that pipe (``labpipe.worker.handle``), so the RPC and submit figures under flood
-should stay within a small factor of the idle ones, not grow with the rate. The
-slow-down (flood / idle) is printed for each.
+"Its own pipe's share": beside the flooding run the master's other work should be
+slowed no more than beside the busy run, i.e. by the machine's CPU that run takes,
+not by the master's handling of its lines (``labpipe.worker.handle``: the consumer
+lets the loop turn every 64 messages; the inbox is bounded).
 
 The load average is printed at start and at end. Linux only (``floors.py``).
 
@@ -81,6 +83,15 @@ class Hog(EnvExperiment):
         while time.monotonic() < end:
             pass
 """
+
+
+def memory_mib(pid: int, field: str) -> float:
+    """A field of /proc/PID/status in MiB (VmRSS: resident now; VmHWM: the peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,6 +197,7 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
 
     try:
         await measure(schedule, 1)  # warm-up
+        rss_idle = memory_mib(pid, "VmRSS")
         t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
         idle_rpc, idle_sub = await measure(schedule, 6)
         idle_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
@@ -198,6 +210,7 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
         rid, flood_rpc, flood_sub, flood_cpu, rate_kept = await under(
             schedule, watch, pid, flood, seconds, printing, kept)
 
+        peak = memory_mib(pid, "VmHWM")
         total = int(rate * seconds)
         text = await console.text(rid, END)
         tail = (await console.text(rid, max(0, text["next"] - 10_000)))["lines"]
@@ -227,6 +240,8 @@ async def bench(ports: dict[str, int], pid: int, floor: dict[str, floors.Floor],
               f"({'all' if text['next'] == total else 'NOT all'}; the last 10,000 "
               f"{'in order' if in_order else 'NOT in order'}); the run printed "
               f"{1 / per_line if per_line > 0 else float('inf'):,.0f} lines/s at its end")
+        print(f"  master RSS idle {rss_idle:.1f} MiB, peak {peak:.1f} MiB "
+              f"({peak - rss_idle:+.1f} MiB)")
     finally:
         await subscriber.close()
         schedule.close_rpc()
