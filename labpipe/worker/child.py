@@ -7,7 +7,8 @@ waits for its outcome; ``_Child.commands`` is the worker's dispatch table:
 =============  ============================================  =============================
 command        does                                          outcome
 =============  ============================================  =============================
-``Build``      import the experiment, build it               ``Built``
+``Build``      import the experiment, build it (a function   ``Built``
+               call: ``functions.py``)
 ``Prepare``    ``prepare()``                                 ``Completed``
 ``Run``        ``run()``                                     ``Completed``, ``Paused``,
                                                              ``Terminated``
@@ -48,6 +49,7 @@ from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker import limits
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker.functions import FUNCTION_KEY, function_class
 from labpipe.worker.ipc import ChildChannel
 from labpipe.worker.messages import (Analyze, Build, Built, Command, Completed, Failed,
                                      GetDataset, GetDeviceDB, Interactive, Log,
@@ -190,10 +192,13 @@ class _Child:
             lambda mod: channel.send(UpdateDataset(cast(dict[str, Any], mod))),
             lambda key: channel.request(GetDataset(key)))
         argument_mgr = _WorkerArgumentManager(expid.get("arguments", {}), channel)
+        function_call = (function_class(expid, cmd.workdir, channel.send)
+                         if FUNCTION_KEY in expid else None)
         self.runner = runner = ExperimentRunner(
             rid=cmd.rid, expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
             workdir=cmd.workdir, results_dir=cmd.results_dir, repo_rev=cmd.repo_rev,
-            log_lines=self.log_lines, console=self.console)
+            log_lines=self.log_lines, console=self.console,
+            experiment_class=function_call)
         runner.build()
         return Built(runner.class_name, list(device_mgr.requested),
                      "bluesky" in sys.modules or "ophyd" in sys.modules)

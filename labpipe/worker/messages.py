@@ -12,7 +12,7 @@ Directions (a ``Catalogue`` each; a receiver decodes only its own):
   and the ``Answer`` to a request (``Reply`` with the data, or ``Refused`` with one
   line saying why).
 - ``FROM_WORKER``: ``OneWay`` messages (``Log``, ``UpdateDataset``, ``CCBIssue``,
-  ``SetProgress``: no answer), a ``Request`` (answered by ``Reply`` or ``Refused``;
+  ``SetProgress``, ``FunctionOutcome``: no answer), a ``Request`` (answered by ``Reply`` or ``Refused``;
   ``Request[R]`` replies with an ``R``), and the ``Outcome`` that ends a command
   (``Built``, ``Completed``, ``Paused``, ``Terminated``, ``Validated``, ``Failed``).
 - ``TO_EXAMINER``: ``Examine``, ``CompileContent`` or ``ExamineContent``;
@@ -49,7 +49,7 @@ __all__ = [
     "ExaminerMessage",
     "Build", "Prepare", "Run", "Resume", "Analyze", "Validate", "Terminate",
     "Reply", "Refused",
-    "Log", "UpdateDataset", "CCBIssue", "SetProgress",
+    "Log", "UpdateDataset", "CCBIssue", "SetProgress", "FunctionOutcome",
     "GetDeviceDB", "GetDataset", "CheckPause", "CheckTermination", "Submit", "Delete",
     "RequestTermination", "GetStatus", "Interactive",
     "Built", "Completed", "Paused", "Terminated", "Validated", "Failed",
@@ -303,6 +303,19 @@ class SetProgress(OneWay):
     total: float | None
     message: str
     time: float
+
+
+@_wire("function_outcome")
+@dataclass(frozen=True, slots=True)
+class FunctionOutcome(OneWay):
+    """How a function call (``labpipe.worker.functions``) of task ``task`` ended:
+    ``ok`` with ``value`` (the return value as PYON text), or not, with ``message``
+    (one line naming the function and the exception) and the ``traceback``."""
+    task: str
+    ok: bool
+    value: str
+    message: str
+    traceback: str
 
 
 # --- worker -> master: requests ------------------------------------------------------
