@@ -55,3 +55,14 @@ def test_without_a_loop_at_once():
     logger.warning("one")
     logger.warning("two")
     assert stream.getvalue() == "one\ntwo\n"
+
+
+def test_the_second_formatter_writes_what_logging_s_own_does():
+    from labpipe.master.log_output import SecondFormatter
+    fmt = "%(asctime)s %(levelname)s:%(name)s:%(message)s"
+    ours, theirs = SecondFormatter(fmt), logging.Formatter(fmt)
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.25, 1_700_000_000.5,
+                    1_800_000_000.001):
+        record = logging.LogRecord("n", logging.INFO, "f", 1, "text %d", (3,), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000)
+        assert ours.format(record) == theirs.format(record)
