@@ -83,8 +83,8 @@ def test_every_message_is_in_one_direction_with_its_own_tag():
     (("no_such_message", 1), "unknown worker message 'no_such_message'"),
     ((3,), "unknown worker message 3"),
     (("build",), "'build' is not a worker message"),
-    (("log", 20, "n"), "malformed worker message 'log': 2 field(s), expected 4 "
-                       "(levelno, name, message, created)"),
+    (("log", 20, "n"), "malformed worker message 'log': 2 field(s), expected 5 "
+                       "(levelno, name, message, created, stream)"),
     (("get_device_db", 1), "malformed worker message 'get_device_db': 1 field(s), "
                            "expected 0 (none)"),
     (("get_dataset", 5), "malformed worker message 'get_dataset': key must be str, "
@@ -94,7 +94,7 @@ def test_every_message_is_in_one_direction_with_its_own_tag():
     (("submit", "main", ["not", "a", "dict"], 0, None, False),
      "malformed worker message 'submit': expid must be dict[str, Any], got "
      "['not', 'a', 'dict'] (list)"),
-    (("log", 20, "n", "x" * 500, "never"), "malformed worker message 'log': created "
+    (("log", 20, "n", "x" * 500, "never", "stdout"), "malformed worker message 'log': created "
                                           "must be float, got 'never' (str)"),
 ])
 def test_what_is_not_a_message_is_refused_in_one_line(wire, expected):

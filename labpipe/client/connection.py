@@ -198,6 +198,16 @@ class Connection:
         port = self.settings.port_broadcast
         return self._lines(self._open(port, BANNER, channel), port, channel, False)
 
+    def forget(self, target: str) -> None:
+        """Close the RPC connection of target, if open: the next ``rpc(target)`` opens
+        a new one (after the master restarted, say)."""
+        client = self._clients.pop(target, None)
+        if client is not None:
+            try:
+                client.close_rpc()
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Close the RPC connections."""
         for client in self._clients.values():

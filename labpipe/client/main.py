@@ -201,8 +201,14 @@ def get_argparser() -> argparse.ArgumentParser:
     sub.add_parser("lock-info", help="whether the master is locked, by whom, why")
 
     p = sub.add_parser("show", help="show the schedule, history, datasets, devices, "
-                                    "interactive arguments, or follow the log or ccb")
+                                    "interactive arguments, runs' console output, or "
+                                    "follow the log or ccb")
     p.add_argument("what", choices=sorted(SHOW), help="what to show")
+    p.add_argument("rid", type=int, nargs="?", default=None,
+                   help="console: this run's lines only (default: every run's)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="console: keep showing new lines as they come, across master "
+                        "restarts (Ctrl-C ends)")
     p.add_argument("-w", "--watch", action="store_true",
                    help="schedule, datasets: keep showing them as they change, across "
                         "master restarts (Ctrl-C ends)")
@@ -283,6 +289,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _run(args: argparse.Namespace, master: Connection) -> None:
     if args.action == "show":
+        if args.what != "console" and (args.rid is not None or args.follow):
+            raise UsageError("a RID and --follow are for 'show console' only")
         SHOW[args.what](args, master)
     elif args.action == "history":
         history_command(args, master)

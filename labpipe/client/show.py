@@ -4,8 +4,8 @@
 notifier) and the interactive requests (``interactive_args``), both left out quietly
 when the master has no such notifier (ARTIQ's). ``show schedule --watch`` and ``show
 datasets --watch`` redraw on every change (at most ten times a second; with ``--json``
-one line per change), ``show log`` and ``show ccb`` print each broadcast. These
-monitors reconnect by themselves when the master restarts (``monitors.py``); Ctrl-C
+one line per change), ``show log`` and ``show ccb`` print each broadcast, ``show console
+[RID] [--follow]`` runs' console lines (``console_view.py``). These monitors reconnect by themselves when the master restarts (``monitors.py``); Ctrl-C
 ends them (exit code 0).
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labpipe.client.connection import Connection, Unreachable
+from labpipe.client.console_view import show_console
 from labpipe.client.explist_view import format_explist
 from labpipe.client.formatting import (format_datasets, format_devices, format_history,
                                        format_interactive, format_log, format_record,
@@ -157,7 +158,7 @@ def _follow(channel: str, formatter: Callable[[Any, Screen], str]) -> Action:
 SHOW: dict[str, Action] = {
     "schedule": _show_schedule, "history": _show_history, "datasets": _show_datasets,
     "devices": _show_devices, "interactive-args": _show_interactive,
-    "explist": _show_explist, "log": _follow("log", format_log),
+    "explist": _show_explist, "log": _follow("log", format_log), "console": show_console,
     "ccb": _follow("ccb", lambda message, screen: pyon.encode(message))}
 
 #: What ``show`` follows until Ctrl-C (always, or with ``--watch``).
@@ -166,7 +167,8 @@ MONITORS = {"log", "ccb"}
 
 def is_monitor(args: argparse.Namespace) -> bool:
     """Whether the command runs until Ctrl-C (which then ends it successfully)."""
-    return args.action == "show" and (args.what in MONITORS or bool(args.watch))
+    return args.action == "show" and (args.what in MONITORS or bool(args.watch)
+                                      or bool(getattr(args, "follow", False)))
 
 
 def history_command(args: argparse.Namespace, master: Connection) -> None:

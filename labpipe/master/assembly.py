@@ -354,7 +354,8 @@ class Master:
             "permissions": PermissionsTarget(
                 self.permissions, lambda: self.experiment_db.explist.raw_view,
                 lambda: self.device_db.get_device_db().keys()),
-            "console": ConsoleTarget(self.console),
+            "console": ConsoleTarget(
+                self.console, self._scheduled, self.history.get, self.history.lab_dir),
         }
         # every argument of every method is checked (targets.SPECS) before it runs,
         # then the call passes the gate (the lock, the caller's permissions)
@@ -450,6 +451,11 @@ class Master:
         if server is not None:
             await server.stop()
 
+    def _scheduled(self, rid: int) -> bool:
+        """Whether run rid is in the schedule, or ending (not yet in history)."""
+        return (rid in self.scheduler.notifier.raw_view
+                or rid in self.scheduler.ending)
+
     # --- what a run's worker may ask of the master ---------------------------------
 
     def _worker_handlers(self, run: Run | None) -> Handlers:
@@ -465,8 +471,9 @@ class Master:
         console = self.console
 
         def log(msg: messages.Log) -> None:
-            console.add(run.rid, msg.created, console_text_of(msg.levelno, msg.name,
-                                                              msg.message))
+            console.add(run.rid, msg.created,
+                        console_text_of(msg.levelno, msg.name, msg.message),
+                        msg.stream if msg.name == "print" else "log")
             # one logger for every name the experiment chose (none created per name);
             # the run's log_level filtered these already
             emit_remote(source(run), msg.levelno, msg.name or "worker", msg.message,

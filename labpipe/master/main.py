@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from labpipe.protocol.ports import tcp_port
 from labpipe import __version__
+from labpipe.master.log_output import SecondFormatter, TurnBufferedHandler
 
 if TYPE_CHECKING:  # imported in main(), not at the top level (see the docstring)
     from labpipe.master.assembly import Master, MasterOptions
@@ -96,11 +97,14 @@ def get_argparser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    # a record per print line of every run: no thread, process or multiprocessing
+    # names looked up for each (no format of the master uses them)
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     level = max(logging.DEBUG, logging.WARNING - 10 * args.verbose + 10 * args.quiet)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
-    handlers: list[tuple[logging.Handler, int]] = [(logging.StreamHandler(sys.stderr), level)]
+    fmt = SecondFormatter("%(asctime)s %(levelname)s:%(source)s:%(name)s:%(message)s")
+    handlers: list[tuple[logging.Handler, int]] = [(TurnBufferedHandler(sys.stderr), level)]
     if args.log_file:
         try:
             handlers.append((logging.FileHandler(args.log_file), min(level, logging.INFO)))

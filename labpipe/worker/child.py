@@ -75,7 +75,7 @@ class _PipeLogHandler(logging.Handler):
     """Sends log records to the master and keeps their lines for the results file."""
 
     def __init__(self, channel: ChildChannel, log_lines: list[str],
-                 console: list[tuple[float, str]]) -> None:
+                 console: list[tuple[float, str, str]]) -> None:
         super().__init__()
         self._channel = channel
         self._log_lines = log_lines
@@ -89,7 +89,8 @@ class _PipeLogHandler(logging.Handler):
             self._channel.send(Log(record.levelno, record.name, message, record.created))
             self._log_lines.append(f"{record.levelname}:{record.name}:{message}")
             self._console.append((record.created,
-                                  console_text_of(record.levelno, record.name, message)))
+                                  console_text_of(record.levelno, record.name, message),
+                                  "log"))
         except Exception:
             self.handleError(record)
 
@@ -136,8 +137,8 @@ class _Child:
         #: the run's Dask client, connected on its first offload (``offload.py``)
         self.offloader = Offloader(self._dask_address)
         self.log_lines: list[str] = []
-        #: (time, text) of each console line, for the results file's ``console``
-        self.console: list[tuple[float, str]] = []
+        #: (time, text, stream) of each console line, for the results file's ``console``
+        self.console: list[tuple[float, str, str]] = []
         #: The worker's dispatch table: command type -> its handler (returning the
         #: outcome). ``Resume`` outside a pause is an error; ``Terminate`` never
         #: gets here (``ChildChannel.recv_command`` exits).
@@ -154,15 +155,19 @@ class _Child:
         # print lines bypass logging: the log level filters only logging calls
         if not isinstance(sys.stdout, PrintStream):
             sys.stdout = PrintStream(self.print_line, fileno=1)
-            sys.stderr = PrintStream(self.print_line, fileno=2)
+            sys.stderr = PrintStream(self.print_error_line, fileno=2)
 
-    def print_line(self, line: str) -> None:
-        """A line the experiment wrote to stdout or stderr: a ``print`` record at INFO
-        to the master, and a line of the results file's log."""
+    def print_line(self, line: str, stream: str = "stdout") -> None:
+        """A line the experiment wrote to stdout (or stream): a ``print`` record at
+        INFO to the master, and a line of the results file's log and console."""
         now = time.time()
-        self.channel.send(Log(logging.INFO, "print", line, now))
+        self.channel.send(Log(logging.INFO, "print", line, now, stream))
         self.log_lines.append("INFO:print:" + line)
-        self.console.append((now, line))
+        self.console.append((now, line, stream))
+
+    def print_error_line(self, line: str) -> None:
+        """A line the experiment wrote to stderr (``print_line``)."""
+        self.print_line(line, "stderr")
 
     def serve(self) -> None:
         while True:

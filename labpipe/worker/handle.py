@@ -5,7 +5,14 @@ awaits the outcome, answering the child's requests and passing its one-way messa
 (logs, dataset updates, CCBs, progress) to the ``Handlers`` it was given, in the order
 the child sent them. The messages are those of ``messages.py``. A reader thread per
 worker decodes what the pipe brings into an asyncio queue, so the event loop never
-blocks on the pipe; a malformed message is logged in one line with the RID (a
+blocks on the pipe. A worker that sends faster than the master handles (a run printing
+100,000 lines a second) gets no more than its share of the event loop: the consumer
+lets the loop turn after every ``TURN_MESSAGES`` messages and after every batch, so
+requests on the master's ports and other workers' messages are served meanwhile; and
+at most ``INBOX_BATCHES`` decoded batches wait in the queue, after which the reader
+thread stops reading the pipe until the consumer has caught up (the pipe then fills,
+and the worker waits on it), so a flood never grows the master's memory. Every message
+is still handled, in order. A malformed message is logged in one line with the RID (a
 malformed request is refused with that line), never the master's end.
 
 ``close()`` stops the process in escalating steps: ask it to exit, then SIGTERM, then
@@ -24,6 +31,7 @@ import asyncio
 import inspect
 import logging
 import os
+import pickle
 import signal
 import threading
 import time
@@ -46,6 +54,11 @@ __all__ = ["Handlers", "Worker", "WorkerError", "WorkerFailed", "WorkerDied",
 M = TypeVar("M", bound=Message)
 
 logger = logging.getLogger(__name__)
+
+#: Messages of one worker handled in one turn of the event loop at most.
+TURN_MESSAGES = 64
+#: Decoded batches (of up to ``ipc.ChildChannel.MAX_BATCH`` messages) waiting at most.
+INBOX_BATCHES = 4
 
 
 class WorkerError(Exception):
@@ -148,8 +161,10 @@ class Worker:
         self.closed = asyncio.Event()
         self._process: ForkedProcess | None = None
         self._conn: Connection | None = None
-        self._inbox: asyncio.Queue[list[Message | MalformedMessage] | None] = \
-            asyncio.Queue()
+        self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        #: room in the inbox (the reader takes one per batch, the consumer gives it back)
+        self._room = threading.Semaphore(INBOX_BATCHES)
+        self._consumer_gone = threading.Event()
         self._outcome: asyncio.Future[Outcome] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._requests: set[asyncio.Task[None]] = set()
@@ -268,19 +283,22 @@ class Worker:
                 os.close(fd)
                 return  # the event loop is closed
         while True:
-            batch: list[Message | MalformedMessage] | None
+            # only the read here (the GIL free meanwhile); unpickling and decoding are
+            # the consumer's, in the event loop's thread: a CPU-bound reader thread
+            # would make the loop wait for the GIL at each of its system calls
+            data: bytes | None
             try:
-                batch = _decode_batch(conn.recv())
+                data = conn.recv_bytes()
             except (EOFError, OSError, ValueError):
-                batch = None
-            except Exception as exc:  # an unpicklable message: report, keep reading
-                batch = [MalformedMessage(f"unreadable message from worker: "
-                                          f"{type(exc).__name__}: {_one_line(exc)}")]
+                data = None
+            while not self._room.acquire(timeout=0.5):
+                if self._consumer_gone.is_set():
+                    return  # nobody will take it (the master is stopping)
             try:
-                loop.call_soon_threadsafe(self._inbox.put_nowait, batch)
+                loop.call_soon_threadsafe(self._inbox.put_nowait, data)
             except RuntimeError:
                 return  # the event loop is closed
-            if batch is None:
+            if data is None:
                 return
 
     def _attach_output(self, fd: int) -> None:
@@ -292,16 +310,23 @@ class Worker:
         if handler is None:  # nobody wants its log (a dry run): still drain the pipe
             handler = _ignore
         self._output = output.OutputReader(fd, lambda line: handler(
-            messages.Log(logging.INFO, "print", line, time.time())))
+            messages.Log(logging.INFO, "print", line, time.time(), "fd")))
 
     async def _consume(self) -> None:
-        while True:
-            batch = await self._inbox.get()
-            if batch is None:
-                await self._on_eof()
-                return
-            for msg in batch:
-                await self._dispatch(msg)
+        try:
+            while True:
+                data = await self._inbox.get()
+                self._room.release()
+                if data is None:
+                    await self._on_eof()
+                    return
+                for n, wire in enumerate(_unpickle_batch(data), 1):
+                    await self._dispatch(_decode_one(wire))
+                    if n % TURN_MESSAGES == 0:
+                        await asyncio.sleep(0)  # the others' turn (module docstring)
+                await asyncio.sleep(0)
+        finally:
+            self._consumer_gone.set()
 
     async def _dispatch(self, msg: Message | MalformedMessage) -> None:
         if isinstance(msg, Outcome):
@@ -458,19 +483,29 @@ _OFFLOADED_STAGE = "analyze (offloaded to the Dask cluster)"
 _RUN_OUTCOMES = (messages.Completed, messages.Paused, messages.Terminated)
 
 
-def _decode_batch(batch: object) -> list[Message | MalformedMessage]:
-    """The messages of a batch the worker sent (a list of wire objects); what does not
-    decode is there as its MalformedMessage, in its place."""
+def _unpickle_batch(data: bytes) -> list[object]:
+    """The wire objects of a batch the worker sent (a list), each for ``_decode_one``;
+    what is not such a list is there as the MalformedMessage saying so."""
+    try:
+        batch = pickle.loads(data)
+    except Exception as exc:  # an unpicklable message: reported, the reading goes on
+        return [MalformedMessage(f"unreadable message from worker: "
+                                 f"{type(exc).__name__}: {_one_line(exc)}")]
     if type(batch) is not list:
         return [MalformedMessage(f"malformed batch from worker: a {type(batch).__name__}, "
                                  "not a list")]
-    decoded: list[Message | MalformedMessage] = []
-    for wire in batch:
-        try:
-            decoded.append(messages.decode(wire, FROM_WORKER))
-        except MalformedMessage as e:
-            decoded.append(e)
-    return decoded
+    return batch
+
+
+def _decode_one(wire: object) -> Message | MalformedMessage:
+    """The message of one wire object of a batch (or the MalformedMessage saying why
+    not; one that ``_unpickle_batch`` made passes as it is)."""
+    if isinstance(wire, MalformedMessage):
+        return wire
+    try:
+        return messages.decode(wire, FROM_WORKER)
+    except MalformedMessage as e:
+        return e
 
 
 def _ignore(msg: Message) -> None:

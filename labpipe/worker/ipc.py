@@ -6,6 +6,9 @@ network crosses it). The child sends *lists* of messages: a sender thread takes
 everything queued since its last send and ships it as one batch, so that a loop setting
 a dataset thousands of times costs one pipe write per batch instead of one per update,
 while a lone message still leaves at once. Messages from one thread keep their order.
+At most about ``MAX_QUEUED`` messages wait to be sent: a thread sending more (a run
+printing faster than the master reads) waits until the sender has caught up, as a
+program writing to a full terminal does, so that the worker's memory stays bounded.
 
 The master sends single messages: a command, or the answer to the one request under
 way (requests are one at a time: a lock). A ``Terminate`` can arrive at any time, even
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from labpipe.worker.messages import (TO_WORKER, MalformedMessage, Message, Refused, Reply,
@@ -43,6 +47,7 @@ class ChildChannel:
     """The worker process's side of the pipe: batched sends, requests, commands."""
 
     MAX_BATCH = 4096
+    MAX_QUEUED = 65536
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -54,8 +59,12 @@ class ChildChannel:
         self._sender.start()
 
     def send(self, msg: Message) -> None:
-        """Queue a message; it leaves in order with the next batch (thread-safe)."""
-        self._outbox.put(encode(msg))
+        """Queue a message; it leaves in order with the next batch (thread-safe).
+        Waits while more than ``MAX_QUEUED`` are queued (the module docstring)."""
+        outbox = self._outbox
+        outbox.put(encode(msg))
+        while outbox.qsize() > self.MAX_QUEUED and self._sender.is_alive():
+            time.sleep(0.001)
 
     def flush(self) -> None:
         """Return once everything queued before this call has been written to the pipe."""

@@ -270,11 +270,14 @@ class Refused(Answer):
 @_wire("log")
 @dataclass(frozen=True, slots=True)
 class Log(OneWay):
-    """A log record of the experiment (``name`` ``"print"``: a line it printed)."""
+    """A log record of the experiment (``name`` ``"print"``: a line it printed, to
+    ``stream``: ``"stdout"``, ``"stderr"``, or ``"fd"`` for a line read from the
+    worker's file descriptors 1 and 2, which share one pipe)."""
     levelno: int
     name: str
     message: str
     created: float
+    stream: str = "stdout"
 
 
 @_wire("update_dataset")

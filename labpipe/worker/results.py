@@ -17,6 +17,7 @@ h5py::
       console/text       (a run's file) the run's console lines in order (print lines as written, log
                          records as LEVEL:logger:message), UTF-8 strings
       console/time       float64, the Unix time each console line was written
+      console/stream     str, where each line came from: stdout, stderr or log
       error              str, when the run failed
       GROUP/KEY          for each extra group given (e.g. bluesky documents)
       streams/NAME/data/CHANNEL/{data,pulse_id,timestamp,is_data_present}
@@ -173,7 +174,7 @@ def _write_file(f: h5py.File, *, rid: int, start_time: float, run_time: float | 
                 archive: Mapping[str, Any] | None, log_lines: Iterable[str] | None,
                 error: str | None,
                 extra_groups: Mapping[str, Mapping[str, Any]] | None,
-                console: Sequence[tuple[float, str]] | None) -> None:
+                console: Sequence[tuple[float, str, str]] | None) -> None:
     _write_group(f, "datasets", datasets or {}, with_metadata=True)
     _write_group(f, "archive", archive or {}, with_metadata=False)
     for group_name, items in (extra_groups or {}).items():
@@ -189,10 +190,12 @@ def _write_file(f: h5py.File, *, rid: int, start_time: float, run_time: float | 
     _write_fixed(f, "log", numpy.array([str(line) for line in (log_lines or [])], dtype=_STR))
     if console is not None:  # a run's file always has it (maybe empty)
         group = f.create_group("console")
-        _write_fixed(group, "text", numpy.array([str(text) for _, text in console],
+        _write_fixed(group, "text", numpy.array([str(line[1]) for line in console],
                                                 dtype=_STR))
-        _write_fixed(group, "time", numpy.array([float(t) for t, _ in console],
+        _write_fixed(group, "time", numpy.array([float(line[0]) for line in console],
                                                 dtype=numpy.float64))
+        _write_fixed(group, "stream", numpy.array([str(line[2]) for line in console],
+                                                  dtype=_STR))
     if error is not None:
         _write_fixed(f, "error", numpy.array(str(error), dtype=_STR))
 
@@ -204,7 +207,7 @@ def write_results(path: str | os.PathLike, *, rid: int, start_time: float,
                   log_lines: Iterable[str] | None = None, error: str | None = None,
                   extra_groups: Mapping[str, Mapping[str, Any]] | None = None,
                   stream_files: Mapping[str, str] | None = None,
-                  console: Sequence[tuple[float, str]] | None = None) -> None:
+                  console: Sequence[tuple[float, str, str]] | None = None) -> None:
     """Write a run's results file at ``path`` atomically (layout in the module docstring).
 
     ``datasets`` maps key -> (value, metadata) (the worker's ``DatasetManager.local``),

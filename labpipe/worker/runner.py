@@ -52,7 +52,7 @@ class ExperimentRunner:
                  managers: tuple[DeviceManager, DatasetManager, ProcessArgumentManager],
                  workdir: str | None = None, results_dir: str = "results",
                  repo_rev: str | None = None, log_lines: list[str] | None = None,
-                 console: list[tuple[float, str]] | None = None,
+                 console: list[tuple[float, str, str]] | None = None,
                  experiment_class: type[Any] | None = None):
         self.rid = rid
         #: the class to build instead of one imported from the expid's file (a
@@ -64,7 +64,7 @@ class ExperimentRunner:
         self.results_dir = results_dir
         self.repo_rev = repo_rev
         self.log_lines = log_lines if log_lines is not None else []
-        #: (time, text) of each console line (results file ``console/``)
+        #: (time, text, stream) of each console line (results file ``console/``)
         self.console = console if console is not None else []
         self.class_name = expid.get("class_name") or "Experiment"
         self.start_time = time.time()
