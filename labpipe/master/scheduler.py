@@ -643,7 +643,11 @@ class Scheduler:
     async def checkout_rev(self, rev: str) -> tuple[str, str, str]:
         if self.repository is None:
             raise ValueError("this master has no experiment repository")
-        workdir, commit, message = await asyncio.to_thread(self.repository.request_rev, rev)
+        if getattr(self.repository, "instant", False):  # a plain folder: nothing to do
+            workdir, commit, message = self.repository.request_rev(rev)
+        else:
+            workdir, commit, message = await asyncio.to_thread(self.repository.request_rev,
+                                                               rev)
         return workdir, commit, message
 
     def release_rev(self, commit: str | None) -> None:

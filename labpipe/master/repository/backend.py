@@ -54,6 +54,9 @@ class RepositoryBackend(Protocol):
 
     #: Absolute path of the repository (the folder, or the Git repository's path).
     root: str
+    #: Whether its methods only look at the file system (a stat or two: cheaper on the
+    #: event loop than a hop to a thread) rather than read objects or check out.
+    instant: bool
 
     def get_cur_rev(self) -> str:
         """The current revision: the commit HEAD points to, ``"N/A"`` without one."""

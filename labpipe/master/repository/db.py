@@ -379,7 +379,7 @@ class ExperimentDB:
         ValueError) with a one-line message.
         """
         args = (expid, self.backend, self.lab_dir, self.cur_rev)
-        if isinstance(expid, dict) and "repo_rev" in expid:
+        if isinstance(expid, dict) and "repo_rev" in expid and not self.backend.instant:
             # the backend's checks (a Git lookup may wait for a checkout): off the loop
             resolved, source = await asyncio.to_thread(resolve_submission, *args)
         else:  # a stat: cheaper than a hop to a thread

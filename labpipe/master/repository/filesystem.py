@@ -38,6 +38,8 @@ def blob_id(data: bytes) -> str:
 class FilesystemBackend:
     """Experiments read straight from the folder ``root``; revision ``"N/A"``."""
 
+    instant = True  # resolve, exists, request_rev: a stat at most
+
     def __init__(self, root: str, *, racy_margin: float = 2.0):
         self.root = os.path.abspath(root)
         if not os.path.isdir(self.root):

@@ -102,6 +102,8 @@ def _parse_revision(repo: Repo, rev: str) -> Commit:
 class GitBackend:
     """Committed experiments of the Git repository at ``path`` (bare or not)."""
 
+    instant = False  # object reads and checkouts: in a thread
+
     def __init__(self, path: str):
         self.root = os.path.abspath(path)
         try:
