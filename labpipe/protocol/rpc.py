@@ -71,8 +71,8 @@ from types import TracebackType
 from typing import Any
 
 from labpipe.protocol import pyon
-from labpipe.protocol.server import (MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits,
-                                     LineTooLong, read_line)
+from labpipe.protocol.line_requests import serve_lines
+from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits, read_line
 
 __all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
            "current_peer", "current_peer_certificate"]
@@ -384,26 +384,20 @@ class Server(AsyncioServer):
     async def _serve_requests(self, target: object, target_name: str,
                               reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               peer: Any) -> None:
-        while True:
-            try:
-                line = await read_line(reader)
-            except UnicodeDecodeError:
-                reply = self._refuse(ValueError("malformed request: not UTF-8"), peer)
-            except LineTooLong as e:
-                await _write_line(writer, self._refuse(ValueError(f"request refused: {e}"), peer))
-                raise
-            else:
-                if line is None:
-                    return
-                reply = await self._process(target, target_name, line, peer)
-            await _write_line(writer, reply)
+        await serve_lines(
+            reader, writer, functools.partial(self._serve_line, target, target_name, peer),
+            lambda message: self._refuse(ValueError(f"request refused: {message}"), peer),
+            lambda: self._refuse(ValueError("malformed request: not UTF-8"), peer),
+            self.max_line_length)
 
     def _refuse(self, exc: Exception, peer: Any) -> str:
         logger.warning("RPC request from %s refused: %s", peer, exc)
         return pyon.encode(_failure(exc))
 
-    async def _process(self, target: object, target_name: str, line: str, peer: Any) -> str:
-        """Serve one request line; return the reply line."""
+    def _serve_line(self, target: object, target_name: str, peer: Any,
+                    line: str) -> str | Awaitable[str]:
+        """Serve one request line: the reply line, or for a coroutine method an
+        awaitable of it."""
         call: Callable[[], Any]
         try:
             request = _parse_request(line)
@@ -417,8 +411,16 @@ class Server(AsyncioServer):
             return self._refuse(e, peer)
         try:
             ret = call()
-            if inspect.isawaitable(ret):
-                ret = await ret
+        except (Exception, asyncio.CancelledError) as e:
+            return self._call_failed(e, target_name, name, peer)
+        if inspect.isawaitable(ret):
+            return self._awaited(ret, target_name, name, peer)
+        return _encode_ok(ret, name)
+
+    async def _awaited(self, awaitable: Awaitable[Any], target_name: str, name: str,
+                       peer: Any) -> str:
+        try:
+            ret = await awaitable
         except asyncio.CancelledError as e:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
