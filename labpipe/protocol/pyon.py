@@ -98,8 +98,34 @@ def _escape(typename: str, args: list[Any]) -> dict[str, list[Any]]:
     return {_JSONCLASS: [typename, args]}
 
 
+#: Integers this small need no digits check (the exact int type's fast path).
+_SMALL_INT = 1 << 64
+
+
 def _to_json(obj: Any, depth: int = 0) -> Any:
     """Turn obj into something json can write, escaping non-JSON types."""
+    # the exact built-in types first, by identity (most of what is sent): the same
+    # results as the isinstance() chain below, in fewer steps
+    t = type(obj)
+    if t is str or t is float or t is bool or obj is None:
+        return obj
+    if t is int and -_SMALL_INT < obj < _SMALL_INT:
+        return obj
+    if t is dict or t is list or t is tuple:
+        depth += 1
+        if depth > MAX_ENCODE_DEPTH:
+            raise ValueError(f"cannot encode in PYON: value nested deeper than "
+                             f"{MAX_ENCODE_DEPTH} levels")
+        if t is list:
+            return [_to_json(x, depth) for x in obj]
+        if t is tuple:
+            return {_JSONCLASS: ["tuple", [[_to_json(x, depth) for x in obj]]]}
+        for k in obj:
+            if type(k) is not str:
+                return _escape("dict", [_pairs_to_json(obj, depth)])
+        if _JSONCLASS in obj:
+            return _escape("dict", [_pairs_to_json(obj, depth)])
+        return {k: _to_json(v, depth) for k, v in obj.items()}
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, int):  # numpy integers and numpy.bool_ are not int subclasses
