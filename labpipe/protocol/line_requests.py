@@ -3,8 +3,8 @@
 After its handshake (read with asyncio streams), a connection whose requests are lines
 answered one by one in order (the RPC port) is handed to ``serve_lines``: each line is
 served from the transport's ``data_received`` and its reply written at once, without a
-task wake-up, a future and an extra turn of the event loop per request (most of an
-RPC call's cost in the master; see ``benchmarks/bench_rpc.py``). The contract is that of
+task wake-up, a future and an extra turn of the event loop per request (about a third
+of an RPC round trip before; ``benchmarks/bench_rpc.py``). The contract is that of
 reading with ``server.read_line`` and answering each line before reading the next:
 
 - ``serve(line)`` returns the reply line, or an awaitable of it (a coroutine method):
