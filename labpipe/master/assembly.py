@@ -448,7 +448,7 @@ class Master:
 
         return (handlers
                 .on(messages.Log, log)
-                .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
+                .on(messages.UpdateDataset, lambda m: self.dataset_db.update_soon(m.mod))
                 .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
                     "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
                 .on(messages.Interactive, lambda m: self.interactive_db.request(
