@@ -25,10 +25,12 @@ Server contract (``Server``):
   ``args`` neither a tuple nor a list, ``kwargs`` not a dict with string keys) get a
   ``failed`` reply (``ValueError``, one line naming what was wrong) and the connection
   stays usable. Every refusal and failed call is logged; none stops the server.
-- Awaitable results (coroutine methods) are awaited. Each connection is served by its
-  own task, so a slow coroutine on one connection does not hold up the others; calls on
-  one connection are answered in order. A plain (non-coroutine) method runs in the
-  event loop and should be quick.
+- Awaitable results (coroutine methods) are awaited, in a task of their own, while
+  the connection reads no further: a slow coroutine on one connection does not hold up
+  the others; calls on one connection are answered in order. A plain (non-coroutine)
+  method runs in the event loop, called from the connection's data callback
+  (``line_requests.serve_lines``, after the handshake), and should be quick. Both run
+  in the context of the connection's task (``current_peer``...).
 - A return value PYON cannot encode gives a ``failed`` reply with class ``TypeError``.
 - A line longer than ``max_line_length`` gets a ``failed`` reply (``ValueError``) and
   that connection is closed (the rest of the line cannot be resynchronised).
