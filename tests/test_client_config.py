@@ -99,8 +99,8 @@ def test_master_and_client_take_the_lab_file(configured_lab, tmp_path_factory):
                                 "repository/gated.py").stdout)["rid"]
         shown = client(lab.path("repository"), "show", "schedule").stdout
         assert shown.splitlines()[0] == "Held pipelines: calib"  # held at start
-        assert shown.splitlines()[2].split()[:4] == [str(rid), "calib", "pending",
-                                                     "(held)"]
+        assert shown.splitlines()[2].split()[:5] == [str(rid), "calib", "1", "pending",
+                                                     "(held)"]  # first in its queue
         # a variable wins over the file, a flag over the variable
         wrong = str(free_ports(1)[0])
         result = client(lab.root, "show", "schedule", env={"LABPIPE_PORT_CONTROL": wrong})

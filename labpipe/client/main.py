@@ -1,10 +1,10 @@
 """``labpipe-client``: submit, delete and inspect runs of a labpipe (or ARTIQ) master.
 
 Modelled on ``artiq_client``. Every error is one line on stderr and a distinct exit
-code: 0 success, 1 a local error (a bug in the client: ``-v`` prints its traceback) or
-``wait`` on a run that did not complete, 2 usage error, 3 the master refused the
-request, 4 the master is unreachable, 130 interrupted (Ctrl-C; it ends monitors such as
-``show log`` with 0). People get tables that fit their terminal; ``--json`` prints JSON
+code: 0 success, 1 a local error (a bug in the client: ``-v`` prints its traceback),
+``wait`` on a run that did not complete or ``call`` of a function that failed, 2 usage
+error, 3 the master refused the request, 4 the master is unreachable, 130 interrupted
+(Ctrl-C; it ends monitors such as ``show log`` with 0). People get tables that fit their terminal; ``--json`` prints JSON
 for scripts (dict keys as strings, tuples as lists).
 
 Where the master is: ``settings.py`` (flags, environment, ``labpipe.toml``,
@@ -18,6 +18,8 @@ import sys
 import traceback
 from typing import NoReturn
 
+from labpipe.client.call import add_parser as add_call_parser
+from labpipe.client.call import call_command
 from labpipe.client.commands import COMMANDS
 from labpipe.client.connection import Connection, Lost, Unreachable
 from labpipe.client.due_dates import DUE_DATE_FORMS
@@ -43,8 +45,8 @@ argument values (NAME=VALUE) are read by the argument's type, which the master k
              (10MHz+-1MHz/0.5MHz: 9 to 11 MHz in steps of 0.5 MHz), a,b,c, or one value
   PYON       for PYONValue arguments, and for any argument the master cannot describe
 
-exit codes: 0 success, 1 a local error (-v: traceback) or wait on a run that did not
-complete, 2 usage, 3 refused by the master, 4 master unreachable, 130 Ctrl-C
+exit codes: 0 success, 1 a local error (-v: traceback), wait on a run that did not
+complete or call of a function that failed, 2 usage, 3 refused by the master, 4 master unreachable, 130 Ctrl-C
 
 the master's address and ports: flags, then $LABPIPE_SERVER, $LABPIPE_PORT_CONTROL,
 $LABPIPE_PORT_NOTIFY, $LABPIPE_PORT_BROADCAST, then labpipe.toml ([client], [ports],
@@ -70,6 +72,19 @@ def _seconds(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return value
+
+
+def _place_arguments(p: argparse.ArgumentParser, title: str, required: bool = False) -> None:
+    """--before/--after RID, --front/--back, --pos N: a place in a pipeline's queue."""
+    group = p.add_argument_group(title).add_mutually_exclusive_group(required=required)
+    group.add_argument("--before", type=int, metavar="RID", help="right before this run")
+    group.add_argument("--after", type=int, metavar="RID", help="right after this run")
+    group.add_argument("--front", action="store_const", const="front", dest="pos",
+                       help="before every run of the pipeline")
+    group.add_argument("--back", action="store_const", const="back", dest="pos",
+                       help="after every run of the pipeline")
+    group.add_argument("--pos", type=int, metavar="N",
+                       help="at index N of the pipeline's queue (0: first; -1: last)")
 
 
 def get_argparser() -> argparse.ArgumentParser:
@@ -124,11 +139,19 @@ def get_argparser() -> argparse.ArgumentParser:
                    help="only check the submission (file, class, arguments, devices) in "
                         "a worker without running it; prints the problems (exit code 3 "
                         "when there are any)")
+    p.add_argument("--now", action="store_true",
+                   help="run it at once, ahead of the pipeline's queue, held or not "
+                        "(refused while a run of the pipeline runs, unless --wait)")
+    p.add_argument("--wait", action="store_true",
+                   help="with --now: start once the pipeline's running run is done")
+    _place_arguments(p, "place it in the pipeline's queue")
     p.add_argument("-v", "--verbose", action="count", default=0, help="worker log level down")
     p.add_argument("-q", "--quiet", action="count", default=0, help="worker log level up")
     p.add_argument("file", help="experiment file")
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
                    help="experiment arguments, read by their type (labpipe-client --help)")
+
+    add_call_parser(sub)
 
     p = sub.add_parser("delete", help="delete a run")
     p.add_argument("-g", "--graceful", action="store_true",
@@ -147,10 +170,26 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
                    help="arguments to change, read by their type")
 
-    for name, text in (("hold", "hold pipelines: they start no new run"),
-                       ("release", "release held pipelines")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p = sub.add_parser("move", help="move pending runs in their pipeline's queue "
+                                    "(priority and due date still go first)")
+    p.add_argument("rid", type=int, nargs="+", help="run id(s), moved as a block in "
+                                                    "this order")
+    _place_arguments(p, "where to", required=True)
+
+    p = sub.add_parser("clear", help="delete every run of a pipeline that has not "
+                                     "started running")
+    p.add_argument("pipeline", help="pipeline name")
+
+    p = sub.add_parser("hold", help="hold pipelines: they start no new run")
+    p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p.add_argument("--after-current", action="store_true",
+                   help="let the running run finish first (shown as stop pending)")
+    p = sub.add_parser("release", help="release held pipelines (or cancel a pending hold)")
+    p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p = sub.add_parser("stop-on-failure", help="hold a pipeline when one of its runs "
+                                               "fails (on), or not (off, the default)")
+    p.add_argument("pipeline", help="pipeline name")
+    p.add_argument("state", choices=("on", "off"))
 
     p = sub.add_parser("lock", help="lock the queue and/or the environment with a key")
     p.add_argument("key", help="the key (give it as --lock-key to pass the lock)")
@@ -247,6 +286,8 @@ def _run(args: argparse.Namespace, master: Connection) -> None:
         SHOW[args.what](args, master)
     elif args.action == "history":
         history_command(args, master)
+    elif args.action == "call":
+        call_command(args, master)
     else:
         COMMANDS[args.action](args, master)
 

@@ -46,7 +46,7 @@ def _not_here(what: str) -> Handler:
 
 #: which uid a change of the adapter's ("queue", "history", "plans", "devices") renews
 _UID_OF = {"queue": "queue_uid", "history": "history_uid", "plans": "plans_uid",
-           "devices": "devices_uid"}
+           "devices": "devices_uid", "tasks": "task_results_uid"}
 
 
 class QServer:
@@ -177,11 +177,11 @@ class QServer:
             "items_in_history": self.adapter.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
             "manager_state": self.manager_state(),
-            "queue_stop_pending": held and running is not None,
+            "queue_stop_pending": self.adapter.stop_pending(),
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
-            "worker_background_tasks": 0,
+            "worker_background_tasks": self.adapter.background_tasks(),
             "re_state": self.re_state() if self.environment_open else None,
             "ip_kernel_state": None, "ip_kernel_captured": None,
             "pause_pending": running is not None and running.pause_requested
@@ -192,13 +192,17 @@ class QServer:
             "plan_history_uid": self.history_uid,
             "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
             "devices_allowed_uid": self.devices_uid, "plans_allowed_uid": self.plans_uid,
-            "plan_queue_mode": {"loop": False, "ignore_failures": True},
+            "plan_queue_mode": {"loop": False,
+                                "ignore_failures": not self.adapter.stop_on_failure()},
             "task_results_uid": self.task_results_uid,
             "lock_info_uid": self.lock_uid,
             "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
         }
 
-    async def add_item(self, item: object, user: object, group: object) -> Reply:
+    async def add_item(self, item: object, user: object, group: object,
+                       immediate: bool = False, place: dict[str, Any] | None = None) -> Reply:
+        """Submit a plan item at place (``schedule.submit``'s before/after/pos; the
+        back by default), or run it at once (``immediate``: queue_item_execute)."""
         if not isinstance(item, dict):
             raise Refused("Incorrect request format: 'item' must be a dictionary")
         item_type = item.get("item_type", "plan")
@@ -212,7 +216,10 @@ class QServer:
             raise Refused("'args' must be a list and 'kwargs' a dictionary")
         meta = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
                 "user": user, "user_group": group}
-        rid = await self.adapter.submit_plan(name, args, kwargs)
+        if immediate:
+            rid = await self.adapter.execute_plan(name, args, kwargs)
+        else:
+            rid = await self.adapter.submit_plan(name, args, kwargs, place or {})
         self.meta[rid] = meta
         return {"item": self.item_of_rid(rid), "rid": rid}
 
@@ -228,11 +235,21 @@ def _user(p: dict[str, Any]) -> tuple[Any, Any]:
     return p["user"], p["user_group"]
 
 
-def _placement(p: dict[str, Any]) -> None:
-    """Positions other than the back need schedule.move (the queue-control issue)."""
-    if p.get("pos", "back") not in ("back", -1) or p.get("before_uid") or p.get("after_uid"):
-        raise NotAvailable("positions in the queue (pos, before_uid, after_uid) need "
-                           "schedule.move, which is not available in this labpipe master")
+def _placement(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where new items go: ``pos`` ("front", "back" or an index), ``before_uid`` or
+    ``after_uid`` (at most one), as ``schedule.submit`` places a run."""
+    given = [key for key in ("pos", "before_uid", "after_uid") if key in p]
+    if len(given) > 1:
+        raise Refused(f"Ambiguous parameters: {' and '.join(given)} are both specified")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    pos = p.get("pos", "back")
+    if pos not in ("front", "back") and (isinstance(pos, bool) or not isinstance(pos, int)):
+        raise Refused(f"Parameter 'pos' has incorrect type: {pos!r} (a position: "
+                      f"'front', 'back' or an integer)")
+    return {} if pos in ("back", -1) else {"pos": pos}
 
 
 # --- status ---------------------------------------------------------------------------
@@ -266,8 +283,7 @@ async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
-    added = await qs.add_item(p.get("item"), user, group)
+    added = await qs.add_item(p.get("item"), user, group, place=_placement(qs, p))
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
@@ -275,14 +291,17 @@ async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
+    place = _placement(qs, p)
     items = p.get("items")
     if not isinstance(items, list):
         raise Refused("'items' must be a list")
     added, results = [], []
     for item in items:
         try:
-            added.append((await qs.add_item(item, user, group))["item"])
+            done = await qs.add_item(item, user, group, place=place)
+            added.append(done["item"])
+            if place:  # the next item goes right after this one: the batch in order
+                place = {"after": done["rid"]}
             results.append({"success": True, "msg": ""})
         except (Refused, ValueError, TypeError) as exc:
             added.append(item)
@@ -349,38 +368,45 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
         "lock_key")
 async def queue_item_move(qs: QServer, p: dict[str, Any]) -> Reply:
     rid = qs.target_rid(p)
-    move = qs.adapter.optional("move")
-    dest = p.get("pos_dest")
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move(rid, position=dest, before=before, after=after)
+    await qs.adapter.move([rid], **_destination(qs, p))
     return {"item": qs.item_of_rid(rid), "qsize": len(qs.adapter.queued())}
+
+
+def _destination(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where a move goes: pos_dest, before_uid or after_uid (exactly one)."""
+    given = [key for key in ("pos_dest", "before_uid", "after_uid") if key in p]
+    if len(given) != 1:
+        raise Refused("give one of 'pos_dest', 'before_uid' and 'after_uid'"
+                      if given else "the destination is not specified: give 'pos_dest', "
+                      "'before_uid' or 'after_uid'")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    return {"pos": p["pos_dest"]}
 
 
 @method("queue_item_move_batch", "uids", "pos_dest", "before_uid", "after_uid",
         "reorder", "lock_key")
 async def queue_item_move_batch(qs: QServer, p: dict[str, Any]) -> Reply:
-    move_batch = qs.adapter.optional("move_batch")
-    rids = [qs.rid_of(u) for u in p.get("uids") or []]
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move_batch(rids, position=p.get("pos_dest"), before=before, after=after)
+    uids = p.get("uids")
+    if not isinstance(uids, list) or not uids:
+        raise Refused("'uids' must be a non-empty list")
+    rids = [qs.rid_of(u) for u in uids]
+    await qs.adapter.move(rids, **_destination(qs, p))
     return {"items": [qs.item_of_rid(r) for r in rids], "qsize": len(qs.adapter.queued())}
 
 
 @method("queue_item_execute", "item", "user_group", "user", "lock_key")
 async def queue_item_execute(qs: QServer, p: dict[str, Any]) -> Reply:
-    execute_now = qs.adapter.optional("execute_now")
     user, group = _user(p)
-    added = await qs.add_item(p.get("item"), user, group)
-    await execute_now(added["rid"])
+    added = await qs.add_item(p.get("item"), user, group, immediate=True)
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
 @method("queue_clear", "lock_key")
 async def queue_clear(qs: QServer, p: dict[str, Any]) -> Reply:
-    for run in qs.adapter.queued():
-        await qs.adapter.delete(run.rid)
+    await qs.adapter.clear()
     return {}
 
 
@@ -394,13 +420,13 @@ async def queue_start(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("queue_stop", "lock_key")
 async def queue_stop(qs: QServer, p: dict[str, Any]) -> Reply:
-    await qs.adapter.hold()
+    await qs.adapter.hold(after_current=True)
     return {}
 
 
 @method("queue_stop_cancel", "lock_key")
 async def queue_stop_cancel(qs: QServer, p: dict[str, Any]) -> Reply:
-    if qs.adapter.running() is not None:
+    if qs.adapter.stop_pending():
         await qs.adapter.release()
     return {}
 
@@ -416,11 +442,22 @@ async def queue_autostart(qs: QServer, p: dict[str, Any]) -> Reply:
 @method("queue_mode_set", "mode", "lock_key")
 async def queue_mode_set(qs: QServer, p: dict[str, Any]) -> Reply:
     mode = p.get("mode")
-    if mode == "default" or (isinstance(mode, dict) and not mode.get("loop", False)
-                             and mode.get("ignore_failures", True)):
-        return {}
-    raise Refused("a labpipe pipeline runs each plan once and goes on after a failure: "
-                  "only {'loop': False, 'ignore_failures': True} is available")
+    if mode == "default":  # the RE Manager's default: the queue stops on a failure
+        mode = {"loop": False, "ignore_failures": False}
+    if not isinstance(mode, dict):
+        raise Refused(f"'mode' must be a dictionary or 'default', not {mode!r}")
+    unknown = set(mode) - {"loop", "ignore_failures"}
+    if unknown:
+        raise Refused(f"Unsupported plan queue mode parameter {sorted(unknown)[0]!r}: "
+                      f"supported parameters ['loop', 'ignore_failures']")
+    if not all(isinstance(v, bool) for v in mode.values()):
+        raise Refused("plan queue mode parameters must be true or false")
+    if mode.get("loop", False):
+        raise Refused("the loop mode is not available in labpipe: a pipeline runs each "
+                      "plan once")
+    if "ignore_failures" in mode:
+        await qs.adapter.set_stop_on_failure(not mode["ignore_failures"])
+    return {}
 
 
 # --- history --------------------------------------------------------------------------
@@ -584,26 +621,94 @@ async def re_runs(qs: QServer, p: dict[str, Any]) -> Reply:
 @method("function_execute", "item", "user_group", "user", "run_in_background",
         "lock_key")
 async def function_execute(qs: QServer, p: dict[str, Any]) -> Reply:
-    call_function = qs.adapter.optional("call_function")
+    """``schedule.call_function`` on the queue's pipeline (``docs/functions.md``)."""
     item = p.get("item")
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise Refused("'item' must be a function item with 'name'")
-    task_uid = await call_function(item["name"], item.get("args", []),
-                                   item.get("kwargs", {}))
-    return {"item": item, "task_uid": str(task_uid)}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+            or not item["name"]:
+        raise Refused("Incorrect request format: 'item' must be a function item with "
+                      "'name'")
+    if item.get("item_type", "function") != "function":
+        raise Refused(f"Incorrect item type {item.get('item_type')!r}: a function item "
+                      f"('item_type': 'function') is expected")
+    args, kwargs = item.get("args", []), item.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise Refused("Incorrect request format: the function's 'args' must be a list "
+                      "and its 'kwargs' a dictionary")
+    background = p.get("run_in_background", False)
+    if not isinstance(background, bool):
+        raise Refused("'run_in_background' must be true or false")
+    try:
+        task_uid = await qs.adapter.call_function(item["name"], args, kwargs, background)
+    except PermissionError as exc:  # the master's lock or permissions: one line
+        raise Refused(str(exc)) from None
+    return {"item": {**item, "item_type": "function"}, "task_uid": task_uid}
+
+
+#: labpipe's task statuses as the RE Manager names them (a queued call is running)
+_TASK_STATUS = {"queued": "running", "running": "running", "completed": "completed"}
+
+
+async def _task_status_of(qs: QServer, uid: object) -> str:
+    if not isinstance(uid, str):
+        raise Refused(f"Invalid task UID {uid!r}: a string is expected")
+    return _TASK_STATUS.get(await qs.adapter.task_status(uid), "not_found")
 
 
 @method("task_status", "task_uid")
 async def task_status(qs: QServer, p: dict[str, Any]) -> Reply:
-    status_of = qs.adapter.optional("task_status")
-    return {"task_uid": p.get("task_uid"), "status": await status_of(p.get("task_uid"))}
+    """One status for a UID, ``{uid: status}`` for a list of them."""
+    uid = p.get("task_uid")
+    if uid is None:
+        raise Refused("Required 'task_uid' parameter is missing in the API call.")
+    if isinstance(uid, list):
+        if len(uid) > 10_000:
+            raise Refused("Too many task UIDs in one request (at most 10000)")
+        status: Any = {u: await _task_status_of(qs, u) for u in uid}
+    else:
+        status = await _task_status_of(qs, uid)
+    return {"task_uid": uid, "status": status}
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A return value as JSON carries it: arrays and numpy numbers as lists and numbers,
+    tuples as lists, keys as strings (what JSON cannot carry is shown as its repr)."""
+    if depth > 100:
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v, depth + 1)
+                for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    return _jsonable(tolist(), depth + 1) if callable(tolist) else repr(value)
 
 
 @method("task_result", "task_uid")
 async def task_result(qs: QServer, p: dict[str, Any]) -> Reply:
-    result_of = qs.adapter.optional("task_result")
-    result = await result_of(p.get("task_uid"))
-    return {"task_uid": p.get("task_uid"), "status": "completed", "result": result}
+    """The RE Manager's shapes: ``{}`` when not found; ``task_uid``, ``time_start``,
+    ``run_in_background`` while running; ``task_uid``, ``success``, ``msg``,
+    ``traceback``, ``return_value``, ``time_start``, ``time_stop`` once completed."""
+    uid = p.get("task_uid")
+    if not isinstance(uid, str):
+        raise Refused("Required 'task_uid' parameter is missing in the API call "
+                      "(a string)")
+    record = await qs.adapter.task_result(uid)
+    status = _TASK_STATUS.get(str(record.get("status")), "not_found")
+    result: dict[str, Any] = {}
+    if status == "running":
+        result = {"task_uid": uid, "time_start": record.get("time_start")
+                  or record.get("time_submitted"),
+                  "run_in_background": bool(record.get("background"))}
+    elif status == "completed":
+        result = {"task_uid": uid, "success": bool(record.get("success")),
+                  "msg": record.get("msg") or "",
+                  "traceback": record.get("traceback") or "",
+                  "return_value": _jsonable(record.get("return_value")),
+                  "time_start": record.get("time_start"),
+                  "time_stop": record.get("time_stop")}
+    return {"task_uid": uid, "status": status, "result": result}
 
 
 METHODS["script_upload"] = (("script", "update_lists", "update_re", "run_in_background",
