@@ -12,6 +12,10 @@ the ratio figure / floor after it):
     is set);
   - how long after the loop's end the subscriber holds the last value. Floor: a
     loopback round trip;
+  - the master's CPU time per update (all its threads, ``/proc/PID/stat``, from the
+    submit to the run's end). Floor: ``json.loads`` of one update's PYON line and
+    ``json.dumps`` of the result (the standard library's C code, in this process): the
+    least a relay that reads and writes the update costs;
 - a 150x150 float64 array set at 10 Hz for 3 s: the subscriber's lag behind each set
   (median in the first and last seconds), to show whether a backlog grows. Floor: a
   loopback round trip of 180 kB (the array's size).
@@ -22,6 +26,7 @@ Usage: python benchmarks/bench_datasets.py
 """
 
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -29,8 +34,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import floors  # noqa: E402
-from bench_master import ScheduleWatch, master_in_temporary_lab  # noqa: E402
+from bench_master import ScheduleWatch, master_process_in_temporary_lab  # noqa: E402
 
+from labpipe.protocol import pyon
 from labpipe.protocol.rpc import AsyncClient
 from labpipe.protocol.sync import Subscriber
 
@@ -94,16 +100,36 @@ def dict_set_in_a_loop(n: int = 100_000) -> floors.Floor:
     return floors.Floor("a dict item set in a Python loop", (time.perf_counter() - t0) / n)
 
 
+def relay_floor(n: int = 20_000) -> floors.Floor:
+    """json.loads of a dataset mod's PYON line and json.dumps of it: CPU per update."""
+    line = pyon.encode({"action": "setitem", "path": [], "key": "bench.counter",
+                        "value": (False, 12345, {})})
+    t0 = time.thread_time()
+    for _ in range(n):
+        json.dumps(json.loads(line), separators=(",", ":"))
+    return floors.Floor("json.loads + json.dumps of one update's line, CPU",
+                        (time.thread_time() - t0) / n)
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of process pid (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_update(rate: float) -> str:
     return f"{rate:,.0f} updates/s"
 
 
-async def loop_case(schedule, watch, runs, n, floor):
+async def loop_case(schedule, watch, runs, n, floor, pid):
+    cpu0 = process_cpu(pid)
     rid = await schedule.submit("main", {"file": "repository/loop.py", "class_name": None,
                                          "arguments": {"n": n}, "log_level": 30})
     seen_last, _ = await watch.wait_value("bench.counter", lambda v: v == n - 1)
     _, (t0, t1) = await watch.wait_value("bench.loop", lambda v: True)
     await runs.wait((rid, "removed"))
+    cpu = (process_cpu(pid) - cpu0) / n
     watch.seen.clear()
     in_loop = (t1 - t0) / n
     print(f"{n} broadcast sets: {n / (t1 - t0):,.0f} updates/s in the loop; "
@@ -113,6 +139,8 @@ async def loop_case(schedule, watch, runs, n, floor):
                           floors.Floor("the loop's own time per update", in_loop)))
     print(floors.beside(f"{n} broadcast sets: the subscriber held the last value, after "
                         "the loop's end,", seen_last - t1, floor["loopback"]))
+    print(floors.beside(f"{n} broadcast sets: the master's CPU per update", cpu,
+                        floor["relay"]))
 
 
 async def image_case(schedule, watch, runs, floor):
@@ -127,7 +155,7 @@ async def image_case(schedule, watch, runs, floor):
                             statistics.median(part), floor["loopback_image"]))
 
 
-async def bench(ports, floor):
+async def bench(ports, floor, pid):
     schedule = AsyncClient()
     await schedule.connect_rpc("127.0.0.1", ports["control"], "schedule")
     runs = ScheduleWatch()
@@ -137,8 +165,8 @@ async def bench(ports, floor):
     for subscriber in subscribers:
         await subscriber.connect("127.0.0.1", ports["notify"])
     try:
-        await loop_case(schedule, watch, runs, 2000, floor)
-        await loop_case(schedule, watch, runs, 100_000, floor)
+        await loop_case(schedule, watch, runs, 2000, floor, pid)
+        await loop_case(schedule, watch, runs, 100_000, floor, pid)
         await image_case(schedule, watch, runs, floor)
     finally:
         for subscriber in subscribers:
@@ -149,9 +177,10 @@ async def bench(ports, floor):
 def main():
     floors.header("bench_datasets.py")
     floor = {"dict": dict_set_in_a_loop(), "loopback": floors.loopback_round_trip(),
-             "loopback_image": floors.loopback_round_trip(150 * 150 * 8, repeats=100)}
-    with master_in_temporary_lab({"loop": LOOP, "image": IMAGE}) as ports:
-        asyncio.run(bench(ports, floor))
+             "loopback_image": floors.loopback_round_trip(150 * 150 * 8, repeats=100),
+             "relay": relay_floor()}
+    with master_process_in_temporary_lab({"loop": LOOP, "image": IMAGE}) as (process, ports):
+        asyncio.run(bench(ports, floor, process.pid))
     floors.load_average("end")
 
 

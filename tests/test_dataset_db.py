@@ -282,6 +282,39 @@ async def test_update_of_a_persistent_dataset_is_committed(db_path):
     assert data == {"p": (True, {"n": 1}, {})}
 
 
+async def test_update_soon_is_update_done_at_once_when_it_can_be(db_path):
+    """A worker's broadcast set is applied (and published) before update_soon returns;
+    what needs the disk, or comes behind a change waiting for it, is the update()
+    coroutine, in order; a bad entry is refused as update() refuses it."""
+    async def main():
+        db = DatasetDB(db_path)
+        mods = []
+        db.data.add_listener(mods.append)
+        assert db.update_soon({"action": "setitem", "path": [], "key": "b",
+                               "value": (False, 1, {})}) is None
+        assert db.data.raw_view["b"] == (False, 1, {}) and len(mods) == 1
+        persist = db.update_soon({"action": "setitem", "path": [], "key": "p",
+                                  "value": (True, 2, {})})
+        behind = db.update_soon({"action": "setitem", "path": [], "key": "b",
+                                 "value": (False, 3, {})})
+        assert persist is not None and behind is not None  # the disk, then behind it
+        await asyncio.gather(persist, behind)
+        assert [m["value"][1] for m in mods] == [1, 2, 3]
+        # persist turned off: the dataset leaves the file, so it waits for the disk too
+        off = db.update_soon({"action": "setitem", "path": [], "key": "p",
+                              "value": (False, 4, {})})
+        assert off is not None
+        await off
+        with pytest.raises(ValueError, match="persist flag must be a bool"):
+            db.update_soon({"action": "setitem", "path": [], "key": "b",
+                            "value": ("no", 5, {})})
+        assert db.data.raw_view["b"] == (False, 3, {})
+        db.close()
+
+    await main()
+    assert on_disk(db_path) == {}
+
+
 async def test_errors_are_clear_and_change_nothing(db_path):
     async def main():
         db = DatasetDB(db_path)

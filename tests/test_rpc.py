@@ -12,6 +12,8 @@ import json
 import logging
 import random
 import socket
+import threading
+import time
 
 import numpy
 import pytest
@@ -459,6 +461,66 @@ async def test_cancelled_async_call_closes_the_connection():
             with pytest.raises(ConnectionError):
                 await c.fast()
     await main()
+
+
+def _call_line(name, *args) -> bytes:
+    return pyon.encode({"action": "call", "name": name, "args": list(args),
+                        "kwargs": {}}).encode() + b"\n"
+
+
+async def test_pipelined_requests_are_answered_in_order():
+    """Handshake and requests in one write (before any reply was read), plain and
+    coroutine methods and failures mixed: one reply per request, in order."""
+    def body(port):
+        with raw(port) as conn:
+            conn.send(b"ARTIQ pc_rpc\ncalc pyon_v2\n" + _call_line("add", 1, 2)
+                      + _call_line("async_add", 3, 4) + _call_line("fail_builtin")
+                      + b"\xff\n" + _call_line("async_add", 5, 6) + _call_line("fast"))
+            assert json.loads(conn.readline())["targets"] == ["calc"]
+            assert "add" in pyon.decode(conn.readline())
+            replies = [pyon.decode(conn.readline()) for _ in range(6)]
+            assert [r["status"] for r in replies] == ["ok", "ok", "failed", "failed", "ok",
+                                                      "ok"]
+            assert [replies[i]["ret"] for i in (0, 1, 4, 5)] == [3, 7, 11, "fast"]
+            assert replies[2]["exception"]["class"] == "ValueError"
+            assert "not UTF-8" in replies[3]["exception"]["message"]
+    await with_server({"calc": Calc()}, body)
+
+
+async def test_requests_before_the_clients_end_of_stream_are_all_answered():
+    """A client that half-closes after its requests (a coroutine method among them)
+    gets every reply, then the server closes."""
+    def body(port):
+        with raw(port) as conn:
+            conn.handshake()
+            conn.send(_call_line("async_add", 1, 1) + _call_line("add", 2, 2)
+                      + b'{"action":"call","name":"add","args":[1]')  # partial: dropped
+            conn.sock.shutdown(socket.SHUT_WR)
+            assert pyon.decode(conn.readline())["ret"] == 2
+            assert pyon.decode(conn.readline())["ret"] == 4
+            assert conn.readline() == b""
+    await with_server({"calc": Calc()}, body)
+
+
+async def test_a_client_not_reading_its_replies_is_paused_then_served():
+    """Requests whose replies (16 MB) outgrow the socket buffers while the client does
+    not read: the server stops reading until the client reads again; nothing is lost
+    or reordered."""
+    count, size = 2000, 8000
+
+    def body(port):
+        with raw(port) as conn:
+            conn.handshake()
+            sender = threading.Thread(target=conn.send, args=(b"".join(
+                _call_line("echo", "x" * size, i) for i in range(count)),))
+            sender.start()
+            time.sleep(0.5)  # the replies pile up: the server must pause
+            for i in range(count):
+                args, _ = pyon.decode(conn.readline())["ret"]
+                assert args == ("x" * size, i)
+            sender.join(TIMEOUT)
+            assert not sender.is_alive()
+    await with_server({"calc": Calc()}, body)
 
 
 async def test_stop_with_a_call_in_progress():

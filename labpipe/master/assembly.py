@@ -53,7 +53,8 @@ from labpipe.master.interactive import InteractiveArgDB
 from labpipe.master.lab_lock import LabLock
 from labpipe.master.process_records import FILE_NAME as PROCESSES_FILE
 from labpipe.master.process_records import ProcessRecords, end_leftovers
-from labpipe.master.repository import ExperimentDB, FilesystemBackend, GitBackend
+from labpipe.master.repository import ExperimentDB, FilesystemBackend
+from labpipe.master.repository.backend import RepositoryBackend
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run
 from labpipe.master.schedule_store import ScheduleStore
@@ -274,8 +275,11 @@ class Master:
         self.dataset_db = await asyncio.to_thread(DatasetDB, self._path(o.dataset_db))
         # closing waits for a commit under way (or joins a writer thread): in threads
         stack.push_async_callback(asyncio.to_thread, self.dataset_db.close)
-        backend_cls = GitBackend if o.git else FilesystemBackend
-        self.repository = backend_cls(self._path(o.repository))
+        if o.git:  # dulwich (5 MiB resident) only for a Git repository
+            from labpipe.master.repository.git import GitBackend
+            self.repository: RepositoryBackend = GitBackend(self._path(o.repository))
+        else:
+            self.repository = FilesystemBackend(self._path(o.repository))
         stack.callback(self.repository.close)
         self.schedule_store = await asyncio.to_thread(ScheduleStore,
                                                       self._path(o.schedule_db))
@@ -481,7 +485,7 @@ class Master:
 
         return (handlers
                 .on(messages.Log, log)
-                .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
+                .on(messages.UpdateDataset, lambda m: self.dataset_db.update_soon(m.mod))
                 .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
                     "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
                 .on(messages.Interactive, lambda m: self.interactive_db.request(

@@ -8,7 +8,8 @@ Contract (``docs/internals.md``, RPC target ``dataset_db`` of ``wire-compat.md``
   metadata a dict (unit, scale, precision...).
 - Coroutines ``set(key, value, persist=None, metadata=None)``, ``update(mod)`` and
   ``delete(key)`` change ``data`` (publishing mods), and for persistent datasets the
-  file. ``get(key)`` gives the value, ``get_metadata(key)`` the metadata. ``close()``.
+  file; ``update_soon(mod)`` does a change that needs neither at once (the workers'
+  stream of broadcast sets), else gives ``update(mod)`` to await. ``get(key)`` gives the value, ``get_metadata(key)`` the metadata. ``close()``.
 - Durability: a change to a persistent dataset is committed (LMDB transaction, synced
   to disk) before the coroutine that made it returns, and before its mod is published
   or the in-memory value changes, so a ``kill -9`` right after the reply, or after a
@@ -62,7 +63,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import lmdb
@@ -242,6 +243,9 @@ class DatasetDB:
             deque()
         #: key -> [entry as the queued changes leave it, private copy?, changes queued]
         self._overlay: dict[str, list[Any]] = {}
+        # coroutines update_soon gave that have not ended (one never awaited keeps
+        # update_soon on the slow path: safe, only slower)
+        self._updates_due = 0
 
     def _load(self) -> dict[str, Entry]:
         with self._env.begin() as txn:
@@ -380,6 +384,31 @@ class DatasetDB:
         if self._state(key) is None:
             raise DatasetNotFoundError(f"dataset {key!r} does not exist")
         await self._replace(key, None)
+
+    def update_soon(self, mod: dict[str, Any]) -> Awaitable[None] | None:
+        """``update(mod)``, done at once (returning None) when it needs neither the file
+        nor to wait behind another change: a root ``setitem`` of an entry that is not
+        persistent, of a dataset that was not, with nothing queued (what a worker's
+        broadcast sets are); otherwise a coroutine doing ``update(mod)``, to be awaited.
+        Never ahead of the change of an earlier call whose coroutine has not ended.
+        Refuses what ``update`` refuses, with the same errors."""
+        if (type(mod) is dict and mod.get("action") == "setitem" and mod.get("path") == []
+                and not self._applies and not self._updates_due and "value" in mod):
+            key = mod.get("key")
+            if type(key) is str and key:
+                entry = _check_entry(mod["value"])
+                old = self._state(key)
+                if not entry[0] and (old is None or not old[0]):
+                    self.data[key] = entry  # what _enqueue then _drain would do now
+                    return None
+        self._updates_due += 1
+        return self._update_due(mod)
+
+    async def _update_due(self, mod: dict[str, Any]) -> None:
+        try:
+            await self.update(mod)
+        finally:
+            self._updates_due -= 1
 
     async def update(self, mod: dict[str, Any]) -> None:
         """Apply one mod of the datasets notifier's shape (rules in the module docstring)."""

@@ -1,10 +1,18 @@
 """Reading a run's results file back for clients (the ``history`` target's
-``read_results``): its ``datasets`` and ``archive`` groups as plain values."""
+``read_results``): its ``datasets`` and ``archive`` groups as plain values.
 
-from typing import Any
+h5py is imported by the first call, not with the master: it is 13 MiB of the master's
+resident memory otherwise (``benchmarks/bench_rss.py``), for a call a lab makes rarely.
+"""
 
-import h5py
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import h5py
 
 #: A results file's values larger than this (bytes, summed) are refused.
 MAX_BYTES = 64 << 20
@@ -23,6 +31,8 @@ def _value(dataset: h5py.Dataset) -> Any:
 def read_results(path: str) -> dict[str, dict[str, Any]]:
     """``{"datasets": {key: value}, "archive": {key: value}}`` of the results file at
     path; ValueError naming the file when it cannot be read or is too large."""
+    import h5py
+
     out: dict[str, dict[str, Any]] = {"datasets": {}, "archive": {}}
     total = 0
     try:

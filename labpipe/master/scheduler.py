@@ -46,7 +46,6 @@ from labpipe.protocol.sync import Mod, Notifier
 from labpipe.worker import messages
 from labpipe.worker.handle import Handlers, Worker
 from labpipe.worker.launcher import Launcher
-from labpipe.worker.results import results_path, write_results
 
 __all__ = ["Scheduler", "SchedulerConfig", "validate_submission", "EXPID_KEYS"]
 
@@ -623,6 +622,8 @@ class Scheduler:
 
     async def _write_results_for_lost_worker(self, run: Run, end: RunEnd) -> str | None:
         """The worker died: write what the master knows about the run."""
+        # imported here: h5py is 13 MiB of the master's memory (benchmarks/bench_rss.py)
+        from labpipe.worker.results import results_path, write_results
         start = run.stage_times.get("preparing", run.submitted)
         path = results_path(self.config.results_dir, run.rid,
                             run.class_name or run.expid.get("class_name") or "Experiment",

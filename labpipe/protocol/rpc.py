@@ -25,10 +25,12 @@ Server contract (``Server``):
   ``args`` neither a tuple nor a list, ``kwargs`` not a dict with string keys) get a
   ``failed`` reply (``ValueError``, one line naming what was wrong) and the connection
   stays usable. Every refusal and failed call is logged; none stops the server.
-- Awaitable results (coroutine methods) are awaited. Each connection is served by its
-  own task, so a slow coroutine on one connection does not hold up the others; calls on
-  one connection are answered in order. A plain (non-coroutine) method runs in the
-  event loop and should be quick.
+- Awaitable results (coroutine methods) are awaited, in a task of their own, while
+  the connection reads no further: a slow coroutine on one connection does not hold up
+  the others; calls on one connection are answered in order. A plain (non-coroutine)
+  method runs in the event loop, called from the connection's data callback
+  (``line_requests.serve_lines``, after the handshake), and should be quick. Both run
+  in the context of the connection's task (``current_peer``...).
 - A return value PYON cannot encode gives a ``failed`` reply with class ``TypeError``.
 - A line longer than ``max_line_length`` gets a ``failed`` reply (``ValueError``) and
   that connection is closed (the rest of the line cannot be resynchronised).
@@ -71,8 +73,8 @@ from types import TracebackType
 from typing import Any
 
 from labpipe.protocol import pyon
-from labpipe.protocol.server import (MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits,
-                                     LineTooLong, read_line)
+from labpipe.protocol.line_requests import serve_lines
+from labpipe.protocol.server import MAX_LINE_LENGTH, AsyncioServer, ConnectionLimits, read_line
 
 __all__ = ["Server", "Client", "AsyncClient", "RemoteError", "IncompatibleServer",
            "current_peer", "current_peer_certificate"]
@@ -384,26 +386,20 @@ class Server(AsyncioServer):
     async def _serve_requests(self, target: object, target_name: str,
                               reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               peer: Any) -> None:
-        while True:
-            try:
-                line = await read_line(reader)
-            except UnicodeDecodeError:
-                reply = self._refuse(ValueError("malformed request: not UTF-8"), peer)
-            except LineTooLong as e:
-                await _write_line(writer, self._refuse(ValueError(f"request refused: {e}"), peer))
-                raise
-            else:
-                if line is None:
-                    return
-                reply = await self._process(target, target_name, line, peer)
-            await _write_line(writer, reply)
+        await serve_lines(
+            reader, writer, functools.partial(self._serve_line, target, target_name, peer),
+            lambda message: self._refuse(ValueError(f"request refused: {message}"), peer),
+            lambda: self._refuse(ValueError("malformed request: not UTF-8"), peer),
+            self.max_line_length)
 
     def _refuse(self, exc: Exception, peer: Any) -> str:
         logger.warning("RPC request from %s refused: %s", peer, exc)
         return pyon.encode(_failure(exc))
 
-    async def _process(self, target: object, target_name: str, line: str, peer: Any) -> str:
-        """Serve one request line; return the reply line."""
+    def _serve_line(self, target: object, target_name: str, peer: Any,
+                    line: str) -> str | Awaitable[str]:
+        """Serve one request line: the reply line, or for a coroutine method an
+        awaitable of it."""
         call: Callable[[], Any]
         try:
             request = _parse_request(line)
@@ -417,8 +413,16 @@ class Server(AsyncioServer):
             return self._refuse(e, peer)
         try:
             ret = call()
-            if inspect.isawaitable(ret):
-                ret = await ret
+        except (Exception, asyncio.CancelledError) as e:
+            return self._call_failed(e, target_name, name, peer)
+        if inspect.isawaitable(ret):
+            return self._awaited(ret, target_name, name, peer)
+        return _encode_ok(ret, name)
+
+    async def _awaited(self, awaitable: Awaitable[Any], target_name: str, name: str,
+                       peer: Any) -> str:
+        try:
+            ret = await awaitable
         except asyncio.CancelledError as e:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -34,7 +34,14 @@ from labpipe.language.environment import EnvExperiment
 from labpipe.language.exceptions import TerminationRequested
 from labpipe.protocol import pyon
 from labpipe.worker.messages import FunctionOutcome, Message
-from labpipe.worker.runner import one_line
+
+def one_line(exc: BaseException) -> str:
+    """``runner.one_line``, imported when first needed: the master imports this module
+    (for ``FUNCTION_KEY``), and the runner's import of the results writer would load
+    h5py into it (13 MiB, ``benchmarks/bench_rss.py``)."""
+    from labpipe.worker.runner import one_line as runner_one_line
+    return runner_one_line(exc)
+
 
 __all__ = ["FUNCTION_KEY", "FunctionFailed", "function_class", "MAX_VALUE_CHARS"]
 
