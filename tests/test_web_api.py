@@ -3,11 +3,12 @@ it sends, RPC through it, bad input from the browser side, and reconnection."""
 
 import asyncio
 import json
+import ssl
 
 import aiohttp
 import pytest
 
-from conftest import MasterProcess, descendants, free_ports, process_alive, wait_for
+from conftest import MasterProcess, descendants, expid, free_ports, process_alive, wait_for
 from web_fixtures import WebProcess, master, web, web_lab  # noqa: F401  (fixtures)
 
 pytest.importorskip("aiohttp")
@@ -154,3 +155,57 @@ def _cmdline(pid: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+async def test_ssl_is_tls_to_the_master_and_https_to_the_browser(web_lab, tmp_path):  # noqa: F811
+    """--ssl CERT KEY PEER: mutual TLS to a TLS master (docs/tls.md) and HTTPS with the
+    same certificate; a web server whose certificate the master does not trust gets
+    nothing from it and says it is not connected."""
+    from tls_certs import make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    m = MasterProcess(web_lab.root, "--ssl", certs.server.cert, certs.server.key,
+                      certs.trusted_clients, "--name", "tls lab")
+    trusted, untrusted = certs.client_files(), certs.client_files("untrusted")
+    w = WebProcess(m, "--ssl", trusted.cert, trusted.key, trusted.peer)
+    refused = WebProcess(m, "--ssl", untrusted.cert, untrusted.key, untrusted.peer)
+    try:
+        assert w.url.startswith("https://")
+        https = ssl.create_default_context(cafile=trusted.cert)
+        https.check_hostname = False  # the test certificate names no host
+        async with aiohttp.ClientSession() as s:
+            async with s.get(w.url, ssl=https) as r:
+                assert r.status == 200 and "app.js" in await r.text()
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(w.url.replace("https://", "http://", 1)) as r:
+                    await r.text()
+            page = Page(await s.ws_connect(w.url + "ws", ssl=https))
+            up = await page.until(lambda m: m.get("type") == "connection" and m["connected"])
+            assert up["name"] == "tls lab"
+            assert "scanner.py" in json.dumps(page.inits["explist"])
+            reply = await page.rpc("schedule", "submit", "main", expid("repository/scanner.py"),
+                                   0, None, False)
+            assert reply["ok"], reply
+            ended = await page.until(lambda m: m.get("notifier") == "history"
+                                     and m["type"] == "mod"
+                                     and m["mod"].get("key") == reply["result"])
+            assert ended["mod"]["value"]["status"] == "completed"
+            other = Page(await s.ws_connect(refused.url + "ws", ssl=_trusting(untrusted.cert)))
+            first = await other.until(lambda m: m.get("type") == "connection")
+            assert not first["connected"]
+            # a few of its reconnection attempts: never connected, no copy of anything
+            with pytest.raises(asyncio.TimeoutError):
+                await other.until(lambda m: m.get("type") != "connection"
+                                  or m["connected"], timeout=2)
+            assert not other.inits
+            r = await other.rpc("schedule", "get_status")
+            assert not r["ok"] and r["error"]
+    finally:
+        refused.stop()
+        w.stop()
+        m.stop()
+
+
+def _trusting(cert: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    return context

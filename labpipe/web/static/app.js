@@ -22,6 +22,10 @@ function connect() {
 }
 function rpc(target, method, args = [], kwargs = {}) {
   const id = state.nextId++;
+  // the lock's key, when one is typed, goes with every call (the master's gate takes it)
+  const key = $("lock-key").value;
+  if (key && !("lock_key" in kwargs)) kwargs = {...kwargs, lock_key: key};
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return Promise.reject(new Error("not connected to the web server"));
   state.ws.send(JSON.stringify({type: "rpc", id, target, method, args, kwargs}));
   return new Promise((resolve, reject) => { state.pending[id] = {resolve, reject}; });
 }
@@ -46,7 +50,7 @@ function handle(msg) {
     if (p) { if (msg.ok) p.resolve(msg.result); else p.reject(new Error(msg.error)); }
   } else if (msg.type === "error") say(msg.error);
   else if (msg.type === "connection") {
-    if (msg.name) $("master-name").textContent = msg.name;
+    if (msg.name) { $("master-name").textContent = msg.name; document.title = msg.name + " · labpipe"; }
     showConnection(msg.connected, msg.connected ? "connected" : "master lost; reconnecting…");
   } else if (msg.type === "init") { state.models[msg.notifier] = msg.struct; redraw(msg.notifier, null); }
   else if (msg.type === "mod") {
@@ -82,69 +86,12 @@ redrawers.explist = () => {
   }
 };
 redrawers.explist_status = () => {};
-function argEditor(name, desc) {
-  const d = desc[0] || desc; const ty = d.ty;
-  const attrs = {"data-arg": name, "data-ty": ty};
-  if (ty === "BooleanValue") { const i = el("input", {...attrs, type: "checkbox"}); i.checked = !!d.default; return i; }
-  if (ty === "EnumerationValue") { const s = el("select", attrs); for (const c of d.choices) s.append(el("option", {value: c}, c)); if (d.default !== undefined) s.value = d.default; return s; }
-  if (ty === "NumberValue") {
-    const i = el("input", {...attrs, type: "number", step: String((d.step || 1) / (d.scale || 1))});
-    if (d.min !== null && d.min !== undefined) i.min = d.min / (d.scale || 1);
-    if (d.max !== null && d.max !== undefined) i.max = d.max / (d.scale || 1);
-    if (d.default !== undefined && d.default !== null) i.value = d.default / (d.scale || 1);
-    i.dataset.scale = d.scale || 1;
-    return el("span", {}, i, " " + (d.unit || ""));
-  }
-  if (ty === "Scannable") return scanEditor(name, d);
-  const i = el("input", {...attrs, type: "text"});
-  if (d.default !== undefined) i.value = ty === "StringValue" ? d.default : JSON.stringify(d.default);
-  return i;
-}
-function scanEditor(name, d) {
-  const def = Array.isArray(d.default) ? d.default[0] : d.default || {ty: "NoScan", value: 0};
-  const box = el("span", {"data-arg": name, "data-ty": "Scannable", "data-scale": d.scale || 1});
-  const kind = el("select", {"data-part": "ty"});
-  for (const t of ["NoScan", "RangeScan", "CenterScan", "ExplicitScan"]) kind.append(el("option", {value: t}, t));
-  const fields = el("span");
-  const draw = () => {
-    const f = {NoScan: ["value", "repetitions"], RangeScan: ["start", "stop", "npoints", "randomize"],
-               CenterScan: ["center", "span", "step", "randomize"], ExplicitScan: ["sequence"]}[kind.value];
-    fields.replaceChildren();
-    for (const k of f) {
-      const v = def.ty === kind.value ? def[k] : undefined;
-      const i = el("input", {"data-part": k, size: k === "sequence" ? 20 : 6, type: k === "randomize" ? "checkbox" : "text"});
-      if (k === "randomize") i.checked = !!v; else if (v !== undefined) i.value = Array.isArray(v) ? v.join(",") : v;
-      fields.append(" " + k + " ", i);
-    }
-  };
-  kind.value = def.ty || "NoScan"; kind.onchange = draw; draw();
-  box.append(kind, fields, " " + (d.unit || ""));
-  return box;
-}
-function readArg(e) {
-  const ty = e.dataset.ty;
-  if (ty === "BooleanValue") return e.checked;
-  if (ty === "NumberValue") return Number(e.value) * Number(e.dataset.scale);
-  if (ty === "Scannable") {
-    const scale = Number(e.dataset.scale); const scan = {ty: e.querySelector("[data-part=ty]").value};
-    for (const i of e.querySelectorAll("input[data-part]")) {
-      const k = i.dataset.part;
-      if (k === "randomize") scan[k] = i.checked;
-      else if (k === "sequence") scan[k] = i.value.split(",").map((x) => Number(x) * scale);
-      else if (k === "npoints" || k === "repetitions") scan[k] = parseInt(i.value, 10);
-      else scan[k] = Number(i.value) * scale;
-    }
-    return scan;
-  }
-  if (ty === "StringValue" || ty === "EnumerationValue") return e.value;
-  return JSON.parse(e.value);
-}
 function selectExp(name) {
   state.selected = name;
   const exp = state.models.explist[name]; const form = $("exp-form"); form.replaceChildren();
   form.append(el("h3", {}, name + " (" + exp.class_name + ")"));
-  const table = el("table");
-  for (const [arg, desc] of Object.entries(exp.arguments || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
+  const table = el("table", {id: "exp-args"});
+  for (const [arg, desc] of Object.entries(exp.arginfo || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
   form.append(table);
   const sd = exp.scheduler_defaults || {};
   const rev = (state.models.explist_status || {}).cur_rev;
@@ -157,23 +104,22 @@ function selectExp(name) {
               el("button", {id: "submit", onclick: () => submit(false)}, "Submit"), " ", el("span", {id: "sub-result"}));
 }
 async function submit(dryRun) {
-  const exp = state.models.explist[state.selected]; const args = {};
-  const out = $("sub-result");
-  try {
-    for (const e of $("exp-form").querySelectorAll("[data-arg]")) if (e.parentElement.closest("[data-arg]") === null) args[e.dataset.arg] = readArg(e);
-  } catch (err) { out.textContent = "bad value: " + err.message; return; }
+  const exp = state.models.explist[state.selected]; let args;
+  const out = $("sub-result"); out.dataset.ok = ""; out.dataset.rid = "";
+  try { args = readArgs($("exp-args")); } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; return; }
   const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: null};
   const pipeline = $("sub-pipeline").value; const due = $("sub-due").value;
   try {
     if (dryRun) {
       const problems = await rpc("schedule", "validate", [pipeline, expid]);
       out.textContent = problems.length ? problems.join("; ") : "valid";
+      out.dataset.ok = String(!problems.length);
     } else {
       const rid = await rpc("schedule", "submit", [pipeline, expid, Number($("sub-priority").value),
         due ? new Date(due).getTime() / 1000 : null, $("sub-flush").checked]);
-      out.textContent = "RID " + rid;
+      out.textContent = "RID " + rid; out.dataset.ok = "true"; out.dataset.rid = String(rid);
     }
-  } catch (err) { out.textContent = err.message; }
+  } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; }
 }
 
 // --- schedule -----------------------------------------------------------------------
@@ -193,6 +139,7 @@ function scheduleRow(rid, r) {
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
 redrawers.schedule = (mod) => {
+  if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
   // one row per mod: only the run the mod touches is drawn again
   if (mod && (mod.path.length > 0 || mod.action === "setitem" || mod.action === "delitem")) {
@@ -205,59 +152,79 @@ redrawers.schedule = (mod) => {
   }
   body.replaceChildren(...Object.keys(sched).sort((a, b) => a - b).map((rid) => scheduleRow(rid, sched[rid])));
 };
+// every pipeline that has runs or a state, and main
+function pipelineNames() {
+  const names = new Set(["main", ...Object.keys(state.models.pipelines || {})]);
+  for (const r of Object.values(state.models.schedule || {})) names.add(r.pipeline);
+  return [...names].sort();
+}
 redrawers.pipelines = () => {
   const box = $("pipelines"); box.replaceChildren("Pipelines: ");
-  for (const [name, p] of Object.entries(state.models.pipelines || {})) {
-    const held = p && (p.held || p.state === "held");
-    box.append(el("span", {"data-pipeline": name}, name + (held ? " (held) " : " "),
+  const states = state.models.pipelines || {};
+  for (const name of pipelineNames()) {
+    const held = !!(states[name] && states[name].held);
+    box.append(el("span", {"data-pipeline": name, "data-held": String(held)}, name + (held ? " (held) " : " "),
       el("button", {onclick: () => act(rpc("schedule", held ? "release" : "hold", [name]))}, held ? "Release" : "Hold"), " "));
   }
+  box.dataset.names = pipelineNames().join(",");
 };
 
 // --- datasets -----------------------------------------------------------------------
+// A mod redraws only the row of the dataset it touches, and the plot once per frame.
+function datasetKey(mod) { return mod.path.length ? String(mod.path[0]) : String(mod.key); }
+function datasetRow(k, entry) {
+  const [persist, value, meta] = entry;
+  const text = JSON.stringify(value);
+  return el("tr", {"data-key": k}, el("td", {}, k), el("td", {class: "value"}, text.length > 60 ? text.slice(0, 60) + "…" : text),
+    el("td", {}, (meta && meta.unit) || ""), el("td", {}, persist ? "persist" : ""),
+    el("td", {}, el("button", {class: "plot", onclick: () => { state.plotKey = k; drawPlotChoices(); plot(); }}, "Plot"), " ",
+      el("button", {class: "delete", onclick: () => act(rpc("dataset_db", "delete", [k]))}, "Delete")));
+}
+let plotPending = false;
+function plotSoon() {
+  if (plotPending) return;
+  plotPending = true;
+  requestAnimationFrame(() => { plotPending = false; plot(); });
+}
 redrawers.datasets = (mod) => {
   const f = $("ds-filter").value; const body = $("datasets-body"); const ds = state.models.datasets || {};
-  body.replaceChildren(...Object.keys(ds).sort().filter((k) => k.includes(f)).map((k) => {
-    const [persist, value, meta] = ds[k];
-    const text = JSON.stringify(value);
-    return el("tr", {"data-key": k}, el("td", {}, k), el("td", {}, text.length > 60 ? text.slice(0, 60) + "…" : text),
-      el("td", {}, (meta && meta.unit) || ""), el("td", {}, persist ? "persist" : ""),
-      el("td", {}, el("button", {onclick: () => { state.plotKey = k; plot(); }}, "Plot"), " ",
-        el("button", {onclick: () => act(rpc("dataset_db", "delete", [k]))}, "Delete")));
-  }));
-  if (state.plotKey) plot();
+  if (mod) {
+    const k = datasetKey(mod);
+    const old = body.querySelector(`tr[data-key="${CSS.escape(k)}"]`);
+    const row = k in ds && k.includes(f) ? datasetRow(k, ds[k]) : null;
+    if (old && row) old.replaceWith(row);
+    else if (old) old.remove();
+    else if (row) {
+      const after = [...body.children].find((r) => r.dataset.key > k);
+      body.insertBefore(row, after || null);
+    }
+    if (k === state.plotKey || k === $("plot-x").value) plotSoon();
+    if (mod.action === "setitem" && mod.path.length === 0) drawPlotChoices();
+    return;
+  }
+  body.replaceChildren(...Object.keys(ds).sort().filter((k) => k.includes(f)).map((k) => datasetRow(k, ds[k])));
+  drawPlotChoices();
+  if (state.plotKey) plotSoon();
 };
-$("ds-filter").oninput = () => redrawers.datasets();
+$("ds-filter").oninput = () => redrawers.datasets(null);
 $("ds-set").onclick = () => {
   let v; try { v = JSON.parse($("ds-value").value); } catch (err) { say("bad value: " + err.message); return; }
   act(rpc("dataset_db", "set", [$("ds-key").value, v, $("ds-persist").checked]));
 };
-function plotValues(canvas, title, value) {
-  $("plot-title").textContent = title;
-  const c = canvas.getContext("2d"); c.clearRect(0, 0, canvas.width, canvas.height);
-  if (!Array.isArray(value)) return;
-  if (Array.isArray(value[0])) {  // 2-D: an image
-    const h = value.length, w = value[0].length; const flat = value.flat();
-    const lo = Math.min(...flat), hi = Math.max(...flat); const img = c.createImageData(w, h);
-    flat.forEach((v, i) => { const g = hi > lo ? Math.round(255 * (v - lo) / (hi - lo)) : 0; img.data.set([g, g, g, 255], 4 * i); });
-    const tmp = document.createElement("canvas"); tmp.width = w; tmp.height = h; tmp.getContext("2d").putImageData(img, 0, 0);
-    c.imageSmoothingEnabled = false; c.drawImage(tmp, 0, 0, canvas.width, canvas.height);
-    canvas.dataset.points = String(flat.length); return;
-  }
-  let lo = Infinity, hi = -Infinity;
-  for (const v of value) { if (v < lo) lo = v; if (v > hi) hi = v; }
-  if (hi === lo) { hi += 1; lo -= 1; }
-  c.beginPath(); c.strokeStyle = "#06c";
-  value.forEach((v, i) => {
-    const x = value.length > 1 ? i * (canvas.width - 1) / (value.length - 1) : 0;
-    const y = canvas.height - 1 - (v - lo) * (canvas.height - 1) / (hi - lo);
-    if (i === 0) c.moveTo(x, y); else c.lineTo(x, y);
-  });
-  c.stroke(); canvas.dataset.points = String(value.length);
+// the x axis: the index, or another 1-D dataset
+function drawPlotChoices() {
+  const sel = $("plot-x"); const was = sel.value; const ds = state.models.datasets || {};
+  const keys = Object.keys(ds).filter((k) => k !== state.plotKey && isLine(ds[k][1])).sort();
+  sel.replaceChildren(el("option", {value: ""}, "index"), ...keys.map((k) => el("option", {value: k}, k)));
+  sel.value = keys.includes(was) ? was : "";
 }
+$("plot-x").onchange = () => plot();
 function plot() {
   const ds = state.models.datasets || {}; const entry = ds[state.plotKey];
-  if (entry) plotValues($("plot"), state.plotKey, entry[1]);
+  if (!entry) return;
+  const xk = $("plot-x").value; const x = xk && ds[xk] ? ds[xk][1] : null;
+  $("plot-title").textContent = state.plotKey + (xk ? " vs " + xk : "");
+  plotInto($("plot"), state.plotKey, entry[1], x);
 }
 
 // --- log ----------------------------------------------------------------------------
@@ -286,20 +253,24 @@ redrawers.history = () => {
         r.results ? el("button", {class: "open-results", onclick: () => openResults(Number(rid))}, "Results") : ""));
   }));
 };
+// a results file's datasets and archive: a table of values, each array plotted
 async function openResults(rid) {
-  const box = $("results"); box.replaceChildren("loading…");
-  try {
-    const res = await rpc("history", "read_results", [rid]);
-    box.replaceChildren(el("h3", {}, "Results of RID " + rid));
-    const table = el("table", {id: "results-table"});
-    for (const [group, values] of Object.entries(res)) for (const [k, v] of Object.entries(values)) {
-      const canvas = el("canvas", {width: 300, height: 100});
-      table.append(el("tr", {"data-key": group + "/" + k}, el("td", {}, group), el("td", {}, k),
-        el("td", {}, JSON.stringify(v).slice(0, 80)), el("td", {}, Array.isArray(v) ? canvas : "")));
-      if (Array.isArray(v)) plotValues(canvas, "", v);
+  const box = $("results"); box.replaceChildren("loading…"); box.dataset.rid = "";
+  let res;
+  try { res = await rpc("history", "read_results", [rid]); } catch (err) { box.replaceChildren(err.message); return; }
+  box.replaceChildren(el("h3", {}, "Results of RID " + rid));
+  for (const [group, values] of Object.entries(res)) {
+    const table = el("table", {"data-group": group});
+    for (const [k, v] of Object.entries(values).sort()) {
+      const text = JSON.stringify(v);
+      const cell = el("div", {class: "small-plot"});
+      table.append(el("tr", {"data-key": k}, el("td", {}, k),
+        el("td", {class: "value"}, text.length > 80 ? text.slice(0, 80) + "…" : text), el("td", {}, cell)));
+      if (isImage(v) || (isLine(v) && v.length > 1)) plotInto(cell, k, v, null, 300, 120);
     }
-    box.append(table);
-  } catch (err) { box.replaceChildren(err.message); }
+    box.append(el("h4", {}, group), table);
+  }
+  box.dataset.rid = String(rid);
 }
 
 // --- interactive arguments ----------------------------------------------------------
@@ -309,14 +280,36 @@ redrawers.interactive_args = () => {
     const form = el("div", {"data-rid": rid}, el("h3", {}, "RID " + rid + ": " + (req.title || "")));
     const table = el("table");
     // arglist_desc: [[key, procdesc, group, tooltip], ...]
-    for (const [key, procdesc] of req.arglist_desc || []) {
-      table.append(el("tr", {}, el("td", {}, key), el("td", {}, argEditor(key, [procdesc]))));
+    for (const [key, procdesc, , tooltip] of req.arglist_desc || []) {
+      table.append(el("tr", {title: tooltip || ""}, el("td", {}, key), el("td", {}, argEditor(key, procdesc))));
     }
-    const values = () => { const v = {}; for (const e of form.querySelectorAll("[data-arg]")) if (e.parentElement.closest("[data-arg]") === null) v[e.dataset.arg] = readArg(e); return v; };
-    form.append(table, el("button", {class: "supply", onclick: () => act(rpc("interactive_arg_db", "supply", [Number(rid), values()]))}, "Supply"), " ",
-      el("button", {class: "cancel", onclick: () => act(rpc("interactive_arg_db", "cancel", [Number(rid)]))}, "Cancel"));
+    const result = el("span", {class: "result"});
+    const answer = (p) => p.then(() => { result.textContent = ""; }, (err) => { result.textContent = err.message; });
+    const supply = () => {
+      let values; try { values = readArgs(table); } catch (err) { result.textContent = err.message; return; }
+      answer(rpc("interactive_arg_db", "supply", [Number(rid), values]));
+    };
+    form.append(table, el("button", {class: "supply", onclick: supply}, "Supply"), " ",
+      el("button", {class: "cancel", onclick: () => answer(rpc("interactive_arg_db", "cancel", [Number(rid)]))}, "Cancel"), " ", result);
     box.append(form);
   }
   if (!Object.keys(ia).length) box.append("No run is waiting for arguments.");
+  const n = Object.keys(ia).length;
+  document.querySelector("button[data-page=interactive]").textContent = n ? `Interactive (${n})` : "Interactive";
 };
+
+// --- the lock (docs/access.md) -------------------------------------------------------
+redrawers.lock = () => {
+  const info = state.models.lock || {}; const s = $("lock-state");
+  s.dataset.locked = String(!!info.locked);
+  s.textContent = info.locked
+    ? "locked (" + (info.scope || []).join(", ") + ")" + (info.user ? " by " + info.user : "") + (info.note ? ": " + info.note : "")
+    : "unlocked";
+};
+$("lock-do").onclick = () => {
+  const key = $("lock-key").value;
+  if (!key) { say("lock: type a key first"); return; }
+  act(rpc("lock", "lock", [key], {note: $("lock-note").value || null}));
+};
+$("unlock-do").onclick = () => act(rpc("lock", "unlock", [$("lock-key").value]));
 connect();
