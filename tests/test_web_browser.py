@@ -23,8 +23,10 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 SHOTS = os.path.join(os.path.dirname(__file__), "..", "tmp", "web-screenshots")
+# the HTTPS test's certificate is self-signed: the browser is told to take it
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--ignore-certificate-errors"]
 NAME = "lab-7 master"
 
 #: Every kind of argument, each scan kind; the run stores what it was given as JSON.
@@ -80,6 +82,8 @@ def browser():
         context = p.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, args=ARGS, headless=True,
             viewport={"width": 1400, "height": 900})
+        context.requested = []  # every URL the pages asked for
+        context.on("request", lambda r: context.requested.append(r.url))
         try:
             yield context
         finally:
@@ -133,9 +137,42 @@ def submitted_rid(tab) -> int:
     return int(tab.get_attribute("#sub-result", "data-rid"))
 
 
-def test_the_masters_name_is_shown(page):
+def test_the_masters_name_is_shown_and_nothing_comes_from_elsewhere(page, browser, web):
     assert page.inner_text("#master-name") == NAME
     assert page.title().startswith(NAME)
+    # the page, its scripts (uPlot vendored) and styles: all from the web server
+    assert any("/static/vendor/uplot-1.6.32/uPlot.iife.min.js" in u for u in browser.requested)
+    assert page.evaluate("() => typeof uPlot") == "function"
+    assert all(u.startswith(web.url) for u in browser.requested), browser.requested
+
+
+def test_https_to_the_browser_and_tls_to_the_master(browser, tmp_path):
+    from tls_certs import make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    lab = Lab(str(tmp_path / "lab"))
+    lab.write("repository/scanner.py", SCANNER)
+    m = MasterProcess(lab.root, "--ssl", certs.server.cert, certs.server.key,
+                      certs.trusted_clients, "--name", "tls lab")
+    files = certs.client_files()
+    w = WebProcess(m, "--ssl", files.cert, files.key, files.peer)
+    tab = browser.new_page()
+    try:
+        assert w.url.startswith("https://")
+        tab.set_default_timeout(15000)
+        tab.goto(w.url)
+        tab.wait_for_selector("#conn[data-connected=true]")
+        assert tab.inner_text("#master-name") == "tls lab"
+        open_experiment(tab, "Scanner")
+        tab.fill("input[data-arg=amplitude]", "0.75")
+        tab.click("#submit")
+        rid = submitted_rid(tab)
+        tab.click("button[data-page=history]")
+        tab.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]")
+        shot(tab, "https")
+    finally:
+        tab.close()
+        w.stop()
+        m.stop()
 
 
 def test_explorer_submits_every_kind_of_argument_as_edited(page, master):
