@@ -7,6 +7,7 @@ interactive arguments supplied and cancelled, a results file opened, the lock sh
 taken and given back. One master, one web server and one browser for the module; each
 test opens its own tab. Screenshots go to tmp/web-screenshots/."""
 
+import datetime
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import ASK, Lab, MasterProcess, expid
+from conftest import ASK, Lab, MasterProcess, expid, wait_for
 from web_fixtures import SCANNER, WebProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,6 +53,17 @@ class Kinds(EnvExperiment):
         for k in ("ramp", "center", "listed", "single"):
             got[k] = [float(x) for x in getattr(self, k)]
         self.set_dataset("kinds.got", json.dumps(got), broadcast=True)
+"""
+
+#: Logs one INFO and one WARNING line.
+LOGS = """
+import logging
+from labpipe.experiment import *
+
+class Logs(EnvExperiment):
+    def run(self):
+        logging.getLogger("probe").info("coil nominal")
+        logging.getLogger("probe").warning("flux capacitor at %d", 88)
 """
 
 
@@ -220,6 +232,56 @@ def test_explorer_submits_every_kind_of_argument_as_edited(page, master):
     assert got["center"] == pytest.approx([90e3, 100e3, 110e3])
     assert got["listed"] == [3.0, 1.5, 2.0]
     assert got["single"] == [0.25, 0.25]
+
+
+def test_scheduler_settings_are_submitted_as_typed(page, master):
+    open_experiment(page, "Scanner")
+    page.fill("#sub-pipeline", "other")
+    page.fill("#sub-priority", "3")
+    page.fill("#sub-due", "2099-01-02T03:04")
+    page.click("#submit")
+    rid = submitted_rid(page)
+    try:
+        with master.client("schedule") as schedule:
+            entry = schedule.get_status()[rid]
+        assert (entry["pipeline"], entry["priority"], entry["status"]) == ("other", 3, "pending")
+        assert entry["due_date"] == pytest.approx(
+            datetime.datetime(2099, 1, 2, 3, 4).timestamp())
+        page.click("button[data-page=schedule]")
+        row = f"#schedule-body tr[data-rid='{rid}']"
+        assert page.inner_text(f"{row} td:nth-child(2)") == "other"
+        # the priority changed in the page
+        page.fill(f"{row} input[type=number]", "7")
+        page.press(f"{row} input[type=number]", "Enter")
+        with master.client("schedule") as schedule:
+            wait_for(lambda: schedule.get_status()[rid]["priority"] == 7, timeout=10)
+            # and the master's change shows in the page
+            schedule.change(rid, priority=9)
+        page.wait_for_function(
+            "(rid) => { const r = document.querySelector(`#schedule-body tr[data-rid='${rid}']`);"
+            " return r && r.querySelector('input').value === '9'; }", arg=rid)
+    finally:
+        with master.client("schedule") as schedule:
+            schedule.delete(rid)
+
+
+def test_the_log_follows_live_with_level_and_search(page, master):
+    page.click("button[data-page=log]")
+    with master.client("schedule") as schedule:
+        rid = schedule.submit("main", expid(content=LOGS, log_level=10))
+    page.wait_for_selector("#log:has-text('flux capacitor at 88')")
+    text = page.inner_text("#log")
+    assert "WARNING" in text and "coil nominal" in text
+    page.select_option("#log-level", "30")
+    assert "coil nominal" not in page.inner_text("#log")
+    assert "flux capacitor at 88" in page.inner_text("#log")
+    page.fill("#log-search", "no such words")
+    assert "flux capacitor" not in page.inner_text("#log")
+    page.fill("#log-search", "capacitor")
+    assert "flux capacitor at 88" in page.inner_text("#log")
+    shot(page, "log")
+    with master.client("history") as history:
+        assert history.wait(rid, 20)["status"] == "completed"
 
 
 def test_a_refused_submission_is_one_line_in_the_page(page, master):

@@ -232,7 +232,14 @@ function addLog(record) {
   state.log.push(record); if (state.log.length > 5000) state.log.shift();
   drawLog();
 }
-function logText(r) { return Array.isArray(r) ? r.join(" ") : (typeof r === "string" ? r : JSON.stringify(r)); }
+const LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"};
+// a record of the log broadcast: [levelno, source, created, "logger:message"]
+function logText(r) {
+  if (Array.isArray(r) && r.length === 4) {
+    return new Date(r[2] * 1000).toLocaleTimeString() + " " + (LEVELS[r[0]] || r[0]) + " " + r[1] + " " + r[3];
+  }
+  return typeof r === "string" ? r : JSON.stringify(r);
+}
 function logLevel(r) { return Array.isArray(r) && typeof r[0] === "number" ? r[0] : 20; }
 function drawLog() {
   const min = Number($("log-level").value); const q = $("log-search").value;
