@@ -455,3 +455,28 @@ def test_the_lock_is_shown_taken_and_given_back_in_the_page(page, master):
                 lock.unlock("s3cret")
         with master.client("schedule") as schedule:
             schedule.release("main")
+
+
+def test_a_long_schedule_is_drawn_whole_in_order_and_follows_mods(browser, web, master):
+    """More runs than the page draws in one chunk: every row, in RID order; a run
+    deleted as the page loads is not drawn."""
+    with master.client("schedule") as schedule:
+        schedule.hold("many")
+        rids = [schedule.submit("many", expid("repository/scanner.py")) for _ in range(250)]
+    tab = browser.new_page()
+    try:
+        tab.set_default_timeout(15000)
+        tab.goto(web.url + "#schedule")
+        with master.client("schedule") as schedule:
+            schedule.delete(rids[200])
+        tab.wait_for_selector("#conn[data-connected=true]")
+        tab.wait_for_selector(f"#schedule-body tr[data-rid='{rids[-1]}']")
+        shown = tab.evaluate("() => [...document.querySelectorAll('#schedule-body tr')]"
+                             ".map((r) => Number(r.dataset.rid))")
+        assert shown == rids[:200] + rids[201:]
+    finally:
+        tab.close()
+        with master.client("schedule") as schedule:
+            for rid in rids[:200] + rids[201:]:
+                schedule.delete(rid)
+            schedule.release("many")

@@ -138,19 +138,47 @@ function scheduleRow(rid, r) {
     el("td", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
+// The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
+// (its copy on connecting) is drawn a chunk per frame, the first screenful at once, so a
+// schedule of thousands of runs shows without a long freeze.
+const scheduleRows = new Map();
+let undrawn = new Set();  // RIDs the chunked drawing has still to draw
+let drawToken = 0;
+const CHUNK = 100;
 redrawers.schedule = (mod) => {
   if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
-  // one row per mod: only the run the mod touches is drawn again
   if (mod && (mod.path.length > 0 || mod.action === "setitem" || mod.action === "delitem")) {
     const rid = mod.path.length ? String(mod.path[0]) : String(mod.key);
-    const old = body.querySelector(`tr[data-rid="${rid}"]`);
-    if (!(rid in sched)) { if (old) old.remove(); return; }
+    if (undrawn.has(rid)) { if (!(rid in sched)) undrawn.delete(rid); return; }  // drawn later as it is then
+    const old = scheduleRows.get(rid);
+    if (!(rid in sched)) { if (old) old.remove(); scheduleRows.delete(rid); return; }
     const row = scheduleRow(rid, sched[rid]);
     if (old) old.replaceWith(row); else body.append(row);
+    scheduleRows.set(rid, row);
     return;
   }
-  body.replaceChildren(...Object.keys(sched).sort((a, b) => a - b).map((rid) => scheduleRow(rid, sched[rid])));
+  const token = ++drawToken;
+  // the chunks go before the sentinel; runs submitted meanwhile after it
+  const sentinel = el("tr", {class: "sentinel", hidden: ""});
+  body.replaceChildren(sentinel); scheduleRows.clear();
+  const rids = Object.keys(sched).sort((x, y) => x - y);
+  undrawn = new Set(rids);
+  let i = 0;
+  const step = () => {
+    if (token !== drawToken) return;
+    const now = state.models.schedule || {};
+    const part = document.createDocumentFragment();
+    for (const end = Math.min(i + CHUNK, rids.length); i < end; i++) {
+      const rid = rids[i];
+      if (!undrawn.delete(rid) || !(rid in now)) continue;
+      const row = scheduleRow(rid, now[rid]);
+      scheduleRows.set(rid, row); part.append(row);
+    }
+    body.insertBefore(part, sentinel);
+    if (i < rids.length) requestAnimationFrame(step); else sentinel.remove();
+  };
+  step();
 };
 // every pipeline that has runs or a state, and main
 function pipelineNames() {
