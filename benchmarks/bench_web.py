@@ -13,7 +13,7 @@ ratio figure / floor after it):
 - in Debian's chromium (Playwright; skipped without /usr/bin/chromium or playwright):
   - first meaningful paint of the schedule page holding 1,000 pending runs: from the
     start of the navigation to the first 100 rows (more than a screenful; the page
-    draws the rest a chunk per frame) drawn with the connection up, and to all 1,000
+    draws the rest in the next frames) drawn with the connection up, and to all 1,000
     rows drawn (medians of 5 loads). Floor: the same browser's navigation to a static
     file of the same server (median of 5);
   - a status change reaching the page: a run submitted into the held pipeline
@@ -177,7 +177,7 @@ async def _fill_schedule(ports: dict, n: int) -> None:
     schedule.close_rpc()
 
 
-# the first screenful (the page draws 100 rows at once, the rest a chunk per frame)
+# the first screenful (the page draws 100 rows at once, the rest in the next frames)
 PAINTED = """(n) => new Promise((resolve) => {
   const done = () => document.querySelector('#conn[data-connected=true]')
     && document.querySelectorAll('#schedule-body tr[data-rid]').length >= n;

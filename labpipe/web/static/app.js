@@ -139,12 +139,13 @@ function scheduleRow(rid, r) {
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
 // The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
-// (its copy on connecting) is drawn a chunk per frame, the first screenful at once, so a
-// schedule of thousands of runs shows without a long freeze.
+// (its copy on connecting) is drawn in chunks, one a frame: the first screenful at once,
+// then 1,000 rows at a time (each chunk costs a layout of the whole table), so a schedule
+// of thousands of runs shows without a long freeze.
 const scheduleRows = new Map();
 let undrawn = new Set();  // RIDs the chunked drawing has still to draw
 let drawToken = 0;
-const CHUNK = 100;
+const FIRST_CHUNK = 100, CHUNK = 1000;
 redrawers.schedule = (mod) => {
   if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
@@ -169,7 +170,7 @@ redrawers.schedule = (mod) => {
     if (token !== drawToken) return;
     const now = state.models.schedule || {};
     const part = document.createDocumentFragment();
-    for (const end = Math.min(i + CHUNK, rids.length); i < end; i++) {
+    for (const end = Math.min(i + (i ? CHUNK : FIRST_CHUNK), rids.length); i < end; i++) {
       const rid = rids[i];
       if (!undrawn.delete(rid) || !(rid in now)) continue;
       const row = scheduleRow(rid, now[rid]);
