@@ -180,7 +180,7 @@ async def _fill_schedule(ports: dict, n: int) -> None:
 # the first screenful (the page draws 100 rows at once, the rest in the next frames)
 PAINTED = """(n) => new Promise((resolve) => {
   const done = () => document.querySelector('#conn[data-connected=true]')
-    && document.querySelectorAll('#schedule-body tr[data-rid]').length >= n;
+    && document.querySelectorAll('#schedule-body .run[data-rid]').length >= n;
   const check = () => done() ? resolve(performance.now()) : requestAnimationFrame(check);
   check();
 })"""

@@ -248,8 +248,8 @@ def test_scheduler_settings_are_submitted_as_typed(page, master):
         assert entry["due_date"] == pytest.approx(
             datetime.datetime(2099, 1, 2, 3, 4).timestamp())
         page.click("button[data-page=schedule]")
-        row = f"#schedule-body tr[data-rid='{rid}']"
-        assert page.inner_text(f"{row} td:nth-child(2)") == "other"
+        row = f"#schedule-body .run[data-rid='{rid}']"
+        assert page.inner_text(f"{row} .pipeline") == "other"
         # the priority changed in the page
         page.fill(f"{row} input[type=number]", "7")
         page.press(f"{row} input[type=number]", "Enter")
@@ -258,7 +258,7 @@ def test_scheduler_settings_are_submitted_as_typed(page, master):
             # and the master's change shows in the page
             schedule.change(rid, priority=9)
         page.wait_for_function(
-            "(rid) => { const r = document.querySelector(`#schedule-body tr[data-rid='${rid}']`);"
+            "(rid) => { const r = document.querySelector(`#schedule-body .run[data-rid='${rid}']`);"
             " return r && r.querySelector('input').value === '9'; }", arg=rid)
     finally:
         with master.client("schedule") as schedule:
@@ -308,13 +308,13 @@ def test_the_page_follows_a_run_from_schedule_to_history(page, master):
     with master.client("schedule") as schedule:
         rid = schedule.submit("main", expid("repository/scanner.py", gate=gate))
     page.click("button[data-page=schedule]")
-    page.wait_for_selector(f"#schedule-body tr[data-rid='{rid}'][data-status=running]")
+    page.wait_for_selector(f"#schedule-body .run[data-rid='{rid}'][data-status=running]")
     shot(page, "schedule")
     for i in range(3):
         open(gate + str(i), "w").close()
     page.click("button[data-page=history]")
     page.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]")
-    page.wait_for_selector(f"#schedule-body tr[data-rid='{rid}']", state="detached")
+    page.wait_for_selector(f"#schedule-body .run[data-rid='{rid}']", state="detached")
     shot(page, "history")
 
 
@@ -324,7 +324,7 @@ def test_a_deletion_from_the_page_removes_a_pending_run(page, master):
         rid = schedule.submit("main", expid("repository/scanner.py"))
     try:
         page.click("button[data-page=schedule]")
-        row = f"#schedule-body tr[data-rid='{rid}']"
+        row = f"#schedule-body .run[data-rid='{rid}']"
         page.wait_for_selector(row)
         page.click(f"{row} button.delete")
         page.wait_for_selector(row, state="detached")
@@ -423,7 +423,7 @@ def test_the_lock_is_shown_taken_and_given_back_in_the_page(page, master):
     with master.client("schedule") as schedule:
         schedule.hold("main")
         rid = schedule.submit("main", expid("repository/scanner.py"))
-    row = f"#schedule-body tr[data-rid='{rid}']"
+    row = f"#schedule-body .run[data-rid='{rid}']"
     try:
         page.fill("#lock-key", "s3cret")
         page.fill("#lock-note", "cooling down")
@@ -470,8 +470,8 @@ def test_a_long_schedule_is_drawn_whole_in_order_and_follows_mods(browser, web, 
         with master.client("schedule") as schedule:
             schedule.delete(rids[200])
         tab.wait_for_selector("#conn[data-connected=true]")
-        tab.wait_for_selector(f"#schedule-body tr[data-rid='{rids[-1]}']")
-        shown = tab.evaluate("() => [...document.querySelectorAll('#schedule-body tr')]"
+        tab.wait_for_selector(f"#schedule-body .run[data-rid='{rids[-1]}']")
+        shown = tab.evaluate("() => [...document.querySelectorAll('#schedule-body .run')]"
                              ".map((r) => Number(r.dataset.rid))")
         assert shown == rids[:200] + rids[201:]
     finally:

@@ -130,22 +130,23 @@ function scheduleRow(rid, r) {
   const bar = el("span", {class: "bar"}, el("div", {style: "width:" + (prog === null ? 0 : Math.round(100 * prog)) + "px"}));
   const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => act(rpc("schedule", "change", [Number(rid)], {priority: Number(e.target.value)}))});
   const blocked = (r.blocked_by || []).map((b) => b.rid).join(",");
-  return el("tr", {"data-rid": rid, "data-status": r.status},
-    el("td", {}, rid), el("td", {}, r.pipeline), el("td", {class: "status"}, r.status), el("td", {}, prio),
-    el("td", {}, r.due_date ? new Date(r.due_date * 1000).toLocaleString() : ""),
-    el("td", {}, r.expid.file || "(content)"), el("td", {}, r.expid.class_name || ""),
-    el("td", {}, bar, " " + eta), el("td", {}, blocked),
-    el("td", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
+  return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
+    el("span", {}, rid), el("span", {class: "pipeline"}, r.pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
+    el("span", {}, r.due_date ? new Date(r.due_date * 1000).toLocaleString() : ""),
+    el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
+    el("span", {}, bar, " " + eta), el("span", {}, blocked),
+    el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
 // The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
-// (its copy on connecting) is drawn in chunks, one a frame: the first screenful at once,
-// then 1,000 rows at a time (each chunk costs a layout of the whole table), so a schedule
-// of thousands of runs shows without a long freeze.
+// (its copy on connecting) is drawn in chunks, one a frame, the first screenful at once,
+// so a schedule of thousands of runs shows without a long freeze. Rows are grid rows
+// with content-visibility:auto (style.css): rows out of sight cost no layout (a table
+// of 1,000 rows was laid out whole at every change).
 const scheduleRows = new Map();
 let undrawn = new Set();  // RIDs the chunked drawing has still to draw
 let drawToken = 0;
-const FIRST_CHUNK = 100, CHUNK = 1000;
+const FIRST_CHUNK = 100, CHUNK = 250;
 redrawers.schedule = (mod) => {
   if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
@@ -161,7 +162,7 @@ redrawers.schedule = (mod) => {
   }
   const token = ++drawToken;
   // the chunks go before the sentinel; runs submitted meanwhile after it
-  const sentinel = el("tr", {class: "sentinel", hidden: ""});
+  const sentinel = el("div", {class: "sentinel", hidden: ""});
   body.replaceChildren(sentinel); scheduleRows.clear();
   const rids = Object.keys(sched).sort((x, y) => x - y);
   undrawn = new Set(rids);
