@@ -209,3 +209,19 @@ def _trusting(cert: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=cert)
     context.check_hostname = False
     return context
+
+
+async def test_the_locks_refusal_is_the_masters_one_line_not_unreachable(web):
+    """A PermissionError of the lock is an OSError too: it is passed on as the master's
+    refusal, and the connection to the master is kept."""
+    async with aiohttp.ClientSession() as s:
+        page = await open_page(s, web)
+        assert (await page.rpc("lock", "lock", "k3y", note="tests"))["ok"]
+        await page.until(lambda m: m.get("notifier") == "lock" and m["type"] == "mod")
+        refused = await page.rpc("schedule", "hold", "main")
+        assert not refused["ok"]
+        assert "locked" in refused["error"] and "tests" in refused["error"], refused
+        assert "not reachable" not in refused["error"] and "\n" not in refused["error"]
+        assert (await page.rpc("schedule", "hold", "main", lock_key="k3y"))["ok"]
+        assert (await page.rpc("schedule", "release", "main", lock_key="k3y"))["ok"]
+        assert (await page.rpc("lock", "unlock", "k3y"))["ok"]

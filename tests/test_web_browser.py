@@ -358,6 +358,7 @@ def test_a_dataset_is_plotted_live_as_the_run_sets_it(page, master):
     page.wait_for_function("() => document.getElementById('plot')._plot.data[0][2] === 3e6")
     assert plotted(page) == [[1e6, 2e6, 3e6], [0.0, 0.5, 1.0]]
     assert page.inner_text("#plot-title") == "scan.y vs scan.freqs"
+    assert "scan.freqs" in page.inner_text("#plot .u-legend")
     shot(page, "datasets-plot")
     # a 2-D array as an image, replaced live
     with master.client("dataset_db") as db:
@@ -437,7 +438,9 @@ def test_the_lock_is_shown_taken_and_given_back_in_the_page(page, master):
         page.click("button[data-page=schedule]")
         page.click(f"{row} button.delete")
         page.wait_for_selector("#message:has-text('cooling down')")
-        assert "\n" not in page.inner_text("#message")
+        refusal = page.inner_text("#message")
+        assert "\n" not in refusal and "locked" in refusal, refusal
+        assert "not reachable" not in refusal, refusal
         shot(page, "locked")
         with master.client("schedule") as schedule:
             assert rid in schedule.get_status()

@@ -164,7 +164,14 @@ class Bridge:
                 self._rpc[target] = client
             try:
                 return await getattr(client, method)(*args, **kwargs)
-            except (OSError, EOFError):
-                client.close_rpc()
-                del self._rpc[target]
+            except (OSError, EOFError) as exc:
+                if not is_remote(exc):  # the connection failed, not the call
+                    client.close_rpc()
+                    del self._rpc[target]
                 raise
+
+
+def is_remote(exc: BaseException) -> bool:
+    """Whether exc is the master's refusal (re-raised as its type: a PermissionError of
+    the lock is an OSError too) rather than a failure to reach the master."""
+    return hasattr(exc, "remote_traceback")

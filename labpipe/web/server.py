@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from labpipe.web.bridge import Bridge, Event, MasterAddress
+from labpipe.web.bridge import Bridge, Event, MasterAddress, is_remote
 from labpipe.web.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
@@ -133,8 +133,9 @@ class WebServer:
         try:
             result = await self.bridge.call(target, method, args, kwargs)
         except (OSError, EOFError) as exc:
-            return {"type": "reply", "id": rid, "ok": False,
-                    "error": f"the master is not reachable: {exc}"}
+            text = (_one_line(exc) if is_remote(exc)
+                    else f"the master is not reachable: {exc}")
+            return {"type": "reply", "id": rid, "ok": False, "error": text}
         except Exception as exc:
             # the master's refusal (re-raised as its type: TypeError, KeyError,
             # RemoteError...) or the bridge's own: one line for the page

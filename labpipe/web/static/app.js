@@ -202,9 +202,16 @@ redrawers.pipelines = () => {
 // --- datasets -----------------------------------------------------------------------
 // A mod redraws only the row of the dataset it touches, and the plot once per frame.
 function datasetKey(mod) { return mod.path.length ? String(mod.path[0]) : String(mod.key); }
+// a value as the table shows it: a long array by its first values and its length
+function preview(value) {
+  if (Array.isArray(value) && value.length > 20) {
+    return "[" + value.slice(0, 8).map((v) => JSON.stringify(v)).join(",") + ",… (" + value.length + " values)]";
+  }
+  return JSON.stringify(value);
+}
 function datasetRow(k, entry) {
   const [persist, value, meta] = entry;
-  const text = JSON.stringify(value);
+  const text = preview(value);
   return el("tr", {"data-key": k}, el("td", {}, k), el("td", {class: "value"}, text.length > 60 ? text.slice(0, 60) + "…" : text),
     el("td", {}, (meta && meta.unit) || ""), el("td", {}, persist ? "persist" : ""),
     el("td", {}, el("button", {class: "plot", onclick: () => { state.plotKey = k; drawPlotChoices(); plot(); }}, "Plot"), " ",
@@ -254,7 +261,7 @@ function plot() {
   if (!entry) return;
   const xk = $("plot-x").value; const x = xk && ds[xk] ? ds[xk][1] : null;
   $("plot-title").textContent = state.plotKey + (xk ? " vs " + xk : "");
-  plotInto($("plot"), state.plotKey, entry[1], x);
+  plotInto($("plot"), state.plotKey, entry[1], x, 600, 300, xk);
 }
 
 // --- log ----------------------------------------------------------------------------
@@ -299,7 +306,7 @@ async function openResults(rid) {
   for (const [group, values] of Object.entries(res)) {
     const table = el("table", {"data-group": group});
     for (const [k, v] of Object.entries(values).sort()) {
-      const text = JSON.stringify(v);
+      const text = preview(v);
       const cell = el("div", {class: "small-plot"});
       table.append(el("tr", {"data-key": k}, el("td", {}, k),
         el("td", {class: "value"}, text.length > 80 ? text.slice(0, 80) + "…" : text), el("td", {}, cell)));

@@ -44,26 +44,28 @@ function drawImage(box, rows, width, height) {
   box.dataset.last = String(flat[flat.length - 1]);
 }
 
-function drawLine(box, label, ys, xs, width, height) {
+function drawLine(box, label, ys, xs, width, height, xLabel) {
   const data = lineData(ys, xs);
   const p = box._plot;
-  if (p && p._width === width && p._label === label) p.setData(data);
+  const shape = [width, label, xLabel].join("\n");
+  if (p && p._shape === shape) p.setData(data);
   else {
     if (p) p.destroy();
     box.replaceChildren();
     const opts = {width, height, scales: {x: {time: false}},
-                  series: [{label: xs ? "x" : "index"}, {label, stroke: "#06c", points: {show: data[0].length < 200}}]};
+                  series: [{label: xLabel}, {label, stroke: "#06c", points: {show: data[0].length < 200}}]};
     box._plot = new uPlot(opts, data, box);
-    box._plot._width = width; box._plot._label = label;
+    box._plot._shape = shape;
   }
   box.dataset.kind = "line"; box.dataset.points = String(data[1].length);
   box.dataset.last = String(ys[ys.length - 1]);
 }
 
-// draw value (a dataset's value) into box; xs: the x values, or null for the index
-function plotInto(box, label, value, xs = null, width = 600, height = 300) {
+// draw value (a dataset's value) into box; xs: the x values (named xLabel), or null for
+// the index
+function plotInto(box, label, value, xs = null, width = 600, height = 300, xLabel = "index") {
   if (isImage(value)) drawImage(box, value, width, height);
-  else if (isLine(value) && value.length) drawLine(box, label, value, xs, width, height);
+  else if (isLine(value) && value.length) drawLine(box, label, value, xs, width, height, xs ? xLabel : "index");
   else {
     if (box._plot) { box._plot.destroy(); box._plot = null; }
     box.replaceChildren("not a 1-D or 2-D numeric array");
