@@ -3,12 +3,14 @@ it sends, RPC through it, bad input from the browser side, and reconnection."""
 
 import asyncio
 import json
+import socket
 import ssl
 
 import aiohttp
 import pytest
 
-from conftest import MasterProcess, descendants, expid, free_ports, process_alive, wait_for
+from conftest import (MasterProcess, descendants, expid, free_ports, process_alive,
+                      wait_for, wait_until)
 from web_fixtures import WebProcess, master, web, web_lab  # noqa: F401  (fixtures)
 
 pytest.importorskip("aiohttp")
@@ -225,3 +227,46 @@ async def test_the_locks_refusal_is_the_masters_one_line_not_unreachable(web):
         assert (await page.rpc("schedule", "hold", "main", lock_key="k3y"))["ok"]
         assert (await page.rpc("schedule", "release", "main", lock_key="k3y"))["ok"]
         assert (await page.rpc("lock", "unlock", "k3y"))["ok"]
+
+
+async def test_a_browser_that_does_not_read_is_dropped_at_the_bound(master):  # noqa: F811
+    """A WebSocket whose reader never reads, while a run-sized array is set again and
+    again: the web server drops it once its outbox passes the bound (memory bounded),
+    and the other browser and the server go on."""
+    from labpipe.web.bridge import MasterAddress
+    from labpipe.web.server import WebServer
+    server = WebServer(MasterAddress("127.0.0.1", master.ports["control"],
+                                     master.ports["notify"], master.ports["broadcast"]),
+                       max_backlog=200_000)
+    await server.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    writer = None
+    try:
+        await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=slow, limit=4096)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert b"101" in await reader.readuntil(b"\r\n")
+        async with aiohttp.ClientSession() as s:
+            page = await open_page(s, type("W", (), {"url": url}))
+            big = [float(i) for i in range(100_000)]  # about 1 MB of JSON
+            for i in range(8):
+                big[0] = float(i)
+                assert (await page.rpc("dataset_db", "set", "big", big))["ok"]
+                seen = await page.until(lambda m: m.get("type") == "mod"
+                                        and m["mod"].get("key") == "big")
+                assert seen["mod"]["value"][1][0] == i
+            await wait_until(lambda: server.dropped == 1, timeout=10)
+            await wait_until(lambda: len(server._sockets) == 1, timeout=10)
+            assert (await page.rpc("schedule", "get_status"))["ok"]
+    finally:
+        if writer is not None:
+            writer.close()
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+        else:
+            slow.close()
+        await server.stop()
