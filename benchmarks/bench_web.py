@@ -18,8 +18,10 @@ ratio figure / floor after it):
     file of the same server (median of 5);
   - a status change reaching the page: a run submitted into the held pipeline
     (1,000 rows shown), from the master's notifier mod (as its own subscriber receives
-    it) to the row drawn in the page (a MutationObserver's timestamp; the same host
-    clock), median and 90th percentile of 100. Floor: a loopback round trip;
+    it) to the row drawn in the page (a MutationObserver's ``Date.now()``: the same
+    host's wall clock as the subscriber's ``time.time()``, to the millisecond; the
+    page's monotonic clock drifted from it by tens of ms a minute here), median and
+    90th percentile of 100. Floor: a loopback round trip;
   - a 10,000-point dataset set at 10 Hz for 60 s while plotted (uPlot): the page's lag
     (the frame that first shows a set) behind the master's own subscriber receiving it,
     medians in the first and last 10 s, to show whether it grows.
@@ -202,7 +204,7 @@ async def _first_paint(tab: Any, url: str) -> None:
 
 
 OBSERVE = """() => { window.rowSeen = {};
-  new MutationObserver((records) => { const t = performance.timeOrigin + performance.now();
+  new MutationObserver((records) => { const t = Date.now();
     for (const r of records) for (const n of r.addedNodes)
       if (n.dataset && n.dataset.rid && !(n.dataset.rid in window.rowSeen)) window.rowSeen[n.dataset.rid] = t; })
   .observe(document.getElementById('schedule-body'), {childList: true}); }"""
@@ -262,7 +264,7 @@ class Live(EnvExperiment):
 PLOT_WATCH = """() => { window.plotSeen = {}; const box = document.getElementById('plot');
   const check = () => { const p = box._plot;
     if (p && p.data[1].length === 10000) { const m = p.data[1][0];
-      if (!(m in window.plotSeen)) window.plotSeen[m] = performance.timeOrigin + performance.now(); }
+      if (!(m in window.plotSeen)) window.plotSeen[m] = Date.now(); }
     requestAnimationFrame(check); };
   check(); }"""
 
