@@ -19,9 +19,8 @@ ratio figure / floor after it):
   - a status change reaching the page: a run submitted into the held pipeline
     (1,000 rows shown), from the master's notifier mod (as its own subscriber receives
     it) to the row drawn in the page (a MutationObserver's ``Date.now()``: the same
-    host's wall clock as the subscriber's ``time.time()``, to the millisecond; the
-    page's monotonic clock drifted from it by tens of ms a minute here), median and
-    90th percentile of 100. Floor: a loopback round trip;
+    host's wall clock as the subscriber's ``time.time()``, to the millisecond), median
+    and 90th percentile of 100. Floor: a loopback round trip;
   - a 10,000-point dataset set at 10 Hz for 60 s while plotted (uPlot): the page's lag
     (the frame that first shows a set) behind the master's own subscriber receiving it,
     medians in the first and last 10 s, to show whether it grows.
