@@ -23,7 +23,7 @@ ratio figure / floor after it):
     and 90th percentile of 100. Floor: a loopback round trip;
   - a 10,000-point dataset set at 10 Hz for 60 s while plotted (uPlot): the page's lag
     (the frame that first shows a set) behind the master's own subscriber receiving it,
-    medians in the first and last 10 s, to show whether it grows.
+    the median in each 10 s, to show whether it grows.
 
 The load average is printed at start and at end. Linux only (``floors.py``).
 
@@ -302,10 +302,10 @@ async def _live_plot(ports: dict, tab: Any) -> None:
         return statistics.median(page_at[float(m)] - watch.wall[m] for m in markers
                                  if lo <= watch.wall[m] - start < hi)
 
+    windows = ", ".join(floors.duration(lag(t, t + 10)) for t in range(0, 60, 10))
     print(f"10,000-point dataset at 10 Hz for 60 s, plotted: {len(markers)} of {sets} sets "
-          f"drawn; the page's lag behind the master's own subscriber, median: first 10 s "
-          f"{floors.duration(lag(0, 10))}, last 10 s {floors.duration(lag(50, 60))} "
-          f"(floor: the subscriber itself, 0)")
+          f"drawn; the page's lag behind the master's own subscriber, median in each 10 s: "
+          f"{windows} (floor: the subscriber itself, 0)")
 
 
 async def fan_out_figures(ports: dict, url: str) -> None:

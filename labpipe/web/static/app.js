@@ -236,7 +236,8 @@ redrawers.datasets = (mod) => {
       body.insertBefore(row, after || null);
     }
     if (k === state.plotKey || k === $("plot-x").value) plotSoon();
-    if (mod.action === "setitem" && mod.path.length === 0) drawPlotChoices();
+    if (mod.action === "setitem" && mod.path.length === 0 && !(k in plotChoices)) drawPlotChoices();
+    else if (mod.action === "delitem" && k in plotChoices) drawPlotChoices();
     return;
   }
   body.replaceChildren(...Object.keys(ds).sort().filter((k) => k.includes(f)).map((k) => datasetRow(k, ds[k])));
@@ -249,8 +250,12 @@ $("ds-set").onclick = () => {
   act(rpc("dataset_db", "set", [$("ds-key").value, v, $("ds-persist").checked]));
 };
 // the x axis: the index, or another 1-D dataset
+// (drawn again only when a dataset comes or goes: a value set at 10 Hz would otherwise
+// close the list under the user's pointer)
+let plotChoices = {};
 function drawPlotChoices() {
   const sel = $("plot-x"); const was = sel.value; const ds = state.models.datasets || {};
+  plotChoices = Object.fromEntries(Object.keys(ds).map((k) => [k, true]));
   const keys = Object.keys(ds).filter((k) => k !== state.plotKey && isLine(ds[k][1])).sort();
   sel.replaceChildren(el("option", {value: ""}, "index"), ...keys.map((k) => el("option", {value: k}, k)));
   sel.value = keys.includes(was) ? was : "";
