@@ -1,5 +1,7 @@
 """labpipe-web's own JSON/WebSocket API, against a real master: the notifier copies
-it sends, RPC through it, bad input from the browser side, and reconnection."""
+it sends, RPC through it, bad input from the browser side, the lock's refusal passed
+on, reconnection, --ssl (TLS to the master, HTTPS), and a browser that never reads
+dropped at the backlog's bound."""
 
 import asyncio
 import json

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import ASK, Lab, MasterProcess, expid, wait_for
+from conftest import ASK, TERMINATING, Lab, MasterProcess, expid, wait_for
 from web_fixtures import SCANNER, WebProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -74,6 +74,7 @@ def master(tmp_path_factory):
     lab.write("repository/kinds.py", KINDS)
     lab.write("repository/ask.py", ASK)
     lab.write("repository/sub/ask2.py", ASK)
+    lab.write("repository/terminating.py", TERMINATING)
     m = MasterProcess(lab.root, "--name", NAME)
     m.lab = lab
     yield m
@@ -333,6 +334,18 @@ def test_a_deletion_from_the_page_removes_a_pending_run(page, master):
     finally:
         with master.client("schedule") as schedule:
             schedule.release("main")
+
+
+def test_a_running_run_is_terminated_from_the_page(page, master):
+    with master.client("schedule") as schedule:
+        rid = schedule.submit("main", expid("repository/terminating.py"))
+    page.click("button[data-page=schedule]")
+    row = f"#schedule-body .run[data-rid='{rid}'][data-status=running]"
+    page.wait_for_selector(row)
+    wait_dataset(page, "terminating.started", "true")
+    page.click(f"{row} button.terminate")
+    page.click("button[data-page=history]")
+    page.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=terminated]")
 
 
 def plotted(tab):
