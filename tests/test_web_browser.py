@@ -159,7 +159,7 @@ def test_the_masters_name_is_shown_and_nothing_comes_from_elsewhere(page, browse
     assert all(u.startswith(web.url) for u in browser.requested), browser.requested
 
 
-def test_https_to_the_browser_and_tls_to_the_master(browser, tmp_path):
+def test_https_to_the_browser_and_tls_to_the_master_and_a_restart(browser, tmp_path):
     from tls_certs import make_certs
     certs = make_certs(str(tmp_path / "certs"))
     lab = Lab(str(tmp_path / "lab"))
@@ -182,6 +182,18 @@ def test_https_to_the_browser_and_tls_to_the_master(browser, tmp_path):
         tab.click("button[data-page=history]")
         tab.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]")
         shot(tab, "https")
+        # the master restarts: the page says it lost it, then reconnects by itself
+        ports, tls = m.ports, ["--ssl", certs.server.cert, certs.server.key,
+                               certs.trusted_clients]
+        m.stop()
+        tab.wait_for_selector("#conn[data-connected=false]")
+        assert "reconnecting" in tab.inner_text("#conn")
+        m = MasterProcess(lab.root, *tls, "--name", "tls lab again",
+                          *[f"--port-{n}={ports[n]}" for n in ("control", "notify",
+                                                               "broadcast")])
+        tab.wait_for_selector("#conn[data-connected=true]", timeout=30000)
+        assert tab.inner_text("#master-name") == "tls lab again"
+        tab.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]")
     finally:
         tab.close()
         w.stop()
