@@ -224,6 +224,18 @@ async def running_master(lab, own_launcher=False, **options):
         yield master
 
 
+async def one_line_refusal(call, cls, *fragments) -> str:
+    """The message of the exception the awaitable call raises, which must be cls, fit
+    on one line and contain every fragment."""
+    with pytest.raises(cls) as info:
+        await call
+    message = str(info.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
 def run_ends(scheduler):
     """{rid: RunEnd}, filled as the scheduler's runs end."""
     ends = {}

@@ -163,3 +163,37 @@ def test_tls_group_comes_from_the_certificate(tmp_path):
             assert record["user"] == "labpipe test op" and record["group"] == "operators"
     finally:
         master.stop()
+
+
+PLAN_PERMISSIONS = """
+[permissions]
+enabled = true
+default_group = "operators"
+[permissions.groups.operators]
+edit_queue = true
+forbidden_plans = ["scan"]
+forbidden_devices = ["laser"]
+"""
+
+
+def test_permissions_refuse_a_forbidden_plan_and_a_forbidden_device_in_a_plan(tmp_path):
+    lab = _lab(tmp_path, PLAN_PERMISSIONS)
+    plans = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "repository", "plans.py")
+    (lab / "repository" / "plans.py").write_text(_read(plans))
+    master = MasterProcess(str(lab))
+    try:
+        with master.client("schedule") as schedule:
+            schedule.hold("main")
+            with pytest.raises(PermissionError, match="forbidden_plans 'scan'"):
+                schedule.submit_plan("main", "scan", [["motor"], "motor", -1, 1, 3])
+            with pytest.raises(PermissionError, match="forbidden_devices 'laser'"):
+                schedule.submit_plan("main", "count", [["laser"]])
+            rid = schedule.submit_plan("main", "count", [["motor"]])
+            assert schedule.get_status()[rid]["status"] == "pending"
+        with master.client("permissions") as permissions:
+            allowed = permissions.allowed("operators")
+            assert "scan" not in allowed["plans"] and "count" in allowed["plans"]
+            assert allowed["devices"] == ["motor"]
+    finally:
+        master.stop()

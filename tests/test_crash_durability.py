@@ -27,6 +27,9 @@ from labpipe.protocol.rpc import Client
 
 from conftest import descendants, expid, terminate, wait_gone
 
+#: a held pipeline's entry in the pipelines notifier
+HELD = {"held": True, "device_check": True, "stop_pending": False, "stop_on_failure": False}
+
 FAR = 9e9  # a due date that keeps a run pending for good
 
 SET_PERSISTENT = """
@@ -219,7 +222,7 @@ def test_acknowledged_operation_survives_kill(crash_lab, operation):
     try:
         schedule = second.client("schedule")
         if operation == "hold":
-            assert _pipelines(second) == {"p": {"held": True, "device_check": True}}
+            assert _pipelines(second) == {"p": HELD}
         elif operation == "release":
             assert _pipelines(second) == {}
         else:

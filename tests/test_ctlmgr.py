@@ -304,3 +304,17 @@ async def test_with_ssl_the_manager_speaks_tls_to_the_master_and_on_its_own_port
                 assert code == 0, err
         finally:
             await receiver.close()
+
+
+async def test_a_killed_manager_leaves_no_controller_running(lab):
+    (a,) = free_ports(1)
+    write_db(lab, {"ctl_a": controller(a)})
+    async with running_master(lab) as m, Manager(m) as mgr:
+        pid = (await mgr.wait_running("ctl_a"))["ctl_a"]["pid"]
+        mgr.process.kill()
+        await mgr.process.wait()
+        for _ in range(200):
+            if gone(pid):
+                break
+            await asyncio.sleep(0.05)
+        assert gone(pid)

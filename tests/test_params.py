@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy
 import pytest
 
-from conftest import running_master
+from conftest import one_line_refusal, running_master
 from labpipe.master import params
 from labpipe.master.targets import SPECS, Target, TargetSpecError
 from labpipe.protocol.rpc import AsyncClient
@@ -21,7 +21,9 @@ from labpipe.protocol.rpc import AsyncClient
 DOCUMENTED = {
     "schedule": {"submit", "delete", "request_termination", "get_status", "check_pause",
                  "check_termination",
-                 "submit_plan", "change", "hold", "release", "set_device_check", "validate"},
+                 "submit_plan", "change", "hold", "release", "set_device_check", "validate",
+                 # docs/queue-control.md "Queue positions", "Immediate runs"
+                 "move", "move_batch", "clear", "execute_now", "set_stop_on_failure"},
     "experiment_db": {"scan_repository", "scan_repository_async", "examine",
                       "list_directory", "root"},
     "dataset_db": {"get", "get_metadata", "set", "update", "delete"},
@@ -50,15 +52,7 @@ async def _client(master, target):
     return client
 
 
-async def _refused(call, cls, *fragments):
-    """The one-line message of the exception call raises, which must be cls."""
-    with pytest.raises(cls) as info:
-        await call
-    message = str(info.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
+_refused = one_line_refusal
 
 
 async def test_every_exposed_method_has_a_spec_and_only_documented_ones_are_exposed(lab):

@@ -14,6 +14,12 @@ class R:
     due_date: float | None = None
     status: RunStatus = RunStatus.pending
     flush: bool = False
+    queue_position: float | None = None  # None: the RID, as for a run nobody moved
+    immediate: bool = False
+
+    def __post_init__(self):
+        if self.queue_position is None:
+            self.queue_position = float(self.rid)
 
 
 NOW = 1000.0

@@ -20,6 +20,7 @@ from bluesky_queueserver_api.comm_base import (  # noqa: E402
     RequestFailedError, RequestTimeoutError)
 
 from conftest import MasterProcess  # noqa: E402
+from labpipe.qserver.items import uid_of  # noqa: E402
 
 # REManagerAPI (the peer's client) leaves its own 0MQ contexts to the garbage collector
 pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
@@ -123,12 +124,88 @@ def test_api_add_get_remove_and_the_uids(master, rm):
     assert rm.queue_get()["items"] == []
 
 
-def test_api_positions_need_the_queue_control_issue(master, rm):
-    item = rm.item_add(BPlan("count", ["det"]))["item"]
-    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
-        rm.item_add(BPlan("count", ["det"]), pos="front")
-    with pytest.raises(RequestFailedError, match="not available in this labpipe"):
-        rm.item_move(uid=item["item_uid"], pos_dest="front")
+def test_api_moves_execute_clear_and_stop_pending(master, rm):
+    def uids():
+        return [i["item_uid"] for i in rm.queue_get()["items"]]
+
+    a, b, c = (rm.item_add(BPlan("count", ["det"], num=n))["item"]["item_uid"]
+               for n in (1, 2, 3))
+    assert uids() == [a, b, c]
+    rm.item_move(uid=c, pos_dest="front")
+    assert uids() == [c, a, b]
+    rm.item_move(uid=c, after_uid=b)
+    assert uids() == [a, b, c]
+    rm.item_move_batch(uids=[c, b], before_uid=a)
+    assert uids() == [c, b, a]
+    rm.item_move(pos="back", pos_dest=0)
+    assert uids() == [a, c, b]
+    with pytest.raises(RequestFailedError, match="destination is not specified"):
+        rm.send_request(method="queue_item_move", params={"uid": a})
+    # the same order on the ARTIQ side: queue_position in the schedule notifier
+    with master.client("schedule") as schedule:
+        entries = schedule.get_status()
+    by_position = sorted(entries, key=lambda rid: entries[rid]["queue_position"])
+    assert [uid_of(rid) for rid in by_position] == uids()
+    # execute: runs at once while the queue stays stopped; not a queue item
+    rm.environment_open()
+    wait(lambda: rm.status()["worker_environment_exists"])
+    done = rm.item_execute(BPlan("count", ["det"], num=2))["item"]
+    wait(lambda: done["item_uid"] in [i["item_uid"] for i in rm.history_get()["items"]])
+    assert uids() == [a, c, b]
+    # stop pending while a plan runs, cancelled, then stopped after it
+    rm.queue_clear()
+    assert uids() == []
+    slow = rm.item_add(BPlan("count", ["det"], num=100, delay=0.05))["item"]["item_uid"]
+    rm.item_add(BPlan("count", ["det"], num=1))
+    rm.queue_start()
+    wait(lambda: rm.status()["running_item_uid"] == slow)
+    rm.queue_stop()
+    assert rm.status()["queue_stop_pending"] is True
+    rm.queue_stop_cancel()
+    assert rm.status()["queue_stop_pending"] is False
+    rm.queue_stop()
+    rm.re_stop()
+    wait(lambda: rm.status()["running_item_uid"] is None)
+    status = rm.status()
+    assert status["queue_stop_pending"] is False and status["items_in_queue"] == 1
+    assert status["queue_autostart_enabled"] is False
+
+
+def test_api_queue_mode_maps_to_stop_on_failure(master, rm):
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": True}
+    rm.queue_mode_set(ignore_failures=False)
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": False}
+    from labpipe.protocol import pyon  # labpipe's own pipeline state, on disk
+    stored = pyon.load_file(os.path.join(master.lab_dir, "pipelines.pyon"))
+    assert stored["main"]["stop_on_failure"] is True
+    with pytest.raises(RequestFailedError, match="loop mode is not available"):
+        rm.queue_mode_set(loop=True)
+    with pytest.raises(RequestFailedError, match="Unsupported plan queue mode"):
+        rm.send_request(method="queue_mode_set", params={"mode": {"speed": 2}})
+    rm.queue_mode_set(mode="default")  # the RE Manager's default: stop on a failure
+    assert rm.status()["plan_queue_mode"]["ignore_failures"] is False
+    rm.queue_mode_set(ignore_failures=True)
+    assert rm.status()["plan_queue_mode"] == {"loop": False, "ignore_failures": True}
+
+
+def test_api_adds_at_positions(master, rm):
+    def uids():
+        return [i["item_uid"] for i in rm.queue_get()["items"]]
+
+    a = rm.item_add(BPlan("count", ["det"], num=1))["item"]["item_uid"]
+    b = rm.item_add(BPlan("count", ["det"], num=2), pos="front")["item"]["item_uid"]
+    assert uids() == [b, a]
+    c = rm.item_add(BPlan("count", ["det"], num=3), after_uid=b)["item"]["item_uid"]
+    d = rm.item_add(BPlan("count", ["det"], num=4), before_uid=b)["item"]["item_uid"]
+    e = rm.item_add(BPlan("count", ["det"], num=5), pos=1)["item"]["item_uid"]
+    assert uids() == [d, e, b, c, a]
+    batch = rm.item_add_batch([BPlan("count", ["det"], num=6),
+                               BPlan("count", ["det"], num=7)], after_uid=d)["items"]
+    assert uids() == [d, *[i["item_uid"] for i in batch], e, b, c, a]
+    with pytest.raises(RequestFailedError, match="Ambiguous parameters"):
+        rm.item_add(BPlan("count", ["det"]), pos="front", after_uid=a)
+    with pytest.raises(RequestFailedError, match="is not in the queue"):
+        rm.item_add(BPlan("count", ["det"]), before_uid="no-such-uid")
     with pytest.raises(RequestFailedError, match="not available in this labpipe"):
         rm.function_execute({"item_type": "function", "name": "f"})
 

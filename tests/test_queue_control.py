@@ -14,6 +14,9 @@ import pytest
 
 from conftest import GATED, ScheduleRecorder, expid, run_ends, running_master, wait_until
 
+#: a held pipeline's entry in the pipelines notifier
+HELD = {"held": True, "device_check": True, "stop_pending": False, "stop_on_failure": False}
+
 DEVICE_DB = """
 device_db = {
     "dds0": {"type": "local", "module": "fakedev", "class": "Dev", "arguments": {}},
@@ -58,6 +61,7 @@ print("script done")
 
 LONG_SCRIPT = """
 import time
+
 print("long script started")
 while True:
     time.sleep(0.005)
@@ -252,7 +256,7 @@ async def test_hold_and_release(lab):
             rec = ScheduleRecorder(s.notifier)
             pipelines = m.notifiers["pipelines"]
             await s.hold("main")  # no run there yet
-            assert pipelines.raw_view == {"main": {"held": True, "device_check": True}}
+            assert pipelines.raw_view == {"main": HELD}
             held = await s.submit("main", expid(gated, tag="held"))
             # meanwhile another pipeline runs a whole run
             other = await s.submit("other", expid(gated, tag="other"))
@@ -276,8 +280,8 @@ async def test_hold_and_release(lab):
         # the held states survive a restart
         async with running_master(lab) as m:
             assert m.notifiers["pipelines"].raw_view == {
-                "main": {"held": True, "device_check": True},
-                "empty-pipeline": {"held": True, "device_check": True}}
+                "main": HELD,
+                "empty-pipeline": HELD}
             await m.scheduler.release("empty-pipeline")
             # the run left waiting came back with the schedule, changed, and still waits
             assert {rid: (e["status"], e["priority"])
@@ -428,7 +432,8 @@ async def test_device_check_can_be_turned_off_per_pipeline(lab):
             rec = ScheduleRecorder(s.notifier)
             await s.set_device_check("free", False)
             assert m.notifiers["pipelines"].raw_view == {
-                "free": {"held": False, "device_check": False}}
+                "free": {"held": False, "device_check": False, "stop_pending": False,
+                         "stop_on_failure": False}}
             a = await s.submit("a", expid(gated, gate=gate, tag="a", devices=["dds0"]))
             await wait_until(lambda: (a, "running") in rec.events)
             f = await s.submit("free", expid(gated, tag="f", devices=["dds0"]))
@@ -484,8 +489,7 @@ async def test_queue_control_over_rpc_and_notify(lab):
                 assert {"change", "hold", "release", "set_device_check",
                         "validate"} <= set(methods)
                 await c.hold("wire")
-                await wait_until(lambda: sub.model == {"wire": {"held": True,
-                                                                "device_check": True}})
+                await wait_until(lambda: sub.model == {"wire": HELD})
                 assert await c.validate("wire", expid(gated, tag=3)) == [
                     "argument 'tag': expected a string, got 3 (int)"]
                 blocker = await c.submit("other", expid(gated, gate=gate))

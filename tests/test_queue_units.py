@@ -118,14 +118,17 @@ async def test_pipeline_states_published_and_kept(tmp_path):
         states = PipelineStates(path)
         mods = []
         states.notifier.add_listener(mods.append)
-        await states.set("nobody-yet", "held", True)
-        await states.set("b", "device_check", False)
+        await states.set("nobody-yet", held=True)
+        await states.set("b", device_check=False)
         assert states.is_held("nobody-yet") and not states.is_held("b")
         assert states.exempt() == {"b"}
         again = PipelineStates(path)
-        assert again.notifier.raw_view == {"nobody-yet": {"held": True, "device_check": True},
-                                           "b": {"held": False, "device_check": False}}
-        await again.set("nobody-yet", "held", False)
+        assert again.notifier.raw_view == {
+            "nobody-yet": {"held": True, "device_check": True, "stop_pending": False,
+                           "stop_on_failure": False},
+            "b": {"held": False, "device_check": False, "stop_pending": False,
+                  "stop_on_failure": False}}
+        await again.set("nobody-yet", held=False)
         assert "nobody-yet" not in PipelineStates(path).notifier.raw_view
         assert [m["action"] for m in mods] == ["setitem", "setitem"]
 
@@ -264,4 +267,4 @@ def test_client_shows_progress_elapsed_eta_and_blocking():
     assert "(in 1m40s)" in lines[1]
     assert lines[2].rstrip().endswith("blocked by RID 1")
     # an ARTIQ master's entries (no labpipe keys) still show
-    assert lines[3].split()[:3] == ["3", "c", "pending"]
+    assert lines[3].split()[:4] == ["3", "c", "1", "pending"]  # first in its queue

@@ -94,8 +94,39 @@ def _submit(args: argparse.Namespace, master: Connection) -> None:
     with contextlib.ExitStack() as spinner:
         if args.content:  # the master compiles the content in an examining process
             spinner.enter_context(busy(f"submitting the content of {args.file}"))
-        rid = schedule.submit(args.pipeline, expid, args.priority, due_date, args.flush)
+        if args.now:
+            if due_date is not None or args.priority or args.flush or _place(args):
+                raise UsageError("--now takes no due date, priority, flush or place")
+            rid = schedule.execute_now(args.pipeline, expid, args.wait)
+        elif args.wait:
+            raise UsageError("--wait goes with --now")
+        else:
+            rid = schedule.submit(args.pipeline, expid, args.priority, due_date,
+                                  args.flush, **_place(args))
     _print_rid(args, rid, due_date)
+
+
+def _place(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a place in the queue given on the command line."""
+    return {key: getattr(args, key) for key in ("before", "after", "pos")
+            if getattr(args, key) is not None}
+
+
+def _move(args: argparse.Namespace, master: Connection) -> None:
+    master.rpc("schedule").move_batch(args.rid, **_place(args))
+
+
+def _clear(args: argparse.Namespace, master: Connection) -> None:
+    rids = master.rpc("schedule").clear(args.pipeline)
+    if args.json:
+        print_json({"deleted": rids})
+    else:
+        print(f"deleted {len(rids)} run(s)" + (f": RIDs {', '.join(map(str, rids))}"
+                                               if rids else ""))
+
+
+def _stop_on_failure(args: argparse.Namespace, master: Connection) -> None:
+    master.rpc("schedule").set_stop_on_failure(args.pipeline, args.state == "on")
 
 
 def _delete(args: argparse.Namespace, master: Connection) -> None:
@@ -127,7 +158,7 @@ def _change(args: argparse.Namespace, master: Connection) -> None:
 
 def _hold(args: argparse.Namespace, master: Connection) -> None:
     for pipeline in args.pipeline:
-        master.rpc("schedule").hold(pipeline)
+        master.rpc("schedule").hold(pipeline, args.after_current)
 
 
 def _release(args: argparse.Namespace, master: Connection) -> None:
@@ -288,6 +319,7 @@ def _lock_info(args: argparse.Namespace, master: Connection) -> None:
 COMMANDS: dict[str, Command] = {
     "lock": _lock, "unlock": _unlock, "lock-info": _lock_info,
     "submit": _submit, "delete": _delete, "change": _change, "hold": _hold,
+    "move": _move, "clear": _clear, "stop-on-failure": _stop_on_failure,
     "release": _release, "resubmit": _resubmit, "wait": _wait,
     "set-dataset": _set_dataset, "del-dataset": _del_dataset,
     "scan-devices": _scan_devices, "scan-repository": _scan_repository, "ls": _ls,

@@ -5,8 +5,10 @@
 Every ``format_*`` function returns text for a ``screen.Screen`` (by default plain and
 of unlimited width); the experiment list is in ``explist_view.py``.
 
-The schedule (``format_schedule``): highest precedence first (priority, then due date,
-then RID). A running run shows its progress bar, elapsed time and ETA (labpipe's
+The schedule (``format_schedule``): highest precedence first (a run of execute_now,
+then priority, then due date, then queue position — the RID unless moved — then RID);
+``Queue`` is a run's place in its pipeline's queue (1 goes next; ``now`` for a run of
+execute_now), among the runs that have not started running. A running run shows its progress bar, elapsed time and ETA (labpipe's
 ``progress``, ``started`` and ``eta`` keys; an ETA that has passed shows how late it
 is, never "in 0s"); a run waiting for another pipeline's devices ``blocked by RID
 ...``; a run waiting for interactive arguments the title it asks under. Held
@@ -234,6 +236,7 @@ def format_log(message: tuple[int, str, float, str], screen: Screen | None = Non
 #: Dropped first on a narrow screen: Revision, Elapsed, Due date, Prio, ETA, Class.
 SCHEDULE_COLUMNS = (
     Column("RID", justify="right"), Column("Pipeline", 1, min_width=8),
+    Column("Queue", 3, justify="right"),
     Column("Status"), Column("Prio", 4, justify="right", keep_empty=True),
     Column("Due date", 4), Column("Revision", 5), Column("File", 1, min_width=12,
                                                          elide="left"),
@@ -264,7 +267,33 @@ def _due(due_date: float | None, now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", local)
 
 
-def _row(rid: Any, run: dict, now: float, held: set[str], waiting: dict) -> list[Cell]:
+#: Statuses of runs in their pipeline's queue (not started running).
+_QUEUED = ("pending", "flushing", "preparing", "prepare_done")
+
+
+def _precedence(item: tuple[Any, dict]) -> tuple:
+    """Sort key of a schedule entry, first to go first (the master's precedence)."""
+    rid, run = item
+    position = run.get("queue_position")
+    return (not run.get("immediate", False), -run["priority"], run["due_date"] or 0,
+            rid if position is None else position, rid)
+
+
+def _places(order: list[tuple[Any, dict]]) -> dict[Any, str]:
+    """The Queue cell of each run: its place among its pipeline's queued runs."""
+    places: dict[Any, str] = {}
+    counts: dict[str, int] = {}
+    for rid, run in order:
+        if run.get("immediate"):
+            places[rid] = "now"
+        elif run["status"] in _QUEUED:
+            counts[run["pipeline"]] = counts.get(run["pipeline"], 0) + 1
+            places[rid] = str(counts[run["pipeline"]])
+    return places
+
+
+def _row(rid: Any, run: dict, now: float, held: set[str], waiting: dict,
+         place: str = "") -> list[Cell]:
     expid = run["expid"]
     status = run["status"]
     status_cell = Cell(status, STATUS_STYLES.get(status, ""))
@@ -280,7 +309,8 @@ def _row(rid: Any, run: dict, now: float, held: set[str], waiting: dict) -> list
         progress = Cell(f"waits for input: {request.get('title') or 'arguments'}",
                         "bold yellow")
     elapsed, eta = _timing(run, now)
-    return [Cell(str(rid)), Cell(run["pipeline"]), status_cell, Cell(str(run["priority"])),
+    return [Cell(str(rid)), Cell(run["pipeline"]), Cell(place), status_cell,
+            Cell(str(run["priority"])),
             Cell(_due(run.get("due_date"), now)),
             Cell(short_revision(expid.get("repo_rev"))),
             Cell(expid.get("file") or "<content>"), Cell(str(expid.get("class_name") or "")),
@@ -294,17 +324,23 @@ def format_schedule(status: dict, now: float | None = None, *,
     notifier (held pipelines), ``waiting``: the ``interactive_args`` notifier."""
     now = time.time() if now is None else now
     held = {name for name, state in (pipelines or {}).items() if state.get("held")}
+    stopping = {name for name, state in (pipelines or {}).items()
+                if state.get("stop_pending")}
     waiting = waiting or {}
     lines = []
     if held:
         lines.append(render(Text("Held pipelines: " + ", ".join(sorted(held)),
                                  style="yellow"), screen))
+    if stopping:
+        lines.append(render(Text("Held after their running run: "
+                                 + ", ".join(sorted(stopping)), style="yellow"), screen))
+    held |= stopping
     if not status:
         lines.append("Schedule is empty")
         return "\n".join(lines)
-    order = sorted(status.items(), key=lambda kv: (-kv[1]["priority"],
-                                                   kv[1]["due_date"] or 0, kv[0]))
-    rows = [_row(rid, run, now, held, waiting) for rid, run in order]
+    order = sorted(status.items(), key=_precedence)
+    places = _places(order)
+    rows = [_row(rid, run, now, held, waiting, places.get(rid, "")) for rid, run in order]
     lines.append(table_text(SCHEDULE_COLUMNS, rows, screen))
     asking = [rid for rid, _ in order if rid in waiting]
     if asking:

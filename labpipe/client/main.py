@@ -72,6 +72,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _place_arguments(p: argparse.ArgumentParser, title: str, required: bool = False) -> None:
+    """--before/--after RID, --front/--back, --pos N: a place in a pipeline's queue."""
+    group = p.add_argument_group(title).add_mutually_exclusive_group(required=required)
+    group.add_argument("--before", type=int, metavar="RID", help="right before this run")
+    group.add_argument("--after", type=int, metavar="RID", help="right after this run")
+    group.add_argument("--front", action="store_const", const="front", dest="pos",
+                       help="before every run of the pipeline")
+    group.add_argument("--back", action="store_const", const="back", dest="pos",
+                       help="after every run of the pipeline")
+    group.add_argument("--pos", type=int, metavar="N",
+                       help="at index N of the pipeline's queue (0: first; -1: last)")
+
+
 def get_argparser() -> argparse.ArgumentParser:
     """The command line of ``labpipe-client``."""
     parser = argparse.ArgumentParser(
@@ -124,6 +137,12 @@ def get_argparser() -> argparse.ArgumentParser:
                    help="only check the submission (file, class, arguments, devices) in "
                         "a worker without running it; prints the problems (exit code 3 "
                         "when there are any)")
+    p.add_argument("--now", action="store_true",
+                   help="run it at once, ahead of the pipeline's queue, held or not "
+                        "(refused while a run of the pipeline runs, unless --wait)")
+    p.add_argument("--wait", action="store_true",
+                   help="with --now: start once the pipeline's running run is done")
+    _place_arguments(p, "place it in the pipeline's queue")
     p.add_argument("-v", "--verbose", action="count", default=0, help="worker log level down")
     p.add_argument("-q", "--quiet", action="count", default=0, help="worker log level up")
     p.add_argument("file", help="experiment file")
@@ -147,10 +166,26 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
                    help="arguments to change, read by their type")
 
-    for name, text in (("hold", "hold pipelines: they start no new run"),
-                       ("release", "release held pipelines")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p = sub.add_parser("move", help="move pending runs in their pipeline's queue "
+                                    "(priority and due date still go first)")
+    p.add_argument("rid", type=int, nargs="+", help="run id(s), moved as a block in "
+                                                    "this order")
+    _place_arguments(p, "where to", required=True)
+
+    p = sub.add_parser("clear", help="delete every run of a pipeline that has not "
+                                     "started running")
+    p.add_argument("pipeline", help="pipeline name")
+
+    p = sub.add_parser("hold", help="hold pipelines: they start no new run")
+    p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p.add_argument("--after-current", action="store_true",
+                   help="let the running run finish first (shown as stop pending)")
+    p = sub.add_parser("release", help="release held pipelines (or cancel a pending hold)")
+    p.add_argument("pipeline", nargs="+", help="pipeline name(s)")
+    p = sub.add_parser("stop-on-failure", help="hold a pipeline when one of its runs "
+                                               "fails (on), or not (off, the default)")
+    p.add_argument("pipeline", help="pipeline name")
+    p.add_argument("state", choices=("on", "off"))
 
     p = sub.add_parser("lock", help="lock the queue and/or the environment with a key")
     p.add_argument("key", help="the key (give it as --lock-key to pass the lock)")

@@ -3,7 +3,9 @@
 - Started with its argument list (no shell) in a new session, so in its own process
   group; stdin is ``/dev/null``, ``PYTHONUNBUFFERED=1`` so that a Python controller's
   prints arrive as they happen; stdout and stderr are forwarded line by line
-  (``output.forward``) to ``sink``.
+  (``output.forward``) to ``sink``. On Linux it is sent SIGTERM if the manager dies
+  without stopping it (``PR_SET_PDEATHSIG``: a kill -9 of the manager leaves no
+  controller holding its port against the manager started next).
 - While it runs it is pinged every ``ping_timer`` seconds: a fresh RPC connection to
   ``host:port`` (its ``target``, or the only one) and ``ping()``, which must return
   true within ``ping_timeout`` (a refused connection is tried again within that time:
@@ -21,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import ssl as _ssl
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from labpipe.ctlmgr.entries import ControllerSpec
@@ -33,6 +38,23 @@ from labpipe.ctlmgr.output import Sink, forward
 from labpipe.protocol.rpc import AsyncClient
 
 logger = logging.getLogger("labpipe.ctlmgr")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(manager: int) -> Callable[[], None] | None:
+    """A preexec function making the child get SIGTERM when this process dies (Linux
+    only; None elsewhere). Runs in the child between fork and exec: nothing but the
+    system call and the check that the manager has not died already."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != manager:  # died before the call: nobody would signal it
+            os._exit(1)
+    return preexec
 
 
 @dataclass
@@ -127,7 +149,7 @@ class Controller:
             process = await asyncio.create_subprocess_exec(
                 *spec.argv, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=env, start_new_session=True)
+                env=env, start_new_session=True, preexec_fn=_dies_with(os.getpid()))
         except OSError as exc:
             logger.error("controller %s: cannot start %r: %s", spec.name, spec.argv[0],
                          exc.strerror or exc)

@@ -221,6 +221,24 @@ class OneOf(Check):
             raise _refuse(ValueError, path, self.allowed, value)
 
 
+class Either(Check):
+    """What one of several checks allows (tried in order)."""
+
+    def __init__(self, *choices: Check):
+        self.choices = choices
+        self.allowed = " or ".join(c.allowed for c in choices)
+
+    def check(self, value: Any, path: str) -> None:
+        for choice in self.choices:
+            try:
+                choice.check(value, path)
+                return
+            except (TypeError, ValueError):
+                continue
+        raise _refuse(TypeError if type(value) not in (int, str) else ValueError,
+                      path, self.allowed, value)
+
+
 class Sequence(Check):
     """A list (or tuple, with ``tuples``) of at most max_len items, each ``item``."""
 

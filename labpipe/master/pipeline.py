@@ -95,10 +95,11 @@ class Pipeline:
 
     async def _prepare_loop(self) -> None:
         while True:
-            if self.scheduler.queue.states.is_held(self.name):
-                await self.state_changed.wait()
-                continue
             candidate = self.runs.next_to_prepare(time.time())
+            if self.scheduler.queue.states.is_held(self.name) and not (
+                    isinstance(candidate, Run) and candidate.immediate):
+                await self.state_changed.wait()  # only a run of execute_now goes
+                continue
             if not isinstance(candidate, Run):
                 await self.state_changed.wait(candidate)
                 continue
@@ -130,6 +131,7 @@ class Pipeline:
 
     async def _run_loop(self) -> None:
         while True:
+            await self.scheduler.queue.settle(self.name)  # hold(after_current) applies
             run = self.runs.next_to_run()
             if run is None or not self.scheduler.may_start_run(run):
                 await self.state_changed.wait()

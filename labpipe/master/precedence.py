@@ -7,13 +7,19 @@ The rules are ARTIQ's ("Experiment scheduling" in the ARTIQ manual):
 3. Then the earlier due date (a run without one counts as the earliest).
 4. Then the lower RID, so that equal runs go in submission order.
 
+labpipe's queue control changes two things, leaving ARTIQ's order as it is for runs
+that nobody moved: rule 4 compares queue positions (``queue_position``, the RID until
+a ``schedule.move``; RID breaks the tie, if any), and a run of ``execute_now``
+(``immediate``) goes before every other run of its pipeline.
+
 ``priority_key`` orders runs by 2-4 (larger key = goes first). The prepare stage may
 prepare ahead only a run that takes precedence over every run already prepared; the run
 stage takes the prepared (or paused) run with the highest key; a running run should yield
 at ``pause()`` when a prepared run has a higher key.
 
 Every function takes the runs as an iterable of objects with the attributes ``rid``,
-``priority``, ``due_date`` (float or None), ``status`` (a ``RunStatus``), ``flush``.
+``priority``, ``due_date`` (float or None), ``queue_position`` (float), ``immediate``
+(bool), ``status`` (a ``RunStatus``), ``flush``.
 """
 
 from collections.abc import Iterable
@@ -44,17 +50,22 @@ class Ranked(Protocol):
     @property
     def due_date(self) -> float | None: ...
     @property
+    def queue_position(self) -> float: ...
+    @property
+    def immediate(self) -> bool: ...
+    @property
     def status(self) -> RunStatus: ...
 
 
 R = TypeVar("R", bound=Ranked)
-#: The ordering key of ``priority_key``.
-Key = tuple[int, float, int]
+#: The ordering key of ``priority_key``: immediate, priority, due date, position, RID.
+Key = tuple[int, int, float, float, int]
 
 
 def priority_key(run: Ranked) -> Key:
     """The key by which runs are ordered: larger goes first."""
-    return (run.priority, -(run.due_date or 0.0), -run.rid)
+    return (int(run.immediate), run.priority, -(run.due_date or 0.0),
+            -run.queue_position, -run.rid)
 
 
 def _max_key(runs: Iterable[Ranked], statuses: tuple[RunStatus, ...]) -> Key | None:

@@ -11,14 +11,18 @@ shapes are unchanged):
   is whatever ``precedence`` decides from the new priority and due date. Every value is
   checked before anything changes; a run that is not pending (or not in the schedule)
   is refused with a ``ValueError`` (``KeyError``) saying so.
-- ``hold(pipeline_name)`` / ``release(pipeline_name)``: a held pipeline prepares and
-  starts no new run; a running run finishes, a paused one may resume. Any name can be
-  held, with or without runs.
+- ``hold(pipeline_name, after_current=False)`` / ``release(pipeline_name)``: a held
+  pipeline prepares and starts no new run; a running run finishes, a paused one may
+  resume, a run of ``execute_now`` goes anyway. Any name can be held, with or without
+  runs. ``after_current`` while a run runs: ``stop_pending`` until its run stage is
+  done (``settle``, called by the run stage), then held.
+- ``set_stop_on_failure(pipeline_name, enabled)``: a failed run holds the pipeline.
 - ``set_device_check(pipeline_name, enabled)``: see ``conflicts.py``; on by default.
 
 Pipeline states are published in the ``pipelines`` notifier, ``{name: {"held": bool,
-"device_check": bool}}`` (a name is listed while either differs from the default:
-``held`` False, ``device_check`` True), and kept across restarts in a PYON file
+"device_check": bool, "stop_pending": bool, "stop_on_failure": bool}}`` (a name is
+listed while any differs from the default: ``device_check`` True, the others False),
+and kept across restarts in a PYON file
 (written atomically before the RPC returns) when a path is given.
 
 A run the run stage cannot start because of a device conflict shows why in its entry:
@@ -49,7 +53,8 @@ __all__ = ["PipelineStates", "QueueControl", "check_change", "PUBLISHED_ONLY"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_STATE = {"held": False, "device_check": True}
+_DEFAULT_STATE = {"held": False, "device_check": True, "stop_pending": False,
+                  "stop_on_failure": False}
 
 #: Entry keys that are only published, never stored with the schedule (they change
 #: often and mean nothing after a restart).
@@ -79,22 +84,24 @@ class PipelineStates:
         return self.notifier.raw_view.get(name, _DEFAULT_STATE)
 
     def is_held(self, name: str) -> bool:
-        return self.state(name)["held"]
+        """Held, or to be held once its running run is done (both start nothing)."""
+        state = self.state(name)
+        return state["held"] or state["stop_pending"]
 
     def exempt(self) -> set[str]:
         """Pipelines whose device check is off."""
         return {n for n, s in self.notifier.raw_view.items() if not s["device_check"]}
 
-    async def set(self, name: str, key: str, value: bool) -> None:
-        """Change one setting of a pipeline: store the states (file fsynced and
+    async def set(self, name: str, **values: bool) -> None:
+        """Change settings of a pipeline: store the states (file fsynced and
         renamed), then publish the change; a failed write changes nothing."""
         if not isinstance(name, str) or not name:
             raise ValueError("pipeline_name must be a non-empty string")
         async with self._lock:
             current = dict(self.state(name))
-            if current[key] == value:
+            if all(current[key] == value for key, value in values.items()):
                 return
-            current[key] = value
+            current.update(values)
             if self.path is not None:
                 snapshot = {n: dict(s) for n, s in self.notifier.raw_view.items()}
                 if current == _DEFAULT_STATE:
@@ -151,7 +158,7 @@ class QueueControl:
         self.states = PipelineStates(state_path)
         self.resolve_device = resolve_device
         self._blocked: dict[int, list | None] = {}  # rid -> published blocked_by
-        self._edit_lock = asyncio.Lock()
+        self.edit_lock = asyncio.Lock()  # edits of runs one at a time
         scheduler.notifier.add_listener(self._on_schedule_mod)
 
     # --- RPC ------------------------------------------------------------------------
@@ -163,8 +170,8 @@ class QueueControl:
         new record committed to the schedule store, then the change applied and
         published. A call that fails changes nothing."""
         changes = check_change(priority, due_date, pipeline_name, arguments, flush)
-        async with self._edit_lock:  # edits of runs one at a time: staged is per edit
-            run = self._pending_run(rid)
+        async with self.edit_lock:  # staged is per edit
+            run = self.pending_run(rid)
             if not changes:
                 return
             staged: dict[str, Any] = {k: changes[k] for k in ("priority", "due_date", "flush")
@@ -181,7 +188,7 @@ class QueueControl:
                 if self.scheduler.check_access is not None:
                     self.scheduler.check_access(expid, "schedule.change")
                 await self._check_arguments(run, expid)
-                run = self._pending_run(rid)  # it may have been deleted meanwhile
+                run = self.pending_run(rid)  # it may have been deleted meanwhile
                 staged["expid"] = expid
             if "pipeline_name" in changes:
                 staged["pipeline"] = changes["pipeline_name"]
@@ -194,7 +201,7 @@ class QueueControl:
                 finally:
                     run.staged = {}
                 # a delete may have come while the record was written
-                run = self._pending_run(rid)
+                run = self.pending_run(rid)
             self._apply(run, staged)
         logger.info("RID %d changed: %s", rid,
                     ", ".join(f"{k}={v!r}" for k, v in changes.items()))
@@ -214,14 +221,19 @@ class QueueControl:
                 raise ValueError(f"RID {run.rid}: "
                                  f"{text[0] if text else type(e).__name__}") from None
 
-    def _pending_run(self, rid: int) -> Run:
+    def pending_run(self, rid: object, verb: str = "changed") -> Run:
+        """The pending run of RID rid (KeyError when it is not in the schedule,
+        ValueError naming its status when it is no longer pending)."""
+        if isinstance(rid, bool) or not isinstance(rid, int):
+            raise TypeError(f"a RID must be an integer, not {rid!r}")
         run = self.scheduler.find(rid)
-        if run.status == RunStatus.pending and run.starting_at is not None:
-            raise ValueError(f"RID {rid} is being prepared: only pending runs can be "
-                             f"changed (delete it and submit it again instead)")
-        if run.status != RunStatus.pending:
-            raise ValueError(f"RID {rid} is {run.status.value}: only pending runs can be "
-                             f"changed (delete it and submit it again instead)")
+        if run.immediate:
+            raise ValueError(f"RID {rid} runs at once (execute_now): it cannot be {verb}")
+        status = ("being prepared" if run.status == RunStatus.pending
+                  and run.starting_at is not None else run.status.value)
+        if status != RunStatus.pending.value:
+            raise ValueError(f"RID {rid} is {status}: only pending runs can be "
+                             f"{verb} (delete it and submit it again instead)")
         return run
 
     def _apply(self, run: Run, staged: dict[str, Any]) -> None:
@@ -236,29 +248,64 @@ class QueueControl:
         if new is not None and new != run.pipeline_name:
             self.scheduler.move_run(run, new)
 
-    async def hold(self, pipeline_name: str) -> None:
-        """Hold a pipeline: it prepares and starts no new run until released."""
-        await self.states.set(pipeline_name, "held", True)
+    async def hold(self, pipeline_name: str, after_current: bool = False) -> None:
+        """Hold a pipeline: it prepares and starts no new run until released. With
+        after_current, while a run of it is running (or paused) the pipeline shows
+        ``stop_pending`` and is held once that run is done (the queueserver's
+        queue_stop); release() before then cancels it."""
+        if not isinstance(after_current, bool):
+            raise TypeError("after_current must be a boolean")
+        if after_current and self._busy(pipeline_name):
+            await self.states.set(pipeline_name, stop_pending=True)
+            logger.info("pipeline %s will be held after its current run", pipeline_name)
+            return
+        await self.states.set(pipeline_name, held=True, stop_pending=False)
         logger.info("pipeline %s held", pipeline_name)
 
     async def release(self, pipeline_name: str) -> None:
-        """Release a held pipeline."""
-        await self.states.set(pipeline_name, "held", False)
+        """Release a held pipeline (or cancel its pending hold)."""
+        await self.states.set(pipeline_name, held=False, stop_pending=False)
         logger.info("pipeline %s released", pipeline_name)
         self._wake(pipeline_name)
+
+    async def set_stop_on_failure(self, pipeline_name: str, enabled: bool) -> None:
+        """Hold the pipeline whenever one of its runs fails (off by default, as ARTIQ)."""
+        if not isinstance(enabled, bool):
+            raise TypeError("enabled must be a boolean")
+        await self.states.set(pipeline_name, stop_on_failure=enabled)
+
+    async def settle(self, pipeline_name: str) -> None:
+        """The run stage of the pipeline went idle: a pending hold takes effect."""
+        if (self.states.state(pipeline_name)["stop_pending"]
+                and not self._busy(pipeline_name)):
+            await self.states.set(pipeline_name, held=True, stop_pending=False)
+            logger.info("pipeline %s held: its current run is done", pipeline_name)
+
+    async def note_failure(self, pipeline_name: str, rid: int) -> None:
+        """A run of the pipeline failed: hold it if its stop_on_failure is set."""
+        if self.states.state(pipeline_name)["stop_on_failure"]:
+            await self.states.set(pipeline_name, held=True, stop_pending=False)
+            logger.warning("pipeline %s held: RID %d failed (stop_on_failure)",
+                           pipeline_name, rid)
+
+    def _busy(self, pipeline_name: str) -> bool:
+        pipeline = self.scheduler.pipelines.get(pipeline_name)
+        return pipeline is not None and bool(
+            pipeline.runs.in_status(RunStatus.running, RunStatus.paused))
 
     async def set_device_check(self, pipeline_name: str, enabled: bool) -> None:
         """Turn the cross-pipeline device-conflict check of a pipeline on or off."""
         if not isinstance(enabled, bool):
             raise TypeError("enabled must be a boolean")
-        await self.states.set(pipeline_name, "device_check", enabled)
+        await self.states.set(pipeline_name, device_check=enabled)
         self._wake_all()
 
     # --- decisions for the stages ---------------------------------------------------
 
     def may_prepare(self, run: Run) -> bool:
-        """Whether the prepare stage may take run (not when its pipeline is held)."""
-        return not self.states.is_held(run.pipeline_name)
+        """Whether the prepare stage may take run (not when its pipeline is held,
+        unless it is a run of execute_now)."""
+        return run.immediate or not self.states.is_held(run.pipeline_name)
 
     def may_start_run(self, run: Run) -> bool:
         """Whether the run stage may start (or resume) run now: its pipeline is not
@@ -266,7 +313,7 @@ class QueueControl:
         devices. Publishes ``blocked_by`` when that changes."""
         if run.pause_requested:
             return False  # paused by a client until resumed
-        if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
+        if self._held_for(run):
             return False
         found = self._conflicts(run)
         self._publish_blocked(run, conflicts.blocked_by(found))
@@ -275,9 +322,13 @@ class QueueControl:
     def must_wait(self, run: Run) -> bool:
         """Whether the run stage could not start run now (``may_start_run`` without
         publishing anything): a running run need not yield to it."""
-        if run.status != RunStatus.paused and self.states.is_held(run.pipeline_name):
-            return True
-        return bool(self._conflicts(run))
+        return self._held_for(run) or bool(self._conflicts(run))
+
+    def _held_for(self, run: Run) -> bool:
+        """A held pipeline starts no run, but a paused one may resume and a run of
+        execute_now goes anyway."""
+        return (run.status != RunStatus.paused and not run.immediate
+                and self.states.is_held(run.pipeline_name))
 
     def _conflicts(self, run: Run) -> list[conflicts.Conflict]:
         return conflicts.conflicts(

@@ -8,6 +8,7 @@ flush flag also wakes the pipeline's stages. Nothing else writes the entry.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ def bounded_error(error: str | None, results: str | None = None) -> str | None:
             f"cut; {where}]")
 
 #: The published fields that ``precedence`` decides by (besides the status).
-_DECIDING_FIELDS = frozenset({"priority", "due_date", "flush"})
+_DECIDING_FIELDS = frozenset({"priority", "due_date", "flush", "queue_position"})
 
 
 @dataclass
@@ -91,14 +92,26 @@ class Run:
     #: who submitted it (``access.caller``), kept with the run and in history
     user: str | None = None
     group: str | None = None
+    #: the last tie-breaker of ``precedence`` (NaN at creation: the RID)
+    queue_position: float = math.nan
+    #: a run of ``execute_now``: goes before every other run of its pipeline
+    immediate: bool = False
     _status: RunStatus = RunStatus.pending
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.queue_position):
+            self.queue_position = float(self.rid)
 
     def publish(self) -> None:
         """Put the run's entry into the schedule (once, at submission)."""
-        self.schedule[self.rid] = {
+        entry = {
             "pipeline": self.pipeline_name, "expid": self.expid,
             "priority": self.priority, "due_date": self.due_date, "flush": self.flush,
-            "status": self._status.value, "repo_msg": self.repo_msg}
+            "status": self._status.value, "repo_msg": self.repo_msg,
+            "queue_position": self.queue_position}
+        if self.immediate:
+            entry["immediate"] = True
+        self.schedule[self.rid] = entry
 
     @property
     def status(self) -> RunStatus:

@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["RunPool"]
 
 #: A heap entry of a due pending run: its negated key (heapq pops the smallest), RID.
-_Ranked = tuple[tuple[int, float, int], int]
+_Ranked = tuple[Key, int]
 
 
-def _negated(key: Key) -> tuple[int, float, int]:
-    return (-key[0], -key[1], -key[2])
+def _negated(key: Key) -> Key:
+    return (-key[0], -key[1], -key[2], -key[3], -key[4])
 
 
 class RunPool:
@@ -96,7 +96,7 @@ class RunPool:
         self._index_pending(run)
 
     def rank_changed(self, run: Run) -> None:
-        """Its priority or due date changed."""
+        """Its priority, due date or queue position changed."""
         self._index_pending(run)
 
     def in_status(self, *statuses: RunStatus) -> list[Run]:

@@ -5,8 +5,10 @@ directory, ``subdir=False``). One entry per run still in the schedule:
 
 - LMDB key: the RID as 8 bytes big-endian (so entries iterate in RID order);
 - LMDB value: the PYON text of the record ``{"rid", "pipeline", "expid", "priority",
-  "due_date", "flush", "submitted", "repo_rev", "stage_times"}``; ``stage_times`` maps
-  each stage the run reached (``preparing``, ``running``...) to the time it got there.
+  "due_date", "flush", "submitted", "repo_rev", "stage_times", "user", "group",
+  "queue_position", "immediate"}``; ``stage_times`` maps each stage the run reached
+  (``preparing``, ``running``...) to the time it got there (records written before
+  queue positions lack the last two: the RID, and not immediate).
 
 Plus one meta entry, never removed: key ``b"meta/last_rid"`` (not 8 bytes: never taken
 for a record), value the PYON text of the highest RID ever submitted. Each submission
@@ -94,7 +96,9 @@ class ScheduleStore:
                   "priority": run.priority, "due_date": run.due_date, "flush": run.flush,
                   "submitted": run.submitted, "repo_rev": run.repo_rev,
                   "stage_times": dict(run.stage_times),
-                  "user": getattr(run, "user", None), "group": getattr(run, "group", None)}
+                  "user": getattr(run, "user", None), "group": getattr(run, "group", None),
+                  "queue_position": getattr(run, "queue_position", float(run.rid)),
+                  "immediate": getattr(run, "immediate", False)}
         record.update(getattr(run, "staged", None) or {})
         if getattr(run, "starting_at", None) is not None:
             record["stage_times"].setdefault("preparing", run.starting_at)
@@ -115,6 +119,20 @@ class ScheduleStore:
             record = self.record_of(run)
             self._records[run.rid] = record
             return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
+        await self.file.write(ops)
+
+    async def write_records(self, runs: list[Run]) -> None:
+        """Commit the records of several runs (with their staged changes) in one
+        transaction, after every write asked for before; runs no longer stored are
+        left out."""
+        def ops() -> Ops:
+            written: Ops = []
+            for run in runs:
+                if run.rid in self._records:
+                    record = self.record_of(run)
+                    self._records[run.rid] = record
+                    written.append((rid_key(run.rid), pyon.encode(record).encode("utf-8")))
+            return written
         await self.file.write(ops)
 
     async def note_deleting(self, run: Run) -> None:

@@ -20,6 +20,7 @@ per submission.
 """
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -35,6 +36,7 @@ from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
 from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
+from labpipe.master.queue_order import Place, QueueOrder, check_place
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run, RunEnd, bounded_error
 from labpipe.master.schedule_store import NOT_STARTED_STAGES, ScheduleStore
@@ -106,6 +108,7 @@ class Scheduler:
         # queue control (labpipe's additions): pipeline states kept with the schedule
         self.queue = QueueControl(self, state_path=os.path.join(
             self.config.lab_dir, "pipelines.pyon") if store is not None else None)
+        self.order = QueueOrder(self)
         self.progress = ProgressTracker()
         #: ``check_access(expid, what)``: refuses (PermissionError) a submission the
         #: caller's group may not run (``access.permissions``; set by the assembly).
@@ -117,10 +120,18 @@ class Scheduler:
     # --- RPC: the ARTIQ schedule target --------------------------------------------
 
     async def submit(self, pipeline_name: Any, expid: Any, priority: Any = 0,
-                     due_date: Any = None, flush: Any = False) -> int:
+                     due_date: Any = None, flush: Any = False, *, before: Any = None,
+                     after: Any = None, pos: Any = None) -> int:
         """Submit a run; returns its RID once the RID is on disk. The arguments may
         come unchecked (a worker, history's resubmit): ``validate_submission`` checks
-        them first."""
+        them first. labpipe's keyword arguments ``before=RID``, ``after=RID`` or
+        ``pos="front"|"back"|index`` place it in its pipeline's queue (``queue_order``;
+        the back by default)."""
+        return await self._submit(pipeline_name, expid, priority, due_date, flush,
+                                  check_place(before, after, pos))
+
+    async def _submit(self, pipeline_name: Any, expid: Any, priority: Any, due_date: Any,
+                      flush: Any, place: Place, immediate: bool = False) -> int:
         if self._stopping:
             raise RuntimeError("the master is shutting down")
         validate_submission(pipeline_name, expid, priority, due_date, flush)
@@ -136,13 +147,16 @@ class Scheduler:
             workdir, repo_rev, repo_msg = await self.checkout_rev(expid["repo_rev"])
             expid["repo_rev"] = repo_rev
         try:
+            position = await self.order.for_submission(pipeline_name, place)
             # with a store, its commit below makes the RID durable (one sync per submit)
             rid = await self.rid_counter.next(durable=self.store is None)
             run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
                       due_date=None if due_date is None else float(due_date),
                       flush=flush, schedule=self.notifier, state_changed=None,
                       repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev,
-                      user=caller.user, group=caller.group)
+                      user=caller.user, group=caller.group, immediate=immediate,
+                      queue_position=(self.order.back(1, rid)[0] if position is None
+                                      else position))
             if self.store is not None:
                 await self.store.record_submission(run)
         except BaseException:
@@ -156,15 +170,27 @@ class Scheduler:
         A RID not (or no longer) in the schedule is ignored, as ARTIQ does. Returns once
         the deletion is on disk (a restarted master ends the run as ``deleted``)."""
         run = self.find_or_none(rid)
-        if run is None or run.deleting:
+        if run is not None:
+            await self.delete_runs([run])
+
+    async def delete_runs(self, runs: list[Run]) -> None:
+        """Delete runs of the schedule (``delete``, ``clear``): their deletions are
+        noted on disk in one transaction, then each run leaves as ``deleted``."""
+        runs = [run for run in runs if not run.deleting]
+        if not runs:
             return
         if self.store is not None:
-            with run.editing():  # the prepare stage leaves it alone meanwhile
-                await self.store.note_deleting(run)
-            if self.find_or_none(rid) is not run or run.deleting:
-                return  # ended (or deleted) while the note was written
-        run.status = RunStatus.deleting
-        self._spawn(self.end_run(run, RunEnd("deleted")), run)
+            with contextlib.ExitStack() as editing:
+                for run in runs:
+                    if run.deletion_asked is None:
+                        run.deletion_asked = time.time()
+                    editing.enter_context(run.editing())  # the prepare stage waits
+                await self.store.write_records(runs)
+        for run in runs:
+            if self.find_or_none(run.rid) is not run or run.deleting:
+                continue  # ended (or deleted) while the note was written
+            run.status = RunStatus.deleting
+            self._spawn(self.end_run(run, RunEnd("deleted")), run)
 
     async def request_termination(self, rid: int) -> None:
         """Ask a running (or paused) run to stop at its next pause()/check_termination();
@@ -198,8 +224,8 @@ class Scheduler:
         if run.pause_requested:  # asked by a client (request_pause): until resumed
             return True
         prepared = self.pipelines[run.pipeline_name].runs.in_status(RunStatus.prepare_done)
-        return precedence.should_yield(run, [r for r in prepared
-                                             if not self.queue.must_wait(r)])
+        return precedence.should_yield(run, [r for r in prepared if not r.immediate
+                                             and not self.queue.must_wait(r)])
 
     def request_pause(self, rid: int) -> None:
         """Ask the running run rid to pause at its next ``pause()`` check (a bluesky
@@ -222,14 +248,18 @@ class Scheduler:
 
     async def submit_plan(self, pipeline_name: str, name: str, args: list | tuple = (),
                           kwargs: dict | None = None, priority: int = 0,
-                          due_date: float | None = None, file: str | None = None) -> int:
+                          due_date: float | None = None, file: str | None = None, *,
+                          before: int | None = None, after: int | None = None,
+                          pos: str | int | None = None) -> int:
         """Submit the bluesky plan ``name`` of the experiment list, queueserver style:
-        ``args``/``kwargs`` as for the plan, device names as strings. Returns the RID."""
+        ``args``/``kwargs`` as for the plan, device names as strings; placed in the
+        queue as ``submit`` places a run. Returns the RID."""
         if self.explist is None:
             raise ValueError("this master has no experiment list to take plans from")
         from labpipe.bluesky.plans import plan_expid
         expid = plan_expid(self.explist.raw_view, name, args, kwargs, file=file)
-        return await self.submit(pipeline_name, expid, priority, due_date)
+        return await self.submit(pipeline_name, expid, priority, due_date, before=before,
+                                 after=after, pos=pos)
 
     # --- RPC: labpipe's queue control (queue_control.py, dry_run.py) ----------------
 
@@ -242,14 +272,55 @@ class Scheduler:
         change changes nothing."""
         await self.queue.change(rid, priority, due_date, pipeline_name, arguments, flush)
 
-    async def hold(self, pipeline_name: str) -> None:
+    async def hold(self, pipeline_name: str, after_current: bool = False) -> None:
         """Hold a pipeline (any name): it prepares and starts no new run until
-        released; running runs finish."""
-        await self.queue.hold(pipeline_name)
+        released; running runs finish. ``after_current``: shown as ``stop_pending``
+        until the running run is done (the queueserver's queue_stop)."""
+        await self.queue.hold(pipeline_name, after_current)
 
     async def release(self, pipeline_name: str) -> None:
-        """Release a held pipeline."""
+        """Release a held pipeline (or cancel its pending hold)."""
         await self.queue.release(pipeline_name)
+
+    async def set_stop_on_failure(self, pipeline_name: str, enabled: bool) -> None:
+        """Hold the pipeline whenever one of its runs fails (off by default)."""
+        await self.queue.set_stop_on_failure(pipeline_name, enabled)
+
+    async def move(self, rid: int, before: int | None = None, after: int | None = None,
+                   pos: str | int | None = None) -> None:
+        """Move a pending run: right before or after another run of its pipeline, or
+        to ``pos`` "front", "back" or an index of the pipeline's queue. Priority and due
+        date still go first; the position replaces the RID as the last tie-breaker. On
+        disk before it returns."""
+        await self.order.move(rid, before, after, pos)
+
+    async def move_batch(self, rids: list[int], before: int | None = None,
+                         after: int | None = None, pos: str | int | None = None) -> None:
+        """Move pending runs of one pipeline as a block, in the order given (see move)."""
+        await self.order.move_batch(rids, before, after, pos)
+
+    async def clear(self, pipeline_name: str) -> list[int]:
+        """Delete every run of the pipeline that has not started running; returns
+        their RIDs once the deletions are on disk."""
+        return await self.order.clear(pipeline_name)
+
+    async def execute_now(self, pipeline_name: str, expid: dict, wait: bool = False) -> int:
+        """Run one experiment ahead of every other run of the pipeline, held or not;
+        it is no queue item (it cannot be moved or changed) and goes to history.
+        Refused while a run of the pipeline is running (or paused), unless wait: then it
+        starts when that run is done (it does not make it pause). Returns its RID."""
+        if not isinstance(wait, bool):
+            raise TypeError("wait must be a boolean")
+        pipeline = self.pipelines.get(pipeline_name) if isinstance(pipeline_name, str) \
+            else None
+        busy = [] if pipeline is None else pipeline.runs.in_status(RunStatus.running,
+                                                                   RunStatus.paused)
+        if busy and not wait:
+            raise ValueError(f"pipeline {pipeline_name} is busy: RID {busy[0].rid} is "
+                             f"{busy[0].status.value} (wait=True runs it once that is "
+                             f"done)")
+        return await self._submit(pipeline_name, expid, 0, None, False, ("back", None),
+                                  immediate=True)
 
     async def set_device_check(self, pipeline_name: str, enabled: bool) -> None:
         """Turn the check for devices used by other pipelines' runs on or off for a
@@ -382,6 +453,10 @@ class Scheduler:
             return  # ended by someone else while the worker closed
         # the full text is in the results file; history and subscribers get a bound
         end.error = bounded_error(end.error, end.results)
+        if end.status == "failed":  # before anything else may start
+            await self.queue.note_failure(run.pipeline_name, run.rid)
+            if pipeline.runs.get(run.rid) is not run:
+                return
         pipeline.runs.remove(run)
         del self.notifier[run.rid]
         self.release_rev(run.repo_rev)
@@ -463,10 +538,19 @@ class Scheduler:
                       workdir=self.config.lab_dir, repo_rev=record.get("repo_rev"),
                       submitted=record["submitted"], user=record.get("user"),
                       group=record.get("group"),
-                      stage_times=dict(record.get("stage_times") or {}))
+                      stage_times=dict(record.get("stage_times") or {}),
+                      queue_position=float(record.get("queue_position", rid)),
+                      immediate=bool(record.get("immediate", False)))
+            self.order.restored(run)
             started = set(run.stage_times) - NOT_STARTED_STAGES
             if "deleting" in started:
                 await self._tell_run_end(run, RunEnd("deleted"))
+                continue
+            if run.immediate and not started:
+                # asked for at once, not for whenever a master runs again
+                await self._tell_run_end(run, RunEnd(
+                    "interrupted", error="the master stopped before this run of "
+                                         "execute_now started"))
                 continue
             if started:
                 last = max(run.stage_times, key=lambda stage: run.stage_times[stage])

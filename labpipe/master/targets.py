@@ -29,8 +29,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Check, Int, Mapping,
-                                   Method, Number, OneOf, Optional, Param, Path,
+from labpipe.master.params import (INT64_MAX, INT64_MIN, REQUIRED, Bool, Check, Either, Int,
+                                   Mapping, Method, Number, OneOf, Optional, Param, Path,
                                    PyonValue, Record, Sequence, Str)
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ REV = Str(REV_MAX, 1)
 VALUE = PyonValue()
 ARGUMENTS = Mapping(Str(NAME_MAX, 1), VALUE, ITEMS_MAX)
 LOG_LEVEL = Int(-2 ** 31, 2 ** 31 - 1)
+#: a place in a pipeline's queue (docs/queue-control.md "Queue positions")
+QUEUE_PLACE = (("before", Optional(RID), None), ("after", Optional(RID), None),
+               ("pos", Optional(Either(OneOf(("front", "back")),
+                                       Int(-ITEMS_MAX * 100, ITEMS_MAX * 100,
+                                           what="an index"))), None))
 
 #: wire-compat.md "Experiment ids"
 EXPID_FIELDS = {
@@ -92,7 +97,7 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
         # ARTIQ's
         "submit": (_p("pipeline_name", PIPELINE), _p("expid", EXPID),
                    _p("priority", PRIORITY, 0), _p("due_date", Optional(TIME), None),
-                   _p("flush", BOOL, False)),
+                   _p("flush", BOOL, False), *(_p(*place) for place in QUEUE_PLACE)),
         "delete": (_p("rid", ANY_RID),),
         "request_termination": (_p("rid", ANY_RID),),
         "get_status": (),
@@ -103,14 +108,22 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
                         _p("args", Sequence(VALUE, ITEMS_MAX), ()),
                         _p("kwargs", Optional(ARGUMENTS), None),
                         _p("priority", PRIORITY, 0), _p("due_date", Optional(TIME), None),
-                        _p("file", Optional(Path(min_len=1)), None)),
+                        _p("file", Optional(Path(min_len=1)), None),
+                        *(_p(*place) for place in QUEUE_PLACE)),
         "change": (_p("rid", RID), _p("priority", Optional(PRIORITY), None),
                    _p("due_date", Optional(TIME), None),
                    _p("pipeline_name", Optional(PIPELINE), None),
                    _p("arguments", Optional(ARGUMENTS), None),
                    _p("flush", Optional(BOOL), None)),
-        "hold": (_p("pipeline_name", PIPELINE),),
+        "hold": (_p("pipeline_name", PIPELINE), _p("after_current", BOOL, False)),
         "release": (_p("pipeline_name", PIPELINE),),
+        "set_stop_on_failure": (_p("pipeline_name", PIPELINE), _p("enabled", BOOL)),
+        "move": (_p("rid", RID), *(_p(*place) for place in QUEUE_PLACE)),
+        "move_batch": (_p("rids", Sequence(RID, ITEMS_MAX)),
+                       *(_p(*place) for place in QUEUE_PLACE)),
+        "clear": (_p("pipeline_name", PIPELINE),),
+        "execute_now": (_p("pipeline_name", PIPELINE), _p("expid", EXPID),
+                        _p("wait", BOOL, False)),
         "set_device_check": (_p("pipeline_name", PIPELINE), _p("enabled", BOOL)),
         "validate": (_p("pipeline_name", PIPELINE), _p("expid", EXPID)),
     },

@@ -2,10 +2,9 @@
 
 ``Adapter(master, pipeline)`` reads the master's state (the schedule of one pipeline,
 history, the experiment list, the device database) and calls its methods: submit a
-plan, delete, change, hold/release, pause/resume/terminate. What needs methods a master
-may lack (queue positions: ``schedule.move``/``move_batch``/``clear``/
-``execute_now``; functions: ``call_function``/``task_status``/``task_result``) goes
-through ``optional(name)``, which raises ``NotAvailable`` ("... not available in this
+plan, delete, change, hold/release, pause/resume/terminate, move, clear, execute now.
+What needs methods a master may lack (functions: ``call_function``/``task_status``/
+``task_result``) goes through ``optional(name)``, which raises ``NotAvailable`` ("... not available in this
 labpipe master") when the scheduler has no such method.
 
 Every call that changes the queue or the environment first passes the master's access
@@ -55,7 +54,7 @@ class Adapter:
 
     def queued(self) -> list[Run]:
         """The runs of the queue, first to go first."""
-        runs = [r for r in self._runs() if r.status in QUEUED]
+        runs = [r for r in self._runs() if r.status in QUEUED and not r.immediate]
         return sorted(runs, key=priority_key, reverse=True)
 
     def running(self) -> Run | None:
@@ -67,7 +66,18 @@ class Adapter:
         return self.master.scheduler.find_or_none(rid)
 
     def held(self) -> bool:
+        """Held, or to be held after the running run (both: autostart off)."""
         return self.master.scheduler.queue.states.is_held(self.pipeline)
+
+    def stop_pending(self) -> bool:
+        return self.master.scheduler.queue.states.state(self.pipeline)["stop_pending"]
+
+    def stop_on_failure(self) -> bool:
+        return self.master.scheduler.queue.states.state(self.pipeline)["stop_on_failure"]
+
+    async def set_stop_on_failure(self, enabled: bool) -> None:
+        self._admit("schedule.set_stop_on_failure")
+        await self.master.scheduler.set_stop_on_failure(self.pipeline, enabled)
 
     async def history(self, limit: int) -> list[dict[str, Any]]:
         """This pipeline's history records, oldest first."""
@@ -94,9 +104,12 @@ class Adapter:
 
     # --- changing -------------------------------------------------------------------
 
-    async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+    async def submit_plan(self, name: str, args: list[Any], kwargs: dict[str, Any],
+                          place: dict[str, Any] | None = None) -> int:
+        """Queue a plan; place: ``before``/``after`` (RIDs) or ``pos``, or the back."""
         self._admit("schedule.submit_plan")
-        return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs)
+        return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs,
+                                                       **(place or {}))
 
     async def delete(self, rid: int) -> None:
         self._admit("schedule.delete")
@@ -109,9 +122,9 @@ class Adapter:
         self._admit("schedule.change")
         await self.master.scheduler.change(rid, arguments=expid["arguments"])
 
-    async def hold(self) -> None:
+    async def hold(self, after_current: bool = False) -> None:
         self._admit("schedule.hold")
-        await self.master.scheduler.hold(self.pipeline)
+        await self.master.scheduler.hold(self.pipeline, after_current)
 
     async def release(self) -> None:
         self._admit("schedule.release")
@@ -128,6 +141,23 @@ class Adapter:
     async def terminate(self, rid: int) -> None:
         self._admit("schedule.request_termination")
         await self.master.scheduler.request_termination(rid)
+
+    async def move(self, rids: list[int], pos: Any = None, before: int | None = None,
+                   after: int | None = None) -> None:
+        """Move queued runs as a block (``schedule.move_batch``)."""
+        self._admit("schedule.move_batch")
+        await self.master.scheduler.move_batch(rids, before=before, after=after, pos=pos)
+
+    async def clear(self) -> list[int]:
+        self._admit("schedule.clear")
+        return await self.master.scheduler.clear(self.pipeline)
+
+    async def execute_plan(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+        """Run a plan at once, ahead of the queue (``schedule.execute_now``)."""
+        from labpipe.bluesky.plans import plan_expid
+        self._admit("schedule.execute_now")
+        expid = plan_expid(self.explist(), name, args, kwargs)
+        return await self.master.scheduler.execute_now(self.pipeline, expid)
 
     async def rescan(self) -> None:
         """Scan the repository and the device database again."""

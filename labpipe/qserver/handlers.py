@@ -177,7 +177,7 @@ class QServer:
             "items_in_history": self.adapter.history_size(),
             "running_item_uid": None if running is None else uid_of(running.rid),
             "manager_state": self.manager_state(),
-            "queue_stop_pending": held and running is not None,
+            "queue_stop_pending": self.adapter.stop_pending(),
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
@@ -192,13 +192,17 @@ class QServer:
             "plan_history_uid": self.history_uid,
             "devices_existing_uid": self.devices_uid, "plans_existing_uid": self.plans_uid,
             "devices_allowed_uid": self.devices_uid, "plans_allowed_uid": self.plans_uid,
-            "plan_queue_mode": {"loop": False, "ignore_failures": True},
+            "plan_queue_mode": {"loop": False,
+                                "ignore_failures": not self.adapter.stop_on_failure()},
             "task_results_uid": self.task_results_uid,
             "lock_info_uid": self.lock_uid,
             "lock": {"environment": self.lock["environment"], "queue": self.lock["queue"]},
         }
 
-    async def add_item(self, item: object, user: object, group: object) -> Reply:
+    async def add_item(self, item: object, user: object, group: object,
+                       immediate: bool = False, place: dict[str, Any] | None = None) -> Reply:
+        """Submit a plan item at place (``schedule.submit``'s before/after/pos; the
+        back by default), or run it at once (``immediate``: queue_item_execute)."""
         if not isinstance(item, dict):
             raise Refused("Incorrect request format: 'item' must be a dictionary")
         item_type = item.get("item_type", "plan")
@@ -212,7 +216,10 @@ class QServer:
             raise Refused("'args' must be a list and 'kwargs' a dictionary")
         meta = {"item_type": "plan", "name": name, "args": args, "kwargs": kwargs,
                 "user": user, "user_group": group}
-        rid = await self.adapter.submit_plan(name, args, kwargs)
+        if immediate:
+            rid = await self.adapter.execute_plan(name, args, kwargs)
+        else:
+            rid = await self.adapter.submit_plan(name, args, kwargs, place or {})
         self.meta[rid] = meta
         return {"item": self.item_of_rid(rid), "rid": rid}
 
@@ -228,11 +235,21 @@ def _user(p: dict[str, Any]) -> tuple[Any, Any]:
     return p["user"], p["user_group"]
 
 
-def _placement(p: dict[str, Any]) -> None:
-    """Positions other than the back need schedule.move (the queue-control issue)."""
-    if p.get("pos", "back") not in ("back", -1) or p.get("before_uid") or p.get("after_uid"):
-        raise NotAvailable("positions in the queue (pos, before_uid, after_uid) need "
-                           "schedule.move, which is not available in this labpipe master")
+def _placement(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where new items go: ``pos`` ("front", "back" or an index), ``before_uid`` or
+    ``after_uid`` (at most one), as ``schedule.submit`` places a run."""
+    given = [key for key in ("pos", "before_uid", "after_uid") if key in p]
+    if len(given) > 1:
+        raise Refused(f"Ambiguous parameters: {' and '.join(given)} are both specified")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    pos = p.get("pos", "back")
+    if pos not in ("front", "back") and (isinstance(pos, bool) or not isinstance(pos, int)):
+        raise Refused(f"Parameter 'pos' has incorrect type: {pos!r} (a position: "
+                      f"'front', 'back' or an integer)")
+    return {} if pos in ("back", -1) else {"pos": pos}
 
 
 # --- status ---------------------------------------------------------------------------
@@ -266,8 +283,7 @@ async def queue_get(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
-    added = await qs.add_item(p.get("item"), user, group)
+    added = await qs.add_item(p.get("item"), user, group, place=_placement(qs, p))
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
@@ -275,14 +291,17 @@ async def queue_item_add(qs: QServer, p: dict[str, Any]) -> Reply:
         "after_uid", "lock_key")
 async def queue_item_add_batch(qs: QServer, p: dict[str, Any]) -> Reply:
     user, group = _user(p)
-    _placement(p)
+    place = _placement(qs, p)
     items = p.get("items")
     if not isinstance(items, list):
         raise Refused("'items' must be a list")
     added, results = [], []
     for item in items:
         try:
-            added.append((await qs.add_item(item, user, group))["item"])
+            done = await qs.add_item(item, user, group, place=place)
+            added.append(done["item"])
+            if place:  # the next item goes right after this one: the batch in order
+                place = {"after": done["rid"]}
             results.append({"success": True, "msg": ""})
         except (Refused, ValueError, TypeError) as exc:
             added.append(item)
@@ -349,38 +368,45 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
         "lock_key")
 async def queue_item_move(qs: QServer, p: dict[str, Any]) -> Reply:
     rid = qs.target_rid(p)
-    move = qs.adapter.optional("move")
-    dest = p.get("pos_dest")
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move(rid, position=dest, before=before, after=after)
+    await qs.adapter.move([rid], **_destination(qs, p))
     return {"item": qs.item_of_rid(rid), "qsize": len(qs.adapter.queued())}
+
+
+def _destination(qs: QServer, p: dict[str, Any]) -> dict[str, Any]:
+    """Where a move goes: pos_dest, before_uid or after_uid (exactly one)."""
+    given = [key for key in ("pos_dest", "before_uid", "after_uid") if key in p]
+    if len(given) != 1:
+        raise Refused("give one of 'pos_dest', 'before_uid' and 'after_uid'"
+                      if given else "the destination is not specified: give 'pos_dest', "
+                      "'before_uid' or 'after_uid'")
+    if "before_uid" in p:
+        return {"before": qs.rid_of(p["before_uid"])}
+    if "after_uid" in p:
+        return {"after": qs.rid_of(p["after_uid"])}
+    return {"pos": p["pos_dest"]}
 
 
 @method("queue_item_move_batch", "uids", "pos_dest", "before_uid", "after_uid",
         "reorder", "lock_key")
 async def queue_item_move_batch(qs: QServer, p: dict[str, Any]) -> Reply:
-    move_batch = qs.adapter.optional("move_batch")
-    rids = [qs.rid_of(u) for u in p.get("uids") or []]
-    before = qs.rid_of(p["before_uid"]) if "before_uid" in p else None
-    after = qs.rid_of(p["after_uid"]) if "after_uid" in p else None
-    await move_batch(rids, position=p.get("pos_dest"), before=before, after=after)
+    uids = p.get("uids")
+    if not isinstance(uids, list) or not uids:
+        raise Refused("'uids' must be a non-empty list")
+    rids = [qs.rid_of(u) for u in uids]
+    await qs.adapter.move(rids, **_destination(qs, p))
     return {"items": [qs.item_of_rid(r) for r in rids], "qsize": len(qs.adapter.queued())}
 
 
 @method("queue_item_execute", "item", "user_group", "user", "lock_key")
 async def queue_item_execute(qs: QServer, p: dict[str, Any]) -> Reply:
-    execute_now = qs.adapter.optional("execute_now")
     user, group = _user(p)
-    added = await qs.add_item(p.get("item"), user, group)
-    await execute_now(added["rid"])
+    added = await qs.add_item(p.get("item"), user, group, immediate=True)
     return {"qsize": len(qs.adapter.queued()), "item": added["item"]}
 
 
 @method("queue_clear", "lock_key")
 async def queue_clear(qs: QServer, p: dict[str, Any]) -> Reply:
-    for run in qs.adapter.queued():
-        await qs.adapter.delete(run.rid)
+    await qs.adapter.clear()
     return {}
 
 
@@ -394,13 +420,13 @@ async def queue_start(qs: QServer, p: dict[str, Any]) -> Reply:
 
 @method("queue_stop", "lock_key")
 async def queue_stop(qs: QServer, p: dict[str, Any]) -> Reply:
-    await qs.adapter.hold()
+    await qs.adapter.hold(after_current=True)
     return {}
 
 
 @method("queue_stop_cancel", "lock_key")
 async def queue_stop_cancel(qs: QServer, p: dict[str, Any]) -> Reply:
-    if qs.adapter.running() is not None:
+    if qs.adapter.stop_pending():
         await qs.adapter.release()
     return {}
 
@@ -416,11 +442,22 @@ async def queue_autostart(qs: QServer, p: dict[str, Any]) -> Reply:
 @method("queue_mode_set", "mode", "lock_key")
 async def queue_mode_set(qs: QServer, p: dict[str, Any]) -> Reply:
     mode = p.get("mode")
-    if mode == "default" or (isinstance(mode, dict) and not mode.get("loop", False)
-                             and mode.get("ignore_failures", True)):
-        return {}
-    raise Refused("a labpipe pipeline runs each plan once and goes on after a failure: "
-                  "only {'loop': False, 'ignore_failures': True} is available")
+    if mode == "default":  # the RE Manager's default: the queue stops on a failure
+        mode = {"loop": False, "ignore_failures": False}
+    if not isinstance(mode, dict):
+        raise Refused(f"'mode' must be a dictionary or 'default', not {mode!r}")
+    unknown = set(mode) - {"loop", "ignore_failures"}
+    if unknown:
+        raise Refused(f"Unsupported plan queue mode parameter {sorted(unknown)[0]!r}: "
+                      f"supported parameters ['loop', 'ignore_failures']")
+    if not all(isinstance(v, bool) for v in mode.values()):
+        raise Refused("plan queue mode parameters must be true or false")
+    if mode.get("loop", False):
+        raise Refused("the loop mode is not available in labpipe: a pipeline runs each "
+                      "plan once")
+    if "ignore_failures" in mode:
+        await qs.adapter.set_stop_on_failure(not mode["ignore_failures"])
+    return {}
 
 
 # --- history --------------------------------------------------------------------------
