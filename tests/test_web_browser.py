@@ -348,6 +348,56 @@ def test_a_deletion_from_the_page_removes_a_pending_run(page, master):
             schedule.release("main")
 
 
+def places(tab, rids):
+    return [tab.inner_text(f"#schedule-body .run[data-rid='{rid}'] .place .n")
+            for rid in rids]
+
+
+def master_order(master, rids):
+    with master.client("schedule") as schedule:
+        status = schedule.get_status()
+    return sorted(rids, key=lambda rid: status[rid]["queue_position"])
+
+
+def test_queued_runs_are_moved_and_cleared_from_the_page(page, master):
+    with master.client("schedule") as schedule:
+        schedule.hold("moves")
+        a, b, c = (schedule.submit("moves", expid("repository/scanner.py")) for _ in range(3))
+    try:
+        page.click("button[data-page=schedule]")
+        row = "#schedule-body .run[data-rid='{}']".format
+        page.wait_for_selector(row(c))
+        assert places(page, [a, b, c]) == ["1", "2", "3"]
+        page.click(f"{row(c)} button.move-front")
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '1'", arg=c)
+        assert places(page, [c, a, b]) == ["1", "2", "3"]
+        assert master_order(master, [a, b, c]) == [c, a, b]
+        page.click(f"{row(a)} button.move-down")  # after b
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '3'", arg=a)
+        assert master_order(master, [a, b, c]) == [c, b, a]
+        page.click(f"{row(a)} button.move-up")  # before b again
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '2'", arg=a)
+        assert master_order(master, [a, b, c]) == [c, a, b]
+        shot(page, "moves")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#pipelines span[data-pipeline=moves] button.clear")
+        for rid in (a, b, c):
+            page.wait_for_selector(row(rid), state="detached")
+        with master.client("schedule") as schedule:
+            assert not {a, b, c} & set(schedule.get_status())
+    finally:
+        with master.client("schedule") as schedule:
+            for rid in {a, b, c} & set(schedule.get_status()):
+                schedule.delete(rid)
+            schedule.release("moves")
+
+
 def test_a_running_run_is_terminated_from_the_page(page, master):
     with master.client("schedule") as schedule:
         rid = schedule.submit("main", expid("repository/terminating.py"))

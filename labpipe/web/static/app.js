@@ -124,14 +124,45 @@ async function submit(dryRun) {
 
 // --- schedule -----------------------------------------------------------------------
 function act(p) { p.then(() => say(""), (err) => say(err.message)); }
+// --- queue order (docs/queue-control.md): immediate first, higher priority, earlier due
+// date (none earliest), lower queue_position, lower RID
+const QUEUED = new Set(["pending", "flushing", "preparing", "prepare_done"]);
+function precedence(a, b) {
+  const [ra, x] = a, [rb, y] = b;
+  return (!!y.immediate - !!x.immediate) || (y.priority - x.priority) || ((x.due_date || 0) - (y.due_date || 0))
+    || ((x.queue_position ?? Number(ra)) - (y.queue_position ?? Number(rb))) || (ra - rb);
+}
+// {rid: place}: "now" for a run of execute_now, 1 for the next of its pipeline's queue...;
+// and each pipeline's queue in order, for the moves
+function queuePlaces(sched) {
+  const order = Object.entries(sched).filter(([, r]) => r.immediate || QUEUED.has(r.status)).sort(precedence);
+  const places = {}, queues = {};
+  for (const [rid, r] of order) {
+    if (r.immediate) { places[rid] = "now"; continue; }
+    const q = queues[r.pipeline] || (queues[r.pipeline] = []);
+    q.push(rid); places[rid] = String(q.length);
+  }
+  return {places, queues};
+}
+let queue = {places: {}, queues: {}};
+function move(rid, how) {
+  const r = (state.models.schedule || {})[rid]; const q = queue.queues[r.pipeline] || []; const i = q.indexOf(rid);
+  if (how === "up" && i > 0) return act(rpc("schedule", "move", [Number(rid)], {before: Number(q[i - 1])}));
+  if (how === "down" && i >= 0 && i < q.length - 1) return act(rpc("schedule", "move", [Number(rid)], {after: Number(q[i + 1])}));
+  if (how === "front" || how === "back") return act(rpc("schedule", "move", [Number(rid)], {pos: how}));
+}
 function scheduleRow(rid, r) {
   const prog = r.progress && r.progress.total ? r.progress.done / r.progress.total : null;
   const eta = r.eta ? Math.max(0, Math.round(r.eta - Date.now() / 1000)) + " s" : "";
   const bar = el("span", {class: "bar"}, el("div", {style: "width:" + (prog === null ? 0 : Math.round(100 * prog)) + "px"}));
   const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => act(rpc("schedule", "change", [Number(rid)], {priority: Number(e.target.value)}))});
   const blocked = (r.blocked_by || []).map((b) => b.rid).join(",");
+  const moves = r.status === "pending" && !r.immediate
+    ? ["front", "up", "down", "back"].map((how) => el("button", {class: "move-" + how, title: "move " + how, onclick: () => move(rid, how)},
+        {front: "⤒", up: "↑", down: "↓", back: "⤓"}[how]))
+    : [];
   return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
-    el("span", {}, rid), el("span", {class: "pipeline"}, r.pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
+    el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, r.pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
     el("span", {}, r.due_date ? new Date(r.due_date * 1000).toLocaleString() : ""),
     el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
     el("span", {}, bar, " " + eta), el("span", {}, blocked),
@@ -150,6 +181,12 @@ const FIRST_CHUNK = 100, CHUNK = 250;
 redrawers.schedule = (mod) => {
   if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
+  const was = queue.places; queue = queuePlaces(sched);
+  // a move changes the places of other runs: only their place cells are written again
+  for (const rid of new Set([...Object.keys(was), ...Object.keys(queue.places)])) {
+    const row = scheduleRows.get(rid);
+    if (row && was[rid] !== queue.places[rid]) row.querySelector(".place .n").textContent = queue.places[rid] || "";
+  }
   if (mod && (mod.path.length > 0 || mod.action === "setitem" || mod.action === "delitem")) {
     const rid = mod.path.length ? String(mod.path[0]) : String(mod.key);
     if (undrawn.has(rid)) { if (!(rid in sched)) undrawn.delete(rid); return; }  // drawn later as it is then
@@ -194,7 +231,10 @@ redrawers.pipelines = () => {
   for (const name of pipelineNames()) {
     const held = !!(states[name] && states[name].held);
     box.append(el("span", {"data-pipeline": name, "data-held": String(held)}, name + (held ? " (held) " : " "),
-      el("button", {onclick: () => act(rpc("schedule", held ? "release" : "hold", [name]))}, held ? "Release" : "Hold"), " "));
+      el("button", {class: "hold", onclick: () => act(rpc("schedule", held ? "release" : "hold", [name]))}, held ? "Release" : "Hold"), " ",
+      el("button", {class: "clear", onclick: () => {
+        if (confirm(`Delete every run of ${name} that has not started running?`)) act(rpc("schedule", "clear", [name]));
+      }}, "Clear"), " "));
   }
   box.dataset.names = pipelineNames().join(",");
 };
