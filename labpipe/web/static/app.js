@@ -18,7 +18,12 @@ function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
   state.ws = ws;
   ws.onmessage = (e) => handle(JSON.parse(e.data));
-  ws.onclose = () => { showConnection(false, "web server lost; reconnecting…"); setTimeout(connect, 500); };
+  ws.onclose = () => {
+    // calls in flight get no answer now
+    for (const p of Object.values(state.pending)) p.reject(new Error("the connection to the web server was lost"));
+    state.pending = {};
+    showConnection(false, "web server lost; reconnecting…"); setTimeout(connect, 500);
+  };
 }
 function rpc(target, method, args = [], kwargs = {}) {
   const id = state.nextId++;
@@ -310,9 +315,11 @@ function plot() {
 }
 
 // --- log ----------------------------------------------------------------------------
+// the log drawn at most once a frame, however fast records come
+let logPending = false;
 function addLog(record) {
   state.log.push(record); if (state.log.length > 5000) state.log.shift();
-  drawLog();
+  if (!logPending) { logPending = true; requestAnimationFrame(() => { logPending = false; drawLog(); }); }
 }
 const LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"};
 // a record of the log broadcast: [levelno, source, created, "logger:message"]
