@@ -55,7 +55,7 @@ class Kinds(EnvExperiment):
         self.set_dataset("kinds.got", json.dumps(got), broadcast=True)
 """
 
-#: Logs one INFO and one WARNING line.
+#: Logs one INFO and one WARNING line, prints one.
 LOGS = """
 import logging
 from labpipe.experiment import *
@@ -64,6 +64,7 @@ class Logs(EnvExperiment):
     def run(self):
         logging.getLogger("probe").info("coil nominal")
         logging.getLogger("probe").warning("flux capacitor at %d", 88)
+        print("printed by the run", 42)
 """
 
 
@@ -278,7 +279,7 @@ def test_scheduler_settings_are_submitted_as_typed(page, master):
             schedule.delete(rid)
 
 
-def test_the_log_follows_live_with_level_and_search(page, master):
+def test_the_log_and_console_follow_live_with_level_and_search(page, master):
     page.click("button[data-page=log]")
     with master.client("schedule") as schedule:
         rid = schedule.submit("main", expid(content=LOGS, log_level=10))
@@ -292,6 +293,8 @@ def test_the_log_follows_live_with_level_and_search(page, master):
     assert "flux capacitor" not in page.inner_text("#log")
     page.fill("#log-search", "capacitor")
     assert "flux capacitor at 88" in page.inner_text("#log")
+    page.fill("#log-search", "")
+    page.wait_for_selector(f"#console:has-text('[RID {rid}]'):has-text('printed by the run 42')")
     shot(page, "log")
     with master.client("history") as history:
         assert history.wait(rid, 20)["status"] == "completed"

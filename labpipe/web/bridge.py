@@ -40,9 +40,10 @@ Event = dict[str, Any]
 
 
 class Bridge:
-    """Keeps a copy of every notifier of ``NOTIFIERS`` and follows the ``log``
-    broadcast; ``on_event(event)`` is called with each change:
+    """Keeps a copy of every notifier of ``NOTIFIERS`` and follows the ``log`` and
+    ``console`` broadcasts; ``on_event(event)`` is called with each change:
     ``{"type": "init"|"mod", "notifier", ...}``, ``{"type": "log", "record"}``,
+    ``{"type": "console", "message"}`` (a run's console lines),
     ``{"type": "connection", "connected"}``."""
 
     def __init__(self, address: MasterAddress, on_event: Callable[[Event], None]):
@@ -113,6 +114,12 @@ class Bridge:
                        self._disconnected)
         await log.connect(a.host, a.port_broadcast, ssl=a.ssl)
         self._streams.append(log)
+        # runs' console lines (docs/console.md): {"rid", "first", "lines": [[time, text]]}
+        console = Receiver("console",
+                           lambda m: self.on_event({"type": "console", "message": m}),
+                           self._disconnected)
+        await console.connect(a.host, a.port_broadcast, ssl=a.ssl)
+        self._streams.append(console)
         lost = asyncio.create_task(self._lost.wait())
         inits = asyncio.create_task(self._all_inits.wait())
         done, _ = await asyncio.wait((lost, inits), timeout=INIT_TIMEOUT,

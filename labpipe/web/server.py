@@ -6,7 +6,8 @@ From the browser: ``{"type": "rpc", "id": N, "target": T, "method": M, "args": [
 ``{"type": "reply", "id": N, "ok": false, "error": "one line"}``; anything else is
 answered ``{"type": "error", "error": "one line"}`` and the connection stays open.
 To the browser: on connecting an ``init`` per notifier and ``connection``, then every
-``mod``, ``log`` record and ``connection`` change (see ``bridge.Bridge``)."""
+``mod``, ``log`` record, ``console`` message and ``connection`` change (see
+``bridge.Bridge``)."""
 
 import asyncio
 import json

@@ -1,7 +1,7 @@
 // labpipe-web: the page. One WebSocket to the web server; each notifier kept as a
 // local copy (the master's mods applied as they come) and each page re-drawn from it.
 "use strict";
-const state = {models: {}, ws: null, nextId: 1, pending: {}, selected: null, plotKey: null, log: []};
+const state = {models: {}, ws: null, nextId: 1, pending: {}, selected: null, plotKey: null, log: [], console: []};
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
   const e = document.createElement(tag);
@@ -62,6 +62,7 @@ function handle(msg) {
     const m = state.models[msg.notifier];
     if (m !== undefined) { applyMod(m, msg.mod); redraw(msg.notifier, msg.mod); }
   } else if (msg.type === "log") addLog(msg.record);
+  else if (msg.type === "console") addConsole(msg.message);
 }
 const redrawers = {};
 function redraw(name, mod) { const f = redrawers[name]; if (f) f(mod); }
@@ -329,11 +330,21 @@ function logText(r) {
   }
   return typeof r === "string" ? r : JSON.stringify(r);
 }
+// runs' console lines (prints, stdout, stderr, log records as LEVEL:logger:message)
+function addConsole(m) {
+  for (const [t, text] of m.lines || []) {
+    state.console.push("[RID " + m.rid + "] " + new Date(t * 1000).toLocaleTimeString() + " " + text);
+  }
+  if (state.console.length > 5000) state.console.splice(0, state.console.length - 5000);
+  if (!logPending) { logPending = true; requestAnimationFrame(() => { logPending = false; drawLog(); }); }
+}
 function logLevel(r) { return Array.isArray(r) && typeof r[0] === "number" ? r[0] : 20; }
 function drawLog() {
   const min = Number($("log-level").value); const q = $("log-search").value;
   $("log").textContent = state.log.filter((r) => logLevel(r) >= min && logText(r).includes(q)).map(logText).join("\n");
   $("log").scrollTop = $("log").scrollHeight;
+  $("console").textContent = state.console.filter((line) => line.includes(q)).join("\n");
+  $("console").scrollTop = $("console").scrollHeight;
 }
 $("log-level").onchange = drawLog; $("log-search").oninput = drawLog;
 
