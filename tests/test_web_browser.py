@@ -263,7 +263,8 @@ def test_scheduler_settings_are_submitted_as_typed(page, master):
             datetime.datetime(2099, 1, 2, 3, 4).timestamp())
         page.click("button[data-page=schedule]")
         row = f"#schedule-body .run[data-rid='{rid}']"
-        assert page.inner_text(f"{row} .pipeline") == "other"
+        assert page.input_value(f"{row} .pipeline-edit") == "other"
+        assert page.input_value(f"{row} .due-edit") == "2099-01-02T03:04"
         # the priority changed in the page
         page.fill(f"{row} input[type=number]", "7")
         page.press(f"{row} input[type=number]", "Enter")
@@ -273,7 +274,19 @@ def test_scheduler_settings_are_submitted_as_typed(page, master):
             schedule.change(rid, priority=9)
         page.wait_for_function(
             "(rid) => { const r = document.querySelector(`#schedule-body .run[data-rid='${rid}']`);"
-            " return r && r.querySelector('input').value === '9'; }", arg=rid)
+            " return r && r.querySelector('input[type=number]').value === '9'; }", arg=rid)
+        # the due date and the pipeline changed in the page
+        page.fill(f"{row} .due-edit", "2098-05-06T07:08")
+        with master.client("schedule") as schedule:
+            wait_for(lambda: schedule.get_status()[rid]["due_date"] == pytest.approx(
+                datetime.datetime(2098, 5, 6, 7, 8).timestamp()), timeout=10)
+        page.fill(f"{row} .pipeline-edit", "third")
+        page.press(f"{row} .pipeline-edit", "Enter")
+        with master.client("schedule") as schedule:
+            wait_for(lambda: schedule.get_status()[rid]["pipeline"] == "third", timeout=10)
+        page.fill(f"{row} .due-edit", "")
+        with master.client("schedule") as schedule:
+            wait_for(lambda: schedule.get_status()[rid]["due_date"] is None, timeout=10)
     finally:
         with master.client("schedule") as schedule:
             schedule.delete(rid)

@@ -157,19 +157,34 @@ function move(rid, how) {
   if (how === "down" && i >= 0 && i < q.length - 1) return act(rpc("schedule", "move", [Number(rid)], {after: Number(q[i + 1])}));
   if (how === "front" || how === "back") return act(rpc("schedule", "move", [Number(rid)], {pos: how}));
 }
+// a UNIX time as a datetime-local input's value (local time, to the minute)
+function localInput(t) {
+  const d = new Date(t * 1000), p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
 function scheduleRow(rid, r) {
   const prog = r.progress && r.progress.total ? r.progress.done / r.progress.total : null;
   const eta = r.eta ? Math.max(0, Math.round(r.eta - Date.now() / 1000)) + " s" : "";
   const bar = el("span", {class: "bar"}, el("div", {style: "width:" + (prog === null ? 0 : Math.round(100 * prog)) + "px"}));
-  const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => act(rpc("schedule", "change", [Number(rid)], {priority: Number(e.target.value)}))});
+  const change = (fields) => act(rpc("schedule", "change", [Number(rid)], fields));
+  const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => change({priority: Number(e.target.value)})});
+  // a pending run's pipeline and due date are edited in place (an empty due date: none)
+  const pending = r.status === "pending" && !r.immediate;
+  const pipeline = pending
+    ? el("input", {class: "pipeline-edit", value: r.pipeline, size: 8, onchange: (e) => change({pipeline_name: e.target.value})})
+    : r.pipeline;
+  const due = pending
+    ? el("input", {class: "due-edit", type: "datetime-local", value: r.due_date ? localInput(r.due_date) : "",
+                   onchange: (e) => change({due_date: e.target.value ? new Date(e.target.value).getTime() / 1000 : 0})})
+    : (r.due_date ? new Date(r.due_date * 1000).toLocaleString() : "");
   const blocked = (r.blocked_by || []).map((b) => b.rid).join(",");
-  const moves = r.status === "pending" && !r.immediate
+  const moves = pending
     ? ["front", "up", "down", "back"].map((how) => el("button", {class: "move-" + how, title: "move " + how, onclick: () => move(rid, how)},
         {front: "⤒", up: "↑", down: "↓", back: "⤓"}[how]))
     : [];
   return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
-    el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, r.pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
-    el("span", {}, r.due_date ? new Date(r.due_date * 1000).toLocaleString() : ""),
+    el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
+    el("span", {class: "due"}, due),
     el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
     el("span", {}, bar, " " + eta), el("span", {}, blocked),
     el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
