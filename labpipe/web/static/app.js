@@ -157,6 +157,14 @@ function move(rid, how) {
   if (how === "down" && i >= 0 && i < q.length - 1) return act(rpc("schedule", "move", [Number(rid)], {after: Number(q[i + 1])}));
   if (how === "front" || how === "back") return act(rpc("schedule", "move", [Number(rid)], {pos: how}));
 }
+// text, and a ✎ button that replaces both by the editor makeEditor() returns
+function editable(text, what, makeEditor) {
+  const box = el("span", {}, text + " ");
+  box.append(el("button", {class: "edit-" + what, title: "change the " + what, onclick: () => {
+    const editor = makeEditor(); box.replaceChildren(editor); editor.focus();
+  }}, "✎"));
+  return box;
+}
 // a UNIX time as a datetime-local input's value (local time, to the minute)
 function localInput(t) {
   const d = new Date(t * 1000), p = (n) => String(n).padStart(2, "0");
@@ -168,15 +176,19 @@ function scheduleRow(rid, r) {
   const bar = el("span", {class: "bar"}, el("div", {style: "width:" + (prog === null ? 0 : Math.round(100 * prog)) + "px"}));
   const change = (fields) => act(rpc("schedule", "change", [Number(rid)], fields));
   const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => change({priority: Number(e.target.value)})});
-  // a pending run's pipeline and due date are edited in place (an empty due date: none)
+  // a pending run's pipeline and due date are edited in place: its ✎ button puts an
+  // editor in the cell (editors in every row cost too much with 1,000 runs: a
+  // datetime-local input is a tree of its own); an empty due date removes it
   const pending = r.status === "pending" && !r.immediate;
   const pipeline = pending
-    ? el("input", {class: "pipeline-edit", value: r.pipeline, size: 8, onchange: (e) => change({pipeline_name: e.target.value})})
+    ? editable(r.pipeline, "pipeline", () => el("input", {class: "pipeline-edit", value: r.pipeline, size: 8,
+        onchange: (e) => change({pipeline_name: e.target.value})}))
     : r.pipeline;
+  const dueText = r.due_date ? new Date(r.due_date * 1000).toLocaleString() : "";
   const due = pending
-    ? el("input", {class: "due-edit", type: "datetime-local", value: r.due_date ? localInput(r.due_date) : "",
-                   onchange: (e) => change({due_date: e.target.value ? new Date(e.target.value).getTime() / 1000 : 0})})
-    : (r.due_date ? new Date(r.due_date * 1000).toLocaleString() : "");
+    ? editable(dueText, "due", () => el("input", {class: "due-edit", type: "datetime-local", value: r.due_date ? localInput(r.due_date) : "",
+        onchange: (e) => change({due_date: e.target.value ? new Date(e.target.value).getTime() / 1000 : 0})}))
+    : dueText;
   const blocked = (r.blocked_by || []).map((b) => b.rid).join(",");
   const moves = pending
     ? ["front", "up", "down", "back"].map((how) => el("button", {class: "move-" + how, title: "move " + how, onclick: () => move(rid, how)},
