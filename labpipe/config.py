@@ -36,6 +36,10 @@ connect to them): ``control`` (3251), ``notify`` (3250), ``broadcast`` (1067),
   the restored schedule can start (released as usual with ``release``).
 - ``[master.tls]`` ``cert``, ``key``, ``peer``: mutual TLS on every port, as ``--ssl
   CERT KEY PEER`` (relative paths are relative to the lab directory).
+- ``dask_scheduler`` (string): the lab's Dask cluster for ``scheduler.offload`` and
+  ``@offload_analyze`` (``docs/dask.md``): a scheduler's address (``tcp://host:8786``),
+  or ``"local"``: the master starts a ``distributed.LocalCluster`` and stops it with
+  itself. As ``--dask-scheduler``.
 
 ``[qserver]`` (bluesky-queueserver's 0MQ API, ``labpipe.qserver``; off by default):
 
@@ -52,6 +56,13 @@ client.toml``, which may hold only ``[client]`` and ``[ports]``):
   (relative paths are relative to the file's folder).
 - ``lock_key``, ``user``, ``group``: as the client's ``--lock-key``, ``--user``,
   ``--group`` (``docs/access.md``).
+
+``[functions]`` (functions run in a worker, ``docs/functions.md``):
+
+- ``module`` (a module name, e.g. ``"lab_functions"``): the lab's functions module,
+  next to ``device_db.py`` (in the lab directory) or in the repository. The top-level
+  key ``functions = "lab_functions"`` (before any table) says the same.
+- ``max_background`` (default 4): background calls running at once; more are refused.
 
 ``[lock]`` (the master's queue lock, ``docs/access.md``):
 
@@ -94,7 +105,7 @@ if TYPE_CHECKING:
 __all__ = ["CONFIG_FILE", "ConfigError", "LabConfig", "SecurityConfig", "ExamineConfig",
            "PortsConfig", "MasterConfig", "ClientConfig", "QServerConfig", "TLSConfig",
            "load_config", "config_from_dict", "load_file", "CLIENT_SECTIONS", "LockConfig",
-           "PermissionsConfig", "GroupConfig"]
+           "PermissionsConfig", "GroupConfig", "FunctionsConfig"]
 
 #: The file's name in the lab directory.
 CONFIG_FILE = "labpipe.toml"
@@ -156,6 +167,7 @@ class MasterConfig:
     bind: tuple[str, ...] | None = field(default=None, metadata={"nonempty": True})
     hold: tuple[str, ...] = field(default=(), metadata={"nonempty": True})
     tls: TLSConfig | None = None
+    dask_scheduler: str | None = field(default=None, metadata={"nonempty": True})
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,14 @@ class ClientConfig:
     lock_key: str | None = None
     user: str | None = None
     group: str | None = None
+
+
+@dataclass(frozen=True)
+class FunctionsConfig:
+    """``[functions]``: see the module docstring (None: no functions module)."""
+
+    module: str | None = field(default=None, metadata={"nonempty": True})
+    max_background: int = field(default=4, metadata={"range": (1, 64)})
 
 
 @dataclass(frozen=True)
@@ -227,6 +247,7 @@ class LabConfig:
     lock: LockConfig = field(default_factory=LockConfig)
     permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
     qserver: QServerConfig = field(default_factory=QServerConfig)
+    functions: FunctionsConfig = field(default_factory=FunctionsConfig)
 
 
 _DESCRIPTIONS = {bool: "true or false", int: "an integer", float: "a number",
@@ -328,6 +349,8 @@ def config_from_dict(data: dict, source: str = CONFIG_FILE,
                      sections: frozenset[str] | None = None) -> LabConfig:
     """A ``LabConfig`` from the parsed TOML tables (``source`` names them in errors);
     ``sections``: the only sections allowed (None: all)."""
+    if isinstance(data.get("functions"), str):  # the top-level shorthand
+        data = {**data, "functions": {"module": data["functions"]}}
     known = {f.name for f in dataclasses.fields(LabConfig)}
     allowed = known if sections is None else known & sections
     unknown = sorted(set(data) - allowed)

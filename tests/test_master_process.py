@@ -208,7 +208,10 @@ def test_control_port_exposes_only_the_documented_methods(master):
     expected = {
         "schedule": {"submit", "delete", "request_termination", "get_status",
                      "check_pause", "check_termination", "submit_plan", "change", "hold",
-                     "release", "set_device_check", "validate"},
+                     "release", "set_device_check", "validate",
+                     # docs/queue-control.md "Queue positions", "Immediate runs"
+                     "move", "move_batch", "clear", "execute_now", "set_stop_on_failure",
+                     "call_function", "task_status", "task_result"},  # docs/functions.md
         "dataset_db": {"get", "get_metadata", "set", "update", "delete"},
         "interactive_arg_db": {"supply", "cancel"},
         "master_management": {"get_name", "terminate"},

@@ -23,7 +23,8 @@ DOCUMENTED = {
                  "check_termination",
                  "submit_plan", "change", "hold", "release", "set_device_check", "validate",
                  # docs/queue-control.md "Queue positions", "Immediate runs"
-                 "move", "move_batch", "clear", "execute_now", "set_stop_on_failure"},
+                 "move", "move_batch", "clear", "execute_now", "set_stop_on_failure",
+                 "call_function", "task_status", "task_result"},  # docs/functions.md
     "experiment_db": {"scan_repository", "scan_repository_async", "examine",
                       "list_directory", "root"},
     "dataset_db": {"get", "get_metadata", "set", "update", "delete"},

@@ -163,9 +163,11 @@ async def test_the_master_answers_everything_a_run_and_a_dry_run_may_send():
                       flush=False, schedule=scheduler.notifier, state_changed=None)
             table = scheduler.worker_handlers(run).merged(scheduler.run_handlers(run))
             assert table.missing() == []
-            # a dry run submits, deletes and terminates nothing: those are refused
+            # a dry run submits, deletes and terminates nothing, and sends nothing to
+            # the Dask cluster: those are refused
             assert set(dry_run_handlers(scheduler).missing()) == {
-                messages.Submit, messages.Delete, messages.RequestTermination}
+                messages.Submit, messages.Delete, messages.RequestTermination,
+                messages.GetDaskScheduler}
 
 
 # --- a real worker and a real master ------------------------------------------------

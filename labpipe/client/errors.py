@@ -5,7 +5,7 @@ __all__ = ["UsageError", "RunNotCompleted", "EXIT_USAGE", "EXIT_REFUSED",
            "EXIT_UNREACHABLE", "EXIT_NOT_COMPLETED", "EXIT_INTERRUPTED", "EXIT_BUG"]
 
 EXIT_BUG = 1            # a local error: a bug in the client (traceback with -v)
-EXIT_NOT_COMPLETED = 1  # ``wait``: the run ended other than completed
+EXIT_NOT_COMPLETED = 1  # ``wait``: the run ended other than completed; ``call``: failed
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
@@ -17,4 +17,5 @@ class UsageError(Exception):
 
 
 class RunNotCompleted(Exception):
-    """``wait``: the run ended other than completed (exit code 1)."""
+    """``wait``: the run ended other than completed; ``call``: the function failed
+    (exit code 1)."""

@@ -1,10 +1,10 @@
 """``labpipe-client``: submit, delete and inspect runs of a labpipe (or ARTIQ) master.
 
 Modelled on ``artiq_client``. Every error is one line on stderr and a distinct exit
-code: 0 success, 1 a local error (a bug in the client: ``-v`` prints its traceback) or
-``wait`` on a run that did not complete, 2 usage error, 3 the master refused the
-request, 4 the master is unreachable, 130 interrupted (Ctrl-C; it ends monitors such as
-``show log`` with 0). People get tables that fit their terminal; ``--json`` prints JSON
+code: 0 success, 1 a local error (a bug in the client: ``-v`` prints its traceback),
+``wait`` on a run that did not complete or ``call`` of a function that failed, 2 usage
+error, 3 the master refused the request, 4 the master is unreachable, 130 interrupted
+(Ctrl-C; it ends monitors such as ``show log`` with 0). People get tables that fit their terminal; ``--json`` prints JSON
 for scripts (dict keys as strings, tuples as lists).
 
 Where the master is: ``settings.py`` (flags, environment, ``labpipe.toml``,
@@ -18,6 +18,8 @@ import sys
 import traceback
 from typing import NoReturn
 
+from labpipe.client.call import add_parser as add_call_parser
+from labpipe.client.call import call_command
 from labpipe.client.commands import COMMANDS
 from labpipe.client.connection import Connection, Lost, Unreachable
 from labpipe.client.due_dates import DUE_DATE_FORMS
@@ -43,8 +45,8 @@ argument values (NAME=VALUE) are read by the argument's type, which the master k
              (10MHz+-1MHz/0.5MHz: 9 to 11 MHz in steps of 0.5 MHz), a,b,c, or one value
   PYON       for PYONValue arguments, and for any argument the master cannot describe
 
-exit codes: 0 success, 1 a local error (-v: traceback) or wait on a run that did not
-complete, 2 usage, 3 refused by the master, 4 master unreachable, 130 Ctrl-C
+exit codes: 0 success, 1 a local error (-v: traceback), wait on a run that did not
+complete or call of a function that failed, 2 usage, 3 refused by the master, 4 master unreachable, 130 Ctrl-C
 
 the master's address and ports: flags, then $LABPIPE_SERVER, $LABPIPE_PORT_CONTROL,
 $LABPIPE_PORT_NOTIFY, $LABPIPE_PORT_BROADCAST, then labpipe.toml ([client], [ports],
@@ -148,6 +150,8 @@ def get_argparser() -> argparse.ArgumentParser:
     p.add_argument("file", help="experiment file")
     p.add_argument("arguments", nargs="*", metavar="NAME=VALUE",
                    help="experiment arguments, read by their type (labpipe-client --help)")
+
+    add_call_parser(sub)
 
     p = sub.add_parser("delete", help="delete a run")
     p.add_argument("-g", "--graceful", action="store_true",
@@ -282,6 +286,8 @@ def _run(args: argparse.Namespace, master: Connection) -> None:
         SHOW[args.what](args, master)
     elif args.action == "history":
         history_command(args, master)
+    elif args.action == "call":
+        call_command(args, master)
     else:
         COMMANDS[args.action](args, master)
 

@@ -11,6 +11,7 @@ from labpipe.language.argument_managers import ProcessArgumentManager, TraceArgu
 from labpipe.language.arguments import *
 from labpipe.language.environment import *
 from labpipe.language.exceptions import *
+from labpipe.language.offload import offload_analyze
 from labpipe.language.scans import *
 from labpipe.language.units import *
 
@@ -21,4 +22,5 @@ __all__ += arguments.__all__
 __all__ += scans.__all__
 __all__ += environment.__all__
 __all__ += ["ProcessArgumentManager", "TraceArgumentManager"]
+__all__ += ["offload_analyze"]
 __all__ += units.__all__

@@ -7,8 +7,9 @@ stops exactly the parts started before it, in reverse order, and nothing is left
 running: no task, no port, no process (``docs/internals.md``, "Lifetimes"). The order
 of the start is chosen so that the stop is orderly:
 
-- start: the lab lock, the process records, the worker launcher (its template warmed
-  up), the device, dataset and schedule databases, the repository, history; the
+- start: the lab lock, the process records, the worker launcher, the lab's Dask
+  cluster when it is ``local`` (``dask_cluster.py``), the worker template warmed up,
+  the device, dataset and schedule databases, the repository, history; the
   notify, logging and broadcast ports; the scheduler (the saved schedule restored);
   the control port; the repository scans (the push hook needs the control port);
 - stop, the reverse, except that the control port closes first of all (no new
@@ -38,13 +39,15 @@ from types import TracebackType
 
 from labpipe.config import LabConfig, load_config
 from labpipe.master.access.caller import current_caller
-from labpipe.master.access.gate import Gate
+from labpipe.master.access.gate import Gate, current_lock_key
 from labpipe.master.access.lock import FILE_NAME as LOCK_FILE
 from labpipe.master.access.lock import LockTarget, QueueLock, read_emergency_key
 from labpipe.master.access.permissions import Permissions, PermissionsTarget
 from labpipe.master.console import ConsoleBuffers, ConsoleTarget, console_text_of
+from labpipe.master.dask_cluster import DaskCluster
 from labpipe.master.datasets import DatasetDB
 from labpipe.master.devices import DeviceDB, DeviceDBTarget
+from labpipe.master.functions import FunctionCalls
 from labpipe.master.history import History, HistoryTarget
 from labpipe.master.interactive import InteractiveArgDB
 from labpipe.master.lab_lock import LabLock
@@ -56,6 +59,7 @@ from labpipe.master.run import Run
 from labpipe.master.schedule_store import ScheduleStore
 from labpipe.master.scheduler import Scheduler, SchedulerConfig
 from labpipe.master.supervision import TaskSet
+from labpipe.master.task_store import TaskStore
 from labpipe.master.targets import SPECS, Target
 from labpipe.protocol.broadcast import Broadcaster
 from labpipe.protocol.logs import LogBroadcastHandler, LogServer, emit_remote
@@ -71,6 +75,9 @@ from labpipe.worker.launcher import Launcher, uses_bluesky
 __all__ = ["Master", "MasterOptions", "MasterFailed"]
 
 logger = logging.getLogger(__name__)
+
+#: The folder (in the lab directory) of the function calls' records.
+TASKS_FOLDER = "function_tasks"
 
 
 @dataclass
@@ -110,6 +117,11 @@ class MasterOptions:
     #: serves and left first at its stop (the assembly imports none of them).
     endpoints: list[Callable[[Master], AbstractAsyncContextManager[object]]] = field(
         default_factory=list)
+    #: ``--dask-scheduler``: ``"local"`` or a scheduler's address (None: the lab's
+    #: ``[master] dask_scheduler``, if any; ``docs/dask.md``).
+    dask_scheduler: str | None = None
+    #: A ``"local"`` cluster's workers are processes (False: threads of one process).
+    dask_local_processes: bool = True
 
 
 class MasterFailed(RuntimeError):
@@ -245,6 +257,12 @@ class Master:
         records = self.process_records = await self._claim_lab(stack)
         self.config = o.config if o.config is not None else load_config(o.lab_dir)
         self.launcher = self._take_launcher(stack, records)
+        # the lab's Dask cluster (docs/dask.md): stopped after the scheduler's runs
+        self.dask = DaskCluster(
+            o.dask_scheduler if o.dask_scheduler is not None
+            else self.config.master.dask_scheduler, records,
+            processes=o.dask_local_processes)
+        await stack.enter_async_context(self.dask)
         self.device_db = await asyncio.to_thread(DeviceDB, self._path(o.device_db))
         if uses_bluesky(_device_modules(self.device_db.get_device_db())):
             # before the first run
@@ -283,6 +301,17 @@ class Master:
                                                o.lab_dir, self.scheduler)
         stack.push_async_callback(asyncio.to_thread, self.history.close)
         self.scheduler.on_run_end.append(self.history.on_run_end)
+        # docs/functions.md: calls of the lab's functions, their records on disk
+        task_store = TaskStore(self._path(TASKS_FOLDER))
+        await asyncio.to_thread(task_store.load)
+        self.functions = FunctionCalls(
+            self.scheduler, self.config.functions.module, store=task_store,
+            max_background=self.config.functions.max_background,
+            background_handlers=self._background_handlers,
+            check_queue_lock=lambda what: self.lock.check("queue", what,
+                                                          current_lock_key.get()))
+        self.scheduler.functions = self.functions
+        self.scheduler.on_run_end.append(self.functions.on_run_end)
         # never a RID again that history holds (last_rid.pyon may be torn, or older)
         self.scheduler.rid_counter.reserve_up_to(max(self.history.notifier.raw_view,
                                                      default=-1))
@@ -340,6 +369,7 @@ class Master:
                               ssl_context)
         # the saved schedule comes back before anyone can submit
         stack.push_async_callback(self.scheduler.stop)
+        stack.push_async_callback(self.functions.stop)  # before the scheduler's
         # labpipe.toml [master] hold: held before a restored run could start
         for pipeline in self.config.master.hold:
             await self.scheduler.queue.hold(pipeline)
@@ -448,7 +478,25 @@ class Master:
                 .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
                     "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
                 .on(messages.Interactive, lambda m: self.interactive_db.request(
-                    run.rid, m.title, m.arglist_desc)))
+                    run.rid, m.title, m.arglist_desc))
+                .on(messages.FunctionOutcome,
+                    lambda m: self.functions.note_outcome(run, m))
+                .on(messages.GetDaskScheduler, lambda m: self.dask.address()))
+
+    def _background_handlers(self, source: str) -> Handlers:
+        """The master's services for a background function call's worker: datasets
+        (read and written), the device database, logs (under ``source``), CCBs, the
+        Dask scheduler's address."""
+        def log(msg: messages.Log) -> None:
+            emit_remote(source, msg.levelno, msg.name or "worker", msg.message,
+                        created=msg.created, check_level=False)
+
+        return (self._worker_handlers(None)
+                .on(messages.Log, log)
+                .on(messages.UpdateDataset, lambda m: self.dataset_db.update(m.mod))
+                .on(messages.CCBIssue, lambda m: self.broadcaster.broadcast(
+                    "ccb", {"service": m.service, "args": m.args, "kwargs": m.kwargs}))
+                .on(messages.GetDaskScheduler, lambda m: self.dask.address()))
 
     def _get_dataset(self, msg: messages.GetDataset) -> tuple:
         try:

@@ -46,6 +46,7 @@ def _handlers(scheduler: Scheduler) -> Handlers:
            .on(messages.UpdateDataset, _drop)
            .on(messages.CCBIssue, _drop)
            .on(messages.SetProgress, _drop)
+           .on(messages.FunctionOutcome, _drop)
            .on(messages.CheckPause, lambda m: False)
            .on(messages.CheckTermination, lambda m: False)
            .on(messages.GetStatus, lambda m: scheduler.get_status())

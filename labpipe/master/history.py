@@ -6,7 +6,7 @@ bytes big-endian), valued by the PYON text of the record:
 
 ``{"rid", "expid", "pipeline", "class_name", "priority", "due_date", "flush", "status",
 "repo_rev", "submitted", "stages": {stage: {"start", "end", "spent"}}, "ended", "error",
-"results", "content"}`` (``class_name``: the class that ran, when known; ``content``:
+"results", "content", "user", "group", "analyzed_on"}`` (``class_name``: the class that ran, when known; ``content``:
 ``{"sha256": hex, "size": bytes}`` of the UTF-8 text of a run submitted by content,
 else None)
 
@@ -21,6 +21,9 @@ else None)
   once (nothing waiting) is no pause, and shows as running;
 - ``error``: the error text of a failed run, else None; ``results``: the results file
   path relative to the lab directory (absolute when outside it), or None.
+- ``analyzed_on``: where an ``@offload_analyze`` analysis ran, ``{"dask_scheduler":
+  address, "dask_worker": address or None}`` (``docs/dask.md``; the worker is None when
+  the analysis failed before it returned), else None: in the run's worker.
 
 It is fed by ``scheduler.on_run_end`` (``on_run_end`` is a coroutine: the record is on
 disk before the scheduler forgets the run's stored submission). The RPC target
@@ -133,7 +136,7 @@ class History:
                 "ended": ended, "error": end.error,
                 "results": self._relative(end.results),
                 "content": content_fingerprint(run.expid),
-                "user": run.user, "group": run.group}
+                "user": run.user, "group": run.group, "analyzed_on": run.analyzed_on}
 
     async def on_run_end(self, run: Run, end: RunEnd) -> None:
         """A run left the schedule: its record goes to disk, then to the notifier."""

@@ -84,6 +84,10 @@ def get_argparser() -> argparse.ArgumentParser:
                     help="the pipeline that is the queue (default: main)")
     net.add_argument("--web", type=int, default=None, metavar="PORT",
                      help="also start labpipe-web on localhost:PORT, stopped with the master")
+    workers.add_argument("--dask-scheduler", default=None, metavar="ADDR",
+                         help="the lab's Dask cluster for offloaded analysis: a "
+                              "scheduler's address (tcp://HOST:8786), or 'local' to "
+                              "start a LocalCluster with the master (docs/dask.md)")
     log = parser.add_argument_group("logging")
     log.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     log.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
@@ -144,7 +148,8 @@ def _options(args: argparse.Namespace) -> MasterOptions:
         config=getattr(args, "lab_config", None),
         emergency_lock_key_file=args.emergency_lock_key_file,
         on_progress=_say if sys.stderr.isatty() and not args.quiet else None,
-        endpoints=[] if qserver is None else [qserver.endpoint])
+        endpoints=[] if qserver is None else [qserver.endpoint],
+        dask_scheduler=args.dask_scheduler)
 
 
 def _qserver(args: argparse.Namespace) -> QServerSettings | None:

@@ -6,7 +6,8 @@ prepares and run N-1 analyzes. A run's ``pause()`` yields only when a prepared r
 could start now outranks it (``Scheduler.must_yield``); otherwise it is answered at
 once and the run never shows as ``paused``. Each loop asks ``precedence`` which run is next and
 otherwise waits for the pool to change. A run that fails, is terminated or deleted leaves
-through ``Scheduler.end_run``; stage loops never die of a run's failure.
+through ``Scheduler.end_run``; stage loops never die of a run's failure. An analysis
+offloaded to the Dask cluster frees the analyze stage at once (``offloaded.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from labpipe.master import precedence
+from labpipe.master.offloaded import finish_offloaded
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
 from labpipe.master.run_pool import RunPool
 from labpipe.worker.handle import Worker, WorkerClosed, WorkerError, WorkerFailed
-from labpipe.worker.messages import Completed, Paused, Terminated
+from labpipe.worker.messages import AnalysisOffloaded, Completed, Paused, Terminated
 
 if TYPE_CHECKING:
     from labpipe.master.scheduler import Scheduler
@@ -68,6 +70,8 @@ class Pipeline:
         self.runs = RunPool()
         self.state_changed = StateChanged()
         self._tasks: list[asyncio.Task[None]] = []
+        #: runs' offloaded analyses being awaited (``offloaded.py``)
+        self._offloaded: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Start the stage loops, as tasks of the scheduler's supervised ``tasks``."""
@@ -87,9 +91,10 @@ class Pipeline:
 
     async def stop(self) -> None:
         """Cancel the stage loops (runs are closed by the scheduler)."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._offloaded]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- the loops ----------------------------------------------------------------
 
@@ -125,7 +130,7 @@ class Pipeline:
                 await noted
             except Exception as exc:  # OSError, ForkServerError...: never stranded
                 await asyncio.gather(noted, return_exceptions=True)
-                await self._stage_failed(run, "prepare", exc)
+                await self.stage_failed(run, "prepare", exc)
                 continue
             run.status = RunStatus.prepare_done
 
@@ -150,7 +155,7 @@ class Pipeline:
                     # and the run was never paused (no "paused" status, nor in history)
                     outcome = await self._resume(run)
             except Exception as exc:  # OSError, ForkServerError...: never stranded
-                await self._stage_failed(run, "run", exc)
+                await self.stage_failed(run, "run", exc)
                 continue
             if isinstance(outcome, Paused):
                 run.status = RunStatus.paused
@@ -178,11 +183,22 @@ class Pipeline:
             try:
                 results = await _worker_of(run).analyze()
             except Exception as exc:  # OSError, ForkServerError...: never stranded
-                await self._stage_failed(run, "analyze", exc)
+                await self.stage_failed(run, "analyze", exc)
+                continue
+            if isinstance(results, AnalysisOffloaded):
+                # on the Dask cluster: the stage is free, the run ends when it returns
+                self._spawn_offloaded(run, results)
                 continue
             await self.scheduler.end_run(run, RunEnd("completed", results=results))
 
-    async def _stage_failed(self, run: Run, stage: str, exc: Exception) -> None:
+    def _spawn_offloaded(self, run: Run, sent: AnalysisOffloaded) -> None:
+        task = self.scheduler.tasks.spawn(
+            finish_offloaded(self, run, sent), "offloaded analyze",
+            context=f"pipeline {self.name}, RID {run.rid}")
+        self._offloaded.add(task)
+        task.add_done_callback(self._offloaded.discard)
+
+    async def stage_failed(self, run: Run, stage: str, exc: Exception) -> None:
         """Log a stage's failure and take the run out; a deleted run just goes. Any
         exception (a worker that could not even start: OSError, ForkServerError...)
         ends the run as failed, with the error in its history record."""

@@ -96,6 +96,9 @@ class Run:
     queue_position: float = math.nan
     #: a run of ``execute_now``: goes before every other run of its pipeline
     immediate: bool = False
+    #: where an offloaded analysis ran (``offloaded.py``): ``{"dask_scheduler",
+    #: "dask_worker"}``; None: in the run's worker
+    analyzed_on: dict[str, str | None] | None = None
     _status: RunStatus = RunStatus.pending
 
     def __post_init__(self) -> None:

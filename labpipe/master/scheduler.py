@@ -32,6 +32,7 @@ from labpipe.master import precedence
 from labpipe.master.access.caller import Caller, current_caller
 from labpipe.master.dry_run import validate_run
 from labpipe.master.expid import EXPID_KEYS, validate_submission
+from labpipe.master.functions import FunctionCalls
 from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
@@ -148,22 +149,40 @@ class Scheduler:
             expid["repo_rev"] = repo_rev
         try:
             position = await self.order.for_submission(pipeline_name, place)
-            # with a store, its commit below makes the RID durable (one sync per submit)
-            rid = await self.rid_counter.next(durable=self.store is None)
-            run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
-                      due_date=None if due_date is None else float(due_date),
-                      flush=flush, schedule=self.notifier, state_changed=None,
-                      repo_msg=repo_msg, workdir=workdir, repo_rev=repo_rev,
-                      user=caller.user, group=caller.group, immediate=immediate,
-                      queue_position=(self.order.back(1, rid)[0] if position is None
-                                      else position))
-            if self.store is not None:
-                await self.store.record_submission(run)
+            run = await self.enqueue(
+                pipeline_name, expid, priority=priority,
+                due_date=None if due_date is None else float(due_date), flush=flush,
+                workdir=workdir, repo_rev=repo_rev, repo_msg=repo_msg, user=caller.user,
+                group=caller.group, immediate=immediate, position=position)
         except BaseException:
             self.release_rev(repo_rev)
             raise
+        return run.rid
+
+    async def enqueue(self, pipeline_name: str, expid: dict[str, Any], *, workdir: str,
+                      repo_rev: str | None = None, repo_msg: str | None = None,
+                      user: str | None = None, group: str | None = None, priority: int = 0,
+                      due_date: float | None = None, flush: bool = False,
+                      immediate: bool = False, position: float | None = None,
+                      on_recorded: Callable[[Run], None] | None = None) -> Run:
+        """The last steps of a submission whose expid was checked: take a RID, commit
+        the run's record (which makes the RID durable: one sync), put it into its
+        pipeline. ``position``: its queue position (None: the back);
+        ``on_recorded(run)`` is called once it is on disk, before it joins its
+        pipeline (``functions``: the task learns its RID)."""
+        rid = await self.rid_counter.next(durable=self.store is None)
+        run = Run(rid=rid, pipeline_name=pipeline_name, expid=expid, priority=priority,
+                  due_date=due_date, flush=flush, schedule=self.notifier,
+                  state_changed=None, repo_msg=repo_msg, workdir=workdir,
+                  repo_rev=repo_rev, user=user, group=group, immediate=immediate,
+                  queue_position=(self.order.back(1, rid)[0] if position is None
+                                  else position))
+        if self.store is not None:
+            await self.store.record_submission(run)
+        if on_recorded is not None:
+            on_recorded(run)
         self._add_run(run)
-        return rid
+        return run
 
     async def delete(self, rid: int) -> None:
         """Delete a run in any stage: its worker is stopped (ask, SIGTERM, SIGKILL).
@@ -331,6 +350,33 @@ class Scheduler:
         """A dry run: the problems that would stop this submission (file, class,
         arguments, devices), empty when it would start. Takes no RID."""
         return await validate_run(self, pipeline_name, expid)
+
+    #: labpipe's function calls (``functions.py``; set by the master's assembly)
+    functions: FunctionCalls | None = None
+
+    def _functions(self) -> FunctionCalls:
+        if self.functions is None:
+            raise ValueError("this master runs no functions")
+        return self.functions
+
+    async def call_function(self, pipeline_name: str, name: str, args: list | tuple = (),
+                            kwargs: dict | None = None,
+                            run_in_background: bool = False) -> str:
+        """Call the function ``name`` of the lab's functions module with args and
+        kwargs in a fresh worker of the pipeline: a run of its queue, or with
+        run_in_background at once, beside its run. Returns the task id; the value
+        comes from ``task_result`` (``docs/functions.md``)."""
+        return await self._functions().call(pipeline_name, name, list(args),
+                                            dict(kwargs or {}), run_in_background)
+
+    async def task_status(self, task: str) -> str:
+        """A function call's status: queued, running, completed or not_found."""
+        return await self._functions().status(task)
+
+    async def task_result(self, task: str) -> dict:
+        """A function call's record: status, success, return_value, msg (one line
+        when it failed), rid (a foreground call's run)... (``docs/functions.md``)."""
+        return await self._functions().result(task)
 
     # --- internals used by the pipelines -------------------------------------------
 

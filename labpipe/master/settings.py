@@ -2,7 +2,7 @@
 
 ``labpipe-master`` reads the lab's file before it parses its command line; the file's
 ``[ports]`` and ``[master]`` values become the defaults of the matching options
-(``--port-*``, ``--bind``, ``--ssl``), so a flag given on the command line wins and
+(``--port-*``, ``--bind``, ``--ssl``, ``--dask-scheduler``), so a flag given on the command line wins and
 ``--help`` shows the lab's values. ``[master] hold`` has no flag: the master applies it
 at start (``Master.start``).
 """
@@ -24,6 +24,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         port = getattr(config.ports, name)
         if port is not None:
             defaults[f"port_{name}"] = port
+    if config.master.dask_scheduler is not None:
+        defaults["dask_scheduler"] = config.master.dask_scheduler
     tls = config.master.tls
     if tls is not None:
         defaults["ssl"] = [tls.cert, tls.key, tls.peer]

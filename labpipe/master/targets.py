@@ -65,6 +65,7 @@ QUEUE_PLACE = (("before", Optional(RID), None), ("after", Optional(RID), None),
                ("pos", Optional(Either(OneOf(("front", "back")),
                                        Int(-ITEMS_MAX * 100, ITEMS_MAX * 100,
                                            what="an index"))), None))
+TASK = Str(64, 1)  # a function call's task id (a uuid4 string)
 
 #: wire-compat.md "Experiment ids"
 EXPID_FIELDS = {
@@ -126,6 +127,13 @@ SPECS: dict[str, dict[str, tuple[Param, ...]]] = {
                         _p("wait", BOOL, False)),
         "set_device_check": (_p("pipeline_name", PIPELINE), _p("enabled", BOOL)),
         "validate": (_p("pipeline_name", PIPELINE), _p("expid", EXPID)),
+        # docs/functions.md
+        "call_function": (_p("pipeline_name", PIPELINE), _p("name", NAME),
+                          _p("args", Sequence(VALUE, ITEMS_MAX), ()),
+                          _p("kwargs", Optional(ARGUMENTS), None),
+                          _p("run_in_background", BOOL, False)),
+        "task_status": (_p("task", TASK),),
+        "task_result": (_p("task", TASK),),
     },
     "experiment_db": {
         "scan_repository": (_p("new_cur_rev", Optional(REV), None),),

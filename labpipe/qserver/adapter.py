@@ -96,11 +96,15 @@ class Adapter:
 
     def add_listener(self, on_change: Callable[[str], None]) -> None:
         """on_change("queue") on every change of the schedule, ("history") of history,
-        ("plans") of the experiment list, ("devices") of the device database."""
+        ("plans") of the experiment list, ("devices") of the device database,
+        ("tasks") when a function call finished."""
         self.master.scheduler.notifier.add_listener(lambda mod: on_change("queue"))
         self.master.history.notifier.add_listener(lambda mod: on_change("history"))
         self.master.experiment_db.explist.add_listener(lambda mod: on_change("plans"))
         self.master.device_db.data.add_listener(lambda mod: on_change("devices"))
+        functions = getattr(self.master, "functions", None)
+        if functions is not None:  # a function call finished
+            functions.listeners.append(lambda: on_change("tasks"))
 
     # --- changing -------------------------------------------------------------------
 
@@ -158,6 +162,24 @@ class Adapter:
         self._admit("schedule.execute_now")
         expid = plan_expid(self.explist(), name, args, kwargs)
         return await self.master.scheduler.execute_now(self.pipeline, expid)
+
+    async def call_function(self, name: str, args: list[Any], kwargs: dict[str, Any],
+                            background: bool) -> str:
+        """Call a function of the lab's functions module; its task id."""
+        call_function = self.optional("call_function")
+        self._admit("schedule.call_function")
+        return await call_function(self.pipeline, name, args, kwargs, background)
+
+    async def task_status(self, task: str) -> str:
+        return await self.optional("task_status")(task)
+
+    async def task_result(self, task: str) -> dict[str, Any]:
+        return await self.optional("task_result")(task)
+
+    def background_tasks(self) -> int:
+        """How many background function calls run now."""
+        functions = getattr(self.master, "functions", None)
+        return 0 if functions is None else functions.background_running()
 
     async def rescan(self) -> None:
         """Scan the repository and the device database again."""

@@ -46,7 +46,7 @@ def _not_here(what: str) -> Handler:
 
 #: which uid a change of the adapter's ("queue", "history", "plans", "devices") renews
 _UID_OF = {"queue": "queue_uid", "history": "history_uid", "plans": "plans_uid",
-           "devices": "devices_uid"}
+           "devices": "devices_uid", "tasks": "task_results_uid"}
 
 
 class QServer:
@@ -181,7 +181,7 @@ class QServer:
             "queue_autostart_enabled": not held,
             "worker_environment_exists": self.environment_open,
             "worker_environment_state": "idle" if self.environment_open else "closed",
-            "worker_background_tasks": 0,
+            "worker_background_tasks": self.adapter.background_tasks(),
             "re_state": self.re_state() if self.environment_open else None,
             "ip_kernel_state": None, "ip_kernel_captured": None,
             "pause_pending": running is not None and running.pause_requested
@@ -621,26 +621,94 @@ async def re_runs(qs: QServer, p: dict[str, Any]) -> Reply:
 @method("function_execute", "item", "user_group", "user", "run_in_background",
         "lock_key")
 async def function_execute(qs: QServer, p: dict[str, Any]) -> Reply:
-    call_function = qs.adapter.optional("call_function")
+    """``schedule.call_function`` on the queue's pipeline (``docs/functions.md``)."""
     item = p.get("item")
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise Refused("'item' must be a function item with 'name'")
-    task_uid = await call_function(item["name"], item.get("args", []),
-                                   item.get("kwargs", {}))
-    return {"item": item, "task_uid": str(task_uid)}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+            or not item["name"]:
+        raise Refused("Incorrect request format: 'item' must be a function item with "
+                      "'name'")
+    if item.get("item_type", "function") != "function":
+        raise Refused(f"Incorrect item type {item.get('item_type')!r}: a function item "
+                      f"('item_type': 'function') is expected")
+    args, kwargs = item.get("args", []), item.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise Refused("Incorrect request format: the function's 'args' must be a list "
+                      "and its 'kwargs' a dictionary")
+    background = p.get("run_in_background", False)
+    if not isinstance(background, bool):
+        raise Refused("'run_in_background' must be true or false")
+    try:
+        task_uid = await qs.adapter.call_function(item["name"], args, kwargs, background)
+    except PermissionError as exc:  # the master's lock or permissions: one line
+        raise Refused(str(exc)) from None
+    return {"item": {**item, "item_type": "function"}, "task_uid": task_uid}
+
+
+#: labpipe's task statuses as the RE Manager names them (a queued call is running)
+_TASK_STATUS = {"queued": "running", "running": "running", "completed": "completed"}
+
+
+async def _task_status_of(qs: QServer, uid: object) -> str:
+    if not isinstance(uid, str):
+        raise Refused(f"Invalid task UID {uid!r}: a string is expected")
+    return _TASK_STATUS.get(await qs.adapter.task_status(uid), "not_found")
 
 
 @method("task_status", "task_uid")
 async def task_status(qs: QServer, p: dict[str, Any]) -> Reply:
-    status_of = qs.adapter.optional("task_status")
-    return {"task_uid": p.get("task_uid"), "status": await status_of(p.get("task_uid"))}
+    """One status for a UID, ``{uid: status}`` for a list of them."""
+    uid = p.get("task_uid")
+    if uid is None:
+        raise Refused("Required 'task_uid' parameter is missing in the API call.")
+    if isinstance(uid, list):
+        if len(uid) > 10_000:
+            raise Refused("Too many task UIDs in one request (at most 10000)")
+        status: Any = {u: await _task_status_of(qs, u) for u in uid}
+    else:
+        status = await _task_status_of(qs, uid)
+    return {"task_uid": uid, "status": status}
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A return value as JSON carries it: arrays and numpy numbers as lists and numbers,
+    tuples as lists, keys as strings (what JSON cannot carry is shown as its repr)."""
+    if depth > 100:
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v, depth + 1)
+                for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    return _jsonable(tolist(), depth + 1) if callable(tolist) else repr(value)
 
 
 @method("task_result", "task_uid")
 async def task_result(qs: QServer, p: dict[str, Any]) -> Reply:
-    result_of = qs.adapter.optional("task_result")
-    result = await result_of(p.get("task_uid"))
-    return {"task_uid": p.get("task_uid"), "status": "completed", "result": result}
+    """The RE Manager's shapes: ``{}`` when not found; ``task_uid``, ``time_start``,
+    ``run_in_background`` while running; ``task_uid``, ``success``, ``msg``,
+    ``traceback``, ``return_value``, ``time_start``, ``time_stop`` once completed."""
+    uid = p.get("task_uid")
+    if not isinstance(uid, str):
+        raise Refused("Required 'task_uid' parameter is missing in the API call "
+                      "(a string)")
+    record = await qs.adapter.task_result(uid)
+    status = _TASK_STATUS.get(str(record.get("status")), "not_found")
+    result: dict[str, Any] = {}
+    if status == "running":
+        result = {"task_uid": uid, "time_start": record.get("time_start")
+                  or record.get("time_submitted"),
+                  "run_in_background": bool(record.get("background"))}
+    elif status == "completed":
+        result = {"task_uid": uid, "success": bool(record.get("success")),
+                  "msg": record.get("msg") or "",
+                  "traceback": record.get("traceback") or "",
+                  "return_value": _jsonable(record.get("return_value")),
+                  "time_start": record.get("time_start"),
+                  "time_stop": record.get("time_stop")}
+    return {"task_uid": uid, "status": status, "result": result}
 
 
 METHODS["script_upload"] = (("script", "update_lists", "update_re", "run_in_background",

@@ -7,13 +7,16 @@ waits for its outcome; ``_Child.commands`` is the worker's dispatch table:
 =============  ============================================  =============================
 command        does                                          outcome
 =============  ============================================  =============================
-``Build``      import the experiment, build it               ``Built``
+``Build``      import the experiment, build it (a function   ``Built``
+               call: ``functions.py``)
 ``Prepare``    ``prepare()``                                 ``Completed``
 ``Run``        ``run()``                                     ``Completed``, ``Paused``,
                                                              ``Terminated``
 ``Resume``     (the answer to ``Paused``, read by            as ``Run``
                ``scheduler.pause()`` itself)
-``Analyze``    ``analyze()``, then write the results file    ``Completed`` + its path
+``Analyze``    ``analyze()``, then write the results file    ``Completed`` + its path;
+               (``@offload_analyze``: sent to the Dask       ``AnalysisOffloaded``, then
+               cluster, results written on its return)       ``AnalysisDone`` + its path
 ``Validate``   a dry run instead of build (``validate.py``)  ``Validated`` + problems
 ``Terminate``  (any time) exit now (``ipc.py``)              --
 =============  ============================================  =============================
@@ -48,11 +51,16 @@ from labpipe.language.exceptions import CancelledArgsError, TerminationRequested
 from labpipe.worker import limits
 from labpipe.worker.datasets import DatasetManager
 from labpipe.worker.devices import DeviceManager, StaticDeviceDB
+from labpipe.worker.functions import FUNCTION_KEY, function_class
 from labpipe.worker.ipc import ChildChannel
-from labpipe.worker.messages import (Analyze, Build, Built, Command, Completed, Failed,
+from labpipe.language.offload import is_offloaded
+from labpipe.worker.ipc import RequestFailed
+from labpipe.worker.messages import (Analyze, AnalysisDone, AnalysisOffloaded, Build, Built,
+                                     Command, Completed, Failed, GetDaskScheduler,
                                      GetDataset, GetDeviceDB, Interactive, Log,
                                      MalformedMessage, Outcome, Prepare, Resume, Run,
                                      Terminated, UpdateDataset, Validate, Validated, tag_of)
+from labpipe.worker.offload import Offloaded, Offloader, OffloadError
 from labpipe.worker.output import PrintStream, capture_fds, console_text_of
 from labpipe.worker.runner import ExperimentRunner, one_line
 from labpipe.worker.virtual_devices import CCB, Scheduler
@@ -125,6 +133,8 @@ class _Child:
     def __init__(self, channel: ChildChannel) -> None:
         self.channel = channel
         self.runner: ExperimentRunner | None = None
+        #: the run's Dask client, connected on its first offload (``offload.py``)
+        self.offloader = Offloader(self._dask_address)
         self.log_lines: list[str] = []
         #: (time, text) of each console line, for the results file's ``console``
         self.console: list[tuple[float, str]] = []
@@ -177,7 +187,8 @@ class _Child:
             os.chdir(cmd.lab_dir)  # experiments see the lab directory, as under ARTIQ
         self.setup_logging(expid.get("log_level", logging.WARNING))
         channel = self.channel
-        scheduler = Scheduler(channel, cmd.rid, cmd.pipeline_name, cmd.priority, expid)
+        scheduler = Scheduler(channel, cmd.rid, cmd.pipeline_name, cmd.priority, expid,
+                              self.offloader)
         device_mgr = DeviceManager(_RemoteDeviceDB(channel),
                                    {"scheduler": scheduler, "ccb": CCB(channel)})
         # a mod travels as the plain dict it is (the message checks only that)
@@ -185,10 +196,13 @@ class _Child:
             lambda mod: channel.send(UpdateDataset(cast(dict[str, Any], mod))),
             lambda key: channel.request(GetDataset(key)))
         argument_mgr = _WorkerArgumentManager(expid.get("arguments", {}), channel)
+        function_call = (function_class(expid, cmd.workdir, channel.send)
+                         if FUNCTION_KEY in expid else None)
         self.runner = runner = ExperimentRunner(
             rid=cmd.rid, expid=expid, managers=(device_mgr, dataset_mgr, argument_mgr),
             workdir=cmd.workdir, results_dir=cmd.results_dir, repo_rev=cmd.repo_rev,
-            log_lines=self.log_lines, console=self.console)
+            log_lines=self.log_lines, console=self.console,
+            experiment_class=function_call)
         runner.build()
         return Built(runner.class_name, list(device_mgr.requested),
                      "bluesky" in sys.modules or "ophyd" in sys.modules)
@@ -241,9 +255,18 @@ class _Child:
     def resume(self, cmd: Resume) -> Outcome:
         raise RuntimeError("resume received while not paused")
 
+    def _dask_address(self) -> str:
+        try:
+            return self.channel.request(GetDaskScheduler())
+        except RequestFailed as exc:
+            raise OffloadError(str(exc)) from None
+
     def analyze(self, cmd: Analyze) -> Outcome:
-        """Analyze, then write the results file; the outcome carries its path."""
+        """Analyze, then write the results file; the outcome carries its path. An
+        ``@offload_analyze`` experiment's analyze runs on the Dask cluster instead."""
         runner = self._runner()
+        if is_offloaded(getattr(type(runner.experiment), "analyze", None)):
+            return self._analyze_on_cluster(runner)
         outcome = self._stage_with_results(runner.analyze)
         if not isinstance(outcome, Completed):
             return outcome
@@ -252,6 +275,49 @@ class _Child:
         finally:
             runner.close()
         return Completed(path)
+
+    def _analyze_on_cluster(self, runner: ExperimentRunner) -> Outcome:
+        """Send analyze to the cluster, tell the master (its analyze stage is free),
+        wait for the cluster's result, write the results file; the outcome is the
+        second one of the Analyze command (``AnalysisDone`` or ``Failed``)."""
+        from labpipe.worker.remote_analyze import send_analysis, take_analysis
+        try:
+            runner.dataset_mgr.collect_offloaded()
+            pending = send_analysis(runner, self.offloader)
+        except Exception as exc:
+            text = traceback.format_exc()
+            return Failed(one_line(exc), text,
+                          self._write_results_quietly(f"{one_line(exc)}\n{text}"))
+        runner.close()  # the analysis needs no device: free them now
+        assert self.offloader.address is not None
+        self.channel.send(AnalysisOffloaded(self.offloader.address))
+        try:
+            error, worker = take_analysis(runner, self._wait_listening(pending))
+        except Exception as exc:  # OffloadError: the cluster failed it
+            message = f"offloaded analyze failed: {exc}"
+            logging.getLogger("labpipe.worker").error("%s", message)
+            text = traceback.format_exc()
+            return Failed(message, text, self._write_results_quietly(f"{message}\n{text}"))
+        if error is not None:
+            message, text = error
+            return Failed(message, text, self._write_results_quietly(f"{message}\n{text}"))
+        return AnalysisDone(runner.write_results(), worker)
+
+    def _wait_listening(self, pending: Offloaded) -> Any:
+        """pending's result; meanwhile the master may end the run (``Terminate``:
+        exits at once, as in every other stage)."""
+        while True:
+            try:
+                return pending.result(timeout=0.1)
+            except TimeoutError:
+                pass
+            if self.channel.poll():
+                try:
+                    ignored = tag_of(self.channel.recv_command())  # Terminate: exits
+                except MalformedMessage as exc:
+                    ignored = str(exc)
+                logging.getLogger("labpipe.worker").warning(
+                    "during the offloaded analysis, ignored: %s", ignored)
 
     def _write_results_quietly(self, error: str) -> str | None:
         runner = self._runner()

@@ -31,6 +31,14 @@ a function returning ``{key: value}`` for it, called when the results file is wr
 ``plan_session(environment)`` gives the run's bluesky session, which ``run_plan`` asks
 for: the manager, not the language, imports ``labpipe.bluesky``.
 
+A value that is an ``Offloaded`` (``scheduler.offload``'s pending result) is kept as the
+dataset's value-to-be: nothing is sent until it is collected, which ``get``,
+``mutate``, ``append_to`` and ``get_metadata`` of that key do, and
+``collect_offloaded()`` does for all (the worker calls it when the analyze stage
+begins); the collected value is then set with the flags given, as by ``set``. A results
+file written before (a failed run) holds the value if it is there, else a line saying
+it was not collected.
+
 Mutation rules (ARTIQ's, kept for compatibility):
 
 - ``mutate(key, index, value)`` needs a dataset set in this run. ``index`` is an int (or
@@ -55,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy
 
 from labpipe.protocol.sync import PathMod
+from labpipe.worker.offload import Offloaded, OffloadError
 
 if TYPE_CHECKING:
     from labpipe.bluesky.session import PlanSession
@@ -103,6 +112,25 @@ def _as_index(index: Any) -> Any:
 
 
 @dataclass
+class _Pending:
+    """A dataset whose value is still on the Dask cluster, with the flags of its set."""
+    offloaded: Offloaded
+    metadata: dict
+    broadcast: bool
+    persist: bool
+    archive: bool
+
+    def value_now(self) -> Any:
+        """The value if it is there, else a line saying why not (for a results file)."""
+        if not self.offloaded.done():
+            return f"not collected: {self.offloaded.what} had not returned"
+        try:
+            return self.offloaded.result()
+        except Exception as exc:
+            return f"not collected: {exc}"
+
+
+@dataclass
 class _Own:
     """A dataset set in this run, with the flags of its last ``set``."""
     value: Any
@@ -118,6 +146,7 @@ class DatasetManager:
         self._send = send
         self._get_remote = get_remote
         self._own: dict[str, _Own] = {}
+        self._pending: dict[str, _Pending] = {}
         #: key -> value: datasets read from the master with archive=True.
         self.archive: dict[str, Any] = {}
         #: group name -> function giving {key: value}: extra groups of the results file.
@@ -126,8 +155,51 @@ class DatasetManager:
     @property
     def local(self) -> dict[str, tuple[Any, dict]]:
         """key -> (value, metadata): the datasets set in this run with archive on."""
-        return {key: (own.value, own.metadata) for key, own in self._own.items()
-                if own.archive}
+        local = {key: (own.value, own.metadata) for key, own in self._own.items()
+                 if own.archive}
+        local.update((key, (pending.value_now(), pending.metadata))
+                     for key, pending in self._pending.items() if pending.archive)
+        return local
+
+    def collect_offloaded(self) -> None:
+        """Wait for every dataset whose value is an offloaded result, and set it;
+        ``OffloadError`` naming the dataset when one failed (the others are kept)."""
+        first_error = None
+        for key in list(self._pending):
+            try:
+                self._collect(key)
+            except Exception as exc:
+                if first_error is None:
+                    first_error = exc
+        if first_error is not None:
+            raise first_error
+
+    def _collect(self, key: str) -> None:
+        pending = self._pending.pop(key)
+        try:
+            value = pending.offloaded.result()
+        except OffloadError as exc:
+            raise OffloadError(f"dataset {key!r}: {exc}") from exc
+        self.set(key, value, pending.metadata, pending.broadcast, pending.persist,
+                 pending.archive)
+
+    def export_state(self, keys: list[str] | None = None
+                     ) -> dict[str, tuple[Any, dict, bool, bool]]:
+        """key -> (value, metadata, broadcast, archive) of the datasets set in this
+        run (those of keys only, when given): what an offloaded analysis starts from."""
+        return {key: (own.value, own.metadata, own.broadcast, own.archive)
+                for key, own in self._own.items() if keys is None or key in keys}
+
+    def adopt_state(self, state: dict[str, tuple[Any, dict, bool, bool]]) -> None:
+        """Take datasets as ``export_state`` gave them (from an offloaded analysis),
+        sending nothing: the mods that analysis made are ``replay``-ed."""
+        for key, (value, metadata, broadcast, archive) in state.items():
+            self._own[key] = _Own(value, metadata, broadcast, archive)
+
+    def replay(self, mods: list[PathMod]) -> None:
+        """Send mods an offloaded analysis made, in order."""
+        for mod in mods:
+            self._send(mod)
 
     def set(self, key: str, value: Any, metadata: dict | None = None, broadcast: bool = False,
             persist: bool = False, archive: bool = True) -> None:
@@ -144,12 +216,20 @@ class DatasetManager:
             raise TypeError(f"dataset {key!r}: metadata must be a dict, "
                             f"not {type(metadata).__name__}")
         broadcast = bool(broadcast or persist)
+        if isinstance(value, Offloaded):
+            self._own.pop(key, None)
+            self._pending[key] = _Pending(value, metadata, broadcast, bool(persist),
+                                          bool(archive))
+            return
+        self._pending.pop(key, None)
         self._own[key] = _Own(value, metadata, broadcast, bool(archive))
         if broadcast:
             self._send({"action": "setitem", "path": [], "key": key,
                         "value": (bool(persist), snapshot(value), snapshot(metadata))})
 
     def _mutation_target(self, key: str) -> _Own:
+        if key in self._pending:
+            self._collect(key)
         try:
             return self._own[key]
         except KeyError:
@@ -195,6 +275,8 @@ class DatasetManager:
         With archive, a value read from the master is recorded for the results file's
         ``archive/`` group (a value set by this run is already in ``datasets/``).
         """
+        if key in self._pending:
+            self._collect(key)
         own = self._own.get(key)
         if own is not None:
             return own.value
@@ -208,6 +290,8 @@ class DatasetManager:
 
     def get_metadata(self, key: str) -> dict:
         """The dataset's metadata: this run's own if it set it, else the master's."""
+        if key in self._pending:
+            self._collect(key)
         own = self._own.get(key)
         if own is not None:
             return own.metadata

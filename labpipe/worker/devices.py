@@ -135,6 +135,11 @@ class DeviceManager:
         self._creating: list[str] = []
         self._streams: dict[str, Any] = {}  # stream devices: their windows' files
 
+    def handed_out(self) -> dict[str, Any]:
+        """key -> device of every device the run was given so far, the virtual ones
+        (``scheduler``, ``ccb``) included."""
+        return {**self.virtual_devices, **self._active}
+
     def _resolve(self, key: str) -> tuple[str, Any]:
         return follow_aliases(lambda k: self.ddb.get(k, resolve_alias=False), key)
 

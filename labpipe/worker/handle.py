@@ -192,12 +192,31 @@ class Worker:
         return cast(messages.Completed | messages.Paused | messages.Terminated,
                     await self._do(messages.Resume(terminate), None, "run", _RUN_OUTCOMES))
 
-    async def analyze(self, timeout: float | None = None) -> str | None:
+    async def analyze(self, timeout: float | None = None
+                      ) -> str | None | messages.AnalysisOffloaded:
         """Analyze, then write the results file (as ARTIQ's analyze stage does, in one
-        round trip); returns its path."""
+        round trip); returns its path. An ``@offload_analyze`` experiment's answer is
+        ``AnalysisOffloaded`` instead, at once: then ``analysis_done()`` awaits the end."""
         outcome = await self._do(messages.Analyze(), timeout, "analyze",
-                                 (messages.Completed, messages.Terminated))
+                                 (messages.Completed, messages.Terminated,
+                                  messages.AnalysisOffloaded))
+        if isinstance(outcome, messages.AnalysisOffloaded):
+            return outcome
         return cast(messages.Completed | messages.Terminated, outcome).results
+
+    async def analysis_done(self) -> messages.AnalysisDone:
+        """The end of an analysis offloaded to the Dask cluster (after ``analyze()``
+        returned ``AnalysisOffloaded``): ``WorkerFailed`` when it failed there."""
+        if self._stage != _OFFLOADED_STAGE or self._outcome is None:
+            raise RuntimeError(f"RID {self.rid}: no analysis is offloaded")
+        outcome = await asyncio.shield(self._outcome)
+        if isinstance(outcome, messages.Failed):
+            raise WorkerFailed(f"RID {self.rid}: {outcome.message}", outcome.traceback,
+                               outcome.results)
+        if not isinstance(outcome, messages.AnalysisDone):
+            raise WorkerError(f"RID {self.rid}: the worker ended the offloaded analysis "
+                              f"with {messages.tag_of(outcome)!r}")
+        return outcome
 
     async def validate(self, *, expid: dict[str, Any], workdir: str | None,
                        lab_dir: str | None, timeout: float | None = None) -> list[str]:
@@ -288,6 +307,11 @@ class Worker:
         if isinstance(msg, Outcome):
             if self._outcome is not None and not self._outcome.done():
                 self._outcome.set_result(msg)
+            if isinstance(msg, messages.AnalysisOffloaded):
+                # the command's second outcome follows: it must find its future,
+                # however soon it comes
+                self._outcome = asyncio.get_running_loop().create_future()
+                self._stage = _OFFLOADED_STAGE
             return
         if isinstance(msg, MalformedMessage):
             logger.error("RID %d: %s", self.rid, msg)
@@ -426,6 +450,9 @@ class Worker:
         except TimeoutError:
             return False
 
+
+#: The stage of a worker whose analysis runs on the Dask cluster.
+_OFFLOADED_STAGE = "analyze (offloaded to the Dask cluster)"
 
 #: What a run (or resume) may end with, besides ``Failed``.
 _RUN_OUTCOMES = (messages.Completed, messages.Paused, messages.Terminated)

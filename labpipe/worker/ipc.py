@@ -80,6 +80,13 @@ class ChildChannel:
         raise RequestFailed(f"the master answered {tag_of(request)!r} with "
                             f"{tag_of(answer)!r}")
 
+    def poll(self, timeout: float = 0.0) -> bool:
+        """Whether a message from the master is there to receive (within timeout s)."""
+        try:
+            return self._conn.poll(timeout)
+        except (EOFError, OSError):
+            return True  # recv_command then exits: the master is gone
+
     def recv_command(self) -> Message:
         """Receive the next message from the master (a command or an answer); a
         ``Terminate`` exits at once. Raises MalformedMessage for anything else."""

@@ -12,7 +12,7 @@ Directions (a ``Catalogue`` each; a receiver decodes only its own):
   and the ``Answer`` to a request (``Reply`` with the data, or ``Refused`` with one
   line saying why).
 - ``FROM_WORKER``: ``OneWay`` messages (``Log``, ``UpdateDataset``, ``CCBIssue``,
-  ``SetProgress``: no answer), a ``Request`` (answered by ``Reply`` or ``Refused``;
+  ``SetProgress``, ``FunctionOutcome``: no answer), a ``Request`` (answered by ``Reply`` or ``Refused``;
   ``Request[R]`` replies with an ``R``), and the ``Outcome`` that ends a command
   (``Built``, ``Completed``, ``Paused``, ``Terminated``, ``Validated``, ``Failed``).
 - ``TO_EXAMINER``: ``Examine``, ``CompileContent`` or ``ExamineContent``;
@@ -49,10 +49,11 @@ __all__ = [
     "ExaminerMessage",
     "Build", "Prepare", "Run", "Resume", "Analyze", "Validate", "Terminate",
     "Reply", "Refused",
-    "Log", "UpdateDataset", "CCBIssue", "SetProgress",
+    "Log", "UpdateDataset", "CCBIssue", "SetProgress", "FunctionOutcome",
     "GetDeviceDB", "GetDataset", "CheckPause", "CheckTermination", "Submit", "Delete",
-    "RequestTermination", "GetStatus", "Interactive",
+    "RequestTermination", "GetStatus", "Interactive", "GetDaskScheduler",
     "Built", "Completed", "Paused", "Terminated", "Validated", "Failed",
+    "AnalysisOffloaded", "AnalysisDone",
     "Examine", "CompileContent", "ExamineContent", "ExaminerReady", "Examined",
     "Catalogue", "TO_WORKER", "FROM_WORKER", "TO_EXAMINER", "FROM_EXAMINER",
     "MalformedMessage", "encode", "decode", "tag_of", "registered",
@@ -302,6 +303,19 @@ class SetProgress(OneWay):
     time: float
 
 
+@_wire("function_outcome")
+@dataclass(frozen=True, slots=True)
+class FunctionOutcome(OneWay):
+    """How a function call (``labpipe.worker.functions``) of task ``task`` ended:
+    ``ok`` with ``value`` (the return value as PYON text), or not, with ``message``
+    (one line naming the function and the exception) and the ``traceback``."""
+    task: str
+    ok: bool
+    value: str
+    message: str
+    traceback: str
+
+
 # --- worker -> master: requests ------------------------------------------------------
 
 @_wire("get_device_db")
@@ -371,6 +385,13 @@ class Interactive(Request[dict[str, Any] | None]):
     title: str
 
 
+@_wire("get_dask_scheduler")
+@dataclass(frozen=True, slots=True)
+class GetDaskScheduler(Request[str]):
+    """The address of the lab's Dask scheduler (``docs/dask.md``); refused when the
+    master has none."""
+
+
 # --- worker -> master: outcomes ------------------------------------------------------
 
 @_wire("built")
@@ -390,6 +411,24 @@ class Completed(Outcome):
     """``Prepare``, ``Run`` or ``Analyze`` completed (``results``: the results file
     ``Analyze`` wrote)."""
     results: str | None = None
+
+
+@_wire("analysis_offloaded")
+@dataclass(frozen=True, slots=True)
+class AnalysisOffloaded(Outcome):
+    """``Analyze`` of an ``@offload_analyze`` experiment: the analysis was sent to the
+    Dask cluster at ``scheduler``, and the pipeline's analyze stage is free. A second
+    outcome follows, without a command: ``AnalysisDone`` or ``Failed``."""
+    scheduler: str
+
+
+@_wire("analysis_done")
+@dataclass(frozen=True, slots=True)
+class AnalysisDone(Outcome):
+    """The offloaded analysis returned and ``results`` was written; ``worker``: the
+    Dask worker that ran it."""
+    results: str | None
+    worker: str
 
 
 @_wire("paused")

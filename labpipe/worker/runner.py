@@ -52,8 +52,12 @@ class ExperimentRunner:
                  managers: tuple[DeviceManager, DatasetManager, ProcessArgumentManager],
                  workdir: str | None = None, results_dir: str = "results",
                  repo_rev: str | None = None, log_lines: list[str] | None = None,
-                 console: list[tuple[float, str]] | None = None):
+                 console: list[tuple[float, str]] | None = None,
+                 experiment_class: type[Any] | None = None):
         self.rid = rid
+        #: the class to build instead of one imported from the expid's file (a
+        #: function call: ``functions.py``)
+        self.experiment_class = experiment_class
         self.expid = expid
         self.device_mgr, self.dataset_mgr, self.argument_mgr = managers
         self.workdir = workdir
@@ -69,7 +73,10 @@ class ExperimentRunner:
 
     def build(self) -> None:
         """Import the experiment and build it with its arguments (a black-box script
-        is compiled instead: see ``script.py``)."""
+        is compiled instead: see ``script.py``; ``experiment_class`` is built as it is)."""
+        if self.experiment_class is not None:
+            self._build_class(self.experiment_class)
+            return
         path, temporary = source_file(self.expid, self.workdir)
         try:
             script_cls = black_box_class(path, self.expid)
@@ -83,6 +90,9 @@ class ExperimentRunner:
             sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
         cls = (found if isinstance(found, type)
                else get_experiment(found, self.expid.get("class_name")))
+        self._build_class(cls)
+
+    def _build_class(self, cls: type[Any]) -> None:
         self.class_name = cls.__name__
         self.start_time = time.time()
         self.experiment = cls((self.device_mgr, self.dataset_mgr, self.argument_mgr, {}))
@@ -101,6 +111,8 @@ class ExperimentRunner:
         self._built().run()
 
     def analyze(self) -> None:
+        """Collect the datasets set to offloaded results, then ``analyze()``."""
+        self.dataset_mgr.collect_offloaded()
         self._built().analyze()
 
     def write_results(self, error: str | None = None, path: str | None = None) -> str:

@@ -2,19 +2,22 @@
 
 ``Scheduler`` forwards to the master's scheduler over the worker pipe; ``LocalScheduler``
 is the stand-in used by ``labpipe-run`` (no master: it never pauses, submissions are
-printed). ``CCB`` issues client control broadcasts (``ccb`` channel).
+printed, an offloaded function runs at once in the process). ``offload`` sends a
+function to the lab's Dask cluster (``offload.py``). ``CCB`` issues client control broadcasts (``ccb`` channel).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from labpipe.language.exceptions import TerminationRequested
 from labpipe.worker.messages import (CCBIssue, CheckPause, CheckTermination, Delete,
                                      GetStatus, Paused, RequestTermination, Resume,
                                      SetProgress, Submit, tag_of)
+from labpipe.worker.offload import LocalOffloader, Offloaded, Offloader
 
 if TYPE_CHECKING:
     from labpipe.worker.ipc import ChildChannel
@@ -32,8 +35,9 @@ class Scheduler:
     """
 
     def __init__(self, channel: ChildChannel, rid: int, pipeline_name: str, priority: int,
-                 expid: dict[str, Any]) -> None:
+                 expid: dict[str, Any], offloader: Offloader | None = None) -> None:
         self._channel = channel
+        self._offloader = offloader
         self.rid = rid
         self.pipeline_name = pipeline_name
         self.priority = priority
@@ -85,6 +89,14 @@ class Scheduler:
         """Report this run's progress: ``done`` out of ``total`` steps, and a message."""
         self._channel.send(SetProgress(done, total, str(message), time.time()))
 
+    def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Offloaded:
+        """Run ``fn(*args, **kwargs)`` on the lab's Dask cluster; returns its pending
+        result (``.result()``, or give it to ``set_dataset``). ``OffloadError`` when
+        the lab has no cluster or it cannot be reached."""
+        if self._offloader is None:
+            raise RuntimeError("offload() is not available in this process")
+        return self._offloader.submit(fn, *args, **kwargs)
+
 
 class LocalScheduler:
     """The ``scheduler`` device when there is no master (``labpipe-run``)."""
@@ -123,6 +135,10 @@ class LocalScheduler:
     def set_progress(self, done: float, total: float | None = None,
                      message: object = "") -> None:
         logger.info("progress: %s/%s %s", done, total, message)
+
+    def offload(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Offloaded:
+        """No master, no cluster: ``fn`` runs here and now; its result, as offload's."""
+        return LocalOffloader().submit(fn, *args, **kwargs)
 
 
 class CCB:

@@ -18,6 +18,7 @@ caller's group has not the right to.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,13 @@ from labpipe.master.access.permissions import Permissions
 from labpipe.master.params import Str
 from labpipe.protocol.rpc import current_peer_certificate
 
-__all__ = ["Action", "ACTIONS", "READS", "Gate", "Access", "ACCESS_KEYWORDS"]
+__all__ = ["Action", "ACTIONS", "READS", "Gate", "Access", "ACCESS_KEYWORDS",
+           "current_lock_key"]
+
+#: The lock key the call being served gave (``Gate.admit`` sets it), for a method whose
+#: lock scope depends on its arguments: a foreground ``call_function`` also changes the
+#: queue (``functions.py``).
+current_lock_key: ContextVar[str | None] = ContextVar("labpipe_lock_key", default=None)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class Gate:
         caller = self.permissions.identify(access.user, access.group,
                                            current_peer_certificate.get())
         current_caller.set(caller)
+        current_lock_key.set(access.lock_key)
         action = ACTIONS.get(label)
         if action is None:
             return caller
