@@ -1,13 +1,18 @@
 """labpipe-web's own JSON/WebSocket API, against a real master: the notifier copies
-it sends, RPC through it, bad input from the browser side, and reconnection."""
+it sends, RPC through it, bad input from the browser side, the lock's refusal passed
+on, reconnection, --ssl (TLS to the master, HTTPS), and a browser that never reads
+dropped at the backlog's bound."""
 
 import asyncio
 import json
+import socket
+import ssl
 
 import aiohttp
 import pytest
 
-from conftest import MasterProcess, descendants, free_ports, process_alive, wait_for
+from conftest import (MasterProcess, descendants, expid, free_ports, process_alive,
+                      wait_for, wait_until)
 from web_fixtures import WebProcess, master, web, web_lab  # noqa: F401  (fixtures)
 
 pytest.importorskip("aiohttp")
@@ -154,3 +159,118 @@ def _cmdline(pid: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+async def test_ssl_is_tls_to_the_master_and_https_to_the_browser(web_lab, tmp_path):  # noqa: F811
+    """--ssl CERT KEY PEER: mutual TLS to a TLS master (docs/tls.md) and HTTPS with the
+    same certificate; a web server whose certificate the master does not trust gets
+    nothing from it and says it is not connected."""
+    from tls_certs import make_certs
+    certs = make_certs(str(tmp_path / "certs"))
+    m = MasterProcess(web_lab.root, "--ssl", certs.server.cert, certs.server.key,
+                      certs.trusted_clients, "--name", "tls lab")
+    trusted, untrusted = certs.client_files(), certs.client_files("untrusted")
+    w = WebProcess(m, "--ssl", trusted.cert, trusted.key, trusted.peer)
+    refused = WebProcess(m, "--ssl", untrusted.cert, untrusted.key, untrusted.peer)
+    try:
+        assert w.url.startswith("https://")
+        https = ssl.create_default_context(cafile=trusted.cert)
+        https.check_hostname = False  # the test certificate names no host
+        async with aiohttp.ClientSession() as s:
+            async with s.get(w.url, ssl=https) as r:
+                assert r.status == 200 and "app.js" in await r.text()
+            with pytest.raises(aiohttp.ClientError):
+                async with s.get(w.url.replace("https://", "http://", 1)) as r:
+                    await r.text()
+            page = Page(await s.ws_connect(w.url + "ws", ssl=https))
+            up = await page.until(lambda m: m.get("type") == "connection" and m["connected"])
+            assert up["name"] == "tls lab"
+            assert "scanner.py" in json.dumps(page.inits["explist"])
+            reply = await page.rpc("schedule", "submit", "main", expid("repository/scanner.py"),
+                                   0, None, False)
+            assert reply["ok"], reply
+            ended = await page.until(lambda m: m.get("notifier") == "history"
+                                     and m["type"] == "mod"
+                                     and m["mod"].get("key") == reply["result"])
+            assert ended["mod"]["value"]["status"] == "completed"
+            other = Page(await s.ws_connect(refused.url + "ws", ssl=_trusting(untrusted.cert)))
+            first = await other.until(lambda m: m.get("type") == "connection")
+            assert not first["connected"]
+            # a few of its reconnection attempts: never connected, no copy of anything
+            with pytest.raises(asyncio.TimeoutError):
+                await other.until(lambda m: m.get("type") != "connection"
+                                  or m["connected"], timeout=2)
+            assert not other.inits
+            r = await other.rpc("schedule", "get_status")
+            assert not r["ok"] and r["error"]
+    finally:
+        refused.stop()
+        w.stop()
+        m.stop()
+
+
+def _trusting(cert: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    return context
+
+
+async def test_the_locks_refusal_is_the_masters_one_line_not_unreachable(web):
+    """A PermissionError of the lock is an OSError too: it is passed on as the master's
+    refusal, and the connection to the master is kept."""
+    async with aiohttp.ClientSession() as s:
+        page = await open_page(s, web)
+        assert (await page.rpc("lock", "lock", "k3y", note="tests"))["ok"]
+        await page.until(lambda m: m.get("notifier") == "lock" and m["type"] == "mod")
+        refused = await page.rpc("schedule", "hold", "main")
+        assert not refused["ok"]
+        assert "locked" in refused["error"] and "tests" in refused["error"], refused
+        assert "not reachable" not in refused["error"] and "\n" not in refused["error"]
+        assert (await page.rpc("schedule", "hold", "main", lock_key="k3y"))["ok"]
+        assert (await page.rpc("schedule", "release", "main", lock_key="k3y"))["ok"]
+        assert (await page.rpc("lock", "unlock", "k3y"))["ok"]
+
+
+async def test_a_browser_that_does_not_read_is_dropped_at_the_bound(master):  # noqa: F811
+    """A WebSocket whose reader never reads, while a run-sized array is set again and
+    again: the web server drops it once its outbox passes the bound (memory bounded),
+    and the other browser and the server go on."""
+    from labpipe.web.bridge import MasterAddress
+    from labpipe.web.server import WebServer
+    server = WebServer(MasterAddress("127.0.0.1", master.ports["control"],
+                                     master.ports["notify"], master.ports["broadcast"]),
+                       max_backlog=200_000)
+    await server.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    writer = None
+    try:
+        await asyncio.get_running_loop().sock_connect(slow, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=slow, limit=4096)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        assert b"101" in await reader.readuntil(b"\r\n")
+        async with aiohttp.ClientSession() as s:
+            page = await open_page(s, type("W", (), {"url": url}))
+            big = [float(i) for i in range(20_000)]  # about 150 kB of JSON
+            for i in range(40):
+                big[0] = float(i)
+                assert (await page.rpc("dataset_db", "set", "big", big))["ok"]
+                seen = await page.until(lambda m: m.get("type") == "mod"
+                                        and m["mod"].get("key") == "big")
+                assert seen["mod"]["value"][1][0] == i
+                if server.dropped:
+                    break
+            await wait_until(lambda: server.dropped == 1, timeout=10)
+            await wait_until(lambda: len(server._sockets) == 1, timeout=10)
+            assert (await page.rpc("schedule", "get_status"))["ok"]
+    finally:
+        if writer is not None:
+            writer.close()
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+        else:
+            slow.close()
+        await server.stop()

@@ -16,12 +16,14 @@ logger = logging.getLogger(__name__)
 
 #: The notifiers the page shows.
 NOTIFIERS = ("schedule", "explist", "explist_status", "datasets", "interactive_args",
-             "pipelines", "history", "devices")
+             "pipelines", "history", "devices", "lock")
 #: The RPC targets the page may call.
 TARGETS = ("schedule", "experiment_db", "dataset_db", "interactive_arg_db",
-           "master_management", "history", "device_db")
+           "master_management", "history", "device_db", "lock")
 #: Seconds between attempts to reach a master that went away.
 RETRY_SECONDS = 0.5
+#: Seconds a new connection may take to bring every notifier's copy.
+INIT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -38,9 +40,10 @@ Event = dict[str, Any]
 
 
 class Bridge:
-    """Keeps a copy of every notifier of ``NOTIFIERS`` and follows the ``log``
-    broadcast; ``on_event(event)`` is called with each change:
+    """Keeps a copy of every notifier of ``NOTIFIERS`` and follows the ``log`` and
+    ``console`` broadcasts; ``on_event(event)`` is called with each change:
     ``{"type": "init"|"mod", "notifier", ...}``, ``{"type": "log", "record"}``,
+    ``{"type": "console", "message"}`` (a run's console lines),
     ``{"type": "connection", "connected"}``."""
 
     def __init__(self, address: MasterAddress, on_event: Callable[[Event], None]):
@@ -50,6 +53,8 @@ class Bridge:
         self.connected = False
         self.name: str | None = None
         self._lost = asyncio.Event()
+        self._inits: set[str] = set()
+        self._all_inits = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._streams: list[Subscriber | Receiver] = []
         self._rpc: dict[str, AsyncClient] = {}
@@ -84,11 +89,20 @@ class Bridge:
         self._lost.set()
 
     async def _connect_once(self) -> None:
+        """Connect every stream; return once every notifier has sent its copy and the
+        master has answered an RPC call (ConnectionError if the master goes away first:
+        a TLS master that refuses this client's certificate closes the connection only
+        after the handshake, so a connect alone proves nothing)."""
         a = self.address
+        self._inits.clear()
+        self._all_inits.clear()
         for name in NOTIFIERS:
             def on_mod(mod: Any, name: str = name) -> None:
                 if mod.get("action") == "init":
                     self.models[name] = mod["struct"]
+                    self._inits.add(name)
+                    if len(self._inits) == len(NOTIFIERS):
+                        self._all_inits.set()
                     self.on_event({"type": "init", "notifier": name,
                                    "struct": mod["struct"]})
                 else:
@@ -100,9 +114,28 @@ class Bridge:
                        self._disconnected)
         await log.connect(a.host, a.port_broadcast, ssl=a.ssl)
         self._streams.append(log)
+        # runs' console lines (docs/console.md): {"rid", "first", "lines": [[time, text]]}
+        console = Receiver("console",
+                           lambda m: self.on_event({"type": "console", "message": m}),
+                           self._disconnected)
+        await console.connect(a.host, a.port_broadcast, ssl=a.ssl)
+        self._streams.append(console)
+        lost = asyncio.create_task(self._lost.wait())
+        inits = asyncio.create_task(self._all_inits.wait())
+        done, _ = await asyncio.wait((lost, inits), timeout=INIT_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        lost.cancel()
+        inits.cancel()
+        if inits not in done:
+            raise ConnectionError("the master closed the connection before sending "
+                                  "its notifiers' copies" if lost in done else
+                                  f"no copy of every notifier within {INIT_TIMEOUT} s")
         try:
             self.name = await self.call("master_management", "get_name", [], {})
-        except Exception:
+        except (OSError, EOFError):
+            raise
+        except Exception as exc:  # the master's refusal: it is there all the same
+            logger.debug("master_management.get_name: %s", exc)
             self.name = None
 
     async def _keep_connected(self) -> None:
@@ -138,7 +171,14 @@ class Bridge:
                 self._rpc[target] = client
             try:
                 return await getattr(client, method)(*args, **kwargs)
-            except (OSError, EOFError):
-                client.close_rpc()
-                del self._rpc[target]
+            except (OSError, EOFError) as exc:
+                if not is_remote(exc):  # the connection failed, not the call
+                    client.close_rpc()
+                    del self._rpc[target]
                 raise
+
+
+def is_remote(exc: BaseException) -> bool:
+    """Whether exc is the master's refusal (re-raised as its type: a PermissionError of
+    the lock is an OSError too) rather than a failure to reach the master."""
+    return hasattr(exc, "remote_traceback")

@@ -6,7 +6,8 @@ From the browser: ``{"type": "rpc", "id": N, "target": T, "method": M, "args": [
 ``{"type": "reply", "id": N, "ok": false, "error": "one line"}``; anything else is
 answered ``{"type": "error", "error": "one line"}`` and the connection stays open.
 To the browser: on connecting an ``init`` per notifier and ``connection``, then every
-``mod``, ``log`` record and ``connection`` change (see ``bridge.Bridge``)."""
+``mod``, ``log`` record, ``console`` message and ``connection`` change (see
+``bridge.Bridge``)."""
 
 import asyncio
 import json
@@ -17,23 +18,28 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from labpipe.web.bridge import Bridge, Event, MasterAddress
+from labpipe.web.bridge import Bridge, Event, MasterAddress, is_remote
 from labpipe.web.jsonable import jsonable
+from labpipe.web.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
 #: A browser message larger than this is refused.
 MAX_MESSAGE = 1 << 20
-#: Messages queued for a slow browser before it is disconnected.
-MAX_BACKLOG = 10000
+#: Bytes of messages queued for a slow browser before it is disconnected (outbox.py),
+#: besides the copies it is sent on connecting.
+MAX_BACKLOG = 64 << 20
 
 
 class WebServer:
     """The dashboard of one master."""
 
-    def __init__(self, address: MasterAddress):
+    def __init__(self, address: MasterAddress, max_backlog: int = MAX_BACKLOG):
         self.bridge = Bridge(address, self._broadcast)
-        self._sockets: dict[web.WebSocketResponse, asyncio.Queue[str | None]] = {}
+        self.max_backlog = max_backlog
+        #: browsers disconnected for falling more than ``max_backlog`` bytes behind
+        self.dropped = 0
+        self._sockets: dict[web.WebSocketResponse, tuple[Outbox, web.Request]] = {}
         self.app = web.Application()
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/ws", self._websocket)
@@ -55,8 +61,8 @@ class WebServer:
 
     async def stop(self) -> None:
         """Close every browser connection and the master's."""
-        for queue in self._sockets.values():
-            queue.put_nowait(None)
+        for outbox, _ in self._sockets.values():
+            outbox.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.bridge.stop()
@@ -66,52 +72,62 @@ class WebServer:
 
     def _broadcast(self, event: Event) -> None:
         text = json.dumps(jsonable(event))
-        for ws, queue in list(self._sockets.items()):
-            if queue.qsize() > MAX_BACKLOG:
-                logger.warning("a browser is too slow; disconnecting it")
-                queue.put_nowait(None)
-            else:
-                queue.put_nowait(text)
+        for outbox, request in list(self._sockets.values()):
+            self._put(outbox, request, text)
 
-    async def _writer(self, ws: web.WebSocketResponse, queue: "asyncio.Queue[str | None]") -> None:
-        while (text := await queue.get()) is not None:
+    def _put(self, outbox: Outbox, request: web.Request, text: str) -> None:
+        if outbox.overflowed:
+            return
+        outbox.put(text)
+        if outbox.overflowed:
+            self.dropped += 1
+            logger.warning("a browser fell more than %d bytes behind; disconnecting it "
+                           "(it reconnects with fresh copies)", self.max_backlog)
+            # its writer may be stuck sending to it: the connection goes at once
+            if request.transport is not None:
+                request.transport.abort()
+
+    async def _writer(self, ws: web.WebSocketResponse, outbox: Outbox) -> None:
+        while (text := await outbox.get()) is not None:
             await ws.send_str(text)
         await ws.close()
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=20)
         await ws.prepare(request)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        outbox = Outbox(self.max_backlog)
         b = self.bridge
-        # the copies first, then the state: "connected" comes after every init
+        # the copies first, then the state: "connected" comes after every init; the
+        # copies, however large, are not held against the bound
         for name, struct in b.models.items():
-            queue.put_nowait(json.dumps(jsonable({"type": "init", "notifier": name,
-                                                  "struct": struct})))
-        queue.put_nowait(json.dumps({"type": "connection", "connected": b.connected,
-                                     "name": b.name}))
-        self._sockets[ws] = queue
-        writer = asyncio.create_task(self._writer(ws, queue))
+            outbox.put(json.dumps(jsonable({"type": "init", "notifier": name,
+                                            "struct": struct})), bounded=False)
+        outbox.put(json.dumps({"type": "connection", "connected": b.connected,
+                               "name": b.name}), bounded=False)
+        outbox.limit += outbox.bytes
+        self._sockets[ws] = (outbox, request)
+        writer = asyncio.create_task(self._writer(ws, outbox))
         tasks: set[asyncio.Task[None]] = set()
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
-                    queue.put_nowait(json.dumps({"type": "error",
-                                                 "error": "expected a text message"}))
+                    self._put(outbox, request, json.dumps(
+                        {"type": "error", "error": "expected a text message"}))
                     continue
-                task = asyncio.create_task(self._handle(msg.data, queue))
+                task = asyncio.create_task(self._handle(msg.data, outbox, request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         finally:
             del self._sockets[ws]
             for task in list(tasks):
                 task.cancel()
-            queue.put_nowait(None)
+            outbox.close()
             await asyncio.gather(writer, *tasks, return_exceptions=True)
         return ws
 
-    async def _handle(self, text: str, queue: "asyncio.Queue[str | None]") -> None:
+    async def _handle(self, text: str, outbox: Outbox, request: web.Request) -> None:
         reply = await self.answer(text)
-        queue.put_nowait(json.dumps(jsonable(reply)))
+        self._put(outbox, request, json.dumps(jsonable(reply)))
 
     async def answer(self, text: str) -> dict[str, Any]:
         """The answer to one message from a browser."""
@@ -133,8 +149,9 @@ class WebServer:
         try:
             result = await self.bridge.call(target, method, args, kwargs)
         except (OSError, EOFError) as exc:
-            return {"type": "reply", "id": rid, "ok": False,
-                    "error": f"the master is not reachable: {exc}"}
+            text = (_one_line(exc) if is_remote(exc)
+                    else f"the master is not reachable: {exc}")
+            return {"type": "reply", "id": rid, "ok": False, "error": text}
         except Exception as exc:
             # the master's refusal (re-raised as its type: TypeError, KeyError,
             # RemoteError...) or the bridge's own: one line for the page

@@ -1,7 +1,7 @@
 // labpipe-web: the page. One WebSocket to the web server; each notifier kept as a
 // local copy (the master's mods applied as they come) and each page re-drawn from it.
 "use strict";
-const state = {models: {}, ws: null, nextId: 1, pending: {}, selected: null, plotKey: null, log: []};
+const state = {models: {}, ws: null, nextId: 1, pending: {}, selected: null, plotKey: null, log: [], console: []};
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
   const e = document.createElement(tag);
@@ -18,10 +18,19 @@ function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
   state.ws = ws;
   ws.onmessage = (e) => handle(JSON.parse(e.data));
-  ws.onclose = () => { showConnection(false, "web server lost; reconnecting…"); setTimeout(connect, 500); };
+  ws.onclose = () => {
+    // calls in flight get no answer now
+    for (const p of Object.values(state.pending)) p.reject(new Error("the connection to the web server was lost"));
+    state.pending = {};
+    showConnection(false, "web server lost; reconnecting…"); setTimeout(connect, 500);
+  };
 }
 function rpc(target, method, args = [], kwargs = {}) {
   const id = state.nextId++;
+  // the lock's key, when one is typed, goes with every call (the master's gate takes it)
+  const key = $("lock-key").value;
+  if (key && !("lock_key" in kwargs)) kwargs = {...kwargs, lock_key: key};
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return Promise.reject(new Error("not connected to the web server"));
   state.ws.send(JSON.stringify({type: "rpc", id, target, method, args, kwargs}));
   return new Promise((resolve, reject) => { state.pending[id] = {resolve, reject}; });
 }
@@ -46,13 +55,14 @@ function handle(msg) {
     if (p) { if (msg.ok) p.resolve(msg.result); else p.reject(new Error(msg.error)); }
   } else if (msg.type === "error") say(msg.error);
   else if (msg.type === "connection") {
-    if (msg.name) $("master-name").textContent = msg.name;
+    if (msg.name) { $("master-name").textContent = msg.name; document.title = msg.name + " · labpipe"; }
     showConnection(msg.connected, msg.connected ? "connected" : "master lost; reconnecting…");
   } else if (msg.type === "init") { state.models[msg.notifier] = msg.struct; redraw(msg.notifier, null); }
   else if (msg.type === "mod") {
     const m = state.models[msg.notifier];
     if (m !== undefined) { applyMod(m, msg.mod); redraw(msg.notifier, msg.mod); }
   } else if (msg.type === "log") addLog(msg.record);
+  else if (msg.type === "console") addConsole(msg.message);
 }
 const redrawers = {};
 function redraw(name, mod) { const f = redrawers[name]; if (f) f(mod); }
@@ -82,69 +92,12 @@ redrawers.explist = () => {
   }
 };
 redrawers.explist_status = () => {};
-function argEditor(name, desc) {
-  const d = desc[0] || desc; const ty = d.ty;
-  const attrs = {"data-arg": name, "data-ty": ty};
-  if (ty === "BooleanValue") { const i = el("input", {...attrs, type: "checkbox"}); i.checked = !!d.default; return i; }
-  if (ty === "EnumerationValue") { const s = el("select", attrs); for (const c of d.choices) s.append(el("option", {value: c}, c)); if (d.default !== undefined) s.value = d.default; return s; }
-  if (ty === "NumberValue") {
-    const i = el("input", {...attrs, type: "number", step: String((d.step || 1) / (d.scale || 1))});
-    if (d.min !== null && d.min !== undefined) i.min = d.min / (d.scale || 1);
-    if (d.max !== null && d.max !== undefined) i.max = d.max / (d.scale || 1);
-    if (d.default !== undefined && d.default !== null) i.value = d.default / (d.scale || 1);
-    i.dataset.scale = d.scale || 1;
-    return el("span", {}, i, " " + (d.unit || ""));
-  }
-  if (ty === "Scannable") return scanEditor(name, d);
-  const i = el("input", {...attrs, type: "text"});
-  if (d.default !== undefined) i.value = ty === "StringValue" ? d.default : JSON.stringify(d.default);
-  return i;
-}
-function scanEditor(name, d) {
-  const def = Array.isArray(d.default) ? d.default[0] : d.default || {ty: "NoScan", value: 0};
-  const box = el("span", {"data-arg": name, "data-ty": "Scannable", "data-scale": d.scale || 1});
-  const kind = el("select", {"data-part": "ty"});
-  for (const t of ["NoScan", "RangeScan", "CenterScan", "ExplicitScan"]) kind.append(el("option", {value: t}, t));
-  const fields = el("span");
-  const draw = () => {
-    const f = {NoScan: ["value", "repetitions"], RangeScan: ["start", "stop", "npoints", "randomize"],
-               CenterScan: ["center", "span", "step", "randomize"], ExplicitScan: ["sequence"]}[kind.value];
-    fields.replaceChildren();
-    for (const k of f) {
-      const v = def.ty === kind.value ? def[k] : undefined;
-      const i = el("input", {"data-part": k, size: k === "sequence" ? 20 : 6, type: k === "randomize" ? "checkbox" : "text"});
-      if (k === "randomize") i.checked = !!v; else if (v !== undefined) i.value = Array.isArray(v) ? v.join(",") : v;
-      fields.append(" " + k + " ", i);
-    }
-  };
-  kind.value = def.ty || "NoScan"; kind.onchange = draw; draw();
-  box.append(kind, fields, " " + (d.unit || ""));
-  return box;
-}
-function readArg(e) {
-  const ty = e.dataset.ty;
-  if (ty === "BooleanValue") return e.checked;
-  if (ty === "NumberValue") return Number(e.value) * Number(e.dataset.scale);
-  if (ty === "Scannable") {
-    const scale = Number(e.dataset.scale); const scan = {ty: e.querySelector("[data-part=ty]").value};
-    for (const i of e.querySelectorAll("input[data-part]")) {
-      const k = i.dataset.part;
-      if (k === "randomize") scan[k] = i.checked;
-      else if (k === "sequence") scan[k] = i.value.split(",").map((x) => Number(x) * scale);
-      else if (k === "npoints" || k === "repetitions") scan[k] = parseInt(i.value, 10);
-      else scan[k] = Number(i.value) * scale;
-    }
-    return scan;
-  }
-  if (ty === "StringValue" || ty === "EnumerationValue") return e.value;
-  return JSON.parse(e.value);
-}
 function selectExp(name) {
   state.selected = name;
   const exp = state.models.explist[name]; const form = $("exp-form"); form.replaceChildren();
   form.append(el("h3", {}, name + " (" + exp.class_name + ")"));
-  const table = el("table");
-  for (const [arg, desc] of Object.entries(exp.arguments || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
+  const table = el("table", {id: "exp-args"});
+  for (const [arg, desc] of Object.entries(exp.arginfo || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
   form.append(table);
   const sd = exp.scheduler_defaults || {};
   const rev = (state.models.explist_status || {}).cur_rev;
@@ -157,120 +110,268 @@ function selectExp(name) {
               el("button", {id: "submit", onclick: () => submit(false)}, "Submit"), " ", el("span", {id: "sub-result"}));
 }
 async function submit(dryRun) {
-  const exp = state.models.explist[state.selected]; const args = {};
-  const out = $("sub-result");
-  try {
-    for (const e of $("exp-form").querySelectorAll("[data-arg]")) if (e.parentElement.closest("[data-arg]") === null) args[e.dataset.arg] = readArg(e);
-  } catch (err) { out.textContent = "bad value: " + err.message; return; }
+  const exp = state.models.explist[state.selected]; let args;
+  const out = $("sub-result"); out.dataset.ok = ""; out.dataset.rid = "";
+  try { args = readArgs($("exp-args")); } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; return; }
   const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: null};
   const pipeline = $("sub-pipeline").value; const due = $("sub-due").value;
   try {
     if (dryRun) {
       const problems = await rpc("schedule", "validate", [pipeline, expid]);
       out.textContent = problems.length ? problems.join("; ") : "valid";
+      out.dataset.ok = String(!problems.length);
     } else {
       const rid = await rpc("schedule", "submit", [pipeline, expid, Number($("sub-priority").value),
         due ? new Date(due).getTime() / 1000 : null, $("sub-flush").checked]);
-      out.textContent = "RID " + rid;
+      out.textContent = "RID " + rid; out.dataset.ok = "true"; out.dataset.rid = String(rid);
     }
-  } catch (err) { out.textContent = err.message; }
+  } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; }
 }
 
 // --- schedule -----------------------------------------------------------------------
 function act(p) { p.then(() => say(""), (err) => say(err.message)); }
+// --- queue order (docs/queue-control.md): immediate first, higher priority, earlier due
+// date (none earliest), lower queue_position, lower RID
+const QUEUED = new Set(["pending", "flushing", "preparing", "prepare_done"]);
+function precedence(a, b) {
+  const [ra, x] = a, [rb, y] = b;
+  return (!!y.immediate - !!x.immediate) || (y.priority - x.priority) || ((x.due_date || 0) - (y.due_date || 0))
+    || ((x.queue_position ?? Number(ra)) - (y.queue_position ?? Number(rb))) || (ra - rb);
+}
+// {rid: place}: "now" for a run of execute_now, 1 for the next of its pipeline's queue...;
+// and each pipeline's queue in order, for the moves
+function queuePlaces(sched) {
+  const order = Object.entries(sched).filter(([, r]) => r.immediate || QUEUED.has(r.status)).sort(precedence);
+  const places = {}, queues = {};
+  for (const [rid, r] of order) {
+    if (r.immediate) { places[rid] = "now"; continue; }
+    const q = queues[r.pipeline] || (queues[r.pipeline] = []);
+    q.push(rid); places[rid] = String(q.length);
+  }
+  return {places, queues};
+}
+let queue = {places: {}, queues: {}};
+function move(rid, how) {
+  const r = (state.models.schedule || {})[rid]; const q = queue.queues[r.pipeline] || []; const i = q.indexOf(rid);
+  if (how === "up" && i > 0) return act(rpc("schedule", "move", [Number(rid)], {before: Number(q[i - 1])}));
+  if (how === "down" && i >= 0 && i < q.length - 1) return act(rpc("schedule", "move", [Number(rid)], {after: Number(q[i + 1])}));
+  if (how === "front" || how === "back") return act(rpc("schedule", "move", [Number(rid)], {pos: how}));
+}
+// text, and a ✎ button that replaces both by the editor makeEditor() returns
+function editable(text, what, makeEditor) {
+  const box = el("span", {}, text + " ");
+  box.append(el("button", {class: "edit-" + what, title: "change the " + what, onclick: () => {
+    const editor = makeEditor(); box.replaceChildren(editor); editor.focus();
+  }}, "✎"));
+  return box;
+}
+// a UNIX time as a datetime-local input's value (local time, to the minute)
+function localInput(t) {
+  const d = new Date(t * 1000), p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
 function scheduleRow(rid, r) {
   const prog = r.progress && r.progress.total ? r.progress.done / r.progress.total : null;
   const eta = r.eta ? Math.max(0, Math.round(r.eta - Date.now() / 1000)) + " s" : "";
   const bar = el("span", {class: "bar"}, el("div", {style: "width:" + (prog === null ? 0 : Math.round(100 * prog)) + "px"}));
-  const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => act(rpc("schedule", "change", [Number(rid)], {priority: Number(e.target.value)}))});
+  const change = (fields) => act(rpc("schedule", "change", [Number(rid)], fields));
+  const prio = el("input", {type: "number", size: 3, value: r.priority, onchange: (e) => change({priority: Number(e.target.value)})});
+  // a pending run's pipeline and due date are edited in place: its ✎ button puts an
+  // editor in the cell (editors in every row cost too much with 1,000 runs: a
+  // datetime-local input is a tree of its own); an empty due date removes it
+  const pending = r.status === "pending" && !r.immediate;
+  const pipeline = pending
+    ? editable(r.pipeline, "pipeline", () => el("input", {class: "pipeline-edit", value: r.pipeline, size: 8,
+        onchange: (e) => change({pipeline_name: e.target.value})}))
+    : r.pipeline;
+  const dueText = r.due_date ? new Date(r.due_date * 1000).toLocaleString() : "";
+  const due = pending
+    ? editable(dueText, "due", () => el("input", {class: "due-edit", type: "datetime-local", value: r.due_date ? localInput(r.due_date) : "",
+        onchange: (e) => change({due_date: e.target.value ? new Date(e.target.value).getTime() / 1000 : 0})}))
+    : dueText;
   const blocked = (r.blocked_by || []).map((b) => b.rid).join(",");
-  return el("tr", {"data-rid": rid, "data-status": r.status},
-    el("td", {}, rid), el("td", {}, r.pipeline), el("td", {class: "status"}, r.status), el("td", {}, prio),
-    el("td", {}, r.due_date ? new Date(r.due_date * 1000).toLocaleString() : ""),
-    el("td", {}, r.expid.file || "(content)"), el("td", {}, r.expid.class_name || ""),
-    el("td", {}, bar, " " + eta), el("td", {}, blocked),
-    el("td", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
+  const moves = pending
+    ? ["front", "up", "down", "back"].map((how) => el("button", {class: "move-" + how, title: "move " + how, onclick: () => move(rid, how)},
+        {front: "⤒", up: "↑", down: "↓", back: "⤓"}[how]))
+    : [];
+  return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
+    el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
+    el("span", {class: "due"}, due),
+    el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
+    el("span", {}, bar, " " + eta), el("span", {}, blocked),
+    el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
+// The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
+// (its copy on connecting) is drawn in chunks, one a frame, the first screenful at once,
+// so a schedule of thousands of runs shows without a long freeze. Rows are grid rows
+// with content-visibility:auto (style.css): rows out of sight cost no layout (a table
+// of 1,000 rows was laid out whole at every change).
+const scheduleRows = new Map();
+let undrawn = new Set();  // RIDs the chunked drawing has still to draw
+let drawToken = 0;
+const FIRST_CHUNK = 100, CHUNK = 250;
 redrawers.schedule = (mod) => {
+  if ($("pipelines").dataset.names !== pipelineNames().join(",")) redrawers.pipelines();
   const body = $("schedule-body"); const sched = state.models.schedule || {};
-  // one row per mod: only the run the mod touches is drawn again
+  const was = queue.places; queue = queuePlaces(sched);
+  // a move changes the places of other runs: only their place cells are written again
+  for (const rid of new Set([...Object.keys(was), ...Object.keys(queue.places)])) {
+    const row = scheduleRows.get(rid);
+    if (row && was[rid] !== queue.places[rid]) row.querySelector(".place .n").textContent = queue.places[rid] || "";
+  }
   if (mod && (mod.path.length > 0 || mod.action === "setitem" || mod.action === "delitem")) {
     const rid = mod.path.length ? String(mod.path[0]) : String(mod.key);
-    const old = body.querySelector(`tr[data-rid="${rid}"]`);
-    if (!(rid in sched)) { if (old) old.remove(); return; }
+    if (undrawn.has(rid)) { if (!(rid in sched)) undrawn.delete(rid); return; }  // drawn later as it is then
+    const old = scheduleRows.get(rid);
+    if (!(rid in sched)) { if (old) old.remove(); scheduleRows.delete(rid); return; }
     const row = scheduleRow(rid, sched[rid]);
     if (old) old.replaceWith(row); else body.append(row);
+    scheduleRows.set(rid, row);
     return;
   }
-  body.replaceChildren(...Object.keys(sched).sort((a, b) => a - b).map((rid) => scheduleRow(rid, sched[rid])));
+  const token = ++drawToken;
+  // the chunks go before the sentinel; runs submitted meanwhile after it
+  const sentinel = el("div", {class: "sentinel", hidden: ""});
+  body.replaceChildren(sentinel); scheduleRows.clear();
+  const rids = Object.keys(sched).sort((x, y) => x - y);
+  undrawn = new Set(rids);
+  let i = 0;
+  const step = () => {
+    if (token !== drawToken) return;
+    const now = state.models.schedule || {};
+    const part = document.createDocumentFragment();
+    for (const end = Math.min(i + (i ? CHUNK : FIRST_CHUNK), rids.length); i < end; i++) {
+      const rid = rids[i];
+      if (!undrawn.delete(rid) || !(rid in now)) continue;
+      const row = scheduleRow(rid, now[rid]);
+      scheduleRows.set(rid, row); part.append(row);
+    }
+    body.insertBefore(part, sentinel);
+    if (i < rids.length) requestAnimationFrame(step); else sentinel.remove();
+  };
+  step();
 };
+// every pipeline that has runs or a state, and main
+function pipelineNames() {
+  const names = new Set(["main", ...Object.keys(state.models.pipelines || {})]);
+  for (const r of Object.values(state.models.schedule || {})) names.add(r.pipeline);
+  return [...names].sort();
+}
 redrawers.pipelines = () => {
   const box = $("pipelines"); box.replaceChildren("Pipelines: ");
-  for (const [name, p] of Object.entries(state.models.pipelines || {})) {
-    const held = p && (p.held || p.state === "held");
-    box.append(el("span", {"data-pipeline": name}, name + (held ? " (held) " : " "),
-      el("button", {onclick: () => act(rpc("schedule", held ? "release" : "hold", [name]))}, held ? "Release" : "Hold"), " "));
+  const states = state.models.pipelines || {};
+  for (const name of pipelineNames()) {
+    const held = !!(states[name] && states[name].held);
+    box.append(el("span", {"data-pipeline": name, "data-held": String(held)}, name + (held ? " (held) " : " "),
+      el("button", {class: "hold", onclick: () => act(rpc("schedule", held ? "release" : "hold", [name]))}, held ? "Release" : "Hold"), " ",
+      el("button", {class: "clear", onclick: () => {
+        if (confirm(`Delete every run of ${name} that has not started running?`)) act(rpc("schedule", "clear", [name]));
+      }}, "Clear"), " "));
   }
+  box.dataset.names = pipelineNames().join(",");
 };
 
 // --- datasets -----------------------------------------------------------------------
+// A mod redraws only the row of the dataset it touches, and the plot once per frame.
+function datasetKey(mod) { return mod.path.length ? String(mod.path[0]) : String(mod.key); }
+// a value as the table shows it: a long array by its first values and its length
+function preview(value) {
+  if (Array.isArray(value) && value.length > 20) {
+    return "[" + value.slice(0, 8).map((v) => JSON.stringify(v)).join(",") + ",… (" + value.length + " values)]";
+  }
+  return JSON.stringify(value);
+}
+function datasetRow(k, entry) {
+  const [persist, value, meta] = entry;
+  const text = preview(value);
+  return el("tr", {"data-key": k}, el("td", {}, k), el("td", {class: "value"}, text.length > 60 ? text.slice(0, 60) + "…" : text),
+    el("td", {}, (meta && meta.unit) || ""), el("td", {}, persist ? "persist" : ""),
+    el("td", {}, el("button", {class: "plot", onclick: () => { state.plotKey = k; drawPlotChoices(); plot(); }}, "Plot"), " ",
+      el("button", {class: "delete", onclick: () => act(rpc("dataset_db", "delete", [k]))}, "Delete")));
+}
+let plotPending = false;
+function plotSoon() {
+  if (plotPending) return;
+  plotPending = true;
+  requestAnimationFrame(() => { plotPending = false; plot(); });
+}
 redrawers.datasets = (mod) => {
   const f = $("ds-filter").value; const body = $("datasets-body"); const ds = state.models.datasets || {};
-  body.replaceChildren(...Object.keys(ds).sort().filter((k) => k.includes(f)).map((k) => {
-    const [persist, value, meta] = ds[k];
-    const text = JSON.stringify(value);
-    return el("tr", {"data-key": k}, el("td", {}, k), el("td", {}, text.length > 60 ? text.slice(0, 60) + "…" : text),
-      el("td", {}, (meta && meta.unit) || ""), el("td", {}, persist ? "persist" : ""),
-      el("td", {}, el("button", {onclick: () => { state.plotKey = k; plot(); }}, "Plot"), " ",
-        el("button", {onclick: () => act(rpc("dataset_db", "delete", [k]))}, "Delete")));
-  }));
-  if (state.plotKey) plot();
+  if (mod) {
+    const k = datasetKey(mod);
+    const old = body.querySelector(`tr[data-key="${CSS.escape(k)}"]`);
+    const row = k in ds && k.includes(f) ? datasetRow(k, ds[k]) : null;
+    if (old && row) old.replaceWith(row);
+    else if (old) old.remove();
+    else if (row) {
+      const after = [...body.children].find((r) => r.dataset.key > k);
+      body.insertBefore(row, after || null);
+    }
+    if (k === state.plotKey || k === $("plot-x").value) plotSoon();
+    if (mod.action === "setitem" && mod.path.length === 0 && !(k in plotChoices)) drawPlotChoices();
+    else if (mod.action === "delitem" && k in plotChoices) drawPlotChoices();
+    return;
+  }
+  body.replaceChildren(...Object.keys(ds).sort().filter((k) => k.includes(f)).map((k) => datasetRow(k, ds[k])));
+  drawPlotChoices();
+  if (state.plotKey) plotSoon();
 };
-$("ds-filter").oninput = () => redrawers.datasets();
+$("ds-filter").oninput = () => redrawers.datasets(null);
 $("ds-set").onclick = () => {
   let v; try { v = JSON.parse($("ds-value").value); } catch (err) { say("bad value: " + err.message); return; }
   act(rpc("dataset_db", "set", [$("ds-key").value, v, $("ds-persist").checked]));
 };
-function plotValues(canvas, title, value) {
-  $("plot-title").textContent = title;
-  const c = canvas.getContext("2d"); c.clearRect(0, 0, canvas.width, canvas.height);
-  if (!Array.isArray(value)) return;
-  if (Array.isArray(value[0])) {  // 2-D: an image
-    const h = value.length, w = value[0].length; const flat = value.flat();
-    const lo = Math.min(...flat), hi = Math.max(...flat); const img = c.createImageData(w, h);
-    flat.forEach((v, i) => { const g = hi > lo ? Math.round(255 * (v - lo) / (hi - lo)) : 0; img.data.set([g, g, g, 255], 4 * i); });
-    const tmp = document.createElement("canvas"); tmp.width = w; tmp.height = h; tmp.getContext("2d").putImageData(img, 0, 0);
-    c.imageSmoothingEnabled = false; c.drawImage(tmp, 0, 0, canvas.width, canvas.height);
-    canvas.dataset.points = String(flat.length); return;
-  }
-  let lo = Infinity, hi = -Infinity;
-  for (const v of value) { if (v < lo) lo = v; if (v > hi) hi = v; }
-  if (hi === lo) { hi += 1; lo -= 1; }
-  c.beginPath(); c.strokeStyle = "#06c";
-  value.forEach((v, i) => {
-    const x = value.length > 1 ? i * (canvas.width - 1) / (value.length - 1) : 0;
-    const y = canvas.height - 1 - (v - lo) * (canvas.height - 1) / (hi - lo);
-    if (i === 0) c.moveTo(x, y); else c.lineTo(x, y);
-  });
-  c.stroke(); canvas.dataset.points = String(value.length);
+// the x axis: the index, or another 1-D dataset
+// (drawn again only when a dataset comes or goes: a value set at 10 Hz would otherwise
+// close the list under the user's pointer)
+let plotChoices = {};
+function drawPlotChoices() {
+  const sel = $("plot-x"); const was = sel.value; const ds = state.models.datasets || {};
+  plotChoices = Object.fromEntries(Object.keys(ds).map((k) => [k, true]));
+  const keys = Object.keys(ds).filter((k) => k !== state.plotKey && isLine(ds[k][1])).sort();
+  sel.replaceChildren(el("option", {value: ""}, "index"), ...keys.map((k) => el("option", {value: k}, k)));
+  sel.value = keys.includes(was) ? was : "";
 }
+$("plot-x").onchange = () => plot();
 function plot() {
   const ds = state.models.datasets || {}; const entry = ds[state.plotKey];
-  if (entry) plotValues($("plot"), state.plotKey, entry[1]);
+  if (!entry) return;
+  const xk = $("plot-x").value; const x = xk && ds[xk] ? ds[xk][1] : null;
+  $("plot-title").textContent = state.plotKey + (xk ? " vs " + xk : "");
+  plotInto($("plot"), state.plotKey, entry[1], x, 600, 300, xk);
 }
 
 // --- log ----------------------------------------------------------------------------
+// the log drawn at most once a frame, however fast records come
+let logPending = false;
 function addLog(record) {
   state.log.push(record); if (state.log.length > 5000) state.log.shift();
-  drawLog();
+  if (!logPending) { logPending = true; requestAnimationFrame(() => { logPending = false; drawLog(); }); }
 }
-function logText(r) { return Array.isArray(r) ? r.join(" ") : (typeof r === "string" ? r : JSON.stringify(r)); }
+const LEVELS = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"};
+// a record of the log broadcast: [levelno, source, created, "logger:message"]
+function logText(r) {
+  if (Array.isArray(r) && r.length === 4) {
+    return new Date(r[2] * 1000).toLocaleTimeString() + " " + (LEVELS[r[0]] || r[0]) + " " + r[1] + " " + r[3];
+  }
+  return typeof r === "string" ? r : JSON.stringify(r);
+}
+// runs' console lines (prints, stdout, stderr, log records as LEVEL:logger:message)
+function addConsole(m) {
+  for (const [t, text] of m.lines || []) {
+    state.console.push("[RID " + m.rid + "] " + new Date(t * 1000).toLocaleTimeString() + " " + text);
+  }
+  if (state.console.length > 5000) state.console.splice(0, state.console.length - 5000);
+  if (!logPending) { logPending = true; requestAnimationFrame(() => { logPending = false; drawLog(); }); }
+}
 function logLevel(r) { return Array.isArray(r) && typeof r[0] === "number" ? r[0] : 20; }
 function drawLog() {
   const min = Number($("log-level").value); const q = $("log-search").value;
   $("log").textContent = state.log.filter((r) => logLevel(r) >= min && logText(r).includes(q)).map(logText).join("\n");
   $("log").scrollTop = $("log").scrollHeight;
+  $("console").textContent = state.console.filter((line) => line.includes(q)).join("\n");
+  $("console").scrollTop = $("console").scrollHeight;
 }
 $("log-level").onchange = drawLog; $("log-search").oninput = drawLog;
 
@@ -286,20 +387,24 @@ redrawers.history = () => {
         r.results ? el("button", {class: "open-results", onclick: () => openResults(Number(rid))}, "Results") : ""));
   }));
 };
+// a results file's datasets and archive: a table of values, each array plotted
 async function openResults(rid) {
-  const box = $("results"); box.replaceChildren("loading…");
-  try {
-    const res = await rpc("history", "read_results", [rid]);
-    box.replaceChildren(el("h3", {}, "Results of RID " + rid));
-    const table = el("table", {id: "results-table"});
-    for (const [group, values] of Object.entries(res)) for (const [k, v] of Object.entries(values)) {
-      const canvas = el("canvas", {width: 300, height: 100});
-      table.append(el("tr", {"data-key": group + "/" + k}, el("td", {}, group), el("td", {}, k),
-        el("td", {}, JSON.stringify(v).slice(0, 80)), el("td", {}, Array.isArray(v) ? canvas : "")));
-      if (Array.isArray(v)) plotValues(canvas, "", v);
+  const box = $("results"); box.replaceChildren("loading…"); box.dataset.rid = "";
+  let res;
+  try { res = await rpc("history", "read_results", [rid]); } catch (err) { box.replaceChildren(err.message); return; }
+  box.replaceChildren(el("h3", {}, "Results of RID " + rid));
+  for (const [group, values] of Object.entries(res)) {
+    const table = el("table", {"data-group": group});
+    for (const [k, v] of Object.entries(values).sort()) {
+      const text = preview(v);
+      const cell = el("div", {class: "small-plot"});
+      table.append(el("tr", {"data-key": k}, el("td", {}, k),
+        el("td", {class: "value"}, text.length > 80 ? text.slice(0, 80) + "…" : text), el("td", {}, cell)));
+      if (isImage(v) || (isLine(v) && v.length > 1)) plotInto(cell, k, v, null, 300, 120);
     }
-    box.append(table);
-  } catch (err) { box.replaceChildren(err.message); }
+    box.append(el("h4", {}, group), table);
+  }
+  box.dataset.rid = String(rid);
 }
 
 // --- interactive arguments ----------------------------------------------------------
@@ -309,14 +414,36 @@ redrawers.interactive_args = () => {
     const form = el("div", {"data-rid": rid}, el("h3", {}, "RID " + rid + ": " + (req.title || "")));
     const table = el("table");
     // arglist_desc: [[key, procdesc, group, tooltip], ...]
-    for (const [key, procdesc] of req.arglist_desc || []) {
-      table.append(el("tr", {}, el("td", {}, key), el("td", {}, argEditor(key, [procdesc]))));
+    for (const [key, procdesc, , tooltip] of req.arglist_desc || []) {
+      table.append(el("tr", {title: tooltip || ""}, el("td", {}, key), el("td", {}, argEditor(key, procdesc))));
     }
-    const values = () => { const v = {}; for (const e of form.querySelectorAll("[data-arg]")) if (e.parentElement.closest("[data-arg]") === null) v[e.dataset.arg] = readArg(e); return v; };
-    form.append(table, el("button", {class: "supply", onclick: () => act(rpc("interactive_arg_db", "supply", [Number(rid), values()]))}, "Supply"), " ",
-      el("button", {class: "cancel", onclick: () => act(rpc("interactive_arg_db", "cancel", [Number(rid)]))}, "Cancel"));
+    const result = el("span", {class: "result"});
+    const answer = (p) => p.then(() => { result.textContent = ""; }, (err) => { result.textContent = err.message; });
+    const supply = () => {
+      let values; try { values = readArgs(table); } catch (err) { result.textContent = err.message; return; }
+      answer(rpc("interactive_arg_db", "supply", [Number(rid), values]));
+    };
+    form.append(table, el("button", {class: "supply", onclick: supply}, "Supply"), " ",
+      el("button", {class: "cancel", onclick: () => answer(rpc("interactive_arg_db", "cancel", [Number(rid)]))}, "Cancel"), " ", result);
     box.append(form);
   }
   if (!Object.keys(ia).length) box.append("No run is waiting for arguments.");
+  const n = Object.keys(ia).length;
+  document.querySelector("button[data-page=interactive]").textContent = n ? `Interactive (${n})` : "Interactive";
 };
+
+// --- the lock (docs/access.md) -------------------------------------------------------
+redrawers.lock = () => {
+  const info = state.models.lock || {}; const s = $("lock-state");
+  s.dataset.locked = String(!!info.locked);
+  s.textContent = info.locked
+    ? "locked (" + (info.scope || []).join(", ") + ")" + (info.user ? " by " + info.user : "") + (info.note ? ": " + info.note : "")
+    : "unlocked";
+};
+$("lock-do").onclick = () => {
+  const key = $("lock-key").value;
+  if (!key) { say("lock: type a key first"); return; }
+  act(rpc("lock", "lock", [key], {note: $("lock-note").value || null}));
+};
+$("unlock-do").onclick = () => act(rpc("lock", "unlock", [$("lock-key").value]));
 connect();
