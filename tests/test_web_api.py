@@ -26,6 +26,9 @@ class Page:
         self.messages: list[dict] = []
         self.inits: dict[str, object] = {}
         self.next_id = 1
+        #: how many messages had come when the last rpc() was sent: what it caused
+        #: may come before its reply (``until(..., since=page.sent_at)``)
+        self.sent_at = 0
 
     async def receive(self) -> dict:
         msg = json.loads((await self.ws.receive(timeout=20)).data)
@@ -34,7 +37,14 @@ class Page:
             self.inits[msg["notifier"]] = msg["struct"]
         return msg
 
-    async def until(self, predicate, timeout: float = 20) -> dict:
+    async def until(self, predicate, timeout: float = 20, since: int | None = None) -> dict:
+        """The first message matching predicate: among those received from index
+        since on (if given), else the next ones to come."""
+        if since is not None:
+            for msg in self.messages[since:]:
+                if predicate(msg):
+                    return msg
+
         async def wait() -> dict:
             while True:
                 msg = await self.receive()
@@ -45,6 +55,7 @@ class Page:
     async def rpc(self, target, method, *args, **kwargs) -> dict:
         rid = self.next_id
         self.next_id += 1
+        self.sent_at = len(self.messages)
         await self.ws.send_str(json.dumps({"type": "rpc", "id": rid, "target": target,
                                            "method": method, "args": list(args),
                                            "kwargs": kwargs}))
@@ -79,7 +90,8 @@ async def test_notifiers_and_rpc_through_the_websocket(web, master):
         assert reply["ok"], reply
         rid = reply["result"]
         ended = await page.until(lambda m: m.get("notifier") == "history"
-                                 and m["type"] == "mod" and m["mod"].get("key") == rid)
+                                 and m["type"] == "mod" and m["mod"].get("key") == rid,
+                                 since=page.sent_at)
         assert ended["mod"]["value"]["status"] == "completed", ended
         results = await page.rpc("history", "read_results", rid)
         assert results["ok"], results
@@ -221,7 +233,8 @@ async def test_the_locks_refusal_is_the_masters_one_line_not_unreachable(web):
     async with aiohttp.ClientSession() as s:
         page = await open_page(s, web)
         assert (await page.rpc("lock", "lock", "k3y", note="tests"))["ok"]
-        await page.until(lambda m: m.get("notifier") == "lock" and m["type"] == "mod")
+        await page.until(lambda m: m.get("notifier") == "lock" and m["type"] == "mod",
+                         since=page.sent_at)
         refused = await page.rpc("schedule", "hold", "main")
         assert not refused["ok"]
         assert "locked" in refused["error"] and "tests" in refused["error"], refused
@@ -260,7 +273,8 @@ async def test_a_browser_that_does_not_read_is_dropped_at_the_bound(master):  # 
                 big[0] = float(i)
                 assert (await page.rpc("dataset_db", "set", "big", big))["ok"]
                 seen = await page.until(lambda m: m.get("type") == "mod"
-                                        and m["mod"].get("key") == "big")
+                                        and m["mod"].get("key") == "big",
+                                        since=page.sent_at)
                 assert seen["mod"]["value"][1][0] == i
                 if server.dropped:
                     break
