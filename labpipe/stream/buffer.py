@@ -9,6 +9,13 @@ answers on its output port (a ZMQ ROUTER) two JSON requests:
   ``{"oldest_pulse", "oldest_seq", "next_seq", "parts": [k1, ...]}`` then the parts of up
   to N messages, each a bsread message as sent (values uncompressed). Reading again
   from ``next_seq`` gives the live messages as they arrive.
+- ``{"cmd": "block", "from_pulse": P | "from_seq": S, "max": N}``: the same messages
+  by columns, for writers: a first frame of JSON ``{"oldest_pulse", "oldest_seq",
+  "seq", "count", "next_seq", "data_header"}`` then, for the ``count`` messages from
+  ``seq`` on (all of one data header), their pulse ids, seconds and nanoseconds
+  (int64 each), then per channel of the data header its values (``count`` rows of
+  the channel's type and shape, little-endian), timestamps (``count`` x 2 int64) and
+  presence (``count`` bools): one frame each, no per-message encoding.
 """
 
 from __future__ import annotations
@@ -102,6 +109,22 @@ class Buffer:
                 else None, "oldest_seq": oldest, "next_seq": seq, "parts": counts}
         return [json.dumps(meta).encode(), *frames]
 
+    def block(self, request: dict[str, Any]) -> list[Any]:
+        """The reply frames to a block request (arrays are copied as they are sent)."""
+        ring = self.ring
+        if "from_pulse" in request:
+            seq = ring.find_pulse(int(request["from_pulse"]))
+        else:
+            seq = int(request.get("from_seq", 0))
+        seq, count, header, arrays = ring.block(seq, int(request.get("max", 100)),
+                                                READ_BYTES)
+        oldest = ring.oldest_seq()
+        held = ring.count > oldest
+        meta = {"oldest_pulse": int(ring.pulse_id[oldest % ring.length]) if held
+                else None, "oldest_seq": oldest, "seq": seq, "count": count,
+                "next_seq": seq + count, "data_header": header.decode()}
+        return [json.dumps(meta).encode(), *arrays]
+
     def _note(self, line: str) -> None:
         if self.analyzer:
             print(f"labpipe-buffer: {line}", file=sys.stderr, flush=True)
@@ -152,7 +175,7 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
         context.term()
 
 
-def answer(buffer: Buffer, request: list[bytes]) -> list[bytes]:
+def answer(buffer: Buffer, request: list[bytes]) -> list[Any]:
     """The reply to one request on the output port."""
     try:
         body = json.loads(request[-1]) if request else None
@@ -162,7 +185,9 @@ def answer(buffer: Buffer, request: list[bytes]) -> list[bytes]:
             return [json.dumps({"state": "ok", "status": buffer.status()}).encode()]
         if body.get("cmd") == "read":
             return buffer.read(body)
-        raise ValueError(f"unknown cmd {body.get('cmd')!r} (status, read)")
+        if body.get("cmd") == "block":
+            return buffer.block(body)
+        raise ValueError(f"unknown cmd {body.get('cmd')!r} (status, read, block)")
     except (ValueError, TypeError, UnicodeDecodeError) as error:
         return [json.dumps({"state": "error", "status": f"bad request: {error}"})
                 .encode()]

@@ -104,6 +104,32 @@ class Ring:
         return wire.encode(int(self.pulse_id[slot]), int(self.sec[slot]),
                            int(self.ns[slot]), header, values, stamps)
 
+    def block(self, seq: int, limit: int, max_bytes: int) -> tuple[int, int, bytes,
+                                                                   list[Any]]:
+        """Up to ``limit`` messages from ``seq`` on (at least one when any is held,
+        else at most ``max_bytes`` of values) that share one data header and lie in
+        one stretch of the ring: their seq, count, data header and arrays (views
+        into the ring): pulse ids, seconds, nanoseconds, then per channel its values,
+        its timestamps (seconds, nanoseconds) and whether each message has data."""
+        seq = max(seq, self.oldest_seq())
+        slot = seq % self.length
+        count = max(0, min(limit, self.count - seq, self.length - slot))
+        if not count:
+            return seq, 0, b"", []
+        header_id = int(self.header[slot])
+        same = self.header[slot:slot + count] == header_id
+        if not same.all():
+            count = int(np.argmin(same))
+        header, keys = self._headers[header_id]
+        row = sum(self._columns[key].values[0].nbytes for key in keys)
+        count = max(1, min(count, max_bytes // max(row, 1)))
+        rows = slice(slot, slot + count)
+        arrays: list[Any] = [self.pulse_id[rows], self.sec[rows], self.ns[rows]]
+        for key in keys:
+            column = self._columns[key]
+            arrays += [column.values[rows], column.stamps[rows], column.present[rows]]
+        return seq, count, header, arrays
+
     def _header_id(self, message: wire.Message) -> int:
         known = self._hash_to_id.get(message.data_hash)
         if known is not None:

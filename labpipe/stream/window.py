@@ -2,8 +2,10 @@
 
 The group gets ``data/<channel>/{data,pulse_id,timestamp,is_data_present}``, one row
 per pulse id of the window: a pulse id the stream skipped, or a channel a message
-lacks, is a row with ``is_data_present`` false. Rows are staged in numpy arrays and
-written a chunk at a time; at close every dataset is cut to the rows of the window.
+lacks, is a row with ``is_data_present`` false. The buffer sends blocks of messages
+by columns; each block is written with a few writes per channel (an image: a direct
+chunk write, straight from the received frame), and the next block is asked for
+before this one is written. At close every dataset is cut to the rows of the window.
 """
 
 from __future__ import annotations
@@ -17,70 +19,92 @@ import h5py
 import numpy as np
 
 from labpipe.stream import wire
-from labpipe.stream.client import BufferClient
+from labpipe.stream.client import Block, BufferClient
 
 CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 4096
-READ_LIMIT = 2000  # messages per read (the buffer bounds a reply's bytes too)
+DIRECT_BYTES = 1 << 20  # a value this big is a chunk of its own, written directly
+MAX_GAP = 4096  # rows skipped within one write; a longer gap splits the write
+READ_LIMIT = 2000  # messages per block (the buffer bounds a block's bytes too)
 
 
 class _Column:
-    """One channel's datasets and the rows staged for them."""
+    """One channel's datasets."""
 
     def __init__(self, group: h5py.Group, channel: wire.Channel) -> None:
         self.key = (channel.type, channel.shape)
-        dtype = channel.dtype.newbyteorder("<")
-        rowbytes = max(1, int(np.prod(channel.shape)) * dtype.itemsize)
-        self.rows = max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // rowbytes))
-        self.data = group.create_dataset("data", (0, *channel.shape), dtype,
+        self.shape = channel.shape
+        self.dtype = channel.dtype.newbyteorder("<")
+        self.rowbytes = int(np.prod(channel.shape)) * self.dtype.itemsize
+        # an image per chunk, written as it came (H5Dwrite_chunk: no selection, no
+        # conversion, no copy); smaller values in chunks of several rows
+        self.direct = self.rowbytes >= DIRECT_BYTES
+        rows = 1 if self.direct else max(1, min(MAX_CHUNK_ROWS,
+                                                CHUNK_BYTES // max(1, self.rowbytes)))
+        self.data = group.create_dataset("data", (0, *channel.shape), self.dtype,
                                          maxshape=(None, *channel.shape),
-                                         chunks=(self.rows, *channel.shape))
+                                         chunks=(rows, *channel.shape))
+        rows = max(rows, 256)
         self.timestamp = group.create_dataset("timestamp", (0,), np.int64,
-                                              maxshape=(None,), chunks=(self.rows,))
+                                              maxshape=(None,), chunks=(rows,))
         self.present = group.create_dataset("is_data_present", (0,), bool,
-                                            maxshape=(None,), chunks=(self.rows,))
+                                            maxshape=(None,), chunks=(rows,))
         self.pulse_id = group.create_dataset("pulse_id", (0,), np.int64,
-                                             maxshape=(None,), chunks=(self.rows,))
-        self.stage = np.zeros((self.rows, *channel.shape), dtype)
-        self.stage_stamp = np.zeros(self.rows, np.int64)
-        self.stage_present = np.zeros(self.rows, bool)
-        self.start = -1  # the first row staged
-        self.filled = 0
+                                             maxshape=(None,), chunks=(rows,))
+        self.length = 0
 
-    def put(self, row: int, value: np.ndarray[Any, Any], stamp: int) -> None:
-        if self.start < 0 or row >= self.start + self.rows:
-            self.flush()
-            self.start = row - row % self.rows
-        index = row - self.start
-        self.stage[index] = value
-        self.stage_stamp[index] = stamp
-        self.stage_present[index] = True
-        self.filled = max(self.filled, index + 1)
-
-    def flush(self) -> None:
-        if self.start < 0 or not self.filled:
-            return
-        end = self.start + self.filled
-        for dataset in (self.data, self.timestamp, self.present):
-            if dataset.shape[0] < end:
+    def write(self, rows: np.ndarray[Any, Any], values: np.ndarray[Any, Any],
+              stamps: np.ndarray[Any, Any], present: np.ndarray[Any, Any]) -> int:
+        """Rows (increasing) of which those ``present`` are written; their bytes."""
+        if not present.all():
+            index = np.flatnonzero(present)
+            rows, stamps = rows[index], stamps[index]
+            values = values if self.direct else values[index]
+        else:
+            index = None
+        if not len(rows):
+            return 0
+        end = int(rows[-1]) + 1
+        if end > self.length:
+            for dataset in (self.data, self.timestamp, self.present):
                 dataset.resize(end, axis=0)
-        self.data[self.start:end] = self.stage[:self.filled]
-        self.timestamp[self.start:end] = self.stage_stamp[:self.filled]
-        self.present[self.start:end] = self.stage_present[:self.filled]
-        self.stage_present[:] = False
-        self.stage_stamp[:] = 0
-        self.filled = 0
-        self.start = -1
+            self.length = end
+        if self.direct:
+            write = self.data.id.write_direct_chunk
+            zeros = (0,) * len(self.shape)
+            for position, row in enumerate(rows.tolist()):
+                write((row, *zeros),
+                      values[position if index is None else index[position]])
+        else:
+            _spans(self.data, rows, values)
+        _spans(self.timestamp, rows, stamps)
+        _spans(self.present, rows, np.ones(len(rows), bool))
+        return len(rows) * self.rowbytes
 
     def close(self, rows: int, first_pulse: int) -> None:
-        self.flush()
         for dataset in (self.data, self.timestamp, self.present, self.pulse_id):
             dataset.resize(rows, axis=0)
         self.pulse_id[:] = first_pulse + np.arange(rows, dtype=np.int64)
 
 
+def _spans(dataset: h5py.Dataset, rows: np.ndarray[Any, Any],
+           values: np.ndarray[Any, Any]) -> None:
+    """Write ``values`` at ``rows`` (increasing): one write per stretch, the rows
+    skipped inside it left as the fill value (0, False)."""
+    cuts = np.flatnonzero(np.diff(rows) > MAX_GAP) + 1
+    for first, last in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)],
+                           strict=True):
+        low, high = int(rows[first]), int(rows[last - 1]) + 1
+        if high - low == last - first:
+            dataset[low:high] = values[first:last]
+        else:
+            dense = np.zeros((high - low, *values.shape[1:]), values.dtype)
+            dense[rows[first:last] - low] = values[first:last]
+            dataset[low:high] = dense
+
+
 class Window:
-    """Writes messages of a window into ``group`` by pulse id."""
+    """Writes blocks of a window into ``group`` by pulse id."""
 
     def __init__(self, group: h5py.Group) -> None:
         self.group = group.require_group("data")
@@ -91,31 +115,31 @@ class Window:
         self.incompatible = 0
         self.bytes = 0
 
-    def add(self, message: wire.Message) -> None:
-        """One message of the window (pulse ids increasing)."""
+    def add(self, block: Block) -> None:
+        """Messages of the window (pulse ids increasing from block to block)."""
         if self.first_pulse is None:
-            self.first_pulse = message.pulse_id
-        row = message.pulse_id - self.first_pulse
-        if row < self.rows - 1 or row < 0:
-            return  # late: its row is written already
-        for channel, value, (sec, ns) in zip(message.channels, message.values,
-                                             message.timestamps, strict=True):
-            if value is None:
-                continue
+            self.first_pulse = int(block.pulse_id[0])
+        rows = block.pulse_id - self.first_pulse
+        skip = int(np.searchsorted(rows, self.rows))  # late: their rows are written
+        if skip:
+            block, rows = block.part(skip, len(block)), rows[skip:]
+        if not len(rows):
+            return
+        for channel, values, stamps, present in zip(
+                block.channels, block.values, block.stamps, block.present, strict=True):
             column = self.columns.get(channel.name)
             if column is None:
                 column = _Column(self.group.create_group(channel.name), channel)
                 self.columns[channel.name] = column
             if column.key != (channel.type, channel.shape):
-                self.incompatible += 1
+                self.incompatible += int(present.sum())
                 continue
-            column.put(row, value, sec * 1_000_000_000 + ns)
-            self.bytes += value.nbytes
-        self.rows = row + 1
-        self.messages += 1
+            self.bytes += column.write(rows, values, stamps, present)
+        self.rows = int(rows[-1]) + 1
+        self.messages += len(rows)
 
     def close(self) -> None:
-        """Write what is staged and cut every dataset to the window's rows."""
+        """Cut every dataset to the window's rows."""
         for column in self.columns.values():
             column.close(self.rows, self.first_pulse or 0)
 
@@ -161,6 +185,13 @@ class Capture:
             self.stop_pulse = newest if newest is not None else -1
             self._stop_now = True
 
+    def _first_reply(self, start: int, oldest: int | None) -> None:
+        if oldest is not None and oldest > start:
+            self.errors.append(
+                f"pulse ids {start} to {oldest - 1} were older than the buffer's ring"
+                f" (oldest held: {oldest}); the window starts at {oldest}")
+        self.window.first_pulse = start if oldest is None or oldest <= start else oldest
+
     def client_status(self) -> dict[str, Any]:
         """The buffer's status, through a connection of its own (thread safety)."""
         client = BufferClient(self.client.address)
@@ -171,50 +202,54 @@ class Capture:
 
     def run(self, cancelled: Callable[[], bool], idle: float = 0.005) -> None:
         """Read and write until the window is complete or ``cancelled()``."""
+        asked = False
         try:
             while not self.started.wait(0.05):
                 if cancelled():
                     return
             seq: int | None = None
-            decoder = wire.Decoder()
             while not cancelled():
                 with self._lock:
                     start, stop, start_seq = (self.start_pulse, self.stop_pulse,
                                               self._start_seq)
-                if seq is None:
-                    if start is not None:
-                        meta, messages = self.client.read(from_pulse=start, limit=READ_LIMIT)
-                        oldest = meta["oldest_pulse"]
-                        if oldest is not None and oldest > start:
-                            self.errors.append(
-                                f"pulse ids {start} to {oldest - 1} were older than"
-                                f" the buffer's ring (oldest held: {oldest}); the"
-                                f" window starts at {oldest}")
-                        self.window.first_pulse = (start if oldest is None
-                                                   or oldest <= start else oldest)
+                if not asked:
+                    if seq is None and start is not None:
+                        self.client.ask_block(from_pulse=start, limit=READ_LIMIT)
                     else:
-                        meta, messages = self.client.read(from_seq=start_seq, limit=READ_LIMIT)
-                else:
-                    meta, messages = self.client.read(from_seq=seq, limit=READ_LIMIT)
-                    if meta["oldest_seq"] > seq:
-                        self.overrun += meta["oldest_seq"] - seq
-                seq = meta["next_seq"]
-                for parts in messages:
-                    message = decoder.decode(parts)
-                    if stop is not None and message.pulse_id > stop:
-                        return
-                    if start is not None and message.pulse_id < start:
-                        continue
-                    self.window.add(message)
-                    if stop is not None and message.pulse_id == stop:
-                        return
-                if not messages:
+                        self.client.ask_block(from_seq=start_seq if seq is None else seq,
+                                              limit=READ_LIMIT)
+                meta, block = self.client.take_block()
+                asked = False
+                if seq is None and start is not None:
+                    self._first_reply(start, meta["oldest_pulse"])
+                elif seq is not None and meta["seq"] > seq:
+                    self.overrun += meta["seq"] - seq
+                seq = int(meta["next_seq"])
+                if block is None:
                     if stop is not None and self._stop_now and (
                             self.window.first_pulse is None
                             or self.window.first_pulse + self.window.rows > stop):
                         return
                     time.sleep(idle)
+                    continue
+                if stop is None or block.pulse_id[-1] < stop:
+                    # the next block travels while this one is written
+                    self.client.ask_block(from_seq=seq, limit=READ_LIMIT)
+                    asked = True
+                if start is not None and block.pulse_id[0] < start:
+                    block = block.part(int(np.searchsorted(block.pulse_id, start)),
+                                       len(block))
+                if stop is not None and block.pulse_id[-1] >= stop:
+                    block = block.part(0, int(np.searchsorted(block.pulse_id, stop,
+                                                              "right")))
+                    if len(block):
+                        self.window.add(block)
+                    return
+                if len(block):
+                    self.window.add(block)
         finally:
+            if asked:
+                self.client.close()  # the reply to the last ask is not wanted
             if self.overrun:
                 self.errors.append(f"{self.overrun} message(s) left the ring before"
                                    " they were written (the writer fell behind)")

@@ -168,6 +168,11 @@ class Decoder:
         return message
 
 
+def parse_data_header(part: bytes) -> list[Channel]:
+    """The channels of a data header part; WireError names what was wrong."""
+    return _channels(_json(part, "data header"))
+
+
 def _json(part: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(part)

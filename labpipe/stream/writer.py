@@ -208,6 +208,15 @@ async def _serve(writer: Writer, port: int) -> int:
     return writer.exit_code
 
 
+def _sync(path: str) -> None:
+    """The file on disk before the writer says it is done (its exit)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script."""
     parser = argparse.ArgumentParser(prog="labpipe-writer",
@@ -237,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     writer.general.attrs["statistics"] = json.dumps(writer.statistics())
     writer.file.close()
     writer.client.close()
+    _sync(args.output_file)
     if writer.capture.errors:
         print(f"labpipe-writer: {'; '.join(writer.capture.errors)}", file=sys.stderr)
         code = 1
