@@ -25,6 +25,7 @@ import json
 import resource
 import signal
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -34,6 +35,7 @@ from labpipe.stream import wire
 from labpipe.stream.ring import Ring
 
 READ_BYTES = 64 << 20  # at most this much in one read reply
+DRAIN_SECONDS = 0.05
 
 
 class Buffer:
@@ -155,8 +157,11 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
         while not stopping:
             events = dict(poller.poll(200))
             if source in events:
-                # drain what is queued before answering readers: the stream first
-                for _ in range(1000):
+                # drain what is queued before answering readers, the stream first,
+                # but for DRAIN_SECONDS at most: a stream as fast as the buffer
+                # would otherwise keep every reader waiting
+                until = time.monotonic() + DRAIN_SECONDS
+                while time.monotonic() < until:
                     try:
                         parts = source.recv_multipart(zmq.NOBLOCK, copy=True)
                     except zmq.Again:
