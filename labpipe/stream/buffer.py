@@ -34,7 +34,9 @@ from labpipe.protocol.ports import tcp_port
 from labpipe.stream import wire
 from labpipe.stream.ring import Ring
 
-READ_BYTES = 64 << 20  # at most this much in one read reply
+# at most this much in one read reply: below glibc's largest mmap threshold (32 MiB),
+# so the replies' buffers are reused memory, not fresh pages faulted in each time
+READ_BYTES = 16 << 20
 DRAIN_SECONDS = 0.05
 
 

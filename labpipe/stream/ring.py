@@ -1,7 +1,9 @@
 """The buffer's ring: the last N messages in arrays preallocated per channel.
 
 No Python object is kept per message: a slot is a row in the pulse-id, timestamp,
-sequence and header arrays, and in each channel's value array. A data-header change
+sequence and header arrays, and in each channel's value array. The arrays are
+written through when allocated, so the buffer's memory is the ring's from the first
+message on. A data-header change
 allocates arrays for the channels it adds (or whose type or shape it changes) and
 frees those no message left in the ring refers to.
 """
@@ -141,9 +143,9 @@ class Ring:
         for channel, key in zip(channels, keys, strict=True):
             if key not in self._columns:
                 self._columns[key] = _Column(
-                    np.zeros((self.length, *channel.shape), channel.dtype),
-                    np.zeros((self.length, 2), np.int64),
-                    np.zeros(self.length, bool))
+                    _touched((self.length, *channel.shape), channel.dtype),
+                    _touched((self.length, 2), np.int64),
+                    _touched(self.length, bool))
         header_id = self._next_header
         self._next_header += 1
         self._headers[header_id] = (wire.data_header(channels), keys)
@@ -158,3 +160,11 @@ class Ring:
         keys = {key for _, ks in self._headers.values() for key in ks}
         for key in [k for k in self._columns if k not in keys]:
             del self._columns[key]
+
+
+def _touched(shape: Any, dtype: Any) -> np.ndarray[Any, Any]:
+    """Zeros in memory now: the first write into an untouched page faults, and a
+    ring of images faulted in as it fills costs tens of ms a message."""
+    array = np.empty(shape, dtype)
+    array.fill(0)
+    return array
