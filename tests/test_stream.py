@@ -1,10 +1,16 @@
 """labpipe.stream: the simulator, the buffer and the writer as real processes over
 real ZMQ and HTTP on 127.0.0.1; an experiment capturing a window with labpipe-run."""
 
+import argparse
 import contextlib
 import json
+import os
+import pathlib
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -15,6 +21,7 @@ import pytest
 from conftest import free_ports, terminate, wait_for
 from labpipe.stream import wire
 from labpipe.stream.client import BufferClient
+from labpipe.stream.writer import user_id
 
 
 def start(module, *args):
@@ -303,12 +310,76 @@ def test_bad_command_lines_are_one_line():
             ("buffer", ["tcp://127.0.0.1:1", "-o", "1", "-b", "0"], "at least 1"),
             ("sim", ["-p", "1", "--image", "3by4"], "ROWSxCOLS"),
             ("writer", ["tcp://127.0.0.1:1", "/nonexistent/dir/x.h5", "-1", "1"],
-             "cannot create")]:
+             "cannot create"),
+            ("writer", ["tcp://127.0.0.1:1", "x.h5", "-2", "1"], "-2 is not a user id")]:
         result = subprocess.run([sys.executable, "-m", f"labpipe.stream.{module}", *args],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert words in lines[-1] and "Traceback" not in result.stderr, result.stderr
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir():
+    """A directory anyone may write (pytest's tmp_path is root's alone)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="labpipe_writer_uid_"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def run_writer(*args, prefix=()):
+    return subprocess.run([*prefix, sys.executable, "-m", "labpipe.stream.writer",
+                           *map(str, args)], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="dropping to another user needs root (and setpriv)")
+def test_the_writer_drops_to_its_user_id_before_it_creates_the_file(open_dir):
+    with processes() as started:
+        chain = Chain(started, length=5000)  # 25 s: the writer's start is slow
+        newest = chain.wait_buffered(20)["newest_pulse_id"]
+        (port,) = free_ports(1)
+        path = open_dir / "nobody.h5"
+        writer = start("writer", chain.address(), path, NOBODY, port)
+        started.append(writer)
+        assert "REST API" in writer.stdout.readline()
+        rest(port, "PUT", f"/start_pulse_id/{newest - 10}")
+        rest(port, "PUT", f"/stop_pulse_id/{newest}")
+        assert writer.wait(timeout=20) == 0, writer.stderr.read()
+        owner = os.stat(path)
+        assert (owner.st_uid, owner.st_gid) == (NOBODY, pwd.getpwuid(NOBODY).pw_gid)
+        with h5py.File(path) as f:
+            assert list(f["data/SIM:SCALAR0/pulse_id"]) == list(range(newest - 10,
+                                                                      newest + 1))
+        # the writer has nobody's rights, not root's: a directory of root's is closed
+        closed = open_dir / "roots"
+        closed.mkdir(mode=0o755)
+        (port,) = free_ports(1)
+        result = run_writer(chain.address(), closed / "x.h5", NOBODY, port)
+        assert result.returncode == 1 and not (closed / "x.h5").exists()
+        assert result.stderr == (f"labpipe-writer: cannot create {closed / 'x.h5'} as"
+                                 f" user {NOBODY}: Permission denied\n")
+    # without the right to change users (root's capabilities dropped by setpriv; a
+    # plain user could not start this interpreter, which lives in root's home)
+    result = run_writer("tcp://127.0.0.1:1", open_dir / "y.h5", NOBODY, port,
+                        prefix=("setpriv", "--bounding-set", "-all", "--inh-caps",
+                                "-all"))
+    assert (result.returncode, result.stderr) == (
+        1, f"labpipe-writer: cannot become user {NOBODY}: Operation not permitted\n")
+    assert not (open_dir / "y.h5").exists()
+    assert sorted(p.name for p in open_dir.iterdir()) == ["nobody.h5", "roots"]
+
+
+def test_user_ids_the_writer_takes():
+    assert [user_id(text) for text in ("-1", "0", "65534")] == [-1, 0, 65534]
+    for bad, words in [("-2", "-2 is not"), (str(2**32 - 1), "0 to 4294967294"),
+                       ("root", "'root' is not a user id")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            user_id(bad)
 
 
 CAPTURE = """
