@@ -3,9 +3,9 @@
 The group gets ``data/<channel>/{data,pulse_id,timestamp,is_data_present}``, one row
 per pulse id of the window: a pulse id the stream skipped, or a channel a message
 lacks, is a row with ``is_data_present`` false. The buffer sends blocks of messages
-by columns; each block is written with a few writes per channel (an image: a direct
-chunk write, straight from the received frame), and the next block is asked for
-before this one is written. At close every dataset is cut to the rows of the window.
+by columns; an image is written with a direct chunk write straight from the received
+frame, the rest staged and written thousands of rows at a time, and the next block
+is asked for before this one is written. At close every dataset is cut to the rows of the window.
 """
 
 from __future__ import annotations
@@ -23,35 +23,44 @@ from labpipe.stream.client import Block, BufferClient
 
 CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 4096
+STAGE_BYTES = 16 << 20  # rows of a small channel staged before a write
+MAX_STAGE_ROWS = 8192
 DIRECT_BYTES = 1 << 20  # a value this big is a chunk of its own, written directly
-MAX_GAP = 4096  # rows skipped within one write; a longer gap splits the write
 READ_LIMIT = 2000  # messages per block (the buffer bounds a block's bytes too)
 
 
 class _Column:
-    """One channel's datasets."""
+    """One channel's datasets, and its rows staged for them: an image is written as
+    it comes, a chunk of its own (H5Dwrite_chunk: no selection, no conversion, no
+    copy); everything else (values of small channels, every timestamp and presence)
+    is staged and written a few thousand rows at a time."""
 
     def __init__(self, group: h5py.Group, channel: wire.Channel) -> None:
         self.key = (channel.type, channel.shape)
-        self.shape = channel.shape
-        self.dtype = channel.dtype.newbyteorder("<")
-        self.rowbytes = int(np.prod(channel.shape)) * self.dtype.itemsize
-        # an image per chunk, written as it came (H5Dwrite_chunk: no selection, no
-        # conversion, no copy); smaller values in chunks of several rows
+        shape = channel.shape
+        dtype = channel.dtype.newbyteorder("<")
+        self.rowbytes = int(np.prod(shape)) * dtype.itemsize
         self.direct = self.rowbytes >= DIRECT_BYTES
-        rows = 1 if self.direct else max(1, min(MAX_CHUNK_ROWS,
-                                                CHUNK_BYTES // max(1, self.rowbytes)))
-        self.data = group.create_dataset("data", (0, *channel.shape), self.dtype,
-                                         maxshape=(None, *channel.shape),
-                                         chunks=(rows, *channel.shape))
-        rows = max(rows, 256)
+        chunk = 1 if self.direct else max(1, min(MAX_CHUNK_ROWS,
+                                                 CHUNK_BYTES // max(1, self.rowbytes)))
+        self.data = group.create_dataset("data", (0, *shape), dtype,
+                                         maxshape=(None, *shape),
+                                         chunks=(chunk, *shape))
+        self.size = max(chunk, min(MAX_STAGE_ROWS, STAGE_BYTES // max(1, self.rowbytes)))
+        small = (self.size,)
         self.timestamp = group.create_dataset("timestamp", (0,), np.int64,
-                                              maxshape=(None,), chunks=(rows,))
+                                              maxshape=(None,), chunks=small)
         self.present = group.create_dataset("is_data_present", (0,), bool,
-                                            maxshape=(None,), chunks=(rows,))
+                                            maxshape=(None,), chunks=small)
         self.pulse_id = group.create_dataset("pulse_id", (0,), np.int64,
-                                             maxshape=(None,), chunks=(rows,))
-        self.length = 0
+                                             maxshape=(None,), chunks=small)
+        self.stage = None if self.direct else np.zeros((self.size, *shape), dtype)
+        self.stage_stamp = np.zeros(self.size, np.int64)
+        self.stage_present = np.zeros(self.size, bool)
+        self.start = -1  # the row of the stage's first
+        self.filled = 0
+        self.length = 0  # rows the datasets have
+        self.direct_length = 0
 
     def write(self, rows: np.ndarray[Any, Any], values: np.ndarray[Any, Any],
               stamps: np.ndarray[Any, Any], present: np.ndarray[Any, Any]) -> int:
@@ -59,48 +68,63 @@ class _Column:
         if not present.all():
             index = np.flatnonzero(present)
             rows, stamps = rows[index], stamps[index]
-            values = values if self.direct else values[index]
+            values = values[index] if not self.direct else values
         else:
             index = None
         if not len(rows):
             return 0
-        end = int(rows[-1]) + 1
-        if end > self.length:
-            for dataset in (self.data, self.timestamp, self.present):
-                dataset.resize(end, axis=0)
-            self.length = end
         if self.direct:
+            end = int(rows[-1]) + 1
+            if end > self.direct_length:  # grown ahead, cut at close
+                self.direct_length = max(end, 2 * self.direct_length, 64)
+                self.data.resize(self.direct_length, axis=0)
             write = self.data.id.write_direct_chunk
-            zeros = (0,) * len(self.shape)
+            zeros = (0,) * (values.ndim - 1)
             for position, row in enumerate(rows.tolist()):
                 write((row, *zeros),
                       values[position if index is None else index[position]])
-        else:
-            _spans(self.data, rows, values)
-        _spans(self.timestamp, rows, stamps)
-        _spans(self.present, rows, np.ones(len(rows), bool))
+        done = 0
+        while done < len(rows):
+            first = int(rows[done])
+            if self.start < 0 or first >= self.start + self.size:
+                self.flush()
+                self.start = first
+            upto = done + int(np.searchsorted(rows[done:], self.start + self.size))
+            at = rows[done:upto] - self.start
+            if self.stage is not None:
+                self.stage[at] = values[done:upto]
+            self.stage_stamp[at] = stamps[done:upto]
+            self.stage_present[at] = True
+            self.filled = max(self.filled, int(at[-1]) + 1)
+            done = upto
         return len(rows) * self.rowbytes
 
+    def flush(self) -> None:
+        """Write the staged rows."""
+        if self.start < 0 or not self.filled:
+            return
+        end = self.start + self.filled
+        if end > self.length:
+            self.length = end
+            for dataset in (self.timestamp, self.present):
+                dataset.resize(end, axis=0)
+            if self.stage is not None:
+                self.data.resize(end, axis=0)
+        rows = slice(self.start, end)
+        if self.stage is not None:
+            self.data[rows] = self.stage[:self.filled]
+            self.stage[:self.filled] = 0
+        self.timestamp[rows] = self.stage_stamp[:self.filled]
+        self.present[rows] = self.stage_present[:self.filled]
+        self.stage_stamp[:self.filled] = 0
+        self.stage_present[:self.filled] = False
+        self.start, self.filled = -1, 0
+
     def close(self, rows: int, first_pulse: int) -> None:
+        self.flush()
         for dataset in (self.data, self.timestamp, self.present, self.pulse_id):
             dataset.resize(rows, axis=0)
         self.pulse_id[:] = first_pulse + np.arange(rows, dtype=np.int64)
-
-
-def _spans(dataset: h5py.Dataset, rows: np.ndarray[Any, Any],
-           values: np.ndarray[Any, Any]) -> None:
-    """Write ``values`` at ``rows`` (increasing): one write per stretch, the rows
-    skipped inside it left as the fill value (0, False)."""
-    cuts = np.flatnonzero(np.diff(rows) > MAX_GAP) + 1
-    for first, last in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)],
-                           strict=True):
-        low, high = int(rows[first]), int(rows[last - 1]) + 1
-        if high - low == last - first:
-            dataset[low:high] = values[first:last]
-        else:
-            dense = np.zeros((high - low, *values.shape[1:]), values.dtype)
-            dense[rows[first:last] - low] = values[first:last]
-            dataset[low:high] = dense
 
 
 class Window:
