@@ -106,8 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"labpipe-stream-sim: {error}\n")
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, 10000)
+    # a queue of at most ~1 s or 256 MB of messages, whichever is less (PUSH queues
+    # in memory what no peer took yet)
+    size = sum(len(part) for part in source.message(0, False))
+    socket.setsockopt(zmq.SNDHWM, max(10, min(10000, int(args.rate),
+                                              (256 << 20) // size)))
+    # with --count, what is sent is delivered before the simulator exits
+    socket.setsockopt(zmq.LINGER, 5000 if args.count else 0)
     try:
         socket.bind(f"tcp://127.0.0.1:{args.port}")
     except zmq.ZMQError as error:
