@@ -53,10 +53,12 @@ class Chain:
         self.sim_port, self.out_port = free_ports(2)
         self.rate = rate
         self.sim_args = sim_args
-        self.sim = self.start_sim()
         self.length = length
         self.buffer_args = buffer_args
+        # the buffer first: it takes the simulator's first messages, whatever the
+        # machine's load does to the processes' start
         self.buffer = self.start_buffer()
+        self.sim = self.start_sim()
         self.client = BufferClient(f"tcp://127.0.0.1:{self.out_port}", timeout=10)
         started.append(self)
 
