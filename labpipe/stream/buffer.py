@@ -58,7 +58,7 @@ class Buffer:
         """One message from the stream: stored, or counted as late or malformed."""
         self.received += 1
         try:
-            message = self.decoder.decode(parts)
+            message = self.decoder.decode(parts, raw=True)
         except wire.WireError as error:
             self.malformed += 1
             self.last_error = str(error)

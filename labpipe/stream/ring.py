@@ -27,6 +27,12 @@ class _Column:
     stamps: np.ndarray[Any, Any]
     present: np.ndarray[Any, Any]
 
+    def __post_init__(self) -> None:
+        # flat byte views: a raw part is copied into its slot by one slice assignment
+        self.raw_values = self.values.reshape(-1).view(np.uint8).data
+        self.raw_stamps = self.stamps.reshape(-1).view(np.uint8).data
+        self.value_bytes = self.values[0].nbytes
+
 
 class Ring:
     """A bounded ring of bsread messages, oldest overwritten first."""
@@ -62,7 +68,8 @@ class Ring:
         return channels
 
     def put(self, message: wire.Message) -> None:
-        """Store one message in the oldest slot."""
+        """Store one message in the oldest slot (decoded, or raw: see
+        :meth:`labpipe.stream.wire.Decoder.decode`)."""
         header_id = self._header_id(message)
         slot = self.count % self.length
         self.pulse_id[slot] = message.pulse_id
@@ -73,9 +80,17 @@ class Ring:
                                      message.timestamps, strict=True):
             column = self._columns[key]
             column.present[slot] = value is not None
-            if value is not None:
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
                 column.values[slot] = value
+            else:
+                size = column.value_bytes
+                column.raw_values[slot * size:(slot + 1) * size] = value
+            if isinstance(stamp, tuple):
                 column.stamps[slot] = stamp
+            else:
+                column.raw_stamps[slot * 16:(slot + 1) * 16] = stamp
         self.count += 1
 
     def oldest_seq(self) -> int:
@@ -144,7 +159,7 @@ class Ring:
             if key not in self._columns:
                 self._columns[key] = _Column(
                     _touched((self.length, *channel.shape), channel.dtype),
-                    _touched((self.length, 2), np.int64),
+                    _touched((self.length, 2), np.dtype("<i8")),
                     _touched(self.length, bool))
         header_id = self._next_header
         self._next_header += 1
