@@ -77,7 +77,8 @@ class Chain:
         image_args = ("--image", f"{image[0]}x{image[1]}") if image else ()
         self.sim = start("sim", "-p", sim_port, "--rate", rate, "--scalars", scalars,
                          *image_args)
-        self.client = BufferClient(self.address, timeout=30)
+        # long: the buffer writes its ring through at the first message (seconds a GB)
+        self.client = BufferClient(self.address, timeout=180)
         self.sim_counts = (0, 0)
 
     def stop_sim(self):

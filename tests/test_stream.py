@@ -142,7 +142,8 @@ def test_bitshuffle_lz4_round_trip():
 
 def test_window_by_pulse_id_start_in_the_past_stop_in_the_future(tmp_path):
     with processes() as started:
-        chain = Chain(started, sim_args=("--skip-every", 25))
+        # a ring of 10 s: the writer's start under load must not outlast the window's past
+        chain = Chain(started, length=2000, sim_args=("--skip-every", 25))
         status = chain.wait_buffered(100)
         newest = status["newest_pulse_id"]
         start_pulse, stop_pulse = newest - 80, newest + 60
@@ -241,8 +242,8 @@ def test_data_header_change_mid_window(tmp_path):
         # the simulator's pulse ids start where the test says, so the change is known
         first = 10_000
         change = first + 200
-        chain = Chain(started, sim_args=("--start-pulse-id", first, "--change-at",
-                                         change))
+        chain = Chain(started, length=2000, sim_args=("--start-pulse-id", first,
+                                                      "--change-at", change))
         start_pulse = chain.wait_buffered(30)["oldest_pulse_id"] + 5
         assert start_pulse < change - 20
         writer, port = start_writer(started, chain, tmp_path / "change.h5")
