@@ -48,8 +48,10 @@ def processes():
 class Chain:
     """A simulator and a buffer on free ports."""
 
-    def __init__(self, started, length=400, rate=200, sim_args=(), buffer_args=()):
+    def __init__(self, started, length=400, rate=200, sim_args=(), buffer_args=(),
+                 channels=("--image", "3x4", "--scalars", 2, "--waveform", 5)):
         self.started = started
+        self.channels = channels
         self.sim_port, self.out_port = free_ports(2)
         self.rate = rate
         self.sim_args = sim_args
@@ -66,8 +68,8 @@ class Chain:
         self.client.close()
 
     def start_sim(self):
-        process = start("sim", "-p", self.sim_port, "--rate", self.rate, "--image",
-                        "3x4", "--scalars", 2, "--waveform", 5, *self.sim_args)
+        process = start("sim", "-p", self.sim_port, "--rate", self.rate,
+                        *self.channels, *self.sim_args)
         self.started.append(process)
         assert "sending" in process.stdout.readline()
         return process
@@ -169,6 +171,27 @@ def test_window_by_pulse_id_start_in_the_past_stop_in_the_future(tmp_path):
         assert f["general"].attrs["user"] == "me" and f["general"].attrs["n"] == 3
         assert f["data/SIM:IMAGE/data"].chunks is not None
     assert status["gaps"] > 0
+
+
+def test_scalars_at_a_kilohertz_buffered_and_written_without_loss(tmp_path):
+    # bench_stream.py runs the issue's 10 kHz; here 1.5 s of 1 kHz, every pulse id
+    with processes() as started:
+        chain = Chain(started, length=20_000, rate=1000, channels=("--scalars", 20))
+        start_pulse = chain.wait_buffered(10)["newest_pulse_id"] + 500
+        stop_pulse = start_pulse + 1499
+        writer, port = start_writer(started, chain, tmp_path / "scalars.h5")
+        rest(port, "PUT", f"/start_pulse_id/{start_pulse}")
+        rest(port, "PUT", f"/stop_pulse_id/{stop_pulse}")
+        assert writer.wait(timeout=30) == 0, writer.stderr.read()
+        assert chain.status()["gaps"] == 0
+    pulses = np.arange(start_pulse, stop_pulse + 1)
+    with h5py.File(tmp_path / "scalars.h5") as f:
+        assert sorted(f["data"]) == sorted(f"SIM:SCALAR{i}" for i in range(20))
+        for index in range(20):
+            scalar = channel(f, f"SIM:SCALAR{index}")
+            assert (scalar["pulse_id"] == pulses).all()
+            assert scalar["is_data_present"].all()
+            assert (scalar["data"][:, 0] == pulses + index / 100).all()
 
 
 def test_start_now_stop_now_and_every_rest_error(tmp_path):
