@@ -113,15 +113,22 @@ def decompress(part: bytes, channel: Channel) -> np.ndarray[Any, Any]:
 
 
 def encode(pulse_id: int, sec: int, ns: int, header: bytes,
-           values: list[bytes], timestamps: list[tuple[int, int]]) -> list[bytes]:
-    """The parts of one message (value parts already encoded, b"" for no data)."""
+           values: list[bytes], timestamps: list[tuple[int, int]],
+           digest: str | None = None) -> list[bytes]:
+    """The parts of one message (value parts already encoded, b"" for no data);
+    ``digest``: the data header's :func:`header_hash`, when the caller keeps it."""
     main = json.dumps({"htype": MAIN_HTYPE, "pulse_id": pulse_id,
                        "global_timestamp": {"sec": sec, "ns": ns},
-                       "hash": header_hash(header), "dh_compression": "none"}).encode()
+                       "hash": digest or header_hash(header),
+                       "dh_compression": "none"}).encode()
     parts = [main, header]
-    for value, (tsec, tns) in zip(values, timestamps, strict=True):
+    packed: dict[tuple[int, int], bytes] = {}
+    for value, stamp in zip(values, timestamps, strict=True):
         parts.append(value)
-        parts.append(struct.pack("<qq", tsec, tns))
+        part = packed.get(stamp)
+        if part is None:
+            part = packed[stamp] = struct.pack("<qq", *stamp)
+        parts.append(part)
     return parts
 
 
