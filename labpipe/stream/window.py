@@ -268,6 +268,11 @@ class Capture:
                                                               "right")))
                     if len(block):
                         self.window.add(block)
+                    if self.window.first_pulse is not None:
+                        # the stream went past the stop: pulse ids it skipped up to
+                        # the stop are rows without data
+                        self.window.rows = max(self.window.rows,
+                                               stop - self.window.first_pulse + 1)
                     return
                 if len(block):
                     self.window.add(block)
