@@ -249,7 +249,7 @@ def bench_writer(args, image, directory):
     path = os.path.join(directory, "window.h5")
     with chain(ring, args.rate, image) as c:
         wait_buffered(c.client, args.window + int(2 * args.rate),
-                      timeout=2 * ring / args.rate + 30)
+                      timeout=3 * ring / args.rate + 120)
         rates, dds, h5s = [], [], []
         for _ in range(args.repeat):
             size = args.window * image[0] * image[1] * 2
