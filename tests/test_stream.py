@@ -474,3 +474,17 @@ def test_a_bitshuffle_lz4_stream_is_buffered_uncompressed():
         expected[0, 0] = message.pulse_id & 0xFFFF
         assert (image == expected).all()
         assert chain.status()["malformed"] == 0
+
+
+def test_a_large_image_is_buffered_whole():
+    # above the buffer's BIG_MESSAGE: received without copies, as memoryviews
+    with processes() as started:
+        chain = Chain(started, rate=20, channels=("--image", "600x1000", "--scalars", 1))
+        chain.wait_buffered(3)
+        for message in chain.client.last(2):
+            image = message.values[[c.name for c in message.channels].index("SIM:IMAGE")]
+            expected = np.arange(600_000, dtype=np.uint16).reshape(600, 1000)
+            expected[0, 0] = message.pulse_id & 0xFFFF
+            assert (image == expected).all()
+            assert message.values[0][0] == message.pulse_id
+        assert chain.status()["malformed"] == 0

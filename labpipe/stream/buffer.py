@@ -38,6 +38,8 @@ from labpipe.stream.ring import Ring
 # so the replies' buffers are reused memory, not fresh pages faulted in each time
 READ_BYTES = 16 << 20
 DRAIN_SECONDS = 0.05
+BIG_MESSAGE = 1 << 20
+BIG_PART = 64 << 10
 
 
 class Buffer:
@@ -155,6 +157,7 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
     if ready:
         print(f"labpipe-buffer: buffering {stream} ({length} messages), serving on"
               f" {output.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    big = False  # the last message was large: receive the next one without copies
     try:
         while not stopping:
             events = dict(poller.poll(200))
@@ -165,10 +168,11 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
                 until = time.monotonic() + DRAIN_SECONDS
                 while time.monotonic() < until:
                     try:
-                        parts = source.recv_multipart(zmq.NOBLOCK, copy=True)
+                        parts = receive(source, big)
                     except zmq.Again:
                         break
                     buffer.take(parts)
+                    big = sum(map(len, parts)) > BIG_MESSAGE
             if output in events:
                 while True:
                     try:
@@ -180,6 +184,16 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
         source.close()
         output.close()
         context.term()
+
+
+def receive(source: zmq.Socket[bytes], big: bool) -> list[Any]:
+    """One message's parts: bytes, or for a large message (``big``) memoryviews of
+    its large parts as ZMQ received them (one copy of an image fewer; a part
+    received as a frame costs more than as bytes, so small messages stay bytes)."""
+    if not big:
+        return source.recv_multipart(zmq.NOBLOCK)
+    return [frame.buffer if len(frame) > BIG_PART else frame.bytes
+            for frame in source.recv_multipart(zmq.NOBLOCK, copy=False)]
 
 
 def answer(buffer: Buffer, request: list[bytes]) -> list[Any]:
