@@ -7,8 +7,8 @@
    beside its ring's size (the floor of RSS).
 2. Writer, the same stream running: ``labpipe-writer`` writing a window of WINDOW
    images,
-   a. *past*: a window the ring holds whole, asked for after its last pulse was sent
-      (its first 10 s before at the defaults), from the start call to the writer's
+   a. *past*: a window the ring holds whole, asked for once its last pulse was sent
+      (its first WINDOW/RATE s before), from the start call to the writer's
       exit with the file fsynced: its throughput beside this disk's sequential write
       speed for the same bytes, in the same run, interleaved with the writers:
       ``dd bs=4M conv=fsync`` and an h5py write into a contiguous dataset, fsynced;
@@ -256,7 +256,7 @@ def bench_writer(args, image, directory):
             dds.append(dd_floor(directory, size))
             h5s.append(h5py_floor(directory, size))
             newest = c.client.status()["newest_pulse_id"]
-            first = newest - args.window - int(2 * args.rate) + 1
+            first = newest - args.window + 1  # its first pulse sent WINDOW/RATE s ago
             seconds, code, err = write_window(c.address, path, first,
                                               first + args.window - 1)
             written, rows, missing, size = read_window(path, "SIM:IMAGE")
