@@ -238,7 +238,8 @@ def bench_buffer(args, image):
     floor = copy_floor(image)
     print(f"buffer: CPU per message {1e6 * (cpu1 - cpu0) / max(received, 1):.0f} us"
           f" (floor: one in-memory copy of the image {1e6 * floor:.0f} us; the"
-          f" buffer makes two, off the socket and into the ring);"
+          f" buffer makes one, from the received frame into the ring, after the"
+          f" kernel's off the socket);"
           f" RSS {min(rss) / 1e6:.0f}..{max(rss) / 1e6:.0f} MB beside the ring's"
           f" {status1['ring_bytes'] / 1e6:.0f} MB (floor)")
 
