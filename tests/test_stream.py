@@ -195,6 +195,22 @@ def test_scalars_at_a_kilohertz_buffered_and_written_without_loss(tmp_path):
             assert (scalar["data"][:, 0] == pulses + index / 100).all()
 
 
+def test_a_window_that_starts_in_the_future(tmp_path):
+    # the blocks read before the start are all skipped (an empty block ended the
+    # writer with exit 0 and no data)
+    with processes() as started:
+        chain = Chain(started)
+        start_pulse = chain.wait_buffered(5)["newest_pulse_id"] + 600  # 3 s ahead
+        writer, port = start_writer(started, chain, tmp_path / "future.h5")
+        rest(port, "PUT", f"/start_pulse_id/{start_pulse}")
+        rest(port, "PUT", f"/stop_pulse_id/{start_pulse + 9}")
+        assert writer.wait(timeout=20) == 0, writer.stderr.read()
+    with h5py.File(tmp_path / "future.h5") as f:
+        scalar = channel(f, "SIM:SCALAR0")
+        assert list(scalar["pulse_id"]) == list(range(start_pulse, start_pulse + 10))
+        assert scalar["is_data_present"].all()
+
+
 def test_start_now_stop_now_and_every_rest_error(tmp_path):
     with processes() as started:
         chain = Chain(started)

@@ -263,6 +263,8 @@ class Capture:
                 if start is not None and block.pulse_id[0] < start:
                     block = block.part(int(np.searchsorted(block.pulse_id, start)),
                                        len(block))
+                    if not len(block):
+                        continue  # all before a start still to come
                 if stop is not None and block.pulse_id[-1] >= stop:
                     block = block.part(0, int(np.searchsorted(block.pulse_id, stop,
                                                               "right")))

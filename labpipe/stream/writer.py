@@ -58,6 +58,8 @@ class Writer:
             self.capture.run(lambda: self.cancelled)
         except (BufferError, ValueError) as error:
             self.capture.errors.append(str(error))
+        except Exception as error:  # a writer that failed never exits 0
+            self.capture.errors.append(f"internal error: {error!r}")
 
     def state(self) -> str:
         if self.capture.finished.is_set():
