@@ -1,10 +1,16 @@
 """labpipe.stream: the simulator, the buffer and the writer as real processes over
 real ZMQ and HTTP on 127.0.0.1; an experiment capturing a window with labpipe-run."""
 
+import argparse
 import contextlib
 import json
+import os
+import pathlib
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -15,6 +21,7 @@ import pytest
 from conftest import free_ports, terminate, wait_for
 from labpipe.stream import wire
 from labpipe.stream.client import BufferClient
+from labpipe.stream.writer import user_id
 
 
 def start(module, *args):
@@ -41,15 +48,19 @@ def processes():
 class Chain:
     """A simulator and a buffer on free ports."""
 
-    def __init__(self, started, length=400, rate=200, sim_args=(), buffer_args=()):
+    def __init__(self, started, length=400, rate=200, sim_args=(), buffer_args=(),
+                 channels=("--image", "3x4", "--scalars", 2, "--waveform", 5)):
         self.started = started
+        self.channels = channels
         self.sim_port, self.out_port = free_ports(2)
         self.rate = rate
         self.sim_args = sim_args
-        self.sim = self.start_sim()
         self.length = length
         self.buffer_args = buffer_args
+        # the buffer first: it takes the simulator's first messages, whatever the
+        # machine's load does to the processes' start
         self.buffer = self.start_buffer()
+        self.sim = self.start_sim()
         self.client = BufferClient(f"tcp://127.0.0.1:{self.out_port}", timeout=10)
         started.append(self)
 
@@ -57,8 +68,8 @@ class Chain:
         self.client.close()
 
     def start_sim(self):
-        process = start("sim", "-p", self.sim_port, "--rate", self.rate, "--image",
-                        "3x4", "--scalars", 2, "--waveform", 5, *self.sim_args)
+        process = start("sim", "-p", self.sim_port, "--rate", self.rate,
+                        *self.channels, *self.sim_args)
         self.started.append(process)
         assert "sending" in process.stdout.readline()
         return process
@@ -133,10 +144,12 @@ def test_bitshuffle_lz4_round_trip():
 
 def test_window_by_pulse_id_start_in_the_past_stop_in_the_future(tmp_path):
     with processes() as started:
-        chain = Chain(started, sim_args=("--skip-every", 25))
+        # a ring of 10 s: the writer's start under load must not outlast the window's past
+        chain = Chain(started, length=2000, sim_args=("--skip-every", 25))
         status = chain.wait_buffered(100)
         newest = status["newest_pulse_id"]
         start_pulse, stop_pulse = newest - 80, newest + 60
+        stop_pulse -= stop_pulse % 25  # a pulse id the stream skips: the last row
         writer, port = start_writer(started, chain, tmp_path / "out.h5")
         assert rest(port, "GET", "/status") == (200, {"state": "ok", "status": "waiting"})
         assert rest(port, "POST", "/parameters", {"user": "me", "n": 3})[0] == 200
@@ -159,6 +172,43 @@ def test_window_by_pulse_id_start_in_the_past_stop_in_the_future(tmp_path):
         assert f["general"].attrs["user"] == "me" and f["general"].attrs["n"] == 3
         assert f["data/SIM:IMAGE/data"].chunks is not None
     assert status["gaps"] > 0
+
+
+def test_scalars_at_a_kilohertz_buffered_and_written_without_loss(tmp_path):
+    # bench_stream.py runs the issue's 10 kHz; here 1.5 s of 1 kHz, every pulse id
+    with processes() as started:
+        chain = Chain(started, length=20_000, rate=1000, channels=("--scalars", 20))
+        start_pulse = chain.wait_buffered(10)["newest_pulse_id"] + 500
+        stop_pulse = start_pulse + 1499
+        writer, port = start_writer(started, chain, tmp_path / "scalars.h5")
+        rest(port, "PUT", f"/start_pulse_id/{start_pulse}")
+        rest(port, "PUT", f"/stop_pulse_id/{stop_pulse}")
+        assert writer.wait(timeout=30) == 0, writer.stderr.read()
+        assert chain.status()["gaps"] == 0
+    pulses = np.arange(start_pulse, stop_pulse + 1)
+    with h5py.File(tmp_path / "scalars.h5") as f:
+        assert sorted(f["data"]) == sorted(f"SIM:SCALAR{i}" for i in range(20))
+        for index in range(20):
+            scalar = channel(f, f"SIM:SCALAR{index}")
+            assert (scalar["pulse_id"] == pulses).all()
+            assert scalar["is_data_present"].all()
+            assert (scalar["data"][:, 0] == pulses + index / 100).all()
+
+
+def test_a_window_that_starts_in_the_future(tmp_path):
+    # the blocks read before the start are all skipped (an empty block ended the
+    # writer with exit 0 and no data)
+    with processes() as started:
+        chain = Chain(started)
+        start_pulse = chain.wait_buffered(5)["newest_pulse_id"] + 600  # 3 s ahead
+        writer, port = start_writer(started, chain, tmp_path / "future.h5")
+        rest(port, "PUT", f"/start_pulse_id/{start_pulse}")
+        rest(port, "PUT", f"/stop_pulse_id/{start_pulse + 9}")
+        assert writer.wait(timeout=20) == 0, writer.stderr.read()
+    with h5py.File(tmp_path / "future.h5") as f:
+        scalar = channel(f, "SIM:SCALAR0")
+        assert list(scalar["pulse_id"]) == list(range(start_pulse, start_pulse + 10))
+        assert scalar["is_data_present"].all()
 
 
 def test_start_now_stop_now_and_every_rest_error(tmp_path):
@@ -232,8 +282,8 @@ def test_data_header_change_mid_window(tmp_path):
         # the simulator's pulse ids start where the test says, so the change is known
         first = 10_000
         change = first + 200
-        chain = Chain(started, sim_args=("--start-pulse-id", first, "--change-at",
-                                         change))
+        chain = Chain(started, length=2000, sim_args=("--start-pulse-id", first,
+                                                      "--change-at", change))
         start_pulse = chain.wait_buffered(30)["oldest_pulse_id"] + 5
         assert start_pulse < change - 20
         writer, port = start_writer(started, chain, tmp_path / "change.h5")
@@ -303,12 +353,76 @@ def test_bad_command_lines_are_one_line():
             ("buffer", ["tcp://127.0.0.1:1", "-o", "1", "-b", "0"], "at least 1"),
             ("sim", ["-p", "1", "--image", "3by4"], "ROWSxCOLS"),
             ("writer", ["tcp://127.0.0.1:1", "/nonexistent/dir/x.h5", "-1", "1"],
-             "cannot create")]:
+             "cannot create"),
+            ("writer", ["tcp://127.0.0.1:1", "x.h5", "-2", "1"], "-2 is not a user id")]:
         result = subprocess.run([sys.executable, "-m", f"labpipe.stream.{module}", *args],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert words in lines[-1] and "Traceback" not in result.stderr, result.stderr
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir():
+    """A directory anyone may write (pytest's tmp_path is root's alone)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="labpipe_writer_uid_"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def run_writer(*args, prefix=()):
+    return subprocess.run([*prefix, sys.executable, "-m", "labpipe.stream.writer",
+                           *map(str, args)], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="dropping to another user needs root (and setpriv)")
+def test_the_writer_drops_to_its_user_id_before_it_creates_the_file(open_dir):
+    with processes() as started:
+        chain = Chain(started, length=5000)  # 25 s: the writer's start is slow
+        newest = chain.wait_buffered(20)["newest_pulse_id"]
+        (port,) = free_ports(1)
+        path = open_dir / "nobody.h5"
+        writer = start("writer", chain.address(), path, NOBODY, port)
+        started.append(writer)
+        assert "REST API" in writer.stdout.readline()
+        rest(port, "PUT", f"/start_pulse_id/{newest - 10}")
+        rest(port, "PUT", f"/stop_pulse_id/{newest}")
+        assert writer.wait(timeout=20) == 0, writer.stderr.read()
+        owner = os.stat(path)
+        assert (owner.st_uid, owner.st_gid) == (NOBODY, pwd.getpwuid(NOBODY).pw_gid)
+        with h5py.File(path) as f:
+            assert list(f["data/SIM:SCALAR0/pulse_id"]) == list(range(newest - 10,
+                                                                      newest + 1))
+        # the writer has nobody's rights, not root's: a directory of root's is closed
+        closed = open_dir / "roots"
+        closed.mkdir(mode=0o755)
+        (port,) = free_ports(1)
+        result = run_writer(chain.address(), closed / "x.h5", NOBODY, port)
+        assert result.returncode == 1 and not (closed / "x.h5").exists()
+        assert result.stderr == (f"labpipe-writer: cannot create {closed / 'x.h5'} as"
+                                 f" user {NOBODY}: Permission denied\n")
+    # without the right to change users (root's capabilities dropped by setpriv; a
+    # plain user could not start this interpreter, which lives in root's home)
+    result = run_writer("tcp://127.0.0.1:1", open_dir / "y.h5", NOBODY, port,
+                        prefix=("setpriv", "--bounding-set", "-all", "--inh-caps",
+                                "-all"))
+    assert (result.returncode, result.stderr) == (
+        1, f"labpipe-writer: cannot become user {NOBODY}: Operation not permitted\n")
+    assert not (open_dir / "y.h5").exists()
+    assert sorted(p.name for p in open_dir.iterdir()) == ["nobody.h5", "roots"]
+
+
+def test_user_ids_the_writer_takes():
+    assert [user_id(text) for text in ("-1", "0", "65534")] == [-1, 0, 65534]
+    for bad, words in [("-2", "-2 is not"), (str(2**32 - 1), "0 to 4294967294"),
+                       ("root", "'root' is not a user id")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            user_id(bad)
 
 
 CAPTURE = """
@@ -375,4 +489,18 @@ def test_a_bitshuffle_lz4_stream_is_buffered_uncompressed():
         expected = np.arange(12, dtype=np.uint16).reshape(3, 4)
         expected[0, 0] = message.pulse_id & 0xFFFF
         assert (image == expected).all()
+        assert chain.status()["malformed"] == 0
+
+
+def test_a_large_image_is_buffered_whole():
+    # above the buffer's BIG_MESSAGE: received without copies, as memoryviews
+    with processes() as started:
+        chain = Chain(started, rate=20, channels=("--image", "600x1000", "--scalars", 1))
+        chain.wait_buffered(3)
+        for message in chain.client.last(2):
+            image = message.values[[c.name for c in message.channels].index("SIM:IMAGE")]
+            expected = np.arange(600_000, dtype=np.uint16).reshape(600, 1000)
+            expected[0, 0] = message.pulse_id & 0xFFFF
+            assert (image == expected).all()
+            assert message.values[0][0] == message.pulse_id
         assert chain.status()["malformed"] == 0

@@ -9,6 +9,13 @@ answers on its output port (a ZMQ ROUTER) two JSON requests:
   ``{"oldest_pulse", "oldest_seq", "next_seq", "parts": [k1, ...]}`` then the parts of up
   to N messages, each a bsread message as sent (values uncompressed). Reading again
   from ``next_seq`` gives the live messages as they arrive.
+- ``{"cmd": "block", "from_pulse": P | "from_seq": S, "max": N}``: the same messages
+  by columns, for writers: a first frame of JSON ``{"oldest_pulse", "oldest_seq",
+  "seq", "count", "next_seq", "data_header"}`` then, for the ``count`` messages from
+  ``seq`` on (all of one data header), their pulse ids, seconds and nanoseconds
+  (int64 each), then per channel of the data header its values (``count`` rows of
+  the channel's type and shape, little-endian), timestamps (``count`` x 2 int64) and
+  presence (``count`` bools): one frame each, no per-message encoding.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import resource
 import signal
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -26,7 +34,12 @@ from labpipe.protocol.ports import tcp_port
 from labpipe.stream import wire
 from labpipe.stream.ring import Ring
 
-READ_BYTES = 64 << 20  # at most this much in one read reply
+# at most this much in one read reply: below glibc's largest mmap threshold (32 MiB),
+# so the replies' buffers are reused memory, not fresh pages faulted in each time
+READ_BYTES = 16 << 20
+DRAIN_SECONDS = 0.05
+BIG_MESSAGE = 1 << 20
+BIG_PART = 64 << 10
 
 
 class Buffer:
@@ -47,7 +60,7 @@ class Buffer:
         """One message from the stream: stored, or counted as late or malformed."""
         self.received += 1
         try:
-            message = self.decoder.decode(parts)
+            message = self.decoder.decode(parts, raw=True)
         except wire.WireError as error:
             self.malformed += 1
             self.last_error = str(error)
@@ -102,6 +115,22 @@ class Buffer:
                 else None, "oldest_seq": oldest, "next_seq": seq, "parts": counts}
         return [json.dumps(meta).encode(), *frames]
 
+    def block(self, request: dict[str, Any]) -> list[Any]:
+        """The reply frames to a block request (arrays are copied as they are sent)."""
+        ring = self.ring
+        if "from_pulse" in request:
+            seq = ring.find_pulse(int(request["from_pulse"]))
+        else:
+            seq = int(request.get("from_seq", 0))
+        seq, count, header, arrays = ring.block(seq, int(request.get("max", 100)),
+                                                READ_BYTES)
+        oldest = ring.oldest_seq()
+        held = ring.count > oldest
+        meta = {"oldest_pulse": int(ring.pulse_id[oldest % ring.length]) if held
+                else None, "oldest_seq": oldest, "seq": seq, "count": count,
+                "next_seq": seq + count, "data_header": header.decode()}
+        return [json.dumps(meta).encode(), *arrays]
+
     def _note(self, line: str) -> None:
         if self.analyzer:
             print(f"labpipe-buffer: {line}", file=sys.stderr, flush=True)
@@ -128,17 +157,22 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
     if ready:
         print(f"labpipe-buffer: buffering {stream} ({length} messages), serving on"
               f" {output.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    big = False  # the last message was large: receive the next one without copies
     try:
         while not stopping:
             events = dict(poller.poll(200))
             if source in events:
-                # drain what is queued before answering readers: the stream first
-                for _ in range(1000):
+                # drain what is queued before answering readers, the stream first,
+                # but for DRAIN_SECONDS at most: a stream as fast as the buffer
+                # would otherwise keep every reader waiting
+                until = time.monotonic() + DRAIN_SECONDS
+                while time.monotonic() < until:
                     try:
-                        parts = source.recv_multipart(zmq.NOBLOCK, copy=True)
+                        parts = receive(source, big)
                     except zmq.Again:
                         break
                     buffer.take(parts)
+                    big = sum(map(len, parts)) > BIG_MESSAGE
             if output in events:
                 while True:
                     try:
@@ -152,7 +186,17 @@ def serve(stream: str, port: int, length: int, analyzer: bool = False,
         context.term()
 
 
-def answer(buffer: Buffer, request: list[bytes]) -> list[bytes]:
+def receive(source: zmq.Socket[bytes], big: bool) -> list[Any]:
+    """One message's parts: bytes, or for a large message (``big``) memoryviews of
+    its large parts as ZMQ received them (one copy of an image fewer; a part
+    received as a frame costs more than as bytes, so small messages stay bytes)."""
+    if not big:
+        return source.recv_multipart(zmq.NOBLOCK)
+    return [frame.buffer if len(frame) > BIG_PART else frame.bytes
+            for frame in source.recv_multipart(zmq.NOBLOCK, copy=False)]
+
+
+def answer(buffer: Buffer, request: list[bytes]) -> list[Any]:
     """The reply to one request on the output port."""
     try:
         body = json.loads(request[-1]) if request else None
@@ -162,7 +206,9 @@ def answer(buffer: Buffer, request: list[bytes]) -> list[bytes]:
             return [json.dumps({"state": "ok", "status": buffer.status()}).encode()]
         if body.get("cmd") == "read":
             return buffer.read(body)
-        raise ValueError(f"unknown cmd {body.get('cmd')!r} (status, read)")
+        if body.get("cmd") == "block":
+            return buffer.block(body)
+        raise ValueError(f"unknown cmd {body.get('cmd')!r} (status, read, block)")
     except (ValueError, TypeError, UnicodeDecodeError) as error:
         return [json.dumps({"state": "error", "status": f"bad request: {error}"})
                 .encode()]

@@ -1,7 +1,9 @@
 """The buffer's ring: the last N messages in arrays preallocated per channel.
 
 No Python object is kept per message: a slot is a row in the pulse-id, timestamp,
-sequence and header arrays, and in each channel's value array. A data-header change
+sequence and header arrays, and in each channel's value array. The arrays are
+written through when allocated, so the buffer's memory is the ring's from the first
+message on. A data-header change
 allocates arrays for the channels it adds (or whose type or shape it changes) and
 frees those no message left in the ring refers to.
 """
@@ -24,6 +26,12 @@ class _Column:
     values: np.ndarray[Any, Any]
     stamps: np.ndarray[Any, Any]
     present: np.ndarray[Any, Any]
+
+    def __post_init__(self) -> None:
+        # flat byte views: a raw part is copied into its slot by one slice assignment
+        self.raw_values = self.values.reshape(-1).view(np.uint8).data
+        self.raw_stamps = self.stamps.reshape(-1).view(np.uint8).data
+        self.value_bytes = self.values[0].nbytes
 
 
 class Ring:
@@ -60,7 +68,8 @@ class Ring:
         return channels
 
     def put(self, message: wire.Message) -> None:
-        """Store one message in the oldest slot."""
+        """Store one message in the oldest slot (decoded, or raw: see
+        :meth:`labpipe.stream.wire.Decoder.decode`)."""
         header_id = self._header_id(message)
         slot = self.count % self.length
         self.pulse_id[slot] = message.pulse_id
@@ -71,9 +80,17 @@ class Ring:
                                      message.timestamps, strict=True):
             column = self._columns[key]
             column.present[slot] = value is not None
-            if value is not None:
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
                 column.values[slot] = value
+            else:
+                size = column.value_bytes
+                column.raw_values[slot * size:(slot + 1) * size] = value
+            if isinstance(stamp, tuple):
                 column.stamps[slot] = stamp
+            else:
+                column.raw_stamps[slot * 16:(slot + 1) * 16] = stamp
         self.count += 1
 
     def oldest_seq(self) -> int:
@@ -104,6 +121,32 @@ class Ring:
         return wire.encode(int(self.pulse_id[slot]), int(self.sec[slot]),
                            int(self.ns[slot]), header, values, stamps)
 
+    def block(self, seq: int, limit: int, max_bytes: int) -> tuple[int, int, bytes,
+                                                                   list[Any]]:
+        """Up to ``limit`` messages from ``seq`` on (at least one when any is held,
+        else at most ``max_bytes`` of values) that share one data header and lie in
+        one stretch of the ring: their seq, count, data header and arrays (views
+        into the ring): pulse ids, seconds, nanoseconds, then per channel its values,
+        its timestamps (seconds, nanoseconds) and whether each message has data."""
+        seq = max(seq, self.oldest_seq())
+        slot = seq % self.length
+        count = max(0, min(limit, self.count - seq, self.length - slot))
+        if not count:
+            return seq, 0, b"", []
+        header_id = int(self.header[slot])
+        same = self.header[slot:slot + count] == header_id
+        if not same.all():
+            count = int(np.argmin(same))
+        header, keys = self._headers[header_id]
+        row = sum(self._columns[key].values[0].nbytes for key in keys)
+        count = max(1, min(count, max_bytes // max(row, 1)))
+        rows = slice(slot, slot + count)
+        arrays: list[Any] = [self.pulse_id[rows], self.sec[rows], self.ns[rows]]
+        for key in keys:
+            column = self._columns[key]
+            arrays += [column.values[rows], column.stamps[rows], column.present[rows]]
+        return seq, count, header, arrays
+
     def _header_id(self, message: wire.Message) -> int:
         known = self._hash_to_id.get(message.data_hash)
         if known is not None:
@@ -115,9 +158,9 @@ class Ring:
         for channel, key in zip(channels, keys, strict=True):
             if key not in self._columns:
                 self._columns[key] = _Column(
-                    np.zeros((self.length, *channel.shape), channel.dtype),
-                    np.zeros((self.length, 2), np.int64),
-                    np.zeros(self.length, bool))
+                    _touched((self.length, *channel.shape), channel.dtype),
+                    _touched((self.length, 2), np.dtype("<i8")),
+                    _touched(self.length, bool))
         header_id = self._next_header
         self._next_header += 1
         self._headers[header_id] = (wire.data_header(channels), keys)
@@ -132,3 +175,11 @@ class Ring:
         keys = {key for _, ks in self._headers.values() for key in ks}
         for key in [k for k in self._columns if k not in keys]:
             del self._columns[key]
+
+
+def _touched(shape: Any, dtype: Any) -> np.ndarray[Any, Any]:
+    """Zeros in memory now: the first write into an untouched page faults, and a
+    ring of images faulted in as it fills costs tens of ms a message."""
+    array = np.empty(shape, dtype)
+    array.fill(0)
+    return array

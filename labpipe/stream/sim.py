@@ -51,16 +51,21 @@ class Source:
         self.extra = [*self.base, wire.Channel("SIM:EXTRA", "int32", (1,))]
         self._headers = {False: wire.data_header(self.base),
                          True: wire.data_header(self.extra)}
+        self._hashes = {key: wire.header_hash(part) for key, part in self._headers.items()}
+        self._scalars = np.arange(scalars, dtype=np.float64) / 100
 
     def message(self, pulse_id: int, extra: bool) -> list[bytes]:
-        """The parts of the message of this pulse id."""
-        now = time.time_ns()
-        sec, ns = divmod(now, 1_000_000_000)
-        values: list[bytes] = []
-        for channel in self.extra if extra else self.base:
+        """The parts of the message of this pulse id: ``SIM:SCALAR<i>`` is pulse id +
+        i / 100, ``SIM:WAVEFORM`` pulse id + 0, 1, ..., the image's first pixel the
+        pulse id's low 16 bits, ``SIM:EXTRA`` the pulse id."""
+        sec, ns = divmod(time.time_ns(), 1_000_000_000)
+        # all scalars in one numpy operation, cut into their 8-byte parts
+        raw = (self._scalars + pulse_id).tobytes()
+        values = [raw[8 * i:8 * i + 8] for i in range(len(self._scalars))]
+        for channel in (self.extra if extra else self.base)[len(values):]:
             values.append(self._value(channel, pulse_id))
         return wire.encode(pulse_id, sec, ns, self._headers[extra], values,
-                           [(sec, ns)] * len(values))
+                           [(sec, ns)] * len(values), self._hashes[extra])
 
     def _value(self, channel: wire.Channel, pulse_id: int) -> bytes:
         value: np.ndarray[Any, Any]
@@ -71,10 +76,7 @@ class Source:
             return wire.compress(value, channel.compression)
         if channel.name == "SIM:WAVEFORM":
             return (np.arange(channel.shape[0], dtype=np.float64) + pulse_id).tobytes()
-        if channel.name == "SIM:EXTRA":
-            return np.int32(pulse_id).tobytes()
-        index = int(channel.name.removeprefix("SIM:SCALAR"))
-        return np.float64(pulse_id + index / 100).tobytes()
+        return np.int32(pulse_id).tobytes()  # SIM:EXTRA
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,8 +108,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"labpipe-stream-sim: {error}\n")
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, 10000)
+    # a queue of at most ~1 s or 256 MB of messages, whichever is less (PUSH queues
+    # in memory what no peer took yet)
+    size = sum(len(part) for part in source.message(0, False))
+    socket.setsockopt(zmq.SNDHWM, max(10, min(10000, int(args.rate),
+                                              (256 << 20) // size)))
+    # with --count, what is sent is delivered before the simulator exits
+    socket.setsockopt(zmq.LINGER, 5000 if args.count else 0)
     try:
         socket.bind(f"tcp://127.0.0.1:{args.port}")
     except zmq.ZMQError as error:

@@ -2,8 +2,10 @@
 
 The group gets ``data/<channel>/{data,pulse_id,timestamp,is_data_present}``, one row
 per pulse id of the window: a pulse id the stream skipped, or a channel a message
-lacks, is a row with ``is_data_present`` false. Rows are staged in numpy arrays and
-written a chunk at a time; at close every dataset is cut to the rows of the window.
+lacks, is a row with ``is_data_present`` false. The buffer sends blocks of messages
+by columns; an image is written with a direct chunk write straight from the received
+frame, the rest staged and written thousands of rows at a time, and the next block
+is asked for before this one is written. At close every dataset is cut to the rows of the window.
 """
 
 from __future__ import annotations
@@ -17,60 +19,106 @@ import h5py
 import numpy as np
 
 from labpipe.stream import wire
-from labpipe.stream.client import BufferClient
+from labpipe.stream.client import Block, BufferClient
 
 CHUNK_BYTES = 4 << 20
 MAX_CHUNK_ROWS = 4096
-READ_LIMIT = 2000  # messages per read (the buffer bounds a reply's bytes too)
+STAGE_BYTES = 16 << 20  # rows of a small channel staged before a write
+MAX_STAGE_ROWS = 8192
+DIRECT_BYTES = 1 << 20  # a value this big is a chunk of its own, written directly
+READ_LIMIT = 2000  # messages per block (the buffer bounds a block's bytes too)
 
 
 class _Column:
-    """One channel's datasets and the rows staged for them."""
+    """One channel's datasets, and its rows staged for them: an image is written as
+    it comes, a chunk of its own (H5Dwrite_chunk: no selection, no conversion, no
+    copy); everything else (values of small channels, every timestamp and presence)
+    is staged and written a few thousand rows at a time."""
 
     def __init__(self, group: h5py.Group, channel: wire.Channel) -> None:
         self.key = (channel.type, channel.shape)
+        shape = channel.shape
         dtype = channel.dtype.newbyteorder("<")
-        rowbytes = max(1, int(np.prod(channel.shape)) * dtype.itemsize)
-        self.rows = max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // rowbytes))
-        self.data = group.create_dataset("data", (0, *channel.shape), dtype,
-                                         maxshape=(None, *channel.shape),
-                                         chunks=(self.rows, *channel.shape))
+        self.rowbytes = int(np.prod(shape)) * dtype.itemsize
+        self.direct = self.rowbytes >= DIRECT_BYTES
+        chunk = 1 if self.direct else max(1, min(MAX_CHUNK_ROWS,
+                                                 CHUNK_BYTES // max(1, self.rowbytes)))
+        self.data = group.create_dataset("data", (0, *shape), dtype,
+                                         maxshape=(None, *shape),
+                                         chunks=(chunk, *shape))
+        self.size = max(chunk, min(MAX_STAGE_ROWS, STAGE_BYTES // max(1, self.rowbytes)))
+        small = (self.size,)
         self.timestamp = group.create_dataset("timestamp", (0,), np.int64,
-                                              maxshape=(None,), chunks=(self.rows,))
+                                              maxshape=(None,), chunks=small)
         self.present = group.create_dataset("is_data_present", (0,), bool,
-                                            maxshape=(None,), chunks=(self.rows,))
+                                            maxshape=(None,), chunks=small)
         self.pulse_id = group.create_dataset("pulse_id", (0,), np.int64,
-                                             maxshape=(None,), chunks=(self.rows,))
-        self.stage = np.zeros((self.rows, *channel.shape), dtype)
-        self.stage_stamp = np.zeros(self.rows, np.int64)
-        self.stage_present = np.zeros(self.rows, bool)
-        self.start = -1  # the first row staged
+                                             maxshape=(None,), chunks=small)
+        self.stage = None if self.direct else np.zeros((self.size, *shape), dtype)
+        self.stage_stamp = np.zeros(self.size, np.int64)
+        self.stage_present = np.zeros(self.size, bool)
+        self.start = -1  # the row of the stage's first
         self.filled = 0
+        self.length = 0  # rows the datasets have
+        self.direct_length = 0
 
-    def put(self, row: int, value: np.ndarray[Any, Any], stamp: int) -> None:
-        if self.start < 0 or row >= self.start + self.rows:
-            self.flush()
-            self.start = row - row % self.rows
-        index = row - self.start
-        self.stage[index] = value
-        self.stage_stamp[index] = stamp
-        self.stage_present[index] = True
-        self.filled = max(self.filled, index + 1)
+    def write(self, rows: np.ndarray[Any, Any], values: np.ndarray[Any, Any],
+              stamps: np.ndarray[Any, Any], present: np.ndarray[Any, Any]) -> int:
+        """Rows (increasing) of which those ``present`` are written; their bytes."""
+        if not present.all():
+            index = np.flatnonzero(present)
+            rows, stamps = rows[index], stamps[index]
+            values = values[index] if not self.direct else values
+        else:
+            index = None
+        if not len(rows):
+            return 0
+        if self.direct:
+            end = int(rows[-1]) + 1
+            if end > self.direct_length:  # grown ahead, cut at close
+                self.direct_length = max(end, 2 * self.direct_length, 64)
+                self.data.resize(self.direct_length, axis=0)
+            write = self.data.id.write_direct_chunk
+            zeros = (0,) * (values.ndim - 1)
+            for position, row in enumerate(rows.tolist()):
+                write((row, *zeros),
+                      values[position if index is None else index[position]])
+        done = 0
+        while done < len(rows):
+            first = int(rows[done])
+            if self.start < 0 or first >= self.start + self.size:
+                self.flush()
+                self.start = first
+            upto = done + int(np.searchsorted(rows[done:], self.start + self.size))
+            at = rows[done:upto] - self.start
+            if self.stage is not None:
+                self.stage[at] = values[done:upto]
+            self.stage_stamp[at] = stamps[done:upto]
+            self.stage_present[at] = True
+            self.filled = max(self.filled, int(at[-1]) + 1)
+            done = upto
+        return len(rows) * self.rowbytes
 
     def flush(self) -> None:
+        """Write the staged rows."""
         if self.start < 0 or not self.filled:
             return
         end = self.start + self.filled
-        for dataset in (self.data, self.timestamp, self.present):
-            if dataset.shape[0] < end:
+        if end > self.length:
+            self.length = end
+            for dataset in (self.timestamp, self.present):
                 dataset.resize(end, axis=0)
-        self.data[self.start:end] = self.stage[:self.filled]
-        self.timestamp[self.start:end] = self.stage_stamp[:self.filled]
-        self.present[self.start:end] = self.stage_present[:self.filled]
-        self.stage_present[:] = False
-        self.stage_stamp[:] = 0
-        self.filled = 0
-        self.start = -1
+            if self.stage is not None:
+                self.data.resize(end, axis=0)
+        rows = slice(self.start, end)
+        if self.stage is not None:
+            self.data[rows] = self.stage[:self.filled]
+            self.stage[:self.filled] = 0
+        self.timestamp[rows] = self.stage_stamp[:self.filled]
+        self.present[rows] = self.stage_present[:self.filled]
+        self.stage_stamp[:self.filled] = 0
+        self.stage_present[:self.filled] = False
+        self.start, self.filled = -1, 0
 
     def close(self, rows: int, first_pulse: int) -> None:
         self.flush()
@@ -80,7 +128,7 @@ class _Column:
 
 
 class Window:
-    """Writes messages of a window into ``group`` by pulse id."""
+    """Writes blocks of a window into ``group`` by pulse id."""
 
     def __init__(self, group: h5py.Group) -> None:
         self.group = group.require_group("data")
@@ -91,31 +139,31 @@ class Window:
         self.incompatible = 0
         self.bytes = 0
 
-    def add(self, message: wire.Message) -> None:
-        """One message of the window (pulse ids increasing)."""
+    def add(self, block: Block) -> None:
+        """Messages of the window (pulse ids increasing from block to block)."""
         if self.first_pulse is None:
-            self.first_pulse = message.pulse_id
-        row = message.pulse_id - self.first_pulse
-        if row < self.rows - 1 or row < 0:
-            return  # late: its row is written already
-        for channel, value, (sec, ns) in zip(message.channels, message.values,
-                                             message.timestamps, strict=True):
-            if value is None:
-                continue
+            self.first_pulse = int(block.pulse_id[0])
+        rows = block.pulse_id - self.first_pulse
+        skip = int(np.searchsorted(rows, self.rows))  # late: their rows are written
+        if skip:
+            block, rows = block.part(skip, len(block)), rows[skip:]
+        if not len(rows):
+            return
+        for channel, values, stamps, present in zip(
+                block.channels, block.values, block.stamps, block.present, strict=True):
             column = self.columns.get(channel.name)
             if column is None:
                 column = _Column(self.group.create_group(channel.name), channel)
                 self.columns[channel.name] = column
             if column.key != (channel.type, channel.shape):
-                self.incompatible += 1
+                self.incompatible += int(present.sum())
                 continue
-            column.put(row, value, sec * 1_000_000_000 + ns)
-            self.bytes += value.nbytes
-        self.rows = row + 1
-        self.messages += 1
+            self.bytes += column.write(rows, values, stamps, present)
+        self.rows = int(rows[-1]) + 1
+        self.messages += len(rows)
 
     def close(self) -> None:
-        """Write what is staged and cut every dataset to the window's rows."""
+        """Cut every dataset to the window's rows."""
         for column in self.columns.values():
             column.close(self.rows, self.first_pulse or 0)
 
@@ -161,6 +209,13 @@ class Capture:
             self.stop_pulse = newest if newest is not None else -1
             self._stop_now = True
 
+    def _first_reply(self, start: int, oldest: int | None) -> None:
+        if oldest is not None and oldest > start:
+            self.errors.append(
+                f"pulse ids {start} to {oldest - 1} were older than the buffer's ring"
+                f" (oldest held: {oldest}); the window starts at {oldest}")
+        self.window.first_pulse = start if oldest is None or oldest <= start else oldest
+
     def client_status(self) -> dict[str, Any]:
         """The buffer's status, through a connection of its own (thread safety)."""
         client = BufferClient(self.client.address)
@@ -171,50 +226,61 @@ class Capture:
 
     def run(self, cancelled: Callable[[], bool], idle: float = 0.005) -> None:
         """Read and write until the window is complete or ``cancelled()``."""
+        asked = False
         try:
             while not self.started.wait(0.05):
                 if cancelled():
                     return
             seq: int | None = None
-            decoder = wire.Decoder()
             while not cancelled():
                 with self._lock:
                     start, stop, start_seq = (self.start_pulse, self.stop_pulse,
                                               self._start_seq)
-                if seq is None:
-                    if start is not None:
-                        meta, messages = self.client.read(from_pulse=start, limit=READ_LIMIT)
-                        oldest = meta["oldest_pulse"]
-                        if oldest is not None and oldest > start:
-                            self.errors.append(
-                                f"pulse ids {start} to {oldest - 1} were older than"
-                                f" the buffer's ring (oldest held: {oldest}); the"
-                                f" window starts at {oldest}")
-                        self.window.first_pulse = (start if oldest is None
-                                                   or oldest <= start else oldest)
+                if not asked:
+                    if seq is None and start is not None:
+                        self.client.ask_block(from_pulse=start, limit=READ_LIMIT)
                     else:
-                        meta, messages = self.client.read(from_seq=start_seq, limit=READ_LIMIT)
-                else:
-                    meta, messages = self.client.read(from_seq=seq, limit=READ_LIMIT)
-                    if meta["oldest_seq"] > seq:
-                        self.overrun += meta["oldest_seq"] - seq
-                seq = meta["next_seq"]
-                for parts in messages:
-                    message = decoder.decode(parts)
-                    if stop is not None and message.pulse_id > stop:
-                        return
-                    if start is not None and message.pulse_id < start:
-                        continue
-                    self.window.add(message)
-                    if stop is not None and message.pulse_id == stop:
-                        return
-                if not messages:
+                        self.client.ask_block(from_seq=start_seq if seq is None else seq,
+                                              limit=READ_LIMIT)
+                meta, block = self.client.take_block()
+                asked = False
+                if seq is None and start is not None:
+                    self._first_reply(start, meta["oldest_pulse"])
+                elif seq is not None and meta["seq"] > seq:
+                    self.overrun += meta["seq"] - seq
+                seq = int(meta["next_seq"])
+                if block is None:
                     if stop is not None and self._stop_now and (
                             self.window.first_pulse is None
                             or self.window.first_pulse + self.window.rows > stop):
                         return
                     time.sleep(idle)
+                    continue
+                if stop is None or block.pulse_id[-1] < stop:
+                    # the next block travels while this one is written
+                    self.client.ask_block(from_seq=seq, limit=READ_LIMIT)
+                    asked = True
+                if start is not None and block.pulse_id[0] < start:
+                    block = block.part(int(np.searchsorted(block.pulse_id, start)),
+                                       len(block))
+                    if not len(block):
+                        continue  # all before a start still to come
+                if stop is not None and block.pulse_id[-1] >= stop:
+                    block = block.part(0, int(np.searchsorted(block.pulse_id, stop,
+                                                              "right")))
+                    if len(block):
+                        self.window.add(block)
+                    if self.window.first_pulse is not None:
+                        # the stream went past the stop: pulse ids it skipped up to
+                        # the stop are rows without data
+                        self.window.rows = max(self.window.rows,
+                                               stop - self.window.first_pulse + 1)
+                    return
+                if len(block):
+                    self.window.add(block)
         finally:
+            if asked:
+                self.client.close()  # the reply to the last ask is not wanted
             if self.overrun:
                 self.errors.append(f"{self.overrun} message(s) left the ring before"
                                    " they were written (the writer fell behind)")

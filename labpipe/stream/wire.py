@@ -60,15 +60,17 @@ class Channel:
 
 @dataclass
 class Message:
-    """One decoded message: values are numpy arrays (None: no data) or raw parts."""
+    """One decoded message: values are numpy arrays (None: no data), or raw parts as
+    ``Decoder.decode(parts, raw=True)`` leaves them; timestamps (sec, ns) pairs or
+    raw 16-byte parts likewise."""
 
     pulse_id: int
     sec: int
     ns: int
     channels: list[Channel]
     data_hash: str
-    values: list[np.ndarray[Any, Any] | None] = field(default_factory=list)
-    timestamps: list[tuple[int, int]] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    timestamps: list[Any] = field(default_factory=list)
 
 
 def data_header(channels: list[Channel]) -> bytes:
@@ -111,15 +113,22 @@ def decompress(part: bytes, channel: Channel) -> np.ndarray[Any, Any]:
 
 
 def encode(pulse_id: int, sec: int, ns: int, header: bytes,
-           values: list[bytes], timestamps: list[tuple[int, int]]) -> list[bytes]:
-    """The parts of one message (value parts already encoded, b"" for no data)."""
+           values: list[bytes], timestamps: list[tuple[int, int]],
+           digest: str | None = None) -> list[bytes]:
+    """The parts of one message (value parts already encoded, b"" for no data);
+    ``digest``: the data header's :func:`header_hash`, when the caller keeps it."""
     main = json.dumps({"htype": MAIN_HTYPE, "pulse_id": pulse_id,
                        "global_timestamp": {"sec": sec, "ns": ns},
-                       "hash": header_hash(header), "dh_compression": "none"}).encode()
+                       "hash": digest or header_hash(header),
+                       "dh_compression": "none"}).encode()
     parts = [main, header]
-    for value, (tsec, tns) in zip(values, timestamps, strict=True):
+    packed: dict[tuple[int, int], bytes] = {}
+    for value, stamp in zip(values, timestamps, strict=True):
         parts.append(value)
-        parts.append(struct.pack("<qq", tsec, tns))
+        part = packed.get(stamp)
+        if part is None:
+            part = packed[stamp] = struct.pack("<qq", *stamp)
+        parts.append(part)
     return parts
 
 
@@ -131,8 +140,10 @@ class Decoder:
         self.channels: list[Channel] = []
         self.header_changes = 0
 
-    def decode(self, parts: list[bytes]) -> Message:
-        """One message from its parts; WireError names what was wrong."""
+    def decode(self, parts: list[bytes], raw: bool = False) -> Message:
+        """One message from its parts; WireError names what was wrong. ``raw``: an
+        uncompressed little-endian value is its part itself (its length checked) and
+        a timestamp its 16-byte part, for a copy straight into the buffer's ring."""
         if len(parts) < 2:
             raise WireError(f"{len(parts)} part(s): a message has at least a main and"
                             " a data header")
@@ -158,14 +169,29 @@ class Decoder:
                             f" {len(self.channels)} channels need"
                             f" {2 + 2 * len(self.channels)}")
         message = Message(pulse_id, sec, ns, self.channels, digest)
+        values, timestamps = message.values, message.timestamps
         for index, channel in enumerate(self.channels):
             value, stamp_part = parts[2 + 2 * index], parts[3 + 2 * index]
-            message.values.append(decompress(value, channel) if value else None)
-            if len(stamp_part) == 16:
-                message.timestamps.append(struct.unpack("<qq", stamp_part))
+            if not value:
+                values.append(None)
+            elif raw and channel.compression == "none" and channel.dtype.byteorder != ">":
+                if len(value) != channel.nbytes:
+                    decompress(value, channel)  # raises, naming what was wrong
+                values.append(value)
             else:
-                message.timestamps.append((sec, ns))
+                values.append(decompress(value, channel))
+            if len(stamp_part) != 16:
+                timestamps.append((sec, ns))
+            elif raw:
+                timestamps.append(stamp_part)
+            else:
+                timestamps.append(struct.unpack("<qq", stamp_part))
         return message
+
+
+def parse_data_header(part: bytes) -> list[Channel]:
+    """The channels of a data header part; WireError names what was wrong."""
+    return _channels(_json(part, "data header"))
 
 
 def _json(part: bytes, what: str) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 buffer to an HDF5 file, driven by a REST API, then exits.
 
 STREAM is the buffer's output address (``tcp://HOST:PORT``). USER_ID -1 keeps the
-current user; another id makes the writer drop to that user before it creates the file.
+current user; another id makes the writer drop to that user (its primary group, no
+supplementary groups; needs root) before it creates the file, so the file is that
+user's and is written with that user's rights.
 Every reply is JSON ``{"state": "ok" | "error", "status": ...}``:
 
 - ``GET /status``: the writer's state (waiting, writing, finished);
@@ -22,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import pwd
 import sys
 import threading
 import time
@@ -55,6 +58,8 @@ class Writer:
             self.capture.run(lambda: self.cancelled)
         except (BufferError, ValueError) as error:
             self.capture.errors.append(str(error))
+        except Exception as error:  # a writer that failed never exits 0
+            self.capture.errors.append(f"internal error: {error!r}")
 
     def state(self) -> str:
         if self.capture.finished.is_set():
@@ -208,26 +213,68 @@ async def _serve(writer: Writer, port: int) -> int:
     return writer.exit_code
 
 
+def user_id(text: str) -> int:
+    """The USER_ID argument: -1 or a user id (argparse type)."""
+    try:
+        uid = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a user id") from None
+    if uid != -1 and not 0 <= uid < 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{uid} is not a user id (-1, or 0 to"
+                                         f" {2**32 - 2})")
+    return uid
+
+
+def become(uid: int) -> None:
+    """Drop to user ``uid`` for good: its primary group (the group of the same number
+    for an id without a passwd entry), no supplementary groups, then the user."""
+    if uid == os.getuid() == os.geteuid():
+        return
+    # imported now, while the interpreter's own files are readable: Python installed
+    # in root's home (pyenv) is not readable by the user dropped to, and asyncio's
+    # to_thread imports its executor the first time it runs
+    import concurrent.futures.thread  # noqa: F401
+    try:
+        gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        gid = uid
+    os.setgroups([])  # else root's groups (0 among them) would stay with the writer
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _sync(path: str) -> None:
+    """The file on disk before the writer says it is done (its exit)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script."""
     parser = argparse.ArgumentParser(prog="labpipe-writer",
                                      description="write a window of a stream to HDF5")
     parser.add_argument("stream", help="the buffer's output, tcp://HOST:PORT")
     parser.add_argument("output_file")
-    parser.add_argument("user_id", type=int, help="-1: the current user")
+    parser.add_argument("user_id", type=user_id,
+                        help="the user to write the file as; -1: the current user")
     parser.add_argument("rest_port", type=tcp_port)
     args = parser.parse_args(argv)
     if args.user_id != -1:
         try:
-            os.setgid(os.getgid() if args.user_id == os.getuid() else args.user_id)
-            os.setuid(args.user_id)
+            become(args.user_id)
         except OSError as failure:
             parser.exit(1, f"labpipe-writer: cannot become user {args.user_id}:"
                         f" {failure.strerror}\n")
     try:
         writer = Writer(args.stream, args.output_file)
     except OSError as failure:
-        parser.exit(1, f"labpipe-writer: cannot create {args.output_file}: {failure}\n")
+        # h5py's text is HDF5's whole error stack; the errno's says what was wrong
+        reason = os.strerror(failure.errno) if failure.errno else str(failure)
+        parser.exit(1, f"labpipe-writer: cannot create {args.output_file} as user"
+                    f" {os.getuid()}: {reason}\n")
     try:
         code = asyncio.run(_serve(writer, args.rest_port))
     except OSError as failure:
@@ -237,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     writer.general.attrs["statistics"] = json.dumps(writer.statistics())
     writer.file.close()
     writer.client.close()
+    _sync(args.output_file)
     if writer.capture.errors:
         print(f"labpipe-writer: {'; '.join(writer.capture.errors)}", file=sys.stderr)
         code = 1
