@@ -206,7 +206,8 @@ def test_config_defaults_and_values(tmp_path):
     ({"security": {"allow_everything": True}},
      "[security] unknown key 'allow_everything' (valid keys: allow_content, "
      "allow_files_anywhere, file_folders)"),
-    ({"securty": {}}, "unknown section [securty] (valid sections: client, examine, lock, master, "
+    ({"securty": {}}, "unknown section [securty] (valid sections: client, examine, functions, "
+     "lock, master, "
      "permissions, ports, qserver, security)"),
     ({"security": {"file_folders": "/tmp"}}, "[security] file_folders: expected a list"),
     ({"security": {"file_folders": [1]}}, "[security] file_folders[0]: expected a string"),
