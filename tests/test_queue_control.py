@@ -290,6 +290,45 @@ async def test_hold_and_release(lab):
     await main()
 
 
+async def test_queue_stop_instruction_holds_its_pipeline_when_reached(lab):
+    gated = _lab_with_devices(lab)
+    gate = lab.path("gate")
+
+    async def main():
+        async with running_master(lab) as m:
+            s = m.scheduler
+            rec = ScheduleRecorder(s.notifier)
+            ends = run_ends(s)
+            pipelines = m.notifiers["pipelines"]
+            await s.hold("main")
+            first = await s.submit("main", expid(gated, gate=gate, tag="first"))
+            after = await s.submit("main", expid(gated, tag="after"))
+            stop = await s.submit_instruction("main", "queue_stop", before=after)
+            assert s.get_status()[stop]["expid"]["instruction"] == "queue_stop"
+            with pytest.raises(ValueError, match="unknown instruction"):
+                await s.submit_instruction("main", "queue_pause")
+            with pytest.raises(ValueError, match="unknown expid keys"):
+                await s.submit("main", dict(s.get_status()[stop]["expid"]))
+            await s.release("main")
+            await wait_until(lambda: (first, "running") in rec.events)
+            # the instruction waits for the run ahead of it; nothing after it prepares
+            assert rec.statuses(stop) == ["pending"] and rec.statuses(after) == ["pending"]
+            assert pipelines.raw_view == {}
+            open(gate, "w").close()
+            await wait_until(lambda: (stop, "removed") in rec.events)
+            assert ends[stop].status == "completed" and ends[stop].results is None
+            assert pipelines.raw_view == {"main": HELD}
+            await wait_until(lambda: (first, "removed") in rec.events)
+            other = await s.submit("other", expid(gated, tag="other"))
+            await wait_until(lambda: (other, "removed") in rec.events)
+            assert rec.statuses(after) == ["pending"]
+            await s.release("main")
+            await wait_until(lambda: (after, "removed") in rec.events)
+            assert ends[after].status == "completed"
+
+    await main()
+
+
 # --- progress and ETA ----------------------------------------------------------------------
 
 PROGRESSING = """

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from labpipe.master import precedence
+from labpipe.master.instructions import execute_when_due, instruction_of
 from labpipe.master.offloaded import finish_offloaded
 from labpipe.master.precedence import RunStatus
 from labpipe.master.run import Run, RunEnd
@@ -110,6 +111,10 @@ class Pipeline:
                 continue
             if not self.scheduler.may_prepare(candidate):
                 await self.state_changed.wait()
+                continue
+            if instruction_of(candidate.expid) is not None:  # no worker: instructions.py
+                if not await execute_when_due(self.scheduler, candidate):
+                    await self.state_changed.wait()
                 continue
             run = candidate
             if run.flush:

@@ -33,6 +33,7 @@ from labpipe.master.access.caller import Caller, current_caller
 from labpipe.master.dry_run import validate_run
 from labpipe.master.expid import EXPID_KEYS, validate_submission
 from labpipe.master.functions import FunctionCalls
+from labpipe.master.instructions import instruction_expid
 from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
@@ -263,6 +264,24 @@ class Scheduler:
     def check_termination(self, rid: int) -> bool:
         """Whether termination of run rid was requested."""
         return self.find(rid).termination_requested
+
+    async def submit_instruction(self, pipeline_name: str, name: str, *,
+                                 before: int | None = None, after: int | None = None,
+                                 pos: str | int | None = None) -> int:
+        """Queue the instruction ``name`` (``queue_stop``: hold the pipeline when the
+        queue reaches it; ``instructions.py``), placed as ``submit`` places a run.
+        Returns its RID once it is on disk."""
+        place = check_place(before, after, pos)
+        if self._stopping:
+            raise RuntimeError("the master is shutting down")
+        if not isinstance(pipeline_name, str) or not pipeline_name:
+            raise ValueError("pipeline_name must be a non-empty string")
+        expid = instruction_expid(name)
+        caller = current_caller.get()
+        position = await self.order.for_submission(pipeline_name, place)
+        run = await self.enqueue(pipeline_name, expid, workdir=self.config.lab_dir,
+                                 user=caller.user, group=caller.group, position=position)
+        return run.rid
 
     async def submit_plan(self, pipeline_name: str, name: str, args: list | tuple = (),
                           kwargs: dict | None = None, priority: int = 0,

@@ -30,6 +30,7 @@ from labpipe.master.access.gate import Access
 from labpipe.master.access.permissions import Permissions
 from labpipe.master.precedence import RunStatus, priority_key
 from labpipe.master.run import Run
+from labpipe.qserver.items import is_instruction_record
 
 if TYPE_CHECKING:
     from labpipe.master.assembly import Master
@@ -104,7 +105,8 @@ class Adapter:
     def history_size(self, after_rid: int = -1) -> int:
         """How many of this pipeline's history records have a RID above after_rid."""
         return sum(1 for rid, r in self.master.history.notifier.raw_view.items()
-                   if rid > after_rid and r.get("pipeline") == self.pipeline)
+                   if rid > after_rid and r.get("pipeline") == self.pipeline
+                   and not is_instruction_record(r))
 
     def explist(self) -> dict[str, dict[str, Any]]:
         return dict(self.master.experiment_db.explist.raw_view)
@@ -190,6 +192,13 @@ class Adapter:
         self._admit("schedule.submit_plan")
         return await self.master.scheduler.submit_plan(self.pipeline, name, args, kwargs,
                                                        **(place or {}))
+
+    async def submit_instruction(self, name: str,
+                                 place: dict[str, Any] | None = None) -> int:
+        """Queue an instruction (``schedule.submit_instruction``), placed as a plan."""
+        self._admit("schedule.submit_instruction")
+        return await self.master.scheduler.submit_instruction(self.pipeline, name,
+                                                              **(place or {}))
 
     async def delete(self, rid: int) -> None:
         self._admit("schedule.delete")

@@ -20,7 +20,8 @@ from labpipe.master.access.caller import ANONYMOUS, current_caller
 from labpipe.master.access.gate import current_lock_key
 from labpipe.qserver import access
 from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
-from labpipe.qserver.items import history_item, run_item, uid_of
+from labpipe.master.instructions import INSTRUCTIONS
+from labpipe.qserver.items import history_item, is_instruction_record, run_item, uid_of
 from labpipe.qserver.state import FILE_NAME as STATE_FILE
 from labpipe.qserver.state import EndpointState
 
@@ -235,9 +236,11 @@ class QServer:
         if not isinstance(item, dict):
             raise Refused("Incorrect request format: 'item' must be a dictionary")
         item_type = item.get("item_type", "plan")
+        if item_type == "instruction":
+            return await self.add_instruction(item, immediate, place)
         if item_type != "plan":
-            raise Refused(f"item type {item_type!r} is not available in this labpipe "
-                          f"master (only plans)")
+            raise Refused(f"Incorrect request format: unsupported item type "
+                          f"{item_type!r} (a 'plan' or an 'instruction')")
         name, args, kwargs = item.get("name"), item.get("args", []), item.get("kwargs", {})
         if not isinstance(name, str) or not name:
             raise Refused("Plan name is not specified: the item needs 'name'")
@@ -252,11 +255,27 @@ class QServer:
         _remember(self.meta, rid, meta)
         return {"item": self.item_of_rid(rid), "rid": rid}
 
+    async def add_instruction(self, item: dict[str, Any], immediate: bool,
+                              place: dict[str, Any] | None) -> Reply:
+        """Queue an instruction item (``schedule.submit_instruction``)."""
+        if immediate:
+            raise Refused("an instruction cannot be executed at once: 'queue_stop' "
+                          "only means something in the queue (add it with "
+                          "queue_item_add)")
+        name = item.get("name")
+        if name not in INSTRUCTIONS:
+            raise Refused(f"Unrecognized instruction: {name!r} (labpipe knows "
+                          f"{', '.join(INSTRUCTIONS)})")
+        rid = await self.adapter.submit_instruction(name, place or {})
+        return {"item": self.item_of_rid(rid), "rid": rid}
+
     async def history_items(self) -> list[dict[str, Any]]:
+        """The history as the RE Manager shows it: executed instructions are not in
+        it."""
         records = await self.adapter.history(1000)
         ends, mark = self.state.exit_status, self.state.history_from_rid
         return [history_item(r, self.meta.get(r["rid"]), ends.get(r["rid"]))
-                for r in records if r["rid"] > mark]
+                for r in records if r["rid"] > mark and not is_instruction_record(r)]
 
 
 def _manager_state(running: Run | None) -> str:
@@ -395,6 +414,15 @@ async def queue_item_update(qs: QServer, p: dict[str, Any]) -> Reply:
         raise Refused("'item' must be a dictionary with 'item_uid'")
     rid = qs.rid_of(item["item_uid"])
     old = qs.item_of_rid(rid)
+    kind = item.get("item_type", old["item_type"])
+    if kind != old["item_type"]:
+        raise Refused(f"a queued {old['item_type']} stays one in labpipe: remove the "
+                      f"item and add the {kind} instead")
+    if kind == "instruction":
+        if item.get("name", old["name"]) != old["name"]:
+            raise Refused("a queued instruction keeps its name in labpipe: remove the "
+                          "item and add the new instruction instead")
+        return {"qsize": qs.adapter.queue_size(), "item": old}  # nothing to change
     name = item.get("name", old["name"])
     if name != old["name"]:
         raise Refused("a queued plan keeps its name in labpipe: remove the item and "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-__all__ = ["uid_of", "run_item", "history_item", "EXIT_STATUS"]
+from labpipe.master.instructions import instruction_of
+
+__all__ = ["uid_of", "run_item", "history_item", "is_instruction_record", "EXIT_STATUS"]
 
 _NAMESPACE = uuid.UUID("5d0b6f4e-8a55-4c1b-9a39-7f3f1b0c2a61")
 
@@ -28,8 +30,13 @@ def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None,
              user: str | None = None, group: str | None = None) -> dict[str, Any]:
     """The queue item of a run: what the qserver client gave (``meta``), or else what
     its expid says (every named argument in ``kwargs``) with the run's user and group
-    (labpipe keeps them with the run: they survive a restart)."""
-    if meta is not None:
+    (labpipe keeps them with the run: they survive a restart). An instruction run is
+    an instruction item (``{"item_type": "instruction", "name"}``)."""
+    instruction = instruction_of(expid)
+    if instruction is not None:
+        item: dict[str, Any] = {"item_type": "instruction", "name": instruction,
+                                "user": user or "labpipe", "user_group": group or "primary"}
+    elif meta is not None:
         item = dict(meta)
     else:
         arguments = dict(expid.get("arguments") or {})
@@ -40,6 +47,12 @@ def run_item(rid: int, expid: dict[str, Any], meta: dict[str, Any] | None,
     item["item_uid"] = uid_of(rid)
     item.setdefault("properties", {})["labpipe_rid"] = rid
     return item
+
+
+def is_instruction_record(record: dict[str, Any]) -> bool:
+    """Whether a history record is an instruction's: the RE Manager keeps executed
+    instructions out of its history, so ``history_get`` shows none."""
+    return instruction_of(record.get("expid")) is not None
 
 
 def history_item(record: dict[str, Any], meta: dict[str, Any] | None,

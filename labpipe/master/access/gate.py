@@ -51,6 +51,7 @@ _QUEUE = Action("queue", "edit_queue")
 ACTIONS: dict[str, Action] = {
     "schedule.submit": _QUEUE,
     "schedule.submit_plan": _QUEUE,
+    "schedule.submit_instruction": _QUEUE,
     "schedule.delete": _QUEUE,
     "schedule.request_termination": _QUEUE,
     "schedule.change": _QUEUE,
