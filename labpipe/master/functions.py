@@ -36,7 +36,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -316,6 +316,21 @@ class FunctionCalls:
         task = self._task_of_run(run)
         if task is None:
             return None
+        if task.success is None and end.status == "interrupted":
+            # a master killed after the task's record was written, before its run left
+            # the schedule store: what was reported stays
+            return self._finish_unless_recorded(task, run, end)
+        return self._end(task, run, end)
+
+    async def _finish_unless_recorded(self, task: TaskRecord, run: Run, end: RunEnd) -> None:
+        stored = (None if self.store is None
+                  else await asyncio.to_thread(self.store.read, task.task))
+        if stored is not None and stored.get("status") == "completed":
+            self._live.pop(task.task, None)
+            return
+        await self._end(task, run, end)
+
+    def _end(self, task: TaskRecord, run: Run, end: RunEnd) -> Awaitable[None]:
         task.time_start = run.stage_times.get("running")
         if task.success is None or end.status != "completed":
             if task.success is None or task.success:
