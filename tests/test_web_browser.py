@@ -372,7 +372,9 @@ def test_a_deletion_from_the_page_removes_a_pending_run(page, master):
 
 
 def places(tab, rids):
-    return [tab.inner_text(f"#schedule-body .run[data-rid='{rid}'] .place .n")
+    # the text the rows hold (a row just moved is not yet rendered: content-visibility
+    # gives its innerText only once it has been laid out)
+    return [tab.text_content(f"#schedule-body .run[data-rid='{rid}'] .place .n")
             for rid in rids]
 
 
@@ -419,6 +421,49 @@ def test_queued_runs_are_moved_and_cleared_from_the_page(page, master):
             for rid in {a, b, c} & set(schedule.get_status()):
                 schedule.delete(rid)
             schedule.release("moves")
+
+
+def row_order(tab, rids):
+    """The RIDs among rids in the order of the schedule page's rows."""
+    shown = tab.evaluate("() => [...document.querySelectorAll('#schedule-body .run')]"
+                         ".map((r) => Number(r.dataset.rid))")
+    return [rid for rid in shown if rid in rids]
+
+
+def test_schedule_rows_are_in_the_masters_order(page, master):
+    with master.client("schedule") as schedule:
+        schedule.hold("order")
+        a, b, c = (schedule.submit("order", expid("repository/scanner.py")) for _ in range(3))
+    try:
+        page.click("button[data-page=schedule]")
+        row = "#schedule-body .run[data-rid='{}']".format
+        page.wait_for_selector(row(c))
+        assert row_order(page, {a, b, c}) == [a, b, c]
+        page.click(f"{row(c)} button.move-front")
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '1'", arg=c)
+        assert row_order(page, {a, b, c}) == [c, a, b] == master_order(master, [a, b, c])
+        # a higher priority goes first, whatever the queue positions
+        with master.client("schedule") as schedule:
+            schedule.change(b, priority=5)
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '1'", arg=b)
+        assert row_order(page, {a, b, c}) == [b, c, a]
+        # a new tab draws them in that order from its first copy
+        tab = page.context.new_page()
+        try:
+            tab.goto(page.url)
+            tab.wait_for_selector(row(a))
+            assert row_order(tab, {a, b, c}) == [b, c, a]
+        finally:
+            tab.close()
+    finally:
+        with master.client("schedule") as schedule:
+            for rid in (a, b, c):
+                schedule.delete(rid)
+            schedule.release("order")
 
 
 def test_a_running_run_is_terminated_from_the_page(page, master):

@@ -139,18 +139,20 @@ function precedence(a, b) {
     || ((x.queue_position ?? Number(ra)) - (y.queue_position ?? Number(rb))) || (ra - rb);
 }
 // {rid: place}: "now" for a run of execute_now, 1 for the next of its pipeline's queue...;
-// and each pipeline's queue in order, for the moves
+// each pipeline's queue in order, for the moves; and every run in the master's order
+// (the rows' order, as the CLI's schedule table has it)
 function queuePlaces(sched) {
-  const order = Object.entries(sched).filter(([, r]) => r.immediate || QUEUED.has(r.status)).sort(precedence);
+  const order = Object.entries(sched).sort(precedence);
   const places = {}, queues = {};
   for (const [rid, r] of order) {
     if (r.immediate) { places[rid] = "now"; continue; }
+    if (!QUEUED.has(r.status)) continue;
     const q = queues[r.pipeline] || (queues[r.pipeline] = []);
     q.push(rid); places[rid] = String(q.length);
   }
-  return {places, queues};
+  return {places, queues, order: order.map(([rid]) => rid)};
 }
-let queue = {places: {}, queues: {}};
+let queue = {places: {}, queues: {}, order: []};
 function move(rid, how) {
   const r = (state.models.schedule || {})[rid]; const q = queue.queues[r.pipeline] || []; const i = q.indexOf(rid);
   if (how === "up" && i > 0) return act(rpc("schedule", "move", [Number(rid)], {before: Number(q[i - 1])}));
@@ -202,7 +204,8 @@ function scheduleRow(rid, r) {
     el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
-// The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
+// The rows in the master's order. A mod redraws only the row of the run it touches (and
+// puts it in its place: a mod changes one run's place, the others keep theirs); the whole schedule
 // (its copy on connecting) is drawn in chunks, one a frame, the first screenful at once,
 // so a schedule of thousands of runs shows without a long freeze. Rows are grid rows
 // with content-visibility:auto (style.css): rows out of sight cost no layout (a table
@@ -226,7 +229,11 @@ redrawers.schedule = (mod) => {
     const old = scheduleRows.get(rid);
     if (!(rid in sched)) { if (old) old.remove(); scheduleRows.delete(rid); return; }
     const row = scheduleRow(rid, sched[rid]);
-    if (old) old.replaceWith(row); else body.append(row);
+    // in its place (while the chunks are drawn: at the end, ordered when they are done);
+    // a row already there is replaced where it is
+    const next = undrawn.size ? null : nextRow(rid);
+    if (old && (undrawn.size || old.nextSibling === next)) old.replaceWith(row);
+    else { if (old) old.remove(); body.insertBefore(row, next); }
     scheduleRows.set(rid, row);
     return;
   }
@@ -234,7 +241,7 @@ redrawers.schedule = (mod) => {
   // the chunks go before the sentinel; runs submitted meanwhile after it
   const sentinel = el("div", {class: "sentinel", hidden: ""});
   body.replaceChildren(sentinel); scheduleRows.clear();
-  const rids = Object.keys(sched).sort((x, y) => x - y);
+  const rids = queue.order;
   undrawn = new Set(rids);
   let i = 0;
   const step = () => {
@@ -248,10 +255,30 @@ redrawers.schedule = (mod) => {
       scheduleRows.set(rid, row); part.append(row);
     }
     body.insertBefore(part, sentinel);
-    if (i < rids.length) requestAnimationFrame(step); else sentinel.remove();
+    if (i < rids.length) requestAnimationFrame(step); else { sentinel.remove(); orderRows(); }
   };
   step();
 };
+// the row that follows run rid's in the master's order (null: the last)
+function nextRow(rid) {
+  const order = queue.order;
+  for (let i = order.indexOf(rid) + 1; i < order.length; i++) {
+    const row = scheduleRows.get(order[i]);
+    if (row && row.isConnected) return row;
+  }
+  return null;
+}
+// every row in the master's order (once the chunks are drawn: runs submitted meanwhile
+// went to the end)
+function orderRows() {
+  const body = $("schedule-body"); let prev = null;
+  for (const rid of queue.order) {
+    const row = scheduleRows.get(rid); if (!row) continue;
+    const want = prev ? prev.nextSibling : body.firstChild;
+    if (row !== want) body.insertBefore(row, want);
+    prev = row;
+  }
+}
 // every pipeline that has runs or a state, and main
 function pipelineNames() {
   const names = new Set(["main", ...Object.keys(state.models.pipelines || {})]);
