@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -158,6 +159,95 @@ def test_the_masters_name_is_shown_and_nothing_comes_from_elsewhere(page, browse
     assert any("/static/vendor/uplot-1.6.32/uPlot.iife.min.js" in u for u in browser.requested)
     assert page.evaluate("() => typeof uPlot") == "function"
     assert all(u.startswith(web.url) for u in browser.requested), browser.requested
+
+
+#: A Git lab's experiment, changed between two commits: its argument's default and
+#: what its run sets.
+MARK = """
+from labpipe.experiment import *
+
+class Mark(EnvExperiment):
+    def build(self):
+        self.setattr_argument("version", StringValue("{version}"))
+
+    def run(self):
+        self.set_dataset("mark", "code-{version}:" + self.version, broadcast=True)
+"""
+
+
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                           "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_git_lab_runs_at_the_revision_typed_in_the_explorer(browser, tmp_path):
+    lab = Lab(str(tmp_path / "lab"))
+    lab.write("repository/mark.py", MARK.replace("{version}", "v1"))
+    repo = lab.path("repository")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    first = git(repo, "rev-parse", "HEAD")
+    lab.write("repository/mark.py", MARK.replace("{version}", "v2"))
+    git(repo, "commit", "-q", "-am", "second")
+    second = git(repo, "rev-parse", "HEAD")
+    m = MasterProcess(lab.root, "-g")
+    w = WebProcess(m)
+    tab = browser.new_page()
+    try:
+        tab.set_default_timeout(15000)
+        tab.goto(w.url)
+        tab.wait_for_selector("#conn[data-connected=true]")
+        open_experiment(tab, "Mark")
+        # the revision field offers the current commit by default
+        assert tab.is_visible("#sub-rev")
+        assert tab.get_attribute("#sub-rev", "placeholder") == "current: " + second[:12]
+        assert tab.input_value("input[data-arg=version]") == "v2"
+        tab.click("#submit")
+        rid = submitted_rid(tab)
+        with m.client("history") as history:
+            assert history.wait(rid, 20)["repo_rev"] == second
+        assert dataset(m, "mark") == "code-v2:v2"
+        # the older commit: its arguments loaded, then run at it
+        tab.fill("#sub-rev", first[:8])
+        tab.click("#rev-load")
+        tab.wait_for_selector(f"#sub-result[data-loaded='{first[:8]}']")
+        assert tab.input_value("input[data-arg=version]") == "v1"
+        tab.click("#submit")
+        old = submitted_rid(tab)
+        with m.client("history") as history:
+            record = history.wait(old, 20)
+        assert (record["status"], record["repo_rev"]) == ("completed", first)
+        assert dataset(m, "mark") == "code-v1:v1"
+        # the run shows the revision it ran at
+        tab.click("button[data-page=history]")
+        for r, commit in ((rid, second), (old, first)):
+            cell = f"#history-body tr[data-rid='{r}'] td.rev span.rev"
+            tab.wait_for_selector(cell)
+            assert tab.get_attribute(cell, "data-rev") == commit
+            assert tab.inner_text(cell) == commit[:10]
+        # a revision that does not exist: one line, nothing submitted
+        tab.click("button[data-page=explorer]")
+        tab.fill("#sub-rev", "no-such-branch")
+        tab.click("#submit")
+        ok, refusal = sub_result(tab)
+        assert not ok and "no-such-branch" in refusal and "\n" not in refusal, refusal
+        shot(tab, "explorer-git")
+        # and a queued run's row shows it too
+        with m.client("schedule") as schedule:
+            schedule.hold("main")
+        tab.fill("#sub-rev", first)
+        tab.click("#submit")
+        queued = submitted_rid(tab)
+        tab.click("button[data-page=schedule]")
+        cell = f"#schedule-body .run[data-rid='{queued}'] .file span.rev"
+        tab.wait_for_selector(cell)
+        assert tab.get_attribute(cell, "data-rev") == first
+    finally:
+        tab.close()
+        w.stop()
+        m.stop()
 
 
 def test_https_to_the_browser_and_tls_to_the_master_and_a_restart(browser, tmp_path):

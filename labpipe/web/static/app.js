@@ -91,29 +91,62 @@ redrawers.explist = () => {
     parent.append(el("li", {class: "exp", "data-exp": name, onclick: () => selectExp(name)}, leaf));
   }
 };
-redrawers.explist_status = () => {};
+// a Git repository's current revision ("N/A": a plain folder, or Git without commits)
+function curRev() {
+  const rev = (state.models.explist_status || {}).cur_rev;
+  return rev && rev !== "N/A" ? rev : null;
+}
+redrawers.explist_status = () => {
+  const box = $("sub-rev-box"); const rev = curRev();
+  if (box) { box.hidden = !rev; $("sub-rev").placeholder = rev ? "current: " + rev.slice(0, 12) : ""; }
+};
+// the arguments' table of an experiment description (explist's entry, or examine's)
+function argsTable(exp) {
+  const table = el("table", {id: "exp-args"});
+  for (const [arg, desc] of Object.entries(exp.arginfo || {})) {
+    table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
+  }
+  return table;
+}
 function selectExp(name) {
   state.selected = name;
   const exp = state.models.explist[name]; const form = $("exp-form"); form.replaceChildren();
   form.append(el("h3", {}, name + " (" + exp.class_name + ")"));
-  const table = el("table", {id: "exp-args"});
-  for (const [arg, desc] of Object.entries(exp.arginfo || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
-  form.append(table);
+  form.append(argsTable(exp));
   const sd = exp.scheduler_defaults || {};
-  const rev = (state.models.explist_status || {}).cur_rev;
+  // a Git repository: the revision to run at (empty: the current one, resolved by the
+  // master at submission); "Load arguments" examines the file at that revision
+  const rev = curRev();
+  const revBox = el("span", {id: "sub-rev-box"}, " revision ",
+    el("input", {id: "sub-rev", size: 16, placeholder: rev ? "current: " + rev.slice(0, 12) : ""}), " ",
+    el("button", {id: "rev-load", onclick: () => loadAtRevision(name)}, "Load arguments"));
+  revBox.hidden = !rev;
   form.append(el("p", {}, "pipeline ", el("input", {id: "sub-pipeline", value: sd.pipeline_name || "main"}),
     " priority ", el("input", {id: "sub-priority", type: "number", value: sd.priority || 0}),
     " due ", el("input", {id: "sub-due", type: "datetime-local"}),
-    " flush ", el("input", {id: "sub-flush", type: "checkbox"}),
-    rev ? " revision " + rev : ""));
+    " flush ", el("input", {id: "sub-flush", type: "checkbox"}), revBox));
   form.append(el("button", {id: "validate", onclick: () => submit(true)}, "Validate"), " ",
               el("button", {id: "submit", onclick: () => submit(false)}, "Submit"), " ", el("span", {id: "sub-result"}));
+}
+// the arguments of the selected experiment as its file has them at the typed revision
+async function loadAtRevision(name) {
+  const exp = state.models.explist[name]; const out = $("sub-result"); out.dataset.ok = ""; out.dataset.loaded = "";
+  const rev = $("sub-rev").value.trim() || null;
+  try {
+    const classes = await rpc("experiment_db", "examine", [exp.file, true, rev]);
+    const desc = classes[exp.class_name];
+    if (!desc) throw new Error(`no class ${exp.class_name} in ${exp.file} at revision ${rev || "current"}`);
+    if (state.selected !== name) return;
+    $("exp-args").replaceWith(argsTable(desc));
+    out.textContent = "arguments of revision " + (rev || "current"); out.dataset.loaded = rev || "current";
+  } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; }
 }
 async function submit(dryRun) {
   const exp = state.models.explist[state.selected]; let args;
   const out = $("sub-result"); out.dataset.ok = ""; out.dataset.rid = "";
   try { args = readArgs($("exp-args")); } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; return; }
-  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: null};
+  const rev = curRev() ? $("sub-rev").value.trim() : "";
+  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: rev || null};
   const pipeline = $("sub-pipeline").value; const due = $("sub-due").value;
   try {
     if (dryRun) {
@@ -172,6 +205,10 @@ function localInput(t) {
   const d = new Date(t * 1000), p = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
 }
+// the revision a run runs at (a Git repository's commit), short, the whole as its title
+function revText(rev) {
+  return rev && rev !== "N/A" ? [" @", el("span", {class: "rev", title: rev, "data-rev": rev}, rev.slice(0, 10))] : [];
+}
 function scheduleRow(rid, r) {
   const prog = r.progress && r.progress.total ? r.progress.done / r.progress.total : null;
   const eta = r.eta ? Math.max(0, Math.round(r.eta - Date.now() / 1000)) + " s" : "";
@@ -199,7 +236,7 @@ function scheduleRow(rid, r) {
   return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
     el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
     el("span", {class: "due"}, due),
-    el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
+    el("span", {class: "file"}, r.expid.file || "(content)", ...revText(r.expid.repo_rev)), el("span", {}, r.expid.class_name || ""),
     el("span", {}, bar, " " + eta), el("span", {}, blocked),
     el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
@@ -408,7 +445,7 @@ redrawers.history = () => {
   body.replaceChildren(...Object.keys(h).sort((a, b) => b - a).slice(0, 500).map((rid) => {
     const r = h[rid];
     return el("tr", {"data-rid": rid, "data-status": r.status}, el("td", {}, rid), el("td", {}, r.status),
-      el("td", {}, (r.expid && r.expid.file) || ""), el("td", {}, r.class_name || ""),
+      el("td", {}, (r.expid && r.expid.file) || ""), el("td", {class: "rev"}, ...revText(r.repo_rev).slice(1)), el("td", {}, r.class_name || ""),
       el("td", {}, r.ended ? new Date(r.ended * 1000).toLocaleString() : ""), el("td", {class: "err"}, r.error || ""),
       el("td", {}, el("button", {class: "resubmit", onclick: () => act(rpc("history", "resubmit", [Number(rid)]))}, "Resubmit"),
         r.results ? el("button", {class: "open-results", onclick: () => openResults(Number(rid))}, "Results") : ""));
