@@ -4,8 +4,9 @@ argument editors (every kind, every scan) submitting what was typed, the master'
 refusal in one line, a run followed from schedule to history, a deletion, a dataset
 plotted live (uPlot) as a run sets it, against another dataset and as an image,
 interactive arguments supplied and cancelled, a results file opened, the lock shown,
-taken and given back. One master, one web server and one browser for the module; each
-test opens its own tab. Screenshots go to tmp/web-screenshots/."""
+taken and given back, a Git lab's run at an older revision, bluesky plans of
+``__plans__`` submitted, the rows in the master's queue order. One master, one web
+server and one browser for the module; each test opens its own tab. Screenshots go to tmp/web-screenshots/."""
 
 import datetime
 import json
@@ -13,6 +14,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+
+import h5py
+import numpy
 
 import pytest
 
@@ -24,7 +28,8 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
-SHOTS = os.path.join(os.path.dirname(__file__), "..", "tmp", "web-screenshots")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SHOTS = os.path.join(ROOT, "tmp", "web-screenshots")
 # the HTTPS test's certificate is self-signed: the browser is told to take it
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -77,6 +82,10 @@ def master(tmp_path_factory):
     lab.write("repository/ask.py", ASK)
     lab.write("repository/sub/ask2.py", ASK)
     lab.write("repository/terminating.py", TERMINATING)
+    # the example lab's bluesky plans (__plans__ and @plan_experiment) on its simulated
+    # ophyd devices
+    shutil.copy(os.path.join(ROOT, "repository", "plans.py"), lab.path("repository"))
+    shutil.copy(os.path.join(ROOT, "device_db.py"), lab.root)
     m = MasterProcess(lab.root, "--name", NAME)
     m.lab = lab
     yield m
@@ -554,6 +563,49 @@ def test_schedule_rows_are_in_the_masters_order(page, master):
             for rid in (a, b, c):
                 schedule.delete(rid)
             schedule.release("order")
+
+
+def test_a_bluesky_plan_of_plans_is_submitted_with_edited_arguments(page, master):
+    page.click("button[data-page=explorer]")
+    # every plan of plans.py: two of __plans__ (bluesky's own), one @plan_experiment
+    for name in ("Take one or more readings from detectors",
+                 "Scan over one multi-motor trajectory", "Scan a motor over a peak"):
+        page.wait_for_selector(f"li.exp[data-exp='{name}']", timeout=30000)
+    open_experiment(page, "Scan a motor over a peak")
+    # a device argument offers the device database's keys; the tooltip says what it is
+    options = page.eval_on_selector_all("select[data-arg=motor] option",
+                                        "(os) => os.map((o) => o.value)")
+    assert {"det", "motor", "shutter", "stage"} <= set(options), options
+    assert "device_db key" in page.inner_text("#exp-args")
+    page.fill("input[data-arg=detectors]", '["det"]')
+    page.select_option("select[data-arg=motor]", "motor")
+    page.fill("input[data-arg=start]", "0")
+    page.fill("input[data-arg=stop]", "2")
+    page.fill("input[data-arg=num]", "3")
+    shot(page, "explorer-plan")
+    page.click("#submit")
+    rid = submitted_rid(page)
+    page.click("button[data-page=history]")
+    page.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]",
+                           timeout=30000)
+    with master.client("history") as history:
+        record = history.wait(rid, 20)
+    with h5py.File(os.path.join(master.lab.root, record["results"]), "r") as f:
+        data = f["bluesky/run_0/primary/data"]
+        numpy.testing.assert_allclose(data["motor"][()], [0.0, 1.0, 2.0])
+        numpy.testing.assert_allclose(
+            data["det"][()], [1000.0 * numpy.exp(-x * x / 2) for x in (0, 1, 2)])
+    # __plans__'s count, its PYON arguments edited
+    open_experiment(page, "Take one or more readings from detectors")
+    page.fill("input[data-arg=detectors]", '["det"]')
+    page.fill("input[data-arg=num]", "2")
+    page.click("#submit")
+    rid = submitted_rid(page)
+    with master.client("history") as history:
+        record = history.wait(rid, 30)
+    assert record["status"] == "completed", record["error"]
+    with h5py.File(os.path.join(master.lab.root, record["results"]), "r") as f:
+        assert len(f["bluesky/run_0/primary/data/det"][()]) == 2
 
 
 def test_a_running_run_is_terminated_from_the_page(page, master):

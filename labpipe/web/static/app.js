@@ -104,7 +104,10 @@ redrawers.explist_status = () => {
 function argsTable(exp) {
   const table = el("table", {id: "exp-args"});
   for (const [arg, desc] of Object.entries(exp.arginfo || {})) {
-    table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
+    // arginfo: {name: [procdesc, group, tooltip]}; the tooltip (a plan's "a device
+    // (device_db key)") is shown beside the editor
+    const tip = Array.isArray(desc) && desc[2] ? desc[2] : "";
+    table.append(el("tr", {title: tip}, el("td", {}, arg), el("td", {}, argEditor(arg, desc)), el("td", {class: "tip"}, tip)));
   }
   return table;
 }
