@@ -572,6 +572,8 @@ def test_a_bluesky_plan_of_plans_is_submitted_with_edited_arguments(page, master
                  "Scan over one multi-motor trajectory", "Scan a motor over a peak"):
         page.wait_for_selector(f"li.exp[data-exp='{name}']", timeout=30000)
     open_experiment(page, "Scan a motor over a peak")
+    # a plain folder has no revisions: no revision field
+    assert page.query_selector("#sub-rev") is not None and not page.is_visible("#sub-rev")
     # a device argument offers the device database's keys; the tooltip says what it is
     options = page.eval_on_selector_all("select[data-arg=motor] option",
                                         "(os) => os.map((o) => o.value)")
