@@ -4,14 +4,19 @@ argument editors (every kind, every scan) submitting what was typed, the master'
 refusal in one line, a run followed from schedule to history, a deletion, a dataset
 plotted live (uPlot) as a run sets it, against another dataset and as an image,
 interactive arguments supplied and cancelled, a results file opened, the lock shown,
-taken and given back. One master, one web server and one browser for the module; each
-test opens its own tab. Screenshots go to tmp/web-screenshots/."""
+taken and given back, a Git lab's run at an older revision, bluesky plans of
+``__plans__`` submitted, the rows in the master's queue order. One master, one web
+server and one browser for the module; each test opens its own tab. Screenshots go to tmp/web-screenshots/."""
 
 import datetime
 import json
 import os
 import shutil
+import subprocess
 import tempfile
+
+import h5py
+import numpy
 
 import pytest
 
@@ -23,7 +28,8 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
-SHOTS = os.path.join(os.path.dirname(__file__), "..", "tmp", "web-screenshots")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SHOTS = os.path.join(ROOT, "tmp", "web-screenshots")
 # the HTTPS test's certificate is self-signed: the browser is told to take it
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -76,6 +82,10 @@ def master(tmp_path_factory):
     lab.write("repository/ask.py", ASK)
     lab.write("repository/sub/ask2.py", ASK)
     lab.write("repository/terminating.py", TERMINATING)
+    # the example lab's bluesky plans (__plans__ and @plan_experiment) on its simulated
+    # ophyd devices
+    shutil.copy(os.path.join(ROOT, "repository", "plans.py"), lab.path("repository"))
+    shutil.copy(os.path.join(ROOT, "device_db.py"), lab.root)
     m = MasterProcess(lab.root, "--name", NAME)
     m.lab = lab
     yield m
@@ -158,6 +168,95 @@ def test_the_masters_name_is_shown_and_nothing_comes_from_elsewhere(page, browse
     assert any("/static/vendor/uplot-1.6.32/uPlot.iife.min.js" in u for u in browser.requested)
     assert page.evaluate("() => typeof uPlot") == "function"
     assert all(u.startswith(web.url) for u in browser.requested), browser.requested
+
+
+#: A Git lab's experiment, changed between two commits: its argument's default and
+#: what its run sets.
+MARK = """
+from labpipe.experiment import *
+
+class Mark(EnvExperiment):
+    def build(self):
+        self.setattr_argument("version", StringValue("{version}"))
+
+    def run(self):
+        self.set_dataset("mark", "code-{version}:" + self.version, broadcast=True)
+"""
+
+
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                           "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_git_lab_runs_at_the_revision_typed_in_the_explorer(browser, tmp_path):
+    lab = Lab(str(tmp_path / "lab"))
+    lab.write("repository/mark.py", MARK.replace("{version}", "v1"))
+    repo = lab.path("repository")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first")
+    first = git(repo, "rev-parse", "HEAD")
+    lab.write("repository/mark.py", MARK.replace("{version}", "v2"))
+    git(repo, "commit", "-q", "-am", "second")
+    second = git(repo, "rev-parse", "HEAD")
+    m = MasterProcess(lab.root, "-g")
+    w = WebProcess(m)
+    tab = browser.new_page()
+    try:
+        tab.set_default_timeout(15000)
+        tab.goto(w.url)
+        tab.wait_for_selector("#conn[data-connected=true]")
+        open_experiment(tab, "Mark")
+        # the revision field offers the current commit by default
+        assert tab.is_visible("#sub-rev")
+        assert tab.get_attribute("#sub-rev", "placeholder") == "current: " + second[:12]
+        assert tab.input_value("input[data-arg=version]") == "v2"
+        tab.click("#submit")
+        rid = submitted_rid(tab)
+        with m.client("history") as history:
+            assert history.wait(rid, 20)["repo_rev"] == second
+        assert dataset(m, "mark") == "code-v2:v2"
+        # the older commit: its arguments loaded, then run at it
+        tab.fill("#sub-rev", first[:8])
+        tab.click("#rev-load")
+        tab.wait_for_selector(f"#sub-result[data-loaded='{first[:8]}']")
+        assert tab.input_value("input[data-arg=version]") == "v1"
+        tab.click("#submit")
+        old = submitted_rid(tab)
+        with m.client("history") as history:
+            record = history.wait(old, 20)
+        assert (record["status"], record["repo_rev"]) == ("completed", first)
+        assert dataset(m, "mark") == "code-v1:v1"
+        # the run shows the revision it ran at
+        tab.click("button[data-page=history]")
+        for r, commit in ((rid, second), (old, first)):
+            cell = f"#history-body tr[data-rid='{r}'] td.rev span.rev"
+            tab.wait_for_selector(cell)
+            assert tab.get_attribute(cell, "data-rev") == commit
+            assert tab.inner_text(cell) == commit[:10]
+        # a revision that does not exist: one line, nothing submitted
+        tab.click("button[data-page=explorer]")
+        tab.fill("#sub-rev", "no-such-branch")
+        tab.click("#submit")
+        ok, refusal = sub_result(tab)
+        assert not ok and "no-such-branch" in refusal and "\n" not in refusal, refusal
+        shot(tab, "explorer-git")
+        # and a queued run's row shows it too
+        with m.client("schedule") as schedule:
+            schedule.hold("main")
+        tab.fill("#sub-rev", first)
+        tab.click("#submit")
+        queued = submitted_rid(tab)
+        tab.click("button[data-page=schedule]")
+        cell = f"#schedule-body .run[data-rid='{queued}'] .file span.rev"
+        tab.wait_for_selector(cell)
+        assert tab.get_attribute(cell, "data-rev") == first
+    finally:
+        tab.close()
+        w.stop()
+        m.stop()
 
 
 def test_https_to_the_browser_and_tls_to_the_master_and_a_restart(browser, tmp_path):
@@ -372,7 +471,9 @@ def test_a_deletion_from_the_page_removes_a_pending_run(page, master):
 
 
 def places(tab, rids):
-    return [tab.inner_text(f"#schedule-body .run[data-rid='{rid}'] .place .n")
+    # the text the rows hold (a row just moved is not yet rendered: content-visibility
+    # gives its innerText only once it has been laid out)
+    return [tab.text_content(f"#schedule-body .run[data-rid='{rid}'] .place .n")
             for rid in rids]
 
 
@@ -419,6 +520,94 @@ def test_queued_runs_are_moved_and_cleared_from_the_page(page, master):
             for rid in {a, b, c} & set(schedule.get_status()):
                 schedule.delete(rid)
             schedule.release("moves")
+
+
+def row_order(tab, rids):
+    """The RIDs among rids in the order of the schedule page's rows."""
+    shown = tab.evaluate("() => [...document.querySelectorAll('#schedule-body .run')]"
+                         ".map((r) => Number(r.dataset.rid))")
+    return [rid for rid in shown if rid in rids]
+
+
+def test_schedule_rows_are_in_the_masters_order(page, master):
+    with master.client("schedule") as schedule:
+        schedule.hold("order")
+        a, b, c = (schedule.submit("order", expid("repository/scanner.py")) for _ in range(3))
+    try:
+        page.click("button[data-page=schedule]")
+        row = "#schedule-body .run[data-rid='{}']".format
+        page.wait_for_selector(row(c))
+        assert row_order(page, {a, b, c}) == [a, b, c]
+        page.click(f"{row(c)} button.move-front")
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '1'", arg=c)
+        assert row_order(page, {a, b, c}) == [c, a, b] == master_order(master, [a, b, c])
+        # a higher priority goes first, whatever the queue positions
+        with master.client("schedule") as schedule:
+            schedule.change(b, priority=5)
+        page.wait_for_function("(rid) => document.querySelector("
+                               "`#schedule-body .run[data-rid='${rid}'] .place .n`)"
+                               ".textContent === '1'", arg=b)
+        assert row_order(page, {a, b, c}) == [b, c, a]
+        # a new tab draws them in that order from its first copy
+        tab = page.context.new_page()
+        try:
+            tab.goto(page.url)
+            tab.wait_for_selector(row(a))
+            assert row_order(tab, {a, b, c}) == [b, c, a]
+        finally:
+            tab.close()
+    finally:
+        with master.client("schedule") as schedule:
+            for rid in (a, b, c):
+                schedule.delete(rid)
+            schedule.release("order")
+
+
+def test_a_bluesky_plan_of_plans_is_submitted_with_edited_arguments(page, master):
+    page.click("button[data-page=explorer]")
+    # every plan of plans.py: two of __plans__ (bluesky's own), one @plan_experiment
+    for name in ("Take one or more readings from detectors",
+                 "Scan over one multi-motor trajectory", "Scan a motor over a peak"):
+        page.wait_for_selector(f"li.exp[data-exp='{name}']", timeout=30000)
+    open_experiment(page, "Scan a motor over a peak")
+    # a plain folder has no revisions: no revision field
+    assert page.query_selector("#sub-rev") is not None and not page.is_visible("#sub-rev")
+    # a device argument offers the device database's keys; the tooltip says what it is
+    options = page.eval_on_selector_all("select[data-arg=motor] option",
+                                        "(os) => os.map((o) => o.value)")
+    assert {"det", "motor", "shutter", "stage"} <= set(options), options
+    assert "device_db key" in page.inner_text("#exp-args")
+    page.fill("input[data-arg=detectors]", '["det"]')
+    page.select_option("select[data-arg=motor]", "motor")
+    page.fill("input[data-arg=start]", "0")
+    page.fill("input[data-arg=stop]", "2")
+    page.fill("input[data-arg=num]", "3")
+    shot(page, "explorer-plan")
+    page.click("#submit")
+    rid = submitted_rid(page)
+    page.click("button[data-page=history]")
+    page.wait_for_selector(f"#history-body tr[data-rid='{rid}'][data-status=completed]",
+                           timeout=30000)
+    with master.client("history") as history:
+        record = history.wait(rid, 20)
+    with h5py.File(os.path.join(master.lab.root, record["results"]), "r") as f:
+        data = f["bluesky/run_0/primary/data"]
+        numpy.testing.assert_allclose(data["motor"][()], [0.0, 1.0, 2.0])
+        numpy.testing.assert_allclose(
+            data["det"][()], [1000.0 * numpy.exp(-x * x / 2) for x in (0, 1, 2)])
+    # __plans__'s count, its PYON arguments edited
+    open_experiment(page, "Take one or more readings from detectors")
+    page.fill("input[data-arg=detectors]", '["det"]')
+    page.fill("input[data-arg=num]", "2")
+    page.click("#submit")
+    rid = submitted_rid(page)
+    with master.client("history") as history:
+        record = history.wait(rid, 30)
+    assert record["status"] == "completed", record["error"]
+    with h5py.File(os.path.join(master.lab.root, record["results"]), "r") as f:
+        assert len(f["bluesky/run_0/primary/data/det"][()]) == 2
 
 
 def test_a_running_run_is_terminated_from_the_page(page, master):

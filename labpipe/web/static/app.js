@@ -91,29 +91,65 @@ redrawers.explist = () => {
     parent.append(el("li", {class: "exp", "data-exp": name, onclick: () => selectExp(name)}, leaf));
   }
 };
-redrawers.explist_status = () => {};
+// a Git repository's current revision ("N/A": a plain folder, or Git without commits)
+function curRev() {
+  const rev = (state.models.explist_status || {}).cur_rev;
+  return rev && rev !== "N/A" ? rev : null;
+}
+redrawers.explist_status = () => {
+  const box = $("sub-rev-box"); const rev = curRev();
+  if (box) { box.hidden = !rev; $("sub-rev").placeholder = rev ? "current: " + rev.slice(0, 12) : ""; }
+};
+// the arguments' table of an experiment description (explist's entry, or examine's)
+function argsTable(exp) {
+  const table = el("table", {id: "exp-args"});
+  for (const [arg, desc] of Object.entries(exp.arginfo || {})) {
+    // arginfo: {name: [procdesc, group, tooltip]}; the tooltip (a plan's "a device
+    // (device_db key)") is shown beside the editor
+    const tip = Array.isArray(desc) && desc[2] ? desc[2] : "";
+    table.append(el("tr", {title: tip}, el("td", {}, arg), el("td", {}, argEditor(arg, desc)), el("td", {class: "tip"}, tip)));
+  }
+  return table;
+}
 function selectExp(name) {
   state.selected = name;
   const exp = state.models.explist[name]; const form = $("exp-form"); form.replaceChildren();
   form.append(el("h3", {}, name + " (" + exp.class_name + ")"));
-  const table = el("table", {id: "exp-args"});
-  for (const [arg, desc] of Object.entries(exp.arginfo || {})) table.append(el("tr", {}, el("td", {}, arg), el("td", {}, argEditor(arg, desc))));
-  form.append(table);
+  form.append(argsTable(exp));
   const sd = exp.scheduler_defaults || {};
-  const rev = (state.models.explist_status || {}).cur_rev;
+  // a Git repository: the revision to run at (empty: the current one, resolved by the
+  // master at submission); "Load arguments" examines the file at that revision
+  const rev = curRev();
+  const revBox = el("span", {id: "sub-rev-box"}, " revision ",
+    el("input", {id: "sub-rev", size: 16, placeholder: rev ? "current: " + rev.slice(0, 12) : ""}), " ",
+    el("button", {id: "rev-load", onclick: () => loadAtRevision(name)}, "Load arguments"));
+  revBox.hidden = !rev;
   form.append(el("p", {}, "pipeline ", el("input", {id: "sub-pipeline", value: sd.pipeline_name || "main"}),
     " priority ", el("input", {id: "sub-priority", type: "number", value: sd.priority || 0}),
     " due ", el("input", {id: "sub-due", type: "datetime-local"}),
-    " flush ", el("input", {id: "sub-flush", type: "checkbox"}),
-    rev ? " revision " + rev : ""));
+    " flush ", el("input", {id: "sub-flush", type: "checkbox"}), revBox));
   form.append(el("button", {id: "validate", onclick: () => submit(true)}, "Validate"), " ",
               el("button", {id: "submit", onclick: () => submit(false)}, "Submit"), " ", el("span", {id: "sub-result"}));
+}
+// the arguments of the selected experiment as its file has them at the typed revision
+async function loadAtRevision(name) {
+  const exp = state.models.explist[name]; const out = $("sub-result"); out.dataset.ok = ""; out.dataset.loaded = "";
+  const rev = $("sub-rev").value.trim() || null;
+  try {
+    const classes = await rpc("experiment_db", "examine", [exp.file, true, rev]);
+    const desc = classes[exp.class_name];
+    if (!desc) throw new Error(`no class ${exp.class_name} in ${exp.file} at revision ${rev || "current"}`);
+    if (state.selected !== name) return;
+    $("exp-args").replaceWith(argsTable(desc));
+    out.textContent = "arguments of revision " + (rev || "current"); out.dataset.loaded = rev || "current";
+  } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; }
 }
 async function submit(dryRun) {
   const exp = state.models.explist[state.selected]; let args;
   const out = $("sub-result"); out.dataset.ok = ""; out.dataset.rid = "";
   try { args = readArgs($("exp-args")); } catch (err) { out.textContent = err.message; out.dataset.ok = "false"; return; }
-  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: null};
+  const rev = curRev() ? $("sub-rev").value.trim() : "";
+  const expid = {file: exp.file, class_name: exp.class_name, arguments: args, log_level: 30, repo_rev: rev || null};
   const pipeline = $("sub-pipeline").value; const due = $("sub-due").value;
   try {
     if (dryRun) {
@@ -139,18 +175,20 @@ function precedence(a, b) {
     || ((x.queue_position ?? Number(ra)) - (y.queue_position ?? Number(rb))) || (ra - rb);
 }
 // {rid: place}: "now" for a run of execute_now, 1 for the next of its pipeline's queue...;
-// and each pipeline's queue in order, for the moves
+// each pipeline's queue in order, for the moves; and every run in the master's order
+// (the rows' order, as the CLI's schedule table has it)
 function queuePlaces(sched) {
-  const order = Object.entries(sched).filter(([, r]) => r.immediate || QUEUED.has(r.status)).sort(precedence);
+  const order = Object.entries(sched).sort(precedence);
   const places = {}, queues = {};
   for (const [rid, r] of order) {
     if (r.immediate) { places[rid] = "now"; continue; }
+    if (!QUEUED.has(r.status)) continue;
     const q = queues[r.pipeline] || (queues[r.pipeline] = []);
     q.push(rid); places[rid] = String(q.length);
   }
-  return {places, queues};
+  return {places, queues, order: order.map(([rid]) => rid)};
 }
-let queue = {places: {}, queues: {}};
+let queue = {places: {}, queues: {}, order: []};
 function move(rid, how) {
   const r = (state.models.schedule || {})[rid]; const q = queue.queues[r.pipeline] || []; const i = q.indexOf(rid);
   if (how === "up" && i > 0) return act(rpc("schedule", "move", [Number(rid)], {before: Number(q[i - 1])}));
@@ -169,6 +207,10 @@ function editable(text, what, makeEditor) {
 function localInput(t) {
   const d = new Date(t * 1000), p = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+// the revision a run runs at (a Git repository's commit), short, the whole as its title
+function revText(rev) {
+  return rev && rev !== "N/A" ? [" @", el("span", {class: "rev", title: rev, "data-rev": rev}, rev.slice(0, 10))] : [];
 }
 function scheduleRow(rid, r) {
   const prog = r.progress && r.progress.total ? r.progress.done / r.progress.total : null;
@@ -197,12 +239,13 @@ function scheduleRow(rid, r) {
   return el("div", {class: "run", "data-rid": rid, "data-status": r.status},
     el("span", {}, rid), el("span", {class: "place"}, el("span", {class: "n"}, queue.places[rid] || ""), ...moves), el("span", {class: "pipeline"}, pipeline), el("span", {class: "status"}, r.status), el("span", {}, prio),
     el("span", {class: "due"}, due),
-    el("span", {}, r.expid.file || "(content)"), el("span", {}, r.expid.class_name || ""),
+    el("span", {class: "file"}, r.expid.file || "(content)", ...revText(r.expid.repo_rev)), el("span", {}, r.expid.class_name || ""),
     el("span", {}, bar, " " + eta), el("span", {}, blocked),
     el("span", {}, el("button", {class: "delete", onclick: () => act(rpc("schedule", "delete", [Number(rid)]))}, "Delete"), " ",
       el("button", {class: "terminate", onclick: () => act(rpc("schedule", "request_termination", [Number(rid)]))}, "Terminate")));
 }
-// The rows by RID. A mod redraws only the row of the run it touches; the whole schedule
+// The rows in the master's order. A mod redraws only the row of the run it touches (and
+// puts it in its place: a mod changes one run's place, the others keep theirs); the whole schedule
 // (its copy on connecting) is drawn in chunks, one a frame, the first screenful at once,
 // so a schedule of thousands of runs shows without a long freeze. Rows are grid rows
 // with content-visibility:auto (style.css): rows out of sight cost no layout (a table
@@ -226,7 +269,11 @@ redrawers.schedule = (mod) => {
     const old = scheduleRows.get(rid);
     if (!(rid in sched)) { if (old) old.remove(); scheduleRows.delete(rid); return; }
     const row = scheduleRow(rid, sched[rid]);
-    if (old) old.replaceWith(row); else body.append(row);
+    // in its place (while the chunks are drawn: at the end, ordered when they are done);
+    // a row already there is replaced where it is
+    const next = undrawn.size ? null : nextRow(rid);
+    if (old && (undrawn.size || old.nextSibling === next)) old.replaceWith(row);
+    else { if (old) old.remove(); body.insertBefore(row, next); }
     scheduleRows.set(rid, row);
     return;
   }
@@ -234,7 +281,7 @@ redrawers.schedule = (mod) => {
   // the chunks go before the sentinel; runs submitted meanwhile after it
   const sentinel = el("div", {class: "sentinel", hidden: ""});
   body.replaceChildren(sentinel); scheduleRows.clear();
-  const rids = Object.keys(sched).sort((x, y) => x - y);
+  const rids = queue.order;
   undrawn = new Set(rids);
   let i = 0;
   const step = () => {
@@ -248,10 +295,30 @@ redrawers.schedule = (mod) => {
       scheduleRows.set(rid, row); part.append(row);
     }
     body.insertBefore(part, sentinel);
-    if (i < rids.length) requestAnimationFrame(step); else sentinel.remove();
+    if (i < rids.length) requestAnimationFrame(step); else { sentinel.remove(); orderRows(); }
   };
   step();
 };
+// the row that follows run rid's in the master's order (null: the last)
+function nextRow(rid) {
+  const order = queue.order;
+  for (let i = order.indexOf(rid) + 1; i < order.length; i++) {
+    const row = scheduleRows.get(order[i]);
+    if (row && row.isConnected) return row;
+  }
+  return null;
+}
+// every row in the master's order (once the chunks are drawn: runs submitted meanwhile
+// went to the end)
+function orderRows() {
+  const body = $("schedule-body"); let prev = null;
+  for (const rid of queue.order) {
+    const row = scheduleRows.get(rid); if (!row) continue;
+    const want = prev ? prev.nextSibling : body.firstChild;
+    if (row !== want) body.insertBefore(row, want);
+    prev = row;
+  }
+}
 // every pipeline that has runs or a state, and main
 function pipelineNames() {
   const names = new Set(["main", ...Object.keys(state.models.pipelines || {})]);
@@ -381,7 +448,7 @@ redrawers.history = () => {
   body.replaceChildren(...Object.keys(h).sort((a, b) => b - a).slice(0, 500).map((rid) => {
     const r = h[rid];
     return el("tr", {"data-rid": rid, "data-status": r.status}, el("td", {}, rid), el("td", {}, r.status),
-      el("td", {}, (r.expid && r.expid.file) || ""), el("td", {}, r.class_name || ""),
+      el("td", {}, (r.expid && r.expid.file) || ""), el("td", {class: "rev"}, ...revText(r.repo_rev).slice(1)), el("td", {}, r.class_name || ""),
       el("td", {}, r.ended ? new Date(r.ended * 1000).toLocaleString() : ""), el("td", {class: "err"}, r.error || ""),
       el("td", {}, el("button", {class: "resubmit", onclick: () => act(rpc("history", "resubmit", [Number(rid)]))}, "Resubmit"),
         r.results ? el("button", {class: "open-results", onclick: () => openResults(Number(rid))}, "Results") : ""));
