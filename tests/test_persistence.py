@@ -325,3 +325,42 @@ async def test_stage_notes_piling_up_become_one_write(tmp_path):
         assert set(records[0]["stage_times"]) == {"preparing", "prepare_done", "running"}
         store.close()
     await main()
+
+
+def test_a_stored_record_of_a_run_history_has_is_dropped_at_restore(lab):
+    """An ended run's schedule record goes with a later write (remove_soon): one that
+    outlived the master (killed in between) is dropped at restore, and the run's
+    history record stays as it was (not 'interrupted', not run again)."""
+    lab.write("repository/gated.py", GATED)
+    m = MasterProcess(lab.root)
+    try:
+        with m.client("schedule") as schedule, m.client("history") as history:
+            rid = schedule.submit("main", expid("repository/gated.py", tag="x"))
+            assert history.wait(rid, 30)["status"] == "completed"
+            record = history.get(rid)
+    finally:
+        m.stop()
+    # a record as the store may hold it for a run that ended without a stage of its
+    # own (a queue_stop instruction), as if its removal never got to disk: put back
+    # as pending, it would run a second time
+    from labpipe.master.schedule_store import ScheduleStore, rid_key
+    store = ScheduleStore(lab.path("schedule.mdb"))
+    stale = dict(record, stage_times={"pending": record["submitted"]})
+    for key in ("status", "stages", "ended", "error", "results", "content", "class_name",
+                "analyzed_on"):
+        stale.pop(key, None)
+    store.file.write_now([(rid_key(rid), pyon.encode(stale).encode("utf-8"))])
+    store.close()
+    lab.write("labpipe.toml", '[master]\nhold = ["main"]\n')  # a run put back would wait
+    again = MasterProcess(lab.root)
+    try:
+        with again.client("schedule") as schedule, again.client("history") as history:
+            assert schedule.get_status() == {}
+            assert history.get(rid)["status"] == "completed"
+    finally:
+        again.stop()
+    store = ScheduleStore(lab.path("schedule.mdb"))
+    try:
+        assert store.restore() == []  # and the stale record is gone from disk
+    finally:
+        store.close()

@@ -305,6 +305,7 @@ class Master:
                                                o.lab_dir, self.scheduler)
         stack.push_async_callback(asyncio.to_thread, self.history.close)
         self.scheduler.on_run_end.append(self.history.on_run_end)
+        self.scheduler.ended_in_history = self.history.has
         # docs/functions.md: calls of the lab's functions, their records on disk
         task_store = TaskStore(self._path(TASKS_FOLDER))
         await asyncio.to_thread(task_store.load)

@@ -152,6 +152,10 @@ class History:
             if not future.done():
                 future.set_result(record)
 
+    async def has(self, rid: int) -> bool:
+        """Whether run rid has a history record (it ended)."""
+        return rid in self.notifier.raw_view or await self._stored(rid) is not None
+
     async def _stored(self, rid: int) -> Record | None:
         data = await self.file.read(lambda txn: txn.get(rid_key(rid)))
         return None if data is None else self._decode(rid_key(rid), data)

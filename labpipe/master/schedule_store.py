@@ -35,6 +35,7 @@ The scheduler puts back those that never left ``pending``/``flushing``; the othe
 past pending when the master died and go to history as ``interrupted``.
 """
 
+import asyncio
 import logging
 import os
 import struct
@@ -47,12 +48,16 @@ from labpipe.master.lmdb_file import DEFAULT_MAP_SIZE, LMDBFile, Ops
 from labpipe.master.run import Run
 from labpipe.protocol import pyon
 
-__all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES", "LAST_RID_KEY"]
+__all__ = ["ScheduleStore", "rid_key", "NOT_STARTED_STAGES", "LAST_RID_KEY",
+           "REMOVAL_DELAY"]
 
 logger = logging.getLogger(__name__)
 
 #: Stages in which a run has not started doing anything: restored as they were.
 NOT_STARTED_STAGES = frozenset({"pending", "flushing"})
+
+#: Seconds an ended run's record may wait for a write to go with (``remove_soon``).
+REMOVAL_DELAY = 0.05
 
 #: The key of the highest RID ever submitted (record keys are exactly 8 bytes).
 LAST_RID_KEY = b"meta/last_rid"
@@ -72,6 +77,8 @@ class ScheduleStore:
         self.path = self.file.path
         self._records: dict[int, dict[str, Any]] = {}
         self._noting: set[int] = set()  # RIDs with a note_stage waiting to write
+        self._removals: list[int] = []  # ended runs whose records go with a later write
+        self._flushing: asyncio.Task[None] | None = None
         #: The highest RID ever submitted (-1 when none was), as committed with it.
         self.last_rid: int = self.file.read_now(self._read_last_rid)
 
@@ -118,7 +125,8 @@ class ScheduleStore:
                 return []
             record = self.record_of(run)
             self._records[run.rid] = record
-            return [(rid_key(run.rid), pyon.encode(record).encode("utf-8"))]
+            return [(rid_key(run.rid), pyon.encode(record).encode("utf-8")),
+                    *self._drain_removals()]
         await self.file.write(ops)
 
     async def write_records(self, runs: list[Run]) -> None:
@@ -132,7 +140,7 @@ class ScheduleStore:
                     record = self.record_of(run)
                     self._records[run.rid] = record
                     written.append((rid_key(run.rid), pyon.encode(record).encode("utf-8")))
-            return written
+            return written + self._drain_removals()
         await self.file.write(ops)
 
     async def note_deleting(self, run: Run) -> None:
@@ -151,7 +159,8 @@ class ScheduleStore:
         self.last_rid = max(self.last_rid, run.rid)
         await self.file.write([
             (rid_key(run.rid), pyon.encode(record).encode("utf-8")),
-            (LAST_RID_KEY, pyon.encode(self.last_rid).encode("utf-8"))])
+            (LAST_RID_KEY, pyon.encode(self.last_rid).encode("utf-8")),
+            *self._drain_removals()])
 
     async def note_stage(self, run: Run) -> None:
         """Record the stages the run reached (and its current priority, due date,
@@ -175,9 +184,33 @@ class ScheduleStore:
         await self.file.write(ops)
 
     async def remove(self, rid: int) -> None:
-        """The run ended: forget it."""
+        """The run ended: forget it (committed before it returns)."""
         self._records.pop(rid, None)
         await self.file.write([(rid_key(rid), None)])
+
+    def remove_soon(self, rid: int) -> None:
+        """The run ended and its end is recorded elsewhere (history): its record goes
+        with the next write, or within ``REMOVAL_DELAY`` seconds; a record that
+        outlives a crash is dropped at restore (the scheduler asks history). One
+        commit less per run's end: a commit saved for every delete."""
+        self._records.pop(rid, None)
+        self._removals.append(rid)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(
+                self._flush_later(), name="schedule store removals")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(REMOVAL_DELAY)
+        await self.flush_removals()
+
+    async def flush_removals(self) -> None:
+        """Commit the removals still waiting (the scheduler's stop awaits it)."""
+        if self._removals:
+            await self.file.write(self._drain_removals)
+
+    def _drain_removals(self) -> Ops:
+        removals, self._removals = self._removals, []
+        return [(rid_key(rid), None) for rid in removals]
 
     def restore(self) -> list[dict[str, Any]]:
         """Every stored record, in RID order (blocking; call at start)."""

@@ -12,7 +12,8 @@ checkout released, the entry removed, and the end reported to ``on_run_end`` lis
 With a ``store`` (``schedule_store.ScheduleStore``) the schedule survives restarts: a
 submission is on disk before ``submit`` returns its RID, the stages a run reaches are
 noted, and the record goes when the run ends (after the ``on_run_end`` listeners, which
-may be coroutines: history is written first). ``restore()`` puts the stored pending runs
+may be coroutines: history is written first; the removal rides on the store's next
+write, ``remove_soon``, and ``restore()`` drops a record whose run history has). ``restore()`` puts the stored pending runs
 back with their RIDs; a run that was past pending ends as ``interrupted``. The store's
 commit also makes the RID durable (it keeps the highest RID submitted, and ``restore()``
 reserves RIDs up to it), so ``last_rid.pyon`` is then written without fsync: one sync
@@ -114,6 +115,9 @@ class Scheduler:
         #: ``check_access(expid, what)``: refuses (PermissionError) a submission the
         #: caller's group may not run (``access.permissions``; set by the assembly).
         self.check_access: Callable[[dict, str], None] | None = None
+        #: ``await ended_in_history(rid)``: whether a run's end is recorded (history;
+        #: set by the assembly): ``restore`` then drops its stored record.
+        self.ended_in_history: Callable[[int], Awaitable[bool]] | None = None
         self.on_run_end.append(self.progress.note_run_end)
         if store is not None:
             self.notifier.add_listener(self._note_stage)
@@ -560,11 +564,7 @@ class Scheduler:
                 logger.error("RID %d: kept in the schedule store, its end was not "
                              "recorded everywhere", run.rid)
             elif self.store is not None:
-                try:
-                    await self.store.remove(run.rid)
-                except Exception:
-                    logger.exception("RID %d: could not remove the run from the schedule "
-                                     "store", run.rid)
+                self.store.remove_soon(run.rid)  # its end is on disk in history
         finally:
             self.ending.discard(run.rid)
 
@@ -596,6 +596,10 @@ class Scheduler:
         for record in await asyncio.to_thread(self.store.restore):
             rid = record["rid"]
             self.rid_counter.reserve_up_to(rid)
+            if self.ended_in_history is not None and await self.ended_in_history(rid):
+                # ended and recorded; only its schedule record outlived the master
+                self.store.remove_soon(rid)
+                continue
             run = Run(rid=rid, pipeline_name=record["pipeline"], expid=record["expid"],
                       priority=record["priority"], due_date=record["due_date"],
                       flush=record["flush"], schedule=self.notifier, state_changed=None,
@@ -696,4 +700,6 @@ class Scheduler:
                    if run.worker is not None]
         await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
         await self.tasks.wait()
+        if self.store is not None:
+            await self.store.flush_removals()
         await self.rid_counter.flush()
