@@ -3,7 +3,6 @@ the ``qserver`` command line and ``REManagerAPI`` (0MQ), installed from PyPI; th
 runs seen by labpipe's ARTIQ-side ``schedule`` and ``history``."""
 
 import json
-import gc
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from bluesky_queueserver_api import BPlan  # noqa: E402
 from bluesky_queueserver_api.comm_base import (  # noqa: E402
     RequestFailedError, RequestTimeoutError)
 
-from conftest import MasterProcess  # noqa: E402
+from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
 from labpipe.qserver.items import uid_of  # noqa: E402
 
 # REManagerAPI (the peer's client) leaves its own 0MQ contexts to the garbage collector
@@ -35,11 +34,7 @@ def master(tmp_path_factory):
     shutil.copy(os.path.join(ROOT, "device_db.py"), root)
     os.makedirs(root / "repository")
     shutil.copy(os.path.join(ROOT, "repository", "plans.py"), root / "repository")
-    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
-                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
-    m.lab_dir = str(root)
-    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
-    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
+    m = start_qserver_master(root)
     yield m
     m.stop()
 
@@ -52,12 +47,7 @@ def rm(master):
     client.queue_stop()  # the queue stopped: items stay queued until queue_start
     yield client
     client.close()
-    # REManagerAPI leaves its 0MQ contexts open (the garbage collector would warn of
-    # them in whatever test runs then): end them here. This process has no other
-    # 0MQ context open between tests.
-    for obj in gc.get_objects():
-        if isinstance(obj, zmq.Context) and not obj.closed:
-            obj.destroy(linger=0)
+    destroy_zmq_contexts()
 
 
 def qserver(master, *args):
@@ -360,13 +350,7 @@ def _qserver_lab(root, toml):
     (root / "labpipe.toml").write_text(toml)
 
 
-def _start(root):
-    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
-                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
-    m.lab_dir = str(root)
-    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
-    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
-    return m
+_start = start_qserver_master
 
 
 def test_the_lock_is_the_masters_own_and_survives_a_restart(tmp_path):

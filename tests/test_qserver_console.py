@@ -3,7 +3,6 @@ the info socket of ``--qserver``) gets a run's console: every line of a plan tha
 prints to stdout and stderr and logs, in order, as the master's ``console.text`` holds
 it (and the run's results file)."""
 
-import gc
 import os
 import shutil
 import time
@@ -15,7 +14,7 @@ api = pytest.importorskip("bluesky_queueserver_api.zmq")
 from bluesky_queueserver_api import BPlan  # noqa: E402
 from bluesky_queueserver_api.comm_base import RequestTimeoutError  # noqa: E402
 
-from conftest import MasterProcess  # noqa: E402
+from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
 
@@ -50,10 +49,8 @@ def test_console_monitor_gets_a_runs_console_text(tmp_path):
     shutil.copy(os.path.join(ROOT, "device_db.py"), tmp_path)
     os.makedirs(tmp_path / "repository")
     (tmp_path / "repository" / "chatty_plans.py").write_text(CHATTY_PLANS)
-    m = MasterProcess(str(tmp_path), "--qserver", "--qserver-control-addr",
-                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
-    rm = api.REManagerAPI(zmq_control_addr=f"tcp://127.0.0.1:{m.ports['qserver-control']}",
-                          zmq_info_addr=f"tcp://127.0.0.1:{m.ports['qserver-info']}",
+    m = start_qserver_master(tmp_path)
+    rm = api.REManagerAPI(zmq_control_addr=m.control, zmq_info_addr=m.info,
                           timeout_recv=10)
     try:
         rm.console_monitor.enable()
@@ -79,6 +76,4 @@ def test_console_monitor_gets_a_runs_console_text(tmp_path):
         rm.console_monitor.disable()
         rm.close()
         m.stop()
-        for obj in gc.get_objects():  # REManagerAPI leaves its 0MQ contexts open
-            if isinstance(obj, zmq.Context) and not obj.closed:
-                obj.destroy(linger=0)
+        destroy_zmq_contexts()

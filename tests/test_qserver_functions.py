@@ -2,7 +2,6 @@
 labpipe master (``--qserver``): ``function_execute``, ``task_status``,
 ``task_result``, ``wait_for_completed_task``, in the shapes of the real RE Manager."""
 
-import gc
 import os
 import time
 
@@ -13,7 +12,8 @@ api = pytest.importorskip("bluesky_queueserver_api.zmq")
 from bluesky_queueserver_api import BFunc  # noqa: E402
 from bluesky_queueserver_api.comm_base import RequestFailedError  # noqa: E402
 
-from conftest import MasterProcess, write_file  # noqa: E402
+from conftest import write_file  # noqa: E402
+from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
 
@@ -44,11 +44,7 @@ def master(tmp_path_factory):
     write_file(root, "labpipe.toml", 'functions = "lab_functions"\n')
     write_file(root, "lab_functions.py", FUNCTIONS)
     os.makedirs(root / "repository")
-    m = MasterProcess(str(root), "--qserver", "--qserver-control-addr",
-                      "tcp://127.0.0.1:*", "--qserver-info-addr", "tcp://127.0.0.1:*")
-    m.lab_dir = str(root)
-    m.control = f"tcp://127.0.0.1:{m.ports['qserver-control']}"
-    m.info = f"tcp://127.0.0.1:{m.ports['qserver-info']}"
+    m = start_qserver_master(root)
     yield m
     m.stop()
 
@@ -59,9 +55,7 @@ def rm(master):
                               timeout_recv=10)
     yield client
     client.close()
-    for obj in gc.get_objects():  # REManagerAPI leaves its 0MQ contexts open
-        if isinstance(obj, zmq.Context) and not obj.closed:
-            obj.destroy(linger=0)
+    destroy_zmq_contexts()
 
 
 def _completed(rm, uid):
