@@ -9,6 +9,7 @@ returns the reply's other keys; ``Refused`` is a refusal the user reads as it is
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -724,7 +725,12 @@ def _run_list(qs: QServer) -> list[dict[str, Any]]:
 
 def _run_list_uid(runs: list[dict[str, Any]]) -> str:
     """The same for the same list (clients ask ``re_runs`` again when it changes)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, repr(runs)))
+    return _uid_of_text(repr(runs))
+
+
+@functools.lru_cache(maxsize=64)
+def _uid_of_text(text: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, text))  # every status asks: kept
 
 
 @method("re_runs", "option")

@@ -7,6 +7,7 @@ item too (its ``name`` is its class, its ``kwargs`` its arguments).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
@@ -21,6 +22,7 @@ EXIT_STATUS = {"completed": "completed", "failed": "failed", "terminated": "abor
                "deleted": "aborted", "interrupted": "failed"}
 
 
+@functools.lru_cache(maxsize=4096)
 def uid_of(rid: int) -> str:
     """The ``item_uid`` of the run of RID rid."""
     return str(uuid.uuid5(_NAMESPACE, f"labpipe run {rid}"))
