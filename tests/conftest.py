@@ -236,6 +236,19 @@ async def one_line_refusal(call, cls, *fragments) -> str:
     return message
 
 
+@pytest.fixture(autouse=True)
+def _end_the_queueserver_clients_zmq_contexts(request):
+    """REManagerAPI (the peer's client) leaves its 0MQ contexts to the garbage
+    collector, which would warn of them in whatever test of this process runs then:
+    after each test of the queueserver modules they are ended."""
+    if not request.module.__name__.startswith("test_qserver"):
+        yield
+        return
+    from qserver_fixtures import zmq_contexts_ended
+    with zmq_contexts_ended():
+        yield
+
+
 def run_ends(scheduler):
     """{rid: RunEnd}, filled as the scheduler's runs end."""
     ends = {}

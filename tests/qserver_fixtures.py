@@ -1,7 +1,8 @@
 """A labpipe master with its queueserver endpoint, for the tests that drive it with
 bluesky-queueserver's own clients (REManagerAPI, qserver)."""
 
-import gc
+import contextlib
+import weakref
 
 from conftest import MasterProcess
 
@@ -17,11 +18,25 @@ def start_qserver_master(root) -> MasterProcess:
     return m
 
 
-def destroy_zmq_contexts() -> None:
-    """End the 0MQ contexts REManagerAPI leaves open (the garbage collector would warn
-    of them in whatever test runs then). The tests' process has no other 0MQ context
-    open between tests."""
+@contextlib.contextmanager
+def zmq_contexts_ended():
+    """End, on leaving, the 0MQ contexts made meanwhile that are still open.
+    REManagerAPI leaves its contexts to the garbage collector, which would warn of
+    them in whatever test of this process runs then (the queueserver modules ignore
+    that warning; a later test of another module would not). Contexts are not
+    tracked by the garbage collector, so they are noted as they are made."""
     import zmq
-    for obj in gc.get_objects():
-        if isinstance(obj, zmq.Context) and not obj.closed:
-            obj.destroy(linger=0)
+    made: weakref.WeakSet = weakref.WeakSet()
+    original = zmq.Context.__init__
+
+    def noting(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.add(self)
+    zmq.Context.__init__ = noting
+    try:
+        yield
+    finally:
+        zmq.Context.__init__ = original
+        for context in list(made):
+            if not context.closed:
+                context.destroy(linger=0)

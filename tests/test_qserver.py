@@ -18,7 +18,7 @@ from bluesky_queueserver_api import BPlan  # noqa: E402
 from bluesky_queueserver_api.comm_base import (  # noqa: E402
     RequestFailedError, RequestTimeoutError)
 
-from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
+from qserver_fixtures import start_qserver_master  # noqa: E402
 from labpipe.qserver.items import uid_of  # noqa: E402
 
 # REManagerAPI (the peer's client) leaves its own 0MQ contexts to the garbage collector
@@ -47,7 +47,6 @@ def rm(master):
     client.queue_stop()  # the queue stopped: items stay queued until queue_start
     yield client
     client.close()
-    destroy_zmq_contexts()
 
 
 def qserver(master, *args):

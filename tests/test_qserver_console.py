@@ -14,7 +14,7 @@ api = pytest.importorskip("bluesky_queueserver_api.zmq")
 from bluesky_queueserver_api import BPlan  # noqa: E402
 from bluesky_queueserver_api.comm_base import RequestTimeoutError  # noqa: E402
 
-from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
+from qserver_fixtures import start_qserver_master  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
 
@@ -76,4 +76,3 @@ def test_console_monitor_gets_a_runs_console_text(tmp_path):
         rm.console_monitor.disable()
         rm.close()
         m.stop()
-        destroy_zmq_contexts()

@@ -13,7 +13,7 @@ from bluesky_queueserver_api import BFunc  # noqa: E402
 from bluesky_queueserver_api.comm_base import RequestFailedError  # noqa: E402
 
 from conftest import write_file  # noqa: E402
-from qserver_fixtures import destroy_zmq_contexts, start_qserver_master  # noqa: E402
+from qserver_fixtures import start_qserver_master  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unclosed context <zmq:ResourceWarning")
 
@@ -55,7 +55,6 @@ def rm(master):
                               timeout_recv=10)
     yield client
     client.close()
-    destroy_zmq_contexts()
 
 
 def _completed(rm, uid):
