@@ -40,7 +40,7 @@ from labpipe.master.run import Run
 if TYPE_CHECKING:
     from labpipe.master.scheduler import Scheduler
 
-__all__ = ["QueueOrder", "Place", "check_place", "QUEUED"]
+__all__ = ["QueueOrder", "Place", "BACK", "check_place", "QUEUED"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ QUEUED = (RunStatus.pending, RunStatus.flushing, RunStatus.preparing,
 
 #: A checked place: ("before"|"after", rid) or ("front"|"back", None) or ("index", i).
 Place = tuple[str, Any]
+#: Where a run goes unless told otherwise.
+BACK: Place = ("back", None)
 
 #: The smallest gap between neighbouring positions, relative to their size.
 _MIN_GAP = 1e-9
@@ -68,7 +70,7 @@ def check_place(before: object = None, after: object = None, pos: object = None)
                 raise TypeError(f"{name} must be a RID (an integer), not {value!r}")
             return (name, value)
     if pos is None or pos == "back":
-        return ("back", None)
+        return BACK
     if pos == "front":
         return ("front", None)
     if isinstance(pos, bool) or not isinstance(pos, int):
@@ -117,7 +119,7 @@ class QueueOrder:
         """The queue position of a new run of the pipeline at place; None for the back
         (``back(1, rid)`` once its RID is known). Refuses a place that names no run of
         the pipeline before a RID is taken for it."""
-        if place == ("back", None):
+        if place == BACK:
             return None
         return (await self._placed(pipeline_name, [], place))[0]
 

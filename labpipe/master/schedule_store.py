@@ -23,8 +23,10 @@ commit in the order they were asked for; those asked for while a commit runs sha
 next transaction; a note that would write the record as it was last written writes
 nothing), and the commit itself runs in a thread (``asyncio.to_thread``): the
 event loop never waits for the disk. ``write_record(run)`` commits a run's record now
-(its staged changes included: ``change`` awaits it before applying them) and
-``note_deleting(run)`` the start of its deletion, before either is published. Stage notes of
+(its staged changes included: ``change`` awaits it before applying them), and
+``write_records(runs)`` several in one transaction (the scheduler's deletions, with
+``run.deletion_asked`` set, and queue moves), before they are published. An ended run's
+record goes with a later write (``remove_soon``). Stage notes of
 one run waiting behind other writes are merged into one (the run's state at write time),
 and a note still waiting when the run is removed is dropped.
 
@@ -39,7 +41,6 @@ import asyncio
 import logging
 import os
 import struct
-import time
 from typing import Any
 
 import lmdb
@@ -142,14 +143,6 @@ class ScheduleStore:
                     written.append((rid_key(run.rid), pyon.encode(record).encode("utf-8")))
             return written + self._drain_removals()
         await self.file.write(ops)
-
-    async def note_deleting(self, run: Run) -> None:
-        """Commit that the run is being deleted (``run.deletion_asked`` is set: every
-        later record of it says so too): a restarted master ends it as ``deleted``,
-        never runs it."""
-        if getattr(run, "deletion_asked", None) is None:
-            run.deletion_asked = time.time()
-        await self.write_record(run)
 
     async def record_submission(self, run: Run) -> None:
         """Commit the run's submission, and its RID as ``last_rid`` (unless a higher one

@@ -39,7 +39,7 @@ from labpipe.master.pipeline import Pipeline
 from labpipe.master.precedence import RunStatus
 from labpipe.master.progress import ProgressTracker
 from labpipe.master.queue_control import PUBLISHED_ONLY, QueueControl
-from labpipe.master.queue_order import Place, QueueOrder, check_place
+from labpipe.master.queue_order import BACK, Place, QueueOrder, check_place
 from labpipe.master.rid import RIDCounter
 from labpipe.master.run import Run, RunEnd, bounded_error
 from labpipe.master.schedule_store import NOT_STARTED_STAGES, ScheduleStore
@@ -152,7 +152,8 @@ class Scheduler:
             workdir, repo_rev, repo_msg = await self.checkout_rev(expid["repo_rev"])
             expid["repo_rev"] = repo_rev
         try:
-            position = await self.order.for_submission(pipeline_name, place)
+            position = (None if place == BACK
+                        else await self.order.for_submission(pipeline_name, place))
             run = await self.enqueue(
                 pipeline_name, expid, priority=priority,
                 due_date=None if due_date is None else float(due_date), flush=flush,
@@ -360,7 +361,7 @@ class Scheduler:
             raise ValueError(f"pipeline {pipeline_name} is busy: RID {busy[0].rid} is "
                              f"{busy[0].status.value} (wait=True runs it once that is "
                              f"done)")
-        return await self._submit(pipeline_name, expid, 0, None, False, ("back", None),
+        return await self._submit(pipeline_name, expid, 0, None, False, BACK,
                                   immediate=True)
 
     async def set_device_check(self, pipeline_name: str, enabled: bool) -> None:

@@ -2,10 +2,8 @@
 
 ``Adapter(master, pipeline)`` reads the master's state (the schedule of one pipeline,
 history, the experiment list, the device database) and calls its methods: submit a
-plan, delete, change, hold/release, pause/resume/terminate, move, clear, execute now.
-What needs methods a master may lack (functions: ``call_function``/``task_status``/
-``task_result``) goes through ``optional(name)``, which raises ``NotAvailable`` ("... not available in this
-labpipe master") when the scheduler has no such method.
+plan, delete, change, hold/release, pause/resume/terminate, move, clear, execute now,
+call functions.
 
 Every call that changes the queue or the environment first passes the master's access
 gate (``labpipe.master.access``) as the labpipe method it maps to, with what the
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from labpipe.bluesky.runs import RUNS_KEY
 from labpipe.config import CONFIG_FILE, ConfigError, load_config
 from labpipe.master.access.gate import Access
+from labpipe.master import queue_order
 from labpipe.master.access.permissions import Permissions
 from labpipe.master.precedence import RunStatus, priority_key
 from labpipe.master.run import Run
@@ -35,11 +34,10 @@ from labpipe.qserver.items import is_instruction_record
 if TYPE_CHECKING:
     from labpipe.master.assembly import Master
 
-__all__ = ["Adapter", "NotAvailable", "QUEUED", "RUNNING", "request_access"]
+__all__ = ["Adapter", "QUEUED", "RUNNING", "request_access"]
 
 #: Statuses of runs still in the queue (not started).
-QUEUED = (RunStatus.pending, RunStatus.flushing, RunStatus.preparing,
-          RunStatus.prepare_done)
+QUEUED = queue_order.QUEUED
 #: Statuses of the running item.
 RUNNING = (RunStatus.running, RunStatus.paused, RunStatus.run_done, RunStatus.analyzing)
 
@@ -47,10 +45,6 @@ RUNNING = (RunStatus.running, RunStatus.paused, RunStatus.run_done, RunStatus.an
 #: What the request being served said about itself: its lock key, user and group.
 request_access: ContextVar[Access] = ContextVar("qserver_request_access",
                                                 default=Access())
-
-
-class NotAvailable(RuntimeError):
-    """The master lacks what a request needs; the message says which method."""
 
 
 class Adapter:
@@ -251,15 +245,15 @@ class Adapter:
     async def call_function(self, name: str, args: list[Any], kwargs: dict[str, Any],
                             background: bool) -> str:
         """Call a function of the lab's functions module; its task id."""
-        call_function = self.optional("call_function")
         self._admit("schedule.call_function")
-        return await call_function(self.pipeline, name, args, kwargs, background)
+        return await self.master.scheduler.call_function(self.pipeline, name, args,
+                                                         kwargs, background)
 
     async def task_status(self, task: str) -> str:
-        return await self.optional("task_status")(task)
+        return await self.master.scheduler.task_status(task)
 
     async def task_result(self, task: str) -> dict[str, Any]:
-        return await self.optional("task_result")(task)
+        return await self.master.scheduler.task_result(task)
 
     def background_tasks(self) -> int:
         """How many background function calls run now."""
@@ -277,9 +271,3 @@ class Adapter:
         """Refuse (PermissionError, one line) what the lock or permissions refuse."""
         self.master.gate.admit(label, request_access.get())
 
-    def optional(self, name: str) -> Callable[..., Any]:
-        """A scheduler method of the queue-control issue, or NotAvailable."""
-        method = getattr(self.master.scheduler, name, None)
-        if method is None:
-            raise NotAvailable(f"schedule.{name} is not available in this labpipe master")
-        return method

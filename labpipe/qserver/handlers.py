@@ -20,7 +20,7 @@ from labpipe.master.run import Run
 from labpipe.master.access.caller import ANONYMOUS, current_caller
 from labpipe.master.access.gate import current_lock_key
 from labpipe.qserver import access
-from labpipe.qserver.adapter import Adapter, NotAvailable, request_access
+from labpipe.qserver.adapter import Adapter, request_access
 from labpipe.master.instructions import INSTRUCTIONS
 from labpipe.qserver.items import history_item, is_instruction_record, run_item, uid_of
 from labpipe.qserver.state import FILE_NAME as STATE_FILE
@@ -147,7 +147,7 @@ class QServer:
                 self.adapter.check_lock(scope, name)
             reply = await handler(self, params)
             return {"success": True, "msg": "", **reply}
-        except (Refused, NotAvailable, PermissionError, ValueError, TypeError,
+        except (Refused, PermissionError, ValueError, TypeError,
                 KeyError) as exc:
             text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             return {"success": False, "msg": text.strip().splitlines()[0] if text.strip()
