@@ -382,3 +382,31 @@ def test_held_pipelines_file_keeps_the_new_settings(lab):
         assert stored["main"]["stop_on_failure"] is True
     finally:
         again.stop()
+
+
+def test_a_run_of_execute_now_not_started_before_a_kill_9_ends_interrupted(lab):
+    """It was asked for at once, not for whenever a master runs again: a restart ends
+    it in history as interrupted instead of running it."""
+    gated = _gated(lab)
+    gate = lab.path("gate")
+    m = MasterProcess(lab.root)
+    try:
+        s = m.client("schedule")
+        blocker = s.submit("main", expid(gated, gate=gate, tag="blocker"))
+        wait_for(lambda: s.get_status()[blocker]["status"] == "running")
+        later = s.execute_now("main", expid(gated, tag="later"), True)  # waits for it
+        assert s.get_status()[later]["immediate"] is True
+        s.close_rpc()
+        kill_9(m)
+    finally:
+        m.stop()
+    again = MasterProcess(lab.root)
+    try:
+        s, history = again.client("schedule"), again.client("history")
+        assert later not in s.get_status()
+        record = history.wait(later, 30)
+        assert record["status"] == "interrupted" and "execute_now" in record["error"]
+        s.close_rpc()
+        history.close_rpc()
+    finally:
+        again.stop()
