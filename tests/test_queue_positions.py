@@ -356,7 +356,11 @@ def test_the_client_moves_clears_and_runs_now(lab):
         out = m.cli("clear", "main").stdout
         assert out.strip() == f"deleted 4 run(s): RIDs {', '.join(map(str, sorted(rids + [placed])))}"
         m.cli("stop-on-failure", "main", "on")
-        m.cli("hold", "--after-current", "other")
+        m.cli("hold", "--after-current", "other")  # nothing runs there: held at once
+        from labpipe.protocol import pyon
+        stored = pyon.load_file(lab.path("pipelines.pyon"))
+        assert stored["main"]["stop_on_failure"] is True
+        assert stored["other"]["held"] is True and stored["other"]["stop_pending"] is False
         s.close_rpc()
     finally:
         m.stop()
