@@ -388,18 +388,38 @@ def test_held_pipelines_file_keeps_the_new_settings(lab):
         again.stop()
 
 
+#: Its prepare stage does not end while the master lives.
+SLOW_PREPARE = """
+import time
+from labpipe.experiment import *
+
+class SlowPrepare(EnvExperiment):
+    def prepare(self):
+        time.sleep(3600)
+
+    def run(self):
+        pass
+"""
+
+
 def test_a_run_of_execute_now_not_started_before_a_kill_9_ends_interrupted(lab):
     """It was asked for at once, not for whenever a master runs again: a restart ends
     it in history as interrupted instead of running it."""
     gated = _gated(lab)
+    lab.write("repository/slow_prepare.py", SLOW_PREPARE)
     gate = lab.path("gate")
     m = MasterProcess(lab.root)
     try:
         s = m.client("schedule")
         blocker = s.submit("main", expid(gated, gate=gate, tag="blocker"))
         wait_for(lambda: s.get_status()[blocker]["status"] == "running")
+        # the next run's prepare never ends, so the pipeline cannot start preparing
+        # the run of execute_now either: it is provably not started at the kill
+        stuck = s.submit("main", expid("repository/slow_prepare.py"))
+        wait_for(lambda: s.get_status()[stuck]["status"] == "preparing")
         later = s.execute_now("main", expid(gated, tag="later"), True)  # waits for it
         assert s.get_status()[later]["immediate"] is True
+        assert s.get_status()[later]["status"] == "pending"
         s.close_rpc()
         kill_9(m)
     finally:
