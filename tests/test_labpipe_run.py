@@ -110,6 +110,32 @@ class Slow(EnvExperiment):
     assert "Traceback" not in stderr
 
 
+def test_ctrl_c_reaches_the_main_thread_whatever_threads_the_imports_started(lab):
+    """The kernel hands a process's SIGINT to any thread that does not block it; if it
+    is one of numpy's OpenBLAS threads, the main thread's sleep is not interrupted
+    (the test above then hung once in 60 tries under load)."""
+    lab.experiment("threads", """
+import os
+
+class Threads(EnvExperiment):
+    def run(self):
+        main = os.getpid()
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/status") as status:
+                blocked = next(int(line.split()[1], 16) for line in status
+                               if line.startswith("SigBlk:"))
+            print(task, "main" if int(task) == main else "other", blocked)
+""")
+    result = labpipe_run(lab, "repository/threads.py")
+    assert result.returncode == 0, result.stderr
+    threads = [line.split() for line in result.stdout.splitlines()]
+    sigint, sigterm = 1 << (signal.SIGINT - 1), 1 << (signal.SIGTERM - 1)
+    assert any(kind == "other" for _, kind, _ in threads)  # numpy's, at least
+    for _, kind, blocked in threads:
+        mask = int(blocked)
+        assert bool(mask & sigint) == bool(mask & sigterm) == (kind == "other")
+
+
 def test_reads_a_running_masters_datasets_and_leaves_the_file_as_it_was(lab):
     lab.experiment("gain", GAIN)
     with master_process(lab) as datasets:
